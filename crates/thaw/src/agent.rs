@@ -1,0 +1,342 @@
+//! Client for the QEMU guest agent (qemu-ga) over its virtio-serial channel.
+//!
+//! The protocol is JSON like QMP, but without a greeting and with no request ids: a
+//! client that connects may find a half-read request or a stale reply in the channel
+//! (after a restore, the guest's agent may be in the middle of anything). So every
+//! session starts with `guest-sync-delimited`: the client sends `0xFF` (which resets
+//! the agent's parser) and a sync with a fresh id; the agent answers `0xFF` followed by
+//! the id. Everything before that `0xFF` is discarded.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+/// A guest agent operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("could not connect to the guest agent socket {path}")]
+    Connect {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("guest agent connection failed while {step}")]
+    Io {
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the guest agent did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the guest agent closed the connection")]
+    Closed,
+    #[error("the guest agent refused {command}: {desc}")]
+    Command { command: String, desc: String },
+    #[error("the guest agent sent something unexpected: {0}")]
+    Protocol(String),
+}
+
+/// The result of a command run in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ExecOutput {
+    /// The exit code; a command killed by a signal reports 128 + the signal.
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A synchronised agent session.
+pub struct Agent {
+    stream: BufReader<UnixStream>,
+    /// Sync ids sent but not answered; their replies may still arrive and are skipped.
+    stale_syncs: HashSet<u64>,
+}
+
+impl Agent {
+    /// Connects and synchronises, retrying until the agent answers or `timeout` passes.
+    /// Before the guest's agent opens its port, QEMU holds what we send, so a sync
+    /// sent early is answered as soon as the agent starts.
+    pub async fn connect(path: &Path, timeout: Duration) -> Result<Agent, AgentError> {
+        let deadline = Instant::now() + timeout;
+        let stream = loop {
+            match UnixStream::connect(path).await {
+                Ok(s) => break s,
+                Err(source) if Instant::now() >= deadline => {
+                    return Err(AgentError::Connect {
+                        path: path.to_owned(),
+                        source,
+                    })
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        };
+        let mut agent = Agent {
+            stream: BufReader::new(stream),
+            stale_syncs: HashSet::new(),
+        };
+        agent.sync(deadline, timeout).await?;
+        Ok(agent)
+    }
+
+    async fn sync(&mut self, deadline: Instant, total: Duration) -> Result<(), AgentError> {
+        let mut sent: Vec<u64> = Vec::new();
+        // The first reply after a restore can take ~100 ms under TCG; resend rarely.
+        let mut attempt_wait = Duration::from_secs(1);
+        loop {
+            let id = sync_id();
+            sent.push(id);
+            // 0xFF resets the agent's parser, but qemu-ga also answers it with a parse
+            // error; sent first, that error precedes the delimiter and is skipped. A
+            // 0xFF on a retry would leave an error reply after the sync is answered, so
+            // only the first attempt sends one.
+            let mut msg = if sent.len() == 1 { vec![0xFFu8] } else { Vec::new() };
+            msg.extend_from_slice(
+                json!({"execute": "guest-sync-delimited", "arguments": {"id": id}})
+                    .to_string()
+                    .as_bytes(),
+            );
+            msg.push(b'\n');
+            self.write(&msg).await?;
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(AgentError::Timeout(total));
+            }
+            let wait = attempt_wait.min(deadline - now);
+            match tokio::time::timeout(wait, self.read_sync_reply(&sent)).await {
+                Ok(Ok(answered)) => {
+                    self.stale_syncs.extend(sent.into_iter().filter(|&s| s != answered));
+                    return Ok(());
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) if Instant::now() >= deadline => return Err(AgentError::Timeout(total)),
+                Err(_) => attempt_wait = (attempt_wait * 2).min(Duration::from_secs(4)),
+            }
+        }
+    }
+
+    /// Reads up to a 0xFF delimiter, then a JSON reply carrying one of `ids`.
+    async fn read_sync_reply(&mut self, ids: &[u64]) -> Result<u64, AgentError> {
+        loop {
+            let mut skipped = Vec::new();
+            self.stream
+                .read_until(0xFF, &mut skipped)
+                .await
+                .map_err(|source| AgentError::Io {
+                    step: "waiting for the sync delimiter",
+                    source,
+                })?;
+            if skipped.last() != Some(&0xFF) {
+                return Err(AgentError::Closed);
+            }
+            let reply = self.read_json().await?;
+            if let Some(id) = reply["return"].as_u64() {
+                if ids.contains(&id) {
+                    return Ok(id);
+                }
+            }
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), AgentError> {
+        self.stream
+            .get_mut()
+            .write_all(bytes)
+            .await
+            .map_err(|source| AgentError::Io {
+                step: "sending a request",
+                source,
+            })
+    }
+
+    async fn read_json(&mut self) -> Result<Value, AgentError> {
+        loop {
+            let mut line = Vec::new();
+            let n = self
+                .stream
+                .read_until(b'\n', &mut line)
+                .await
+                .map_err(|source| AgentError::Io {
+                    step: "reading a reply",
+                    source,
+                })?;
+            if n == 0 {
+                return Err(AgentError::Closed);
+            }
+            // A delimiter byte may precede a reply; it is not JSON.
+            let text = line.strip_prefix(&[0xFF]).unwrap_or(&line);
+            let text = String::from_utf8_lossy(text);
+            if text.trim().is_empty() {
+                continue;
+            }
+            return serde_json::from_str(text.trim())
+                .map_err(|_| AgentError::Protocol(text.trim().chars().take(200).collect()));
+        }
+    }
+
+    /// Runs one command and returns its `return` value.
+    pub async fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, AgentError> {
+        let mut msg = json!({ "execute": command });
+        if !arguments.is_null() {
+            msg["arguments"] = arguments;
+        }
+        let mut bytes = msg.to_string().into_bytes();
+        bytes.push(b'\n');
+        self.write(&bytes).await?;
+        loop {
+            let reply = self.read_json().await?;
+            if let Some(err) = reply.get("error") {
+                return Err(AgentError::Command {
+                    command: command.to_owned(),
+                    desc: err["desc"].as_str().unwrap_or("unknown error").to_owned(),
+                });
+            }
+            let ret = reply.get("return").cloned().unwrap_or(Value::Null);
+            if let Some(id) = ret.as_u64() {
+                if self.stale_syncs.remove(&id) {
+                    continue; // a late answer to an earlier sync
+                }
+            }
+            return Ok(ret);
+        }
+    }
+
+    pub async fn ping(&mut self) -> Result<(), AgentError> {
+        self.execute("guest-ping", Value::Null).await.map(|_| ())
+    }
+
+    /// Sets the guest's clock (and its RTC) to `now`.
+    pub async fn set_time(&mut self, now: SystemTime) -> Result<(), AgentError> {
+        let ns = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+        self.execute("guest-set-time", json!({ "time": ns })).await.map(|_| ())
+    }
+
+    /// Runs `argv` in the guest, waits for it to exit and returns its output.
+    pub async fn exec(&mut self, argv: &[String], timeout: Duration) -> Result<ExecOutput, AgentError> {
+        let (path, args) = argv
+            .split_first()
+            .ok_or_else(|| AgentError::Protocol("empty command".into()))?;
+        let started = self
+            .execute(
+                "guest-exec",
+                json!({ "path": path, "arg": args, "capture-output": true }),
+            )
+            .await?;
+        let pid = started["pid"]
+            .as_i64()
+            .ok_or_else(|| AgentError::Protocol(format!("guest-exec returned {started}")))?;
+        let deadline = Instant::now() + timeout;
+        let mut poll = Duration::from_millis(2);
+        loop {
+            let status = self.execute("guest-exec-status", json!({ "pid": pid })).await?;
+            if status["exited"].as_bool() == Some(true) {
+                let exit_code = match (status["exitcode"].as_i64(), status["signal"].as_i64()) {
+                    (_, Some(sig)) => 128 + sig as i32,
+                    (Some(code), None) => code as i32,
+                    (None, None) => -1,
+                };
+                return Ok(ExecOutput {
+                    exit_code,
+                    stdout: decode(&status["out-data"]),
+                    stderr: decode(&status["err-data"]),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(AgentError::Timeout(timeout));
+            }
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Drains anything left to read without blocking (used by tests of the protocol).
+    #[cfg(test)]
+    async fn drain(&mut self) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 4096];
+        match tokio::time::timeout(Duration::from_millis(10), self.stream.read(&mut buf)).await {
+            Ok(Ok(n)) => buf[..n].to_vec(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn decode(v: &Value) -> String {
+    v.as_str()
+        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// Sync ids only need to differ from stale ones still in the channel.
+fn sync_id() -> u64 {
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    (t.as_nanos() as u64 & 0x000F_FFFF_FFFF_FFFF) | 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::UnixListener;
+
+    #[test]
+    fn decode_handles_missing_and_bad_data() {
+        assert_eq!(decode(&json!("aGkK")), "hi\n");
+        assert_eq!(decode(&Value::Null), "");
+        assert_eq!(decode(&json!("***")), "");
+    }
+
+    /// A fake agent that answers only after the second sync attempt and leaves half a
+    /// stale reply in the channel first: the client must skip both and then run an exec.
+    #[tokio::test]
+    async fn sync_skips_garbage_and_stale_replies_then_exec_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qga.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut r = BufReader::new(s);
+            let mut ids = Vec::new();
+            while ids.len() < 2 {
+                let mut line = Vec::new();
+                r.read_until(b'\n', &mut line).await.unwrap();
+                let text = line.strip_prefix(&[0xFF]).unwrap_or(&line);
+                let v: Value = serde_json::from_slice(text).unwrap();
+                ids.push(v["arguments"]["id"].as_u64().unwrap());
+            }
+            let mut out = b"{\"return\": {\"half a stale".to_vec();
+            for id in &ids {
+                out.push(0xFF);
+                out.extend_from_slice(format!("{{\"return\": {id}}}\n").as_bytes());
+            }
+            r.get_mut().write_all(&out).await.unwrap();
+            let mut line = Vec::new();
+            r.read_until(b'\n', &mut line).await.unwrap();
+            let exec: Value = serde_json::from_slice(&line).unwrap();
+            assert_eq!(exec["execute"], "guest-exec");
+            assert_eq!(exec["arguments"]["path"], "/bin/echo");
+            r.get_mut().write_all(b"{\"return\": {\"pid\": 42}}\n").await.unwrap();
+            line.clear();
+            r.read_until(b'\n', &mut line).await.unwrap();
+            let st: Value = serde_json::from_slice(&line).unwrap();
+            assert_eq!(st["arguments"]["pid"], 42);
+            r.get_mut()
+                .write_all(b"{\"return\": {\"exited\": true, \"exitcode\": 3, \"out-data\": \"aGkK\"}}\n")
+                .await
+                .unwrap();
+        });
+        let mut agent = Agent::connect(&path, Duration::from_secs(5)).await.unwrap();
+        let out = agent
+            .exec(&["/bin/echo".into(), "hi".into()], Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(out, ExecOutput { exit_code: 3, stdout: "hi\n".into(), stderr: String::new() });
+        server.await.unwrap();
+        assert!(agent.drain().await.is_empty());
+    }
+}

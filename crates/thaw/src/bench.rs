@@ -1,0 +1,311 @@
+//! `thaw bench`: cold boot against restore of the default guest, to the same readiness
+//! (the guest agent answers), measured in one run on one machine.
+//!
+//! For each RAM size: `runs` cold boots, `runs` snapshots of a running VM (pause
+//! time), and `runs` restores of one snapshot (request → vCPUs running, and request →
+//! agent answers). Everything runs in a private home under `$THAW_HOME/bench-<pid>`
+//! that is removed afterwards.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::accel::Accel;
+use crate::guest::GuestImage;
+use crate::home::{Home, SnapshotTag, VmName};
+use crate::ops;
+use crate::qemu::Qemu;
+use crate::spec::MachineSpec;
+
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub runs: u32,
+    /// One row of figures per size; the first is the headline.
+    pub memory_mib: Vec<u32>,
+    pub guest: GuestImage,
+    pub accel: Accel,
+}
+
+/// Minimum, median and maximum of a sample, in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Stats {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl Stats {
+    pub fn of(samples: &[f64]) -> Stats {
+        let mut s = samples.to_vec();
+        s.sort_by(|a, b| a.total_cmp(b));
+        let n = s.len();
+        let median = match n {
+            0 => f64::NAN,
+            _ if n % 2 == 1 => s[n / 2],
+            _ => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+        };
+        Stats {
+            min: s.first().copied().unwrap_or(f64::NAN),
+            median,
+            max: s.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SizeReport {
+    pub memory_mib: u32,
+    pub cold_boot_ms: Stats,
+    pub pause_ms: Stats,
+    pub restore_ms: Stats,
+    pub ready_ms: Stats,
+    /// Median cold boot / median ready.
+    pub cold_to_ready_ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_gib: u64,
+    pub kernel: String,
+    pub qemu: String,
+    pub accel: Accel,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub machine: Machine,
+    pub runs: u32,
+    pub memory_mib: u32,
+    pub cold_boot_ms: Stats,
+    pub pause_ms: Stats,
+    pub restore_ms: Stats,
+    pub ready_ms: Stats,
+    pub cold_to_ready_ratio: f64,
+    /// Every RAM size measured (the first is the one above).
+    pub sizes: Vec<SizeReport>,
+    /// Median restore_ms of the largest size / of the smallest (when several).
+    pub restore_ratio_largest_to_smallest: Option<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("runs must be at least 1")]
+    Runs,
+    #[error("cold boot failed")]
+    Boot(#[from] ops::BootError),
+    #[error("snapshot failed")]
+    Snapshot(#[from] ops::SnapshotError),
+    #[error("restore failed")]
+    Restore(#[from] ops::RestoreError),
+    #[error("could not create the benchmark's directory")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the benchmark. `progress` gets one line per step.
+pub async fn run(
+    home: &Home,
+    qemu: &Qemu,
+    cfg: &BenchConfig,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BenchReport, BenchError> {
+    if cfg.runs == 0 || cfg.memory_mib.is_empty() {
+        return Err(BenchError::Runs);
+    }
+    let bench_home = Home::new(home.root().join(format!("bench-{}", std::process::id())));
+    bench_home.ensure()?;
+    let result = run_in(&bench_home, qemu, cfg, progress).await;
+    for name in crate::vm::list_names(&bench_home) {
+        let _ = ops::stop(&bench_home, &name).await;
+    }
+    let _ = std::fs::remove_dir_all(bench_home.root());
+    let sizes = result?;
+    let first = sizes[0].clone();
+    let restore_ratio = (sizes.len() > 1).then(|| {
+        let largest = sizes.iter().max_by_key(|s| s.memory_mib).expect("non-empty");
+        let smallest = sizes.iter().min_by_key(|s| s.memory_mib).expect("non-empty");
+        round2(largest.restore_ms.median / smallest.restore_ms.median)
+    });
+    Ok(BenchReport {
+        machine: machine(qemu, cfg.accel),
+        runs: cfg.runs,
+        memory_mib: first.memory_mib,
+        cold_boot_ms: first.cold_boot_ms,
+        pause_ms: first.pause_ms,
+        restore_ms: first.restore_ms,
+        ready_ms: first.ready_ms,
+        cold_to_ready_ratio: first.cold_to_ready_ratio,
+        sizes,
+        restore_ratio_largest_to_smallest: restore_ratio,
+    })
+}
+
+async fn run_in(
+    home: &Home,
+    qemu: &Qemu,
+    cfg: &BenchConfig,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<SizeReport>, BenchError> {
+    let mut sizes = Vec::new();
+    for &mem in &cfg.memory_mib {
+        let spec = MachineSpec {
+            machine: "pc".into(),
+            memory_mib: mem,
+            cpus: 1,
+            kernel: cfg.guest.kernel.clone(),
+            initrd: Some(cfg.guest.initrd.clone()),
+            cmdline: cfg.guest.cmdline.clone(),
+            accel: cfg.accel,
+        };
+        let name = |kind: &str, i: u32| -> VmName { format!("m{mem}-{kind}-{i}").parse().expect("valid name") };
+        let tag = |i: u32| -> SnapshotTag { format!("m{mem}-snap-{i}").parse().expect("valid tag") };
+
+        let mut cold = Vec::new();
+        for i in 0..cfg.runs {
+            progress(&format!("{mem} MiB: cold boot {}/{}", i + 1, cfg.runs));
+            let req = ops::BootRequest {
+                name: name("cold", i),
+                spec: spec.clone(),
+                timeout: Duration::from_secs(300),
+            };
+            let r = ops::boot(home, qemu, &req).await?;
+            cold.push(r.boot_ms);
+            if i > 0 {
+                let _ = ops::stop(home, &req.name).await;
+            }
+        }
+        let source = name("cold", 0);
+        let mut pause = Vec::new();
+        for i in 0..cfg.runs {
+            progress(&format!("{mem} MiB: snapshot {}/{}", i + 1, cfg.runs));
+            let r = ops::snapshot(
+                home,
+                &ops::SnapshotRequest {
+                    name: source.clone(),
+                    tag: tag(i),
+                    stop: false,
+                },
+            )
+            .await?;
+            pause.push(r.pause_ms);
+            if i > 0 {
+                let _ = ops::remove_snapshot(home, &tag(i));
+            }
+        }
+        let _ = ops::stop(home, &source).await;
+        let (mut restore, mut ready) = (Vec::new(), Vec::new());
+        for i in 0..cfg.runs {
+            progress(&format!("{mem} MiB: restore {}/{}", i + 1, cfg.runs));
+            let req = ops::RestoreRequest {
+                tag: tag(0),
+                count: 1,
+                name: Some(name("clone", i)),
+                accel: Some(cfg.accel),
+                verify: false,
+                timeout: Duration::from_secs(60),
+                keep_vmgenid: false,
+            };
+            let r = ops::restore(home, qemu, &req).await?;
+            restore.push(r[0].restore_ms);
+            ready.push(r[0].ready_ms);
+            let _ = ops::stop(home, &r[0].name).await;
+        }
+        let _ = ops::remove_snapshot(home, &tag(0));
+        let cold_boot_ms = Stats::of(&cold);
+        let ready_ms = Stats::of(&ready);
+        sizes.push(SizeReport {
+            memory_mib: mem,
+            cold_boot_ms,
+            pause_ms: Stats::of(&pause),
+            restore_ms: Stats::of(&restore),
+            ready_ms,
+            cold_to_ready_ratio: round2(cold_boot_ms.median / ready_ms.median),
+        });
+    }
+    Ok(sizes)
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn machine(qemu: &Qemu, accel: Accel) -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Machine {
+        cpu,
+        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        memory_gib: (mem_kib + (1 << 19)) >> 20,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        qemu: qemu.version.to_string(),
+        accel,
+    }
+}
+
+impl BenchReport {
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let m = &self.machine;
+        let mut s = format!(
+            "thaw bench: {} runs, default guest, {} on QEMU {}\nmachine: {} ({} cores, {} GiB), Linux {}\n\n",
+            self.runs, m.accel, m.qemu, m.cpu, m.cores, m.memory_gib, m.kernel
+        );
+        s.push_str(&format!(
+            "{:>7}  {:<32} {:>10} {:>10} {:>10}\n",
+            "memory", "measure (ms)", "min", "median", "max"
+        ));
+        for size in &self.sizes {
+            let rows = [
+                ("cold boot → agent answers", size.cold_boot_ms),
+                ("snapshot pause (VM keeps running)", size.pause_ms),
+                ("restore → vCPUs running", size.restore_ms),
+                ("restore → agent answers", size.ready_ms),
+            ];
+            for (i, (label, st)) in rows.iter().enumerate() {
+                let mem = if i == 0 { format!("{}M", size.memory_mib) } else { String::new() };
+                s.push_str(&format!(
+                    "{mem:>7}  {label:<32} {:>10.1} {:>10.1} {:>10.1}\n",
+                    st.min, st.median, st.max
+                ));
+            }
+            s.push_str(&format!(
+                "{:>7}  cold boot / ready (medians): {:.1}x\n",
+                "", size.cold_to_ready_ratio
+            ));
+        }
+        if let Some(r) = self.restore_ratio_largest_to_smallest {
+            s.push_str(&format!(
+                "\nrestore → running, largest / smallest RAM (medians): {r:.2}x\n"
+            ));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_take_min_median_max() {
+        assert_eq!(Stats::of(&[5.0, 1.0, 3.0]), Stats { min: 1.0, median: 3.0, max: 5.0 });
+        assert_eq!(Stats::of(&[4.0, 1.0, 3.0, 2.0]).median, 2.5);
+        assert!(Stats::of(&[]).median.is_nan());
+    }
+}

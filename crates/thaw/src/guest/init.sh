@@ -1,0 +1,49 @@
+#!/bin/busybox sh
+# PID 1 of thaw's default guest. It must never exit: the kernel panics when PID 1 does
+# (and with panic=-1 the VM reboots, which -no-reboot turns into QEMU exiting).
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox mount -t devtmpfs devtmpfs /dev
+/bin/busybox mount -t tmpfs -o mode=1777 tmpfs /tmp
+/bin/busybox mount -t tmpfs -o mode=0755 tmpfs /run
+/bin/busybox --install -s
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root
+hostname -F /etc/hostname
+
+# There is no udev, so no /dev/virtio-ports/<name> link: find the port by its name in
+# sysfs. devtmpfs names the node after the port (vportNpM).
+port=
+tries=0
+while [ -z "$port" ] && [ "$tries" -lt 100 ]; do
+    for f in /sys/class/virtio-ports/*/name; do
+        if [ -r "$f" ] && [ "$(cat "$f")" = org.qemu.guest_agent.0 ]; then
+            dev=/dev/$(basename "$(dirname "$f")")
+            [ -c "$dev" ] && port=$dev
+        fi
+    done
+    [ -n "$port" ] || { tries=$((tries + 1)); usleep 50000; }
+done
+
+if [ -n "$port" ]; then
+    mkdir -p /run/qemu-ga
+    qemu-ga -m virtio-serial -p "$port" -t /run/qemu-ga -f /run/qemu-ga.pid &
+    # qemu-ga writes its pidfile just before it opens the port.
+    tries=0
+    while [ ! -e /run/qemu-ga.pid ] && [ "$tries" -lt 100 ]; do
+        tries=$((tries + 1))
+        usleep 20000
+    done
+    # Wait for the kernel's random pool, so a snapshot taken at the ready line never holds
+    # an uninitialised RNG (reading /dev/random blocks until it is initialised, and the
+    # kernel gathers jitter entropy while it waits).
+    dd if=/dev/random of=/dev/null bs=1 count=1 2>/dev/null
+    echo THAW-GUEST-READY
+else
+    echo "thaw-guest: no virtio-serial port named org.qemu.guest_agent.0; the agent is not running"
+fi
+
+# Sleeping in the foreground also reaps orphans: the shell waits for any child.
+while :; do
+    sleep 3600
+done

@@ -1,0 +1,570 @@
+//! The default guest: a small Linux VM that thaw builds for its demo and its tests.
+//!
+//! It is Debian's cloud kernel (through apt, from bookworm-backports on a bookworm host)
+//! and an initramfs thaw writes itself: static busybox, Debian's `qemu-ga` with the shared
+//! libraries it loads, and an `/init` that mounts the usual filesystems (with a tmpfs on
+//! `/tmp`), starts the agent on the virtio-serial port named `org.qemu.guest_agent.0`,
+//! waits for the kernel's RNG, prints [`READY_LINE`] on the serial console and then idles
+//! forever.
+//!
+//! Built guests live in `<cache>/guests/default/` as `vmlinuz`, `initrd.cpio` and
+//! `guest.json` (what was built, from which package, with BLAKE3 hashes). A build happens
+//! in a scratch directory beside it that is renamed into place, under an exclusive lock
+//! on `<cache>/guests/default.lock`, so parallel callers build once and a crash never
+//! leaves a half-built guest.
+
+mod cpio;
+mod initramfs;
+mod kernel;
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use serde::{Deserialize, Serialize};
+
+/// The line the guest's init prints on the serial console once the agent is started.
+pub const READY_LINE: &str = "THAW-GUEST-READY";
+
+/// The default guest's kernel command line. `quiet` keeps the kernel's messages off the
+/// slow emulated UART (it costs boot time under TCG) while init's output still goes to
+/// ttyS0; `panic=-1` turns a guest panic into a reboot, which `-no-reboot` makes QEMU exit.
+const CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
+
+/// Bump when the guest's contents change in a way the init script and command line do not
+/// show (e.g. another file in the initramfs): cached guests of another recipe are rebuilt.
+const RECIPE_VERSION: u32 = 1;
+const MANIFEST_FORMAT: u32 = 1;
+/// guest.json is a few hundred bytes; anything much larger is not one of ours.
+const MANIFEST_MAX_BYTES: u64 = 64 * 1024;
+
+const KERNEL_FILE: &str = "vmlinuz";
+const INITRD_FILE: &str = "initrd.cpio";
+const MANIFEST_FILE: &str = "guest.json";
+
+/// A bootable guest: kernel, initramfs and the kernel command line to pass.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GuestImage {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+}
+
+/// Why the default guest could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestBuildError {
+    #[error("{tool} is missing: install the Debian package {package}")]
+    MissingTool { tool: String, package: &'static str },
+    #[error("could not run {command}")]
+    Spawn {
+        command: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("could not update apt's package lists: {stderr_line}")]
+    AptUpdate { stderr_line: String },
+    #[error(
+        "apt knows no {package}: add bookworm-backports to apt's sources and run apt-get update"
+    )]
+    NoKernelPackage { package: &'static str },
+    #[error(
+        "the newest {package} apt knows is {version} and the guest needs Linux 6.12 or newer: \
+         add bookworm-backports to apt's sources and run apt-get update"
+    )]
+    KernelTooOld {
+        package: &'static str,
+        version: String,
+    },
+    #[error("could not download the guest kernel package {package}: {stderr_line}")]
+    DownloadKernel {
+        package: String,
+        stderr_line: String,
+    },
+    #[error("could not unpack the guest kernel package {package}: {stderr_line}")]
+    UnpackKernel {
+        package: String,
+        stderr_line: String,
+    },
+    #[error("the guest kernel package {package} holds no {what}")]
+    NoKernelFile { package: String, what: &'static str },
+    #[error(
+        "{} is not a statically linked x86-64 program: install the Debian package busybox-static",
+        path.display()
+    )]
+    BusyboxNotStatic { path: PathBuf },
+    #[error("could not list the shared libraries of {}: {stderr_line}", path.display())]
+    ListLibraries { path: PathBuf, stderr_line: String },
+    #[error(
+        "{} needs {library}, which ldd cannot find: reinstall the package that provides it",
+        binary.display()
+    )]
+    MissingLibrary { binary: PathBuf, library: String },
+    #[error("could not {step} at {}", path.display())]
+    Io {
+        step: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What `guest.json` records about a built guest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct GuestManifest {
+    format: u32,
+    /// BLAKE3 of what decides the guest's contents besides the host's packages; see
+    /// [`recipe`].
+    recipe: String,
+    kernel_package: String,
+    kernel_version: String,
+    cmdline: String,
+    kernel: FileRecord,
+    initrd: FileRecord,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct FileRecord {
+    name: String,
+    size: u64,
+    blake3: String,
+}
+
+impl FileRecord {
+    fn new(name: &str, data: &[u8]) -> Self {
+        FileRecord {
+            name: name.to_owned(),
+            size: data.len() as u64,
+            blake3: blake3::hash(data).to_hex().to_string(),
+        }
+    }
+}
+
+/// Where built guests are cached: `$THAW_CACHE`, else `$XDG_CACHE_HOME/thaw`, else
+/// `$HOME/.cache/thaw` (and a directory under the system's temp dir if even `HOME` is unset).
+pub fn cache_dir() -> PathBuf {
+    cache_dir_from(|name| std::env::var_os(name))
+}
+
+fn cache_dir_from(env: impl Fn(&str) -> Option<OsString>) -> PathBuf {
+    let var = |name| env(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dir) = var("THAW_CACHE") {
+        return dir;
+    }
+    // The XDG spec says to ignore a relative XDG_CACHE_HOME.
+    if let Some(dir) = var("XDG_CACHE_HOME").filter(|d| d.is_absolute()) {
+        return dir.join("thaw");
+    }
+    match var("HOME") {
+        Some(home) => home.join(".cache/thaw"),
+        None => std::env::temp_dir().join("thaw-cache"),
+    }
+}
+
+fn guests_dir(cache: &Path) -> PathBuf {
+    cache.join("guests")
+}
+
+fn default_dir(cache: &Path) -> PathBuf {
+    guests_dir(cache).join("default")
+}
+
+/// The default guest if it is already built in `cache` (all files present, built by this
+/// version of the recipe), else None.
+pub fn default_guest(cache: &Path) -> Option<GuestImage> {
+    let dir = default_dir(cache);
+    let manifest = read_manifest(&dir.join(MANIFEST_FILE))?;
+    if manifest.format != MANIFEST_FORMAT || manifest.recipe != recipe(&manifest.cmdline) {
+        return None;
+    }
+    let kernel = dir.join(&manifest.kernel.name);
+    let initrd = dir.join(&manifest.initrd.name);
+    for (path, record) in [(&kernel, &manifest.kernel), (&initrd, &manifest.initrd)] {
+        if fs::metadata(path).ok()?.len() != record.size {
+            return None;
+        }
+    }
+    Some(GuestImage {
+        kernel,
+        initrd,
+        cmdline: manifest.cmdline,
+    })
+}
+
+fn read_manifest(path: &Path) -> Option<GuestManifest> {
+    let mut text = String::new();
+    File::open(path)
+        .ok()?
+        .take(MANIFEST_MAX_BYTES)
+        .read_to_string(&mut text)
+        .ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// BLAKE3 of the recipe version, the init script and the command line: a cached guest
+/// built from another recipe is stale.
+fn recipe(cmdline: &str) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(&RECIPE_VERSION.to_le_bytes());
+    h.update(initramfs::INIT_SCRIPT.as_bytes());
+    h.update(b"\0");
+    h.update(cmdline.as_bytes());
+    h.finalize().to_hex().to_string()
+}
+
+/// Builds (or rebuilds when `force`) the default guest into `cache`/guests/default/.
+/// Without `force`, a guest already built there is returned as is.
+///
+/// `progress` gets one short human line per step.
+///
+/// # Errors
+/// When a tool or package it needs is missing (apt, dpkg, busybox-static,
+/// qemu-guest-agent), the kernel cannot be downloaded, or the cache cannot be written.
+pub fn build_default_guest(
+    cache: &Path,
+    force: bool,
+    progress: &mut dyn FnMut(&str),
+) -> Result<GuestImage, GuestBuildError> {
+    let _lock = lock(cache)?;
+    if !force {
+        if let Some(guest) = default_guest(cache) {
+            return Ok(guest);
+        }
+    }
+    build_locked(cache, progress)
+}
+
+/// [`default_guest`] if present, otherwise [`build_default_guest`]. Safe to call from
+/// several processes at once: one builds, the others wait for it and use its result.
+///
+/// # Errors
+/// As [`build_default_guest`].
+pub fn ensure_default_guest(
+    cache: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<GuestImage, GuestBuildError> {
+    build_default_guest(cache, false, progress)
+}
+
+/// Takes the exclusive build lock, blocking until whoever holds it is done. It is released
+/// when the returned file is closed, also when the process dies.
+fn lock(cache: &Path) -> Result<File, GuestBuildError> {
+    let guests = guests_dir(cache);
+    fs::create_dir_all(&guests).map_err(io_err("create the guest cache", &guests))?;
+    let path = guests.join("default.lock");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err("open the guest cache lock", &path))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io_err("lock the guest cache", &path)(e.into()))?;
+    Ok(file)
+}
+
+/// Builds into a scratch directory and renames the result into place. The caller holds
+/// the lock, so no one else is building and leftovers of crashed builds can go.
+fn build_locked(
+    cache: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<GuestImage, GuestBuildError> {
+    let guests = guests_dir(cache);
+    remove_stale_builds(&guests)?;
+    let scratch = guests.join(format!(".default.build-{}", std::process::id()));
+    fs::create_dir_all(&scratch).map_err(io_err("create the build directory", &scratch))?;
+    let built = build_into(&scratch, progress).and_then(|()| {
+        let dest = default_dir(cache);
+        if dest.exists() {
+            let old = scratch.join("old");
+            fs::rename(&dest, &old).map_err(io_err("move the previous guest away", &dest))?;
+        }
+        let out = scratch.join("out");
+        fs::rename(&out, &dest).map_err(io_err("move the built guest into place", &dest))?;
+        sync_dir(&guests)?;
+        Ok(dest)
+    });
+    // Scratch holds the .deb, its unpacked tree and the replaced guest; all disposable.
+    let _ = fs::remove_dir_all(&scratch);
+    let dest = built?;
+    let guest = default_guest(cache).ok_or_else(|| GuestBuildError::Io {
+        step: "read back the built guest",
+        path: dest.clone(),
+        source: io::Error::new(io::ErrorKind::InvalidData, "guest.json is unreadable"),
+    })?;
+    tracing::info!(dir = %dest.display(), "built the default guest");
+    progress(&format!("built the default guest in {}", dest.display()));
+    Ok(guest)
+}
+
+fn remove_stale_builds(guests: &Path) -> Result<(), GuestBuildError> {
+    let entries = fs::read_dir(guests).map_err(io_err("list the guest cache", guests))?;
+    for entry in entries.filter_map(Result::ok) {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".default.build-")
+        {
+            let path = entry.path();
+            fs::remove_dir_all(&path).map_err(io_err("remove an unfinished build", &path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `scratch/out/{vmlinuz,initrd.cpio,guest.json}`, every file synced.
+fn build_into(scratch: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), GuestBuildError> {
+    // The initramfs comes from local files; collect it first so that a missing package
+    // fails before a 30 MB download.
+    let tree = initramfs::collect(progress)?;
+
+    let mut apt = kernel::Apt::new();
+    let pkg = apt.resolve(progress)?;
+    let deb_dir = scratch.join("deb");
+    fs::create_dir_all(&deb_dir).map_err(io_err("create the download directory", &deb_dir))?;
+    let deb = apt.download(&pkg, &deb_dir, progress)?;
+    progress(&format!("unpacking {}", pkg.name));
+    let vmlinuz = kernel::extract(&pkg, &deb, &scratch.join("root"))?;
+    let kernel = fs::read(&vmlinuz).map_err(io_err("read the unpacked kernel", &vmlinuz))?;
+
+    let (files, bytes) = tree.file_stats();
+    progress(&format!(
+        "writing initramfs ({files} files, {:.1} MiB)",
+        bytes as f64 / (1024.0 * 1024.0)
+    ));
+    let initrd = tree
+        .write_to(Vec::new())
+        .map_err(io_err("write the initramfs", Path::new(INITRD_FILE)))?;
+
+    let out = scratch.join("out");
+    fs::create_dir_all(&out).map_err(io_err("create the output directory", &out))?;
+    write_synced(&out.join(KERNEL_FILE), &kernel, "write the kernel")?;
+    write_synced(&out.join(INITRD_FILE), &initrd, "write the initramfs")?;
+    let manifest = GuestManifest {
+        format: MANIFEST_FORMAT,
+        recipe: recipe(CMDLINE),
+        kernel_package: pkg.name,
+        kernel_version: pkg.version,
+        cmdline: CMDLINE.to_owned(),
+        kernel: FileRecord::new(KERNEL_FILE, &kernel),
+        initrd: FileRecord::new(INITRD_FILE, &initrd),
+    };
+    let mut json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
+    json.push(b'\n');
+    write_synced(&out.join(MANIFEST_FILE), &json, "write guest.json")?;
+    sync_dir(&out)
+}
+
+fn write_synced(path: &Path, data: &[u8], step: &'static str) -> Result<(), GuestBuildError> {
+    let mut file = File::create(path).map_err(io_err(step, path))?;
+    file.write_all(data).map_err(io_err(step, path))?;
+    file.sync_all().map_err(io_err(step, path))
+}
+
+/// fsync a directory so that the entries just created or renamed in it survive a crash.
+fn sync_dir(dir: &Path) -> Result<(), GuestBuildError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync the directory", dir))
+}
+
+fn io_err(step: &'static str, path: &Path) -> impl FnOnce(io::Error) -> GuestBuildError {
+    let path = path.to_owned();
+    move |source| GuestBuildError::Io { step, path, source }
+}
+
+/// The error for a command that could not be started: a missing program is a missing
+/// package.
+fn spawn_error(command: &'static str, source: io::Error) -> GuestBuildError {
+    if source.kind() != io::ErrorKind::NotFound {
+        return GuestBuildError::Spawn { command, source };
+    }
+    let package = match command {
+        "apt-get" | "apt-cache" => "apt",
+        "dpkg" => "dpkg",
+        "ldd" => "libc-bin",
+        other => other,
+    };
+    GuestBuildError::MissingTool {
+        tool: command.to_owned(),
+        package,
+    }
+}
+
+/// The line of a failed command's stderr that says why: apt's last `E:` line (its `W:`
+/// warnings come after it), else the last line, else the exit status.
+fn command_error_line(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("E:"))
+        .or(lines.last())
+        .map_or_else(|| format!("it {}", output.status), |l| (*l).to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    #[test]
+    fn init_prints_the_ready_line() {
+        assert!(initramfs::INIT_SCRIPT
+            .lines()
+            .any(|l| l.trim() == format!("echo {READY_LINE}")));
+        assert!(initramfs::INIT_SCRIPT.starts_with("#!/bin/busybox sh\n"));
+    }
+
+    #[test]
+    fn cmdline_keeps_the_serial_console() {
+        assert!(CMDLINE.split(' ').any(|a| a == "console=ttyS0"));
+        assert!(CMDLINE.split(' ').any(|a| a == "panic=-1"));
+    }
+
+    fn output(code: i32, stderr: &str) -> Output {
+        Output {
+            status: ExitStatus::from_raw(code << 8),
+            stdout: Vec::new(),
+            stderr: stderr.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn error_line_prefers_apts_error_over_its_warnings() {
+        let out = output(
+            100,
+            "E: Can't select candidate version\nW: Download is performed unsandboxed\n",
+        );
+        assert_eq!(
+            command_error_line(&out),
+            "E: Can't select candidate version"
+        );
+        assert_eq!(command_error_line(&output(2, "a\nlast\n\n")), "last");
+        assert_eq!(command_error_line(&output(3, "")), "it exit status: 3");
+    }
+
+    #[test]
+    fn missing_program_names_its_package() {
+        let err = spawn_error("dpkg", io::Error::from(io::ErrorKind::NotFound));
+        assert_eq!(
+            err.to_string(),
+            "dpkg is missing: install the Debian package dpkg"
+        );
+    }
+
+    fn fake_guest(cache: &Path) -> GuestManifest {
+        let dir = default_dir(cache);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(KERNEL_FILE), b"kernel").unwrap();
+        fs::write(dir.join(INITRD_FILE), b"initrd!").unwrap();
+        let manifest = GuestManifest {
+            format: MANIFEST_FORMAT,
+            recipe: recipe(CMDLINE),
+            kernel_package: "linux-image-test".into(),
+            kernel_version: "6.12-1".into(),
+            cmdline: CMDLINE.into(),
+            kernel: FileRecord::new(KERNEL_FILE, b"kernel"),
+            initrd: FileRecord::new(INITRD_FILE, b"initrd!"),
+        };
+        fs::write(
+            dir.join(MANIFEST_FILE),
+            serde_json::to_vec(&manifest).unwrap(),
+        )
+        .unwrap();
+        manifest
+    }
+
+    #[test]
+    fn default_guest_finds_a_complete_build() {
+        let cache = tempfile::tempdir().unwrap();
+        assert_eq!(default_guest(cache.path()), None);
+        fake_guest(cache.path());
+        let dir = default_dir(cache.path());
+        assert_eq!(
+            default_guest(cache.path()),
+            Some(GuestImage {
+                kernel: dir.join(KERNEL_FILE),
+                initrd: dir.join(INITRD_FILE),
+                cmdline: CMDLINE.into(),
+            })
+        );
+        // build_default_guest without force returns it without building anything.
+        let built = build_default_guest(cache.path(), false, &mut |_| {}).unwrap();
+        assert_eq!(Some(built), default_guest(cache.path()));
+    }
+
+    #[test]
+    fn default_guest_ignores_partial_or_stale_builds() {
+        let cache = tempfile::tempdir().unwrap();
+        let dir = default_dir(cache.path());
+
+        let mut manifest = fake_guest(cache.path());
+        fs::remove_file(dir.join(INITRD_FILE)).unwrap();
+        assert_eq!(default_guest(cache.path()), None, "initrd missing");
+
+        fake_guest(cache.path());
+        fs::write(dir.join(KERNEL_FILE), b"short").unwrap();
+        assert_eq!(default_guest(cache.path()), None, "kernel size differs");
+
+        fake_guest(cache.path());
+        manifest.recipe = "an older recipe".into();
+        fs::write(
+            dir.join(MANIFEST_FILE),
+            serde_json::to_vec(&manifest).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(default_guest(cache.path()), None, "other recipe");
+
+        fs::write(dir.join(MANIFEST_FILE), b"{not json").unwrap();
+        assert_eq!(default_guest(cache.path()), None, "corrupt guest.json");
+    }
+
+    #[test]
+    fn manifest_round_trips() {
+        let m = GuestManifest {
+            format: MANIFEST_FORMAT,
+            recipe: recipe(CMDLINE),
+            kernel_package: "linux-image-6.12.95+deb12-cloud-amd64".into(),
+            kernel_version: "6.12.95-1~bpo12+1".into(),
+            cmdline: CMDLINE.into(),
+            kernel: FileRecord::new(KERNEL_FILE, b"k"),
+            initrd: FileRecord::new(INITRD_FILE, b"i"),
+        };
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<GuestManifest>(&json).unwrap(), m);
+    }
+
+    #[test]
+    fn cache_dir_follows_thaw_cache_then_xdg_then_home() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        let all = &[
+            ("THAW_CACHE", "/c"),
+            ("XDG_CACHE_HOME", "/x"),
+            ("HOME", "/h"),
+        ];
+        assert_eq!(cache_dir_from(env(all)), Path::new("/c"));
+        let no_thaw = &[("THAW_CACHE", ""), ("XDG_CACHE_HOME", "/x"), ("HOME", "/h")];
+        assert_eq!(cache_dir_from(env(no_thaw)), Path::new("/x/thaw"));
+        let relative_xdg = &[("XDG_CACHE_HOME", "x"), ("HOME", "/h")];
+        assert_eq!(
+            cache_dir_from(env(relative_xdg)),
+            Path::new("/h/.cache/thaw")
+        );
+        assert!(cache_dir_from(env(&[])).ends_with("thaw-cache"));
+    }
+}

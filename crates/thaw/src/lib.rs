@@ -1,0 +1,28 @@
+//! thaw: boot a virtual machine once, checkpoint it, and restore it — or many
+//! independent clones of it — in milliseconds instead of booting again.
+//!
+//! QEMU is the engine. Guest RAM lives in a file that the booted VM maps shared; a
+//! snapshot is the device state (migration stream with `x-ignore-shared`) plus that
+//! file; a restore maps the file private in a fresh QEMU started with
+//! `-incoming defer`, so its cost does not grow with RAM size. See `docs/` for the
+//! snapshot format.
+//!
+//! The CLI and the daemon are thin shells over the operations in [`ops`].
+
+pub mod accel;
+pub mod agent;
+pub mod bench;
+pub mod fsutil;
+pub mod guest;
+pub mod home;
+pub mod migration;
+pub mod ops;
+pub mod qemu;
+pub mod snapshot;
+pub mod spec;
+pub mod vm;
+
+pub use accel::Accel;
+pub use home::{Home, SnapshotTag, VmName};
+pub use spec::MachineSpec;
+pub use thaw_qmp::QemuVersion;

@@ -1,0 +1,142 @@
+//! Finding the QEMU binary and knowing its version before starting it.
+//!
+//! Restore must refuse a snapshot taken with another QEMU *before* starting QEMU, so
+//! the version is read from `qemu-system-x86_64 --version`. That costs a process
+//! start, so it is cached in `$THAW_CACHE/qemu-version.json`, keyed by the binary's
+//! path, size and modification time.
+
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use serde::{Deserialize, Serialize};
+use thaw_qmp::QemuVersion;
+
+use crate::fsutil;
+
+/// Finding or probing QEMU failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("QEMU binary {0} not found: install qemu-system-x86 (scripts/setup.sh) or set THAW_QEMU")]
+    NotFound(String),
+    #[error("could not run {path} --version")]
+    Probe {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} --version printed no version: {output:?}")]
+    NoVersion { path: PathBuf, output: String },
+}
+
+/// A QEMU system emulator binary and its version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Qemu {
+    pub binary: PathBuf,
+    pub version: QemuVersion,
+}
+
+#[derive(Serialize, Deserialize)]
+struct VersionCache {
+    binary: PathBuf,
+    size: u64,
+    mtime_ns: u128,
+    version: QemuVersion,
+}
+
+impl Qemu {
+    /// `$THAW_QEMU` if set (a path or a name on `$PATH`), else `qemu-system-x86_64`.
+    pub fn find(cache_dir: &Path) -> Result<Qemu, QemuError> {
+        let wanted = std::env::var("THAW_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
+        let binary = resolve(&wanted).ok_or_else(|| QemuError::NotFound(wanted.clone()))?;
+        let meta = std::fs::metadata(&binary).map_err(|_| QemuError::NotFound(wanted.clone()))?;
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let cache_path = cache_dir.join("qemu-version.json");
+        if let Ok(bytes) = std::fs::read(&cache_path) {
+            if let Ok(c) = serde_json::from_slice::<VersionCache>(&bytes) {
+                if c.binary == binary && c.size == meta.len() && c.mtime_ns == mtime_ns {
+                    return Ok(Qemu {
+                        binary,
+                        version: c.version,
+                    });
+                }
+            }
+        }
+        let version = probe_version(&binary)?;
+        let cache = VersionCache {
+            binary: binary.clone(),
+            size: meta.len(),
+            mtime_ns,
+            version,
+        };
+        // A cache that cannot be written only costs a probe next time.
+        if std::fs::create_dir_all(cache_dir).is_ok() {
+            let _ = fsutil::write_atomic(&cache_path, &serde_json::to_vec(&cache).expect("serializes"));
+        }
+        Ok(Qemu { binary, version })
+    }
+}
+
+fn resolve(wanted: &str) -> Option<PathBuf> {
+    if wanted.contains('/') {
+        let p = PathBuf::from(wanted);
+        return p.is_file().then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(wanted))
+        .find(|p| p.is_file())
+}
+
+fn probe_version(binary: &Path) -> Result<QemuVersion, QemuError> {
+    let out = std::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .map_err(|source| QemuError::Probe {
+            path: binary.to_owned(),
+            source,
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    parse_version_output(&text).ok_or_else(|| QemuError::NoVersion {
+        path: binary.to_owned(),
+        output: text.lines().next().unwrap_or("").to_owned(),
+    })
+}
+
+/// Parses "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2...)".
+fn parse_version_output(text: &str) -> Option<QemuVersion> {
+    let rest = text.split("version ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_debian_version_lines() {
+        let v = parse_version_output(
+            "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\nCopyright",
+        )
+        .unwrap();
+        assert_eq!(v.to_string(), "10.0.2");
+        assert_eq!(
+            parse_version_output("QEMU emulator version 7.2.15 (Debian 1:7.2+dfsg-7+deb12u12)")
+                .unwrap()
+                .to_string(),
+            "7.2.15"
+        );
+        assert!(parse_version_output("nothing here").is_none());
+    }
+
+    #[test]
+    fn missing_binary_is_a_clear_error() {
+        assert!(resolve("/nonexistent/qemu-system-x86_64").is_none());
+        assert!(resolve("no-such-qemu-binary-anywhere").is_none());
+        assert!(resolve("sh").is_some());
+    }
+}

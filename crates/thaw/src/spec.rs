@@ -1,0 +1,258 @@
+//! A typed description of a machine and the one function that renders it as QEMU argv.
+//!
+//! The same spec is recorded in every snapshot; a restore renders the snapshot's spec
+//! again (with the RAM file mapped private and `-incoming defer`), so the device set
+//! always matches the migration stream.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thaw_qmp::QemuVersion;
+use uuid::Uuid;
+
+use crate::accel::Accel;
+
+/// The largest guest thaw will start, in MiB.
+pub const MAX_MEMORY_MIB: u32 = 256 * 1024;
+
+/// What the user asks for: the machine to boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineSpec {
+    /// QEMU machine type, e.g. `pc` or `q35`.
+    pub machine: String,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub accel: Accel,
+}
+
+/// A spec that cannot be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("kernel {0} not found")]
+    KernelMissing(PathBuf),
+    #[error("initrd {0} not found")]
+    InitrdMissing(PathBuf),
+    #[error("memory must be between 16 and {MAX_MEMORY_MIB} MiB, not {0}")]
+    Memory(u32),
+    #[error("cpus must be between 1 and 64, not {0}")]
+    Cpus(u32),
+    #[error("invalid machine type {0:?}")]
+    Machine(String),
+}
+
+impl MachineSpec {
+    /// Checks what can be checked before starting QEMU.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !(16..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(SpecError::Memory(self.memory_mib));
+        }
+        if !(1..=64).contains(&self.cpus) {
+            return Err(SpecError::Cpus(self.cpus));
+        }
+        if self.machine.is_empty()
+            || !self
+                .machine
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        {
+            return Err(SpecError::Machine(self.machine.clone()));
+        }
+        if !self.kernel.is_file() {
+            return Err(SpecError::KernelMissing(self.kernel.clone()));
+        }
+        if let Some(initrd) = &self.initrd {
+            if !initrd.is_file() {
+                return Err(SpecError::InitrdMissing(initrd.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        u64::from(self.memory_mib) << 20
+    }
+
+    /// Renders the QEMU command line (without the binary itself).
+    pub fn argv(&self, launch: &Launch<'_>) -> Vec<OsString> {
+        let mut a = Argv::default();
+        a.push("-name").push(launch.name);
+        a.push("-machine").push(format!(
+            "{},memory-backend=ram0",
+            self.machine
+        ));
+        a.push("-accel").push(match self.accel {
+            Accel::Kvm => "kvm".to_owned(),
+            Accel::Tcg if self.cpus > 1 => "tcg,thread=multi".to_owned(),
+            Accel::Tcg => "tcg".to_owned(),
+        });
+        if self.accel == Accel::Kvm {
+            a.push("-cpu").push("host");
+        }
+        a.push("-m").push(format!("{}M", self.memory_mib));
+        a.push("-smp").push(self.cpus.to_string());
+        // Shared for a booted VM (the file is the RAM image); private for a restore
+        // (pages fault in from the image on first touch and are copied on first
+        // write; the image is never modified). QEMU >= 8.2 can open the image
+        // read-only and still give the guest writable private memory.
+        let mut backend = OsString::from(format!(
+            "memory-backend-file,id=ram0,size={}M,share={},mem-path=",
+            self.memory_mib,
+            if launch.share_ram { "on" } else { "off" }
+        ));
+        backend.push(escape_commas(launch.ram));
+        if !launch.share_ram && launch.qemu.has_file_migration() {
+            backend.push(",readonly=on,rom=off");
+        }
+        a.push("-object").push(backend);
+        a.push("-kernel").push(self.kernel.as_os_str());
+        if let Some(initrd) = &self.initrd {
+            a.push("-initrd").push(initrd.as_os_str());
+        }
+        a.push("-append").push(&self.cmdline);
+        for fixed in [
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ] {
+            a.push(fixed);
+        }
+        // Serial console to a file.
+        let mut console = OsString::from("file,id=ser0,path=");
+        console.push(escape_commas(launch.console_log));
+        a.push("-chardev").push(console);
+        a.push("-serial").push("chardev:ser0");
+        // QMP.
+        let mut qmp = OsString::from("socket,id=qmp0,server=on,wait=off,path=");
+        qmp.push(escape_commas(launch.qmp_socket));
+        a.push("-chardev").push(qmp);
+        a.push("-mon").push("chardev=qmp0,mode=control");
+        // Guest agent over virtio-serial.
+        a.push("-device").push("virtio-serial-pci,id=vser0");
+        let mut qga = OsString::from("socket,id=qga0,server=on,wait=off,path=");
+        qga.push(escape_commas(launch.agent_socket));
+        a.push("-chardev").push(qga);
+        a.push("-device")
+            .push("virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0");
+        // A fresh generation id per clone makes the guest kernel reseed its RNG.
+        a.push("-device").push(format!("vmgenid,id=vmgenid0,guid={}", launch.vmgenid));
+        if launch.incoming {
+            a.push("-S").push("-incoming").push("defer");
+        }
+        a.0
+    }
+}
+
+/// Per-process facts that are not part of the spec: where this VM's files live.
+#[derive(Debug, Clone)]
+pub struct Launch<'a> {
+    pub name: &'a str,
+    pub qemu: QemuVersion,
+    pub ram: &'a Path,
+    pub share_ram: bool,
+    pub qmp_socket: &'a Path,
+    pub agent_socket: &'a Path,
+    pub console_log: &'a Path,
+    pub vmgenid: Uuid,
+    /// Start paused, waiting for `migrate-incoming`.
+    pub incoming: bool,
+}
+
+#[derive(Default)]
+struct Argv(Vec<OsString>);
+
+impl Argv {
+    fn push(&mut self, s: impl Into<OsString>) -> &mut Self {
+        self.0.push(s.into());
+        self
+    }
+}
+
+/// QEMU option values are comma-separated; a literal comma is written twice.
+fn escape_commas(p: &Path) -> OsString {
+    let s = p.as_os_str().to_string_lossy();
+    OsString::from(s.replace(',', ",,"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> MachineSpec {
+        MachineSpec {
+            machine: "pc".into(),
+            memory_mib: 256,
+            cpus: 2,
+            kernel: "/k/vmlinuz".into(),
+            initrd: Some("/k/initrd".into()),
+            cmdline: "console=ttyS0".into(),
+            accel: Accel::Tcg,
+        }
+    }
+
+    fn launch<'a>(share: bool, incoming: bool) -> Launch<'a> {
+        Launch {
+            name: "web",
+            qemu: "10.0.2".parse().unwrap(),
+            ram: Path::new("/h/vms/web/ram"),
+            share_ram: share,
+            qmp_socket: Path::new("/h/vms/web/qmp.sock"),
+            agent_socket: Path::new("/h/vms/web/qga.sock"),
+            console_log: Path::new("/h/vms/web,x/console.log"),
+            vmgenid: Uuid::nil(),
+            incoming,
+        }
+    }
+
+    fn joined(v: &[OsString]) -> String {
+        v.iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn booted_vm_maps_ram_shared() {
+        let argv = joined(&spec().argv(&launch(true, false)));
+        assert!(argv.contains("memory-backend-file,id=ram0,size=256M,share=on,mem-path=/h/vms/web/ram"));
+        assert!(argv.contains("-machine pc,memory-backend=ram0"));
+        assert!(argv.contains("-accel tcg,thread=multi"));
+        assert!(argv.contains("-smp 2"));
+        assert!(!argv.contains("-incoming"));
+        assert!(argv.contains("path=/h/vms/web,,x/console.log"), "commas escaped: {argv}");
+    }
+
+    #[test]
+    fn restore_maps_ram_private_read_only_and_waits_for_incoming() {
+        let argv = joined(&spec().argv(&launch(false, true)));
+        assert!(argv.contains("share=off,mem-path=/h/vms/web/ram,readonly=on,rom=off"));
+        assert!(argv.ends_with("-S -incoming defer"));
+        let mut old = launch(false, true);
+        old.qemu = "7.2.0".parse().unwrap();
+        assert!(!joined(&spec().argv(&old)).contains("readonly=on"));
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let mut s = spec();
+        s.memory_mib = 1;
+        assert!(matches!(s.validate(), Err(SpecError::Memory(1))));
+        let mut s = spec();
+        s.machine = "pc,accel=kvm".into();
+        assert!(matches!(s.validate(), Err(SpecError::Machine(_))));
+        let s = spec();
+        assert_eq!(s.validate().unwrap_err().to_string(), "kernel /k/vmlinuz not found");
+    }
+
+    #[test]
+    fn spec_round_trips() {
+        let s = spec();
+        let j = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<MachineSpec>(&j).unwrap(), s);
+    }
+}

@@ -1,0 +1,375 @@
+//! A QEMU process: its directory, its persisted record, spawning, liveness, stopping.
+//!
+//! Every VM has a directory `vms/<name>/` holding `vm.json` (its [`VmState`]), the QMP
+//! and agent sockets, the serial console log, QEMU's own log, and for a booted VM its
+//! RAM file. The record is written right after QEMU is spawned, so whatever happens to
+//! thaw afterwards (a crash, kill -9), `thaw ls` can find the process and `thaw stop`
+//! can end it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use thaw_qmp::{Qmp, QemuVersion};
+use uuid::Uuid;
+
+use crate::fsutil;
+use crate::home::{Home, SnapshotTag, VmName};
+use crate::qemu::Qemu;
+use crate::spec::{Launch, MachineSpec};
+
+/// What is persisted about a VM (`vms/<name>/vm.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmState {
+    pub name: VmName,
+    pub pid: u32,
+    pub spec: MachineSpec,
+    pub qemu_version: QemuVersion,
+    pub vmgenid: Uuid,
+    /// The RAM file QEMU maps: the VM's own (shared) or a snapshot's image (private).
+    pub ram: PathBuf,
+    pub ram_shared: bool,
+    pub origin: Origin,
+    pub created_unix_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Origin {
+    Booted,
+    Restored { snapshot: SnapshotTag },
+}
+
+/// The files of one VM directory.
+#[derive(Debug, Clone)]
+pub struct VmPaths {
+    pub dir: PathBuf,
+}
+
+impl VmPaths {
+    pub fn new(home: &Home, name: &VmName) -> VmPaths {
+        VmPaths {
+            dir: home.vm_dir(name),
+        }
+    }
+    pub fn record(&self) -> PathBuf {
+        self.dir.join("vm.json")
+    }
+    pub fn qmp(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+    pub fn agent(&self) -> PathBuf {
+        self.dir.join("qga.sock")
+    }
+    pub fn console(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    pub fn qemu_log(&self) -> PathBuf {
+        self.dir.join("qemu.log")
+    }
+    pub fn ram(&self) -> PathBuf {
+        self.dir.join("ram")
+    }
+}
+
+/// Errors of VM process handling.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("no VM named {0}")]
+    NotFound(VmName),
+    #[error("a VM named {0} already exists")]
+    Exists(VmName),
+    #[error("VM {0} is not running")]
+    NotRunning(VmName),
+    #[error("could not {step} {path}")]
+    Io {
+        step: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the record of VM {name} is unreadable ({path})")]
+    BadRecord { name: VmName, path: PathBuf },
+    #[error("could not start {binary}")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("QEMU exited during startup: {0}")]
+    EarlyExit(String),
+    #[error("QEMU did not open its QMP socket within {0:?}")]
+    QmpTimeout(Duration),
+    #[error(transparent)]
+    Qmp(#[from] thaw_qmp::QmpError),
+}
+
+impl VmError {
+    fn io(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VmError {
+        let path = path.to_owned();
+        move |source| VmError::Io { step, path, source }
+    }
+}
+
+/// Claims the directory for a new VM; fails if the name is taken.
+pub fn create_dir(home: &Home, name: &VmName) -> Result<VmPaths, VmError> {
+    let paths = VmPaths::new(home, name);
+    std::fs::create_dir_all(home.vms_dir()).map_err(VmError::io("create", &home.vms_dir()))?;
+    match std::fs::create_dir(&paths.dir) {
+        Ok(()) => Ok(paths),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(VmError::Exists(name.clone())),
+        Err(e) => Err(VmError::io("create", &paths.dir)(e)),
+    }
+}
+
+/// A QEMU process this thaw process started.
+pub struct Spawned {
+    pub child: Child,
+    pub qmp: Qmp,
+}
+
+/// Starts QEMU for `spec` in `paths`, then connects to QMP. The process is put in its
+/// own process group so that it outlives the thaw command that started it.
+pub async fn spawn(
+    qemu: &Qemu,
+    spec: &MachineSpec,
+    launch: &Launch<'_>,
+    paths: &VmPaths,
+    on_spawn: impl FnOnce(u32) -> Result<(), VmError>,
+) -> Result<Spawned, VmError> {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::File::create(paths.qemu_log()).map_err(VmError::io("create", &paths.qemu_log()))?;
+    let log2 = log.try_clone().map_err(VmError::io("open", &paths.qemu_log()))?;
+    let argv = spec.argv(launch);
+    tracing::debug!(?argv, "starting QEMU");
+    let mut child = Command::new(&qemu.binary)
+        .args(&argv)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .process_group(0)
+        .spawn()
+        .map_err(|source| VmError::Spawn {
+            binary: qemu.binary.clone(),
+            source,
+        })?;
+    if let Err(e) = on_spawn(child.id()) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
+    match connect_qmp(&mut child, paths, Duration::from_secs(30)).await {
+        Ok(qmp) => Ok(Spawned { child, qmp }),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
+    }
+}
+
+async fn connect_qmp(child: &mut Child, paths: &VmPaths, timeout: Duration) -> Result<Qmp, VmError> {
+    let deadline = Instant::now() + timeout;
+    let sock = paths.qmp();
+    loop {
+        if let Ok(Some(_status)) = child.try_wait() {
+            return Err(VmError::EarlyExit(last_log_line(&paths.qemu_log())));
+        }
+        if sock.exists() {
+            match Qmp::connect(&sock).await {
+                Ok(q) => return Ok(q),
+                Err(thaw_qmp::QmpError::Connect { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(VmError::QmpTimeout(timeout));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The last non-empty line QEMU printed, with its "qemu-system-x86_64: " prefix cut.
+pub fn last_log_line(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
+    match line.split_once(": ") {
+        Some((prog, rest)) if prog.contains("qemu-system") => rest.to_owned(),
+        _ => line.to_owned(),
+    }
+}
+
+impl VmState {
+    pub fn load(home: &Home, name: &VmName) -> Result<VmState, VmError> {
+        let paths = VmPaths::new(home, name);
+        let bytes = match fsutil::read_capped(&paths.record(), 1 << 20) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(if paths.dir.exists() {
+                    VmError::BadRecord {
+                        name: name.clone(),
+                        path: paths.record(),
+                    }
+                } else {
+                    VmError::NotFound(name.clone())
+                })
+            }
+            Err(e) => return Err(VmError::io("read", &paths.record())(e)),
+        };
+        serde_json::from_slice(&bytes).map_err(|_| VmError::BadRecord {
+            name: name.clone(),
+            path: paths.record(),
+        })
+    }
+
+    pub fn save(&self, home: &Home) -> Result<(), VmError> {
+        let path = VmPaths::new(home, &self.name).record();
+        let bytes = serde_json::to_vec_pretty(self).expect("serializes");
+        fsutil::write_atomic(&path, &bytes).map_err(VmError::io("write", &path))
+    }
+
+    pub fn paths(&self, home: &Home) -> VmPaths {
+        VmPaths::new(home, &self.name)
+    }
+
+    /// Whether the recorded pid is still this VM's QEMU (not a reused pid).
+    pub fn is_alive(&self, home: &Home) -> bool {
+        process_is_vm(self.pid, &self.paths(home).dir)
+    }
+}
+
+/// True if `pid` is a live (non-zombie) process whose command line mentions `dir`.
+pub fn process_is_vm(pid: u32, dir: &Path) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the parenthesised command name.
+    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    if matches!(state, None | Some('Z') | Some('X')) {
+        return false;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let needle = dir.as_os_str().as_encoded_bytes();
+    cmdline.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Waits until `pid` is no longer this VM's process.
+pub async fn wait_gone(pid: u32, dir: &Path, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while process_is_vm(pid, dir) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+/// Ends the VM's QEMU: `quit` over QMP, then SIGKILL if it lingers.
+pub async fn terminate(state: &VmState, home: &Home) {
+    let paths = state.paths(home);
+    if !process_is_vm(state.pid, &paths.dir) {
+        return;
+    }
+    let quit = async {
+        let qmp = Qmp::connect(&paths.qmp()).await.ok()?;
+        qmp.execute("quit", None).await.ok()
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), quit).await;
+    if !wait_gone(state.pid, &paths.dir, Duration::from_secs(3)).await {
+        kill(state.pid);
+        wait_gone(state.pid, &paths.dir, Duration::from_secs(5)).await;
+    }
+}
+
+/// Reaps `pid` if it is a child of this process that has exited (thaw's benchmark and
+/// daemon start QEMU themselves); does nothing otherwise.
+pub fn reap(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
+    }
+}
+
+/// Pids of live processes whose command line mentions `dir`.
+pub fn pids_using(dir: &Path) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != std::process::id() && process_is_vm(pid, dir))
+        .collect()
+}
+
+pub fn kill(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// Lists the names of all VM directories.
+pub fn list_names(home: &Home) -> Vec<VmName> {
+    let mut names: Vec<VmName> = std::fs::read_dir(home.vms_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    names.sort();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips() {
+        let s = VmState {
+            name: "web".parse().unwrap(),
+            pid: 42,
+            spec: MachineSpec {
+                machine: "pc".into(),
+                memory_mib: 256,
+                cpus: 1,
+                kernel: "/k".into(),
+                initrd: None,
+                cmdline: "console=ttyS0".into(),
+                accel: crate::Accel::Tcg,
+            },
+            qemu_version: "10.0.2".parse().unwrap(),
+            vmgenid: Uuid::new_v4(),
+            ram: "/h/vms/web/ram".into(),
+            ram_shared: true,
+            origin: Origin::Restored {
+                snapshot: "base".parse().unwrap(),
+            },
+            created_unix_ms: 1,
+        };
+        let j = serde_json::to_string(&s).unwrap();
+        assert!(j.contains("\"kind\":\"restored\""));
+        assert_eq!(serde_json::from_str::<VmState>(&j).unwrap(), s);
+    }
+
+    #[test]
+    fn own_process_is_not_a_vm_of_another_dir() {
+        let me = std::process::id();
+        assert!(!process_is_vm(me, Path::new("/definitely/not/in/my/cmdline")));
+        assert!(!process_is_vm(u32::MAX - 1, Path::new("/")));
+    }
+
+    #[test]
+    fn last_log_line_strips_the_program_name() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("qemu.log");
+        std::fs::write(&p, "warning\nqemu-system-x86_64: -kernel /x: could not open\n\n").unwrap();
+        assert_eq!(last_log_line(&p), "-kernel /x: could not open");
+    }
+}

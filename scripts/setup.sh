@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs what thaw needs on Debian bookworm (run as root): QEMU 10 from
+# bookworm-backports, busybox-static, qemu-guest-agent, and a Rust toolchain if
+# cargo is missing. Idempotent: a second run installs nothing new.
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: run as root (apt-get needs it)" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+
+# bookworm-backports: same URIs and keyring as the bookworm entry.
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  log "adding bookworm-backports to apt sources"
+  cat > /etc/apt/sources.list.d/thaw-backports.sources <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  need_update=1
+fi
+
+missing=()
+command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+command -v qemu-img >/dev/null || missing+=(qemu-utils)
+[ -x /bin/busybox ] && file_is_static=$( (ldd /bin/busybox 2>&1 || true) | grep -c 'not a dynamic' ) || file_is_static=0
+[ "$file_is_static" = 1 ] || missing+=(busybox-static)
+[ -x /usr/sbin/qemu-ga ] || missing+=(qemu-guest-agent)
+command -v cpio >/dev/null || missing+=(cpio)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+
+if [ ${#missing[@]} -gt 0 ] || [ "${need_update:-0}" = 1 ]; then
+  log "apt-get update"
+  apt-get update -qq
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing: ${missing[*]}"
+  # QEMU from backports (10.x); the rest from bookworm.
+  apt-get install -y -qq -t bookworm-backports "${missing[@]}" >/dev/null
+fi
+if ! qemu-system-x86_64 --version | grep -qE 'version (9|[1-9][0-9])\.'; then
+  log "upgrading QEMU to the bookworm-backports version"
+  apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    :
+  else
+    log "installing Rust (cargo) from Debian"
+    apt-get install -y -qq cargo rustc >/dev/null
+  fi
+fi
+
+log "QEMU: $(qemu-system-x86_64 --version | head -1)"

@@ -316,6 +316,7 @@ async fn snapshot_into(
     test_hang("manifest-written");
     std::fs::rename(tmp, dest).map_err(io_err("publish the snapshot as", dest))?;
     fsutil::fsync_dir(&home.snapshots_dir()).map_err(io_err("sync", &home.snapshots_dir()))?;
+    test_hang("published");
     if req.stop {
         let _ = std::fs::remove_dir_all(&paths.dir);
     }

@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+set -x
 # PID 1 of thaw's default guest. It must never exit: the kernel panics when PID 1 does
 # (and with panic=-1 the VM reboots, which -no-reboot turns into QEMU exiting).
 /bin/busybox mount -t proc proc /proc

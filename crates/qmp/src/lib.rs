@@ -180,7 +180,11 @@ impl Qmp {
     }
 
     /// Executes a command and returns its `return` value.
-    pub async fn execute(&self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
+    pub async fn execute(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<Value, QmpError> {
         self.send(command, arguments, None).await
     }
 
@@ -240,7 +244,11 @@ impl Qmp {
 
 /// Writes `bytes` with `fd` attached. The whole message goes in one `sendmsg`, so the
 /// descriptor arrives together with the command that uses it.
-async fn send_with_fd(writer: &OwnedWriteHalf, bytes: &[u8], fd: BorrowedFd<'_>) -> std::io::Result<()> {
+async fn send_with_fd(
+    writer: &OwnedWriteHalf,
+    bytes: &[u8],
+    fd: BorrowedFd<'_>,
+) -> std::io::Result<()> {
     let stream: &UnixStream = writer.as_ref();
     let mut sent = 0;
     let mut fd_sent = false;
@@ -250,8 +258,13 @@ async fn send_with_fd(writer: &OwnedWriteHalf, bytes: &[u8], fd: BorrowedFd<'_>)
             let iov = [IoSlice::new(&bytes[sent..])];
             if fd_sent {
                 let mut control = SendAncillaryBuffer::new(&mut []);
-                return rustix::net::sendmsg(stream.as_fd(), &iov, &mut control, SendFlags::NOSIGNAL)
-                    .map_err(std::io::Error::from);
+                return rustix::net::sendmsg(
+                    stream.as_fd(),
+                    &iov,
+                    &mut control,
+                    SendFlags::NOSIGNAL,
+                )
+                .map_err(std::io::Error::from);
             }
             let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
             let mut control = SendAncillaryBuffer::new(&mut space);
@@ -290,7 +303,11 @@ fn parse_greeting(line: &str) -> Result<QemuVersion, QmpError> {
     }
 }
 
-async fn read_loop(mut lines: BufReader<OwnedReadHalf>, pending: Pending, events: broadcast::Sender<Event>) {
+async fn read_loop(
+    mut lines: BufReader<OwnedReadHalf>,
+    pending: Pending,
+    events: broadcast::Sender<Event>,
+) {
     let mut line = String::new();
     loop {
         line.clear();
@@ -337,7 +354,14 @@ mod tests {
     #[test]
     fn version_parses_and_orders() {
         let v: QemuVersion = "10.0.2".parse().unwrap();
-        assert_eq!(v, QemuVersion { major: 10, minor: 0, micro: 2 });
+        assert_eq!(
+            v,
+            QemuVersion {
+                major: 10,
+                minor: 0,
+                micro: 2
+            }
+        );
         assert!(v.has_file_migration());
         let old: QemuVersion = "7.2.15".parse().unwrap();
         assert!(!old.has_file_migration());
@@ -347,8 +371,14 @@ mod tests {
 
     #[test]
     fn greeting_without_version_is_a_protocol_error() {
-        assert!(matches!(parse_greeting("{\"QMP\":{}}"), Err(QmpError::Protocol(_))));
-        assert!(matches!(parse_greeting("hello"), Err(QmpError::Protocol(_))));
+        assert!(matches!(
+            parse_greeting("{\"QMP\":{}}"),
+            Err(QmpError::Protocol(_))
+        ));
+        assert!(matches!(
+            parse_greeting("hello"),
+            Err(QmpError::Protocol(_))
+        ));
     }
 
     /// A fake QMP server on a socket pair: greeting, capabilities, an event in between,
@@ -358,7 +388,9 @@ mod tests {
         let (client, server) = std::os::unix::net::UnixStream::pair().unwrap();
         client.set_nonblocking(true).unwrap();
         let server_task = std::thread::spawn(move || fake_server(server));
-        let qmp = Qmp::handshake(UnixStream::from_std(client).unwrap()).await.unwrap();
+        let qmp = Qmp::handshake(UnixStream::from_std(client).unwrap())
+            .await
+            .unwrap();
         assert_eq!(qmp.version().to_string(), "10.0.2");
         let mut events = qmp.events();
         let status = qmp.execute("query-status", None).await.unwrap();
@@ -366,7 +398,10 @@ mod tests {
         let ev = events.recv().await.unwrap();
         assert_eq!(ev.event, "STOP");
         let err = qmp.execute("bogus", None).await.unwrap_err();
-        assert!(matches!(err, QmpError::Command { ref class, .. } if class == "CommandNotFound"), "{err}");
+        assert!(
+            matches!(err, QmpError::Command { ref class, .. } if class == "CommandNotFound"),
+            "{err}"
+        );
         let file = tempfile::tempfile().unwrap();
         let reply = qmp
             .execute_with_fd("getfd", Some(json!({"fdname": "x"})), file.as_fd())
@@ -392,7 +427,11 @@ mod tests {
         assert_eq!(caps["execute"], "qmp_capabilities");
         writeln!(w, r#"{{"return":{{}},"id":{}}}"#, caps["id"]).unwrap();
         let q = read_cmd(&mut r);
-        writeln!(w, r#"{{"event":"STOP","data":{{}},"timestamp":{{"seconds":1,"microseconds":2}}}}"#).unwrap();
+        writeln!(
+            w,
+            r#"{{"event":"STOP","data":{{}},"timestamp":{{"seconds":1,"microseconds":2}}}}"#
+        )
+        .unwrap();
         writeln!(w, r#"{{"return":{{"status":"running"}},"id":{}}}"#, q["id"]).unwrap();
         let b = read_cmd(&mut r);
         writeln!(
@@ -416,7 +455,12 @@ mod tests {
         assert_eq!(fds, 1);
         let cmd: Value = serde_json::from_slice(buf[..got.bytes].trim_ascii_end()).unwrap();
         assert_eq!(cmd["execute"], "getfd");
-        writeln!(w, r#"{{"return":{{"fd_received":true}},"id":{}}}"#, cmd["id"]).unwrap();
+        writeln!(
+            w,
+            r#"{{"return":{{"fd_received":true}},"id":{}}}"#,
+            cmd["id"]
+        )
+        .unwrap();
         let mut rest = Vec::new();
         let _ = std::io::Read::read_to_end(r.get_mut(), &mut rest);
     }

@@ -173,7 +173,8 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("THAW_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("THAW_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -225,8 +226,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let (kernel, initrd, default_append) = match args.kernel {
                 Some(k) => (k, args.initrd, None),
                 None => {
-                    let g = thaw::guest::ensure_default_guest(&thaw::guest::cache_dir(), &mut progress(json))
-                        .context("could not build the default guest")?;
+                    let g = thaw::guest::ensure_default_guest(
+                        &thaw::guest::cache_dir(),
+                        &mut progress(json),
+                    )
+                    .context("could not build the default guest")?;
                     (g.kernel, Some(g.initrd), Some(g.cmdline))
                 }
             };
@@ -306,11 +310,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Ls => {
             let vms = ops::list(&home).await;
             emit(json, &vms, |vms| {
-                let mut s = format!("{:<24} {:>8} {:<13} {:>7} {:>4}  {}", "NAME", "PID", "STATE", "MEMORY", "CPUS", "ORIGIN");
+                let mut s = format!(
+                    "{:<24} {:>8} {:<13} {:>7} {:>4}  {}",
+                    "NAME", "PID", "STATE", "MEMORY", "CPUS", "ORIGIN"
+                );
                 for v in vms {
                     let origin = match &v.origin {
                         Some(thaw::vm::Origin::Booted) => "booted".to_owned(),
-                        Some(thaw::vm::Origin::Restored { snapshot }) => format!("restored from {snapshot}"),
+                        Some(thaw::vm::Origin::Restored { snapshot }) => {
+                            format!("restored from {snapshot}")
+                        }
                         None => "unknown (no record)".to_owned(),
                     };
                     s.push_str(&format!(
@@ -329,7 +338,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Snapshots => {
             let snaps = ops::list_snapshots(&home);
             emit(json, &snaps, |snaps| {
-                let mut s = format!("{:<24} {:>7} {:>4} {:>10} {:<8} {}", "TAG", "MEMORY", "CPUS", "ON DISK", "QEMU", "FROM");
+                let mut s = format!(
+                    "{:<24} {:>7} {:>4} {:>10} {:<8} {}",
+                    "TAG", "MEMORY", "CPUS", "ON DISK", "QEMU", "FROM"
+                );
                 for i in snaps {
                     if let Some(p) = &i.problem {
                         s.push_str(&format!("\n{:<24} unusable: {p}", i.tag));
@@ -342,45 +354,66 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                         i.cpus.unwrap_or(0),
                         i.disk_bytes >> 20,
                         i.qemu_version.clone().unwrap_or_default(),
-                        i.source_vm.as_ref().map(|v| v.to_string()).unwrap_or_default()
+                        i.source_vm
+                            .as_ref()
+                            .map(|v| v.to_string())
+                            .unwrap_or_default()
                     ));
                 }
                 s
             })?;
         }
         Command::Stop { names, all } => {
-            let names = if all { thaw::vm::list_names(&home) } else { names };
+            let names = if all {
+                thaw::vm::list_names(&home)
+            } else {
+                names
+            };
             let mut stopped = Vec::new();
             for name in names {
                 ops::stop(&home, &name).await?;
                 stopped.push(name);
             }
             emit(json, &serde_json::json!({ "stopped": stopped }), |_| {
-                stopped.iter().map(|n| format!("stopped {n}")).collect::<Vec<_>>().join("\n")
+                stopped
+                    .iter()
+                    .map(|n| format!("stopped {n}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             })?;
         }
         Command::Resume { name } => {
             ops::resume(&home, &name).await?;
-            emit(json, &serde_json::json!({ "resumed": name }), |_| format!("resumed {name}"))?;
+            emit(json, &serde_json::json!({ "resumed": name }), |_| {
+                format!("resumed {name}")
+            })?;
         }
         Command::Rm { tag } => {
             ops::remove_snapshot(&home, &tag)?;
-            emit(json, &serde_json::json!({ "removed": tag }), |_| format!("removed snapshot {tag}"))?;
+            emit(json, &serde_json::json!({ "removed": tag }), |_| {
+                format!("removed snapshot {tag}")
+            })?;
         }
         Command::Logs { name } => {
             thaw::vm::VmState::load(&home, &name)?;
             let path = thaw::vm::VmPaths::new(&home, &name).console();
-            let text = std::fs::read(&path).with_context(|| format!("could not read {}", path.display()))?;
+            let text = std::fs::read(&path)
+                .with_context(|| format!("could not read {}", path.display()))?;
             if json {
-                emit(true, &serde_json::json!({ "name": name, "console": String::from_utf8_lossy(&text) }), |_| String::new())?;
+                emit(
+                    true,
+                    &serde_json::json!({ "name": name, "console": String::from_utf8_lossy(&text) }),
+                    |_| String::new(),
+                )?;
             } else {
                 std::io::stdout().write_all(&text)?;
             }
         }
         Command::Bench(args) => {
             let qemu = Qemu::find(&thaw::guest::cache_dir())?;
-            let guest = thaw::guest::ensure_default_guest(&thaw::guest::cache_dir(), &mut progress(json))
-                .context("could not build the default guest")?;
+            let guest =
+                thaw::guest::ensure_default_guest(&thaw::guest::cache_dir(), &mut progress(json))
+                    .context("could not build the default guest")?;
             let cfg = thaw::bench::BenchConfig {
                 runs: args.runs,
                 memory_mib: args.memory,
@@ -393,9 +426,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Guest {
             command: GuestCommand::Build { force },
         } => {
-            let g = thaw::guest::build_default_guest(&thaw::guest::cache_dir(), force, &mut progress(json))?;
+            let g = thaw::guest::build_default_guest(
+                &thaw::guest::cache_dir(),
+                force,
+                &mut progress(json),
+            )?;
             emit(json, &g, |g| {
-                format!("default guest: kernel {}, initrd {}", g.kernel.display(), g.initrd.display())
+                format!(
+                    "default guest: kernel {}, initrd {}",
+                    g.kernel.display(),
+                    g.initrd.display()
+                )
             })?;
         }
     }

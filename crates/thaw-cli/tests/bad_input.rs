@@ -36,50 +36,82 @@ fn bad_names_unknown_things_and_broken_snapshots_are_refused() {
     assert_eq!(qemus.len(), 1);
 
     // Unknown tag, unknown VM.
-    env.run(&["restore", "nope"]).fails_with("no snapshot tagged nope");
+    env.run(&["restore", "nope"])
+        .fails_with("no snapshot tagged nope");
     assert_clean(&env, &qemus);
-    env.run(&["exec", "ghost", "--", "true"]).fails_with("no VM named ghost");
-    env.run(&["snapshot", "ghost", "t"]).fails_with("no VM named ghost");
+    env.run(&["exec", "ghost", "--", "true"])
+        .fails_with("no VM named ghost");
+    env.run(&["snapshot", "ghost", "t"])
+        .fails_with("no VM named ghost");
     env.run(&["stop", "ghost"]).fails_with("no VM named ghost");
     env.run(&["logs", "ghost"]).fails_with("no VM named ghost");
-    env.run(&["rm", "nope"]).fails_with("no snapshot tagged nope");
+    env.run(&["rm", "nope"])
+        .fails_with("no snapshot tagged nope");
 
     // Duplicate names: boot, restore, snapshot tag.
-    env.run(&["boot", "vm"]).fails_with("a VM named vm already exists");
-    env.run(&["restore", "good", "--name", "vm"]).fails_with("a VM named vm already exists");
-    env.run(&["snapshot", "vm", "good"]).fails_with("a snapshot tagged good already exists");
+    env.run(&["boot", "vm"])
+        .fails_with("a VM named vm already exists");
+    env.run(&["restore", "good", "--name", "vm"])
+        .fails_with("a VM named vm already exists");
+    env.run(&["snapshot", "vm", "good"])
+        .fails_with("a snapshot tagged good already exists");
     assert_clean(&env, &qemus);
 
     // Names with '/' or '..', for every kind of name.
-    env.run(&["boot", "a/b"]).fails_with("invalid VM name \"a/b\": it contains '/'");
+    env.run(&["boot", "a/b"])
+        .fails_with("invalid VM name \"a/b\": it contains '/'");
     env.run(&["boot", ".."]).fails_with("it contains '..'");
-    env.run(&["snapshot", "vm", "../x"]).fails_with("invalid snapshot tag");
-    env.run(&["restore", "good", "--name", "x/..", "--json"]).fails_with("invalid VM name");
-    env.run(&["restore", "../../etc"]).fails_with("invalid snapshot tag");
-    assert!(!env.path().join("x").exists() && !env.path().parent().unwrap().join("etc").join("manifest.json").exists());
+    env.run(&["snapshot", "vm", "../x"])
+        .fails_with("invalid snapshot tag");
+    env.run(&["restore", "good", "--name", "x/..", "--json"])
+        .fails_with("invalid VM name");
+    env.run(&["restore", "../../etc"])
+        .fails_with("invalid snapshot tag");
+    assert!(
+        !env.path().join("x").exists()
+            && !env
+                .path()
+                .parent()
+                .unwrap()
+                .join("etc")
+                .join("manifest.json")
+                .exists()
+    );
 
     // Broken snapshots: each a copy of the good one with one defect.
     let snaps = env.path().join("snapshots");
     let good = snaps.join("good");
     copy_dir(&good, &snaps.join("corrupt-manifest"));
-    std::fs::write(snaps.join("corrupt-manifest/manifest.json"), b"{\"format\": \"thaw-snapshot\", \"vers").unwrap();
-    env.run(&["restore", "corrupt-manifest"]).fails_with("manifest is corrupt");
+    std::fs::write(
+        snaps.join("corrupt-manifest/manifest.json"),
+        b"{\"format\": \"thaw-snapshot\", \"vers",
+    )
+    .unwrap();
+    env.run(&["restore", "corrupt-manifest"])
+        .fails_with("manifest is corrupt");
 
     copy_dir(&good, &snaps.join("no-manifest"));
     std::fs::remove_file(snaps.join("no-manifest/manifest.json")).unwrap();
-    env.run(&["restore", "no-manifest"]).fails_with("manifest is missing");
+    env.run(&["restore", "no-manifest"])
+        .fails_with("manifest is missing");
 
     copy_dir(&good, &snaps.join("truncated-state"));
     let state = snaps.join("truncated-state/state");
     let len = std::fs::metadata(&state).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&state).unwrap().set_len(len / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&state)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     let manifest = std::fs::read_to_string(snaps.join("good/manifest.json")).unwrap();
     std::fs::write(
         snaps.join("truncated-state/manifest.json"),
         manifest.replace("\"tag\": \"good\"", "\"tag\": \"truncated-state\""),
     )
     .unwrap();
-    env.run(&["restore", "truncated-state"]).fails_with("state file is");
+    env.run(&["restore", "truncated-state"])
+        .fails_with("state file is");
 
     copy_dir(&good, &snaps.join("wrong-ram"));
     std::fs::write(
@@ -93,38 +125,68 @@ fn bad_names_unknown_things_and_broken_snapshots_are_refused() {
         .unwrap()
         .set_len(128 << 20)
         .unwrap();
-    env.run(&["restore", "wrong-ram"]).fails_with("RAM image is 134217728 bytes, expected 268435456");
+    env.run(&["restore", "wrong-ram"])
+        .fails_with("RAM image is 134217728 bytes, expected 268435456");
 
     let mut future: serde_json::Value = serde_json::from_str(&manifest).unwrap();
     future["version"]["major"] = 2.into();
     future["tag"] = "future".into();
     copy_dir(&good, &snaps.join("future"));
-    std::fs::write(snaps.join("future/manifest.json"), serde_json::to_vec(&future).unwrap()).unwrap();
-    env.run(&["restore", "future"]).fails_with("format version 2.0 is not supported");
+    std::fs::write(
+        snaps.join("future/manifest.json"),
+        serde_json::to_vec(&future).unwrap(),
+    )
+    .unwrap();
+    env.run(&["restore", "future"])
+        .fails_with("format version 2.0 is not supported");
 
     let mut other_qemu: serde_json::Value = serde_json::from_str(&manifest).unwrap();
     other_qemu["qemu_version"] = serde_json::json!({"major": 7, "minor": 2, "micro": 0});
     other_qemu["tag"] = "old-qemu".into();
     copy_dir(&good, &snaps.join("old-qemu"));
-    std::fs::write(snaps.join("old-qemu/manifest.json"), serde_json::to_vec(&other_qemu).unwrap()).unwrap();
-    env.run(&["restore", "old-qemu"]).fails_with("was taken with QEMU 7.2.0");
-    env.run(&["restore", "good", "--accel", "kvm"]).fails_with("taken under tcg");
+    std::fs::write(
+        snaps.join("old-qemu/manifest.json"),
+        serde_json::to_vec(&other_qemu).unwrap(),
+    )
+    .unwrap();
+    env.run(&["restore", "old-qemu"])
+        .fails_with("was taken with QEMU 7.2.0");
+    env.run(&["restore", "good", "--accel", "kvm"])
+        .fails_with("taken under tcg");
     assert_clean(&env, &qemus);
-    assert!(env.vm_dirs() == ["vm"], "restores that failed left VM state: {:?}", env.vm_dirs());
+    assert!(
+        env.vm_dirs() == ["vm"],
+        "restores that failed left VM state: {:?}",
+        env.vm_dirs()
+    );
 
     // Missing kernel; QEMU binary not found.
-    env.run(&["boot", "k", "--kernel", "/nonexistent/vmlinuz", "--initrd", "/nonexistent/initrd"])
-        .fails_with("kernel /nonexistent/vmlinuz not found");
+    env.run(&[
+        "boot",
+        "k",
+        "--kernel",
+        "/nonexistent/vmlinuz",
+        "--initrd",
+        "/nonexistent/initrd",
+    ])
+    .fails_with("kernel /nonexistent/vmlinuz not found");
     let no_qemu = Env::new().with_env("THAW_QEMU", "/nonexistent/qemu-system-x86_64");
-    no_qemu.run(&["boot", "q"]).fails_with("QEMU binary /nonexistent/qemu-system-x86_64 not found");
+    no_qemu
+        .run(&["boot", "q"])
+        .fails_with("QEMU binary /nonexistent/qemu-system-x86_64 not found");
     let no_qemu_for_restore = Env::new().with_env("THAW_QEMU", "qemu-system-none");
-    no_qemu_for_restore.run(&["restore", "good"]).fails_with("QEMU binary qemu-system-none not found");
+    no_qemu_for_restore
+        .run(&["restore", "good"])
+        .fails_with("QEMU binary qemu-system-none not found");
     assert_clean(&env, &qemus);
     assert!(env.vm_dirs() == ["vm"], "{:?}", env.vm_dirs());
 
     // A VM whose QEMU is gone: snapshot is refused and says so; stop cleans up.
     for pid in &qemus {
-        std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
     }
     for _ in 0..200 {
         if env.processes().is_empty() {
@@ -132,8 +194,10 @@ fn bad_names_unknown_things_and_broken_snapshots_are_refused() {
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    env.run(&["snapshot", "vm", "late"]).fails_with("VM vm is not running");
-    env.run(&["exec", "vm", "--", "true"]).fails_with("VM vm is not running");
+    env.run(&["snapshot", "vm", "late"])
+        .fails_with("VM vm is not running");
+    env.run(&["exec", "vm", "--", "true"])
+        .fails_with("VM vm is not running");
     let ls = env.json(&["ls"]);
     assert_eq!(ls[0]["state"], "dead", "{ls}");
     assert_clean(&env, &[]);

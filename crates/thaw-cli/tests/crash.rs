@@ -26,7 +26,10 @@ fn kill_snapshot_at(env: &Env, vm: &str, tag: &str, step: &str, stop: bool) {
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let line = lines.next().expect("thaw printed nothing").unwrap();
-    assert!(line.contains(&format!("hanging at {step}")), "unexpected: {line}");
+    assert!(
+        line.contains(&format!("hanging at {step}")),
+        "unexpected: {line}"
+    );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 }
@@ -62,12 +65,19 @@ fn kill_during_snapshot_of_a_running_vm() {
         let state = vm_state(&env, "vm");
         let expected = if paused_after { "paused" } else { "running" };
         assert_eq!(state, expected, "after kill at {step}");
-        assert!(!snapshot_listed(&env, &tag), "a half-written snapshot is listed after kill at {step}");
+        assert!(
+            !snapshot_listed(&env, &tag),
+            "a half-written snapshot is listed after kill at {step}"
+        );
         if paused_after {
             env.ok(&["resume", "vm"]);
             assert_eq!(vm_state(&env, "vm"), "running");
         }
-        assert_eq!(env.sh("vm", "cat /tmp/marker"), "kept\n", "VM unusable after kill at {step}");
+        assert_eq!(
+            env.sh("vm", "cat /tmp/marker"),
+            "kept\n",
+            "VM unusable after kill at {step}"
+        );
         // The interrupted tag can be taken again, and that snapshot restores.
         env.json(&["snapshot", "vm", &tag]);
         assert!(
@@ -102,7 +112,8 @@ fn kill_during_snapshot_with_stop() {
     kill_snapshot_at(&env, "a", "s2", "ram-copied", true);
     assert_eq!(vm_state(&env, "a"), "dead");
     assert!(!snapshot_listed(&env, "s2"));
-    env.run(&["exec", "a", "--", "true"]).fails_with("VM a is not running");
+    env.run(&["exec", "a", "--", "true"])
+        .fails_with("VM a is not running");
     env.ok(&["stop", "a"]);
     assert_eq!(vm_state(&env, "a"), "absent");
 
@@ -114,11 +125,18 @@ fn kill_during_snapshot_with_stop() {
     assert_eq!(vm_state(&env, "b"), "dead");
     env.ok(&["stop", "b"]);
     let c = env.json(&["restore", "s3"]);
-    assert_eq!(env.sh(c[0]["name"].as_str().unwrap(), "cat /tmp/m"), "from-b\n");
+    assert_eq!(
+        env.sh(c[0]["name"].as_str().unwrap(), "cat /tmp/m"),
+        "from-b\n"
+    );
     env.ok(&["stop", "--all"]);
     assert!(env.processes().is_empty());
     // A later snapshot removed the interrupted attempts' temp dirs.
     env.boot("d", &[]);
     env.json(&["snapshot", "d", "s4", "--stop"]);
-    assert!(!env.snapshot_dirs().iter().any(|d| d.starts_with(".tmp")), "{:?}", env.snapshot_dirs());
+    assert!(
+        !env.snapshot_dirs().iter().any(|d| d.starts_with(".tmp")),
+        "{:?}",
+        env.snapshot_dirs()
+    );
 }

@@ -28,17 +28,31 @@ fn snapshot_and_three_clones(env: &Env, boot_args: &[&str], snapshot_args: &[&st
     let clones = env.json(&["restore", "base", "--count", "3"]);
     let clones = clones.as_array().expect("a list of clones");
     assert_eq!(clones.len(), 3);
-    let names: Vec<String> = clones.iter().map(|c| c["name"].as_str().unwrap().to_owned()).collect();
+    let names: Vec<String> = clones
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(names, ["base-1", "base-2", "base-3"]);
     for c in clones {
-        let (restore, ready) = (c["restore_ms"].as_f64().unwrap(), c["ready_ms"].as_f64().unwrap());
+        let (restore, ready) = (
+            c["restore_ms"].as_f64().unwrap(),
+            c["ready_ms"].as_f64().unwrap(),
+        );
         assert!(restore > 0.0 && ready >= restore, "{c}");
         assert!(c["pid"].as_u64().unwrap() > 0);
     }
 
     for name in &names {
-        assert_eq!(env.sh(name, "cat /tmp/marker"), "before-snapshot\n", "{name}");
-        assert_eq!(env.sh(name, "cat /proc/sys/kernel/random/boot_id"), boot_id, "{name} resumed another boot");
+        assert_eq!(
+            env.sh(name, "cat /tmp/marker"),
+            "before-snapshot\n",
+            "{name}"
+        );
+        assert_eq!(
+            env.sh(name, "cat /proc/sys/kernel/random/boot_id"),
+            boot_id,
+            "{name} resumed another boot"
+        );
         assert_clock_close(env, name);
     }
     // A write in one clone is seen nowhere else.
@@ -46,10 +60,18 @@ fn snapshot_and_three_clones(env: &Env, boot_args: &[&str], snapshot_args: &[&st
     let check = "test -e /tmp/private && echo present || echo absent";
     assert_eq!(env.sh("base-1", check), "present\n");
     for other in ["base-2", "base-3"] {
-        assert_eq!(env.sh(other, check), "absent\n", "{other} sees clone 1's file");
+        assert_eq!(
+            env.sh(other, check),
+            "absent\n",
+            "{other} sees clone 1's file"
+        );
     }
     if keeps_running {
-        assert_eq!(env.sh("orig", check), "absent\n", "the original sees clone 1's file");
+        assert_eq!(
+            env.sh("orig", check),
+            "absent\n",
+            "the original sees clone 1's file"
+        );
         assert_eq!(env.sh("orig", "cat /tmp/marker"), "before-snapshot\n");
     } else {
         let ls = env.json(&["ls"]);
@@ -65,12 +87,23 @@ fn snapshot_and_three_clones(env: &Env, boot_args: &[&str], snapshot_args: &[&st
     }
 
     env.ok(&["stop", "--all"]);
-    assert!(env.processes().is_empty(), "QEMU left running: {:?}", env.processes());
+    assert!(
+        env.processes().is_empty(),
+        "QEMU left running: {:?}",
+        env.processes()
+    );
     assert_eq!(env.snapshot_dirs(), ["base"]);
-    assert!(env.vm_dirs().is_empty(), "VM state left: {:?}", env.vm_dirs());
+    assert!(
+        env.vm_dirs().is_empty(),
+        "VM state left: {:?}",
+        env.vm_dirs()
+    );
     for entry in std::fs::read_dir(env.path()).unwrap().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        assert!(name == "snapshots" || name == "vms", "unexpected {name} in THAW_HOME");
+        assert!(
+            name == "snapshots" || name == "vms",
+            "unexpected {name} in THAW_HOME"
+        );
     }
     let snaps: Value = env.json(&["snapshots"]);
     assert_eq!(snaps[0]["tag"], "base");

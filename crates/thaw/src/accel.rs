@@ -77,7 +77,11 @@ mod tests {
         let vmx = "processor: 0\nflags\t\t: fpu vme vmx sse\n";
         let none = "processor: 0\nflags\t\t: fpu vme sse\n";
         assert_eq!(Accel::choose(vmx, true, true), Accel::Kvm);
-        assert_eq!(Accel::choose(none, true, true), Accel::Tcg, "PVM host: /dev/kvm but no vmx");
+        assert_eq!(
+            Accel::choose(none, true, true),
+            Accel::Tcg,
+            "PVM host: /dev/kvm but no vmx"
+        );
         assert_eq!(Accel::choose(vmx, false, true), Accel::Tcg);
         assert_eq!(Accel::choose(vmx, true, false), Accel::Tcg);
     }

@@ -94,7 +94,11 @@ impl Agent {
             // error; sent first, that error precedes the delimiter and is skipped. A
             // 0xFF on a retry would leave an error reply after the sync is answered, so
             // only the first attempt sends one.
-            let mut msg = if sent.len() == 1 { vec![0xFFu8] } else { Vec::new() };
+            let mut msg = if sent.len() == 1 {
+                vec![0xFFu8]
+            } else {
+                Vec::new()
+            };
             msg.extend_from_slice(
                 json!({"execute": "guest-sync-delimited", "arguments": {"id": id}})
                     .to_string()
@@ -109,7 +113,8 @@ impl Agent {
             let wait = attempt_wait.min(deadline - now);
             match tokio::time::timeout(wait, self.read_sync_reply(&sent)).await {
                 Ok(Ok(answered)) => {
-                    self.stale_syncs.extend(sent.into_iter().filter(|&s| s != answered));
+                    self.stale_syncs
+                        .extend(sent.into_iter().filter(|&s| s != answered));
                     return Ok(());
                 }
                 Ok(Err(e)) => return Err(e),
@@ -211,12 +216,21 @@ impl Agent {
 
     /// Sets the guest's clock (and its RTC) to `now`.
     pub async fn set_time(&mut self, now: SystemTime) -> Result<(), AgentError> {
-        let ns = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
-        self.execute("guest-set-time", json!({ "time": ns })).await.map(|_| ())
+        let ns = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        self.execute("guest-set-time", json!({ "time": ns }))
+            .await
+            .map(|_| ())
     }
 
     /// Runs `argv` in the guest, waits for it to exit and returns its output.
-    pub async fn exec(&mut self, argv: &[String], timeout: Duration) -> Result<ExecOutput, AgentError> {
+    pub async fn exec(
+        &mut self,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, AgentError> {
         let (path, args) = argv
             .split_first()
             .ok_or_else(|| AgentError::Protocol("empty command".into()))?;
@@ -232,7 +246,9 @@ impl Agent {
         let deadline = Instant::now() + timeout;
         let mut poll = Duration::from_millis(2);
         loop {
-            let status = self.execute("guest-exec-status", json!({ "pid": pid })).await?;
+            let status = self
+                .execute("guest-exec-status", json!({ "pid": pid }))
+                .await?;
             if status["exited"].as_bool() == Some(true) {
                 let exit_code = match (status["exitcode"].as_i64(), status["signal"].as_i64()) {
                     (_, Some(sig)) => 128 + sig as i32,
@@ -274,7 +290,9 @@ fn decode(v: &Value) -> String {
 
 /// Sync ids only need to differ from stale ones still in the channel.
 fn sync_id() -> u64 {
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     (t.as_nanos() as u64 & 0x000F_FFFF_FFFF_FFFF) | 1
 }
 
@@ -320,13 +338,18 @@ mod tests {
             let exec: Value = serde_json::from_slice(&line).unwrap();
             assert_eq!(exec["execute"], "guest-exec");
             assert_eq!(exec["arguments"]["path"], "/bin/echo");
-            r.get_mut().write_all(b"{\"return\": {\"pid\": 42}}\n").await.unwrap();
+            r.get_mut()
+                .write_all(b"{\"return\": {\"pid\": 42}}\n")
+                .await
+                .unwrap();
             line.clear();
             r.read_until(b'\n', &mut line).await.unwrap();
             let st: Value = serde_json::from_slice(&line).unwrap();
             assert_eq!(st["arguments"]["pid"], 42);
             r.get_mut()
-                .write_all(b"{\"return\": {\"exited\": true, \"exitcode\": 3, \"out-data\": \"aGkK\"}}\n")
+                .write_all(
+                    b"{\"return\": {\"exited\": true, \"exitcode\": 3, \"out-data\": \"aGkK\"}}\n",
+                )
                 .await
                 .unwrap();
         });
@@ -335,7 +358,14 @@ mod tests {
             .exec(&["/bin/echo".into(), "hi".into()], Duration::from_secs(5))
             .await
             .unwrap();
-        assert_eq!(out, ExecOutput { exit_code: 3, stdout: "hi\n".into(), stderr: String::new() });
+        assert_eq!(
+            out,
+            ExecOutput {
+                exit_code: 3,
+                stdout: "hi\n".into(),
+                stderr: String::new()
+            }
+        );
         server.await.unwrap();
         assert!(agent.drain().await.is_empty());
     }

@@ -123,8 +123,14 @@ pub async fn run(
     let sizes = result?;
     let first = sizes[0].clone();
     let restore_ratio = (sizes.len() > 1).then(|| {
-        let largest = sizes.iter().max_by_key(|s| s.memory_mib).expect("non-empty");
-        let smallest = sizes.iter().min_by_key(|s| s.memory_mib).expect("non-empty");
+        let largest = sizes
+            .iter()
+            .max_by_key(|s| s.memory_mib)
+            .expect("non-empty");
+        let smallest = sizes
+            .iter()
+            .min_by_key(|s| s.memory_mib)
+            .expect("non-empty");
         round2(largest.restore_ms.median / smallest.restore_ms.median)
     });
     Ok(BenchReport {
@@ -158,8 +164,11 @@ async fn run_in(
             cmdline: cfg.guest.cmdline.clone(),
             accel: cfg.accel,
         };
-        let name = |kind: &str, i: u32| -> VmName { format!("m{mem}-{kind}-{i}").parse().expect("valid name") };
-        let tag = |i: u32| -> SnapshotTag { format!("m{mem}-snap-{i}").parse().expect("valid tag") };
+        let name = |kind: &str, i: u32| -> VmName {
+            format!("m{mem}-{kind}-{i}").parse().expect("valid name")
+        };
+        let tag =
+            |i: u32| -> SnapshotTag { format!("m{mem}-snap-{i}").parse().expect("valid tag") };
 
         let mut cold = Vec::new();
         for i in 0..cfg.runs {
@@ -247,7 +256,9 @@ fn machine(qemu: &Qemu, accel: Accel) -> Machine {
         .unwrap_or(0);
     Machine {
         cpu,
-        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         memory_gib: (mem_kib + (1 << 19)) >> 20,
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
@@ -278,7 +289,11 @@ impl BenchReport {
                 ("restore → agent answers", size.ready_ms),
             ];
             for (i, (label, st)) in rows.iter().enumerate() {
-                let mem = if i == 0 { format!("{}M", size.memory_mib) } else { String::new() };
+                let mem = if i == 0 {
+                    format!("{}M", size.memory_mib)
+                } else {
+                    String::new()
+                };
                 s.push_str(&format!(
                     "{mem:>7}  {label:<32} {:>10.1} {:>10.1} {:>10.1}\n",
                     st.min, st.median, st.max
@@ -304,7 +319,14 @@ mod tests {
 
     #[test]
     fn stats_take_min_median_max() {
-        assert_eq!(Stats::of(&[5.0, 1.0, 3.0]), Stats { min: 1.0, median: 3.0, max: 5.0 });
+        assert_eq!(
+            Stats::of(&[5.0, 1.0, 3.0]),
+            Stats {
+                min: 1.0,
+                median: 3.0,
+                max: 5.0
+            }
+        );
         assert_eq!(Stats::of(&[4.0, 1.0, 3.0, 2.0]).median, 2.5);
         assert!(Stats::of(&[]).median.is_nan());
     }

@@ -10,7 +10,10 @@ use rustix::fs::SeekFrom;
 /// `rename`, then `fsync` of the directory so the rename itself is durable.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = File::create(&tmp)?;
@@ -73,7 +76,8 @@ pub fn copy_sparse(src: &Path, dst: &Path) -> std::io::Result<CopyMethod> {
                 Err(rustix::io::Errno::NXIO) => break, // no data after pos
                 Err(e) => return Err(e.into()),
             };
-            let end = rustix::fs::seek(&input, SeekFrom::Hole(start)).map_err(std::io::Error::from)?;
+            let end =
+                rustix::fs::seek(&input, SeekFrom::Hole(start)).map_err(std::io::Error::from)?;
             copy_range(&input, &output, start, end - start)?;
             pos = end;
         }
@@ -90,8 +94,14 @@ fn copy_range(input: &File, output: &File, start: u64, len: u64) -> std::io::Res
     let mut left = len;
     while left > 0 {
         let chunk = left.min(1 << 30) as usize;
-        let n = rustix::fs::copy_file_range(input, Some(&mut off_in), output, Some(&mut off_out), chunk)
-            .map_err(std::io::Error::from)?;
+        let n = rustix::fs::copy_file_range(
+            input,
+            Some(&mut off_in),
+            output,
+            Some(&mut off_out),
+            chunk,
+        )
+        .map_err(std::io::Error::from)?;
         if n == 0 {
             break; // the source shrank under us
         }
@@ -133,7 +143,11 @@ mod tests {
         write_atomic(&p, b"one").unwrap();
         write_atomic(&p, b"two!").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two!");
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1, "no temp file left");
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
     }
 
     #[test]
@@ -151,7 +165,10 @@ mod tests {
         copy_sparse(&src, &dst).unwrap();
         assert_eq!(hash_file(&src).unwrap(), hash_file(&dst).unwrap());
         assert_eq!(std::fs::metadata(&dst).unwrap().len(), 64 << 20);
-        assert!(allocated_bytes(&dst).unwrap() < 8 << 20, "holes stayed holes");
+        assert!(
+            allocated_bytes(&dst).unwrap() < 8 << 20,
+            "holes stayed holes"
+        );
         assert!(copy_sparse(&src, &dst).is_err(), "never overwrites");
     }
 

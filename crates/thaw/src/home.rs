@@ -167,7 +167,17 @@ mod tests {
         for good in ["web", "a-1", "tag_2.0", "X"] {
             assert!(good.parse::<VmName>().is_ok(), "{good}");
         }
-        for bad in ["", "a/b", "..", "a..b", ".hidden", "-x", "sp ace", "ü", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "a/b",
+            "..",
+            "a..b",
+            ".hidden",
+            "-x",
+            "sp ace",
+            "ü",
+            &"x".repeat(65),
+        ] {
             let err = bad.parse::<SnapshotTag>().unwrap_err();
             assert_eq!(err.kind, "snapshot tag");
         }

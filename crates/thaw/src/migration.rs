@@ -64,7 +64,8 @@ pub async fn save(qmp: &Qmp, path: &Path) -> Result<(), MigrationError> {
         use std::os::fd::AsFd;
         qmp.execute_with_fd("getfd", Some(json!({"fdname": "thaw-save"})), file.as_fd())
             .await?;
-        qmp.execute("migrate", Some(json!({"uri": "fd:thaw-save"}))).await?;
+        qmp.execute("migrate", Some(json!({"uri": "fd:thaw-save"})))
+            .await?;
     } else {
         let uri = format!("file:{}", path.display());
         qmp.execute("migrate", Some(json!({ "uri": uri }))).await?;
@@ -87,7 +88,8 @@ pub async fn load(qmp: &Qmp, path: &Path) -> Result<(), MigrationError> {
             .await?;
     } else {
         let uri = format!("file:{}", path.display());
-        qmp.execute("migrate-incoming", Some(json!({ "uri": uri }))).await?;
+        qmp.execute("migrate-incoming", Some(json!({ "uri": uri })))
+            .await?;
     }
     wait(qmp, &mut events).await
 }

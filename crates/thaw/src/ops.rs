@@ -97,7 +97,10 @@ async fn boot_in(
         origin: Origin::Booted,
         created_unix_ms: vm::now_ms(),
     };
-    let mut spawned = vm::spawn(qemu, &req.spec, &launch, paths, |pid| record(pid).save(home)).await?;
+    let mut spawned = vm::spawn(qemu, &req.spec, &launch, paths, |pid| {
+        record(pid).save(home)
+    })
+    .await?;
     drop(spawned.qmp);
     let pid = spawned.child.id();
     wait_ready(&mut spawned.child, paths, req.timeout).await?;
@@ -109,7 +112,11 @@ async fn boot_in(
 }
 
 /// Waits for the guest agent while watching that QEMU stays alive.
-async fn wait_ready(child: &mut std::process::Child, paths: &VmPaths, timeout: Duration) -> Result<Agent, BootError> {
+async fn wait_ready(
+    child: &mut std::process::Child,
+    paths: &VmPaths,
+    timeout: Duration,
+) -> Result<Agent, BootError> {
     let sock = paths.agent();
     let agent = Agent::connect(&sock, timeout);
     tokio::pin!(agent);
@@ -158,7 +165,12 @@ fn running_vm(home: &Home, name: &VmName) -> Result<VmState, VmError> {
 }
 
 /// Runs a command in the guest through its agent.
-pub async fn exec(home: &Home, name: &VmName, argv: &[String], timeout: Duration) -> Result<ExecOutput, ExecError> {
+pub async fn exec(
+    home: &Home,
+    name: &VmName,
+    argv: &[String],
+    timeout: Duration,
+) -> Result<ExecOutput, ExecError> {
     let state = running_vm(home, name)?;
     let mut agent = Agent::connect(&state.paths(home).agent(), Duration::from_secs(10)).await?;
     Ok(agent.exec(argv, timeout).await?)
@@ -206,7 +218,10 @@ pub enum SnapshotError {
     Migration(#[from] MigrationError),
 }
 
-fn io_err(step: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
+fn io_err(
+    step: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> SnapshotError {
     let path = path.to_owned();
     move |source| SnapshotError::Io { step, path, source }
 }
@@ -236,7 +251,9 @@ pub async fn snapshot(home: &Home, req: &SnapshotRequest) -> Result<SnapshotRepo
     snapshot::remove_stale_temp_dirs(home);
     let tmp = snapshot::temp_dir(home, &req.tag);
     std::fs::create_dir(&tmp).map_err(io_err("create", &tmp))?;
-    let qmp = Qmp::connect(&state.paths(home).qmp()).await.map_err(VmError::from)?;
+    let qmp = Qmp::connect(&state.paths(home).qmp())
+        .await
+        .map_err(VmError::from)?;
     let result = snapshot_into(home, req, &state, &qmp, &tmp, &dest).await;
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -271,10 +288,12 @@ async fn snapshot_into(
         let _ = qmp.execute("quit", None).await;
         vm::wait_gone(state.pid, &paths.dir, Duration::from_secs(10)).await;
         vm::reap(state.pid);
-        std::fs::rename(&state.ram, &ram_path).map_err(io_err("move the RAM file to", &ram_path))?;
+        std::fs::rename(&state.ram, &ram_path)
+            .map_err(io_err("move the RAM file to", &ram_path))?;
         ("moved", pause)
     } else {
-        let method = fsutil::copy_sparse(&state.ram, &ram_path).map_err(io_err("copy the RAM file to", &ram_path))?;
+        let method = fsutil::copy_sparse(&state.ram, &ram_path)
+            .map_err(io_err("copy the RAM file to", &ram_path))?;
         qmp.execute("cont", None).await?;
         let how = match method {
             CopyMethod::Reflink => "reflink",
@@ -311,8 +330,11 @@ async fn snapshot_into(
         .into(),
     };
     let mpath = tmp.join(snapshot::MANIFEST_FILE);
-    fsutil::write_atomic(&mpath, &serde_json::to_vec_pretty(&manifest).expect("serializes"))
-        .map_err(io_err("write", &mpath))?;
+    fsutil::write_atomic(
+        &mpath,
+        &serde_json::to_vec_pretty(&manifest).expect("serializes"),
+    )
+    .map_err(io_err("write", &mpath))?;
     test_hang("manifest-written");
     std::fs::rename(tmp, dest).map_err(io_err("publish the snapshot as", dest))?;
     fsutil::fsync_dir(&home.snapshots_dir()).map_err(io_err("sync", &home.snapshots_dir()))?;
@@ -383,7 +405,11 @@ pub enum RestoreError {
 
 /// Starts `count` clones of a snapshot. Everything is checked before QEMU starts; if
 /// any clone fails, every clone of this request is stopped and removed.
-pub async fn restore(home: &Home, qemu: &Qemu, req: &RestoreRequest) -> Result<Vec<RestoreReport>, RestoreError> {
+pub async fn restore(
+    home: &Home,
+    qemu: &Qemu,
+    req: &RestoreRequest,
+) -> Result<Vec<RestoreReport>, RestoreError> {
     let t0 = Instant::now();
     if req.count == 0 {
         return Err(RestoreError::Count);
@@ -395,7 +421,13 @@ pub async fn restore(home: &Home, qemu: &Qemu, req: &RestoreRequest) -> Result<V
 
     let mut tasks = tokio::task::JoinSet::new();
     for (i, name) in names.iter().enumerate() {
-        let (home, qemu, snap, name, req) = (home.clone(), qemu.clone(), snap.clone(), name.clone(), req.clone());
+        let (home, qemu, snap, name, req) = (
+            home.clone(),
+            qemu.clone(),
+            snap.clone(),
+            name.clone(),
+            req.clone(),
+        );
         tasks.spawn(async move {
             let r = restore_one(&home, &qemu, &snap, &name, &req, t0).await;
             (i, name, r)
@@ -439,7 +471,10 @@ fn claim_names(home: &Home, req: &RestoreRequest) -> Result<Vec<VmName>, Restore
             claimed.push(name.clone());
         }
         (base, count) => {
-            let base = base.as_ref().map(|n| n.as_str()).unwrap_or(req.tag.as_str());
+            let base = base
+                .as_ref()
+                .map(|n| n.as_str())
+                .unwrap_or(req.tag.as_str());
             let explicit = req.name.is_some();
             let mut i = 1u32;
             while claimed.len() < count as usize {
@@ -573,7 +608,10 @@ pub async fn list(home: &Home) -> Vec<VmInfo> {
             ("dead".to_owned(), None)
         } else {
             match query_status(&state.paths(home).qmp()).await {
-                Some(s) => (if s == "running" { "running" } else { "paused" }.to_owned(), Some(s)),
+                Some(s) => (
+                    if s == "running" { "running" } else { "paused" }.to_owned(),
+                    Some(s),
+                ),
                 None => ("unresponsive".to_owned(), None),
             }
         };
@@ -597,7 +635,10 @@ async fn query_status(sock: &std::path::Path) -> Option<String> {
         let st = qmp.execute("query-status", None).await.ok()?;
         st["status"].as_str().map(str::to_owned)
     };
-    tokio::time::timeout(Duration::from_secs(2), q).await.ok().flatten()
+    tokio::time::timeout(Duration::from_secs(2), q)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Stops a VM (whatever its state) and removes its directory.

@@ -16,7 +16,9 @@ use crate::fsutil;
 /// Finding or probing QEMU failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
-    #[error("QEMU binary {0} not found: install qemu-system-x86 (scripts/setup.sh) or set THAW_QEMU")]
+    #[error(
+        "QEMU binary {0} not found: install qemu-system-x86 (scripts/setup.sh) or set THAW_QEMU"
+    )]
     NotFound(String),
     #[error("could not run {path} --version")]
     Probe {
@@ -75,7 +77,10 @@ impl Qemu {
         };
         // A cache that cannot be written only costs a probe next time.
         if std::fs::create_dir_all(cache_dir).is_ok() {
-            let _ = fsutil::write_atomic(&cache_path, &serde_json::to_vec(&cache).expect("serializes"));
+            let _ = fsutil::write_atomic(
+                &cache_path,
+                &serde_json::to_vec(&cache).expect("serializes"),
+            );
         }
         Ok(Qemu { binary, version })
     }

@@ -82,13 +82,24 @@ pub enum SnapshotCheckError {
         found_minor: u32,
     },
     #[error("snapshot {tag}: {file} is missing")]
-    FileMissing { tag: SnapshotTag, file: &'static str },
+    FileMissing {
+        tag: SnapshotTag,
+        file: &'static str,
+    },
     #[error("snapshot {tag}: state file is {found} bytes, the manifest says {expected} (truncated or replaced)")]
-    StateSize { tag: SnapshotTag, found: u64, expected: u64 },
+    StateSize {
+        tag: SnapshotTag,
+        found: u64,
+        expected: u64,
+    },
     #[error("snapshot {tag}: state file does not match its BLAKE3 hash (corrupted)")]
     StateHash { tag: SnapshotTag },
     #[error("snapshot {tag}: RAM image is {found} bytes, expected {expected}")]
-    RamSize { tag: SnapshotTag, found: u64, expected: u64 },
+    RamSize {
+        tag: SnapshotTag,
+        found: u64,
+        expected: u64,
+    },
     #[error("snapshot {tag}: RAM image does not match its BLAKE3 hash (corrupted)")]
     RamHash { tag: SnapshotTag },
     #[error("snapshot {tag} was taken with QEMU {snapshot}, but QEMU {running} would restore it; restore with the same QEMU")]
@@ -97,7 +108,9 @@ pub enum SnapshotCheckError {
         snapshot: QemuVersion,
         running: QemuVersion,
     },
-    #[error("snapshot {tag} was taken under {snapshot}, but this host would restore it under {running}")]
+    #[error(
+        "snapshot {tag} was taken under {snapshot}, but this host would restore it under {running}"
+    )]
     AccelMismatch {
         tag: SnapshotTag,
         snapshot: Accel,
@@ -159,7 +172,12 @@ impl Snapshot {
 
     /// Everything restore checks before starting QEMU: the files, their sizes, the
     /// state file's hash, and that this QEMU and accelerator can run it.
-    pub fn check(&self, qemu: QemuVersion, accel: Accel, verify_ram: bool) -> Result<(), SnapshotCheckError> {
+    pub fn check(
+        &self,
+        qemu: QemuVersion,
+        accel: Accel,
+        verify_ram: bool,
+    ) -> Result<(), SnapshotCheckError> {
         let m = &self.manifest;
         let tag = || m.tag.clone();
         let entry = |file: &'static str| {
@@ -244,7 +262,10 @@ impl Snapshot {
 }
 
 fn parse_manifest(tag: &SnapshotTag, bytes: &[u8]) -> Result<Manifest, SnapshotCheckError> {
-    let corrupt = |why: String| SnapshotCheckError::ManifestCorrupt { tag: tag.clone(), why };
+    let corrupt = |why: String| SnapshotCheckError::ManifestCorrupt {
+        tag: tag.clone(),
+        why,
+    };
     // Read the version first, so a future major version with another shape gets the
     // right error rather than "corrupt".
     let loose: serde_json::Value =
@@ -280,12 +301,18 @@ pub fn temp_dir(home: &Home, tag: &SnapshotTag) -> PathBuf {
 
 /// Removes temporary snapshot directories whose writer is gone (a crash or kill -9).
 pub fn remove_stale_temp_dirs(home: &Home) {
-    for entry in std::fs::read_dir(home.snapshots_dir()).into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir(home.snapshots_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(rest) = name.strip_prefix(".tmp-") else {
             continue;
         };
-        let pid = rest.rsplit_once('-').and_then(|(_, p)| p.parse::<i32>().ok());
+        let pid = rest
+            .rsplit_once('-')
+            .and_then(|(_, p)| p.parse::<i32>().ok());
         let writer_alive = pid
             .and_then(rustix::process::Pid::from_raw)
             .is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
@@ -386,7 +413,10 @@ mod tests {
         let home = Home::new(d.path());
         let tag: SnapshotTag = "base".parse().unwrap();
 
-        assert!(matches!(Snapshot::open(&home, &tag), Err(SnapshotCheckError::UnknownTag(_))));
+        assert!(matches!(
+            Snapshot::open(&home, &tag),
+            Err(SnapshotCheckError::UnknownTag(_))
+        ));
 
         let s = write_snapshot(&home, "base");
         assert!(matches!(
@@ -400,34 +430,71 @@ mod tests {
 
         // Truncated state.
         std::fs::write(s.state_path(), b"device").unwrap();
-        assert!(matches!(s.check(v10(), Accel::Tcg, false), Err(SnapshotCheckError::StateSize { .. })));
+        assert!(matches!(
+            s.check(v10(), Accel::Tcg, false),
+            Err(SnapshotCheckError::StateSize { .. })
+        ));
         // Same size, other bytes.
         std::fs::write(s.state_path(), b"DEVICE state").unwrap();
-        assert!(matches!(s.check(v10(), Accel::Tcg, false), Err(SnapshotCheckError::StateHash { .. })));
+        assert!(matches!(
+            s.check(v10(), Accel::Tcg, false),
+            Err(SnapshotCheckError::StateHash { .. })
+        ));
         std::fs::write(s.state_path(), b"device state").unwrap();
 
         // RAM image of the wrong size.
-        std::fs::File::options().write(true).open(s.ram_path()).unwrap().set_len(8 << 20).unwrap();
-        assert!(matches!(s.check(v10(), Accel::Tcg, false), Err(SnapshotCheckError::RamSize { .. })));
-        std::fs::File::options().write(true).open(s.ram_path()).unwrap().set_len(16 << 20).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(s.ram_path())
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+        assert!(matches!(
+            s.check(v10(), Accel::Tcg, false),
+            Err(SnapshotCheckError::RamSize { .. })
+        ));
+        std::fs::File::options()
+            .write(true)
+            .open(s.ram_path())
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
         // RAM content changed: only --verify notices.
         std::fs::write(s.ram_path(), vec![1u8; 16 << 20]).unwrap();
         s.check(v10(), Accel::Tcg, false).unwrap();
-        assert!(matches!(s.check(v10(), Accel::Tcg, true), Err(SnapshotCheckError::RamHash { .. })));
+        assert!(matches!(
+            s.check(v10(), Accel::Tcg, true),
+            Err(SnapshotCheckError::RamHash { .. })
+        ));
 
         // Corrupt, missing and future manifests.
         let mpath = s.dir.join(MANIFEST_FILE);
         std::fs::write(&mpath, b"{\"format\": \"thaw-snap").unwrap();
-        assert!(matches!(Snapshot::open(&home, &tag), Err(SnapshotCheckError::ManifestCorrupt { .. })));
+        assert!(matches!(
+            Snapshot::open(&home, &tag),
+            Err(SnapshotCheckError::ManifestCorrupt { .. })
+        ));
         let mut future = serde_json::to_value(manifest("base")).unwrap();
         future["version"]["major"] = 2.into();
         std::fs::write(&mpath, serde_json::to_vec(&future).unwrap()).unwrap();
         let err = Snapshot::open(&home, &tag).unwrap_err();
-        assert!(matches!(err, SnapshotCheckError::UnsupportedVersion { found_major: 2, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                SnapshotCheckError::UnsupportedVersion { found_major: 2, .. }
+            ),
+            "{err}"
+        );
         std::fs::remove_file(&mpath).unwrap();
-        assert!(matches!(Snapshot::open(&home, &tag), Err(SnapshotCheckError::ManifestMissing { .. })));
+        assert!(matches!(
+            Snapshot::open(&home, &tag),
+            Err(SnapshotCheckError::ManifestMissing { .. })
+        ));
         std::fs::write(&mpath, vec![b' '; (MANIFEST_MAX_BYTES + 1) as usize]).unwrap();
-        assert!(matches!(Snapshot::open(&home, &tag), Err(SnapshotCheckError::ManifestCorrupt { .. })));
+        assert!(matches!(
+            Snapshot::open(&home, &tag),
+            Err(SnapshotCheckError::ManifestCorrupt { .. })
+        ));
     }
 
     #[test]

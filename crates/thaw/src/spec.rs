@@ -80,10 +80,8 @@ impl MachineSpec {
     pub fn argv(&self, launch: &Launch<'_>) -> Vec<OsString> {
         let mut a = Argv::default();
         a.push("-name").push(launch.name);
-        a.push("-machine").push(format!(
-            "{},memory-backend=ram0",
-            self.machine
-        ));
+        a.push("-machine")
+            .push(format!("{},memory-backend=ram0", self.machine));
         a.push("-accel").push(match self.accel {
             Accel::Kvm => "kvm".to_owned(),
             Accel::Tcg if self.cpus > 1 => "tcg,thread=multi".to_owned(),
@@ -140,7 +138,8 @@ impl MachineSpec {
         a.push("-device")
             .push("virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0");
         // A fresh generation id per clone makes the guest kernel reseed its RNG.
-        a.push("-device").push(format!("vmgenid,id=vmgenid0,guid={}", launch.vmgenid));
+        a.push("-device")
+            .push(format!("vmgenid,id=vmgenid0,guid={}", launch.vmgenid));
         if launch.incoming {
             a.push("-S").push("-incoming").push("defer");
         }
@@ -219,12 +218,17 @@ mod tests {
     #[test]
     fn booted_vm_maps_ram_shared() {
         let argv = joined(&spec().argv(&launch(true, false)));
-        assert!(argv.contains("memory-backend-file,id=ram0,size=256M,share=on,mem-path=/h/vms/web/ram"));
+        assert!(
+            argv.contains("memory-backend-file,id=ram0,size=256M,share=on,mem-path=/h/vms/web/ram")
+        );
         assert!(argv.contains("-machine pc,memory-backend=ram0"));
         assert!(argv.contains("-accel tcg,thread=multi"));
         assert!(argv.contains("-smp 2"));
         assert!(!argv.contains("-incoming"));
-        assert!(argv.contains("path=/h/vms/web,,x/console.log"), "commas escaped: {argv}");
+        assert!(
+            argv.contains("path=/h/vms/web,,x/console.log"),
+            "commas escaped: {argv}"
+        );
     }
 
     #[test]
@@ -246,7 +250,10 @@ mod tests {
         s.machine = "pc,accel=kvm".into();
         assert!(matches!(s.validate(), Err(SpecError::Machine(_))));
         let s = spec();
-        assert_eq!(s.validate().unwrap_err().to_string(), "kernel /k/vmlinuz not found");
+        assert_eq!(
+            s.validate().unwrap_err().to_string(),
+            "kernel /k/vmlinuz not found"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use thaw_qmp::{Qmp, QemuVersion};
+use thaw_qmp::{QemuVersion, Qmp};
 use uuid::Uuid;
 
 use crate::fsutil;
@@ -118,7 +118,9 @@ pub fn create_dir(home: &Home, name: &VmName) -> Result<VmPaths, VmError> {
     std::fs::create_dir_all(home.vms_dir()).map_err(VmError::io("create", &home.vms_dir()))?;
     match std::fs::create_dir(&paths.dir) {
         Ok(()) => Ok(paths),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(VmError::Exists(name.clone())),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(VmError::Exists(name.clone()))
+        }
         Err(e) => Err(VmError::io("create", &paths.dir)(e)),
     }
 }
@@ -139,8 +141,11 @@ pub async fn spawn(
     on_spawn: impl FnOnce(u32) -> Result<(), VmError>,
 ) -> Result<Spawned, VmError> {
     use std::os::unix::process::CommandExt;
-    let log = std::fs::File::create(paths.qemu_log()).map_err(VmError::io("create", &paths.qemu_log()))?;
-    let log2 = log.try_clone().map_err(VmError::io("open", &paths.qemu_log()))?;
+    let log = std::fs::File::create(paths.qemu_log())
+        .map_err(VmError::io("create", &paths.qemu_log()))?;
+    let log2 = log
+        .try_clone()
+        .map_err(VmError::io("open", &paths.qemu_log()))?;
     let argv = spec.argv(launch);
     tracing::debug!(?argv, "starting QEMU");
     let mut child = Command::new(&qemu.binary)
@@ -169,7 +174,11 @@ pub async fn spawn(
     }
 }
 
-async fn connect_qmp(child: &mut Child, paths: &VmPaths, timeout: Duration) -> Result<Qmp, VmError> {
+async fn connect_qmp(
+    child: &mut Child,
+    paths: &VmPaths,
+    timeout: Duration,
+) -> Result<Qmp, VmError> {
     let deadline = Instant::now() + timeout;
     let sock = paths.qmp();
     loop {
@@ -193,7 +202,11 @@ async fn connect_qmp(child: &mut Child, paths: &VmPaths, timeout: Duration) -> R
 /// The last non-empty line QEMU printed, with its "qemu-system-x86_64: " prefix cut.
 pub fn last_log_line(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no output");
     match line.split_once(": ") {
         Some((prog, rest)) if prog.contains("qemu-system") => rest.to_owned(),
         _ => line.to_owned(),
@@ -243,7 +256,9 @@ impl VmState {
 pub fn process_is_vm(pid: u32, dir: &Path) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The state follows the parenthesised command name.
-    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
     if matches!(state, None | Some('Z') | Some('X')) {
         return false;
     }
@@ -361,7 +376,10 @@ mod tests {
     #[test]
     fn own_process_is_not_a_vm_of_another_dir() {
         let me = std::process::id();
-        assert!(!process_is_vm(me, Path::new("/definitely/not/in/my/cmdline")));
+        assert!(!process_is_vm(
+            me,
+            Path::new("/definitely/not/in/my/cmdline")
+        ));
         assert!(!process_is_vm(u32::MAX - 1, Path::new("/")));
     }
 
@@ -369,7 +387,11 @@ mod tests {
     fn last_log_line_strips_the_program_name() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("qemu.log");
-        std::fs::write(&p, "warning\nqemu-system-x86_64: -kernel /x: could not open\n\n").unwrap();
+        std::fs::write(
+            &p,
+            "warning\nqemu-system-x86_64: -kernel /x: could not open\n\n",
+        )
+        .unwrap();
         assert_eq!(last_log_line(&p), "-kernel /x: could not open");
     }
 }

@@ -35,9 +35,22 @@ impl Run {
 
     /// Asserts failure with exactly one line on stderr mentioning `needle`.
     pub fn fails_with(&self, needle: &str) {
-        assert_ne!(self.code, 0, "expected failure, got success: {}", self.stdout);
-        let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert_eq!(lines.len(), 1, "expected one line on stderr, got: {:?}", self.stderr);
+        assert_ne!(
+            self.code, 0,
+            "expected failure, got success: {}",
+            self.stdout
+        );
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one line on stderr, got: {:?}",
+            self.stderr
+        );
         assert!(
             lines[0].contains(needle),
             "stderr {:?} does not mention {needle:?}",
@@ -55,10 +68,16 @@ impl Env {
                 .stderr(Stdio::inherit())
                 .status()
                 .expect("run thaw guest build");
-            assert!(out.success(), "building the default guest failed (run scripts/setup.sh)");
+            assert!(
+                out.success(),
+                "building the default guest failed (run scripts/setup.sh)"
+            );
         });
         Env {
-            home: tempfile::Builder::new().prefix("thaw-e2e-").tempdir().unwrap(),
+            home: tempfile::Builder::new()
+                .prefix("thaw-e2e-")
+                .tempdir()
+                .unwrap(),
             extra: Vec::new(),
         }
     }
@@ -74,7 +93,9 @@ impl Env {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(THAW);
-        c.args(args).env("THAW_HOME", self.path()).env_remove("THAW_LOG");
+        c.args(args)
+            .env("THAW_HOME", self.path())
+            .env_remove("THAW_LOG");
         for (k, v) in &self.extra {
             c.env(k, v);
         }
@@ -82,7 +103,11 @@ impl Env {
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
-        let out: Output = self.command(args).stdin(Stdio::null()).output().expect("run thaw");
+        let out: Output = self
+            .command(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run thaw");
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -165,7 +190,9 @@ pub fn processes_mentioning(dir: &Path) -> Vec<u32> {
         .filter(|&pid| pid != me)
         .filter(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'));
+            let zombie = stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, r)| r.starts_with('Z'));
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let is_thaw_cli = cmd.starts_with(THAW.as_bytes());
             !zombie && !is_thaw_cli && cmd.windows(needle.len()).any(|w| w == needle.as_slice())
@@ -174,13 +201,20 @@ pub fn processes_mentioning(dir: &Path) -> Vec<u32> {
 }
 
 pub fn host_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// Asserts the guest's clock is within 2 s of the host's.
 pub fn assert_clock_close(env: &Env, vm: &str) {
     let before = host_now();
-    let guest: u64 = env.sh(vm, "date +%s").trim().parse().expect("date +%s prints a number");
+    let guest: u64 = env
+        .sh(vm, "date +%s")
+        .trim()
+        .parse()
+        .expect("date +%s prints a number");
     let after = host_now();
     assert!(
         guest + 2 >= before && guest <= after + 2,

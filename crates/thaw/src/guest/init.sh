@@ -28,10 +28,11 @@ done
 
 if [ -n "$port" ]; then
     mkdir -p /run/qemu-ga
-    qemu-ga -m virtio-serial -p "$port" -t /run/qemu-ga -f /run/qemu-ga.pid &
-    # qemu-ga writes its pidfile just before it opens the port.
+    qemu-ga -m virtio-serial -p "$port" -t /run/qemu-ga &
+    agent=$!
+    # Ready means the agent holds the port open (it writes no pidfile unless it daemonizes).
     tries=0
-    while [ ! -e /run/qemu-ga.pid ] && [ "$tries" -lt 100 ]; do
+    until readlink /proc/$agent/fd/* 2>/dev/null | grep -qx "$port" || [ "$tries" -ge 250 ]; do
         tries=$((tries + 1))
         usleep 20000
     done

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The demo, from a fresh Debian bookworm machine (as root): installs what is missing,
+# builds thaw, boots the default guest, snapshots it, restores three clones, runs a
+# command in each, and prints the cold-boot vs restore timing table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo build --release --quiet
+thaw=./target/release/thaw
+export THAW_HOME="${THAW_HOME:-$(mktemp -d /tmp/thaw-demo.XXXXXX)}"
+trap '$thaw stop --all >/dev/null 2>&1 || true' EXIT
+
+$thaw guest build
+echo "== boot"
+$thaw boot demo
+$thaw exec demo -- /bin/sh -c 'echo "written before the snapshot" > /tmp/hello'
+echo "== snapshot (the VM keeps running)"
+$thaw snapshot demo base
+echo "== restore 3 clones"
+$thaw restore base --count 3
+for vm in base-1 base-2 base-3; do
+  printf '%s: %s, random %s\n' "$vm" "$($thaw exec "$vm" -- cat /tmp/hello)" \
+    "$($thaw exec "$vm" -- /bin/sh -c 'head -c 8 /dev/urandom | od -An -tx1 | tr -d " "')"
+done
+$thaw ls
+$thaw stop --all
+echo "== benchmark"
+$thaw bench --runs "${RUNS:-5}"

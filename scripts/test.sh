@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian bookworm machine (as root): installs what
+# is missing, checks formatting and lints, builds, builds the default guest, and runs
+# every test (unit tests and end-to-end tests that boot real QEMU guests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== build"
+cargo build --workspace --all-targets
+echo "== default guest"
+./target/debug/thaw guest build
+echo "== tests"
+cargo test --workspace -- --test-threads="${THAW_TEST_THREADS:-2}"

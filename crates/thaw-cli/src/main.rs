@@ -106,9 +106,60 @@ struct BootArgs {
     /// Accelerator (default: kvm where it can run a guest, else tcg).
     #[arg(long)]
     accel: Option<Accel>,
-    /// Seconds to wait for the guest agent.
+    /// Attach a virtio-blk disk: PATH[,format=raw|qcow2][,readonly]. The image is never
+    /// written; the VM runs on a qcow2 overlay. Repeatable.
+    #[arg(long = "disk", value_name = "PATH[,OPTS]")]
+    disks: Vec<String>,
+    /// Forward 127.0.0.1:HOSTPORT to the guest's GUESTPORT (TCP); HOSTPORT 0 picks a
+    /// free port. Repeatable.
+    #[arg(long = "port", value_name = "HOSTPORT:GUESTPORT", value_parser = parse_forward)]
+    ports: Vec<thaw::spec::PortForward>,
+    /// No network card (user-mode networking is on by default).
+    #[arg(long, conflicts_with = "ports")]
+    no_net: bool,
+    #[command(flatten)]
+    ready: ReadyArgs,
+    /// Seconds to wait for the guest to become ready.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
+}
+
+#[derive(Args)]
+struct ReadyArgs {
+    /// Also wait until this guest TCP port accepts connections (through its forward).
+    #[arg(long, value_name = "GUESTPORT")]
+    ready_port: Option<u16>,
+    /// Also wait until the serial console matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    ready_serial: Option<String>,
+}
+
+impl ReadyArgs {
+    fn spec(self) -> thaw::ready::ReadySpec {
+        thaw::ready::ReadySpec {
+            port: self.ready_port,
+            redis_ping: false,
+            serial: self.ready_serial,
+        }
+    }
+}
+
+fn parse_forward(s: &str) -> Result<thaw::spec::PortForward, String> {
+    let (h, g) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not HOSTPORT:GUESTPORT"))?;
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .map_err(|_| format!("{p:?} is not a port number"))
+    };
+    let guest = port(g)?;
+    if guest == 0 {
+        return Err("the guest port cannot be 0".into());
+    }
+    Ok(thaw::spec::PortForward {
+        host: port(h)?,
+        guest,
+    })
 }
 
 #[derive(Args)]
@@ -133,6 +184,12 @@ struct RestoreArgs {
     /// share RNG state; only for demonstrating what the fresh id prevents.
     #[arg(long, hide = true)]
     keep_vmgenid: bool,
+    /// Run this shell command in each clone before reporting it ready (for example to
+    /// regenerate machine-id or SSH host keys); a non-zero exit fails the restore.
+    #[arg(long, value_name = "CMD")]
+    exec_after: Option<String>,
+    #[command(flatten)]
+    ready: ReadyArgs,
 }
 
 #[derive(Args)]
@@ -209,6 +266,17 @@ fn emit<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T) -> String) -
     Ok(())
 }
 
+fn ports_text(ports: &[thaw::spec::PortForward]) -> String {
+    if ports.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{} -> {}", p.host, p.guest))
+        .collect();
+    format!(", ports {}", list.join(", "))
+}
+
 fn progress(json: bool) -> impl FnMut(&str) {
     move |line: &str| {
         if !json || std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -238,6 +306,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .append
                 .or(default_append)
                 .unwrap_or_else(|| "console=ttyS0".to_owned());
+            let disks = args
+                .disks
+                .iter()
+                .map(|d| thaw::disk::resolve(d))
+                .collect::<Result<Vec<_>, _>>()?;
             let req = ops::BootRequest {
                 name: args.name,
                 spec: MachineSpec {
@@ -248,12 +321,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     initrd,
                     cmdline,
                     accel: args.accel.unwrap_or_else(Accel::detect),
+                    disks,
+                    net: (!args.no_net).then(thaw::spec::NetSpec::default),
                 },
+                forwards: args.ports,
+                ready: args.ready.spec(),
                 timeout: Duration::from_secs(args.timeout),
             };
             let report = ops::boot(&home, &qemu, &req).await?;
             emit(json, &report, |r| {
-                format!("booted {} in {:.0} ms (pid {})", r.name, r.boot_ms, r.pid)
+                format!(
+                    "booted {} in {:.0} ms (pid {}){}",
+                    r.name,
+                    r.boot_ms,
+                    r.pid,
+                    ports_text(&r.ports)
+                )
             })?;
         }
         Command::Exec {
@@ -293,14 +376,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 verify: args.verify,
                 timeout: Duration::from_secs(args.timeout),
                 keep_vmgenid: args.keep_vmgenid,
+                ready: args.ready.spec(),
+                exec_after: args.exec_after,
             };
             let reports = ops::restore(&home, &qemu, &req).await?;
             emit(json, &reports, |rs| {
                 rs.iter()
                     .map(|r| {
                         format!(
-                            "restored {} (pid {}): running in {:.1} ms, ready in {:.1} ms",
-                            r.name, r.pid, r.restore_ms, r.ready_ms
+                            "restored {} (pid {}): running in {:.1} ms, ready in {:.1} ms{}",
+                            r.name,
+                            r.pid,
+                            r.restore_ms,
+                            r.ready_ms,
+                            ports_text(&r.ports)
                         )
                     })
                     .collect::<Vec<_>>()
@@ -323,13 +412,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                         None => "unknown (no record)".to_owned(),
                     };
                     s.push_str(&format!(
-                        "\n{:<24} {:>8} {:<13} {:>7} {:>4}  {}",
+                        "\n{:<24} {:>8} {:<13} {:>7} {:>4}  {}{}",
                         v.name,
                         v.pid.map(|p| p.to_string()).unwrap_or_default(),
                         v.state,
                         v.memory_mib.map(|m| format!("{m}M")).unwrap_or_default(),
                         v.cpus.map(|c| c.to_string()).unwrap_or_default(),
-                        origin
+                        origin,
+                        ports_text(&v.ports)
                     ));
                 }
                 s

@@ -163,6 +163,8 @@ async fn run_in(
             initrd: Some(cfg.guest.initrd.clone()),
             cmdline: cfg.guest.cmdline.clone(),
             accel: cfg.accel,
+            disks: vec![],
+            net: Some(crate::spec::NetSpec::default()),
         };
         let name = |kind: &str, i: u32| -> VmName {
             format!("m{mem}-{kind}-{i}").parse().expect("valid name")
@@ -176,6 +178,8 @@ async fn run_in(
             let req = ops::BootRequest {
                 name: name("cold", i),
                 spec: spec.clone(),
+                forwards: Vec::new(),
+                ready: Default::default(),
                 timeout: Duration::from_secs(300),
             };
             let r = ops::boot(home, qemu, &req).await?;
@@ -214,6 +218,8 @@ async fn run_in(
                 verify: false,
                 timeout: Duration::from_secs(60),
                 keep_vmgenid: false,
+                ready: Default::default(),
+                exec_after: None,
             };
             let r = ops::restore(home, qemu, &req).await?;
             restore.push(r[0].restore_ms);

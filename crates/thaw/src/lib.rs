@@ -12,12 +12,14 @@
 pub mod accel;
 pub mod agent;
 pub mod bench;
+pub mod disk;
 pub mod fsutil;
 pub mod guest;
 pub mod home;
 pub mod migration;
 pub mod ops;
 pub mod qemu;
+pub mod ready;
 pub mod snapshot;
 pub mod spec;
 pub mod vm;

@@ -11,12 +11,14 @@ use uuid::Uuid;
 
 use crate::accel::Accel;
 use crate::agent::{Agent, AgentError, ExecOutput};
+use crate::disk::{self, DiskError};
 use crate::fsutil::{self, CopyMethod};
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::migration::{self, MigrationError};
 use crate::qemu::Qemu;
+use crate::ready::{self, ReadyError, ReadySpec};
 use crate::snapshot::{self, FileEntry, Manifest, Snapshot, SnapshotCheckError};
-use crate::spec::{Launch, MachineSpec, SpecError};
+use crate::spec::{Launch, MachineSpec, PortForward, SpecError};
 use crate::vm::{self, Origin, VmError, VmPaths, VmState};
 
 fn ms(d: Duration) -> f64 {
@@ -30,7 +32,11 @@ fn ms(d: Duration) -> f64 {
 pub struct BootRequest {
     pub name: VmName,
     pub spec: MachineSpec,
-    /// How long the guest agent may take to answer.
+    /// Port forwards; a host port of 0 means "pick a free one". Needs `spec.net`.
+    pub forwards: Vec<PortForward>,
+    /// What must answer besides the guest agent.
+    pub ready: ReadySpec,
+    /// How long the guest may take to become ready.
     pub timeout: Duration,
 }
 
@@ -39,6 +45,7 @@ pub struct BootReport {
     pub name: VmName,
     pub pid: u32,
     pub boot_ms: f64,
+    pub ports: Vec<PortForward>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,12 +58,31 @@ pub enum BootError {
     Agent(#[source] AgentError),
     #[error("QEMU exited before the guest was ready: {0}")]
     Exited(String),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error(transparent)]
+    Ready(#[from] ReadyError),
+    #[error("host port {0} is already in use")]
+    PortInUse(u16),
+    #[error("port forwards need a network (drop --no-net)")]
+    NoNet,
 }
 
 /// Boots a VM with its RAM in a shared file and returns once its guest agent answers.
 /// On any failure, nothing is left running and the VM's directory is removed.
 pub async fn boot(home: &Home, qemu: &Qemu, req: &BootRequest) -> Result<BootReport, BootError> {
     req.spec.validate()?;
+    if !req.forwards.is_empty() && req.spec.net.is_none() {
+        return Err(BootError::NoNet);
+    }
+    for f in &req.forwards {
+        if f.host != 0 && !ready::port_is_free(f.host) {
+            return Err(BootError::PortInUse(f.host));
+        }
+    }
+    if let Some(regex) = &req.ready.serial {
+        regex::Regex::new(regex).map_err(ReadyError::from)?;
+    }
     let t0 = Instant::now();
     let paths = vm::create_dir(home, &req.name)?;
     let result = boot_in(home, qemu, req, &paths, t0).await;
@@ -75,6 +101,25 @@ async fn boot_in(
 ) -> Result<BootReport, BootError> {
     let ram = paths.ram();
     let vmgenid = Uuid::new_v4();
+    let mut spec = req.spec.clone();
+    if let Some(net) = &mut spec.net {
+        net.guest_ports = req.forwards.iter().map(|f| f.guest).collect();
+    }
+    let ports = req
+        .forwards
+        .iter()
+        .map(|f| {
+            let host = match f.host {
+                0 => ready::free_port().map_err(|e| vm_io("pick a port for", &paths.dir, e))?,
+                h => h,
+            };
+            Ok(PortForward {
+                host,
+                guest: f.guest,
+            })
+        })
+        .collect::<Result<Vec<_>, VmError>>()?;
+    let overlays = create_overlays(&spec, paths)?;
     let launch = Launch {
         name: req.name.as_str(),
         qemu: qemu.version,
@@ -85,30 +130,78 @@ async fn boot_in(
         console_log: &paths.console(),
         vmgenid,
         incoming: false,
+        disk_overlays: &overlays,
+        ports: &ports,
     };
     let record = |pid| VmState {
         name: req.name.clone(),
         pid,
-        spec: req.spec.clone(),
+        spec: spec.clone(),
         qemu_version: qemu.version,
         vmgenid,
         ram: ram.clone(),
         ram_shared: true,
         origin: Origin::Booted,
         created_unix_ms: vm::now_ms(),
+        disk_overlays: overlays.clone(),
+        ports: ports.clone(),
     };
-    let mut spawned = vm::spawn(qemu, &req.spec, &launch, paths, |pid| {
-        record(pid).save(home)
-    })
-    .await?;
+    let mut spawned = vm::spawn(qemu, &spec, &launch, paths, |pid| record(pid).save(home)).await?;
     drop(spawned.qmp);
     let pid = spawned.child.id();
     wait_ready(&mut spawned.child, paths, req.timeout).await?;
+    wait_extra_ready(&req.ready, &ports, paths, t0 + req.timeout).await?;
     Ok(BootReport {
         name: req.name.clone(),
         pid,
         boot_ms: ms(t0.elapsed()),
+        ports,
     })
+}
+
+fn vm_io(step: &'static str, path: &std::path::Path, source: std::io::Error) -> VmError {
+    VmError::Io {
+        step,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Creates the VM's qcow2 overlays on its base images.
+fn create_overlays(spec: &MachineSpec, paths: &VmPaths) -> Result<Vec<PathBuf>, BootError> {
+    if spec.disks.is_empty() {
+        return Ok(Vec::new());
+    }
+    std::fs::create_dir_all(paths.disks()).map_err(|e| vm_io("create", &paths.disks(), e))?;
+    let mut overlays = Vec::new();
+    for (i, d) in spec.disks.iter().enumerate() {
+        let overlay = paths.disk_overlay(i);
+        disk::create_overlay(&d.base, d.format, &overlay)?;
+        overlays.push(overlay);
+    }
+    Ok(overlays)
+}
+
+/// Waits for the extra readiness conditions (a port, a console line).
+async fn wait_extra_ready(
+    ready: &ReadySpec,
+    ports: &[PortForward],
+    paths: &VmPaths,
+    deadline: Instant,
+) -> Result<(), ReadyError> {
+    let left = || deadline.saturating_duration_since(Instant::now());
+    if let Some(guest) = ready.port {
+        let host = ports
+            .iter()
+            .find(|f| f.guest == guest)
+            .ok_or(ReadyError::NotForwarded(guest))?
+            .host;
+        ready::wait_port(host, guest, ready.redis_ping, left()).await?;
+    }
+    if let Some(regex) = &ready.serial {
+        ready::wait_serial(&paths.console(), regex, left()).await?;
+    }
+    Ok(())
 }
 
 /// Waits for the guest agent while watching that QEMU stays alive.
@@ -218,6 +311,14 @@ pub enum SnapshotError {
     Migration(#[from] MigrationError),
 }
 
+fn disk_err(path: &std::path::Path, e: DiskError) -> SnapshotError {
+    SnapshotError::Io {
+        step: "prepare the disk layer",
+        path: path.to_owned(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
 fn io_err(
     step: &'static str,
     path: &std::path::Path,
@@ -283,6 +384,10 @@ async fn snapshot_into(
     test_hang("paused");
     migration::save(qmp, &state_path).await?;
     test_hang("state-saved");
+    if !state.disk_overlays.is_empty() {
+        let dir = tmp.join("disks");
+        std::fs::create_dir(&dir).map_err(io_err("create", &dir))?;
+    }
     let ram_copy = if req.stop {
         let pause = t0.elapsed();
         let _ = qmp.execute("quit", None).await;
@@ -290,10 +395,21 @@ async fn snapshot_into(
         vm::reap(state.pid);
         std::fs::rename(&state.ram, &ram_path)
             .map_err(io_err("move the RAM file to", &ram_path))?;
+        for (i, overlay) in state.disk_overlays.iter().enumerate() {
+            let layer = tmp.join(snapshot::layer_file(i));
+            std::fs::rename(overlay, &layer).map_err(io_err("move the disk layer to", &layer))?;
+        }
         ("moved", pause)
     } else {
         let method = fsutil::copy_sparse(&state.ram, &ram_path)
             .map_err(io_err("copy the RAM file to", &ram_path))?;
+        // The migration flushed and deactivated the disks, so the overlays are
+        // consistent until `cont`; their copies become the snapshot's layers.
+        for (i, overlay) in state.disk_overlays.iter().enumerate() {
+            let layer = tmp.join(snapshot::layer_file(i));
+            fsutil::copy_sparse(overlay, &layer)
+                .map_err(io_err("copy the disk layer to", &layer))?;
+        }
         qmp.execute("cont", None).await?;
         let how = match method {
             CopyMethod::Reflink => "reflink",
@@ -313,6 +429,42 @@ async fn snapshot_into(
     };
     let state_entry = entry(&state_path)?;
     let ram_entry = entry(&ram_path)?;
+    let mut files: std::collections::BTreeMap<String, FileEntry> = [
+        (snapshot::STATE_FILE.to_owned(), state_entry.clone()),
+        (snapshot::RAM_FILE.to_owned(), ram_entry.clone()),
+    ]
+    .into();
+    let mut disks = Vec::new();
+    for (i, d) in state.spec.disks.iter().enumerate() {
+        let layer = tmp.join(snapshot::layer_file(i));
+        let template = tmp.join(snapshot::template_file(i));
+        let (_, virtual_size) = disk::info(&layer).map_err(|e| disk_err(&layer, e))?;
+        disk::create_overlay_unchecked(
+            &dest.join(snapshot::layer_file(i)),
+            virtual_size,
+            &template,
+        )
+        .map_err(|e| disk_err(&template, e))?;
+        for f in [&layer, &template] {
+            snapshot::sync_file(f).map_err(io_err("sync", f))?;
+        }
+        files.insert(snapshot::layer_file(i), entry(&layer)?);
+        files.insert(snapshot::template_file(i), entry(&template)?);
+        let (size, mtime_ns) = disk::stat(&d.base).map_err(io_err("read", &d.base))?;
+        let blake3 = fsutil::hash_file(&d.base).map_err(io_err("hash", &d.base))?;
+        disks.push(snapshot::DiskLayer {
+            base: disk::BaseIdentity {
+                path: d.base.clone(),
+                size,
+                mtime_ns,
+                blake3,
+            },
+            virtual_size,
+        });
+    }
+    if !disks.is_empty() {
+        fsutil::fsync_dir(&tmp.join("disks")).map_err(io_err("sync", tmp))?;
+    }
     let manifest = Manifest {
         format: snapshot::FORMAT_NAME.into(),
         version: snapshot::FORMAT_VERSION,
@@ -323,11 +475,8 @@ async fn snapshot_into(
         spec: state.spec.clone(),
         vmgenid: state.vmgenid,
         source_vm: state.name.clone(),
-        files: [
-            (snapshot::STATE_FILE.to_owned(), state_entry.clone()),
-            (snapshot::RAM_FILE.to_owned(), ram_entry.clone()),
-        ]
-        .into(),
+        files,
+        disks,
     };
     let mpath = tmp.join(snapshot::MANIFEST_FILE);
     fsutil::write_atomic(
@@ -369,6 +518,11 @@ pub struct RestoreRequest {
     /// Give clones the snapshot's VM Generation ID instead of a fresh one. Only for
     /// showing what the fresh id protects against: clones then share RNG state.
     pub keep_vmgenid: bool,
+    /// What must answer besides the guest agent.
+    pub ready: ReadySpec,
+    /// A shell command run in each clone (through the agent) before it is reported
+    /// ready; a non-zero exit fails the restore.
+    pub exec_after: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -377,8 +531,9 @@ pub struct RestoreReport {
     pub pid: u32,
     /// Request → vCPUs running.
     pub restore_ms: f64,
-    /// Request → guest agent answers (clock set).
+    /// Request → guest agent answers and clock set (and any extra readiness).
     pub ready_ms: f64,
+    pub ports: Vec<PortForward>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -395,6 +550,12 @@ pub enum RestoreError {
     Qmp(#[from] thaw_qmp::QmpError),
     #[error("the clone's guest agent did not answer")]
     Agent(#[from] AgentError),
+    #[error(transparent)]
+    Ready(#[from] ReadyError),
+    #[error("--exec-after exited with {code}: {stderr}")]
+    ExecAfter { code: i32, stderr: String },
+    #[error("could not prepare the clone's disks")]
+    Disk(#[from] Box<BootError>),
     #[error("restoring clone {name} failed")]
     Clone {
         name: VmName,
@@ -417,6 +578,9 @@ pub async fn restore(
     let snap = Snapshot::open(home, &req.tag)?;
     let accel = req.accel.unwrap_or_else(Accel::detect);
     snap.check(qemu.version, accel, req.verify)?;
+    if let Some(regex) = &req.ready.serial {
+        regex::Regex::new(regex).map_err(ReadyError::from)?;
+    }
     let names = claim_names(home, req)?;
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -524,6 +688,27 @@ async fn restore_one(
     } else {
         Uuid::new_v4()
     };
+    // Every clone needs its own host ports; the snapshot's are taken.
+    let ports = spec
+        .net
+        .iter()
+        .flat_map(|n| n.guest_ports.iter())
+        .map(|&guest| {
+            let host = ready::free_port().map_err(|e| vm_io("pick a port for", &paths.dir, e))?;
+            Ok(PortForward { host, guest })
+        })
+        .collect::<Result<Vec<_>, VmError>>()?;
+    let mut overlays = Vec::new();
+    if !spec.disks.is_empty() {
+        std::fs::create_dir_all(paths.disks()).map_err(|e| vm_io("create", &paths.disks(), e))?;
+    }
+    for i in 0..spec.disks.len() {
+        // A copy of the snapshot's empty template: no qemu-img on the restore path.
+        let overlay = paths.disk_overlay(i);
+        std::fs::copy(snap.dir.join(snapshot::template_file(i)), &overlay)
+            .map_err(|e| vm_io("create the disk overlay", &overlay, e))?;
+        overlays.push(overlay);
+    }
     let launch = Launch {
         name: name.as_str(),
         qemu: qemu.version,
@@ -534,6 +719,8 @@ async fn restore_one(
         console_log: &paths.console(),
         vmgenid,
         incoming: true,
+        disk_overlays: &overlays,
+        ports: &ports,
     };
     let record = |pid| VmState {
         name: name.clone(),
@@ -547,6 +734,8 @@ async fn restore_one(
             snapshot: req.tag.clone(),
         },
         created_unix_ms: vm::now_ms(),
+        disk_overlays: overlays.clone(),
+        ports: ports.clone(),
     };
     let spawned = vm::spawn(qemu, spec, &launch, &paths, |pid| record(pid).save(home)).await?;
     let pid = spawned.child.id();
@@ -562,12 +751,24 @@ async fn restore_one(
     tracing::debug!(clone = %name, ms = ms(t0.elapsed()), "agent synchronised");
     agent.set_time(SystemTime::now()).await?;
     tracing::debug!(clone = %name, ms = ms(t0.elapsed()), "guest clock set");
+    if let Some(cmd) = &req.exec_after {
+        let argv = ["/bin/sh".to_owned(), "-c".to_owned(), cmd.clone()];
+        let out = agent.exec(&argv, req.timeout).await?;
+        if out.exit_code != 0 {
+            return Err(RestoreError::ExecAfter {
+                code: out.exit_code,
+                stderr: out.stderr.lines().last().unwrap_or("").to_owned(),
+            });
+        }
+    }
+    wait_extra_ready(&req.ready, &ports, &paths, t0 + req.timeout).await?;
     let ready_ms = ms(t0.elapsed());
     Ok(RestoreReport {
         name: name.clone(),
         pid,
         restore_ms,
         ready_ms,
+        ports,
     })
 }
 
@@ -585,6 +786,8 @@ pub struct VmInfo {
     pub memory_mib: Option<u32>,
     pub cpus: Option<u32>,
     pub created_unix_ms: Option<u64>,
+    /// Host ports forwarded to guest ports.
+    pub ports: Vec<PortForward>,
 }
 
 /// Lists every VM with its state as QEMU reports it now.
@@ -601,6 +804,7 @@ pub async fn list(home: &Home) -> Vec<VmInfo> {
                 memory_mib: None,
                 cpus: None,
                 created_unix_ms: None,
+                ports: Vec::new(),
             });
             continue;
         };
@@ -624,6 +828,7 @@ pub async fn list(home: &Home) -> Vec<VmInfo> {
             memory_mib: Some(state.spec.memory_mib),
             cpus: Some(state.spec.cpus),
             created_unix_ms: Some(state.created_unix_ms),
+            ports: state.ports.clone(),
         });
     }
     out

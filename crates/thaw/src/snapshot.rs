@@ -29,7 +29,7 @@ use crate::spec::MachineSpec;
 /// The `format` field of every manifest.
 pub const FORMAT_NAME: &str = "thaw-snapshot";
 /// The format version this build writes; it reads any minor version of this major.
-pub const FORMAT_VERSION: FormatVersion = FormatVersion { major: 1, minor: 0 };
+pub const FORMAT_VERSION: FormatVersion = FormatVersion { major: 1, minor: 1 };
 /// A manifest larger than this is refused unread.
 pub const MANIFEST_MAX_BYTES: u64 = 1 << 20;
 
@@ -64,6 +64,28 @@ pub struct Manifest {
     pub vmgenid: Uuid,
     pub source_vm: VmName,
     pub files: BTreeMap<String, FileEntry>,
+    /// One entry per disk of the spec (format 1.1): the frozen layer is the file
+    /// `disks/disk<i>.qcow2`, backed by `base`; `disks/disk<i>.clone.qcow2` is the
+    /// empty overlay every clone starts from.
+    #[serde(default)]
+    pub disks: Vec<DiskLayer>,
+}
+
+/// A disk of a snapshot: its frozen layer and the base image under it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskLayer {
+    pub base: crate::disk::BaseIdentity,
+    pub virtual_size: u64,
+}
+
+/// The snapshot-relative path of disk `i`'s frozen layer.
+pub fn layer_file(i: usize) -> String {
+    format!("disks/disk{i}.qcow2")
+}
+
+/// The snapshot-relative path of disk `i`'s clone template.
+pub fn template_file(i: usize) -> String {
+    format!("disks/disk{i}.clone.qcow2")
 }
 
 /// A snapshot that cannot be used, found before anything was started.
@@ -122,6 +144,14 @@ pub enum SnapshotCheckError {
         what: &'static str,
         path: PathBuf,
     },
+    #[error("snapshot {tag}: base disk {path} changed since the snapshot ({why}); its clones would see a different disk")]
+    BaseChanged {
+        tag: SnapshotTag,
+        path: PathBuf,
+        why: String,
+    },
+    #[error("snapshot {tag}: {file} does not match its manifest entry")]
+    LayerChanged { tag: SnapshotTag, file: String },
     #[error("could not read {path}")]
     Io {
         path: PathBuf,
@@ -247,10 +277,46 @@ impl Snapshot {
                 path: initrd.clone(),
             });
         }
-        let hash = |file: &'static str| {
+        let hash = |file: &str| {
             let path = self.dir.join(file);
             fsutil::hash_file(&path).map_err(|source| SnapshotCheckError::Io { path, source })
         };
+        for (i, disk) in m.disks.iter().enumerate() {
+            let b = &disk.base;
+            let changed = |why: String| SnapshotCheckError::BaseChanged {
+                tag: tag(),
+                path: b.path.clone(),
+                why,
+            };
+            match crate::disk::stat(&b.path) {
+                Err(_) => return Err(changed("it is missing".into())),
+                Ok((size, _)) if size != b.size => {
+                    return Err(changed(format!("{size} bytes, was {}", b.size)))
+                }
+                Ok((_, mtime)) if mtime != b.mtime_ns => {
+                    return Err(changed("modified after the snapshot".into()))
+                }
+                Ok(_) => {}
+            }
+            if verify_ram && fsutil::hash_file(&b.path).ok().as_deref() != Some(b.blake3.as_str()) {
+                return Err(changed("its BLAKE3 differs".into()));
+            }
+            for file in [layer_file(i), template_file(i)] {
+                let entry = m.files.get(&file);
+                let size = std::fs::metadata(self.dir.join(&file))
+                    .map(|md| md.len())
+                    .ok();
+                let intact = match (entry, size) {
+                    (Some(e), Some(sz)) => {
+                        e.size == sz && (!verify_ram || hash(&file)? == e.blake3)
+                    }
+                    _ => false,
+                };
+                if !intact {
+                    return Err(SnapshotCheckError::LayerChanged { tag: tag(), file });
+                }
+            }
+        }
         if hash(STATE_FILE)? != state.blake3 {
             return Err(SnapshotCheckError::StateHash { tag: tag() });
         }
@@ -359,10 +425,13 @@ mod tests {
                 initrd: None,
                 cmdline: String::new(),
                 accel: Accel::Tcg,
+                disks: vec![],
+                net: None,
             },
             vmgenid: Uuid::nil(),
             source_vm: "web".parse().unwrap(),
             files: BTreeMap::new(),
+            disks: vec![],
         }
     }
 

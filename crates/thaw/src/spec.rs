@@ -27,7 +27,74 @@ pub struct MachineSpec {
     pub initrd: Option<PathBuf>,
     pub cmdline: String,
     pub accel: Accel,
+    /// virtio-blk disks, in order (`/dev/vda`, `/dev/vdb`, ...).
+    #[serde(default)]
+    pub disks: Vec<DiskSpec>,
+    /// A virtio-net NIC on QEMU's user-mode network (slirp), or none.
+    #[serde(default)]
+    pub net: Option<NetSpec>,
 }
+
+/// A disk image the VM sees through a qcow2 overlay; the image itself is never written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSpec {
+    /// The base image (absolute path).
+    pub base: PathBuf,
+    pub format: DiskFormat,
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+impl DiskFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+impl std::fmt::Display for DiskFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DiskFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "raw" => Ok(DiskFormat::Raw),
+            "qcow2" => Ok(DiskFormat::Qcow2),
+            other => Err(format!("unknown disk format {other:?} (use raw or qcow2)")),
+        }
+    }
+}
+
+/// The NIC: user-mode networking, with TCP ports of the guest forwarded from the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NetSpec {
+    /// Guest TCP ports reachable from the host. Host ports are chosen per VM (every
+    /// clone needs its own), so they are not part of the spec.
+    pub guest_ports: Vec<u16>,
+}
+
+/// A host port forwarded to a guest port (host side bound to 127.0.0.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortForward {
+    pub host: u16,
+    pub guest: u16,
+}
+
+/// The guest's MAC address: fixed, since it is part of the guest's state anyway and
+/// every clone has its own user-mode network.
+pub const GUEST_MAC: &str = "52:54:00:12:34:56";
 
 /// A spec that cannot be started.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +109,8 @@ pub enum SpecError {
     Cpus(u32),
     #[error("invalid machine type {0:?}")]
     Machine(String),
+    #[error("disk image {0} not found")]
+    DiskMissing(PathBuf),
 }
 
 impl MachineSpec {
@@ -67,6 +136,11 @@ impl MachineSpec {
         if let Some(initrd) = &self.initrd {
             if !initrd.is_file() {
                 return Err(SpecError::InitrdMissing(initrd.clone()));
+            }
+        }
+        for d in &self.disks {
+            if !d.base.is_file() {
+                return Err(SpecError::DiskMissing(d.base.clone()));
             }
         }
         Ok(())
@@ -160,6 +234,10 @@ pub struct Launch<'a> {
     pub vmgenid: Uuid,
     /// Start paused, waiting for `migrate-incoming`.
     pub incoming: bool,
+    /// This VM's qcow2 overlay for each of `spec.disks`, in order.
+    pub disk_overlays: &'a [PathBuf],
+    /// Host ports for the spec's guest ports.
+    pub ports: &'a [PortForward],
 }
 
 #[derive(Default)]
@@ -191,8 +269,22 @@ mod tests {
             initrd: Some("/k/initrd".into()),
             cmdline: "console=ttyS0".into(),
             accel: Accel::Tcg,
+            disks: vec![DiskSpec {
+                base: "/img/base.raw".into(),
+                format: DiskFormat::Raw,
+                readonly: false,
+            }],
+            net: Some(NetSpec {
+                guest_ports: vec![6379],
+            }),
         }
     }
+
+    const OVERLAYS: &[PathBuf] = &[];
+    const PORTS: &[PortForward] = &[PortForward {
+        host: 40001,
+        guest: 6379,
+    }];
 
     fn launch<'a>(share: bool, incoming: bool) -> Launch<'a> {
         Launch {
@@ -205,6 +297,8 @@ mod tests {
             console_log: Path::new("/h/vms/web,x/console.log"),
             vmgenid: Uuid::nil(),
             incoming,
+            disk_overlays: OVERLAYS,
+            ports: PORTS,
         }
     }
 

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::fsutil;
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::qemu::Qemu;
-use crate::spec::{Launch, MachineSpec};
+use crate::spec::{Launch, MachineSpec, PortForward};
 
 /// What is persisted about a VM (`vms/<name>/vm.json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -32,6 +32,12 @@ pub struct VmState {
     pub ram_shared: bool,
     pub origin: Origin,
     pub created_unix_ms: u64,
+    /// This VM's qcow2 overlay for each disk of the spec.
+    #[serde(default)]
+    pub disk_overlays: Vec<PathBuf>,
+    /// Host ports forwarded to guest ports.
+    #[serde(default)]
+    pub ports: Vec<PortForward>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -70,6 +76,12 @@ impl VmPaths {
     }
     pub fn ram(&self) -> PathBuf {
         self.dir.join("ram")
+    }
+    pub fn disks(&self) -> PathBuf {
+        self.dir.join("disks")
+    }
+    pub fn disk_overlay(&self, i: usize) -> PathBuf {
+        self.disks().join(format!("disk{i}.qcow2"))
     }
 }
 
@@ -358,6 +370,8 @@ mod tests {
                 initrd: None,
                 cmdline: "console=ttyS0".into(),
                 accel: crate::Accel::Tcg,
+                disks: vec![],
+                net: None,
             },
             qemu_version: "10.0.2".parse().unwrap(),
             vmgenid: Uuid::new_v4(),
@@ -367,6 +381,11 @@ mod tests {
                 snapshot: "base".parse().unwrap(),
             },
             created_unix_ms: 1,
+            disk_overlays: vec!["/h/vms/web/disks/disk0.qcow2".into()],
+            ports: vec![PortForward {
+                host: 4000,
+                guest: 80,
+            }],
         };
         let j = serde_json::to_string(&s).unwrap();
         assert!(j.contains("\"kind\":\"restored\""));

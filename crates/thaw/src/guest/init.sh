@@ -1,5 +1,4 @@
 #!/bin/busybox sh
-set -x
 # PID 1 of thaw's default guest. It must never exit: the kernel panics when PID 1 does
 # (and with panic=-1 the VM reboots, which -no-reboot turns into QEMU exiting).
 /bin/busybox mount -t proc proc /proc
@@ -26,13 +25,21 @@ while [ -z "$port" ] && [ "$tries" -lt 100 ]; do
     [ -n "$port" ] || { tries=$((tries + 1)); usleep 50000; }
 done
 
+# Whether process $1 has $2 open.
+holds() {
+    for fd in /proc/"$1"/fd/*; do
+        [ "$(readlink "$fd")" = "$2" ] && return 0
+    done
+    return 1
+}
+
 if [ -n "$port" ]; then
     mkdir -p /run/qemu-ga
     qemu-ga -m virtio-serial -p "$port" -t /run/qemu-ga &
     agent=$!
     # Ready means the agent holds the port open (it writes no pidfile unless it daemonizes).
     tries=0
-    until readlink /proc/$agent/fd/* 2>/dev/null | grep -qx "$port" || [ "$tries" -ge 250 ]; do
+    until holds "$agent" "$port" || [ "$tries" -ge 250 ]; do
         tries=$((tries + 1))
         usleep 20000
     done

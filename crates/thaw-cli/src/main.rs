@@ -201,6 +201,13 @@ struct BenchArgs {
     /// restore times across RAM sizes in one run.
     #[arg(long, default_values_t = [256])]
     memory: Vec<u32>,
+    /// Take the restores from a warm pool of this many clones.
+    #[arg(long, value_name = "K")]
+    pool: Option<u32>,
+    /// The warm pool's mode: paused (state loaded, vCPUs not resumed) or running
+    /// (resumed, agent connected).
+    #[arg(long, default_value = "running", requires = "pool")]
+    pool_mode: thaw::pool::PoolMode,
 }
 
 #[derive(Subcommand)]
@@ -509,6 +516,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 memory_mib: args.memory,
                 guest,
                 accel: Accel::detect(),
+                pool: args.pool.map(|size| thaw::pool::PoolConfig {
+                    size,
+                    mode: args.pool_mode,
+                }),
             };
             let report = thaw::bench::run(&home, &qemu, &cfg, &mut progress(json)).await?;
             emit(json, &report, thaw::bench::BenchReport::table)?;

@@ -138,7 +138,7 @@ fn bad_names_unknown_things_and_broken_snapshots_are_refused() {
     )
     .unwrap();
     env.run(&["restore", "future"])
-        .fails_with("format version 2.0 is not supported");
+        .fails_with("format version 2.1 is not supported");
 
     let mut other_qemu: serde_json::Value = serde_json::from_str(&manifest).unwrap();
     other_qemu["qemu_version"] = serde_json::json!({"major": 7, "minor": 2, "micro": 0});
@@ -213,4 +213,91 @@ fn json_errors_are_one_document() {
     assert_ne!(r.code, 0);
     let v = r.json();
     assert_eq!(v["error"], "no snapshot tagged nope");
+}
+
+/// Disks and ports: a missing disk, a format that does not match, a host port in use,
+/// a snapshot whose base disk changed. Each one line, nothing running, no stray overlay.
+#[test]
+fn bad_disks_and_ports_are_refused() {
+    let env = Env::new();
+    let img = tempfile::tempdir().unwrap();
+    let base = img.path().join("base.raw");
+    std::fs::File::create(&base)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let base_s = base.to_str().unwrap().to_owned();
+    let qcow = img.path().join("base.qcow2");
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", qcow.to_str().unwrap(), "32M"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    env.run(&["boot", "a", "--disk", "/nonexistent/disk.img"])
+        .fails_with("disk image /nonexistent/disk.img not found");
+    env.run(&["boot", "a", "--disk", &format!("{base_s},format=qcow2")])
+        .fails_with("is raw, not qcow2");
+    env.run(&[
+        "boot",
+        "a",
+        "--disk",
+        &format!("{},format=raw", qcow.display()),
+    ])
+    .fails_with("is qcow2, not raw");
+    env.run(&["boot", "a", "--disk", &format!("{base_s},format=vmdk")])
+        .fails_with("unknown disk format");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    env.run(&["boot", "a", "--port", &format!("{port}:22")])
+        .fails_with(&format!("host port {port} is already in use"));
+    env.run(&["boot", "a", "--port", "22"])
+        .fails_with("is not HOSTPORT:GUESTPORT");
+    assert!(env.processes().is_empty());
+    assert!(
+        env.vm_dirs().is_empty(),
+        "stray VM state: {:?}",
+        env.vm_dirs()
+    );
+    let stray: Vec<_> = std::fs::read_dir(img.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(stray.len(), 2, "stray files beside the images: {stray:?}");
+
+    // A snapshot whose base disk changed afterwards.
+    env.boot("a", &["--disk", &base_s]);
+    env.json(&["snapshot", "a", "s", "--stop"]);
+    let hash_before = std::fs::read(&base).unwrap();
+    env.json(&["restore", "s", "--name", "ok"]);
+    env.ok(&["stop", "ok"]);
+    assert_eq!(
+        std::fs::read(&base).unwrap(),
+        hash_before,
+        "the base image was written"
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&base)
+        .and_then(|f| {
+            use std::os::unix::fs::FileExt;
+            f.write_at(b"changed", 4096)
+        })
+        .unwrap();
+    // Make sure the mtime moves even on coarse-timestamp filesystems.
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&base)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    env.run(&["restore", "s"]).fails_with("base disk");
+    assert!(env.processes().is_empty());
+    assert!(
+        env.vm_dirs().is_empty(),
+        "stray clone state: {:?}",
+        env.vm_dirs()
+    );
 }

@@ -225,6 +225,31 @@ impl Agent {
             .map(|_| ())
     }
 
+    /// The guest's clock, in nanoseconds since the Unix epoch.
+    pub async fn get_time(&mut self) -> Result<i128, AgentError> {
+        let v = self.execute("guest-get-time", Value::Null).await?;
+        v.as_i64()
+            .map(i128::from)
+            .ok_or_else(|| AgentError::Protocol(format!("guest-get-time returned {v}")))
+    }
+
+    /// Sets the guest clock from the host's unless it is already within `tolerance`.
+    /// Setting it is costly (qemu-ga runs `hwclock` in a new process), reading is not;
+    /// a clone that has been running since its clock was set needs no new setting.
+    /// Returns whether it set the clock.
+    pub async fn sync_time(&mut self, tolerance: Duration) -> Result<bool, AgentError> {
+        let guest = self.get_time().await?;
+        let host = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as i128;
+        if (host - guest).unsigned_abs() <= tolerance.as_nanos() {
+            return Ok(false);
+        }
+        self.set_time(SystemTime::now()).await?;
+        Ok(true)
+    }
+
     /// Runs `argv` in the guest, waits for it to exit and returns its output.
     pub async fn exec(
         &mut self,

@@ -14,6 +14,7 @@ use crate::accel::Accel;
 use crate::guest::GuestImage;
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::ops;
+use crate::pool::{Pool, PoolConfig};
 use crate::qemu::Qemu;
 use crate::spec::MachineSpec;
 
@@ -24,6 +25,8 @@ pub struct BenchConfig {
     pub memory_mib: Vec<u32>,
     pub guest: GuestImage,
     pub accel: Accel,
+    /// Take restores from a warm pool of this size and mode.
+    pub pool: Option<PoolConfig>,
 }
 
 /// Minimum, median and maximum of a sample, in milliseconds.
@@ -77,6 +80,8 @@ pub struct Machine {
 pub struct BenchReport {
     pub machine: Machine,
     pub runs: u32,
+    /// The warm pool restores were taken from, if any.
+    pub pool: Option<PoolConfig>,
     pub memory_mib: u32,
     pub cold_boot_ms: Stats,
     pub pause_ms: Stats,
@@ -101,6 +106,10 @@ pub enum BenchError {
     Restore(#[from] ops::RestoreError),
     #[error("could not create the benchmark's directory")]
     Io(#[from] std::io::Error),
+    #[error("the warm pool did not fill: {0}")]
+    Pool(String),
+    #[error(transparent)]
+    PoolConfig(#[from] crate::pool::PoolError),
 }
 
 /// Runs the benchmark. `progress` gets one line per step.
@@ -136,6 +145,7 @@ pub async fn run(
     Ok(BenchReport {
         machine: machine(qemu, cfg.accel),
         runs: cfg.runs,
+        pool: cfg.pool,
         memory_mib: first.memory_mib,
         cold_boot_ms: first.cold_boot_ms,
         pause_ms: first.pause_ms,
@@ -208,7 +218,23 @@ async fn run_in(
         }
         let _ = ops::stop(home, &source).await;
         let (mut restore, mut ready) = (Vec::new(), Vec::new());
+        let pool = match cfg.pool {
+            Some(pc) => {
+                let pool = Pool::new(home.clone(), qemu.clone(), cfg.accel, None);
+                pool.configure(&tag(0), pc)?;
+                Some((pool, pc))
+            }
+            None => None,
+        };
         for i in 0..cfg.runs {
+            if let Some((pool, pc)) = &pool {
+                // Every restore is taken from a full pool.
+                progress(&format!(
+                    "{mem} MiB: filling the pool ({} {:?})",
+                    pc.size, pc.mode
+                ));
+                wait_pool_full(pool).await?;
+            }
             progress(&format!("{mem} MiB: restore {}/{}", i + 1, cfg.runs));
             let req = ops::RestoreRequest {
                 tag: tag(0),
@@ -221,10 +247,13 @@ async fn run_in(
                 ready: Default::default(),
                 exec_after: None,
             };
-            let r = ops::restore(home, qemu, &req).await?;
+            let r = ops::restore_from(home, qemu, &req, pool.as_ref().map(|(p, _)| p)).await?;
             restore.push(r[0].restore_ms);
             ready.push(r[0].ready_ms);
             let _ = ops::stop(home, &r[0].name).await;
+        }
+        if let Some((pool, _)) = pool {
+            pool.shutdown().await;
         }
         let _ = ops::remove_snapshot(home, &tag(0));
         let cold_boot_ms = Stats::of(&cold);
@@ -239,6 +268,25 @@ async fn run_in(
         });
     }
     Ok(sizes)
+}
+
+/// Waits until every configured pool is full; fails if preparing clones keeps failing.
+async fn wait_pool_full(pool: &std::sync::Arc<Pool>) -> Result<(), BenchError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let status = pool.status();
+        if status.iter().all(|s| s.ready == s.size) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            let why = status
+                .iter()
+                .find_map(|s| s.last_error.clone())
+                .unwrap_or_else(|| "timed out".into());
+            return Err(BenchError::Pool(why));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn round2(x: f64) -> f64 {
@@ -279,8 +327,14 @@ impl BenchReport {
     /// The human-readable table.
     pub fn table(&self) -> String {
         let m = &self.machine;
+        let pool = match &self.pool {
+            Some(p) => {
+                format!(", restores from a warm pool of {} ({:?})", p.size, p.mode).to_lowercase()
+            }
+            None => String::new(),
+        };
         let mut s = format!(
-            "thaw bench: {} runs, default guest, {} on QEMU {}\nmachine: {} ({} cores, {} GiB), Linux {}\n\n",
+            "thaw bench: {} runs, default guest, {} on QEMU {}{pool}\nmachine: {} ({} cores, {} GiB), Linux {}\n\n",
             self.runs, m.accel, m.qemu, m.cpu, m.cores, m.memory_gib, m.kernel
         );
         s.push_str(&format!(

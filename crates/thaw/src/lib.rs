@@ -12,16 +12,19 @@
 pub mod accel;
 pub mod agent;
 pub mod bench;
+pub mod clone;
 pub mod disk;
 pub mod fsutil;
 pub mod guest;
 pub mod home;
 pub mod migration;
 pub mod ops;
+pub mod pool;
 pub mod qemu;
 pub mod ready;
 pub mod snapshot;
 pub mod spec;
+mod sys;
 pub mod vm;
 
 pub use accel::Accel;

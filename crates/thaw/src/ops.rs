@@ -3,7 +3,7 @@
 //! returns a typed report or an error named after the operation.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use thaw_qmp::Qmp;
@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::accel::Accel;
 use crate::agent::{Agent, AgentError, ExecOutput};
+use crate::clone;
 use crate::disk::{self, DiskError};
 use crate::fsutil::{self, CopyMethod};
 use crate::home::{Home, SnapshotTag, VmName};
@@ -146,7 +147,10 @@ async fn boot_in(
         disk_overlays: overlays.clone(),
         ports: ports.clone(),
     };
-    let mut spawned = vm::spawn(qemu, &spec, &launch, paths, |pid| record(pid).save(home)).await?;
+    let mut spawned = vm::spawn(qemu, &spec, &launch, paths, false, |pid| {
+        record(pid).save(home)
+    })
+    .await?;
     drop(spawned.qmp);
     let pid = spawned.child.id();
     wait_ready(&mut spawned.child, paths, req.timeout).await?;
@@ -183,7 +187,7 @@ fn create_overlays(spec: &MachineSpec, paths: &VmPaths) -> Result<Vec<PathBuf>, 
 }
 
 /// Waits for the extra readiness conditions (a port, a console line).
-async fn wait_extra_ready(
+pub(crate) async fn wait_extra_ready(
     ready: &ReadySpec,
     ports: &[PortForward],
     paths: &VmPaths,
@@ -251,7 +255,7 @@ pub enum ExecError {
 /// Loads a VM's record and checks its QEMU is alive.
 fn running_vm(home: &Home, name: &VmName) -> Result<VmState, VmError> {
     let state = VmState::load(home, name)?;
-    if !state.is_alive(home) {
+    if !state.is_alive() {
         return Err(VmError::NotRunning(name.clone()));
     }
     Ok(state)
@@ -391,7 +395,12 @@ async fn snapshot_into(
     let ram_copy = if req.stop {
         let pause = t0.elapsed();
         let _ = qmp.execute("quit", None).await;
-        vm::wait_gone(state.pid, &paths.dir, Duration::from_secs(10)).await;
+        vm::wait_gone(
+            state.pid,
+            state.vmgenid.to_string().as_bytes(),
+            Duration::from_secs(10),
+        )
+        .await;
         vm::reap(state.pid);
         std::fs::rename(&state.ram, &ram_path)
             .map_err(io_err("move the RAM file to", &ram_path))?;
@@ -534,6 +543,8 @@ pub struct RestoreReport {
     /// Request → guest agent answers and clock set (and any extra readiness).
     pub ready_ms: f64,
     pub ports: Vec<PortForward>,
+    /// Where the time went.
+    pub breakdown: clone::Breakdown,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -571,6 +582,16 @@ pub async fn restore(
     qemu: &Qemu,
     req: &RestoreRequest,
 ) -> Result<Vec<RestoreReport>, RestoreError> {
+    restore_from(home, qemu, req, None).await
+}
+
+/// [`restore`], taking clones from `pool` while it has them ready (the rest spawn).
+pub async fn restore_from(
+    home: &Home,
+    qemu: &Qemu,
+    req: &RestoreRequest,
+    pool: Option<&std::sync::Arc<crate::pool::Pool>>,
+) -> Result<Vec<RestoreReport>, RestoreError> {
     let t0 = Instant::now();
     if req.count == 0 {
         return Err(RestoreError::Count);
@@ -592,8 +613,18 @@ pub async fn restore(
             name.clone(),
             req.clone(),
         );
+        let pool = pool.cloned();
         tasks.spawn(async move {
-            let r = restore_one(&home, &qemu, &snap, &name, &req, t0).await;
+            let pooled = match &pool {
+                Some(pool) if !req.keep_vmgenid => {
+                    pool.take(&req.tag, &name, &req.finish_options(), t0).await
+                }
+                _ => None,
+            };
+            let r = match pooled {
+                Some(r) => r,
+                None => restore_one(&home, &qemu, &snap, &name, &req, t0).await,
+            };
             (i, name, r)
         });
     }
@@ -681,95 +712,18 @@ async fn restore_one(
     t0: Instant,
 ) -> Result<RestoreReport, RestoreError> {
     let paths = VmPaths::new(home, name);
-    let ram = snap.ram_path();
-    let spec = &snap.manifest.spec;
-    let vmgenid = if req.keep_vmgenid {
-        snap.manifest.vmgenid
-    } else {
-        Uuid::new_v4()
-    };
-    // Every clone needs its own host ports; the snapshot's are taken.
-    let ports = spec
-        .net
-        .iter()
-        .flat_map(|n| n.guest_ports.iter())
-        .map(|&guest| {
-            let host = ready::free_port().map_err(|e| vm_io("pick a port for", &paths.dir, e))?;
-            Ok(PortForward { host, guest })
-        })
-        .collect::<Result<Vec<_>, VmError>>()?;
-    let mut overlays = Vec::new();
-    if !spec.disks.is_empty() {
-        std::fs::create_dir_all(paths.disks()).map_err(|e| vm_io("create", &paths.disks(), e))?;
-    }
-    for i in 0..spec.disks.len() {
-        // A copy of the snapshot's empty template: no qemu-img on the restore path.
-        let overlay = paths.disk_overlay(i);
-        std::fs::copy(snap.dir.join(snapshot::template_file(i)), &overlay)
-            .map_err(|e| vm_io("create the disk overlay", &overlay, e))?;
-        overlays.push(overlay);
-    }
-    let launch = Launch {
-        name: name.as_str(),
-        qemu: qemu.version,
-        ram: &ram,
-        share_ram: false,
-        qmp_socket: &paths.qmp(),
-        agent_socket: &paths.agent(),
-        console_log: &paths.console(),
-        vmgenid,
-        incoming: true,
-        disk_overlays: &overlays,
-        ports: &ports,
-    };
-    let record = |pid| VmState {
-        name: name.clone(),
-        pid,
-        spec: spec.clone(),
-        qemu_version: qemu.version,
-        vmgenid,
-        ram: ram.clone(),
-        ram_shared: false,
-        origin: Origin::Restored {
-            snapshot: req.tag.clone(),
-        },
-        created_unix_ms: vm::now_ms(),
-        disk_overlays: overlays.clone(),
-        ports: ports.clone(),
-    };
-    let spawned = vm::spawn(qemu, spec, &launch, &paths, |pid| record(pid).save(home)).await?;
-    let pid = spawned.child.id();
-    let qmp = spawned.qmp;
-    migration::set_capabilities(&qmp).await?;
-    migration::load(&qmp, &snap.state_path()).await?;
-    qmp.execute("cont", None).await?;
-    let restore_ms = ms(t0.elapsed());
-    drop(qmp);
-    // The agent is resynchronised (it may have been mid-request at the snapshot) and
-    // the guest clock, frozen at the snapshot, is set from the host.
-    let mut agent = Agent::connect(&paths.agent(), req.timeout).await?;
-    tracing::debug!(clone = %name, ms = ms(t0.elapsed()), "agent synchronised");
-    agent.set_time(SystemTime::now()).await?;
-    tracing::debug!(clone = %name, ms = ms(t0.elapsed()), "guest clock set");
-    if let Some(cmd) = &req.exec_after {
-        let argv = ["/bin/sh".to_owned(), "-c".to_owned(), cmd.clone()];
-        let out = agent.exec(&argv, req.timeout).await?;
-        if out.exit_code != 0 {
-            return Err(RestoreError::ExecAfter {
-                code: out.exit_code,
-                stderr: out.stderr.lines().last().unwrap_or("").to_owned(),
-            });
+    let prepared = clone::prepare(qemu, snap, paths, name.clone(), req.keep_vmgenid, false).await?;
+    prepared.finish(&req.finish_options(), t0).await
+}
+
+impl RestoreRequest {
+    pub fn finish_options(&self) -> clone::FinishOptions {
+        clone::FinishOptions {
+            timeout: self.timeout,
+            ready: self.ready.clone(),
+            exec_after: self.exec_after.clone(),
         }
     }
-    wait_extra_ready(&req.ready, &ports, &paths, t0 + req.timeout).await?;
-    let ready_ms = ms(t0.elapsed());
-    Ok(RestoreReport {
-        name: name.clone(),
-        pid,
-        restore_ms,
-        ready_ms,
-        ports,
-    })
 }
 
 // ---------------------------------------------------------------------------- list, stop, resume
@@ -808,7 +762,7 @@ pub async fn list(home: &Home) -> Vec<VmInfo> {
             });
             continue;
         };
-        let (st, qemu_status) = if !state.is_alive(home) {
+        let (st, qemu_status) = if !state.is_alive() {
             ("dead".to_owned(), None)
         } else {
             match query_status(&state.paths(home).qmp()).await {
@@ -860,7 +814,12 @@ pub async fn stop(home: &Home, name: &VmName) -> Result<(), VmError> {
         Err(_) => {
             for pid in vm::pids_using(&dir) {
                 vm::kill(pid);
-                vm::wait_gone(pid, &dir, Duration::from_secs(5)).await;
+                vm::wait_gone(
+                    pid,
+                    dir.as_os_str().as_encoded_bytes(),
+                    Duration::from_secs(5),
+                )
+                .await;
             }
         }
     }

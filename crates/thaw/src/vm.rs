@@ -150,6 +150,7 @@ pub async fn spawn(
     spec: &MachineSpec,
     launch: &Launch<'_>,
     paths: &VmPaths,
+    kill_with_parent: bool,
     on_spawn: impl FnOnce(u32) -> Result<(), VmError>,
 ) -> Result<Spawned, VmError> {
     use std::os::unix::process::CommandExt;
@@ -160,7 +161,11 @@ pub async fn spawn(
         .map_err(VmError::io("open", &paths.qemu_log()))?;
     let argv = spec.argv(launch);
     tracing::debug!(?argv, "starting QEMU");
-    let mut child = Command::new(&qemu.binary)
+    let mut cmd = Command::new(&qemu.binary);
+    if kill_with_parent {
+        crate::sys::kill_with_parent(&mut cmd);
+    }
+    let mut child = cmd
         .args(&argv)
         .stdin(Stdio::null())
         .stdout(log)
@@ -249,7 +254,12 @@ impl VmState {
     }
 
     pub fn save(&self, home: &Home) -> Result<(), VmError> {
-        let path = VmPaths::new(home, &self.name).record();
+        self.save_in(&VmPaths::new(home, &self.name))
+    }
+
+    /// Writes the record into `paths` (a pool clone lives outside `vms/` until taken).
+    pub fn save_in(&self, paths: &VmPaths) -> Result<(), VmError> {
+        let path = paths.record();
         let bytes = serde_json::to_vec_pretty(self).expect("serializes");
         fsutil::write_atomic(&path, &bytes).map_err(VmError::io("write", &path))
     }
@@ -258,14 +268,20 @@ impl VmState {
         VmPaths::new(home, &self.name)
     }
 
-    /// Whether the recorded pid is still this VM's QEMU (not a reused pid).
-    pub fn is_alive(&self, home: &Home) -> bool {
-        process_is_vm(self.pid, &self.paths(home).dir)
+    /// Whether the recorded pid is still this VM's QEMU (not a reused pid): its
+    /// command line carries this VM's unique generation id.
+    pub fn is_alive(&self) -> bool {
+        process_mentions(self.pid, self.vmgenid.to_string().as_bytes())
     }
 }
 
 /// True if `pid` is a live (non-zombie) process whose command line mentions `dir`.
 pub fn process_is_vm(pid: u32, dir: &Path) -> bool {
+    process_mentions(pid, dir.as_os_str().as_encoded_bytes())
+}
+
+/// True if `pid` is a live (non-zombie) process whose command line contains `needle`.
+pub fn process_mentions(pid: u32, needle: &[u8]) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The state follows the parenthesised command name.
     let state = stat
@@ -275,14 +291,13 @@ pub fn process_is_vm(pid: u32, dir: &Path) -> bool {
         return false;
     }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let needle = dir.as_os_str().as_encoded_bytes();
-    cmdline.windows(needle.len()).any(|w| w == needle)
+    !needle.is_empty() && cmdline.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Waits until `pid` is no longer this VM's process.
-pub async fn wait_gone(pid: u32, dir: &Path, timeout: Duration) -> bool {
+/// Waits until `pid` no longer is the process whose command line contains `needle`.
+pub async fn wait_gone(pid: u32, needle: &[u8], timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
-    while process_is_vm(pid, dir) {
+    while process_mentions(pid, needle) {
         if Instant::now() >= deadline {
             return false;
         }
@@ -294,17 +309,18 @@ pub async fn wait_gone(pid: u32, dir: &Path, timeout: Duration) -> bool {
 /// Ends the VM's QEMU: `quit` over QMP, then SIGKILL if it lingers.
 pub async fn terminate(state: &VmState, home: &Home) {
     let paths = state.paths(home);
-    if !process_is_vm(state.pid, &paths.dir) {
+    if !state.is_alive() {
         return;
     }
+    let id = state.vmgenid.to_string();
     let quit = async {
         let qmp = Qmp::connect(&paths.qmp()).await.ok()?;
         qmp.execute("quit", None).await.ok()
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), quit).await;
-    if !wait_gone(state.pid, &paths.dir, Duration::from_secs(3)).await {
+    if !wait_gone(state.pid, id.as_bytes(), Duration::from_secs(3)).await {
         kill(state.pid);
-        wait_gone(state.pid, &paths.dir, Duration::from_secs(5)).await;
+        wait_gone(state.pid, id.as_bytes(), Duration::from_secs(5)).await;
     }
 }
 

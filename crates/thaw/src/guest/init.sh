@@ -11,6 +11,13 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
 hostname -F /etc/hostname
 
+# Wait for the kernel's random pool before saying ready, so that a snapshot taken at the
+# ready line never holds an uninitialised RNG (its clones would each block in getrandom()
+# after restore). Reading /dev/random blocks until the pool is initialised and makes the
+# kernel gather jitter entropy meanwhile; start it now so that it overlaps the agent's start.
+dd if=/dev/random of=/dev/null bs=1 count=1 2>/dev/null &
+rng=$!
+
 # There is no udev, so no /dev/virtio-ports/<name> link: find the port by its name in
 # sysfs. devtmpfs names the node after the port (vportNpM).
 port=
@@ -43,10 +50,7 @@ if [ -n "$port" ]; then
         tries=$((tries + 1))
         usleep 20000
     done
-    # Wait for the kernel's random pool, so a snapshot taken at the ready line never holds
-    # an uninitialised RNG (reading /dev/random blocks until it is initialised, and the
-    # kernel gathers jitter entropy while it waits).
-    dd if=/dev/random of=/dev/null bs=1 count=1 2>/dev/null
+    wait "$rng"
     echo THAW-GUEST-READY
 else
     echo "thaw-guest: no virtio-serial port named org.qemu.guest_agent.0; the agent is not running"

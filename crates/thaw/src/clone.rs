@@ -1,0 +1,276 @@
+//! A clone's life up to "ready", in two halves that a warm pool can run apart:
+//! [`prepare`] starts QEMU on the snapshot's RAM image and loads the device state
+//! (vCPUs still paused); [`Prepared::finish`] resumes it, resynchronises the guest
+//! agent, sets the guest clock from the host and runs the readiness checks.
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use thaw_qmp::Qmp;
+use uuid::Uuid;
+
+use crate::agent::Agent;
+use crate::home::{Home, SnapshotTag, VmName};
+use crate::migration;
+use crate::ops::{RestoreError, RestoreReport};
+use crate::qemu::Qemu;
+use crate::ready::{self, ReadySpec};
+use crate::snapshot::{self, Snapshot};
+use crate::spec::{Launch, PortForward};
+use crate::vm::{self, Origin, VmError, VmPaths, VmState};
+
+/// Where a restore's time went, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Breakdown {
+    /// "spawn" (a new QEMU for this request) or "pool" (taken from a warm pool).
+    pub source: &'static str,
+    /// Starting QEMU until QMP answers (0 when taken from a pool).
+    pub spawn_ms: f64,
+    /// Taking the clone from the pool and giving it its name (0 when spawned).
+    pub take_ms: f64,
+    /// Loading the device state (0 when taken from a pool: it was loaded before).
+    pub state_load_ms: f64,
+    /// `cont` until the vCPUs run (0 for a pool clone that was already running).
+    pub resume_ms: f64,
+    /// Agent resynchronisation, clock set, `--exec-after` and extra readiness.
+    pub agent_ms: f64,
+}
+
+/// How far a clone's clock may be from the host's before it is set at finish.
+pub const CLOCK_TOLERANCE: Duration = Duration::from_millis(50);
+
+/// What finishing a clone needs from the request.
+#[derive(Debug, Clone)]
+pub struct FinishOptions {
+    pub timeout: Duration,
+    pub ready: ReadySpec,
+    pub exec_after: Option<String>,
+}
+
+/// A clone whose QEMU runs with the device state loaded.
+pub struct Prepared {
+    pub state: VmState,
+    pub paths: VmPaths,
+    child: Child,
+    qmp: Qmp,
+    agent: Option<Agent>,
+    running: bool,
+    pub breakdown: Breakdown,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn io(step: &'static str, path: &std::path::Path, source: std::io::Error) -> VmError {
+    VmError::Io {
+        step,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Starts QEMU for a clone of `snap` in `paths.dir` (which must exist and be empty)
+/// and loads the snapshot's device state. The clone gets fresh host ports, its own
+/// disk overlays and (unless `keep_vmgenid`) a fresh VM Generation ID.
+pub async fn prepare(
+    qemu: &Qemu,
+    snap: &Snapshot,
+    paths: VmPaths,
+    name: VmName,
+    keep_vmgenid: bool,
+    pooled: bool,
+) -> Result<Prepared, RestoreError> {
+    let t0 = Instant::now();
+    let ram = snap.ram_path();
+    let spec = &snap.manifest.spec;
+    let vmgenid = if keep_vmgenid {
+        snap.manifest.vmgenid
+    } else {
+        Uuid::new_v4()
+    };
+    // Every clone needs its own host ports; the snapshot's are taken.
+    let ports = spec
+        .net
+        .iter()
+        .flat_map(|n| n.guest_ports.iter())
+        .map(|&guest| {
+            let host = ready::free_port().map_err(|e| io("pick a port for", &paths.dir, e))?;
+            Ok(PortForward { host, guest })
+        })
+        .collect::<Result<Vec<_>, VmError>>()?;
+    let mut overlays = Vec::new();
+    if !spec.disks.is_empty() {
+        std::fs::create_dir_all(paths.disks()).map_err(|e| io("create", &paths.disks(), e))?;
+    }
+    for i in 0..spec.disks.len() {
+        // A copy of the snapshot's empty template: no qemu-img on the restore path.
+        let overlay = paths.disk_overlay(i);
+        std::fs::copy(snap.dir.join(snapshot::template_file(i)), &overlay)
+            .map_err(|e| io("create the disk overlay", &overlay, e))?;
+        overlays.push(overlay);
+    }
+    let display_name = name.to_string();
+    let launch = Launch {
+        name: &display_name,
+        qemu: qemu.version,
+        ram: &ram,
+        share_ram: false,
+        qmp_socket: &paths.qmp(),
+        agent_socket: &paths.agent(),
+        console_log: &paths.console(),
+        vmgenid,
+        incoming: true,
+        disk_overlays: &overlays,
+        ports: &ports.clone(),
+    };
+    let mut state = VmState {
+        name,
+        pid: 0,
+        spec: spec.clone(),
+        qemu_version: qemu.version,
+        vmgenid,
+        ram: ram.clone(),
+        ram_shared: false,
+        origin: Origin::Restored {
+            snapshot: snap.manifest.tag.clone(),
+        },
+        created_unix_ms: vm::now_ms(),
+        disk_overlays: overlays.clone(),
+        ports,
+    };
+    let spawned = vm::spawn(qemu, spec, &launch, &paths, pooled, |pid| {
+        state.pid = pid;
+        state.save_in(&paths)
+    })
+    .await?;
+    let spawn_ms = ms(t0.elapsed());
+    let t1 = Instant::now();
+    migration::set_capabilities(&spawned.qmp).await?;
+    migration::load(&spawned.qmp, &snap.state_path()).await?;
+    Ok(Prepared {
+        state,
+        paths,
+        child: spawned.child,
+        qmp: spawned.qmp,
+        agent: None,
+        running: false,
+        breakdown: Breakdown {
+            source: "spawn",
+            spawn_ms,
+            state_load_ms: ms(t1.elapsed()),
+            ..Breakdown::default()
+        },
+    })
+}
+
+impl Prepared {
+    pub fn pid(&self) -> u32 {
+        self.state.pid
+    }
+
+    pub fn tag(&self) -> Option<&SnapshotTag> {
+        match &self.state.origin {
+            Origin::Restored { snapshot } => Some(snapshot),
+            Origin::Booted => None,
+        }
+    }
+
+    /// Resumes the vCPUs.
+    pub async fn resume(&mut self) -> Result<(), RestoreError> {
+        if !self.running {
+            let t = Instant::now();
+            self.qmp.execute("cont", None).await?;
+            self.running = true;
+            self.breakdown.resume_ms = ms(t.elapsed());
+        }
+        Ok(())
+    }
+
+    /// Resumes, synchronises the agent and sets the clock: the state a "running" pool
+    /// keeps its clones in. The agent connection stays open.
+    pub async fn warm_up(&mut self, timeout: Duration) -> Result<(), RestoreError> {
+        self.resume().await?;
+        let mut agent = Agent::connect(&self.paths.agent(), timeout).await?;
+        agent.set_time(SystemTime::now()).await?;
+        self.agent = Some(agent);
+        Ok(())
+    }
+
+    /// Moves the clone to its final name and directory (a pool clone is prepared
+    /// under a placeholder). QEMU keeps its open files and sockets across the rename.
+    pub fn rename(&mut self, home: &Home, name: &VmName) -> Result<(), VmError> {
+        let to = VmPaths::new(home, name);
+        std::fs::rename(&self.paths.dir, &to.dir)
+            .map_err(|e| io("move the clone to", &to.dir, e))?;
+        self.state.disk_overlays = (0..self.state.disk_overlays.len())
+            .map(|i| to.disk_overlay(i))
+            .collect();
+        self.state.name = name.clone();
+        self.paths = to;
+        self.state.save(home)
+    }
+
+    /// Resumes (if paused), resynchronises the agent, sets the guest clock from the
+    /// host, runs `exec_after` and waits for the extra readiness. `t0` is when the
+    /// request arrived.
+    pub async fn finish(
+        mut self,
+        opts: &FinishOptions,
+        t0: Instant,
+    ) -> Result<RestoreReport, RestoreError> {
+        self.resume().await?;
+        let restore_ms = ms(t0.elapsed());
+        let t1 = Instant::now();
+        // The agent is resynchronised (it may have been mid-request at the snapshot)
+        // and the guest clock, frozen at the snapshot, is set from the host.
+        let mut agent = match self.agent.take() {
+            Some(a) => a,
+            None => Agent::connect(&self.paths.agent(), opts.timeout).await?,
+        };
+        agent.sync_time(CLOCK_TOLERANCE).await?;
+        if let Some(cmd) = &opts.exec_after {
+            let argv = ["/bin/sh".to_owned(), "-c".to_owned(), cmd.clone()];
+            let out = agent.exec(&argv, opts.timeout).await?;
+            if out.exit_code != 0 {
+                return Err(RestoreError::ExecAfter {
+                    code: out.exit_code,
+                    stderr: out.stderr.lines().last().unwrap_or("").to_owned(),
+                });
+            }
+        }
+        crate::ops::wait_extra_ready(
+            &opts.ready,
+            &self.state.ports,
+            &self.paths,
+            t0 + opts.timeout,
+        )
+        .await?;
+        self.breakdown.agent_ms = ms(t1.elapsed());
+        let pid = self.pid();
+        // The process outlives this handle; whoever stops it reaps it.
+        drop(self.child);
+        Ok(RestoreReport {
+            name: self.state.name.clone(),
+            pid,
+            restore_ms,
+            ready_ms: ms(t0.elapsed()),
+            ports: self.state.ports.clone(),
+            breakdown: self.breakdown,
+        })
+    }
+
+    /// Ends the clone's QEMU and removes its directory.
+    pub async fn discard(mut self) {
+        let _ = self.qmp.execute("quit", None).await;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.paths.dir);
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.paths.dir.clone()
+    }
+}

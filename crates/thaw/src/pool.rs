@@ -1,0 +1,375 @@
+//! A warm pool: per snapshot, K clones prepared before anyone asks for them.
+//!
+//! Without a pool, a restore waits for a QEMU process to start (tens of ms); the state
+//! load itself takes a few. A pool keeps K QEMU processes with the snapshot's RAM
+//! image mapped and its state loaded, in one of two modes:
+//!
+//! - **paused**: vCPUs not yet resumed, so a taken clone starts exactly at the
+//!   snapshot point; taking it costs `cont`, the agent's first answer (slow under TCG,
+//!   where the translation cache starts empty) and the clock.
+//! - **running**: already resumed, the agent connection open and warm; taking it costs
+//!   the clock set.
+//!
+//! Whatever must be unique per clone is set when the pooled process is built (VM
+//! Generation ID, host ports, disk overlays) or when it is taken (name, clock). Pooled
+//! processes get `PR_SET_PDEATHSIG`, so they die with the process that owns the pool.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::accel::Accel;
+use crate::clone::{self, FinishOptions, Prepared};
+use crate::home::{Home, SnapshotTag, VmName};
+use crate::ops::{RestoreError, RestoreReport};
+use crate::qemu::Qemu;
+use crate::snapshot::{Snapshot, SnapshotCheckError};
+use crate::vm::VmPaths;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    Paused,
+    Running,
+}
+
+impl std::str::FromStr for PoolMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "paused" => Ok(PoolMode::Paused),
+            "running" => Ok(PoolMode::Running),
+            other => Err(format!(
+                "unknown pool mode {other:?} (use paused or running)"
+            )),
+        }
+    }
+}
+
+/// What the user sets per snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolConfig {
+    pub size: u32,
+    pub mode: PoolMode,
+}
+
+/// The largest pool per snapshot.
+pub const MAX_POOL_SIZE: u32 = 64;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub tag: SnapshotTag,
+    pub size: u32,
+    pub mode: PoolMode,
+    /// Clones ready to be taken.
+    pub ready: u32,
+    /// Clones being prepared.
+    pub filling: u32,
+    /// The last preparation error, if the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error(transparent)]
+    Check(#[from] SnapshotCheckError),
+    #[error("pool size must be at most {MAX_POOL_SIZE}, not {0}")]
+    Size(u32),
+}
+
+/// Told about pooled processes as they come and go (the daemon records them).
+pub trait PoolObserver: Send + Sync {
+    fn created(&self, id: &VmName, tag: &SnapshotTag, pid: u32, dir: &Path);
+    fn removed(&self, id: &VmName);
+}
+
+struct Slot {
+    config: PoolConfig,
+    ready: VecDeque<Prepared>,
+    filling: u32,
+    /// Bumped on every reconfiguration; a clone prepared for an older one is dropped.
+    generation: u64,
+    last_error: Option<String>,
+}
+
+pub struct Pool {
+    home: Home,
+    qemu: Qemu,
+    accel: Accel,
+    slots: Mutex<HashMap<SnapshotTag, Slot>>,
+    observer: Option<Arc<dyn PoolObserver>>,
+    closed: AtomicBool,
+}
+
+/// How long a pooled clone may take to be prepared.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Pool {
+    pub fn new(
+        home: Home,
+        qemu: Qemu,
+        accel: Accel,
+        observer: Option<Arc<dyn PoolObserver>>,
+    ) -> Arc<Pool> {
+        Arc::new(Pool {
+            home,
+            qemu,
+            accel,
+            slots: Mutex::new(HashMap::new()),
+            observer,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Where pooled clones live until they are taken.
+    pub fn dir(home: &Home) -> PathBuf {
+        home.root().join("pool")
+    }
+
+    /// Sets the pool of a snapshot (size 0 empties it) and starts filling it.
+    pub fn configure(
+        self: &Arc<Self>,
+        tag: &SnapshotTag,
+        config: PoolConfig,
+    ) -> Result<(), PoolError> {
+        if config.size > MAX_POOL_SIZE {
+            return Err(PoolError::Size(config.size));
+        }
+        if config.size > 0 {
+            let snap = Snapshot::open(&self.home, tag)?;
+            snap.check(self.qemu.version, self.accel, false)?;
+        }
+        let mut doomed = Vec::new();
+        {
+            let mut slots = self.slots.lock().expect("pool lock");
+            let slot = slots.entry(tag.clone()).or_insert_with(|| Slot {
+                config,
+                ready: VecDeque::new(),
+                filling: 0,
+                generation: 0,
+                last_error: None,
+            });
+            if slot.config.mode != config.mode {
+                doomed.extend(slot.ready.drain(..));
+            }
+            slot.config = config;
+            slot.generation += 1;
+            while slot.ready.len() > config.size as usize {
+                doomed.extend(slot.ready.pop_back());
+            }
+        }
+        for p in doomed {
+            self.discard(p);
+        }
+        self.refill(tag);
+        Ok(())
+    }
+
+    /// The state of every configured pool.
+    pub fn status(&self) -> Vec<PoolStatus> {
+        let slots = self.slots.lock().expect("pool lock");
+        let mut v: Vec<PoolStatus> = slots
+            .iter()
+            .map(|(tag, s)| PoolStatus {
+                tag: tag.clone(),
+                size: s.config.size,
+                mode: s.config.mode,
+                ready: s.ready.len() as u32,
+                filling: s.filling,
+                last_error: s.last_error.clone(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.tag.cmp(&b.tag));
+        v
+    }
+
+    /// Takes a prepared clone of `tag`, names it `name` (whose directory the caller
+    /// has claimed, empty) and finishes it. `None` when the pool has none ready.
+    pub async fn take(
+        self: &Arc<Self>,
+        tag: &SnapshotTag,
+        name: &VmName,
+        opts: &FinishOptions,
+        t0: Instant,
+    ) -> Option<Result<RestoreReport, RestoreError>> {
+        let mut prepared = {
+            let mut slots = self.slots.lock().expect("pool lock");
+            slots.get_mut(tag)?.ready.pop_front()?
+        };
+        self.refill(tag);
+        let pool_id = prepared.state.name.clone();
+        let t_take = Instant::now();
+        if let Err(e) = prepared.rename(&self.home, name) {
+            prepared.discard().await;
+            self.removed(&pool_id);
+            return Some(Err(e.into()));
+        }
+        self.removed(&pool_id);
+        prepared.breakdown.source = "pool";
+        prepared.breakdown.spawn_ms = 0.0;
+        prepared.breakdown.state_load_ms = 0.0;
+        prepared.breakdown.take_ms = (t_take.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+        Some(prepared.finish(opts, t0).await)
+    }
+
+    /// Ends every pooled process.
+    pub async fn shutdown(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        // Clones still being prepared are discarded when they finish; wait for them.
+        let deadline = Instant::now() + PREPARE_TIMEOUT;
+        while Instant::now() < deadline
+            && self
+                .slots
+                .lock()
+                .expect("pool lock")
+                .values()
+                .any(|s| s.filling > 0)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let all: Vec<Prepared> = {
+            let mut slots = self.slots.lock().expect("pool lock");
+            slots.values_mut().flat_map(|s| s.ready.drain(..)).collect()
+        };
+        for p in all {
+            let id = p.state.name.clone();
+            p.discard().await;
+            self.removed(&id);
+        }
+    }
+
+    fn removed(&self, id: &VmName) {
+        if let Some(o) = &self.observer {
+            o.removed(id);
+        }
+    }
+
+    fn discard(self: &Arc<Self>, p: Prepared) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let id = p.state.name.clone();
+            p.discard().await;
+            this.removed(&id);
+        });
+    }
+
+    /// Starts preparing as many clones as the pool of `tag` lacks.
+    fn refill(self: &Arc<Self>, tag: &SnapshotTag) {
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let (missing, config, generation) = {
+            let mut slots = self.slots.lock().expect("pool lock");
+            let Some(slot) = slots.get_mut(tag) else {
+                return;
+            };
+            let have = slot.ready.len() as u32 + slot.filling;
+            let missing = slot.config.size.saturating_sub(have);
+            slot.filling += missing;
+            (missing, slot.config, slot.generation)
+        };
+        for _ in 0..missing {
+            let this = self.clone();
+            let tag = tag.clone();
+            tokio::spawn(async move {
+                let result = this.prepare(&tag, config.mode).await;
+                let mut retry = false;
+                let leftover = {
+                    let mut slots = this.slots.lock().expect("pool lock");
+                    match (slots.get_mut(&tag), result) {
+                        (Some(slot), Ok(p))
+                            if slot.generation == generation
+                                && (slot.ready.len() as u32) < slot.config.size
+                                && !this.closed.load(Ordering::SeqCst) =>
+                        {
+                            slot.last_error = None;
+                            slot.ready.push_back(p);
+                            slot.filling -= 1;
+                            None
+                        }
+                        (_, Ok(p)) => Some(p),
+                        (slot, Err(e)) => {
+                            tracing::warn!(tag = %tag, "preparing a pooled clone failed: {e}");
+                            if let Some(slot) = slot {
+                                slot.last_error = Some(format!("{e}"));
+                                slot.filling -= 1;
+                            }
+                            retry = true;
+                            None
+                        }
+                    }
+                };
+                // Not wanted any more (reconfigured or shut down): end it before the
+                // fill counts as done, so `shutdown` waits for it.
+                if let Some(p) = leftover {
+                    let id = p.state.name.clone();
+                    p.discard().await;
+                    this.removed(&id);
+                    if let Some(slot) = this.slots.lock().expect("pool lock").get_mut(&tag) {
+                        slot.filling -= 1;
+                    }
+                }
+                if retry && !this.closed.load(Ordering::SeqCst) {
+                    // Back off, then try again (the snapshot may have been fixed).
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    this.refill(&tag);
+                }
+            });
+        }
+    }
+
+    async fn prepare(&self, tag: &SnapshotTag, mode: PoolMode) -> Result<Prepared, RestoreError> {
+        let id: VmName = format!("pool-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+            .parse()
+            .expect("a valid name");
+        let paths = VmPaths {
+            dir: Pool::dir(&self.home).join(id.as_str()),
+        };
+        std::fs::create_dir_all(&paths.dir).map_err(|source| crate::vm::VmError::Io {
+            step: "create",
+            path: paths.dir.clone(),
+            source,
+        })?;
+        let snap = Snapshot::open(&self.home, tag)?;
+        let result = async {
+            let mut p =
+                clone::prepare(&self.qemu, &snap, paths.clone(), id.clone(), false, true).await?;
+            if let Some(o) = &self.observer {
+                o.created(&id, tag, p.pid(), &paths.dir);
+            }
+            if mode == PoolMode::Running {
+                if let Err(e) = p.warm_up(PREPARE_TIMEOUT).await {
+                    p.discard().await;
+                    self.removed(&id);
+                    return Err(e);
+                }
+            }
+            Ok(p)
+        }
+        .await;
+        if result.is_err() {
+            // The spawn path already ended QEMU if it failed; remove what is left.
+            for pid in crate::vm::pids_using(&paths.dir) {
+                crate::vm::kill(pid);
+            }
+            let _ = std::fs::remove_dir_all(&paths.dir);
+        }
+        result
+    }
+}
+
+/// Removes what a previous owner of the pool left behind (after a crash): kills any
+/// process still running from `pool/` and removes the directories.
+pub fn remove_leftovers(home: &Home) {
+    let dir = Pool::dir(home);
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        for pid in crate::vm::pids_using(&entry.path()) {
+            crate::vm::kill(pid);
+        }
+        let _ = std::fs::remove_dir_all(entry.path());
+    }
+}

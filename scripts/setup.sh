@@ -34,6 +34,8 @@ command -v qemu-img >/dev/null || missing+=(qemu-utils)
 [ -x /usr/sbin/qemu-ga ] || missing+=(qemu-guest-agent)
 command -v cpio >/dev/null || missing+=(cpio)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
+command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
+command -v xz >/dev/null || missing+=(xz-utils)
 
 if [ ${#missing[@]} -gt 0 ] || [ "${need_update:-0}" = 1 ]; then
   log "apt-get update"

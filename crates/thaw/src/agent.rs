@@ -243,6 +243,7 @@ impl Agent {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos() as i128;
+        tracing::debug!(offset_ms = (host - guest) / 1_000_000, "guest clock offset");
         if (host - guest).unsigned_abs() <= tolerance.as_nanos() {
             return Ok(false);
         }

@@ -42,7 +42,7 @@ pub enum AgentError {
 }
 
 /// The result of a command run in the guest.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ExecOutput {
     /// The exit code; a command killed by a signal reports 128 + the signal.
     pub exit_code: i32,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thaw_qmp::Qmp;
 use uuid::Uuid;
 
@@ -22,10 +22,10 @@ use crate::spec::{Launch, PortForward};
 use crate::vm::{self, Origin, VmError, VmPaths, VmState};
 
 /// Where a restore's time went, in milliseconds.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Breakdown {
     /// "spawn" (a new QEMU for this request) or "pool" (taken from a warm pool).
-    pub source: &'static str,
+    pub source: String,
     /// Starting QEMU until QMP answers (0 when taken from a pool).
     pub spawn_ms: f64,
     /// Taking the clone from the pool and giving it its name (0 when spawned).
@@ -158,7 +158,7 @@ pub async fn prepare(
         agent: None,
         running: false,
         breakdown: Breakdown {
-            source: "spawn",
+            source: "spawn".into(),
             spawn_ms,
             state_load_ms: ms(t1.elapsed()),
             ..Breakdown::default()

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thaw_qmp::Qmp;
 use uuid::Uuid;
 
@@ -41,7 +41,7 @@ pub struct BootRequest {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BootReport {
     pub name: VmName,
     pub pid: u32,
@@ -283,7 +283,7 @@ pub struct SnapshotRequest {
     pub stop: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotReport {
     pub tag: SnapshotTag,
     /// vCPUs paused → running again (or → state saved, with `stop`).
@@ -291,7 +291,7 @@ pub struct SnapshotReport {
     pub state_bytes: u64,
     pub ram_bytes: u64,
     /// How the RAM image got into the snapshot: "moved", "reflink" or "sparse-copy".
-    pub ram_copy: &'static str,
+    pub ram_copy: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -506,7 +506,7 @@ async fn snapshot_into(
         pause_ms: ms(pause),
         state_bytes: state_entry.size,
         ram_bytes: ram_entry.size,
-        ram_copy,
+        ram_copy: ram_copy.into(),
     })
 }
 
@@ -534,7 +534,7 @@ pub struct RestoreRequest {
     pub exec_after: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestoreReport {
     pub name: VmName,
     pub pid: u32,
@@ -728,7 +728,7 @@ impl RestoreRequest {
 
 // ---------------------------------------------------------------------------- list, stop, resume
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmInfo {
     pub name: VmName,
     pub pid: Option<u32>,
@@ -840,7 +840,7 @@ pub async fn resume(home: &Home, name: &VmName) -> Result<(), VmError> {
 
 // ---------------------------------------------------------------------------- snapshots
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotInfo {
     pub tag: SnapshotTag,
     /// Null when the manifest cannot be read; `problem` says why.

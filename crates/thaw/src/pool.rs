@@ -60,7 +60,7 @@ pub struct PoolConfig {
 /// The largest pool per snapshot.
 pub const MAX_POOL_SIZE: u32 = 64;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PoolStatus {
     pub tag: SnapshotTag,
     pub size: u32,
@@ -209,7 +209,7 @@ impl Pool {
             return Some(Err(e.into()));
         }
         self.removed(&pool_id);
-        prepared.breakdown.source = "pool";
+        prepared.breakdown.source = "pool".into();
         prepared.breakdown.spawn_ms = 0.0;
         prepared.breakdown.state_load_ms = 0.0;
         prepared.breakdown.take_ms = (t_take.elapsed().as_secs_f64() * 1e6).round() / 1e3;

@@ -81,9 +81,8 @@ pub async fn boot(home: &Home, qemu: &Qemu, req: &BootRequest) -> Result<BootRep
             return Err(BootError::PortInUse(f.host));
         }
     }
-    if let Some(regex) = &req.ready.serial {
-        regex::Regex::new(regex).map_err(ReadyError::from)?;
-    }
+    let guest_ports: Vec<u16> = req.forwards.iter().map(|f| f.guest).collect();
+    req.ready.validate(&guest_ports)?;
     let t0 = Instant::now();
     let paths = vm::create_dir(home, &req.name)?;
     let result = boot_in(home, qemu, req, &paths, t0).await;
@@ -599,9 +598,14 @@ pub async fn restore_from(
     let snap = Snapshot::open(home, &req.tag)?;
     let accel = req.accel.unwrap_or_else(Accel::detect);
     snap.check(qemu.version, accel, req.verify)?;
-    if let Some(regex) = &req.ready.serial {
-        regex::Regex::new(regex).map_err(ReadyError::from)?;
-    }
+    let guest_ports = snap
+        .manifest
+        .spec
+        .net
+        .as_ref()
+        .map(|n| n.guest_ports.clone())
+        .unwrap_or_default();
+    req.ready.validate(&guest_ports)?;
     let names = claim_names(home, req)?;
 
     let mut tasks = tokio::task::JoinSet::new();

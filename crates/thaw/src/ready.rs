@@ -35,6 +35,21 @@ pub struct ReadySpec {
     pub serial: Option<String>,
 }
 
+impl ReadySpec {
+    /// Checks, before anything starts, that the conditions can ever be met.
+    pub fn validate(&self, forwarded_guest_ports: &[u16]) -> Result<(), ReadyError> {
+        if let Some(p) = self.port {
+            if !forwarded_guest_ports.contains(&p) {
+                return Err(ReadyError::NotForwarded(p));
+            }
+        }
+        if let Some(re) = &self.serial {
+            regex::Regex::new(re)?;
+        }
+        Ok(())
+    }
+}
+
 /// Waits until a connection to `host` on 127.0.0.1 reaches the guest. User-mode
 /// networking accepts the host side at once and closes it when the guest refuses, so
 /// "connected" means: accepted, and not closed within a short window (or, with

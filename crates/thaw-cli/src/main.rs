@@ -197,6 +197,10 @@ struct BenchArgs {
     /// Runs of each measurement.
     #[arg(long, default_value_t = 5)]
     runs: u32,
+    /// Cold boots and snapshots to measure (default: --runs), e.g. fewer when measuring
+    /// many pooled restores.
+    #[arg(long)]
+    cold_runs: Option<u32>,
     /// Guest memory in MiB; give it twice (e.g. --memory 256 --memory 2048) to compare
     /// restore times across RAM sizes in one run.
     #[arg(long, default_values_t = [256])]
@@ -513,6 +517,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     .context("could not build the default guest")?;
             let cfg = thaw::bench::BenchConfig {
                 runs: args.runs,
+                cold_runs: args.cold_runs.unwrap_or(args.runs),
                 memory_mib: args.memory,
                 guest,
                 accel: Accel::detect(),

@@ -20,7 +20,10 @@ use crate::spec::MachineSpec;
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
+    /// Restores measured.
     pub runs: u32,
+    /// Cold boots and snapshots measured.
+    pub cold_runs: u32,
     /// One row of figures per size; the first is the headline.
     pub memory_mib: Vec<u32>,
     pub guest: GuestImage,
@@ -80,6 +83,7 @@ pub struct Machine {
 pub struct BenchReport {
     pub machine: Machine,
     pub runs: u32,
+    pub cold_runs: u32,
     /// The warm pool restores were taken from, if any.
     pub pool: Option<PoolConfig>,
     pub memory_mib: u32,
@@ -119,7 +123,7 @@ pub async fn run(
     cfg: &BenchConfig,
     progress: &mut dyn FnMut(&str),
 ) -> Result<BenchReport, BenchError> {
-    if cfg.runs == 0 || cfg.memory_mib.is_empty() {
+    if cfg.runs == 0 || cfg.cold_runs == 0 || cfg.memory_mib.is_empty() {
         return Err(BenchError::Runs);
     }
     let bench_home = Home::new(home.root().join(format!("bench-{}", std::process::id())));
@@ -145,6 +149,7 @@ pub async fn run(
     Ok(BenchReport {
         machine: machine(qemu, cfg.accel),
         runs: cfg.runs,
+        cold_runs: cfg.cold_runs,
         pool: cfg.pool,
         memory_mib: first.memory_mib,
         cold_boot_ms: first.cold_boot_ms,
@@ -183,8 +188,8 @@ async fn run_in(
             |i: u32| -> SnapshotTag { format!("m{mem}-snap-{i}").parse().expect("valid tag") };
 
         let mut cold = Vec::new();
-        for i in 0..cfg.runs {
-            progress(&format!("{mem} MiB: cold boot {}/{}", i + 1, cfg.runs));
+        for i in 0..cfg.cold_runs {
+            progress(&format!("{mem} MiB: cold boot {}/{}", i + 1, cfg.cold_runs));
             let req = ops::BootRequest {
                 name: name("cold", i),
                 spec: spec.clone(),
@@ -200,8 +205,8 @@ async fn run_in(
         }
         let source = name("cold", 0);
         let mut pause = Vec::new();
-        for i in 0..cfg.runs {
-            progress(&format!("{mem} MiB: snapshot {}/{}", i + 1, cfg.runs));
+        for i in 0..cfg.cold_runs {
+            progress(&format!("{mem} MiB: snapshot {}/{}", i + 1, cfg.cold_runs));
             let r = ops::snapshot(
                 home,
                 &ops::SnapshotRequest {
@@ -334,8 +339,8 @@ impl BenchReport {
             None => String::new(),
         };
         let mut s = format!(
-            "thaw bench: {} runs, default guest, {} on QEMU {}{pool}\nmachine: {} ({} cores, {} GiB), Linux {}\n\n",
-            self.runs, m.accel, m.qemu, m.cpu, m.cores, m.memory_gib, m.kernel
+            "thaw bench: {} restores, {} cold boots, default guest, {} on QEMU {}{pool}\nmachine: {} ({} cores, {} GiB), Linux {}\n\n",
+            self.runs, self.cold_runs, m.accel, m.qemu, m.cpu, m.cores, m.memory_gib, m.kernel
         );
         s.push_str(&format!(
             "{:>7}  {:<32} {:>10} {:>10} {:>10}\n",

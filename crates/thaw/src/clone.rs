@@ -230,7 +230,9 @@ impl Prepared {
             Some(a) => a,
             None => Agent::connect(&self.paths.agent(), opts.timeout).await?,
         };
+        tracing::debug!(ms = ms(t0.elapsed()), "agent synchronised");
         agent.sync_time(CLOCK_TOLERANCE).await?;
+        tracing::debug!(ms = ms(t0.elapsed()), "guest clock checked or set");
         if let Some(cmd) = &opts.exec_after {
             let argv = ["/bin/sh".to_owned(), "-c".to_owned(), cmd.clone()];
             let out = agent.exec(&argv, opts.timeout).await?;

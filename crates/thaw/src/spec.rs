@@ -214,6 +214,26 @@ impl MachineSpec {
         // A fresh generation id per clone makes the guest kernel reseed its RNG.
         a.push("-device")
             .push(format!("vmgenid,id=vmgenid0,guid={}", launch.vmgenid));
+        for (i, (disk, overlay)) in self.disks.iter().zip(launch.disk_overlays).enumerate() {
+            let mut drive = OsString::from(format!("if=none,id=disk{i},format=qcow2,file="));
+            drive.push(escape_commas(overlay));
+            if disk.readonly {
+                drive.push(",readonly=on");
+            }
+            a.push("-drive").push(drive);
+            a.push("-device")
+                .push(format!("virtio-blk-pci,drive=disk{i},id=disk{i}-dev"));
+        }
+        if self.net.is_some() {
+            let mut netdev = "user,id=net0".to_owned();
+            for f in launch.ports {
+                netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
+            }
+            a.push("-netdev").push(netdev);
+            a.push("-device").push(format!(
+                "virtio-net-pci,netdev=net0,id=net0-dev,mac={GUEST_MAC}"
+            ));
+        }
         if launch.incoming {
             a.push("-S").push("-incoming").push("defer");
         }
@@ -323,6 +343,29 @@ mod tests {
             argv.contains("path=/h/vms/web,,x/console.log"),
             "commas escaped: {argv}"
         );
+        assert!(argv.contains("-netdev user,id=net0,hostfwd=tcp:127.0.0.1:40001-:6379"));
+        assert!(argv.contains("virtio-net-pci,netdev=net0"));
+    }
+
+    #[test]
+    fn disks_run_on_overlays() {
+        let overlays = [PathBuf::from("/h/vms/web/disks/disk0.qcow2")];
+        let mut l = launch(true, false);
+        l.disk_overlays = &overlays;
+        let mut s = spec();
+        s.disks[0].readonly = true;
+        let argv = joined(&s.argv(&l));
+        assert!(argv.contains(
+            "-drive if=none,id=disk0,format=qcow2,file=/h/vms/web/disks/disk0.qcow2,readonly=on"
+        ));
+        assert!(argv.contains("-device virtio-blk-pci,drive=disk0,id=disk0-dev"));
+        assert!(
+            !argv.contains("/img/base.raw"),
+            "the base is reached only through the overlay"
+        );
+        let mut no_net = spec();
+        no_net.net = None;
+        assert!(!joined(&no_net.argv(&launch(true, false))).contains("-netdev"));
     }
 
     #[test]

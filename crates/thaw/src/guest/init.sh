@@ -11,6 +11,23 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
 hostname -F /etc/hostname
 
+# The virtio block and network drivers are modules in Debian's kernel; the build put them
+# here decompressed (busybox's insmod takes plain ELF only) with their load order.
+for m in $(cat /lib/modules/order); do
+    insmod /lib/modules/"$m".ko || echo "thaw-guest: could not load the module $m"
+done
+
+# QEMU's user networking (slirp) always offers the same addresses: the guest is 10.0.2.15,
+# the host's loopback is the gateway 10.0.2.2, its DNS forwarder 10.0.2.3. Static, so no
+# DHCP client runs and the address is there before the ready line.
+ip link set lo up
+if [ -e /sys/class/net/eth0 ]; then
+    ip link set eth0 up
+    ip addr add 10.0.2.15/24 dev eth0
+    ip route add default via 10.0.2.2
+    echo "nameserver 10.0.2.3" > /etc/resolv.conf
+fi
+
 # Wait for the kernel's random pool before saying ready, so that a snapshot taken at the
 # ready line never holds an uninitialised RNG (its clones would each block in getrandom()
 # after restore). Reading /dev/random blocks until the pool is initialised and makes the

@@ -137,6 +137,14 @@ pub(crate) fn extract(
     })
 }
 
+/// The package's `lib/modules/<version>` directory, once [`extract`]ed into `root`.
+pub(crate) fn modules_dir(pkg: &KernelPackage, root: &Path) -> Result<PathBuf, GuestBuildError> {
+    super::modules::version_dir(root).ok_or_else(|| GuestBuildError::NoKernelFile {
+        package: pkg.name.clone(),
+        what: "single lib/modules/<version> directory",
+    })
+}
+
 fn run(tool: &'static str, args: &[&str], cwd: Option<&Path>) -> Result<Output, GuestBuildError> {
     let mut cmd = Command::new(tool);
     cmd.args(args).env("LC_ALL", "C");

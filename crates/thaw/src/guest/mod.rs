@@ -2,10 +2,12 @@
 //!
 //! It is Debian's cloud kernel (through apt, from bookworm-backports on a bookworm host)
 //! and an initramfs thaw writes itself: static busybox, Debian's `qemu-ga` with the shared
-//! libraries it loads, and an `/init` that mounts the usual filesystems (with a tmpfs on
-//! `/tmp`), starts the agent on the virtio-serial port named `org.qemu.guest_agent.0`,
-//! waits for the kernel's RNG, prints [`READY_LINE`] on the serial console and then idles
-//! forever.
+//! libraries it loads, the kernel's virtio block and network drivers (modules in Debian's
+//! kernel), and an `/init` that mounts the usual filesystems (with a tmpfs on `/tmp`),
+//! loads the drivers, configures `eth0` statically for QEMU's user networking (10.0.2.15/24,
+//! gateway 10.0.2.2, DNS 10.0.2.3), starts the agent on the virtio-serial port named
+//! `org.qemu.guest_agent.0`, waits for the kernel's RNG, prints [`READY_LINE`] on the
+//! serial console and then idles forever.
 //!
 //! Built guests live in `<cache>/guests/default/` as `vmlinuz`, `initrd.cpio` and
 //! `guest.json` (what was built, from which package, with BLAKE3 hashes). A build happens
@@ -16,6 +18,7 @@
 mod cpio;
 mod initramfs;
 mod kernel;
+mod modules;
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -36,7 +39,9 @@ const CMDLINE: &str = "console=ttyS0 panic=-1 quiet cryptomgr.notests";
 
 /// Bump when the guest's contents change in a way the init script and command line do not
 /// show (e.g. another file in the initramfs): cached guests of another recipe are rebuilt.
-const RECIPE_VERSION: u32 = 1;
+const RECIPE_VERSION: u32 = 2;
+/// The drivers the default guest loads; their dependencies come along.
+const MODULES: &[&str] = &["virtio_blk", "virtio_net"];
 const MANIFEST_FORMAT: u32 = 1;
 /// guest.json is a few hundred bytes; anything much larger is not one of ours.
 const MANIFEST_MAX_BYTES: u64 = 64 * 1024;
@@ -90,6 +95,12 @@ pub enum GuestBuildError {
     },
     #[error("the guest kernel package {package} holds no {what}")]
     NoKernelFile { package: String, what: &'static str },
+    #[error("the guest kernel package {package} has no module {module}")]
+    NoModule { package: String, module: String },
+    #[error("{} is not a kernel module (no .modinfo section)", path.display())]
+    BadModule { path: PathBuf },
+    #[error("could not decompress {}: {stderr_line}", path.display())]
+    Decompress { path: PathBuf, stderr_line: String },
     #[error(
         "{} is not a statically linked x86-64 program: install the Debian package busybox-static",
         path.display()
@@ -324,7 +335,7 @@ fn remove_stale_builds(guests: &Path) -> Result<(), GuestBuildError> {
 fn build_into(scratch: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), GuestBuildError> {
     // The initramfs comes from local files; collect it first so that a missing package
     // fails before a 30 MB download.
-    let tree = initramfs::collect(progress)?;
+    let mut tree = initramfs::collect(progress)?;
 
     let mut apt = kernel::Apt::new();
     let pkg = apt.resolve(progress)?;
@@ -332,8 +343,11 @@ fn build_into(scratch: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), Gues
     fs::create_dir_all(&deb_dir).map_err(io_err("create the download directory", &deb_dir))?;
     let deb = apt.download(&pkg, &deb_dir, progress)?;
     progress(&format!("unpacking {}", pkg.name));
-    let vmlinuz = kernel::extract(&pkg, &deb, &scratch.join("root"))?;
+    let root = scratch.join("root");
+    let vmlinuz = kernel::extract(&pkg, &deb, &root)?;
     let kernel = fs::read(&vmlinuz).map_err(io_err("read the unpacked kernel", &vmlinuz))?;
+    let mods = modules::collect(&kernel::modules_dir(&pkg, &root)?, MODULES, &pkg.name)?;
+    modules::install(&mut tree, &mods);
 
     let (files, bytes) = tree.file_stats();
     progress(&format!(

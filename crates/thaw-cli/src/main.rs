@@ -7,10 +7,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use serde::Serialize;
 use thaw::ops;
 use thaw::qemu::Qemu;
 use thaw::{Accel, Home, MachineSpec, SnapshotTag, VmName};
+
+mod print;
+mod remote;
+
+use print::emit;
 
 #[derive(Parser)]
 #[command(
@@ -80,6 +84,29 @@ enum Command {
         #[command(subcommand)]
         command: GuestCommand,
     },
+    /// Run the daemon (thawd) in the foreground: an HTTP/JSON API on a Unix socket that
+    /// owns this $THAW_HOME's VMs and warm pools. While it runs, thaw's commands go
+    /// through it (set THAW_NO_DAEMON=1 to bypass it).
+    Serve {
+        /// The socket (default $THAW_HOME/thawd.sock), created mode 0600.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// The most VMs at once; requests beyond it are refused.
+        #[arg(long, default_value_t = 64)]
+        max_vms: u32,
+    },
+    /// Set a snapshot's warm pool (needs a running daemon: thaw serve).
+    Pool {
+        tag: SnapshotTag,
+        /// Clones kept ready (0 empties the pool).
+        #[arg(long)]
+        size: u32,
+        /// paused: state loaded, vCPUs not resumed; running: resumed, agent connected.
+        #[arg(long, default_value = "running")]
+        mode: thaw::pool::PoolMode,
+    },
+    /// List warm pools (needs a running daemon).
+    Pools,
 }
 
 #[derive(Args)]
@@ -262,32 +289,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints `value` as JSON, or as the text `human` gives.
-fn emit<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T) -> String) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer_pretty(&mut out, value)?;
-        writeln!(out)?;
-    } else {
-        let text = human(value);
-        if !text.is_empty() {
-            writeln!(out, "{text}")?;
-        }
-    }
-    Ok(())
-}
-
-fn ports_text(ports: &[thaw::spec::PortForward]) -> String {
-    if ports.is_empty() {
-        return String::new();
-    }
-    let list: Vec<String> = ports
-        .iter()
-        .map(|p| format!("127.0.0.1:{} -> {}", p.host, p.guest))
-        .collect();
-    format!(", ports {}", list.join(", "))
-}
-
 fn progress(json: bool) -> impl FnMut(&str) {
     move |line: &str| {
         if !json || std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -296,66 +297,42 @@ fn progress(json: bool) -> impl FnMut(&str) {
     }
 }
 
+/// The daemon serving this home, unless `THAW_NO_DAEMON` is set.
+async fn daemon(home: &Home) -> Option<thaw_daemon::client::Client> {
+    if std::env::var_os("THAW_NO_DAEMON").is_some() {
+        return None;
+    }
+    thaw_daemon::client::Client::connect_async(&thaw_daemon::default_socket(home)).await
+}
+
 async fn run(cli: Cli) -> Result<ExitCode> {
     let home = Home::from_env();
     let json = cli.json;
+    let remote = match &cli.command {
+        Command::Serve { .. }
+        | Command::Bench(_)
+        | Command::Guest { .. }
+        | Command::Logs { .. } => None,
+        _ => daemon(&home).await,
+    };
     match cli.command {
         Command::Boot(args) => {
-            let qemu = Qemu::find(&thaw::guest::cache_dir())?;
-            let (kernel, initrd, default_append) = match args.kernel {
-                Some(k) => (k, args.initrd, None),
-                None => {
-                    let g = thaw::guest::ensure_default_guest(
-                        &thaw::guest::cache_dir(),
-                        &mut progress(json),
-                    )
-                    .context("could not build the default guest")?;
-                    (g.kernel, Some(g.initrd), Some(g.cmdline))
-                }
+            let req = boot_request(args, json)?;
+            let report = match &remote {
+                Some(d) => remote::boot(d, &req).await?,
+                None => ops::boot(&home, &Qemu::find(&thaw::guest::cache_dir())?, &req).await?,
             };
-            let cmdline = args
-                .append
-                .or(default_append)
-                .unwrap_or_else(|| "console=ttyS0".to_owned());
-            let disks = args
-                .disks
-                .iter()
-                .map(|d| thaw::disk::resolve(d))
-                .collect::<Result<Vec<_>, _>>()?;
-            let req = ops::BootRequest {
-                name: args.name,
-                spec: MachineSpec {
-                    machine: args.machine,
-                    memory_mib: args.memory,
-                    cpus: args.cpus,
-                    kernel,
-                    initrd,
-                    cmdline,
-                    accel: args.accel.unwrap_or_else(Accel::detect),
-                    disks,
-                    net: (!args.no_net).then(thaw::spec::NetSpec::default),
-                },
-                forwards: args.ports,
-                ready: args.ready.spec(),
-                timeout: Duration::from_secs(args.timeout),
-            };
-            let report = ops::boot(&home, &qemu, &req).await?;
-            emit(json, &report, |r| {
-                format!(
-                    "booted {} in {:.0} ms (pid {}){}",
-                    r.name,
-                    r.boot_ms,
-                    r.pid,
-                    ports_text(&r.ports)
-                )
-            })?;
+            emit(json, &report, print::boot)?;
         }
         Command::Exec {
             name,
             timeout,
             command,
         } => {
-            let out = ops::exec(&home, &name, &command, Duration::from_secs(timeout)).await?;
+            let out = match &remote {
+                Some(d) => remote::exec(d, &name, &command, timeout).await?,
+                None => ops::exec(&home, &name, &command, Duration::from_secs(timeout)).await?,
+            };
             if json {
                 emit(true, &out, |_| String::new())?;
             } else {
@@ -365,20 +342,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             return Ok(ExitCode::from(out.exit_code.clamp(0, 255) as u8));
         }
         Command::Snapshot { name, tag, stop } => {
-            let report = ops::snapshot(&home, &ops::SnapshotRequest { name, tag, stop }).await?;
-            emit(json, &report, |r| {
-                format!(
-                    "snapshot {}: paused {:.1} ms, state {} KiB, RAM {} MiB ({})",
-                    r.tag,
-                    r.pause_ms,
-                    r.state_bytes / 1024,
-                    r.ram_bytes >> 20,
-                    r.ram_copy
-                )
-            })?;
+            let req = ops::SnapshotRequest { name, tag, stop };
+            let report = match &remote {
+                Some(d) => remote::snapshot(d, &req).await?,
+                None => ops::snapshot(&home, &req).await?,
+            };
+            emit(json, &report, print::snapshot)?;
         }
         Command::Restore(args) => {
-            let qemu = Qemu::find(&thaw::guest::cache_dir())?;
+            let local_only = args.keep_vmgenid || args.verify || args.accel.is_some();
             let req = ops::RestoreRequest {
                 tag: args.tag,
                 count: args.count,
@@ -390,89 +362,38 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 ready: args.ready.spec(),
                 exec_after: args.exec_after,
             };
-            let reports = ops::restore(&home, &qemu, &req).await?;
-            emit(json, &reports, |rs| {
-                rs.iter()
-                    .map(|r| {
-                        format!(
-                            "restored {} (pid {}): running in {:.1} ms, ready in {:.1} ms{}",
-                            r.name,
-                            r.pid,
-                            r.restore_ms,
-                            r.ready_ms,
-                            ports_text(&r.ports)
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })?;
+            let reports = match &remote {
+                Some(d) if !local_only => remote::restore(d, &req).await?,
+                _ => ops::restore(&home, &Qemu::find(&thaw::guest::cache_dir())?, &req).await?,
+            };
+            emit(json, &reports, |r| print::restore(r))?;
         }
         Command::Ls => {
-            let vms = ops::list(&home).await;
-            emit(json, &vms, |vms| {
-                let mut s = format!(
-                    "{:<24} {:>8} {:<13} {:>7} {:>4}  {}",
-                    "NAME", "PID", "STATE", "MEMORY", "CPUS", "ORIGIN"
-                );
-                for v in vms {
-                    let origin = match &v.origin {
-                        Some(thaw::vm::Origin::Booted) => "booted".to_owned(),
-                        Some(thaw::vm::Origin::Restored { snapshot }) => {
-                            format!("restored from {snapshot}")
-                        }
-                        None => "unknown (no record)".to_owned(),
-                    };
-                    s.push_str(&format!(
-                        "\n{:<24} {:>8} {:<13} {:>7} {:>4}  {}{}",
-                        v.name,
-                        v.pid.map(|p| p.to_string()).unwrap_or_default(),
-                        v.state,
-                        v.memory_mib.map(|m| format!("{m}M")).unwrap_or_default(),
-                        v.cpus.map(|c| c.to_string()).unwrap_or_default(),
-                        origin,
-                        ports_text(&v.ports)
-                    ));
-                }
-                s
-            })?;
+            let vms = match &remote {
+                Some(d) => remote::list(d).await?,
+                None => ops::list(&home).await,
+            };
+            emit(json, &vms, |v| print::vms(v))?;
         }
         Command::Snapshots => {
-            let snaps = ops::list_snapshots(&home);
-            emit(json, &snaps, |snaps| {
-                let mut s = format!(
-                    "{:<24} {:>7} {:>4} {:>10} {:<8} {}",
-                    "TAG", "MEMORY", "CPUS", "ON DISK", "QEMU", "FROM"
-                );
-                for i in snaps {
-                    if let Some(p) = &i.problem {
-                        s.push_str(&format!("\n{:<24} unusable: {p}", i.tag));
-                        continue;
-                    }
-                    s.push_str(&format!(
-                        "\n{:<24} {:>7} {:>4} {:>9}M {:<8} {}",
-                        i.tag,
-                        i.memory_mib.map(|m| format!("{m}M")).unwrap_or_default(),
-                        i.cpus.unwrap_or(0),
-                        i.disk_bytes >> 20,
-                        i.qemu_version.clone().unwrap_or_default(),
-                        i.source_vm
-                            .as_ref()
-                            .map(|v| v.to_string())
-                            .unwrap_or_default()
-                    ));
-                }
-                s
-            })?;
+            let snaps = match &remote {
+                Some(d) => remote::snapshots(d).await?,
+                None => ops::list_snapshots(&home),
+            };
+            emit(json, &snaps, |s| print::snapshots(s))?;
         }
         Command::Stop { names, all } => {
-            let names = if all {
-                thaw::vm::list_names(&home)
-            } else {
-                names
+            let names = match (all, &remote) {
+                (false, _) => names,
+                (true, Some(d)) => remote::list(d).await?.into_iter().map(|v| v.name).collect(),
+                (true, None) => thaw::vm::list_names(&home),
             };
             let mut stopped = Vec::new();
             for name in names {
-                ops::stop(&home, &name).await?;
+                match &remote {
+                    Some(d) => remote::stop(d, &name).await?,
+                    None => ops::stop(&home, &name).await?,
+                }
                 stopped.push(name);
             }
             emit(json, &serde_json::json!({ "stopped": stopped }), |_| {
@@ -484,13 +405,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             })?;
         }
         Command::Resume { name } => {
-            ops::resume(&home, &name).await?;
+            match &remote {
+                Some(d) => remote::resume(d, &name).await?,
+                None => ops::resume(&home, &name).await?,
+            }
             emit(json, &serde_json::json!({ "resumed": name }), |_| {
                 format!("resumed {name}")
             })?;
         }
         Command::Rm { tag } => {
-            ops::remove_snapshot(&home, &tag)?;
+            match &remote {
+                Some(d) => remote::remove_snapshot(d, &tag).await?,
+                None => ops::remove_snapshot(&home, &tag)?,
+            }
             emit(json, &serde_json::json!({ "removed": tag }), |_| {
                 format!("removed snapshot {tag}")
             })?;
@@ -501,14 +428,36 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let text = std::fs::read(&path)
                 .with_context(|| format!("could not read {}", path.display()))?;
             if json {
-                emit(
-                    true,
-                    &serde_json::json!({ "name": name, "console": String::from_utf8_lossy(&text) }),
-                    |_| String::new(),
-                )?;
+                let doc =
+                    serde_json::json!({ "name": name, "console": String::from_utf8_lossy(&text) });
+                emit(true, &doc, |_| String::new())?;
             } else {
                 std::io::stdout().write_all(&text)?;
             }
+        }
+        Command::Pool { tag, size, mode } => {
+            let d = remote.context("warm pools live in the daemon: start it with `thaw serve`")?;
+            let status = remote::set_pool(&d, &tag, thaw::pool::PoolConfig { size, mode }).await?;
+            emit(json, &status, |s| print::pools(std::slice::from_ref(s)))?;
+        }
+        Command::Pools => {
+            let d = remote.context("warm pools live in the daemon: start it with `thaw serve`")?;
+            let pools = remote::pools(&d).await?;
+            emit(json, &pools, |p| print::pools(p))?;
+        }
+        Command::Serve { socket, max_vms } => {
+            let mut config = thaw_daemon::ServeConfig::new(home);
+            if let Some(s) = socket {
+                config.socket = s;
+            }
+            config.max_vms = max_vms;
+            if !json {
+                eprintln!("thaw: serving on {}", config.socket.display());
+            }
+            thaw_daemon::serve(config, shutdown_signal()).await?;
+            emit(json, &serde_json::json!({ "stopped": true }), |_| {
+                String::new()
+            })?;
         }
         Command::Bench(args) => {
             let qemu = Qemu::find(&thaw::guest::cache_dir())?;
@@ -547,4 +496,58 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Turns `thaw boot`'s arguments into a request (building the default guest if no
+/// kernel is given).
+fn boot_request(args: BootArgs, json: bool) -> Result<ops::BootRequest> {
+    let (kernel, initrd, default_append) = match args.kernel {
+        Some(k) => (
+            std::path::absolute(&k)?,
+            args.initrd.map(std::path::absolute).transpose()?,
+            None,
+        ),
+        None => {
+            let g =
+                thaw::guest::ensure_default_guest(&thaw::guest::cache_dir(), &mut progress(json))
+                    .context("could not build the default guest")?;
+            (g.kernel, Some(g.initrd), Some(g.cmdline))
+        }
+    };
+    let cmdline = args
+        .append
+        .or(default_append)
+        .unwrap_or_else(|| "console=ttyS0".to_owned());
+    let disks = args
+        .disks
+        .iter()
+        .map(|d| thaw::disk::resolve(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ops::BootRequest {
+        name: args.name,
+        spec: MachineSpec {
+            machine: args.machine,
+            memory_mib: args.memory,
+            cpus: args.cpus,
+            kernel,
+            initrd,
+            cmdline,
+            accel: args.accel.unwrap_or_else(Accel::detect),
+            disks,
+            net: (!args.no_net).then(thaw::spec::NetSpec::default),
+        },
+        forwards: args.ports,
+        ready: args.ready.spec(),
+        timeout: Duration::from_secs(args.timeout),
+    })
 }

@@ -141,12 +141,12 @@ pub(crate) fn module_name(file_name: &str) -> Option<String> {
 /// A module's plain contents, uncompressed with the matching tool if it is compressed.
 fn decompress(path: &Path) -> Result<Vec<u8>, GuestBuildError> {
     let name = path.to_string_lossy();
-    let (tool, package) = if name.ends_with(".xz") {
-        ("xz", "xz-utils")
+    let tool = if name.ends_with(".xz") {
+        "xz"
     } else if name.ends_with(".zst") {
-        ("zstd", "zstd")
+        "zstd"
     } else if name.ends_with(".gz") {
-        ("gzip", "gzip")
+        "gzip"
     } else {
         return fs::read(path).map_err(io_err("read a kernel module", path));
     };
@@ -234,7 +234,7 @@ pub(crate) mod tests {
         elf.extend_from_slice(shstrtab);
         let info_off = elf.len();
         elf.extend_from_slice(modinfo);
-        while elf.len() % 8 != 0 {
+        while !elf.len().is_multiple_of(8) {
             elf.push(0);
         }
         let shoff = elf.len();

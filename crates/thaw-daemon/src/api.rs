@@ -1,0 +1,517 @@
+//! The HTTP/JSON API: routes and thin handlers. Each handler parses the request into a
+//! request of the core library, calls [`thaw::ops`] or the warm [`Pool`], records what
+//! changed in the daemon's database, and turns the result into JSON.
+//!
+//! Operations that start or end VMs run in their own task: a client that hangs up
+//! mid-request does not cancel a boot half-way, and what the operation started is
+//! still recorded.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{Method, StatusCode, Uri};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use thaw::agent::ExecOutput;
+use thaw::ops::{self, BootReport, RestoreReport, SnapshotInfo, SnapshotReport, VmInfo};
+use thaw::pool::{Pool, PoolConfig, PoolMode, PoolStatus};
+use thaw::qemu::Qemu;
+use thaw::ready::ReadySpec;
+use thaw::spec::{MachineSpec, NetSpec, PortForward};
+use thaw::vm::VmState;
+use thaw::{Accel, Home, SnapshotTag, VmName};
+
+use crate::db::{Db, VmRow};
+use crate::error::ApiError;
+use crate::extract::{ApiJson, Named};
+
+/// What every handler shares.
+pub(crate) struct Daemon {
+    pub home: Home,
+    pub qemu: Qemu,
+    pub accel: Accel,
+    pub pool: Arc<Pool>,
+    pub db: Arc<Db>,
+    pub max_vms: u32,
+    /// VMs being booted or restored, counted against `max_vms` until they are
+    /// recorded (or have failed).
+    in_flight: Mutex<u32>,
+}
+
+/// Room for `n` VMs held while they start; dropping it gives the room back.
+struct Reservation {
+    daemon: Arc<Daemon>,
+    n: u32,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut in_flight = self.daemon.in_flight.lock().expect("limit lock");
+        *in_flight -= self.n;
+    }
+}
+
+impl Daemon {
+    pub fn new(
+        home: Home,
+        qemu: Qemu,
+        accel: Accel,
+        pool: Arc<Pool>,
+        db: Arc<Db>,
+        max_vms: u32,
+    ) -> Daemon {
+        Daemon {
+            home,
+            qemu,
+            accel,
+            pool,
+            db,
+            max_vms,
+            in_flight: Mutex::new(0),
+        }
+    }
+
+    /// Holds room for `n` more VMs, or answers 429 at once.
+    fn reserve(self: &Arc<Self>, n: u32) -> Result<Reservation, ApiError> {
+        let mut in_flight = self.in_flight.lock().expect("limit lock");
+        self.forget_vanished();
+        let vms = self.db.vm_count().map_err(ApiError::from_op)?;
+        let wanted = u64::from(vms) + u64::from(*in_flight) + u64::from(n);
+        if wanted > u64::from(self.max_vms) {
+            let starting = match *in_flight {
+                0 => String::new(),
+                k => format!(" and {k} starting"),
+            };
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "this daemon runs at most {} VMs and has {vms}{starting}, so {n} more would be too many; \
+                     stop some, or start thawd with a larger --max-vms",
+                    self.max_vms
+                ),
+            ));
+        }
+        *in_flight += n;
+        Ok(Reservation {
+            daemon: self.clone(),
+            n,
+        })
+    }
+
+    /// Forgets VMs whose directory is gone (stopped behind the daemon's back, e.g. by
+    /// `thaw stop` without the daemon), so they stop counting against the limit.
+    fn forget_vanished(&self) {
+        for row in self.db.vms().unwrap_or_default() {
+            if !self.home.vm_dir(&row.name).exists() {
+                self.forget(&row.name);
+            }
+        }
+    }
+
+    /// Records a VM the daemon started. A failure to record is logged, not returned:
+    /// the VM runs and its record under `vms/` lets a restarted daemon adopt it.
+    fn record(&self, name: &VmName, pid: u32) {
+        let row = match VmState::load(&self.home, name) {
+            Ok(s) => VmRow {
+                name: name.clone(),
+                pid: s.pid,
+                vmgenid: s.vmgenid.to_string(),
+                created_unix_ms: s.created_unix_ms,
+            },
+            Err(_) => VmRow {
+                name: name.clone(),
+                pid,
+                vmgenid: String::new(),
+                created_unix_ms: thaw::vm::now_ms(),
+            },
+        };
+        if let Err(e) = self.db.put_vm(&row) {
+            tracing::error!(vm = %name, "{}", crate::error::one_line(&e));
+        }
+    }
+
+    fn forget(&self, name: &VmName) {
+        if let Err(e) = self.db.remove_vm(name) {
+            tracing::error!(vm = %name, "{}", crate::error::one_line(&e));
+        }
+    }
+}
+
+type Shared = State<Arc<Daemon>>;
+type Answer<T> = Result<T, ApiError>;
+type Created<T> = Answer<(StatusCode, Json<T>)>;
+
+pub(crate) fn router(daemon: Arc<Daemon>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/vms", get(list_vms).post(boot))
+        .route("/v1/vms/{name}", delete(stop))
+        .route("/v1/vms/{name}/exec", post(exec))
+        .route("/v1/vms/{name}/snapshot", post(snapshot))
+        .route("/v1/vms/{name}/resume", post(resume))
+        .route("/v1/snapshots", get(list_snapshots))
+        .route("/v1/snapshots/{tag}", delete(remove_snapshot))
+        .route("/v1/snapshots/{tag}/restore", post(restore))
+        .route("/v1/snapshots/{tag}/pool", put(set_pool))
+        .route("/v1/pools", get(pools))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .with_state(daemon)
+}
+
+/// Runs an operation in its own task, so that it completes (and is recorded) even if
+/// the client hangs up.
+async fn detached<T: Send + 'static>(
+    op: impl Future<Output = Answer<T>> + Send + 'static,
+) -> Answer<T> {
+    tokio::spawn(op)
+        .await
+        .unwrap_or_else(|e| Err(ApiError::internal(format!("the operation failed: {e}"))))
+}
+
+fn secs(s: Option<u64>, default: u64) -> Duration {
+    Duration::from_secs(s.unwrap_or(default))
+}
+
+async fn no_route(uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no endpoint {} (see docs/api.md)", uri.path()),
+    )
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+// ---------------------------------------------------------------------------- health
+
+async fn health(State(d): Shared) -> Answer<Json<Value>> {
+    let vms = d.db.vm_count().map_err(ApiError::from_op)?;
+    Ok(Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "vms": vms,
+    })))
+}
+
+// ---------------------------------------------------------------------------- VMs
+
+async fn list_vms(State(d): Shared) -> Json<Vec<VmInfo>> {
+    Json(ops::list(&d.home).await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BootBody {
+    name: String,
+    memory_mib: Option<u32>,
+    cpus: Option<u32>,
+    machine: Option<String>,
+    accel: Option<Accel>,
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+    append: Option<String>,
+    #[serde(default)]
+    disks: Vec<String>,
+    #[serde(default)]
+    ports: Vec<PortForward>,
+    #[serde(default)]
+    no_net: bool,
+    ready_port: Option<u16>,
+    ready_serial: Option<String>,
+    timeout_secs: Option<u64>,
+}
+
+fn absolute(what: &str, path: &std::path::Path) -> Answer<()> {
+    if path.is_absolute() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{what} {} must be an absolute path (the daemon does not share your working directory)",
+            path.display()
+        )))
+    }
+}
+
+async fn boot(State(d): Shared, ApiJson(body): ApiJson<BootBody>) -> Created<BootReport> {
+    let name: VmName = body.name.parse().map_err(ApiError::from_op)?;
+    if body.initrd.is_some() && body.kernel.is_none() {
+        return Err(ApiError::bad_request(
+            "initrd needs kernel (the default guest brings its own initrd)",
+        ));
+    }
+    for (what, path) in [("kernel", &body.kernel), ("initrd", &body.initrd)] {
+        if let Some(p) = path {
+            absolute(what, p)?;
+        }
+    }
+    for disk in &body.disks {
+        absolute(
+            "disk",
+            std::path::Path::new(disk.split(',').next().unwrap_or("")),
+        )?;
+    }
+    if body.ports.iter().any(|f| f.guest == 0) {
+        return Err(ApiError::bad_request("a guest port cannot be 0"));
+    }
+    let held = d.reserve(1)?;
+    detached(async move {
+        let (kernel, initrd, default_append) = match body.kernel {
+            Some(k) => (k, body.initrd, None),
+            None => {
+                let guest = tokio::task::spawn_blocking(|| {
+                    thaw::guest::ensure_default_guest(&thaw::guest::cache_dir(), &mut |line| {
+                        tracing::info!("default guest: {line}")
+                    })
+                })
+                .await
+                .map_err(|e| ApiError::internal(format!("building the default guest failed: {e}")))?
+                .map_err(ApiError::from_op)?;
+                (guest.kernel, Some(guest.initrd), Some(guest.cmdline))
+            }
+        };
+        let disks = tokio::task::spawn_blocking(move || {
+            body.disks
+                .iter()
+                .map(|d| thaw::disk::resolve(d))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("inspecting the disks failed: {e}")))?
+        .map_err(ApiError::from_op)?;
+        let req = ops::BootRequest {
+            name,
+            spec: MachineSpec {
+                machine: body.machine.unwrap_or_else(|| "pc".into()),
+                memory_mib: body.memory_mib.unwrap_or(256),
+                cpus: body.cpus.unwrap_or(1),
+                kernel,
+                initrd,
+                cmdline: body
+                    .append
+                    .or(default_append)
+                    .unwrap_or_else(|| "console=ttyS0".into()),
+                accel: body.accel.unwrap_or(d.accel),
+                disks,
+                net: (!body.no_net).then(NetSpec::default),
+            },
+            forwards: body.ports,
+            ready: ReadySpec {
+                port: body.ready_port,
+                redis_ping: false,
+                serial: body.ready_serial,
+            },
+            timeout: secs(body.timeout_secs, 120),
+        };
+        let report = ops::boot(&d.home, &d.qemu, &req)
+            .await
+            .map_err(ApiError::from_op)?;
+        d.record(&report.name, report.pid);
+        drop(held);
+        tracing::info!(vm = %report.name, pid = report.pid, "booted");
+        Ok((StatusCode::CREATED, Json(report)))
+    })
+    .await
+}
+
+async fn stop(State(d): Shared, Named(name): Named<VmName>) -> Answer<Json<Value>> {
+    detached(async move {
+        let result = ops::stop(&d.home, &name).await;
+        if matches!(result, Ok(()) | Err(thaw::vm::VmError::NotFound(_))) {
+            d.forget(&name);
+        }
+        result.map_err(ApiError::from_op)?;
+        tracing::info!(vm = %name, "stopped");
+        Ok(Json(json!({ "stopped": name })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecBody {
+    command: Vec<String>,
+    timeout_secs: Option<u64>,
+}
+
+async fn exec(
+    State(d): Shared,
+    Named(name): Named<VmName>,
+    ApiJson(body): ApiJson<ExecBody>,
+) -> Answer<Json<ExecOutput>> {
+    if body.command.is_empty() {
+        return Err(ApiError::bad_request("command must not be empty"));
+    }
+    let out = ops::exec(&d.home, &name, &body.command, secs(body.timeout_secs, 60))
+        .await
+        .map_err(ApiError::from_op)?;
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotBody {
+    tag: String,
+    #[serde(default)]
+    stop: bool,
+}
+
+async fn snapshot(
+    State(d): Shared,
+    Named(name): Named<VmName>,
+    ApiJson(body): ApiJson<SnapshotBody>,
+) -> Created<SnapshotReport> {
+    let tag: SnapshotTag = body.tag.parse().map_err(ApiError::from_op)?;
+    detached(async move {
+        let req = ops::SnapshotRequest {
+            name: name.clone(),
+            tag: tag.clone(),
+            stop: body.stop,
+        };
+        let report = ops::snapshot(&d.home, &req)
+            .await
+            .map_err(ApiError::from_op)?;
+        if let Err(e) = d.db.put_snapshot(&tag) {
+            tracing::error!(%tag, "{}", crate::error::one_line(&e));
+        }
+        if body.stop {
+            d.forget(&name);
+        }
+        Ok((StatusCode::CREATED, Json(report)))
+    })
+    .await
+}
+
+async fn resume(State(d): Shared, Named(name): Named<VmName>) -> Answer<Json<Value>> {
+    ops::resume(&d.home, &name)
+        .await
+        .map_err(ApiError::from_op)?;
+    Ok(Json(json!({ "resumed": name })))
+}
+
+// ---------------------------------------------------------------------------- snapshots
+
+async fn list_snapshots(State(d): Shared) -> Answer<Json<Vec<SnapshotInfo>>> {
+    let home = d.home.clone();
+    tokio::task::spawn_blocking(move || Json(ops::list_snapshots(&home)))
+        .await
+        .map_err(|e| ApiError::internal(format!("listing snapshots failed: {e}")))
+}
+
+async fn remove_snapshot(State(d): Shared, Named(tag): Named<SnapshotTag>) -> Answer<Json<Value>> {
+    detached(async move {
+        ops::remove_snapshot(&d.home, &tag).map_err(ApiError::from_op)?;
+        if let Err(e) = d.db.remove_snapshot(&tag) {
+            tracing::error!(%tag, "{}", crate::error::one_line(&e));
+        }
+        // A pool of a snapshot that is gone would only retry forever.
+        if let Some(p) = d.pool.status().into_iter().find(|p| p.tag == tag) {
+            let empty = PoolConfig {
+                size: 0,
+                mode: p.mode,
+            };
+            let _ = d.pool.configure(&tag, empty);
+        }
+        tracing::info!(%tag, "snapshot removed");
+        Ok(Json(json!({ "removed": tag })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreBody {
+    count: Option<u32>,
+    name: Option<String>,
+    exec_after: Option<String>,
+    ready_port: Option<u16>,
+    ready_serial: Option<String>,
+    timeout_secs: Option<u64>,
+    #[serde(default)]
+    verify: bool,
+}
+
+async fn restore(
+    State(d): Shared,
+    Named(tag): Named<SnapshotTag>,
+    ApiJson(body): ApiJson<RestoreBody>,
+) -> Created<Vec<RestoreReport>> {
+    let name: Option<VmName> = body
+        .name
+        .map(|n| n.parse())
+        .transpose()
+        .map_err(ApiError::from_op)?;
+    let count = body.count.unwrap_or(1);
+    let held = d.reserve(count)?;
+    detached(async move {
+        let req = ops::RestoreRequest {
+            tag,
+            count,
+            name,
+            accel: Some(d.accel),
+            verify: body.verify,
+            timeout: secs(body.timeout_secs, 60),
+            keep_vmgenid: false,
+            ready: ReadySpec {
+                port: body.ready_port,
+                redis_ping: false,
+                serial: body.ready_serial,
+            },
+            exec_after: body.exec_after,
+        };
+        let reports = ops::restore_from(&d.home, &d.qemu, &req, Some(&d.pool))
+            .await
+            .map_err(ApiError::from_op)?;
+        for r in &reports {
+            d.record(&r.name, r.pid);
+            tracing::info!(vm = %r.name, pid = r.pid, source = %r.breakdown.source, "restored");
+        }
+        drop(held);
+        Ok((StatusCode::CREATED, Json(reports)))
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------- pools
+
+async fn pools(State(d): Shared) -> Json<Vec<PoolStatus>> {
+    Json(d.pool.status())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolBody {
+    size: u32,
+    mode: Option<PoolMode>,
+}
+
+async fn set_pool(
+    State(d): Shared,
+    Named(tag): Named<SnapshotTag>,
+    ApiJson(body): ApiJson<PoolBody>,
+) -> Answer<Json<PoolStatus>> {
+    let config = PoolConfig {
+        size: body.size,
+        mode: body.mode.unwrap_or(PoolMode::Running),
+    };
+    d.pool.configure(&tag, config).map_err(ApiError::from_op)?;
+    d.db.put_pool_config(&tag, config)
+        .map_err(ApiError::from_op)?;
+    tracing::info!(%tag, size = config.size, mode = ?config.mode, "pool configured");
+    d.pool
+        .status()
+        .into_iter()
+        .find(|p| p.tag == tag)
+        .map(Json)
+        .ok_or_else(|| ApiError::internal(format!("the pool of {tag} vanished")))
+}

@@ -1,0 +1,253 @@
+//! How the core's errors become HTTP answers: a status code chosen from what went
+//! wrong, and a body `{"error": "<one line>"}` carrying the whole chain of causes.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use thaw::agent::AgentError;
+use thaw::disk::DiskError;
+use thaw::home::NameError;
+use thaw::ops::{BootError, ExecError, RemoveSnapshotError, RestoreError, SnapshotError};
+use thaw::pool::PoolError;
+use thaw::ready::ReadyError;
+use thaw::snapshot::SnapshotCheckError;
+use thaw::vm::VmError;
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
+    /// An error of a core operation, with the status its kind calls for.
+    pub fn from_op<E: HttpStatus + std::error::Error>(e: E) -> ApiError {
+        ApiError::new(e.status(), one_line(&e))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(status = %self.status, "{}", self.message);
+        }
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+/// The error and its causes on one line, each cause said once.
+pub fn one_line(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
+/// The HTTP status an error of the core calls for.
+pub trait HttpStatus {
+    fn status(&self) -> StatusCode;
+}
+
+const BAD: StatusCode = StatusCode::BAD_REQUEST;
+const MISSING: StatusCode = StatusCode::NOT_FOUND;
+const CONFLICT: StatusCode = StatusCode::CONFLICT;
+const FAILED: StatusCode = StatusCode::INTERNAL_SERVER_ERROR;
+
+impl HttpStatus for NameError {
+    fn status(&self) -> StatusCode {
+        BAD
+    }
+}
+
+impl HttpStatus for VmError {
+    fn status(&self) -> StatusCode {
+        match self {
+            VmError::NotFound(_) => MISSING,
+            VmError::Exists(_) | VmError::NotRunning(_) => CONFLICT,
+            _ => FAILED,
+        }
+    }
+}
+
+impl HttpStatus for DiskError {
+    fn status(&self) -> StatusCode {
+        match self {
+            DiskError::Missing(_)
+            | DiskError::FormatMismatch { .. }
+            | DiskError::UnsupportedFormat { .. }
+            | DiskError::BadArg(..)
+            | DiskError::QemuImg { .. } => BAD,
+            _ => FAILED,
+        }
+    }
+}
+
+impl HttpStatus for ReadyError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ReadyError::NotForwarded(_) | ReadyError::Regex(_) => BAD,
+            _ => FAILED,
+        }
+    }
+}
+
+impl HttpStatus for AgentError {
+    fn status(&self) -> StatusCode {
+        FAILED
+    }
+}
+
+impl HttpStatus for BootError {
+    fn status(&self) -> StatusCode {
+        match self {
+            BootError::Spec(_) | BootError::NoNet => BAD,
+            BootError::Vm(e) => e.status(),
+            BootError::Disk(e) => e.status(),
+            BootError::Ready(e) => e.status(),
+            BootError::PortInUse(_) => CONFLICT,
+            _ => FAILED,
+        }
+    }
+}
+
+impl HttpStatus for ExecError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ExecError::Vm(e) => e.status(),
+            ExecError::Agent(e) => e.status(),
+        }
+    }
+}
+
+impl HttpStatus for SnapshotError {
+    fn status(&self) -> StatusCode {
+        match self {
+            SnapshotError::Vm(e) => e.status(),
+            SnapshotError::TagExists(_) | SnapshotError::CloneNotSupported(_) => CONFLICT,
+            _ => FAILED,
+        }
+    }
+}
+
+impl HttpStatus for SnapshotCheckError {
+    fn status(&self) -> StatusCode {
+        match self {
+            SnapshotCheckError::UnknownTag(_) => MISSING,
+            _ => FAILED,
+        }
+    }
+}
+
+impl HttpStatus for RestoreError {
+    fn status(&self) -> StatusCode {
+        match self {
+            RestoreError::Check(e) => e.status(),
+            RestoreError::Vm(e) => e.status(),
+            RestoreError::Count => BAD,
+            RestoreError::Ready(e) => e.status(),
+            RestoreError::Disk(e) => e.status(),
+            RestoreError::Clone { source, .. } => source.status(),
+            _ => FAILED,
+        }
+    }
+}
+
+impl HttpStatus for RemoveSnapshotError {
+    fn status(&self) -> StatusCode {
+        match self {
+            RemoveSnapshotError::UnknownTag(_) => MISSING,
+            _ => FAILED,
+        }
+    }
+}
+
+impl HttpStatus for PoolError {
+    fn status(&self) -> StatusCode {
+        match self {
+            PoolError::Check(e) => e.status(),
+            PoolError::Size(_) => BAD,
+        }
+    }
+}
+
+impl HttpStatus for thaw::guest::GuestBuildError {
+    fn status(&self) -> StatusCode {
+        FAILED
+    }
+}
+
+impl HttpStatus for crate::db::DbError {
+    fn status(&self) -> StatusCode {
+        FAILED
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_said_once_on_one_line() {
+        let e = VmError::Io {
+            step: "create",
+            path: "/h/vms/x".into(),
+            source: std::io::Error::other("disk full"),
+        };
+        assert_eq!(one_line(&e), "could not create /h/vms/x: disk full");
+        let e = BootError::Exited("bad kernel".into());
+        assert_eq!(
+            one_line(&e),
+            "QEMU exited before the guest was ready: bad kernel"
+        );
+    }
+
+    #[test]
+    fn statuses_follow_what_went_wrong() {
+        let name: thaw::VmName = "web".parse().unwrap();
+        let tag: thaw::SnapshotTag = "base".parse().unwrap();
+        assert_eq!(VmError::NotFound(name.clone()).status(), MISSING);
+        assert_eq!(
+            BootError::Vm(VmError::Exists(name.clone())).status(),
+            CONFLICT
+        );
+        assert_eq!(
+            RestoreError::Check(SnapshotCheckError::UnknownTag(tag.clone())).status(),
+            MISSING
+        );
+        let nested = RestoreError::Clone {
+            name: name.clone(),
+            source: Box::new(RestoreError::Vm(VmError::Exists(name))),
+        };
+        assert_eq!(nested.status(), CONFLICT);
+        assert_eq!(RemoveSnapshotError::UnknownTag(tag).status(), MISSING);
+        assert_eq!(PoolError::Size(1000).status(), BAD);
+        assert_eq!("a/b".parse::<thaw::VmName>().unwrap_err().status(), BAD);
+    }
+}

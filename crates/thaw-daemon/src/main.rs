@@ -1,0 +1,65 @@
+//! `thawd`: parse, serve until SIGTERM/SIGINT, map errors to an exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use thaw_daemon::{serve, ServeConfig};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Parser)]
+#[command(
+    name = "thawd",
+    version,
+    about = "The thaw daemon: thaw's operations as an HTTP/JSON API on a Unix socket",
+    long_about = "The thaw daemon: thaw's operations as an HTTP/JSON API on a Unix socket \
+        (see docs/api.md), a warm pool of clones per snapshot, and state in \
+        $THAW_HOME/thawd.db that a restarted daemon picks up.\n\n\
+        SIGTERM or SIGINT ends it gracefully: pooled processes end, VMs keep running."
+)]
+struct Args {
+    /// The socket to listen on [default: $THAW_HOME/thawd.sock].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// The most VMs at once (booted and restored, counting those starting); requests
+    /// beyond it get 429.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    max_vms: u32,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("THAW_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = ServeConfig::new(thaw::Home::from_env());
+    if let Some(socket) = args.socket {
+        config.socket = socket;
+    }
+    config.max_vms = args.max_vms;
+
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = runtime.block_on(async {
+        // Installed before serving starts, so that an early SIGTERM is graceful too.
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        serve(config, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("thawd: error: {}", thaw_daemon::one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

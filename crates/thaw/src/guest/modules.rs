@@ -141,12 +141,12 @@ pub(crate) fn module_name(file_name: &str) -> Option<String> {
 /// A module's plain contents, uncompressed with the matching tool if it is compressed.
 fn decompress(path: &Path) -> Result<Vec<u8>, GuestBuildError> {
     let name = path.to_string_lossy();
-    let tool = if name.ends_with(".xz") {
-        "xz"
+    let (tool, package) = if name.ends_with(".xz") {
+        ("xz", "xz-utils")
     } else if name.ends_with(".zst") {
-        "zstd"
+        ("zstd", "zstd")
     } else if name.ends_with(".gz") {
-        "gzip"
+        ("gzip", "gzip")
     } else {
         return fs::read(path).map_err(io_err("read a kernel module", path));
     };

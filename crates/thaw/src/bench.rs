@@ -1,5 +1,6 @@
-//! `thaw bench`: cold boot against restore of the default guest, to the same readiness
-//! (the guest agent answers), measured in one run on one machine.
+//! `thaw bench`: cold boot against restore of a guest (the default one, or a profile),
+//! to the same readiness (the guest agent answers, plus the profile's own check, e.g.
+//! Redis answering PING), measured in one run on one machine.
 //!
 //! For each RAM size: `runs` cold boots, `runs` snapshots of a running VM (pause
 //! time), and `runs` restores of one snapshot (request → vCPUs running, and request →
@@ -11,12 +12,12 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::accel::Accel;
-use crate::guest::GuestImage;
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::ops;
 use crate::pool::{Pool, PoolConfig};
 use crate::qemu::Qemu;
-use crate::spec::MachineSpec;
+use crate::ready::ReadySpec;
+use crate::spec::{MachineSpec, PortForward};
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -26,7 +27,14 @@ pub struct BenchConfig {
     pub cold_runs: u32,
     /// One row of figures per size; the first is the headline.
     pub memory_mib: Vec<u32>,
-    pub guest: GuestImage,
+    /// The machine to boot; its memory is replaced by each of `memory_mib`.
+    pub spec: MachineSpec,
+    /// Port forwards for the cold boots (clones get their own host ports).
+    pub forwards: Vec<PortForward>,
+    /// Readiness besides the agent, for cold boots and restores alike.
+    pub ready: ReadySpec,
+    /// What the table calls the guest ("default guest", "debian").
+    pub guest_name: String,
     pub accel: Accel,
     /// Take restores from a warm pool of this size and mode.
     pub pool: Option<PoolConfig>,
@@ -84,6 +92,9 @@ pub struct BenchReport {
     pub machine: Machine,
     pub runs: u32,
     pub cold_runs: u32,
+    pub guest: String,
+    /// What "ready" meant: "agent", or "agent + <check>".
+    pub ready: String,
     /// The warm pool restores were taken from, if any.
     pub pool: Option<PoolConfig>,
     pub memory_mib: u32,
@@ -150,6 +161,12 @@ pub async fn run(
         machine: machine(qemu, cfg.accel),
         runs: cfg.runs,
         cold_runs: cfg.cold_runs,
+        guest: cfg.guest_name.clone(),
+        ready: match (cfg.ready.port, cfg.ready.redis_ping) {
+            (Some(p), true) => format!("agent + redis PING on guest port {p}"),
+            (Some(p), false) => format!("agent + guest port {p}"),
+            _ => "agent".into(),
+        },
         pool: cfg.pool,
         memory_mib: first.memory_mib,
         cold_boot_ms: first.cold_boot_ms,
@@ -171,15 +188,8 @@ async fn run_in(
     let mut sizes = Vec::new();
     for &mem in &cfg.memory_mib {
         let spec = MachineSpec {
-            machine: "pc".into(),
             memory_mib: mem,
-            cpus: 1,
-            kernel: cfg.guest.kernel.clone(),
-            initrd: Some(cfg.guest.initrd.clone()),
-            cmdline: cfg.guest.cmdline.clone(),
-            accel: cfg.accel,
-            disks: vec![],
-            net: Some(crate::spec::NetSpec::default()),
+            ..cfg.spec.clone()
         };
         let name = |kind: &str, i: u32| -> VmName {
             format!("m{mem}-{kind}-{i}").parse().expect("valid name")
@@ -193,8 +203,8 @@ async fn run_in(
             let req = ops::BootRequest {
                 name: name("cold", i),
                 spec: spec.clone(),
-                forwards: Vec::new(),
-                ready: Default::default(),
+                forwards: cfg.forwards.clone(),
+                ready: cfg.ready.clone(),
                 timeout: Duration::from_secs(300),
             };
             let r = ops::boot(home, qemu, &req).await?;
@@ -249,7 +259,7 @@ async fn run_in(
                 verify: false,
                 timeout: Duration::from_secs(60),
                 keep_vmgenid: false,
-                ready: Default::default(),
+                ready: cfg.ready.clone(),
                 exec_after: None,
             };
             let r = ops::restore_from(home, qemu, &req, pool.as_ref().map(|(p, _)| p)).await?;
@@ -339,8 +349,8 @@ impl BenchReport {
             None => String::new(),
         };
         let mut s = format!(
-            "thaw bench: {} restores, {} cold boots, default guest, {} on QEMU {}{pool}\nmachine: {} ({} cores, {} GiB), Linux {}\n\n",
-            self.runs, self.cold_runs, m.accel, m.qemu, m.cpu, m.cores, m.memory_gib, m.kernel
+            "thaw bench: {} restores, {} cold boots, {} (ready = {}), {} on QEMU {}{pool}\nmachine: {} ({} cores, {} GiB), Linux {}\n\n",
+            self.runs, self.cold_runs, self.guest, self.ready, m.accel, m.qemu, m.cpu, m.cores, m.memory_gib, m.kernel
         );
         s.push_str(&format!(
             "{:>7}  {:<32} {:>10} {:>10} {:>10}\n",

@@ -148,26 +148,24 @@ impl Env {
 
     /// Names under `$THAW_HOME/snapshots` (including temporary ones).
     pub fn snapshot_dirs(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.path().join("snapshots"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
+        dir_names(&self.path().join("snapshots"))
     }
 
     pub fn vm_dirs(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.path().join("vms"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
+        dir_names(&self.path().join("vms"))
     }
+}
+
+/// Sorted names of a directory's entries (none if it does not exist).
+fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
 }
 
 impl Drop for Env {

@@ -52,13 +52,18 @@ where
         } else {
             &bytes
         };
-        serde_json::from_slice(text).map(ApiJson).map_err(|e| {
-            let status = if e.is_data() {
-                StatusCode::UNPROCESSABLE_ENTITY
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            ApiError::new(status, format!("invalid request body: {e}"))
+        // Syntax first, shape second: a truncated body is a 400 whatever it held.
+        let value: serde_json::Value = serde_json::from_slice(text).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("invalid request body: {e}"),
+            )
+        })?;
+        serde_json::from_value(value).map(ApiJson).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("invalid request body: {e}"),
+            )
         })
     }
 }

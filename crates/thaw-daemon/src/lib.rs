@@ -14,6 +14,8 @@ pub mod client;
 mod db;
 mod error;
 mod extract;
+pub mod keeper;
+mod outlive;
 mod recover;
 mod socket;
 
@@ -81,8 +83,8 @@ pub enum ServeError {
     Serve(#[source] std::io::Error),
 }
 
-/// Runs the daemon until `shutdown` completes, then ends the pool's processes (VMs
-/// keep running) and removes the socket.
+/// Runs the daemon until `shutdown` completes, then ends the pool's processes (VMs,
+/// also clones taken from the pool, keep running) and removes the socket.
 ///
 /// # Errors
 /// When another daemon runs for the same home or answers on the socket, when the
@@ -97,7 +99,7 @@ pub async fn serve(
         path: home.root().to_owned(),
         source,
     })?;
-    let _lock = socket::lock_home(&home)?;
+    let _lock = socket::lock_home(&home).await?;
     socket::ensure_free(&config.socket).await?;
     let db = Arc::new(db::Db::open(&home.root().join(db::DB_FILE))?);
     let qemu = Qemu::find(&thaw::guest::cache_dir())?;
@@ -112,12 +114,20 @@ pub async fn serve(
         );
     }
     let observer = Arc::new(recover::DbObserver(db.clone()));
-    let pool = Pool::new(home.clone(), qemu.clone(), accel, Some(observer));
-    for (tag, config) in db.pool_configs()? {
+    let _keeper = keeper::spawn(&home);
+    let pool_qemu = outlive::pool_qemu(&home, &qemu);
+    let pool = Pool::new(home.clone(), pool_qemu, accel, Some(observer));
+    // From here on the pool runs processes: errors are logged, not returned, so that
+    // the pool is always shut down below.
+    let configs = db.pool_configs().unwrap_or_else(|e| {
+        tracing::error!("pools not restored: {}", one_line(&e));
+        Vec::new()
+    });
+    for (tag, config) in configs {
         if let Err(e) = pool.configure(&tag, config) {
             tracing::warn!(%tag, "pool not restored: {}", one_line(&e));
             if matches!(e, PoolError::Check(SnapshotCheckError::UnknownTag(_))) {
-                db.remove_pool_config(&tag)?;
+                let _ = db.remove_pool_config(&tag);
             }
         }
     }

@@ -25,16 +25,23 @@ struct Args {
     /// beyond it get 429.
     #[arg(long, default_value_t = 64, value_name = "N")]
     max_vms: u32,
+    /// Run as the pool keeper of the daemon for HOME (started by the daemon itself).
+    #[arg(long = "pool-keeper", value_name = "HOME", hide = true)]
+    pool_keeper: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(home) = args.pool_keeper {
+        return thaw_daemon::keeper::run(&home);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("THAW_LOG")
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let mut config = ServeConfig::new(thaw::Home::from_env());
     if let Some(socket) = args.socket {

@@ -23,7 +23,22 @@ pub(crate) struct HomeLock {
     _file: File,
 }
 
-pub(crate) fn lock_home(home: &Home) -> Result<HomeLock, ServeError> {
+/// Takes the home's lock, waiting up to two seconds: the pool keeper of a daemon that
+/// just died may hold it while it cleans up.
+pub(crate) async fn lock_home(home: &Home) -> Result<HomeLock, ServeError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match try_lock_home(home) {
+            Err(ServeError::HomeInUse(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Takes the home's lock, or fails at once with [`ServeError::HomeInUse`].
+pub(crate) fn try_lock_home(home: &Home) -> Result<HomeLock, ServeError> {
     let path = home.root().join("thawd.lock");
     let file = OpenOptions::new()
         .create(true)
@@ -149,13 +164,20 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn one_daemon_per_home() {
+    #[tokio::test]
+    async fn one_daemon_per_home() {
         let dir = tempfile::tempdir().unwrap();
         let home = Home::new(dir.path());
-        let held = lock_home(&home).unwrap();
-        assert!(matches!(lock_home(&home), Err(ServeError::HomeInUse(_))));
+        let held = lock_home(&home).await.unwrap();
+        assert!(matches!(
+            try_lock_home(&home),
+            Err(ServeError::HomeInUse(_))
+        ));
+        assert!(matches!(
+            lock_home(&home).await,
+            Err(ServeError::HomeInUse(_))
+        ));
         drop(held);
-        lock_home(&home).unwrap();
+        try_lock_home(&home).unwrap();
     }
 }

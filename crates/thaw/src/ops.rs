@@ -55,7 +55,7 @@ pub enum BootError {
     Spec(#[from] SpecError),
     #[error(transparent)]
     Vm(#[from] VmError),
-    #[error("the guest did not become ready: {0}")]
+    #[error("the guest did not become ready")]
     Agent(#[source] AgentError),
     #[error("QEMU exited before the guest was ready: {0}")]
     Exited(String),

@@ -1,0 +1,125 @@
+//! The warm pool through the API: restores come from it, it refills, both modes work,
+//! it ends with the daemon (the VMs, also clones taken from it, do not) and comes back
+//! with the next one.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, parent_of, Daemon};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pool_serves_restores_refills_and_ends_with_the_daemon() {
+    let mut d = Daemon::start(&[]).await;
+    let web = d.boot("web", json!({})).await;
+    let mut vm_pids = vec![web["pid"].as_u64().unwrap() as u32];
+    d.expect(
+        "POST",
+        "/v1/vms/web/snapshot",
+        Some(json!({"tag": "base"})),
+        201,
+    )
+    .await;
+
+    let status = d
+        .expect(
+            "PUT",
+            "/v1/snapshots/base/pool",
+            Some(json!({"size": 2, "mode": "running"})),
+            200,
+        )
+        .await;
+    assert_eq!(status["tag"], "base");
+    assert_eq!(status["size"], 2);
+    d.wait_pool_ready("base", 2).await;
+    let pooled = d.pool_processes();
+    assert_eq!(pooled.len(), 2, "two pooled QEMU processes");
+    for pid in &pooled {
+        assert_eq!(
+            parent_of(*pid),
+            Some(d.pid()),
+            "pooled processes are the daemon's"
+        );
+    }
+    assert_eq!(d.vm_names().await, ["web"], "pooled clones are not VMs yet");
+
+    let taken = d
+        .expect(
+            "POST",
+            "/v1/snapshots/base/restore",
+            Some(json!({"name": "r"})),
+            201,
+        )
+        .await;
+    assert_eq!(taken[0]["breakdown"]["source"], "pool", "{taken}");
+    assert_eq!(taken[0]["breakdown"]["spawn_ms"], 0.0);
+    vm_pids.push(taken[0]["pid"].as_u64().unwrap() as u32);
+    assert_eq!(d.sh("r", "echo from the pool").await, "from the pool\n");
+    d.wait_pool_ready("base", 2).await; // refilled
+
+    // Paused mode: the clone resumes when taken.
+    d.expect(
+        "PUT",
+        "/v1/snapshots/base/pool",
+        Some(json!({"size": 1, "mode": "paused"})),
+        200,
+    )
+    .await;
+    let pool = d.wait_pool_ready("base", 1).await;
+    assert_eq!(pool["mode"], "paused");
+    let taken = d
+        .expect(
+            "POST",
+            "/v1/snapshots/base/restore",
+            Some(json!({"name": "p"})),
+            201,
+        )
+        .await;
+    assert_eq!(taken[0]["breakdown"]["source"], "pool");
+    vm_pids.push(taken[0]["pid"].as_u64().unwrap() as u32);
+    assert_eq!(d.sh("p", "echo paused").await, "paused\n");
+    d.wait_pool_ready("base", 1).await;
+
+    // SIGTERM: the pool's processes end; the VMs, also those taken from the pool, run on.
+    assert!(d.terminate().success(), "graceful exit");
+    eventually(
+        "pooled processes and the keeper end with the daemon",
+        Duration::from_secs(10),
+        || d.pool_processes().is_empty() && d.keepers().is_empty(),
+    )
+    .await;
+    let running = d.processes();
+    for pid in &vm_pids {
+        assert!(
+            running.contains(pid),
+            "VM process {pid} ended with the daemon"
+        );
+    }
+
+    // The next daemon answers for the VMs and brings the pool back (size 1, paused).
+    d.restart().await;
+    assert_eq!(d.vm_names().await, ["p", "r", "web"]);
+    for v in d.vms().await {
+        assert_eq!(v["state"], "running", "{v}");
+    }
+    for name in ["p", "r", "web"] {
+        assert_eq!(
+            d.sh(name, "echo still here").await,
+            "still here\n",
+            "{name}"
+        );
+    }
+    let pool = d.wait_pool_ready("base", 1).await;
+    assert_eq!(pool["mode"], "paused");
+
+    // Removing the snapshot empties its pool; its clones keep working.
+    d.expect("DELETE", "/v1/snapshots/base", None, 200).await;
+    eventually(
+        "the pool of a removed snapshot empties",
+        Duration::from_secs(10),
+        || d.pool_processes().is_empty(),
+    )
+    .await;
+    assert_eq!(d.sh("p", "echo ok").await, "ok\n");
+}

@@ -57,6 +57,8 @@ pub struct Prepared {
     qmp: Qmp,
     agent: Option<Agent>,
     running: bool,
+    /// When `cont` completed, if it ran while serving a request (see `resume`).
+    resumed_at: Option<Instant>,
     pub breakdown: Breakdown,
 }
 
@@ -157,6 +159,7 @@ pub async fn prepare(
         qmp: spawned.qmp,
         agent: None,
         running: false,
+        resumed_at: None,
         breakdown: Breakdown {
             source: "spawn".into(),
             spawn_ms,
@@ -184,6 +187,7 @@ impl Prepared {
             let t = Instant::now();
             self.qmp.execute("cont", None).await?;
             self.running = true;
+            self.resumed_at = Some(Instant::now());
             self.breakdown.resume_ms = ms(t.elapsed());
         }
         Ok(())
@@ -195,6 +199,9 @@ impl Prepared {
         self.resume().await?;
         let mut agent = Agent::connect(&self.paths.agent(), timeout).await?;
         agent.set_time(SystemTime::now()).await?;
+        // Resumed before any request: nothing of it counts towards one.
+        self.resumed_at = None;
+        self.breakdown.resume_ms = 0.0;
         self.agent = Some(agent);
         Ok(())
     }
@@ -222,7 +229,11 @@ impl Prepared {
         t0: Instant,
     ) -> Result<RestoreReport, RestoreError> {
         self.resume().await?;
-        let restore_ms = ms(t0.elapsed());
+        // vCPUs running: when `cont` completed, or now for a clone that was running.
+        let restore_ms = ms(self
+            .resumed_at
+            .unwrap_or_else(Instant::now)
+            .saturating_duration_since(t0));
         let t1 = Instant::now();
         // The agent is resynchronised (it may have been mid-request at the snapshot)
         // and the guest clock, frozen at the snapshot, is set from the host.

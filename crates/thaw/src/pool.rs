@@ -203,6 +203,12 @@ impl Pool {
         self.refill(tag);
         let pool_id = prepared.state.name.clone();
         let t_take = Instant::now();
+        // vCPUs first (a paused clone is resumed now); naming it is host bookkeeping.
+        if let Err(e) = prepared.resume().await {
+            prepared.discard().await;
+            self.removed(&pool_id);
+            return Some(Err(e));
+        }
         if let Err(e) = prepared.rename(&self.home, name) {
             prepared.discard().await;
             self.removed(&pool_id);

@@ -32,6 +32,7 @@ command -v qemu-img >/dev/null || missing+=(qemu-utils)
 [ -x /bin/busybox ] && file_is_static=$( (ldd /bin/busybox 2>&1 || true) | grep -c 'not a dynamic' ) || file_is_static=0
 [ "$file_is_static" = 1 ] || missing+=(busybox-static)
 [ -x /usr/sbin/qemu-ga ] || missing+=(qemu-guest-agent)
+[ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || missing+=(debian-archive-keyring)
 command -v cpio >/dev/null || missing+=(cpio)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)

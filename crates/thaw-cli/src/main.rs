@@ -121,9 +121,14 @@ struct BootArgs {
     /// Kernel command line (default: the default guest's).
     #[arg(long)]
     append: Option<String>,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 256)]
-    memory: u32,
+    /// The guest to boot when no --kernel is given: `default` (busybox + agent in an
+    /// initramfs) or `debian` (Debian bookworm with systemd and redis on a disk image;
+    /// guest port 6379 is forwarded).
+    #[arg(long, default_value = "default", conflicts_with = "kernel")]
+    profile: Profile,
+    /// Guest memory in MiB (default 256; 512 for the debian profile).
+    #[arg(long)]
+    memory: Option<u32>,
     /// Virtual CPUs.
     #[arg(long, default_value_t = 1)]
     cpus: u32,
@@ -228,10 +233,13 @@ struct BenchArgs {
     /// many pooled restores.
     #[arg(long)]
     cold_runs: Option<u32>,
-    /// Guest memory in MiB; give it twice (e.g. --memory 256 --memory 2048) to compare
-    /// restore times across RAM sizes in one run.
-    #[arg(long, default_values_t = [256])]
+    /// Guest memory in MiB (default 256; 512 for debian); give it twice (e.g. --memory
+    /// 256 --memory 2048) to compare restore times across RAM sizes in one run.
+    #[arg(long)]
     memory: Vec<u32>,
+    /// The guest: `default`, or `debian` (ready = redis answers PING).
+    #[arg(long, default_value = "default")]
+    profile: Profile,
     /// Take the restores from a warm pool of this many clones.
     #[arg(long, value_name = "K")]
     pool: Option<u32>,
@@ -248,7 +256,75 @@ enum GuestCommand {
         /// Rebuild even if it is already built.
         #[arg(long)]
         force: bool,
+        /// Which guest: `default` or `debian`.
+        #[arg(long, default_value = "default")]
+        profile: Profile,
     },
+}
+
+/// The guests thaw builds itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Profile {
+    Default,
+    Debian,
+}
+
+impl std::str::FromStr for Profile {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "default" => Ok(Profile::Default),
+            "debian" => Ok(Profile::Debian),
+            other => Err(format!("unknown profile {other:?} (use default or debian)")),
+        }
+    }
+}
+
+impl Profile {
+    fn memory_mib(self) -> u32 {
+        match self {
+            Profile::Default => 256,
+            Profile::Debian => 512,
+        }
+    }
+}
+
+/// Redis in the debian profile.
+const REDIS_PORT: u16 = 6379;
+
+/// A profile's machine: kernel, initrd, command line, and its disk if it has one.
+struct ProfileGuest {
+    kernel: PathBuf,
+    initrd: PathBuf,
+    cmdline: String,
+    disks: Vec<thaw::spec::DiskSpec>,
+}
+
+fn profile_guest(profile: Profile, json: bool) -> Result<ProfileGuest> {
+    let cache = thaw::guest::cache_dir();
+    Ok(match profile {
+        Profile::Default => {
+            let g = thaw::guest::ensure_default_guest(&cache, &mut progress(json))
+                .context("could not build the default guest")?;
+            ProfileGuest {
+                kernel: g.kernel,
+                initrd: g.initrd,
+                cmdline: g.cmdline,
+                disks: Vec::new(),
+            }
+        }
+        Profile::Debian => {
+            let g = thaw::guest::ensure_debian_guest(&cache, &mut progress(json))
+                .context("could not build the debian guest")?;
+            let disk = thaw::disk::resolve(&format!("{},format=qcow2", g.disk.display()))?;
+            ProfileGuest {
+                kernel: g.kernel,
+                initrd: g.initrd,
+                cmdline: g.cmdline,
+                disks: vec![disk],
+            }
+        }
+    })
 }
 
 fn main() -> ExitCode {
@@ -461,27 +537,44 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Bench(args) => {
             let qemu = Qemu::find(&thaw::guest::cache_dir())?;
-            let guest =
-                thaw::guest::ensure_default_guest(&thaw::guest::cache_dir(), &mut progress(json))
-                    .context("could not build the default guest")?;
+            let g = profile_guest(args.profile, json)?;
+            let debian = args.profile == Profile::Debian;
+            let memory = if args.memory.is_empty() {
+                vec![args.profile.memory_mib()]
+            } else {
+                args.memory
+            };
+            let redis = thaw::spec::PortForward {
+                host: 0,
+                guest: REDIS_PORT,
+            };
             let cfg = thaw::bench::BenchConfig {
                 runs: args.runs,
                 cold_runs: args.cold_runs.unwrap_or(args.runs),
-                memory_mib: args.memory,
+                memory_mib: memory,
                 spec: MachineSpec {
                     machine: "pc".into(),
-                    memory_mib: 256,
+                    memory_mib: 0,
                     cpus: 1,
-                    kernel: guest.kernel,
-                    initrd: Some(guest.initrd),
-                    cmdline: guest.cmdline,
+                    kernel: g.kernel,
+                    initrd: Some(g.initrd),
+                    cmdline: g.cmdline,
                     accel: Accel::detect(),
-                    disks: Vec::new(),
+                    disks: g.disks,
                     net: Some(thaw::spec::NetSpec::default()),
                 },
-                forwards: Vec::new(),
-                ready: Default::default(),
-                guest_name: "default guest".into(),
+                forwards: if debian { vec![redis] } else { Vec::new() },
+                ready: thaw::ready::ReadySpec {
+                    port: debian.then_some(REDIS_PORT),
+                    redis_ping: debian,
+                    serial: None,
+                },
+                guest_name: if debian {
+                    "debian guest"
+                } else {
+                    "default guest"
+                }
+                .into(),
                 accel: Accel::detect(),
                 pool: args.pool.map(|size| thaw::pool::PoolConfig {
                     size,
@@ -492,20 +585,31 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             emit(json, &report, thaw::bench::BenchReport::table)?;
         }
         Command::Guest {
-            command: GuestCommand::Build { force },
+            command: GuestCommand::Build { force, profile },
         } => {
-            let g = thaw::guest::build_default_guest(
-                &thaw::guest::cache_dir(),
-                force,
-                &mut progress(json),
-            )?;
-            emit(json, &g, |g| {
-                format!(
-                    "default guest: kernel {}, initrd {}",
-                    g.kernel.display(),
-                    g.initrd.display()
-                )
-            })?;
+            let cache = thaw::guest::cache_dir();
+            match profile {
+                Profile::Default => {
+                    let g = thaw::guest::build_default_guest(&cache, force, &mut progress(json))?;
+                    emit(json, &g, |g| {
+                        format!(
+                            "default guest: kernel {}, initrd {}",
+                            g.kernel.display(),
+                            g.initrd.display()
+                        )
+                    })?;
+                }
+                Profile::Debian => {
+                    let g = thaw::guest::build_debian_guest(&cache, force, &mut progress(json))?;
+                    emit(json, &g, |g| {
+                        format!(
+                            "debian guest: disk {}, kernel {}",
+                            g.disk.display(),
+                            g.kernel.display()
+                        )
+                    })?;
+                }
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -524,33 +628,38 @@ async fn shutdown_signal() {
 /// Turns `thaw boot`'s arguments into a request (building the default guest if no
 /// kernel is given).
 fn boot_request(args: BootArgs, json: bool) -> Result<ops::BootRequest> {
-    let (kernel, initrd, default_append) = match args.kernel {
+    let mut forwards = args.ports;
+    let (kernel, initrd, default_append, mut disks) = match args.kernel {
         Some(k) => (
             std::path::absolute(&k)?,
             args.initrd.map(std::path::absolute).transpose()?,
             None,
+            Vec::new(),
         ),
         None => {
-            let g =
-                thaw::guest::ensure_default_guest(&thaw::guest::cache_dir(), &mut progress(json))
-                    .context("could not build the default guest")?;
-            (g.kernel, Some(g.initrd), Some(g.cmdline))
+            let g = profile_guest(args.profile, json)?;
+            let redis_forwarded = forwards.iter().any(|f| f.guest == REDIS_PORT);
+            if args.profile == Profile::Debian && !args.no_net && !redis_forwarded {
+                forwards.push(thaw::spec::PortForward {
+                    host: 0,
+                    guest: REDIS_PORT,
+                });
+            }
+            (g.kernel, Some(g.initrd), Some(g.cmdline), g.disks)
         }
     };
     let cmdline = args
         .append
         .or(default_append)
         .unwrap_or_else(|| "console=ttyS0".to_owned());
-    let disks = args
-        .disks
-        .iter()
-        .map(|d| thaw::disk::resolve(d))
-        .collect::<Result<Vec<_>, _>>()?;
+    for d in &args.disks {
+        disks.push(thaw::disk::resolve(d)?);
+    }
     Ok(ops::BootRequest {
         name: args.name,
         spec: MachineSpec {
             machine: args.machine,
-            memory_mib: args.memory,
+            memory_mib: args.memory.unwrap_or(args.profile.memory_mib()),
             cpus: args.cpus,
             kernel,
             initrd,
@@ -559,7 +668,7 @@ fn boot_request(args: BootArgs, json: bool) -> Result<ops::BootRequest> {
             disks,
             net: (!args.no_net).then(thaw::spec::NetSpec::default),
         },
-        forwards: args.ports,
+        forwards,
         ready: args.ready.spec(),
         timeout: Duration::from_secs(args.timeout),
     })

@@ -1,5 +1,6 @@
-//! The default guest's initramfs: static busybox, Debian's qemu-ga with the shared
-//! libraries it loads, and the `/init` script, written as an uncompressed newc cpio.
+//! The guests' initramfs, written as an uncompressed newc cpio: static busybox and an
+//! `/init` script; for the default guest also Debian's qemu-ga with the shared libraries it
+//! loads.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -80,30 +81,16 @@ impl Tree {
     }
 }
 
-/// Collects the guest's files from the host. `progress` gets one line.
+/// Collects the default guest's files from the host: [`busybox_tree`] with [`INIT_SCRIPT`],
+/// and qemu-ga with its shared libraries. `progress` gets one line.
 pub(crate) fn collect(progress: &mut dyn FnMut(&str)) -> Result<Tree, GuestBuildError> {
-    let mut tree = Tree::default();
-    for dir in [
-        "proc", "sys", "dev", "tmp", "run", "root", "etc", "bin", "sbin", "usr/bin", "usr/sbin",
-    ] {
+    let mut tree = busybox_tree(INIT_SCRIPT)?;
+    for dir in ["tmp", "run", "root"] {
         tree.dir(dir);
     }
-    // The kernel opens /dev/console for init before /init runs; without the node init
-    // would start with no stdin/stdout. devtmpfs later mounts over /dev.
-    tree.char_device("dev/console", 5, 1);
     // qemu-ga's defaults (pidfile, state) live in /var/run.
     tree.symlink("var/run", "../run");
-    tree.file("init", 0o755, INIT_SCRIPT.as_bytes().to_vec());
     tree.file("etc/hostname", 0o644, b"thaw\n".to_vec());
-
-    let busybox = read(BUSYBOX, "busybox-static", "read busybox")?;
-    if elf_is_dynamic(&busybox) != Some(false) {
-        return Err(GuestBuildError::BusyboxNotStatic {
-            path: BUSYBOX.into(),
-        });
-    }
-    tree.file(BUSYBOX, 0o755, busybox);
-    tree.symlink("bin/sh", "busybox");
     // qemu-ga's guest-set-time runs /sbin/hwclock -w after settimeofday and fails the
     // command when that cannot run.
     tree.symlink("sbin/hwclock", "../bin/busybox");
@@ -128,6 +115,31 @@ pub(crate) fn collect(progress: &mut dyn FnMut(&str)) -> Result<Tree, GuestBuild
         })?;
         tree.file(&lib.to_string_lossy(), 0o755, data);
     }
+    Ok(tree)
+}
+
+/// The smallest initramfs: `init` as `/init`, static busybox as `/bin/busybox` (and
+/// `/bin/sh`), `/dev/console`, the mount points `proc`, `sys`, `dev`, and the directories
+/// `busybox --install` fills.
+pub(crate) fn busybox_tree(init: &str) -> Result<Tree, GuestBuildError> {
+    let mut tree = Tree::default();
+    for dir in [
+        "proc", "sys", "dev", "etc", "bin", "sbin", "usr/bin", "usr/sbin",
+    ] {
+        tree.dir(dir);
+    }
+    // The kernel opens /dev/console for init before /init runs; without the node init
+    // would start with no stdin/stdout. devtmpfs later mounts over /dev.
+    tree.char_device("dev/console", 5, 1);
+    tree.file("init", 0o755, init.as_bytes().to_vec());
+    let busybox = read(BUSYBOX, "busybox-static", "read busybox")?;
+    if elf_is_dynamic(&busybox) != Some(false) {
+        return Err(GuestBuildError::BusyboxNotStatic {
+            path: BUSYBOX.into(),
+        });
+    }
+    tree.file(BUSYBOX, 0o755, busybox);
+    tree.symlink("bin/sh", "busybox");
     Ok(tree)
 }
 

@@ -9,6 +9,9 @@
 //! `org.qemu.guest_agent.0`, waits for the kernel's RNG, prints [`READY_LINE`] on the
 //! serial console and then idles forever.
 //!
+//! [`debian_guest`] and its builders make the other guest, Debian with systemd, the agent
+//! and redis on a disk image; see the `debian` module.
+//!
 //! Built guests live in `<cache>/guests/default/` as `vmlinuz`, `initrd.cpio` and
 //! `guest.json` (what was built, from which package, with BLAKE3 hashes). A build happens
 //! in a scratch directory beside it that is renamed into place, under an exclusive lock
@@ -16,9 +19,13 @@
 //! leaves a half-built guest.
 
 mod cpio;
+mod debian;
 mod initramfs;
 mod kernel;
 mod modules;
+mod rootfs;
+
+pub use debian::{build_debian_guest, debian_guest, ensure_debian_guest, DiskGuest};
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -113,6 +120,23 @@ pub enum GuestBuildError {
         binary.display()
     )]
     MissingLibrary { binary: PathBuf, library: String },
+    #[error("building the {guest} guest needs root ({why}): run it as root")]
+    NeedsRoot {
+        guest: &'static str,
+        why: &'static str,
+    },
+    #[error("debootstrap failed: {stderr_line} (its log: {})", log.display())]
+    Debootstrap { stderr_line: String, log: PathBuf },
+    #[error("could not {step}: {stderr_line}")]
+    Command {
+        step: &'static str,
+        stderr_line: String,
+    },
+    #[error(
+        "{} is still mounted (left by an interrupted build): unmount it, then build again",
+        path.display()
+    )]
+    Mounted { path: PathBuf },
     #[error("could not {step} at {}", path.display())]
     Io {
         step: &'static str,
@@ -187,7 +211,7 @@ fn default_dir(cache: &Path) -> PathBuf {
 pub fn default_guest(cache: &Path) -> Option<GuestImage> {
     // Absolute, so that the paths still hold for a QEMU started in another directory.
     let dir = std::path::absolute(default_dir(cache)).ok()?;
-    let manifest = read_manifest(&dir.join(MANIFEST_FILE))?;
+    let manifest: GuestManifest = read_json(&dir.join(MANIFEST_FILE))?;
     if manifest.format != MANIFEST_FORMAT || manifest.recipe != recipe(CMDLINE) {
         return None;
     }
@@ -205,7 +229,7 @@ pub fn default_guest(cache: &Path) -> Option<GuestImage> {
     })
 }
 
-fn read_manifest(path: &Path) -> Option<GuestManifest> {
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
     let mut text = String::new();
     File::open(path)
         .ok()?
@@ -239,7 +263,7 @@ pub fn build_default_guest(
     force: bool,
     progress: &mut dyn FnMut(&str),
 ) -> Result<GuestImage, GuestBuildError> {
-    let _lock = lock(cache)?;
+    let _lock = lock(cache, "default")?;
     if !force {
         if let Some(guest) = default_guest(cache) {
             return Ok(guest);
@@ -260,12 +284,12 @@ pub fn ensure_default_guest(
     build_default_guest(cache, false, progress)
 }
 
-/// Takes the exclusive build lock, blocking until whoever holds it is done. It is released
-/// when the returned file is closed, also when the process dies.
-fn lock(cache: &Path) -> Result<File, GuestBuildError> {
+/// Takes the exclusive lock for building the guest `name`, blocking until whoever holds it
+/// is done. It is released when the returned file is closed, also when the process dies.
+fn lock(cache: &Path, name: &str) -> Result<File, GuestBuildError> {
     let guests = guests_dir(cache);
     fs::create_dir_all(&guests).map_err(io_err("create the guest cache", &guests))?;
-    let path = guests.join("default.lock");
+    let path = guests.join(format!("{name}.lock"));
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -282,18 +306,47 @@ fn lock(cache: &Path) -> Result<File, GuestBuildError> {
     }
 }
 
-/// Builds into a scratch directory and renames the result into place. The caller holds
-/// the lock, so no one else is building and leftovers of crashed builds can go.
+/// Builds the default guest and reads it back. The caller holds the lock.
 fn build_locked(
     cache: &Path,
     progress: &mut dyn FnMut(&str),
 ) -> Result<GuestImage, GuestBuildError> {
+    let dest = build_atomically(cache, "default", progress, build_into)?;
+    let guest = default_guest(cache).ok_or_else(|| unreadable(&dest))?;
+    tracing::info!(dir = %dest.display(), "built the default guest");
+    progress(&format!("built the default guest in {}", dest.display()));
+    Ok(guest)
+}
+
+fn unreadable(dir: &Path) -> GuestBuildError {
+    GuestBuildError::Io {
+        step: "read back the built guest",
+        path: dir.to_owned(),
+        source: io::Error::new(io::ErrorKind::InvalidData, "guest.json is unreadable"),
+    }
+}
+
+/// Runs `build` in a scratch directory `<cache>/guests/.<name>.build-<pid>/`, which must
+/// leave the guest's files in `out/` there, and renames `out` to `<cache>/guests/<name>`.
+/// The caller holds the lock for `name`, so no one else is building it and leftovers of
+/// crashed builds can go.
+fn build_atomically(
+    cache: &Path,
+    name: &str,
+    progress: &mut dyn FnMut(&str),
+    build: impl FnOnce(&Path, &mut dyn FnMut(&str)) -> Result<(), GuestBuildError>,
+) -> Result<PathBuf, GuestBuildError> {
     let guests = guests_dir(cache);
-    remove_stale_builds(&guests)?;
-    let scratch = guests.join(format!(".default.build-{}", std::process::id()));
+    let prefix = format!(".{name}.build-");
+    fs::create_dir_all(&guests).map_err(io_err("create the guest cache", &guests))?;
+    // Absolute, for the tools that run in other directories (chroot, debootstrap).
+    let guests =
+        std::path::absolute(&guests).map_err(io_err("resolve the guest cache", &guests))?;
+    remove_stale_builds(&guests, &prefix)?;
+    let scratch = guests.join(format!("{prefix}{}", std::process::id()));
     fs::create_dir_all(&scratch).map_err(io_err("create the build directory", &scratch))?;
-    let built = build_into(&scratch, progress).and_then(|()| {
-        let dest = default_dir(cache);
+    let built = build(&scratch, progress).and_then(|()| {
+        let dest = guests.join(name);
         if dest.exists() {
             let old = scratch.join("old");
             fs::rename(&dest, &old).map_err(io_err("move the previous guest away", &dest))?;
@@ -303,32 +356,87 @@ fn build_locked(
         sync_dir(&guests)?;
         Ok(dest)
     });
-    // Scratch holds the .deb, its unpacked tree and the replaced guest; all disposable.
-    let _ = fs::remove_dir_all(&scratch);
+    // Scratch holds downloads, unpacked trees and the replaced guest; all disposable.
+    let cleaned = remove_scratch(&scratch);
     let dest = built?;
-    let guest = default_guest(cache).ok_or_else(|| GuestBuildError::Io {
-        step: "read back the built guest",
-        path: dest.clone(),
-        source: io::Error::new(io::ErrorKind::InvalidData, "guest.json is unreadable"),
-    })?;
-    tracing::info!(dir = %dest.display(), "built the default guest");
-    progress(&format!("built the default guest in {}", dest.display()));
-    Ok(guest)
+    cleaned?;
+    Ok(dest)
 }
 
-fn remove_stale_builds(guests: &Path) -> Result<(), GuestBuildError> {
+fn remove_stale_builds(guests: &Path, prefix: &str) -> Result<(), GuestBuildError> {
     let entries = fs::read_dir(guests).map_err(io_err("list the guest cache", guests))?;
     for entry in entries.filter_map(Result::ok) {
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with(".default.build-")
-        {
-            let path = entry.path();
-            fs::remove_dir_all(&path).map_err(io_err("remove an unfinished build", &path))?;
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            remove_scratch(&entry.path())?;
         }
     }
     Ok(())
+}
+
+/// Removes a build directory, but never through a mount point: an interrupted debootstrap
+/// can leave the host's /proc, /sys or /dev mounted in its target, and deleting through
+/// those would delete the host's files. Such mounts are unmounted first.
+fn remove_scratch(dir: &Path) -> Result<(), GuestBuildError> {
+    let Ok(abs) = fs::canonicalize(dir) else {
+        return Ok(()); // already gone
+    };
+    let mounted = || {
+        fs::read_to_string("/proc/self/mountinfo")
+            .map(|info| mounts_under(&info, &abs))
+            .map_err(io_err(
+                "read the mount table",
+                Path::new("/proc/self/mountinfo"),
+            ))
+    };
+    let leftovers = mounted()?;
+    if !leftovers.is_empty() {
+        // Deepest first; --lazy detaches even what is busy.
+        for m in leftovers.iter().rev() {
+            let _ = std::process::Command::new("umount")
+                .arg("--lazy")
+                .arg(m)
+                .output();
+        }
+        if let Some(still) = mounted()?.into_iter().next() {
+            return Err(GuestBuildError::Mounted { path: still });
+        }
+    }
+    fs::remove_dir_all(&abs).map_err(io_err("remove a build directory", &abs))
+}
+
+/// The mount points in `mountinfo` (the format of /proc/self/mountinfo) at or under `dir`,
+/// in the order they were mounted.
+fn mounts_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape_mountinfo(field)))
+        .filter(|m| m.starts_with(dir))
+        .collect()
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as octal escapes (`\040`).
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            let d = std::str::from_utf8(d).ok()?;
+            u8::from_str_radix(d, 8).ok()
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Writes `scratch/out/{vmlinuz,initrd.cpio,guest.json}`, every file synced.
@@ -405,6 +513,11 @@ fn spawn_error(command: &'static str, source: io::Error) -> GuestBuildError {
         "apt-get" | "apt-cache" => "apt",
         "dpkg" => "dpkg",
         "ldd" => "libc-bin",
+        "xz" => "xz-utils",
+        "mkfs.ext4" => "e2fsprogs",
+        "qemu-img" => "qemu-utils",
+        "chroot" => "coreutils",
+        "umount" => "mount",
         other => other,
     };
     GuestBuildError::MissingTool {
@@ -561,6 +674,45 @@ mod tests {
         };
         let json = serde_json::to_string(&m).unwrap();
         assert_eq!(serde_json::from_str::<GuestManifest>(&json).unwrap(), m);
+    }
+
+    #[test]
+    fn mounts_under_a_build_directory_are_found_with_escapes() {
+        let info = "\
+22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+35 22 0:5 / /tmp/c/guests/.debian.build-7/rootfs/proc rw - proc proc rw
+36 22 0:6 / /tmp/c/guests/.debian.build-7/rootfs/sys rw - sysfs sysfs rw
+37 22 0:7 / /tmp/c/my\\040cache/x rw - tmpfs tmpfs rw
+38 22 0:8 / /tmp/c/guests/.debian.build-70 rw - tmpfs tmpfs rw
+";
+        let build = Path::new("/tmp/c/guests/.debian.build-7");
+        assert_eq!(
+            mounts_under(info, build),
+            [build.join("rootfs/proc"), build.join("rootfs/sys")]
+        );
+        assert_eq!(
+            mounts_under(info, Path::new("/tmp/c/my cache")),
+            [PathBuf::from("/tmp/c/my cache/x")]
+        );
+        assert!(mounts_under(info, Path::new("/elsewhere")).is_empty());
+    }
+
+    #[test]
+    fn scratch_removal_leaves_no_directory() {
+        let cache = tempfile::tempdir().unwrap();
+        let dest = build_atomically(cache.path(), "t", &mut |_| {}, |scratch, _| {
+            fs::create_dir_all(scratch.join("out")).unwrap();
+            fs::write(scratch.join("out/f"), b"x").unwrap();
+            fs::create_dir_all(scratch.join("junk/deep")).unwrap();
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(fs::read(dest.join("f")).unwrap(), b"x");
+        let left: Vec<_> = fs::read_dir(guests_dir(cache.path()))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, [std::ffi::OsString::from("t")]);
     }
 
     #[test]

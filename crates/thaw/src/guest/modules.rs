@@ -141,12 +141,12 @@ pub(crate) fn module_name(file_name: &str) -> Option<String> {
 /// A module's plain contents, uncompressed with the matching tool if it is compressed.
 fn decompress(path: &Path) -> Result<Vec<u8>, GuestBuildError> {
     let name = path.to_string_lossy();
-    let (tool, package) = if name.ends_with(".xz") {
-        ("xz", "xz-utils")
+    let tool = if name.ends_with(".xz") {
+        "xz"
     } else if name.ends_with(".zst") {
-        ("zstd", "zstd")
+        "zstd"
     } else if name.ends_with(".gz") {
-        ("gzip", "gzip")
+        "gzip"
     } else {
         return fs::read(path).map_err(io_err("read a kernel module", path));
     };
@@ -154,12 +154,7 @@ fn decompress(path: &Path) -> Result<Vec<u8>, GuestBuildError> {
         .arg("-dc")
         .arg(path)
         .output()
-        .map_err(|source| match spawn_error(tool, source) {
-            GuestBuildError::MissingTool { tool, .. } => {
-                GuestBuildError::MissingTool { tool, package }
-            }
-            other => other,
-        })?;
+        .map_err(|source| spawn_error(tool, source))?;
     if !output.status.success() {
         return Err(GuestBuildError::Decompress {
             path: path.to_owned(),

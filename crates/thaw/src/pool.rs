@@ -200,18 +200,19 @@ impl Pool {
             let mut slots = self.slots.lock().expect("pool lock");
             slots.get_mut(tag)?.ready.pop_front()?
         };
-        self.refill(tag);
         let pool_id = prepared.state.name.clone();
         let t_take = Instant::now();
         // vCPUs first (a paused clone is resumed now); naming it is host bookkeeping.
         if let Err(e) = prepared.resume().await {
             prepared.discard().await;
             self.removed(&pool_id);
+            self.refill(tag);
             return Some(Err(e));
         }
         if let Err(e) = prepared.rename(&self.home, name) {
             prepared.discard().await;
             self.removed(&pool_id);
+            self.refill(tag);
             return Some(Err(e.into()));
         }
         self.removed(&pool_id);
@@ -219,7 +220,11 @@ impl Pool {
         prepared.breakdown.spawn_ms = 0.0;
         prepared.breakdown.state_load_ms = 0.0;
         prepared.breakdown.take_ms = (t_take.elapsed().as_secs_f64() * 1e6).round() / 1e3;
-        Some(prepared.finish(opts, t0).await)
+        let report = prepared.finish(opts, t0).await;
+        // Refill once this clone is handed over: starting a QEMU competes for the CPU
+        // with the clone being resumed.
+        self.refill(tag);
+        Some(report)
     }
 
     /// Ends every pooled process.

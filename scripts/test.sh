@@ -14,7 +14,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== build"
 cargo build --workspace --all-targets
-echo "== default guest"
+echo "== guests (default; debian: debootstrap, a minute or two the first time)"
 ./target/debug/thaw guest build
+./target/debug/thaw guest build --profile debian
 echo "== tests"
 cargo test --workspace -- --test-threads="${THAW_TEST_THREADS:-2}"

@@ -255,6 +255,7 @@ impl Prepared {
             }
         }
         crate::ops::wait_extra_ready(
+            &self.qmp,
             &opts.ready,
             &self.state.ports,
             &self.paths,

@@ -150,10 +150,9 @@ async fn boot_in(
         record(pid).save(home)
     })
     .await?;
-    drop(spawned.qmp);
     let pid = spawned.child.id();
     wait_ready(&mut spawned.child, paths, req.timeout).await?;
-    wait_extra_ready(&req.ready, &ports, paths, t0 + req.timeout).await?;
+    wait_extra_ready(&spawned.qmp, &req.ready, &ports, paths, t0 + req.timeout).await?;
     Ok(BootReport {
         name: req.name.clone(),
         pid,
@@ -187,6 +186,7 @@ fn create_overlays(spec: &MachineSpec, paths: &VmPaths) -> Result<Vec<PathBuf>, 
 
 /// Waits for the extra readiness conditions (a port, a console line).
 pub(crate) async fn wait_extra_ready(
+    qmp: &thaw_qmp::Qmp,
     ready: &ReadySpec,
     ports: &[PortForward],
     paths: &VmPaths,
@@ -199,7 +199,7 @@ pub(crate) async fn wait_extra_ready(
             .find(|f| f.guest == guest)
             .ok_or(ReadyError::NotForwarded(guest))?
             .host;
-        ready::wait_port(host, guest, ready.redis_ping, left()).await?;
+        ready::wait_port(qmp, host, guest, ready.redis_ping, left()).await?;
     }
     if let Some(regex) = &ready.serial {
         ready::wait_serial(&paths.console(), regex, left()).await?;

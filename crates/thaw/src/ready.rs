@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use thaw_qmp::Qmp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -22,6 +23,8 @@ pub enum ReadyError {
     Regex(#[from] regex::Error),
     #[error("guest port {0} is not forwarded (add --port 0:{0})")]
     NotForwarded(u16),
+    #[error("could not read QEMU's table of forwarded connections")]
+    Usernet(#[source] thaw_qmp::QmpError),
 }
 
 /// What to wait for, besides the agent.
@@ -50,11 +53,16 @@ impl ReadySpec {
     }
 }
 
-/// Waits until a connection to `host` on 127.0.0.1 reaches the guest. User-mode
-/// networking accepts the host side at once and closes it when the guest refuses, so
-/// "connected" means: accepted, and not closed within a short window (or, with
-/// `redis_ping`, `+PONG` received).
+/// Waits until the guest accepts a TCP connection on `guest` through its forward
+/// `host` on 127.0.0.1 (with `redis_ping`: until `PING` is answered with `+PONG`).
+///
+/// User-mode networking accepts the host side of a forward at once, before the guest
+/// has answered, and keeps it open while the guest has not (for example while its
+/// network is still coming up). So a host-side connect proves nothing; QEMU's own
+/// table of the connections it relays (`info usernet`) says whether the guest
+/// completed the handshake.
 pub async fn wait_port(
+    qmp: &Qmp,
     host: u16,
     guest: u16,
     redis_ping: bool,
@@ -62,7 +70,12 @@ pub async fn wait_port(
 ) -> Result<(), ReadyError> {
     let deadline = Instant::now() + timeout;
     loop {
-        if probe(host, redis_ping).await {
+        let ready = if redis_ping {
+            ping(host).await
+        } else {
+            accepted(qmp, host, guest).await?
+        };
+        if ready {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -76,7 +89,54 @@ pub async fn wait_port(
     }
 }
 
-async fn probe(host: u16, redis_ping: bool) -> bool {
+/// Connects to the forward and watches the relayed connection for up to a second:
+/// true once the guest has accepted it, false when it refused or did not answer.
+async fn accepted(qmp: &Qmp, host: u16, guest: u16) -> Result<bool, ReadyError> {
+    let Ok(Ok(mut s)) = tokio::time::timeout(
+        Duration::from_secs(1),
+        TcpStream::connect(("127.0.0.1", host)),
+    )
+    .await
+    else {
+        return Ok(false);
+    };
+    let until = Instant::now() + Duration::from_secs(1);
+    let mut buf = [0u8; 64];
+    while Instant::now() < until {
+        let table = qmp
+            .execute(
+                "human-monitor-command",
+                Some(serde_json::json!({ "command-line": "info usernet" })),
+            )
+            .await
+            .map_err(ReadyError::Usernet)?;
+        if usernet_established(table.as_str().unwrap_or(""), host, guest) {
+            return Ok(true);
+        }
+        match tokio::time::timeout(Duration::from_millis(20), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(false), // closed: the guest refused
+            Ok(Ok(_)) => return Ok(true),               // the service spoke first
+            Err(_) => {}                                // not answered yet
+        }
+    }
+    // A SYN the guest never answered is retried by slirp with growing delays; a new
+    // connection is tried at once.
+    Ok(false)
+}
+
+/// Whether QEMU's `info usernet` output lists an established TCP connection relayed
+/// from host port `host` to guest port `guest`.
+fn usernet_established(table: &str, host: u16, guest: u16) -> bool {
+    let (host, guest) = (host.to_string(), guest.to_string());
+    table.lines().any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // Protocol[State] FD SourceAddress SourcePort DestAddress DestPort RecvQ SendQ
+        f.len() >= 6 && f[0] == "TCP[ESTABLISHED]" && f[3] == host && f[5] == guest
+    })
+}
+
+/// One Redis `PING` through the forward: true when `+PONG` comes back within a second.
+async fn ping(host: u16) -> bool {
     let Ok(Ok(mut s)) = tokio::time::timeout(
         Duration::from_secs(1),
         TcpStream::connect(("127.0.0.1", host)),
@@ -85,31 +145,24 @@ async fn probe(host: u16, redis_ping: bool) -> bool {
     else {
         return false;
     };
-    let mut buf = [0u8; 64];
-    if redis_ping {
-        if s.write_all(b"PING\r\n").await.is_err() {
-            return false;
-        }
-        let mut got = Vec::new();
-        let until = Instant::now() + Duration::from_secs(1);
-        while Instant::now() < until {
-            match tokio::time::timeout_at(until, s.read(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => {
-                    got.extend_from_slice(&buf[..n]);
-                    if got.starts_with(b"+PONG") {
-                        return true;
-                    }
-                }
-                _ => return false,
-            }
-        }
+    if s.write_all(b"PING\r\n").await.is_err() {
         return false;
     }
-    match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
-        Ok(Ok(0)) | Ok(Err(_)) => false, // closed: the guest refused
-        Ok(Ok(_)) => true,               // the service spoke first
-        Err(_) => true,                  // still open: the guest accepted
+    let mut buf = [0u8; 64];
+    let mut got = Vec::new();
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        match tokio::time::timeout_at(until, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                got.extend_from_slice(&buf[..n]);
+                if got.starts_with(b"+PONG") {
+                    return true;
+                }
+            }
+            _ => return false,
+        }
     }
+    false
 }
 
 /// Waits until the console log (from its start) matches `regex`.
@@ -148,24 +201,37 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn port_readiness_needs_an_open_connection() {
+    async fn redis_readiness_needs_pong() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = tokio::spawn(async move {
+            // The first connection is closed unanswered; the second gets its PONG.
+            drop(listener.accept().await.unwrap());
             let (mut s, _) = listener.accept().await.unwrap();
             let mut b = [0u8; 6];
             s.read_exact(&mut b).await.unwrap();
+            assert_eq!(&b, b"PING\r\n");
             s.write_all(b"+PONG\r\n").await.unwrap();
         });
-        wait_port(port, 6379, true, Duration::from_secs(5))
-            .await
-            .unwrap();
+        assert!(!ping(port).await);
+        assert!(ping(port).await);
         server.await.unwrap();
-        let closed = free_port().unwrap();
-        let err = wait_port(closed, 80, false, Duration::from_millis(200))
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("did not answer"), "{err}");
+        assert!(!ping(free_port().unwrap()).await);
+    }
+
+    #[test]
+    fn usernet_table_shows_which_forwards_the_guest_accepted() {
+        // As QEMU 10.0 prints it: one accepted connection to guest port 80, none to 81.
+        let table = "Hub -1 (net0):\n  \
+            Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\n  \
+            TCP[ESTABLISHED]   14       127.0.0.1 43013       10.0.2.15    80     0     0\n  \
+            TCP[SYN_SENT]      15       127.0.0.1 41435       10.0.2.15    81     0     0\n  \
+            TCP[HOST_FORWARD]  12       127.0.0.1 43013       10.0.2.15    80     0     0\n  \
+            TCP[HOST_FORWARD]  11       127.0.0.1 41435       10.0.2.15    81     0     0\n";
+        assert!(usernet_established(table, 43013, 80));
+        assert!(!usernet_established(table, 41435, 81));
+        assert!(!usernet_established(table, 43013, 81));
+        assert!(!usernet_established("", 43013, 80));
     }
 
     #[tokio::test]

@@ -358,10 +358,10 @@ impl BenchReport {
         ));
         for size in &self.sizes {
             let rows = [
-                ("cold boot → agent answers", size.cold_boot_ms),
+                ("cold boot → ready", size.cold_boot_ms),
                 ("snapshot pause (VM keeps running)", size.pause_ms),
                 ("restore → vCPUs running", size.restore_ms),
-                ("restore → agent answers", size.ready_ms),
+                ("restore → ready", size.ready_ms),
             ];
             for (i, (label, st)) in rows.iter().enumerate() {
                 let mem = if i == 0 {

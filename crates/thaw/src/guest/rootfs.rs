@@ -295,6 +295,20 @@ ExecStart=/usr/local/sbin/thaw-ready
 WantedBy=multi-user.target
 ";
 
+/// Where dpkg keeps util-linux's hwclock once thaw's [`HWCLOCK_SCRIPT`] stands in for it.
+const HWCLOCK_DIVERTED: &str = "/sbin/hwclock.distrib";
+
+/// `/sbin/hwclock` in the guest. qemu-ga runs `hwclock -w` after every `guest-set-time`,
+/// which thaw sends to every clone it restores, and util-linux's hwclock waits for the
+/// RTC's next second boundary (up to a second) before it writes. QEMU's RTC follows the
+/// host's clock (the default `-rtc base=utc,clock=host`), also across a snapshot, so the
+/// write changes nothing: it is skipped, and anything else goes to the real hwclock.
+const HWCLOCK_SCRIPT: &str = r#"#!/bin/sh
+# thaw: skip "hwclock -w" (see thaw's guest/rootfs.rs); pass anything else on.
+[ "$*" = "-w" ] && exit 0
+exec /sbin/hwclock.distrib "$@"
+"#;
+
 const IPV6_HOSTS: &str = "::1\tlocalhost ip6-localhost ip6-loopback\n";
 
 /// The files thaw writes into the root file system: path, mode, contents.
@@ -308,6 +322,7 @@ pub(crate) fn config_files() -> Vec<(&'static str, u32, String)> {
         ),
         ("etc/fstab", 0o644, FSTAB.to_owned()),
         ("etc/resolv.conf", 0o644, RESOLV_CONF.to_owned()),
+        ("sbin/hwclock", 0o755, HWCLOCK_SCRIPT.to_owned()),
         // Empty: every boot of the image gets its own transient machine id (and does not
         // count as a first boot).
         ("etc/machine-id", 0o444, String::new()),
@@ -534,6 +549,21 @@ pub(crate) fn debootstrap(
 /// Writes thaw's files into `root`, configures redis, masks and enables units, removes
 /// root's password.
 pub(crate) fn configure(root: &Path) -> Result<(), GuestBuildError> {
+    // Moves the package's hwclock aside (and keeps it there through upgrades) before
+    // HWCLOCK_SCRIPT is written in its place.
+    in_chroot(
+        root,
+        "divert hwclock in the guest",
+        "dpkg-divert",
+        &[
+            "--local",
+            "--rename",
+            "--divert",
+            HWCLOCK_DIVERTED,
+            "--add",
+            "/sbin/hwclock",
+        ],
+    )?;
     for (path, mode, text) in config_files() {
         let path = root.join(path);
         if let Some(dir) = path.parent() {

@@ -15,7 +15,6 @@ mod db;
 mod error;
 mod extract;
 pub mod keeper;
-mod outlive;
 mod recover;
 mod socket;
 
@@ -23,7 +22,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use thaw::pool::{Pool, PoolError};
+use thaw::pool::{Orphans, Pool, PoolError};
 use thaw::qemu::{Qemu, QemuError};
 use thaw::snapshot::SnapshotCheckError;
 use thaw::{Accel, Home};
@@ -115,8 +114,15 @@ pub async fn serve(
     }
     let observer = Arc::new(recover::DbObserver(db.clone()));
     let _keeper = keeper::spawn(&home);
-    let pool_qemu = outlive::pool_qemu(&home, &qemu);
-    let pool = Pool::new(home.clone(), pool_qemu, accel, Some(observer));
+    // The keeper ends the pool's processes if this daemon dies; clones taken from the
+    // pool outlive it like every other VM.
+    let pool = Pool::new(
+        home.clone(),
+        qemu.clone(),
+        accel,
+        Some(observer),
+        Orphans::OwnerCleansUp,
+    );
     // From here on the pool runs processes: errors are logged, not returned, so that
     // the pool is always shut down below.
     let configs = db.pool_configs().unwrap_or_else(|e| {

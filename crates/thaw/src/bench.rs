@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::accel::Accel;
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::ops;
-use crate::pool::{Pool, PoolConfig};
+use crate::pool::{Orphans, Pool, PoolConfig};
 use crate::qemu::Qemu;
 use crate::ready::ReadySpec;
 use crate::spec::{MachineSpec, PortForward};
@@ -235,7 +235,13 @@ async fn run_in(
         let (mut restore, mut ready) = (Vec::new(), Vec::new());
         let pool = match cfg.pool {
             Some(pc) => {
-                let pool = Pool::new(home.clone(), qemu.clone(), cfg.accel, None);
+                let pool = Pool::new(
+                    home.clone(),
+                    qemu.clone(),
+                    cfg.accel,
+                    None,
+                    Orphans::DieWithOwner,
+                );
                 pool.configure(&tag(0), pc)?;
                 Some((pool, pc))
             }

@@ -76,14 +76,15 @@ fn io(step: &'static str, path: &std::path::Path, source: std::io::Error) -> VmE
 
 /// Starts QEMU for a clone of `snap` in `paths.dir` (which must exist and be empty)
 /// and loads the snapshot's device state. The clone gets fresh host ports, its own
-/// disk overlays and (unless `keep_vmgenid`) a fresh VM Generation ID.
+/// disk overlays and (unless `keep_vmgenid`) a fresh VM Generation ID. With
+/// `die_with_owner`, QEMU is killed when this process ends (see [`crate::pool::Orphans`]).
 pub async fn prepare(
     qemu: &Qemu,
     snap: &Snapshot,
     paths: VmPaths,
     name: VmName,
     keep_vmgenid: bool,
-    pooled: bool,
+    die_with_owner: bool,
 ) -> Result<Prepared, RestoreError> {
     let t0 = Instant::now();
     let ram = snap.ram_path();
@@ -143,7 +144,7 @@ pub async fn prepare(
         disk_overlays: overlays.clone(),
         ports,
     };
-    let spawned = vm::spawn(qemu, spec, &launch, &paths, pooled, |pid| {
+    let spawned = vm::spawn(qemu, spec, &launch, &paths, die_with_owner, |pid| {
         state.pid = pid;
         state.save_in(&paths)
     })

@@ -11,8 +11,9 @@
 //!   the clock set.
 //!
 //! Whatever must be unique per clone is set when the pooled process is built (VM
-//! Generation ID, host ports, disk overlays) or when it is taken (name, clock). Pooled
-//! processes get `PR_SET_PDEATHSIG`, so they die with the process that owns the pool.
+//! Generation ID, host ports, disk overlays) or when it is taken (name, clock). What
+//! ends the pooled processes never taken when the owner dies is the owner's choice
+//! ([`Orphans`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -48,6 +49,20 @@ impl std::str::FromStr for PoolMode {
             )),
         }
     }
+}
+
+/// What ends the pooled processes never taken if the pool's owner dies without
+/// [`Pool::shutdown`] (killed, or crashed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Orphans {
+    /// The kernel: pooled QEMUs get `PR_SET_PDEATHSIG` (SIGKILL when the thread that
+    /// spawned them ends), which no one can clear from outside. So a clone taken from
+    /// the pool dies with the owner too: for owners whose clones never outlive them
+    /// (the benchmark).
+    DieWithOwner,
+    /// The owner's own watchdog (the daemon's keeper process, which ends whatever still
+    /// runs from `pool/`): taken clones outlive the owner like any other VM.
+    OwnerCleansUp,
 }
 
 /// What the user sets per snapshot.
@@ -102,6 +117,7 @@ pub struct Pool {
     accel: Accel,
     slots: Mutex<HashMap<SnapshotTag, Slot>>,
     observer: Option<Arc<dyn PoolObserver>>,
+    orphans: Orphans,
     closed: AtomicBool,
 }
 
@@ -114,6 +130,7 @@ impl Pool {
         qemu: Qemu,
         accel: Accel,
         observer: Option<Arc<dyn PoolObserver>>,
+        orphans: Orphans,
     ) -> Arc<Pool> {
         Arc::new(Pool {
             home,
@@ -121,6 +138,7 @@ impl Pool {
             accel,
             slots: Mutex::new(HashMap::new()),
             observer,
+            orphans,
             closed: AtomicBool::new(false),
         })
     }
@@ -347,8 +365,16 @@ impl Pool {
         })?;
         let snap = Snapshot::open(&self.home, tag)?;
         let result = async {
-            let mut p =
-                clone::prepare(&self.qemu, &snap, paths.clone(), id.clone(), false, true).await?;
+            let die_with_owner = self.orphans == Orphans::DieWithOwner;
+            let mut p = clone::prepare(
+                &self.qemu,
+                &snap,
+                paths.clone(),
+                id.clone(),
+                false,
+                die_with_owner,
+            )
+            .await?;
             if let Some(o) = &self.observer {
                 o.created(&id, tag, p.pid(), &paths.dir);
             }

@@ -7,10 +7,10 @@ use std::process::Command;
 use rustix::process::{getpid, getppid, set_parent_process_death_signal, Signal};
 
 /// Makes the command's process receive SIGKILL when the thread that spawns it exits
-/// (`PR_SET_PDEATHSIG`). Used for pooled QEMU processes, which must not outlive the
-/// process that owns the pool. Spawn from a thread that lives as long as the owner (a
-/// runtime worker, not a short-lived blocking-pool thread): the signal follows the
-/// spawning *thread*.
+/// (`PR_SET_PDEATHSIG`). Used for the QEMU processes of a warm pool whose owner wants
+/// them to die with it (`pool::Orphans::DieWithOwner`). Spawn from a thread that lives
+/// as long as the owner (a runtime worker, not a short-lived blocking-pool thread): the
+/// signal follows the spawning *thread*.
 pub fn kill_with_parent(cmd: &mut Command) {
     let parent = getpid();
     // SAFETY: the closure runs in the child after fork and before exec. It only makes

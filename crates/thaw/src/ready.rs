@@ -92,12 +92,7 @@ pub async fn wait_port(
 /// Connects to the forward and watches the relayed connection for up to a second:
 /// true once the guest has accepted it, false when it refused or did not answer.
 async fn accepted(qmp: &Qmp, host: u16, guest: u16) -> Result<bool, ReadyError> {
-    let Ok(Ok(mut s)) = tokio::time::timeout(
-        Duration::from_secs(1),
-        TcpStream::connect(("127.0.0.1", host)),
-    )
-    .await
-    else {
+    let Some(mut s) = connect(host).await else {
         return Ok(false);
     };
     let until = Instant::now() + Duration::from_secs(1);
@@ -124,8 +119,21 @@ async fn accepted(qmp: &Qmp, host: u16, guest: u16) -> Result<bool, ReadyError> 
     Ok(false)
 }
 
+/// A connection to the forward's host side, if one is made within a second.
+async fn connect(host: u16) -> Option<TcpStream> {
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        TcpStream::connect(("127.0.0.1", host)),
+    )
+    .await
+    .ok()?
+    .ok()
+}
+
 /// Whether QEMU's `info usernet` output lists an established TCP connection relayed
-/// from host port `host` to guest port `guest`.
+/// from host port `host` to guest port `guest`. The table names the forward's port, not
+/// the client's, so someone else's open connection counts too: it shows as well that
+/// the guest accepts on that port.
 fn usernet_established(table: &str, host: u16, guest: u16) -> bool {
     let (host, guest) = (host.to_string(), guest.to_string());
     table.lines().any(|line| {
@@ -137,12 +145,7 @@ fn usernet_established(table: &str, host: u16, guest: u16) -> bool {
 
 /// One Redis `PING` through the forward: true when `+PONG` comes back within a second.
 async fn ping(host: u16) -> bool {
-    let Ok(Ok(mut s)) = tokio::time::timeout(
-        Duration::from_secs(1),
-        TcpStream::connect(("127.0.0.1", host)),
-    )
-    .await
-    else {
+    let Some(mut s) = connect(host).await else {
         return false;
     };
     if s.write_all(b"PING\r\n").await.is_err() {

@@ -75,6 +75,8 @@ pub struct SizeReport {
     pub ready_ms: Stats,
     /// Median cold boot / median ready.
     pub cold_to_ready_ratio: f64,
+    /// Restores that were taken from the warm pool (the others spawned a QEMU).
+    pub from_pool: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -232,7 +234,7 @@ async fn run_in(
             }
         }
         let _ = ops::stop(home, &source).await;
-        let (mut restore, mut ready) = (Vec::new(), Vec::new());
+        let (mut restore, mut ready, mut from_pool) = (Vec::new(), Vec::new(), 0);
         let pool = match cfg.pool {
             Some(pc) => {
                 let pool = Pool::new(
@@ -271,6 +273,7 @@ async fn run_in(
             let r = ops::restore_from(home, qemu, &req, pool.as_ref().map(|(p, _)| p)).await?;
             restore.push(r[0].restore_ms);
             ready.push(r[0].ready_ms);
+            from_pool += u32::from(r[0].breakdown.source == "pool");
             let _ = ops::stop(home, &r[0].name).await;
         }
         if let Some((pool, _)) = pool {
@@ -286,6 +289,7 @@ async fn run_in(
             restore_ms: Stats::of(&restore),
             ready_ms,
             cold_to_ready_ratio: round2(cold_boot_ms.median / ready_ms.median),
+            from_pool,
         });
     }
     Ok(sizes)
@@ -384,6 +388,12 @@ impl BenchReport {
                 "{:>7}  cold boot / ready (medians): {:.1}x\n",
                 "", size.cold_to_ready_ratio
             ));
+            if self.pool.is_some() {
+                s.push_str(&format!(
+                    "{:>7}  restores taken from the pool: {} of {}\n",
+                    "", size.from_pool, self.runs
+                ));
+            }
         }
         if let Some(r) = self.restore_ratio_largest_to_smallest {
             s.push_str(&format!(

@@ -157,7 +157,7 @@ impl Env {
 }
 
 /// Sorted names of a directory's entries (none if it does not exist).
-fn dir_names(dir: &Path) -> Vec<String> {
+pub fn dir_names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()

@@ -1,0 +1,88 @@
+//! `thaw bench` end to end: it boots, snapshots and restores real guests and reports
+//! figures with the machine they came from. What is asserted is the report's shape and
+//! consistency, never a timing: this machine is shared and noisy.
+
+mod common;
+
+use common::Env;
+use serde_json::Value;
+
+/// min ≤ median ≤ max, all positive.
+fn assert_stats(report: &Value, key: &str) {
+    let s = &report[key];
+    let (min, median, max) = (
+        s["min"].as_f64().unwrap_or_else(|| panic!("{key}: {s}")),
+        s["median"].as_f64().unwrap(),
+        s["max"].as_f64().unwrap(),
+    );
+    assert!(0.0 < min && min <= median && median <= max, "{key}: {s}");
+}
+
+/// The bench works in a private home under `$THAW_HOME` and removes it with
+/// everything it started.
+fn assert_no_leftovers(env: &Env) {
+    assert!(env.processes().is_empty(), "bench left QEMU running");
+    let left: Vec<String> = common::dir_names(env.path())
+        .into_iter()
+        .filter(|n| n.starts_with("bench-"))
+        .collect();
+    assert!(left.is_empty(), "bench left {left:?}");
+}
+
+#[test]
+fn bench_reports_each_step_per_ram_size_and_leaves_nothing_behind() {
+    let env = Env::new();
+    let r = env.json(&[
+        "bench",
+        "--runs",
+        "2",
+        "--cold-runs",
+        "1",
+        "--memory",
+        "256",
+        "--memory",
+        "512",
+    ]);
+    assert_eq!(r["machine"]["accel"], "tcg", "no usable KVM here: {r}");
+    assert!(r["machine"]["cpu"].as_str().is_some_and(|c| !c.is_empty()));
+    assert!(r["machine"]["qemu"].as_str().is_some_and(|q| !q.is_empty()));
+    assert_eq!(r["guest"], "default guest");
+    assert_eq!(r["ready"], "agent");
+    let sizes = r["sizes"].as_array().unwrap();
+    assert_eq!(sizes.len(), 2);
+    for (size, mib) in sizes.iter().zip([256, 512]) {
+        assert_eq!(size["memory_mib"], mib);
+        for key in ["cold_boot_ms", "pause_ms", "restore_ms", "ready_ms"] {
+            assert_stats(size, key);
+        }
+        // Ready comes after running.
+        assert!(size["ready_ms"]["min"].as_f64() >= size["restore_ms"]["min"].as_f64());
+        assert_eq!(size["from_pool"], 0);
+    }
+    // The headline is the first size; the ratio compares the two.
+    assert_eq!(r["restore_ms"], sizes[0]["restore_ms"]);
+    assert!(r["restore_ratio_largest_to_smallest"].as_f64().unwrap() > 0.0);
+    assert_no_leftovers(&env);
+}
+
+#[test]
+fn bench_with_a_pool_takes_every_restore_from_it() {
+    let env = Env::new();
+    let r = env.json(&[
+        "bench",
+        "--runs",
+        "3",
+        "--cold-runs",
+        "1",
+        "--pool",
+        "1",
+        "--pool-mode",
+        "paused",
+    ]);
+    assert_eq!(r["pool"]["size"], 1);
+    assert_eq!(r["pool"]["mode"], "paused");
+    assert_eq!(r["sizes"][0]["from_pool"], 3, "{r}");
+    assert_stats(&r, "restore_ms");
+    assert_stats(&r, "ready_ms");
+    assert_no_leftovers(&env);
+}

@@ -36,14 +36,7 @@ fn redis(port: u16, cmd: &str) -> String {
 }
 
 fn redis_port(vm: &Value) -> u16 {
-    vm["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["guest"] == 6379)
-        .unwrap_or_else(|| panic!("redis is not forwarded: {vm}"))["host"]
-        .as_u64()
-        .unwrap() as u16
+    common::host_port(vm, 6379)
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use common::Env;
+use common::{host_port, Env};
 use serde_json::Value;
 
 fn blake3_of(path: &Path) -> String {
@@ -94,17 +94,6 @@ fn http_get(port: u16) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out.rsplit("\r\n\r\n").next().unwrap_or("").to_owned()
-}
-
-fn host_port(vm: &Value, guest: u16) -> u16 {
-    vm["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["guest"] == guest)
-        .unwrap_or_else(|| panic!("no forward for guest port {guest}: {vm}"))["host"]
-        .as_u64()
-        .unwrap() as u16
 }
 
 /// Host → guest through a forwarded port and guest → host through the gateway, before

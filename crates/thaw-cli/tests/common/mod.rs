@@ -223,3 +223,15 @@ pub fn assert_clock_close(env: &Env, vm: &str) {
 pub fn home_file(env: &Env, rel: &str) -> PathBuf {
     env.path().join(rel)
 }
+
+/// The host port forwarded to `guest` in a VM's JSON (`ports`).
+pub fn host_port(vm: &Value, guest: u16) -> u16 {
+    vm["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["guest"] == guest)
+        .unwrap_or_else(|| panic!("no forward for guest port {guest}: {vm}"))["host"]
+        .as_u64()
+        .unwrap() as u16
+}

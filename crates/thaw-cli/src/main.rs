@@ -77,7 +77,8 @@ enum Command {
     Rm { tag: SnapshotTag },
     /// Print a VM's serial console output.
     Logs { name: VmName },
-    /// Measure cold boot against restore of the default guest.
+    /// Measure cold boot against restore (of the default guest, or --profile), both to
+    /// the same readiness; --pool takes the restores from a warm pool.
     Bench(BenchArgs),
     /// Build guests.
     Guest {

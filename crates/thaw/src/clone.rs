@@ -256,7 +256,7 @@ impl Prepared {
             }
         }
         crate::ops::wait_extra_ready(
-            &self.qmp,
+            Some(&self.qmp),
             &opts.ready,
             &self.state.ports,
             &self.paths,

@@ -150,9 +150,11 @@ async fn boot_in(
         record(pid).save(home)
     })
     .await?;
+    // QEMU serves one QMP client at a time: let others (ls, stop) in while the guest boots.
+    drop(spawned.qmp);
     let pid = spawned.child.id();
     wait_ready(&mut spawned.child, paths, req.timeout).await?;
-    wait_extra_ready(&spawned.qmp, &req.ready, &ports, paths, t0 + req.timeout).await?;
+    wait_extra_ready(None, &req.ready, &ports, paths, t0 + req.timeout).await?;
     Ok(BootReport {
         name: req.name.clone(),
         pid,
@@ -184,9 +186,10 @@ fn create_overlays(spec: &MachineSpec, paths: &VmPaths) -> Result<Vec<PathBuf>, 
     Ok(overlays)
 }
 
-/// Waits for the extra readiness conditions (a port, a console line).
+/// Waits for the extra readiness conditions (a port, a console line); `holds` is the
+/// caller's QMP connection, if it has one open (see [`ready::wait_port`]).
 pub(crate) async fn wait_extra_ready(
-    qmp: &thaw_qmp::Qmp,
+    holds: Option<&thaw_qmp::Qmp>,
     ready: &ReadySpec,
     ports: &[PortForward],
     paths: &VmPaths,
@@ -199,7 +202,7 @@ pub(crate) async fn wait_extra_ready(
             .find(|f| f.guest == guest)
             .ok_or(ReadyError::NotForwarded(guest))?
             .host;
-        ready::wait_port(qmp, host, guest, ready.redis_ping, left()).await?;
+        ready::wait_port(holds, &paths.qmp(), host, guest, ready.redis_ping, left()).await?;
     }
     if let Some(regex) = &ready.serial {
         ready::wait_serial(&paths.console(), regex, left()).await?;

@@ -60,20 +60,33 @@ impl ReadySpec {
 /// has answered, and keeps it open while the guest has not (for example while its
 /// network is still coming up). So a host-side connect proves nothing; QEMU's own
 /// table of the connections it relays (`info usernet`) says whether the guest
-/// completed the handshake.
+/// completed the handshake. QEMU serves one QMP client at a time, so the table is read
+/// on the caller's connection if it `holds` one, else on one opened at `qmp_socket` for
+/// the wait.
 pub async fn wait_port(
-    qmp: &Qmp,
+    holds: Option<&Qmp>,
+    qmp_socket: &Path,
     host: u16,
     guest: u16,
     redis_ping: bool,
     timeout: Duration,
 ) -> Result<(), ReadyError> {
     let deadline = Instant::now() + timeout;
+    let opened;
+    let qmp = match (redis_ping, holds) {
+        (true, _) => None,
+        (false, Some(qmp)) => Some(qmp),
+        (false, None) => {
+            opened = Qmp::connect(qmp_socket)
+                .await
+                .map_err(ReadyError::Usernet)?;
+            Some(&opened)
+        }
+    };
     loop {
-        let ready = if redis_ping {
-            ping(host).await
-        } else {
-            accepted(qmp, host, guest).await?
+        let ready = match qmp {
+            None => ping(host).await,
+            Some(qmp) => accepted(qmp, host, guest).await?,
         };
         if ready {
             return Ok(());

@@ -3,9 +3,9 @@
 //!
 //! The daemon's pooled QEMU processes run without a parent-death signal
 //! (`thaw::pool::Orphans::OwnerCleansUp`: a clone taken from the pool must outlive the
-//! daemon), so something else must end the ones never taken if the daemon is killed. The keeper is `thawd --pool-keeper HOME`,
-//! started by the daemon with a pipe on its stdin that only the daemon holds (the
-//! pipe is close-on-exec, so no QEMU inherits it). When the daemon ends, the pipe
+//! daemon), so something else must end the ones never taken if the daemon is killed.
+//! The keeper is `thawd --pool-keeper HOME`, started by the daemon with a pipe on its
+//! stdin that only the daemon holds (the pipe is close-on-exec, so no QEMU inherits it). When the daemon ends, the pipe
 //! closes and the keeper runs [`thaw::pool::remove_leftovers`]: it ends every process
 //! still running from a directory under `pool/`, which taken clones have left. A new
 //! daemon that already owns the home cleans up itself, so the keeper then does nothing.

@@ -4,7 +4,8 @@
 //! The records under `vms/` are the truth about processes; the database says which
 //! VMs and pool processes the daemon answers for. On start: VMs whose QEMU still runs
 //! are adopted, dead ones removed; pool processes a crashed daemon left (if its
-//! keeper did not end them) are ended and removed; the snapshot table is synced with the disk.
+//! keeper did not end them) are ended and removed; the snapshot table is synced with
+//! the disk.
 //! Pool configurations are re-applied by the caller once the pool exists.
 
 use std::collections::HashSet;

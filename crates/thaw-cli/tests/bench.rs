@@ -43,7 +43,11 @@ fn bench_reports_each_step_per_ram_size_and_leaves_nothing_behind() {
         "--memory",
         "512",
     ]);
-    assert_eq!(r["machine"]["accel"], "tcg", "no usable KVM here: {r}");
+    // tcg on this machine class (its /dev/kvm cannot run a guest), kvm where it works.
+    assert!(
+        ["tcg", "kvm"].contains(&r["machine"]["accel"].as_str().unwrap_or("")),
+        "{r}"
+    );
     assert!(r["machine"]["cpu"].as_str().is_some_and(|c| !c.is_empty()));
     assert!(r["machine"]["qemu"].as_str().is_some_and(|q| !q.is_empty()));
     assert_eq!(r["guest"], "default guest");

@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use thaw::ops;
+use thaw::boot::{self, BootRequest};
+use thaw::control;
 use thaw::qemu::Qemu;
+use thaw::restore::{self, RestoreRequest};
+use thaw::snapshot::{catalog, take};
 use thaw::{Accel, Home, MachineSpec, SnapshotTag, VmName};
 
 mod print;
@@ -397,7 +400,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let req = boot_request(args, json)?;
             let report = match &remote {
                 Some(d) => remote::boot(d, &req).await?,
-                None => ops::boot(&home, &Qemu::find(&thaw::guest::cache_dir())?, &req).await?,
+                None => boot::boot(&home, &Qemu::find(&thaw::guest::cache_dir())?, &req).await?,
             };
             emit(json, &report, print::boot)?;
         }
@@ -408,7 +411,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let out = match &remote {
                 Some(d) => remote::exec(d, &name, &command, timeout).await?,
-                None => ops::exec(&home, &name, &command, Duration::from_secs(timeout)).await?,
+                None => control::exec(&home, &name, &command, Duration::from_secs(timeout)).await?,
             };
             if json {
                 emit(true, &out, |_| String::new())?;
@@ -419,16 +422,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             return Ok(ExitCode::from(out.exit_code.clamp(0, 255) as u8));
         }
         Command::Snapshot { name, tag, stop } => {
-            let req = ops::SnapshotRequest { name, tag, stop };
+            let req = take::SnapshotRequest { name, tag, stop };
             let report = match &remote {
                 Some(d) => remote::snapshot(d, &req).await?,
-                None => ops::snapshot(&home, &req).await?,
+                None => take::take(&home, &req).await?,
             };
             emit(json, &report, print::snapshot)?;
         }
         Command::Restore(args) => {
             let local_only = args.keep_vmgenid || args.verify || args.accel.is_some();
-            let req = ops::RestoreRequest {
+            let req = RestoreRequest {
                 tag: args.tag,
                 count: args.count,
                 name: args.name,
@@ -441,21 +444,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let reports = match &remote {
                 Some(d) if !local_only => remote::restore(d, &req).await?,
-                _ => ops::restore(&home, &Qemu::find(&thaw::guest::cache_dir())?, &req).await?,
+                _ => restore::restore(&home, &Qemu::find(&thaw::guest::cache_dir())?, &req).await?,
             };
             emit(json, &reports, |r| print::restore(r))?;
         }
         Command::Ls => {
             let vms = match &remote {
                 Some(d) => remote::list(d).await?,
-                None => ops::list(&home).await,
+                None => control::list(&home).await,
             };
             emit(json, &vms, |v| print::vms(v))?;
         }
         Command::Snapshots => {
             let snaps = match &remote {
                 Some(d) => remote::snapshots(d).await?,
-                None => ops::list_snapshots(&home),
+                None => catalog::list(&home),
             };
             emit(json, &snaps, |s| print::snapshots(s))?;
         }
@@ -469,7 +472,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             for name in names {
                 match &remote {
                     Some(d) => remote::stop(d, &name).await?,
-                    None => ops::stop(&home, &name).await?,
+                    None => control::stop(&home, &name).await?,
                 }
                 stopped.push(name);
             }
@@ -484,7 +487,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Resume { name } => {
             match &remote {
                 Some(d) => remote::resume(d, &name).await?,
-                None => ops::resume(&home, &name).await?,
+                None => control::resume(&home, &name).await?,
             }
             emit(json, &serde_json::json!({ "resumed": name }), |_| {
                 format!("resumed {name}")
@@ -493,7 +496,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rm { tag } => {
             match &remote {
                 Some(d) => remote::remove_snapshot(d, &tag).await?,
-                None => ops::remove_snapshot(&home, &tag)?,
+                None => catalog::remove(&home, &tag)?,
             }
             emit(json, &serde_json::json!({ "removed": tag }), |_| {
                 format!("removed snapshot {tag}")
@@ -628,7 +631,7 @@ async fn shutdown_signal() {
 
 /// Turns `thaw boot`'s arguments into a request (building the default guest if no
 /// kernel is given).
-fn boot_request(args: BootArgs, json: bool) -> Result<ops::BootRequest> {
+fn boot_request(args: BootArgs, json: bool) -> Result<BootRequest> {
     let mut forwards = args.ports;
     let (kernel, initrd, default_append, mut disks) = match args.kernel {
         Some(k) => (
@@ -656,7 +659,7 @@ fn boot_request(args: BootArgs, json: bool) -> Result<ops::BootRequest> {
     for d in &args.disks {
         disks.push(thaw::disk::resolve(d)?);
     }
-    Ok(ops::BootRequest {
+    Ok(BootRequest {
         name: args.name,
         spec: MachineSpec {
             machine: args.machine,

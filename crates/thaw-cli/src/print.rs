@@ -4,8 +4,12 @@ use std::io::Write;
 
 use anyhow::Result;
 use serde::Serialize;
-use thaw::ops::{BootReport, RestoreReport, SnapshotInfo, SnapshotReport, VmInfo};
+use thaw::boot::BootReport;
+use thaw::clone::CloneReport;
+use thaw::control::VmInfo;
 use thaw::pool::PoolStatus;
+use thaw::snapshot::catalog::SnapshotInfo;
+use thaw::snapshot::take::SnapshotReport;
 use thaw::spec::PortForward;
 use thaw::vm::Origin;
 
@@ -56,7 +60,7 @@ pub fn snapshot(r: &SnapshotReport) -> String {
     )
 }
 
-pub fn restore(reports: &[RestoreReport]) -> String {
+pub fn restore(reports: &[CloneReport]) -> String {
     reports
         .iter()
         .map(|r| {

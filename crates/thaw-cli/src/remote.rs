@@ -5,11 +5,13 @@ use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use thaw::agent::ExecOutput;
-use thaw::ops::{
-    BootReport, BootRequest, RestoreReport, RestoreRequest, SnapshotInfo, SnapshotReport,
-    SnapshotRequest, VmInfo,
-};
+use thaw::boot::{BootReport, BootRequest};
+use thaw::clone::CloneReport;
+use thaw::control::VmInfo;
 use thaw::pool::{PoolConfig, PoolStatus};
+use thaw::restore::RestoreRequest;
+use thaw::snapshot::catalog::SnapshotInfo;
+use thaw::snapshot::take::{SnapshotReport, SnapshotRequest};
 use thaw::{SnapshotTag, VmName};
 use thaw_daemon::client::Client;
 
@@ -79,7 +81,7 @@ pub async fn snapshot(d: &Client, req: &SnapshotRequest) -> Result<SnapshotRepor
     .await
 }
 
-pub async fn restore(d: &Client, req: &RestoreRequest) -> Result<Vec<RestoreReport>> {
+pub async fn restore(d: &Client, req: &RestoreRequest) -> Result<Vec<CloneReport>> {
     let body = json!({
         "count": req.count,
         "name": req.name,

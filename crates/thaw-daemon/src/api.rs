@@ -18,10 +18,15 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use thaw::agent::ExecOutput;
-use thaw::ops::{self, BootReport, RestoreReport, SnapshotInfo, SnapshotReport, VmInfo};
+use thaw::boot::{self, BootReport};
+use thaw::clone::CloneReport;
+use thaw::control::{self, VmInfo};
 use thaw::pool::{Pool, PoolConfig, PoolMode, PoolStatus};
 use thaw::qemu::Qemu;
 use thaw::ready::ReadySpec;
+use thaw::restore;
+use thaw::snapshot::catalog::{self, SnapshotInfo};
+use thaw::snapshot::take::{self, SnapshotReport};
 use thaw::spec::{MachineSpec, NetSpec, PortForward};
 use thaw::vm::VmState;
 use thaw::{Accel, Home, SnapshotTag, VmName};
@@ -207,7 +212,7 @@ async fn health(State(d): Shared) -> Answer<Json<Value>> {
 // ---------------------------------------------------------------------------- VMs
 
 async fn list_vms(State(d): Shared) -> Json<Vec<VmInfo>> {
-    Json(ops::list(&d.home).await)
+    Json(control::list(&d.home).await)
 }
 
 #[derive(Deserialize)]
@@ -289,7 +294,7 @@ async fn boot(State(d): Shared, ApiJson(body): ApiJson<BootBody>) -> Created<Boo
         .await
         .map_err(|e| ApiError::internal(format!("inspecting the disks failed: {e}")))?
         .map_err(ApiError::from_op)?;
-        let req = ops::BootRequest {
+        let req = boot::BootRequest {
             name,
             spec: MachineSpec {
                 machine: body.machine.unwrap_or_else(|| "pc".into()),
@@ -313,7 +318,7 @@ async fn boot(State(d): Shared, ApiJson(body): ApiJson<BootBody>) -> Created<Boo
             },
             timeout: secs(body.timeout_secs, 120),
         };
-        let report = ops::boot(&d.home, &d.qemu, &req)
+        let report = boot::boot(&d.home, &d.qemu, &req)
             .await
             .map_err(ApiError::from_op)?;
         d.record(&report.name, report.pid);
@@ -326,7 +331,7 @@ async fn boot(State(d): Shared, ApiJson(body): ApiJson<BootBody>) -> Created<Boo
 
 async fn stop(State(d): Shared, Named(name): Named<VmName>) -> Answer<Json<Value>> {
     detached(async move {
-        let result = ops::stop(&d.home, &name).await;
+        let result = control::stop(&d.home, &name).await;
         if matches!(result, Ok(()) | Err(thaw::vm::VmError::NotFound(_))) {
             d.forget(&name);
         }
@@ -352,7 +357,7 @@ async fn exec(
     if body.command.is_empty() {
         return Err(ApiError::bad_request("command must not be empty"));
     }
-    let out = ops::exec(&d.home, &name, &body.command, secs(body.timeout_secs, 60))
+    let out = control::exec(&d.home, &name, &body.command, secs(body.timeout_secs, 60))
         .await
         .map_err(ApiError::from_op)?;
     Ok(Json(out))
@@ -373,14 +378,12 @@ async fn snapshot(
 ) -> Created<SnapshotReport> {
     let tag: SnapshotTag = body.tag.parse().map_err(ApiError::from_op)?;
     detached(async move {
-        let req = ops::SnapshotRequest {
+        let req = take::SnapshotRequest {
             name: name.clone(),
             tag: tag.clone(),
             stop: body.stop,
         };
-        let report = ops::snapshot(&d.home, &req)
-            .await
-            .map_err(ApiError::from_op)?;
+        let report = take::take(&d.home, &req).await.map_err(ApiError::from_op)?;
         if let Err(e) = d.db.put_snapshot(&tag) {
             tracing::error!(%tag, "{}", crate::error::one_line(&e));
         }
@@ -393,7 +396,7 @@ async fn snapshot(
 }
 
 async fn resume(State(d): Shared, Named(name): Named<VmName>) -> Answer<Json<Value>> {
-    ops::resume(&d.home, &name)
+    control::resume(&d.home, &name)
         .await
         .map_err(ApiError::from_op)?;
     Ok(Json(json!({ "resumed": name })))
@@ -403,14 +406,14 @@ async fn resume(State(d): Shared, Named(name): Named<VmName>) -> Answer<Json<Val
 
 async fn list_snapshots(State(d): Shared) -> Answer<Json<Vec<SnapshotInfo>>> {
     let home = d.home.clone();
-    tokio::task::spawn_blocking(move || Json(ops::list_snapshots(&home)))
+    tokio::task::spawn_blocking(move || Json(catalog::list(&home)))
         .await
         .map_err(|e| ApiError::internal(format!("listing snapshots failed: {e}")))
 }
 
 async fn remove_snapshot(State(d): Shared, Named(tag): Named<SnapshotTag>) -> Answer<Json<Value>> {
     detached(async move {
-        ops::remove_snapshot(&d.home, &tag).map_err(ApiError::from_op)?;
+        catalog::remove(&d.home, &tag).map_err(ApiError::from_op)?;
         if let Err(e) = d.db.remove_snapshot(&tag) {
             tracing::error!(%tag, "{}", crate::error::one_line(&e));
         }
@@ -445,7 +448,7 @@ async fn restore(
     State(d): Shared,
     Named(tag): Named<SnapshotTag>,
     ApiJson(body): ApiJson<RestoreBody>,
-) -> Created<Vec<RestoreReport>> {
+) -> Created<Vec<CloneReport>> {
     let name: Option<VmName> = body
         .name
         .map(|n| n.parse())
@@ -454,7 +457,7 @@ async fn restore(
     let count = body.count.unwrap_or(1);
     let held = d.reserve(count)?;
     detached(async move {
-        let req = ops::RestoreRequest {
+        let req = restore::RestoreRequest {
             tag,
             count,
             name,
@@ -469,7 +472,7 @@ async fn restore(
             },
             exec_after: body.exec_after,
         };
-        let reports = ops::restore_from(&d.home, &d.qemu, &req, Some(&d.pool))
+        let reports = restore::restore_from(&d.home, &d.qemu, &req, Some(&d.pool))
             .await
             .map_err(ApiError::from_op)?;
         for r in &reports {

@@ -5,11 +5,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use thaw::agent::AgentError;
+use thaw::boot::BootError;
+use thaw::clone::CloneError;
+use thaw::control::ExecError;
 use thaw::disk::DiskError;
 use thaw::home::NameError;
-use thaw::ops::{BootError, ExecError, RemoveSnapshotError, RestoreError, SnapshotError};
 use thaw::pool::PoolError;
 use thaw::ready::ReadyError;
+use thaw::restore::RestoreError;
+use thaw::snapshot::catalog::RemoveSnapshotError;
+use thaw::snapshot::take::SnapshotError;
 use thaw::snapshot::SnapshotCheckError;
 use thaw::vm::VmError;
 
@@ -172,8 +177,17 @@ impl HttpStatus for RestoreError {
             RestoreError::Vm(e) => e.status(),
             RestoreError::Count => BAD,
             RestoreError::Ready(e) => e.status(),
-            RestoreError::Disk(e) => e.status(),
             RestoreError::Clone { source, .. } => source.status(),
+        }
+    }
+}
+
+impl HttpStatus for CloneError {
+    fn status(&self) -> StatusCode {
+        match self {
+            CloneError::Check(e) => e.status(),
+            CloneError::Vm(e) => e.status(),
+            CloneError::Ready(e) => e.status(),
             _ => FAILED,
         }
     }
@@ -243,7 +257,7 @@ mod tests {
         );
         let nested = RestoreError::Clone {
             name: name.clone(),
-            source: Box::new(RestoreError::Vm(VmError::Exists(name))),
+            source: CloneError::Vm(VmError::Exists(name)),
         };
         assert_eq!(nested.status(), CONFLICT);
         assert_eq!(RemoveSnapshotError::UnknownTag(tag).status(), MISSING);

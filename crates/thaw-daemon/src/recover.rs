@@ -81,7 +81,7 @@ pub(crate) async fn recover(home: &Home, db: &Db) -> Result<Recovered, DbError> 
             // Dead, or its record unreadable: end whatever still runs from its
             // directory and remove it.
             _ => {
-                if let Err(e) = thaw::ops::stop(home, &row.name).await {
+                if let Err(e) = thaw::control::stop(home, &row.name).await {
                     tracing::warn!(vm = %row.name, "{}", one_line(&e));
                 }
                 db.remove_vm(&row.name)?;
@@ -103,7 +103,7 @@ pub(crate) async fn recover(home: &Home, db: &Db) -> Result<Recovered, DbError> 
             }
             // A QEMU whose record was never written: nothing could ever manage it.
             Err(VmError::BadRecord { .. }) if !vm::pids_using(&home.vm_dir(&name)).is_empty() => {
-                if let Err(e) = thaw::ops::stop(home, &name).await {
+                if let Err(e) = thaw::control::stop(home, &name).await {
                     tracing::warn!(vm = %name, "{}", one_line(&e));
                 }
                 done.removed += 1;

@@ -12,11 +12,14 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::accel::Accel;
+use crate::boot::{self, BootRequest};
+use crate::control;
 use crate::home::{Home, SnapshotTag, VmName};
-use crate::ops;
 use crate::pool::{Orphans, Pool, PoolConfig};
 use crate::qemu::Qemu;
 use crate::ready::ReadySpec;
+use crate::restore::{self, RestoreRequest};
+use crate::snapshot::{catalog, take};
 use crate::spec::{MachineSpec, PortForward};
 
 #[derive(Debug, Clone)]
@@ -116,11 +119,11 @@ pub enum BenchError {
     #[error("runs must be at least 1")]
     Runs,
     #[error("cold boot failed")]
-    Boot(#[from] ops::BootError),
+    Boot(#[from] boot::BootError),
     #[error("snapshot failed")]
-    Snapshot(#[from] ops::SnapshotError),
+    Snapshot(#[from] take::SnapshotError),
     #[error("restore failed")]
-    Restore(#[from] ops::RestoreError),
+    Restore(#[from] restore::RestoreError),
     #[error("could not create the benchmark's directory")]
     Io(#[from] std::io::Error),
     #[error("the warm pool did not fill: {0}")]
@@ -143,7 +146,7 @@ pub async fn run(
     bench_home.ensure()?;
     let result = run_in(&bench_home, qemu, cfg, progress).await;
     for name in crate::vm::list_names(&bench_home) {
-        let _ = ops::stop(&bench_home, &name).await;
+        let _ = control::stop(&bench_home, &name).await;
     }
     let _ = std::fs::remove_dir_all(bench_home.root());
     let sizes = result?;
@@ -202,26 +205,26 @@ async fn run_in(
         let mut cold = Vec::new();
         for i in 0..cfg.cold_runs {
             progress(&format!("{mem} MiB: cold boot {}/{}", i + 1, cfg.cold_runs));
-            let req = ops::BootRequest {
+            let req = BootRequest {
                 name: name("cold", i),
                 spec: spec.clone(),
                 forwards: cfg.forwards.clone(),
                 ready: cfg.ready.clone(),
                 timeout: Duration::from_secs(300),
             };
-            let r = ops::boot(home, qemu, &req).await?;
+            let r = boot::boot(home, qemu, &req).await?;
             cold.push(r.boot_ms);
             if i > 0 {
-                let _ = ops::stop(home, &req.name).await;
+                let _ = control::stop(home, &req.name).await;
             }
         }
         let source = name("cold", 0);
         let mut pause = Vec::new();
         for i in 0..cfg.cold_runs {
             progress(&format!("{mem} MiB: snapshot {}/{}", i + 1, cfg.cold_runs));
-            let r = ops::snapshot(
+            let r = take::take(
                 home,
-                &ops::SnapshotRequest {
+                &take::SnapshotRequest {
                     name: source.clone(),
                     tag: tag(i),
                     stop: false,
@@ -230,10 +233,10 @@ async fn run_in(
             .await?;
             pause.push(r.pause_ms);
             if i > 0 {
-                let _ = ops::remove_snapshot(home, &tag(i));
+                let _ = catalog::remove(home, &tag(i));
             }
         }
-        let _ = ops::stop(home, &source).await;
+        let _ = control::stop(home, &source).await;
         let (mut restore, mut ready, mut from_pool) = (Vec::new(), Vec::new(), 0);
         let pool = match cfg.pool {
             Some(pc) => {
@@ -259,7 +262,7 @@ async fn run_in(
                 wait_pool_full(pool).await?;
             }
             progress(&format!("{mem} MiB: restore {}/{}", i + 1, cfg.runs));
-            let req = ops::RestoreRequest {
+            let req = RestoreRequest {
                 tag: tag(0),
                 count: 1,
                 name: Some(name("clone", i)),
@@ -270,16 +273,16 @@ async fn run_in(
                 ready: cfg.ready.clone(),
                 exec_after: None,
             };
-            let r = ops::restore_from(home, qemu, &req, pool.as_ref().map(|(p, _)| p)).await?;
+            let r = restore::restore_from(home, qemu, &req, pool.as_ref().map(|(p, _)| p)).await?;
             restore.push(r[0].restore_ms);
             ready.push(r[0].ready_ms);
             from_pool += u32::from(r[0].breakdown.source == "pool");
-            let _ = ops::stop(home, &r[0].name).await;
+            let _ = control::stop(home, &r[0].name).await;
         }
         if let Some((pool, _)) = pool {
             pool.shutdown().await;
         }
-        let _ = ops::remove_snapshot(home, &tag(0));
+        let _ = catalog::remove(home, &tag(0));
         let cold_boot_ms = Stats::of(&cold);
         let ready_ms = Stats::of(&ready);
         sizes.push(SizeReport {

@@ -7,17 +7,20 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::ms;
+
 use serde::{Deserialize, Serialize};
 use thaw_qmp::Qmp;
 use uuid::Uuid;
 
 use crate::agent::Agent;
+use crate::agent::AgentError;
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::migration;
-use crate::ops::{RestoreError, RestoreReport};
+use crate::migration::MigrationError;
 use crate::qemu::Qemu;
-use crate::ready::{self, ReadySpec};
-use crate::snapshot::{self, Snapshot};
+use crate::ready::{self, ReadyError, ReadySpec};
+use crate::snapshot::{self, Snapshot, SnapshotCheckError};
 use crate::spec::{Launch, PortForward};
 use crate::vm::{self, Origin, VmError, VmPaths, VmState};
 
@@ -36,6 +39,39 @@ pub struct Breakdown {
     pub resume_ms: f64,
     /// Agent resynchronisation, clock set, `--exec-after` and extra readiness.
     pub agent_ms: f64,
+}
+
+/// A clone that is ready: what `thaw restore` reports for each clone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CloneReport {
+    pub name: VmName,
+    pub pid: u32,
+    /// Request → vCPUs running.
+    pub restore_ms: f64,
+    /// Request → guest agent answers and clock set (and any extra readiness).
+    pub ready_ms: f64,
+    pub ports: Vec<PortForward>,
+    /// Where the time went.
+    pub breakdown: Breakdown,
+}
+
+/// Starting or finishing one clone failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CloneError {
+    #[error(transparent)]
+    Check(#[from] SnapshotCheckError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("loading the device state failed")]
+    Migration(#[from] MigrationError),
+    #[error("could not resume the clone")]
+    Qmp(#[from] thaw_qmp::QmpError),
+    #[error("the clone's guest agent did not answer")]
+    Agent(#[from] AgentError),
+    #[error(transparent)]
+    Ready(#[from] ReadyError),
+    #[error("--exec-after exited with {code}: {stderr}")]
+    ExecAfter { code: i32, stderr: String },
 }
 
 /// How far a clone's clock may be from the host's before it is set at finish.
@@ -62,10 +98,6 @@ pub struct Prepared {
     pub breakdown: Breakdown,
 }
 
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
-}
-
 fn io(step: &'static str, path: &std::path::Path, source: std::io::Error) -> VmError {
     VmError::Io {
         step,
@@ -85,7 +117,7 @@ pub async fn prepare(
     name: VmName,
     keep_vmgenid: bool,
     die_with_owner: bool,
-) -> Result<Prepared, RestoreError> {
+) -> Result<Prepared, CloneError> {
     let t0 = Instant::now();
     let ram = snap.ram_path();
     let spec = &snap.manifest.spec;
@@ -183,7 +215,7 @@ impl Prepared {
     }
 
     /// Resumes the vCPUs.
-    pub async fn resume(&mut self) -> Result<(), RestoreError> {
+    pub async fn resume(&mut self) -> Result<(), CloneError> {
         if !self.running {
             let t = Instant::now();
             self.qmp.execute("cont", None).await?;
@@ -196,7 +228,7 @@ impl Prepared {
 
     /// Resumes, synchronises the agent and sets the clock: the state a "running" pool
     /// keeps its clones in. The agent connection stays open.
-    pub async fn warm_up(&mut self, timeout: Duration) -> Result<(), RestoreError> {
+    pub async fn warm_up(&mut self, timeout: Duration) -> Result<(), CloneError> {
         self.resume().await?;
         let mut agent = Agent::connect(&self.paths.agent(), timeout).await?;
         agent.set_time(SystemTime::now()).await?;
@@ -228,7 +260,7 @@ impl Prepared {
         mut self,
         opts: &FinishOptions,
         t0: Instant,
-    ) -> Result<RestoreReport, RestoreError> {
+    ) -> Result<CloneReport, CloneError> {
         self.resume().await?;
         // vCPUs running: when `cont` completed, or now for a clone that was running.
         let restore_ms = ms(self
@@ -249,13 +281,13 @@ impl Prepared {
             let argv = ["/bin/sh".to_owned(), "-c".to_owned(), cmd.clone()];
             let out = agent.exec(&argv, opts.timeout).await?;
             if out.exit_code != 0 {
-                return Err(RestoreError::ExecAfter {
+                return Err(CloneError::ExecAfter {
                     code: out.exit_code,
                     stderr: out.stderr.lines().last().unwrap_or("").to_owned(),
                 });
             }
         }
-        crate::ops::wait_extra_ready(
+        ready::wait_extra(
             Some(&self.qmp),
             &opts.ready,
             &self.state.ports,
@@ -267,7 +299,7 @@ impl Prepared {
         let pid = self.pid();
         // The process outlives this handle; whoever stops it reaps it.
         drop(self.child);
-        Ok(RestoreReport {
+        Ok(CloneReport {
             name: self.state.name.clone(),
             pid,
             restore_ms,

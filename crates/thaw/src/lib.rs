@@ -7,21 +7,25 @@
 //! `-incoming defer`, so its cost does not grow with RAM size. See `docs/` for the
 //! snapshot format.
 //!
-//! The CLI and the daemon are thin shells over the operations in [`ops`].
+//! The CLI and the daemon are thin shells over the operations: [`boot`], [`control`]
+//! (exec, list, stop, resume), [`snapshot::take`], [`snapshot::catalog`] (list, remove),
+//! [`restore`] (clones, one at a time in [`clone`], or from a warm [`pool`]).
 
 pub mod accel;
 pub mod agent;
 pub mod bench;
+pub mod boot;
 pub mod clone;
+pub mod control;
 pub mod disk;
 pub mod fsutil;
 pub mod guest;
 pub mod home;
 pub mod migration;
-pub mod ops;
 pub mod pool;
 pub mod qemu;
 pub mod ready;
+pub mod restore;
 pub mod snapshot;
 pub mod spec;
 mod sys;
@@ -31,3 +35,8 @@ pub use accel::Accel;
 pub use home::{Home, SnapshotTag, VmName};
 pub use spec::MachineSpec;
 pub use thaw_qmp::QemuVersion;
+
+/// Milliseconds, rounded to the microsecond (how every report gives durations).
+pub(crate) fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}

@@ -24,9 +24,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::accel::Accel;
-use crate::clone::{self, FinishOptions, Prepared};
+use crate::clone::{self, CloneError, CloneReport, FinishOptions, Prepared};
 use crate::home::{Home, SnapshotTag, VmName};
-use crate::ops::{RestoreError, RestoreReport};
 use crate::qemu::Qemu;
 use crate::snapshot::{Snapshot, SnapshotCheckError};
 use crate::vm::VmPaths;
@@ -213,7 +212,7 @@ impl Pool {
         name: &VmName,
         opts: &FinishOptions,
         t0: Instant,
-    ) -> Option<Result<RestoreReport, RestoreError>> {
+    ) -> Option<Result<CloneReport, CloneError>> {
         let mut prepared = {
             let mut slots = self.slots.lock().expect("pool lock");
             slots.get_mut(tag)?.ready.pop_front()?
@@ -351,7 +350,7 @@ impl Pool {
         }
     }
 
-    async fn prepare(&self, tag: &SnapshotTag, mode: PoolMode) -> Result<Prepared, RestoreError> {
+    async fn prepare(&self, tag: &SnapshotTag, mode: PoolMode) -> Result<Prepared, CloneError> {
         let id: VmName = format!("pool-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
             .parse()
             .expect("a valid name");

@@ -53,6 +53,30 @@ impl ReadySpec {
     }
 }
 
+/// Waits for the extra readiness conditions (a port, a console line); `holds` is the
+/// caller's QMP connection, if it has one open (see [`ready::wait_port`]).
+pub async fn wait_extra(
+    holds: Option<&thaw_qmp::Qmp>,
+    ready: &ReadySpec,
+    ports: &[crate::spec::PortForward],
+    paths: &crate::vm::VmPaths,
+    deadline: std::time::Instant,
+) -> Result<(), ReadyError> {
+    let left = || deadline.saturating_duration_since(std::time::Instant::now());
+    if let Some(guest) = ready.port {
+        let host = ports
+            .iter()
+            .find(|f| f.guest == guest)
+            .ok_or(ReadyError::NotForwarded(guest))?
+            .host;
+        wait_port(holds, &paths.qmp(), host, guest, ready.redis_ping, left()).await?;
+    }
+    if let Some(regex) = &ready.serial {
+        wait_serial(&paths.console(), regex, left()).await?;
+    }
+    Ok(())
+}
+
 /// Waits until the guest accepts a TCP connection on `guest` through its forward
 /// `host` on 127.0.0.1 (with `redis_ping`: until `PING` is answered with `+PONG`).
 ///

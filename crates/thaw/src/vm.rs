@@ -264,6 +264,15 @@ impl VmState {
         fsutil::write_atomic(&path, &bytes).map_err(VmError::io("write", &path))
     }
 
+    /// Loads a VM's record and checks that its QEMU is alive.
+    pub fn load_running(home: &Home, name: &VmName) -> Result<VmState, VmError> {
+        let state = VmState::load(home, name)?;
+        if !state.is_alive() {
+            return Err(VmError::NotRunning(name.clone()));
+        }
+        Ok(state)
+    }
+
     pub fn paths(&self, home: &Home) -> VmPaths {
         VmPaths::new(home, &self.name)
     }
@@ -322,6 +331,15 @@ pub async fn terminate(state: &VmState, home: &Home) {
         kill(state.pid);
         wait_gone(state.pid, id.as_bytes(), Duration::from_secs(5)).await;
     }
+}
+
+/// Kills whatever runs for `name` and removes its directory.
+pub async fn discard(home: &Home, name: &VmName) {
+    if let Ok(state) = VmState::load(home, name) {
+        terminate(&state, home).await;
+        reap(state.pid);
+    }
+    let _ = std::fs::remove_dir_all(home.vm_dir(name));
 }
 
 /// Reaps `pid` if it is a child of this process that has exited (thaw's benchmark and

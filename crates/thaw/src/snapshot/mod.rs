@@ -26,6 +26,9 @@ use crate::fsutil;
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::spec::MachineSpec;
 
+pub mod catalog;
+pub mod take;
+
 /// The `format` field of every manifest.
 pub const FORMAT_NAME: &str = "thaw-snapshot";
 /// The format version this build writes; it reads any minor version of this major.

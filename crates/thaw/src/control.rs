@@ -1,0 +1,142 @@
+//! Operations on VMs that exist: run a command in one, list them with their real
+//! state, stop, resume.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thaw_qmp::Qmp;
+
+use crate::agent::{Agent, AgentError, ExecOutput};
+use crate::home::{Home, VmName};
+use crate::spec::PortForward;
+use crate::vm::{self, Origin, VmError, VmState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+/// Runs a command in the guest through its agent.
+pub async fn exec(
+    home: &Home,
+    name: &VmName,
+    argv: &[String],
+    timeout: Duration,
+) -> Result<ExecOutput, ExecError> {
+    let state = VmState::load_running(home, name)?;
+    let mut agent = Agent::connect(&state.paths(home).agent(), Duration::from_secs(10)).await?;
+    Ok(agent.exec(argv, timeout).await?)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub name: VmName,
+    pub pid: Option<u32>,
+    /// "running", "paused", "dead" (QEMU is gone) or "unresponsive" (QMP did not answer).
+    pub state: String,
+    /// QEMU's own run state when it answered (e.g. "postmigrate").
+    pub qemu_status: Option<String>,
+    pub origin: Option<Origin>,
+    pub memory_mib: Option<u32>,
+    pub cpus: Option<u32>,
+    pub created_unix_ms: Option<u64>,
+    /// Host ports forwarded to guest ports.
+    pub ports: Vec<PortForward>,
+}
+
+/// Lists every VM with its state as QEMU reports it now.
+pub async fn list(home: &Home) -> Vec<VmInfo> {
+    let mut out = Vec::new();
+    for name in vm::list_names(home) {
+        let Ok(state) = VmState::load(home, &name) else {
+            out.push(VmInfo {
+                name,
+                pid: None,
+                state: "dead".into(),
+                qemu_status: None,
+                origin: None,
+                memory_mib: None,
+                cpus: None,
+                created_unix_ms: None,
+                ports: Vec::new(),
+            });
+            continue;
+        };
+        let (st, qemu_status) = if !state.is_alive() {
+            ("dead".to_owned(), None)
+        } else {
+            match query_status(&state.paths(home).qmp()).await {
+                Some(s) => (
+                    if s == "running" { "running" } else { "paused" }.to_owned(),
+                    Some(s),
+                ),
+                None => ("unresponsive".to_owned(), None),
+            }
+        };
+        out.push(VmInfo {
+            name,
+            pid: Some(state.pid),
+            state: st,
+            qemu_status,
+            origin: Some(state.origin.clone()),
+            memory_mib: Some(state.spec.memory_mib),
+            cpus: Some(state.spec.cpus),
+            created_unix_ms: Some(state.created_unix_ms),
+            ports: state.ports.clone(),
+        });
+    }
+    out
+}
+
+async fn query_status(sock: &std::path::Path) -> Option<String> {
+    let q = async {
+        let qmp = Qmp::connect(sock).await.ok()?;
+        let st = qmp.execute("query-status", None).await.ok()?;
+        st["status"].as_str().map(str::to_owned)
+    };
+    tokio::time::timeout(Duration::from_secs(2), q)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Stops a VM (whatever its state) and removes its directory.
+pub async fn stop(home: &Home, name: &VmName) -> Result<(), VmError> {
+    let dir = home.vm_dir(name);
+    match VmState::load(home, name) {
+        Ok(state) => {
+            vm::terminate(&state, home).await;
+            vm::reap(state.pid);
+        }
+        Err(VmError::NotFound(n)) => return Err(VmError::NotFound(n)),
+        // A directory without a readable record (thaw died while creating it): end any
+        // QEMU that runs from it, found by its command line.
+        Err(_) => {
+            for pid in vm::pids_using(&dir) {
+                vm::kill(pid);
+                vm::wait_gone(
+                    pid,
+                    dir.as_os_str().as_encoded_bytes(),
+                    Duration::from_secs(5),
+                )
+                .await;
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).map_err(|source| VmError::Io {
+        step: "remove",
+        path: dir.clone(),
+        source,
+    })
+}
+
+/// Resumes a paused VM (e.g. one left paused by an interrupted snapshot).
+pub async fn resume(home: &Home, name: &VmName) -> Result<(), VmError> {
+    let state = VmState::load_running(home, name)?;
+    let qmp = Qmp::connect(&state.paths(home).qmp()).await?;
+    qmp.execute("cont", None).await?;
+    Ok(())
+}

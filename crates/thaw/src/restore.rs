@@ -1,0 +1,208 @@
+//! Restoring a snapshot: `count` clones, each a fresh QEMU on the snapshot's RAM image
+//! mapped private (or a clone taken from a warm pool), checked before anything starts
+//! and all-or-nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::accel::Accel;
+use crate::clone::{self, CloneError, CloneReport, FinishOptions};
+use crate::home::{Home, SnapshotTag, VmName};
+use crate::pool::Pool;
+use crate::qemu::Qemu;
+use crate::ready::{ReadyError, ReadySpec};
+use crate::snapshot::{Snapshot, SnapshotCheckError};
+use crate::vm::{self, VmError, VmPaths};
+
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    pub tag: SnapshotTag,
+    pub count: u32,
+    /// The clone's name; with `count > 1`, clones are named `<name>-1`, `<name>-2`, ...
+    pub name: Option<VmName>,
+    /// The accelerator to restore under (default: what this host can use).
+    pub accel: Option<Accel>,
+    /// Hash the whole RAM image before restoring.
+    pub verify: bool,
+    /// How long each clone's guest agent may take to answer.
+    pub timeout: Duration,
+    /// Give clones the snapshot's VM Generation ID instead of a fresh one. Only for
+    /// showing what the fresh id protects against: clones then share RNG state.
+    pub keep_vmgenid: bool,
+    /// What must answer besides the guest agent.
+    pub ready: ReadySpec,
+    /// A shell command run in each clone (through the agent) before it is reported
+    /// ready; a non-zero exit fails the restore.
+    pub exec_after: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Check(#[from] SnapshotCheckError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("count must be at least 1")]
+    Count,
+    #[error(transparent)]
+    Ready(#[from] ReadyError),
+    #[error("restoring clone {name} failed")]
+    Clone {
+        name: VmName,
+        #[source]
+        source: CloneError,
+    },
+}
+
+/// Starts `count` clones of a snapshot. Everything is checked before QEMU starts; if
+/// any clone fails, every clone of this request is stopped and removed.
+pub async fn restore(
+    home: &Home,
+    qemu: &Qemu,
+    req: &RestoreRequest,
+) -> Result<Vec<CloneReport>, RestoreError> {
+    restore_from(home, qemu, req, None).await
+}
+
+/// [`restore`], taking clones from `pool` while it has them ready (the rest spawn).
+pub async fn restore_from(
+    home: &Home,
+    qemu: &Qemu,
+    req: &RestoreRequest,
+    pool: Option<&Arc<Pool>>,
+) -> Result<Vec<CloneReport>, RestoreError> {
+    let t0 = Instant::now();
+    if req.count == 0 {
+        return Err(RestoreError::Count);
+    }
+    let snap = Snapshot::open(home, &req.tag)?;
+    let accel = req.accel.unwrap_or_else(Accel::detect);
+    snap.check(qemu.version, accel, req.verify)?;
+    let guest_ports = snap
+        .manifest
+        .spec
+        .net
+        .as_ref()
+        .map(|n| n.guest_ports.clone())
+        .unwrap_or_default();
+    req.ready.validate(&guest_ports)?;
+    let names = claim_names(home, req)?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, name) in names.iter().enumerate() {
+        let (home, qemu, snap, name, req) = (
+            home.clone(),
+            qemu.clone(),
+            snap.clone(),
+            name.clone(),
+            req.clone(),
+        );
+        let pool = pool.cloned();
+        tasks.spawn(async move {
+            let pooled = match &pool {
+                Some(pool) if !req.keep_vmgenid => {
+                    pool.take(&req.tag, &name, &req.finish_options(), t0).await
+                }
+                _ => None,
+            };
+            let r = match pooled {
+                Some(r) => r,
+                None => restore_one(&home, &qemu, &snap, &name, &req, t0).await,
+            };
+            (i, name, r)
+        });
+    }
+    let mut reports = Vec::new();
+    let mut first_err = None;
+    while let Some(joined) = tasks.join_next().await {
+        let (i, name, r) = joined.expect("restore task panicked");
+        match r {
+            Ok(rep) => reports.push((i, rep)),
+            Err(e) => {
+                first_err.get_or_insert(RestoreError::Clone { name, source: e });
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        for name in &names {
+            vm::discard(home, name).await;
+        }
+        return Err(e);
+    }
+    reports.sort_by_key(|(i, _)| *i);
+    Ok(reports.into_iter().map(|(_, r)| r).collect())
+}
+
+/// Picks and claims (creates the directories of) the clones' names.
+fn claim_names(home: &Home, req: &RestoreRequest) -> Result<Vec<VmName>, RestoreError> {
+    let mut claimed: Vec<VmName> = Vec::new();
+    let release = |claimed: &[VmName]| {
+        for n in claimed {
+            let _ = std::fs::remove_dir_all(home.vm_dir(n));
+        }
+    };
+    match (&req.name, req.count) {
+        (Some(name), 1) => {
+            vm::create_dir(home, name)?;
+            claimed.push(name.clone());
+        }
+        (base, count) => {
+            let base = base
+                .as_ref()
+                .map(|n| n.as_str())
+                .unwrap_or(req.tag.as_str());
+            let explicit = req.name.is_some();
+            let mut i = 1u32;
+            while claimed.len() < count as usize {
+                let name: VmName = match format!("{base}-{i}").parse() {
+                    Ok(n) => n,
+                    Err(e) => {
+                        release(&claimed);
+                        return Err(VmError::Io {
+                            step: "name a clone",
+                            path: home.vms_dir(),
+                            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+                        }
+                        .into());
+                    }
+                };
+                match vm::create_dir(home, &name) {
+                    Ok(_) => claimed.push(name),
+                    // Explicit names must all be free; derived names skip taken ones.
+                    Err(VmError::Exists(n)) if !explicit => {
+                        let _ = n;
+                    }
+                    Err(e) => {
+                        release(&claimed);
+                        return Err(e.into());
+                    }
+                }
+                i += 1;
+            }
+        }
+    }
+    Ok(claimed)
+}
+
+async fn restore_one(
+    home: &Home,
+    qemu: &Qemu,
+    snap: &Snapshot,
+    name: &VmName,
+    req: &RestoreRequest,
+    t0: Instant,
+) -> Result<CloneReport, CloneError> {
+    let paths = VmPaths::new(home, name);
+    let prepared = clone::prepare(qemu, snap, paths, name.clone(), req.keep_vmgenid, false).await?;
+    prepared.finish(&req.finish_options(), t0).await
+}
+
+impl RestoreRequest {
+    pub fn finish_options(&self) -> FinishOptions {
+        FinishOptions {
+            timeout: self.timeout,
+            ready: self.ready.clone(),
+            exec_after: self.exec_after.clone(),
+        }
+    }
+}

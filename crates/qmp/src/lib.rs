@@ -105,6 +105,9 @@ impl std::str::FromStr for QemuVersion {
 pub struct Event {
     pub event: String,
     pub data: Value,
+    /// When QEMU emitted it, in seconds since the Unix epoch (QEMU's own clock: the
+    /// way to time what happens inside QEMU, e.g. STOP → RESUME, without our latency).
+    pub timestamp: f64,
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, (String, String)>>>>>;
@@ -321,9 +324,13 @@ async fn read_loop(
             continue;
         };
         if let Some(event) = msg["event"].as_str() {
+            let ts = &msg["timestamp"];
+            let timestamp = ts["seconds"].as_f64().unwrap_or(0.0)
+                + ts["microseconds"].as_f64().unwrap_or(0.0) / 1e6;
             let _ = events.send(Event {
                 event: event.to_owned(),
                 data: msg["data"].clone(),
+                timestamp,
             });
             continue;
         }

@@ -7,11 +7,15 @@ use std::path::Path;
 
 use common::Env;
 
+/// Copies a snapshot directory, keeping its RAM image sparse.
 fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
+    let st = std::process::Command::new("cp")
+        .args(["-r", "--sparse=always"])
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cp {} {}", from.display(), to.display());
 }
 
 /// Checks the invariants after a refused command: the same QEMU processes as before,
@@ -95,41 +99,51 @@ fn bad_names_unknown_things_and_broken_snapshots_are_refused() {
     env.run(&["restore", "no-manifest"])
         .fails_with("manifest is missing");
 
-    copy_dir(&good, &snaps.join("truncated-state"));
-    let state = snaps.join("truncated-state/state");
-    let len = std::fs::metadata(&state).unwrap().len();
+    // The good snapshot is of a running VM: one mapped-ram file, "memory".
+    let manifest = std::fs::read_to_string(snaps.join("good/manifest.json")).unwrap();
+    let retag = |to: &str| manifest.replace("\"tag\": \"good\"", &format!("\"tag\": \"{to}\""));
+    copy_dir(&good, &snaps.join("truncated"));
+    let memory = snaps.join("truncated/memory");
+    let len = std::fs::metadata(&memory).unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)
-        .open(&state)
+        .open(&memory)
         .unwrap()
-        .set_len(len / 2)
+        .set_len(len - 4096)
         .unwrap();
-    let manifest = std::fs::read_to_string(snaps.join("good/manifest.json")).unwrap();
-    std::fs::write(
-        snaps.join("truncated-state/manifest.json"),
-        manifest.replace("\"tag\": \"good\"", "\"tag\": \"truncated-state\""),
-    )
-    .unwrap();
-    env.run(&["restore", "truncated-state"])
-        .fails_with("state file is");
+    std::fs::write(snaps.join("truncated/manifest.json"), retag("truncated")).unwrap();
+    env.run(&["restore", "truncated"])
+        .fails_with("snapshot truncated: memory is");
 
+    // One flipped byte in the device state (at the end of the file).
+    copy_dir(&good, &snaps.join("flipped"));
+    let memory = snaps.join("flipped/memory");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&memory)
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, len - 100).unwrap();
+    f.write_all_at(&[b[0] ^ 0x40], len - 100).unwrap();
+    std::fs::write(snaps.join("flipped/manifest.json"), retag("flipped")).unwrap();
+    env.run(&["restore", "flipped"])
+        .fails_with("the device state in memory does not match its BLAKE3 hash");
+
+    let mut wrong_ram: serde_json::Value = serde_json::from_str(&retag("wrong-ram")).unwrap();
+    wrong_ram["memory"]["len"] = (128u64 << 20).into();
     copy_dir(&good, &snaps.join("wrong-ram"));
     std::fs::write(
         snaps.join("wrong-ram/manifest.json"),
-        manifest.replace("\"tag\": \"good\"", "\"tag\": \"wrong-ram\""),
+        serde_json::to_vec(&wrong_ram).unwrap(),
     )
     .unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(snaps.join("wrong-ram/ram"))
-        .unwrap()
-        .set_len(128 << 20)
-        .unwrap();
     env.run(&["restore", "wrong-ram"])
         .fails_with("RAM image is 134217728 bytes, expected 268435456");
 
     let mut future: serde_json::Value = serde_json::from_str(&manifest).unwrap();
-    future["version"]["major"] = 2.into();
+    future["version"]["major"] = 3.into();
     future["tag"] = "future".into();
     copy_dir(&good, &snaps.join("future"));
     std::fs::write(
@@ -138,7 +152,7 @@ fn bad_names_unknown_things_and_broken_snapshots_are_refused() {
     )
     .unwrap();
     env.run(&["restore", "future"])
-        .fails_with("format version 2.1 is not supported");
+        .fails_with("format version 3.0 is not supported");
 
     let mut other_qemu: serde_json::Value = serde_json::from_str(&manifest).unwrap();
     other_qemu["qemu_version"] = serde_json::json!({"major": 7, "minor": 2, "micro": 0});

@@ -79,7 +79,7 @@ fn disk_writes_stay_in_their_clone_and_the_base_is_never_written() {
     env.ok(&["stop", "--all"]);
     assert!(env.processes().is_empty());
     assert_eq!(blake3_of(&base), hash, "the base image was written");
-    let layer = env.path().join("snapshots/s/disks/disk0.qcow2");
+    let layer = env.path().join("snapshots/s/disks/d0.0.qcow2");
     assert!(layer.exists());
     // A clone of the snapshot after everything stopped still sees the pre-snapshot file.
     let c = env.json(&["restore", "s", "--name", "late"]);

@@ -7,7 +7,7 @@ use axum::Json;
 use thaw::agent::AgentError;
 use thaw::boot::BootError;
 use thaw::clone::CloneError;
-use thaw::control::ExecError;
+use thaw::control::{ExecError, ResumeError};
 use thaw::disk::DiskError;
 use thaw::home::NameError;
 use thaw::pool::PoolError;
@@ -151,11 +151,21 @@ impl HttpStatus for ExecError {
     }
 }
 
+impl HttpStatus for ResumeError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ResumeError::Vm(e) => e.status(),
+            ResumeError::Migration(_) => FAILED,
+        }
+    }
+}
+
 impl HttpStatus for SnapshotError {
     fn status(&self) -> StatusCode {
         match self {
             SnapshotError::Vm(e) => e.status(),
-            SnapshotError::TagExists(_) | SnapshotError::CloneNotSupported(_) => CONFLICT,
+            SnapshotError::TagExists(_) => CONFLICT,
+            SnapshotError::CloneNeedsMappedRam { .. } | SnapshotError::UnknownLayer { .. } => BAD,
             _ => FAILED,
         }
     }

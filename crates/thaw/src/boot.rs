@@ -114,6 +114,7 @@ async fn boot_in(
         name: req.name.as_str(),
         qemu: qemu.version,
         ram: &ram,
+        ram_offset: 0,
         share_ram: true,
         qmp_socket: &paths.qmp(),
         agent_socket: &paths.agent(),
@@ -135,6 +136,7 @@ async fn boot_in(
         created_unix_ms: vm::now_ms(),
         disk_overlays: overlays.clone(),
         ports: ports.clone(),
+        lineage: None,
     };
     let mut spawned = vm::spawn(qemu, &spec, &launch, paths, false, |pid| {
         record(pid).save(home)
@@ -161,7 +163,7 @@ fn vm_io(step: &'static str, path: &std::path::Path, source: std::io::Error) -> 
     }
 }
 
-/// Creates the VM's qcow2 overlays on its base images.
+/// Creates layer 0 of each disk: a qcow2 overlay on its base image.
 fn create_overlays(spec: &MachineSpec, paths: &VmPaths) -> Result<Vec<PathBuf>, BootError> {
     if spec.disks.is_empty() {
         return Ok(Vec::new());
@@ -169,7 +171,7 @@ fn create_overlays(spec: &MachineSpec, paths: &VmPaths) -> Result<Vec<PathBuf>, 
     std::fs::create_dir_all(paths.disks()).map_err(|e| vm_io("create", &paths.disks(), e))?;
     let mut overlays = Vec::new();
     for (i, d) in spec.disks.iter().enumerate() {
-        let overlay = paths.disk_overlay(i);
+        let overlay = paths.disk_layer(i, 0);
         disk::create_overlay(&d.base, d.format, &overlay)?;
         overlays.push(overlay);
     }

@@ -17,10 +17,11 @@ use crate::agent::Agent;
 use crate::agent::AgentError;
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::migration;
+use crate::migration::Layout;
 use crate::migration::MigrationError;
 use crate::qemu::Qemu;
 use crate::ready::{self, ReadyError, ReadySpec};
-use crate::snapshot::{self, Snapshot, SnapshotCheckError};
+use crate::snapshot::{self, Memory, ParentRef, Snapshot, SnapshotCheckError};
 use crate::spec::{Launch, PortForward};
 use crate::vm::{self, Origin, VmError, VmPaths, VmState};
 
@@ -72,6 +73,8 @@ pub enum CloneError {
     Ready(#[from] ReadyError),
     #[error("--exec-after exited with {code}: {stderr}")]
     ExecAfter { code: i32, stderr: String },
+    #[error("could not move the port forwards ({0})")]
+    Ports(String),
 }
 
 /// How far a clone's clock may be from the host's before it is set at finish.
@@ -106,9 +109,18 @@ fn io(step: &'static str, path: &std::path::Path, source: std::io::Error) -> VmE
     }
 }
 
+/// Which host ports a clone's forwards get when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ports {
+    /// Free ones, picked now.
+    Fresh,
+    /// None yet: the clone takes over another VM's ports later ([`Prepared::take_ports`]).
+    None,
+}
+
 /// Starts QEMU for a clone of `snap` in `paths.dir` (which must exist and be empty)
-/// and loads the snapshot's device state. The clone gets fresh host ports, its own
-/// disk overlays and (unless `keep_vmgenid`) a fresh VM Generation ID. With
+/// and loads the snapshot's device state. The clone gets host ports as `ports` says,
+/// its own disk layers and (unless `keep_vmgenid`) a fresh VM Generation ID. With
 /// `die_with_owner`, QEMU is killed when this process ends (see [`crate::pool::Orphans`]).
 pub async fn prepare(
     qemu: &Qemu,
@@ -117,41 +129,37 @@ pub async fn prepare(
     name: VmName,
     keep_vmgenid: bool,
     die_with_owner: bool,
+    ports: Ports,
 ) -> Result<Prepared, CloneError> {
     let t0 = Instant::now();
-    let ram = snap.ram_path();
+    let (ram, ram_offset) = snap.ram_image();
     let spec = &snap.manifest.spec;
     let vmgenid = if keep_vmgenid {
         snap.manifest.vmgenid
     } else {
         Uuid::new_v4()
     };
-    // Every clone needs its own host ports; the snapshot's are taken.
-    let ports = spec
-        .net
-        .iter()
-        .flat_map(|n| n.guest_ports.iter())
-        .map(|&guest| {
-            let host = ready::free_port().map_err(|e| io("pick a port for", &paths.dir, e))?;
-            Ok(PortForward { host, guest })
-        })
-        .collect::<Result<Vec<_>, VmError>>()?;
-    let mut overlays = Vec::new();
-    if !spec.disks.is_empty() {
-        std::fs::create_dir_all(paths.disks()).map_err(|e| io("create", &paths.disks(), e))?;
-    }
-    for i in 0..spec.disks.len() {
-        // A copy of the snapshot's empty template: no qemu-img on the restore path.
-        let overlay = paths.disk_overlay(i);
-        std::fs::copy(snap.dir.join(snapshot::template_file(i)), &overlay)
-            .map_err(|e| io("create the disk overlay", &overlay, e))?;
-        overlays.push(overlay);
-    }
+    // Every clone needs its own host ports; the snapshot's are taken. A clone that
+    // takes over another VM's ports (reset) starts with none and gets them later.
+    let ports = match ports {
+        Ports::Fresh => spec
+            .net
+            .iter()
+            .flat_map(|n| n.guest_ports.iter())
+            .map(|&guest| {
+                let host = ready::free_port().map_err(|e| io("pick a port for", &paths.dir, e))?;
+                Ok(PortForward { host, guest })
+            })
+            .collect::<Result<Vec<_>, VmError>>()?,
+        Ports::None => Vec::new(),
+    };
+    let overlays = clone_disks(snap, &paths)?;
     let display_name = name.to_string();
     let launch = Launch {
         name: &display_name,
         qemu: qemu.version,
         ram: &ram,
+        ram_offset,
         share_ram: false,
         qmp_socket: &paths.qmp(),
         agent_socket: &paths.agent(),
@@ -175,6 +183,10 @@ pub async fn prepare(
         created_unix_ms: vm::now_ms(),
         disk_overlays: overlays.clone(),
         ports,
+        lineage: Some(ParentRef {
+            tag: snap.manifest.tag.clone(),
+            manifest_blake3: snap.manifest_blake3.clone(),
+        }),
     };
     let spawned = vm::spawn(qemu, spec, &launch, &paths, die_with_owner, |pid| {
         state.pid = pid;
@@ -183,8 +195,11 @@ pub async fn prepare(
     .await?;
     let spawn_ms = ms(t0.elapsed());
     let t1 = Instant::now();
-    migration::set_capabilities(&spawned.qmp).await?;
-    migration::load(&spawned.qmp, &snap.state_path()).await?;
+    let layout = match snap.manifest.memory {
+        Memory::Raw => Layout::Raw,
+        Memory::Mapped { .. } => Layout::Mapped,
+    };
+    migration::load(&spawned.qmp, &snap.state_path(), layout).await?;
     Ok(Prepared {
         state,
         paths,
@@ -200,6 +215,29 @@ pub async fn prepare(
             ..Breakdown::default()
         },
     })
+}
+
+/// Gives a clone its disks: hard links to the snapshot's chain of layers and a copy
+/// of its template as the clone's own top layer. Returns the top layers.
+fn clone_disks(snap: &Snapshot, paths: &VmPaths) -> Result<Vec<PathBuf>, VmError> {
+    let disks = &snap.manifest.disks;
+    if disks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dir = paths.disks();
+    std::fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
+    let from = snap.dir.join("disks");
+    let mut tops = Vec::new();
+    for (i, d) in disks.iter().enumerate() {
+        crate::disk::link_chain(&from, &dir, i, d.layers)
+            .map_err(|e| io("link the disk layers into", &dir, e))?;
+        // A copy of the snapshot's empty template: no qemu-img on the restore path.
+        let top = paths.disk_layer(i, d.layers);
+        std::fs::copy(snap.dir.join(snapshot::template_file(i)), &top)
+            .map_err(|e| io("create the disk overlay", &top, e))?;
+        tops.push(top);
+    }
+    Ok(tops)
 }
 
 impl Prepared {
@@ -239,14 +277,49 @@ impl Prepared {
         Ok(())
     }
 
+    /// Moves the clone onto `ports` (another VM's host ports, free by now): its own
+    /// forwards, if it has any, are removed and these added, through QEMU's monitor.
+    pub async fn take_ports(&mut self, ports: &[PortForward]) -> Result<(), CloneError> {
+        let rules = self
+            .state
+            .ports
+            .iter()
+            .map(|f| format!("hostfwd_remove net0 tcp:127.0.0.1:{}", f.host))
+            .chain(
+                ports
+                    .iter()
+                    .map(|f| format!("hostfwd_add net0 tcp:127.0.0.1:{}-:{}", f.host, f.guest)),
+            );
+        for rule in rules {
+            let out = self
+                .qmp
+                .execute(
+                    "human-monitor-command",
+                    Some(serde_json::json!({ "command-line": rule })),
+                )
+                .await?;
+            let text = out.as_str().unwrap_or("").trim();
+            // Both commands print nothing on success (hostfwd_remove prints its result
+            // only when nothing matched).
+            if !text.is_empty() {
+                return Err(CloneError::Ports(format!("{rule}: {text}")));
+            }
+        }
+        self.state.ports = ports.to_vec();
+        Ok(())
+    }
+
     /// Moves the clone to its final name and directory (a pool clone is prepared
     /// under a placeholder). QEMU keeps its open files and sockets across the rename.
     pub fn rename(&mut self, home: &Home, name: &VmName) -> Result<(), VmError> {
         let to = VmPaths::new(home, name);
         std::fs::rename(&self.paths.dir, &to.dir)
             .map_err(|e| io("move the clone to", &to.dir, e))?;
-        self.state.disk_overlays = (0..self.state.disk_overlays.len())
-            .map(|i| to.disk_overlay(i))
+        self.state.disk_overlays = self
+            .state
+            .disk_overlays
+            .iter()
+            .map(|p| to.disks().join(p.file_name().expect("a layer file")))
             .collect();
         self.state.name = name.clone();
         self.paths = to;

@@ -8,6 +8,7 @@ use thaw_qmp::Qmp;
 
 use crate::agent::{Agent, AgentError, ExecOutput};
 use crate::home::{Home, VmName};
+use crate::migration::{self, MigrationError};
 use crate::spec::PortForward;
 use crate::vm::{self, Origin, VmError, VmState};
 
@@ -133,10 +134,22 @@ pub async fn stop(home: &Home, name: &VmName) -> Result<(), VmError> {
     })
 }
 
-/// Resumes a paused VM (e.g. one left paused by an interrupted snapshot).
-pub async fn resume(home: &Home, name: &VmName) -> Result<(), VmError> {
+/// Resumes a paused VM, for example one left paused by an interrupted snapshot (whose
+/// migration, if it still waits, is cancelled first).
+pub async fn resume(home: &Home, name: &VmName) -> Result<(), ResumeError> {
     let state = VmState::load_running(home, name)?;
-    let qmp = Qmp::connect(&state.paths(home).qmp()).await?;
-    qmp.execute("cont", None).await?;
+    let qmp = Qmp::connect(&state.paths(home).qmp())
+        .await
+        .map_err(VmError::from)?;
+    migration::cancel_pending(&qmp).await?;
+    migration::resume_after(&qmp).await?;
     Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("could not resume the VM")]
+    Migration(#[from] MigrationError),
 }

@@ -1,10 +1,14 @@
-//! Disk images through qcow2 overlays, with `qemu-img`.
+//! Disk images through chains of qcow2 layers, with `qemu-img`.
 //!
 //! A VM never writes its base image: it runs on a qcow2 overlay in its own directory.
-//! A snapshot freezes that overlay as a layer of the snapshot (copied, or moved with
-//! `--stop`), together with a small "clone template": an empty qcow2 overlay whose
-//! backing file is that layer. A clone's overlay is a copy of the template, so a
-//! restore starts no `qemu-img` process.
+//! Layer `k` of disk `i` is the file `d<i>.<k>.qcow2`; layer 0 is backed by the base
+//! image (absolute path), layer `k > 0` by `d<i>.<k-1>.qcow2` — a *relative* name, so a
+//! chain resolves in whatever directory holds it. A snapshot freezes the VM's top layer
+//! (QEMU moves the running VM onto a new empty one, `blockdev-snapshot-sync`) and keeps
+//! the whole chain as hard links: no data is copied, the frozen files are never written
+//! again, and a snapshot directory is complete on its own. A clone gets hard links to
+//! the chain plus a copy of the snapshot's "template" (an empty layer on the frozen
+//! top), so a restore starts no `qemu-img` process.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -171,13 +175,37 @@ pub fn create_overlay(
     .map(|_| ())
 }
 
-/// Creates a qcow2 overlay on a backing file that does not exist yet (the published
-/// path of a snapshot layer), with the given virtual size.
-pub fn create_overlay_unchecked(
-    backing: &Path,
-    size: u64,
-    overlay: &Path,
-) -> Result<(), DiskError> {
+/// The file name of layer `k` of disk `i`.
+pub fn layer_name(i: usize, k: u32) -> String {
+    format!("d{i}.{k}.qcow2")
+}
+
+/// Creates `overlay`, an empty layer on layer `k` of disk `i`, which lives beside it
+/// (named relatively, see the module docs); the backing file need not exist yet.
+pub fn create_layer_on(i: usize, k: u32, size: u64, overlay: &Path) -> Result<(), DiskError> {
+    create_overlay_unchecked(Path::new(&layer_name(i, k)), size, overlay)
+}
+
+/// Hard-links layers `0..layers` of disk `i` from directory `from` into `to` (a
+/// snapshot's chain into a clone's directory, or a VM's into a snapshot).
+pub fn link_chain(from: &Path, to: &Path, i: usize, layers: u32) -> std::io::Result<()> {
+    for k in 0..layers {
+        let name = layer_name(i, k);
+        std::fs::hard_link(from.join(&name), to.join(&name))?;
+    }
+    Ok(())
+}
+
+/// Parses the layer index out of a layer's file name (`d0.3.qcow2` → 3).
+pub fn layer_index(path: &Path) -> Option<u32> {
+    let name = path.file_name()?.to_str()?;
+    let rest = name.strip_prefix('d')?.strip_suffix(".qcow2")?;
+    rest.split_once('.')?.1.parse().ok()
+}
+
+/// Creates a qcow2 overlay on a backing file that need not exist (yet), with the given
+/// virtual size.
+fn create_overlay_unchecked(backing: &Path, size: u64, overlay: &Path) -> Result<(), DiskError> {
     let size = size.to_string();
     run(
         "create",
@@ -243,5 +271,39 @@ mod tests {
         assert_eq!(info(&overlay).unwrap(), ("qcow2".to_owned(), 1 << 20));
         let err = resolve(&format!("{},format=raw", overlay.display())).unwrap_err();
         assert!(matches!(err, DiskError::FormatMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn chains_resolve_by_relative_names_in_any_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let raw = d.path().join("base.raw");
+        std::fs::File::create(&raw)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let a = d.path().join("a");
+        let b = d.path().join("b");
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        create_overlay(&raw, DiskFormat::Raw, &a.join(layer_name(0, 0))).unwrap();
+        create_layer_on(0, 0, 1 << 20, &a.join(layer_name(0, 1))).unwrap();
+        link_chain(&a, &b, 0, 2).unwrap();
+        // The top resolves its backing in its new directory.
+        let out = run(
+            "info",
+            &b,
+            &[
+                "info".as_ref(),
+                "--backing-chain".as_ref(),
+                b.join(layer_name(0, 1)).as_os_str(),
+            ],
+        )
+        .unwrap();
+        assert!(
+            out.contains(&format!("{}", b.join(layer_name(0, 0)).display())),
+            "{out}"
+        );
+        assert_eq!(layer_index(&b.join("d0.1.qcow2")), Some(1));
+        assert_eq!(layer_index(Path::new("disk0.qcow2")), None);
     }
 }

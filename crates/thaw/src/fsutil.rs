@@ -125,6 +125,75 @@ pub fn hash_file(path: &Path) -> std::io::Result<String> {
     Ok(hasher.finalize().to_hex().to_string())
 }
 
+/// A hash of a file's content that costs nothing for holes and does not depend on
+/// where the filesystem keeps them: BLAKE3 over the file size and then, for every
+/// 4 KiB page that is not all zeros, its offset and bytes. Pages in `exclude` (an
+/// offset and a length, page aligned) are left out. Used for RAM images and migration
+/// files, which are gigabytes of mostly holes.
+pub fn content_hash(path: &Path, exclude: Option<(u64, u64)>) -> std::io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    const PAGE: usize = 4096;
+    let f = File::open(path)?;
+    let len = f.metadata()?.len();
+    let (ex_start, ex_end) = exclude.map(|(o, l)| (o, o + l)).unwrap_or((0, 0));
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&len.to_le_bytes());
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < len {
+        let data = match rustix::fs::seek(&f, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = rustix::fs::seek(&f, SeekFrom::Hole(data)).map_err(std::io::Error::from)?;
+        // Whole pages, so that a page split across extents hashes the same.
+        let mut at = data - data % PAGE as u64;
+        while at < hole {
+            if at >= ex_start && at < ex_end {
+                at = ex_end;
+                continue;
+            }
+            let want = (buf.len() as u64).min(hole.div_ceil(PAGE as u64) * PAGE as u64 - at);
+            let want = want.min(if at < ex_start {
+                ex_start - at
+            } else {
+                u64::MAX
+            }) as usize;
+            let n = f.read_at(&mut buf[..want], at)?;
+            if n == 0 {
+                break;
+            }
+            for (i, page) in buf[..n].chunks(PAGE).enumerate() {
+                if page.iter().any(|&b| b != 0) {
+                    hasher.update(&(at + (i * PAGE) as u64).to_le_bytes());
+                    hasher.update(page);
+                }
+            }
+            at += n as u64;
+        }
+        pos = hole.max(at);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// Bytes of data (not holes) a file has in `[start, end)`, by its extents.
+pub fn data_bytes_in(path: &Path, start: u64, end: u64) -> std::io::Result<u64> {
+    let f = File::open(path)?;
+    let (mut pos, mut total) = (start, 0);
+    while pos < end {
+        let data = match rustix::fs::seek(&f, SeekFrom::Data(pos)) {
+            Ok(d) if d < end => d,
+            Ok(_) | Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = rustix::fs::seek(&f, SeekFrom::Hole(data)).map_err(std::io::Error::from)?;
+        total += hole.min(end) - data;
+        pos = hole;
+    }
+    Ok(total)
+}
+
 /// Bytes a file really occupies on disk (holes excluded).
 pub fn allocated_bytes(path: &Path) -> std::io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
@@ -170,6 +239,38 @@ mod tests {
             "holes stayed holes"
         );
         assert!(copy_sparse(&src, &dst).is_err(), "never overwrites");
+    }
+
+    #[test]
+    fn content_hash_ignores_hole_layout_and_sees_every_byte() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a");
+        let b = d.path().join("b");
+        // Same content: one with a hole, one with the zeros written out.
+        let fa = File::create(&a).unwrap();
+        fa.set_len(1 << 20).unwrap();
+        use std::os::unix::fs::FileExt;
+        fa.write_all_at(b"data", 300_000).unwrap();
+        let mut bytes = vec![0u8; 1 << 20];
+        bytes[300_000..300_004].copy_from_slice(b"data");
+        std::fs::write(&b, &bytes).unwrap();
+        let ha = content_hash(&a, None).unwrap();
+        assert_eq!(ha, content_hash(&b, None).unwrap());
+        // One flipped bit anywhere changes it; so does the size.
+        bytes[7] = 1;
+        std::fs::write(&b, &bytes).unwrap();
+        assert_ne!(ha, content_hash(&b, None).unwrap());
+        fa.set_len(2 << 20).unwrap();
+        assert_ne!(ha, content_hash(&a, None).unwrap());
+        // Excluded pages do not count.
+        bytes[7] = 0;
+        bytes[8192] = 9;
+        std::fs::write(&b, &bytes).unwrap();
+        fa.set_len(1 << 20).unwrap();
+        assert_eq!(
+            content_hash(&a, Some((8192, 4096))).unwrap(),
+            content_hash(&b, Some((8192, 4096))).unwrap()
+        );
     }
 
     #[test]

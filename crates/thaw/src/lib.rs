@@ -21,6 +21,7 @@ pub mod disk;
 pub mod fsutil;
 pub mod guest;
 pub mod home;
+pub mod mapped;
 pub mod migration;
 pub mod pool;
 pub mod qemu;

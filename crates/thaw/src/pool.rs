@@ -372,6 +372,7 @@ impl Pool {
                 id.clone(),
                 false,
                 die_with_owner,
+                clone::Ports::Fresh,
             )
             .await?;
             if let Some(o) = &self.observer {

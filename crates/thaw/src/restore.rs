@@ -193,7 +193,16 @@ async fn restore_one(
     t0: Instant,
 ) -> Result<CloneReport, CloneError> {
     let paths = VmPaths::new(home, name);
-    let prepared = clone::prepare(qemu, snap, paths, name.clone(), req.keep_vmgenid, false).await?;
+    let prepared = clone::prepare(
+        qemu,
+        snap,
+        paths,
+        name.clone(),
+        req.keep_vmgenid,
+        false,
+        clone::Ports::Fresh,
+    )
+    .await?;
     prepared.finish(&req.finish_options(), t0).await
 }
 

@@ -176,6 +176,9 @@ impl MachineSpec {
             if launch.share_ram { "on" } else { "off" }
         ));
         backend.push(escape_commas(launch.ram));
+        if launch.ram_offset > 0 {
+            backend.push(format!(",offset={}", launch.ram_offset));
+        }
         if !launch.share_ram && launch.qemu.has_file_migration() {
             backend.push(",readonly=on,rom=off");
         }
@@ -247,6 +250,8 @@ pub struct Launch<'a> {
     pub name: &'a str,
     pub qemu: QemuVersion,
     pub ram: &'a Path,
+    /// Where the RAM image starts in `ram` (a snapshot's mapped-ram file), else 0.
+    pub ram_offset: u64,
     pub share_ram: bool,
     pub qmp_socket: &'a Path,
     pub agent_socket: &'a Path,
@@ -311,6 +316,7 @@ mod tests {
             name: "web",
             qemu: "10.0.2".parse().unwrap(),
             ram: Path::new("/h/vms/web/ram"),
+            ram_offset: 0,
             share_ram: share,
             qmp_socket: Path::new("/h/vms/web/qmp.sock"),
             agent_socket: Path::new("/h/vms/web/qga.sock"),
@@ -376,6 +382,10 @@ mod tests {
         let mut old = launch(false, true);
         old.qemu = "7.2.0".parse().unwrap();
         assert!(!joined(&spec().argv(&old)).contains("readonly=on"));
+        let mut mapped = launch(false, true);
+        mapped.ram_offset = 1 << 20;
+        assert!(joined(&spec().argv(&mapped))
+            .contains("mem-path=/h/vms/web/ram,offset=1048576,readonly=on"));
     }
 
     #[test]

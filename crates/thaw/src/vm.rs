@@ -32,12 +32,17 @@ pub struct VmState {
     pub ram_shared: bool,
     pub origin: Origin,
     pub created_unix_ms: u64,
-    /// This VM's qcow2 overlay for each disk of the spec.
+    /// This VM's top (written) qcow2 layer for each disk of the spec. The layers
+    /// below it are in the same directory (see `disk`).
     #[serde(default)]
     pub disk_overlays: Vec<PathBuf>,
     /// Host ports forwarded to guest ports.
     #[serde(default)]
     pub ports: Vec<PortForward>,
+    /// The snapshot this VM's state last came from or went into: the parent of the
+    /// next snapshot taken of it.
+    #[serde(default)]
+    pub lineage: Option<crate::snapshot::ParentRef>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -80,8 +85,9 @@ impl VmPaths {
     pub fn disks(&self) -> PathBuf {
         self.dir.join("disks")
     }
-    pub fn disk_overlay(&self, i: usize) -> PathBuf {
-        self.disks().join(format!("disk{i}.qcow2"))
+    /// Layer `k` of disk `i` (see `disk`).
+    pub fn disk_layer(&self, i: usize, k: u32) -> PathBuf {
+        self.disks().join(crate::disk::layer_name(i, k))
     }
 }
 
@@ -415,11 +421,15 @@ mod tests {
                 snapshot: "base".parse().unwrap(),
             },
             created_unix_ms: 1,
-            disk_overlays: vec!["/h/vms/web/disks/disk0.qcow2".into()],
+            disk_overlays: vec!["/h/vms/web/disks/d0.1.qcow2".into()],
             ports: vec![PortForward {
                 host: 4000,
                 guest: 80,
             }],
+            lineage: Some(crate::snapshot::ParentRef {
+                tag: "base".parse().unwrap(),
+                manifest_blake3: "ab".into(),
+            }),
         };
         let j = serde_json::to_string(&s).unwrap();
         assert!(j.contains("\"kind\":\"restored\""));

@@ -1,18 +1,28 @@
-//! The snapshot format (v1) and its checks.
+//! The snapshot format (v2) and its checks.
 //!
 //! ```text
 //! snapshots/<tag>/
 //!   manifest.json   format name and version, QEMU version, accelerator, machine spec,
-//!                   and for every file its size and BLAKE3
-//!   state           QEMU migration stream: devices and vCPUs, no RAM (x-ignore-shared)
-//!   ram             raw guest RAM image, sparse
+//!                   parent, memory layout, and for every file its size and hash
+//!   state, ram      layout "raw": QEMU's device state (x-ignore-shared stream, no RAM)
+//!                   and the raw guest RAM image, sparse
+//!   memory          layout "mapped": a mapped-ram migration file holding the device
+//!                   state and, at a 1 MiB aligned offset, the raw RAM image (see `mapped`)
+//!   disks/d<i>.<k>.qcow2      the layers of disk i, k = 0 (on the base image) up to
+//!                             the frozen top; each backed by the one below, by a
+//!                             relative name, so the chain resolves in any directory
+//!   disks/d<i>.template.qcow2 the empty overlay every clone starts from
 //! ```
+//!
+//! A snapshot is complete on its own: the layers of its parents are hard links (no
+//! copies), and a mapped RAM image holds every page. Removing a parent therefore never
+//! breaks a child; `catalog::remove` refuses it anyway while children exist.
 //!
 //! A snapshot is written into `snapshots/.tmp-<tag>-<pid>/`, every file is synced, the
 //! directory is renamed into place and the parent directory synced: a crash leaves
-//! either no snapshot or a whole one. Restore checks the manifest, the state file's
+//! either no snapshot or a whole one. Restore checks the manifest, the device state's
 //! hash and the RAM image's size before it starts QEMU; hashing the RAM image too is
-//! optional (`verify`), since it reads every byte.
+//! optional (`verify`), since it reads every page.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,13 +42,14 @@ pub mod take;
 /// The `format` field of every manifest.
 pub const FORMAT_NAME: &str = "thaw-snapshot";
 /// The format version this build writes; it reads any minor version of this major.
-pub const FORMAT_VERSION: FormatVersion = FormatVersion { major: 1, minor: 1 };
+pub const FORMAT_VERSION: FormatVersion = FormatVersion { major: 2, minor: 0 };
 /// A manifest larger than this is refused unread.
 pub const MANIFEST_MAX_BYTES: u64 = 1 << 20;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const STATE_FILE: &str = "state";
 pub const RAM_FILE: &str = "ram";
+pub const MEMORY_FILE: &str = "memory";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FormatVersion {
@@ -46,11 +57,37 @@ pub struct FormatVersion {
     pub minor: u32,
 }
 
-/// Size and hash of one file of a snapshot.
+/// Size and hash of one file of a snapshot. The hash is [`fsutil::content_hash`]:
+/// BLAKE3 over the non-zero pages, so gigabytes of holes cost nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
     pub size: u64,
     pub blake3: String,
+}
+
+/// How the guest's RAM and device state are stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "layout", rename_all = "lowercase")]
+pub enum Memory {
+    /// `state` (device state only) and `ram` (the VM's own RAM file, kept as is):
+    /// snapshots of booted VMs taken with `--stop`, and any snapshot on QEMU < 9.0.
+    Raw,
+    /// `memory`: a mapped-ram migration file; the RAM image is `len` bytes at `offset`.
+    /// `state_blake3` hashes the file without that region (the device state and the
+    /// small RAM blocks), which restore checks every time.
+    Mapped {
+        offset: u64,
+        len: u64,
+        state_blake3: String,
+    },
+}
+
+/// The snapshot a snapshot was taken on top of (a snapshot of a restored clone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRef {
+    pub tag: SnapshotTag,
+    /// BLAKE3 of the parent's manifest.json when the child was taken.
+    pub manifest_blake3: String,
 }
 
 /// What is persisted about a snapshot (`manifest.json`).
@@ -66,29 +103,30 @@ pub struct Manifest {
     /// The generation id the VM had; clones get fresh ones.
     pub vmgenid: Uuid,
     pub source_vm: VmName,
+    pub parent: Option<ParentRef>,
+    pub memory: Memory,
     pub files: BTreeMap<String, FileEntry>,
-    /// One entry per disk of the spec (format 1.1): the frozen layer is the file
-    /// `disks/disk<i>.qcow2`, backed by `base`; `disks/disk<i>.clone.qcow2` is the
-    /// empty overlay every clone starts from.
-    #[serde(default)]
-    pub disks: Vec<DiskLayer>,
+    /// One entry per disk of the spec.
+    pub disks: Vec<DiskChain>,
 }
 
-/// A disk of a snapshot: its frozen layer and the base image under it.
+/// A disk of a snapshot: the base image and how many layers are stacked on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DiskLayer {
+pub struct DiskChain {
     pub base: crate::disk::BaseIdentity,
     pub virtual_size: u64,
+    /// Layers `d<i>.0` .. `d<i>.<layers-1>`; the last is the frozen top.
+    pub layers: u32,
 }
 
-/// The snapshot-relative path of disk `i`'s frozen layer.
-pub fn layer_file(i: usize) -> String {
-    format!("disks/disk{i}.qcow2")
+/// The snapshot-relative path of layer `k` of disk `i`.
+pub fn layer_file(i: usize, k: u32) -> String {
+    format!("disks/{}", crate::disk::layer_name(i, k))
 }
 
 /// The snapshot-relative path of disk `i`'s clone template.
 pub fn template_file(i: usize) -> String {
-    format!("disks/disk{i}.clone.qcow2")
+    format!("disks/d{i}.template.qcow2")
 }
 
 /// A snapshot that cannot be used, found before anything was started.
@@ -100,33 +138,33 @@ pub enum SnapshotCheckError {
     ManifestMissing { tag: SnapshotTag },
     #[error("snapshot {tag}: manifest is corrupt ({why})")]
     ManifestCorrupt { tag: SnapshotTag, why: String },
-    #[error("snapshot {tag}: format version {found_major}.{found_minor} is not supported (this thaw reads {}.x)", FORMAT_VERSION.major)]
+    #[error("snapshot {tag}: format version {found_major}.{found_minor} is not supported (this thaw reads {}.x); take the snapshot again", FORMAT_VERSION.major)]
     UnsupportedVersion {
         tag: SnapshotTag,
         found_major: u32,
         found_minor: u32,
     },
     #[error("snapshot {tag}: {file} is missing")]
-    FileMissing {
+    FileMissing { tag: SnapshotTag, file: String },
+    #[error("snapshot {tag}: {file} is {found} bytes, the manifest says {expected} (truncated or replaced)")]
+    FileSize {
         tag: SnapshotTag,
-        file: &'static str,
-    },
-    #[error("snapshot {tag}: state file is {found} bytes, the manifest says {expected} (truncated or replaced)")]
-    StateSize {
-        tag: SnapshotTag,
+        file: String,
         found: u64,
         expected: u64,
     },
-    #[error("snapshot {tag}: state file does not match its BLAKE3 hash (corrupted)")]
-    StateHash { tag: SnapshotTag },
+    #[error(
+        "snapshot {tag}: the device state in {file} does not match its BLAKE3 hash (corrupted)"
+    )]
+    StateHash { tag: SnapshotTag, file: String },
     #[error("snapshot {tag}: RAM image is {found} bytes, expected {expected}")]
     RamSize {
         tag: SnapshotTag,
         found: u64,
         expected: u64,
     },
-    #[error("snapshot {tag}: RAM image does not match its BLAKE3 hash (corrupted)")]
-    RamHash { tag: SnapshotTag },
+    #[error("snapshot {tag}: {file} does not match its BLAKE3 hash (corrupted)")]
+    FileHash { tag: SnapshotTag, file: String },
     #[error("snapshot {tag} was taken with QEMU {snapshot}, but QEMU {running} would restore it; restore with the same QEMU")]
     QemuMismatch {
         tag: SnapshotTag,
@@ -168,15 +206,25 @@ pub enum SnapshotCheckError {
 pub struct Snapshot {
     pub dir: PathBuf,
     pub manifest: Manifest,
+    /// BLAKE3 of manifest.json as read (what a child records as its parent).
+    pub manifest_blake3: String,
 }
 
 impl Snapshot {
-    pub fn state_path(&self) -> PathBuf {
-        self.dir.join(STATE_FILE)
+    /// The file a clone maps its RAM from, and at which offset.
+    pub fn ram_image(&self) -> (PathBuf, u64) {
+        match &self.manifest.memory {
+            Memory::Raw => (self.dir.join(RAM_FILE), 0),
+            Memory::Mapped { offset, .. } => (self.dir.join(MEMORY_FILE), *offset),
+        }
     }
 
-    pub fn ram_path(&self) -> PathBuf {
-        self.dir.join(RAM_FILE)
+    /// The file `migrate-incoming` loads the device state from.
+    pub fn state_path(&self) -> PathBuf {
+        match &self.manifest.memory {
+            Memory::Raw => self.dir.join(STATE_FILE),
+            Memory::Mapped { .. } => self.dir.join(MEMORY_FILE),
+        }
     }
 
     /// Reads and checks the manifest (not the files).
@@ -200,20 +248,25 @@ impl Snapshot {
             Err(source) => return Err(SnapshotCheckError::Io { path, source }),
         };
         let manifest = parse_manifest(tag, &bytes)?;
-        Ok(Snapshot { dir, manifest })
+        Ok(Snapshot {
+            dir,
+            manifest,
+            manifest_blake3: blake3::hash(&bytes).to_hex().to_string(),
+        })
     }
 
     /// Everything restore checks before starting QEMU: the files, their sizes, the
-    /// state file's hash, and that this QEMU and accelerator can run it.
+    /// device state's hash, and that this QEMU and accelerator can run it. With
+    /// `verify`, every file's hash (the RAM image's too) and the base disks' contents.
     pub fn check(
         &self,
         qemu: QemuVersion,
         accel: Accel,
-        verify_ram: bool,
+        verify: bool,
     ) -> Result<(), SnapshotCheckError> {
         let m = &self.manifest;
         let tag = || m.tag.clone();
-        let entry = |file: &'static str| {
+        let entry = |file: &str| {
             m.files
                 .get(file)
                 .ok_or_else(|| SnapshotCheckError::ManifestCorrupt {
@@ -221,13 +274,14 @@ impl Snapshot {
                     why: format!("no entry for {file}"),
                 })
         };
-        let state = entry(STATE_FILE)?;
-        let ram = entry(RAM_FILE)?;
-        let size_of = |file: &'static str| -> Result<u64, SnapshotCheckError> {
+        let size_of = |file: &str| -> Result<u64, SnapshotCheckError> {
             match std::fs::metadata(self.dir.join(file)) {
                 Ok(meta) => Ok(meta.len()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    Err(SnapshotCheckError::FileMissing { tag: tag(), file })
+                    Err(SnapshotCheckError::FileMissing {
+                        tag: tag(),
+                        file: file.to_owned(),
+                    })
                 }
                 Err(source) => Err(SnapshotCheckError::Io {
                     path: self.dir.join(file),
@@ -235,23 +289,56 @@ impl Snapshot {
                 }),
             }
         };
-        let found = size_of(STATE_FILE)?;
-        if found != state.size {
-            return Err(SnapshotCheckError::StateSize {
-                tag: tag(),
-                found,
-                expected: state.size,
-            });
-        }
-        let found = size_of(RAM_FILE)?;
-        let expected = m.spec.memory_bytes();
-        if found != expected || ram.size != expected {
-            return Err(SnapshotCheckError::RamSize {
-                tag: tag(),
-                found,
-                expected,
-            });
-        }
+        let sized = |file: &str| -> Result<&FileEntry, SnapshotCheckError> {
+            let e = entry(file)?;
+            let found = size_of(file)?;
+            if found != e.size {
+                return Err(SnapshotCheckError::FileSize {
+                    tag: tag(),
+                    file: file.to_owned(),
+                    found,
+                    expected: e.size,
+                });
+            }
+            Ok(e)
+        };
+        let hash = |file: &str, exclude: Option<(u64, u64)>| {
+            let path = self.dir.join(file);
+            fsutil::content_hash(&path, exclude)
+                .map_err(|source| SnapshotCheckError::Io { path, source })
+        };
+        let expected_ram = m.spec.memory_bytes();
+        // The cheap checks first, so that a bad snapshot costs no hashing.
+        let state = match &m.memory {
+            Memory::Raw => {
+                let state = sized(STATE_FILE)?;
+                let ram = entry(RAM_FILE)?;
+                let found = size_of(RAM_FILE)?;
+                if found != expected_ram || ram.size != expected_ram {
+                    return Err(SnapshotCheckError::RamSize {
+                        tag: tag(),
+                        found,
+                        expected: expected_ram,
+                    });
+                }
+                (STATE_FILE, None, state.blake3.clone())
+            }
+            Memory::Mapped {
+                offset,
+                len,
+                state_blake3,
+            } => {
+                let e = sized(MEMORY_FILE)?;
+                if *len != expected_ram || offset + len > e.size {
+                    return Err(SnapshotCheckError::RamSize {
+                        tag: tag(),
+                        found: *len,
+                        expected: expected_ram,
+                    });
+                }
+                (MEMORY_FILE, Some((*offset, *len)), state_blake3.clone())
+            }
+        };
         if m.qemu_version != qemu {
             return Err(SnapshotCheckError::QemuMismatch {
                 tag: tag(),
@@ -280,10 +367,6 @@ impl Snapshot {
                 path: initrd.clone(),
             });
         }
-        let hash = |file: &str| {
-            let path = self.dir.join(file);
-            fsutil::hash_file(&path).map_err(|source| SnapshotCheckError::Io { path, source })
-        };
         for (i, disk) in m.disks.iter().enumerate() {
             let b = &disk.base;
             let changed = |why: String| SnapshotCheckError::BaseChanged {
@@ -301,17 +384,20 @@ impl Snapshot {
                 }
                 Ok(_) => {}
             }
-            if verify_ram && fsutil::hash_file(&b.path).ok().as_deref() != Some(b.blake3.as_str()) {
+            if verify && fsutil::hash_file(&b.path).ok().as_deref() != Some(b.blake3.as_str()) {
                 return Err(changed("its BLAKE3 differs".into()));
             }
-            for file in [layer_file(i), template_file(i)] {
-                let entry = m.files.get(&file);
+            let files = (0..disk.layers)
+                .map(|k| layer_file(i, k))
+                .chain([template_file(i)]);
+            for file in files {
+                let e = m.files.get(&file);
                 let size = std::fs::metadata(self.dir.join(&file))
                     .map(|md| md.len())
                     .ok();
-                let intact = match (entry, size) {
+                let intact = match (e, size) {
                     (Some(e), Some(sz)) => {
-                        e.size == sz && (!verify_ram || hash(&file)? == e.blake3)
+                        e.size == sz && (!verify || hash(&file, None)? == e.blake3)
                     }
                     _ => false,
                 };
@@ -320,11 +406,24 @@ impl Snapshot {
                 }
             }
         }
-        if hash(STATE_FILE)? != state.blake3 {
-            return Err(SnapshotCheckError::StateHash { tag: tag() });
+        let (state_file, exclude, state_hash) = state;
+        if hash(state_file, exclude)? != state_hash {
+            return Err(SnapshotCheckError::StateHash {
+                tag: tag(),
+                file: state_file.to_owned(),
+            });
         }
-        if verify_ram && hash(RAM_FILE)? != ram.blake3 {
-            return Err(SnapshotCheckError::RamHash { tag: tag() });
+        if verify {
+            let whole = match m.memory {
+                Memory::Raw => RAM_FILE,
+                Memory::Mapped { .. } => MEMORY_FILE,
+            };
+            if hash(whole, None)? != entry(whole)?.blake3 {
+                return Err(SnapshotCheckError::FileHash {
+                    tag: tag(),
+                    file: whole.to_owned(),
+                });
+            }
         }
         Ok(())
     }
@@ -433,6 +532,8 @@ mod tests {
             },
             vmgenid: Uuid::nil(),
             source_vm: "web".parse().unwrap(),
+            parent: None,
+            memory: Memory::Raw,
             files: BTreeMap::new(),
             disks: vec![],
         }
@@ -452,7 +553,7 @@ mod tests {
                 f.into(),
                 FileEntry {
                     size: std::fs::metadata(&p).unwrap().len(),
-                    blake3: fsutil::hash_file(&p).unwrap(),
+                    blake3: fsutil::content_hash(&p, None).unwrap(),
                 },
             );
         }
@@ -501,10 +602,10 @@ mod tests {
         ));
 
         // Truncated state.
-        std::fs::write(s.state_path(), b"device").unwrap();
+        std::fs::write(s.state_path(), b"device").unwrap(); // truncated
         assert!(matches!(
             s.check(v10(), Accel::Tcg, false),
-            Err(SnapshotCheckError::StateSize { .. })
+            Err(SnapshotCheckError::FileSize { .. })
         ));
         // Same size, other bytes.
         std::fs::write(s.state_path(), b"DEVICE state").unwrap();
@@ -517,7 +618,7 @@ mod tests {
         // RAM image of the wrong size.
         std::fs::File::options()
             .write(true)
-            .open(s.ram_path())
+            .open(s.dir.join(RAM_FILE))
             .unwrap()
             .set_len(8 << 20)
             .unwrap();
@@ -527,16 +628,16 @@ mod tests {
         ));
         std::fs::File::options()
             .write(true)
-            .open(s.ram_path())
+            .open(s.dir.join(RAM_FILE))
             .unwrap()
             .set_len(16 << 20)
             .unwrap();
         // RAM content changed: only --verify notices.
-        std::fs::write(s.ram_path(), vec![1u8; 16 << 20]).unwrap();
+        std::fs::write(s.dir.join(RAM_FILE), vec![1u8; 16 << 20]).unwrap();
         s.check(v10(), Accel::Tcg, false).unwrap();
         assert!(matches!(
             s.check(v10(), Accel::Tcg, true),
-            Err(SnapshotCheckError::RamHash { .. })
+            Err(SnapshotCheckError::FileHash { .. })
         ));
 
         // Corrupt, missing and future manifests.
@@ -546,14 +647,23 @@ mod tests {
             Snapshot::open(&home, &tag),
             Err(SnapshotCheckError::ManifestCorrupt { .. })
         ));
+        let mut older = serde_json::to_value(manifest("base")).unwrap();
+        older["version"] = serde_json::json!({"major": 1, "minor": 1});
+        std::fs::write(&mpath, serde_json::to_vec(&older).unwrap()).unwrap();
+        let err = Snapshot::open(&home, &tag).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("format version 1.1 is not supported"),
+            "{err}"
+        );
         let mut future = serde_json::to_value(manifest("base")).unwrap();
-        future["version"]["major"] = 2.into();
+        future["version"]["major"] = 3.into();
         std::fs::write(&mpath, serde_json::to_vec(&future).unwrap()).unwrap();
         let err = Snapshot::open(&home, &tag).unwrap_err();
         assert!(
             matches!(
                 err,
-                SnapshotCheckError::UnsupportedVersion { found_major: 2, .. }
+                SnapshotCheckError::UnsupportedVersion { found_major: 3, .. }
             ),
             "{err}"
         );

@@ -1,37 +1,70 @@
-//! Taking a snapshot of a running VM: pause, save the device state, keep the RAM
-//! image and freeze the disk layers, resume (or end the VM), then write the manifest
-//! and publish the snapshot directory atomically.
+//! Taking a snapshot of a running VM — booted, restored, or taken from a pool.
+//!
+//! The steps, in order (each has a test hook, see [`test_hang`]):
+//!
+//! 1. Before any pause: read the VM's disk tops from QEMU and create each disk's next,
+//!    empty layer (the VM moves onto it at the pause).
+//! 2. **paused**: the vCPUs stop. How RAM gets into the snapshot decides how long:
+//!    - *mapped* (QEMU >= 9.0, every VM that keeps running, and clones with `--stop`):
+//!      a live `mapped-ram` migration copies RAM while the guest runs; QEMU stops the
+//!      vCPUs only for the last dirty pages and the device state, a few milliseconds
+//!      whatever the RAM size;
+//!    - *moved* (a booted VM with `--stop`): the VM's own RAM file becomes the image;
+//!    - *copied* (QEMU < 9.0, a booted VM that keeps running): the RAM file is copied
+//!      while the vCPUs are stopped, so the pause grows with RAM.
+//!
+//!    While the vCPUs are stopped, each disk's top layer is frozen: QEMU moves the VM
+//!    onto the new empty layer (`blockdev-snapshot-sync`), so RAM and disks are exactly
+//!    as they were at the same instant.
+//! 3. **state-saved**: the device state is in the file; the VM resumes (or ends).
+//! 4. **ram-copied**: outside the pause, the snapshot's files are completed: the
+//!    mapped-ram file sealed (see `mapped`), the disk chains hard-linked, a clone
+//!    template made, everything hashed and synced.
+//! 5. **manifest-written**, then **published**: the directory is renamed into place.
+//!
+//! A kill at any step leaves no half snapshot (the temporary directory is removed by
+//! the next snapshot) and a VM that runs, or is paused and `thaw resume` resumes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use thaw_qmp::Qmp;
+use serde_json::json;
+use thaw_qmp::{QemuVersion, Qmp};
 
 use crate::disk::{self, DiskError};
 use crate::fsutil::{self, CopyMethod};
 use crate::home::{Home, SnapshotTag, VmName};
-use crate::migration::{self, MigrationError};
+use crate::mapped::{self, MappedError};
+use crate::migration::{self, LiveSave, MigrationError};
 use crate::ms;
-use crate::snapshot::{self, FileEntry, Manifest};
+use crate::snapshot::{self, DiskChain, FileEntry, Manifest, Memory, ParentRef, Snapshot};
 use crate::vm::{self, VmError, VmState};
 
 #[derive(Debug, Clone)]
 pub struct SnapshotRequest {
     pub name: VmName,
     pub tag: SnapshotTag,
-    /// End the VM and move its RAM file into the snapshot instead of copying it.
+    /// End the VM after the snapshot (a booted VM's RAM file then moves into it).
     pub stop: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotReport {
     pub tag: SnapshotTag,
-    /// vCPUs paused → running again (or → state saved, with `stop`).
+    /// The snapshot this one was taken on top of (for a restored clone).
+    #[serde(default)]
+    pub parent: Option<SnapshotTag>,
+    /// vCPUs stopped → running again (or → state saved, with `stop`).
     pub pause_ms: f64,
+    /// The whole operation, request → published.
+    #[serde(default)]
+    pub total_ms: f64,
+    /// Bytes of everything but the RAM image (device state, firmware and ROM blocks).
     pub state_bytes: u64,
     pub ram_bytes: u64,
-    /// How the RAM image got into the snapshot: "moved", "reflink" or "sparse-copy".
+    /// How the RAM image got into the snapshot: "mapped-ram" (written live by QEMU),
+    /// "moved", "reflink" or "sparse-copy".
     pub ram_copy: String,
 }
 
@@ -41,8 +74,14 @@ pub enum SnapshotError {
     Vm(#[from] VmError),
     #[error("a snapshot tagged {0} already exists")]
     TagExists(SnapshotTag),
-    #[error("VM {0} is a restored clone; snapshots of clones are not supported yet — snapshot the VM it was restored from")]
-    CloneNotSupported(VmName),
+    #[error("VM {name} is a restored clone: snapshots of clones need QEMU 9.0 or later (mapped-ram), this is QEMU {qemu}")]
+    CloneNeedsMappedRam { name: VmName, qemu: QemuVersion },
+    #[error("VM {name}'s disk {disk} is on {path}, which is not a thaw disk layer (a VM started by an older thaw?)")]
+    UnknownLayer {
+        name: VmName,
+        disk: usize,
+        path: PathBuf,
+    },
     #[error("could not {step} {path}")]
     Io {
         step: &'static str,
@@ -50,24 +89,17 @@ pub enum SnapshotError {
         #[source]
         source: std::io::Error,
     },
-    #[error("could not pause or resume the VM")]
+    #[error("could not pause, freeze or resume the VM")]
     Qmp(#[from] thaw_qmp::QmpError),
-    #[error("saving the device state failed")]
+    #[error("saving the VM failed")]
     Migration(#[from] MigrationError),
+    #[error("the saved RAM image is unusable")]
+    Mapped(#[from] MappedError),
+    #[error("could not prepare the disk layers")]
+    Disk(#[from] DiskError),
 }
 
-fn disk_err(path: &std::path::Path, e: DiskError) -> SnapshotError {
-    SnapshotError::Io {
-        step: "prepare the disk layer",
-        path: path.to_owned(),
-        source: std::io::Error::other(e.to_string()),
-    }
-}
-
-fn io_err(
-    step: &'static str,
-    path: &std::path::Path,
-) -> impl FnOnce(std::io::Error) -> SnapshotError {
+fn io_err(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
     let path = path.to_owned();
     move |source| SnapshotError::Io { step, path, source }
 }
@@ -83,12 +115,28 @@ fn test_hang(step: &str) {
     }
 }
 
+/// How RAM gets into the snapshot (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Mapped,
+    Moved,
+    Copied,
+}
+
+/// A disk of the VM at the start of the snapshot.
+struct Disk {
+    /// The layer the VM writes now (frozen by the snapshot), and its index.
+    top: PathBuf,
+    k: u32,
+    virtual_size: u64,
+    /// The empty layer the VM moves onto (none with `stop`).
+    next: Option<PathBuf>,
+}
+
 /// Checkpoints a running VM into a new snapshot, written atomically.
 pub async fn take(home: &Home, req: &SnapshotRequest) -> Result<SnapshotReport, SnapshotError> {
+    let t0 = Instant::now();
     let state = VmState::load_running(home, &req.name)?;
-    if !state.ram_shared {
-        return Err(SnapshotError::CloneNotSupported(req.name.clone()));
-    }
     home.ensure().map_err(io_err("create", home.root()))?;
     let dest = home.snapshot_dir(&req.tag);
     if dest.exists() {
@@ -100,121 +148,228 @@ pub async fn take(home: &Home, req: &SnapshotRequest) -> Result<SnapshotReport, 
     let qmp = Qmp::connect(&state.paths(home).qmp())
         .await
         .map_err(VmError::from)?;
-    let result = snapshot_into(home, req, &state, &qmp, &tmp, &dest).await;
+    let mut disks = Vec::new();
+    let result = async {
+        disks = disks_of(&qmp, &state, req.stop).await?;
+        take_into(home, req, &state, &qmp, &disks, &tmp, &dest, t0).await
+    }
+    .await;
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
         if !req.stop {
-            // Leave the VM as we found it: running.
+            // Leave the VM as we found it: running (on whichever layer QEMU uses).
+            let _ = migration::cancel_pending(&qmp).await;
             let _ = qmp.execute("cont", None).await;
+            let used = tops(&qmp).await.unwrap_or_default();
+            for next in disks.iter().filter_map(|d| d.next.as_ref()) {
+                if !used.contains(next) {
+                    let _ = std::fs::remove_file(next);
+                }
+            }
         }
     }
     result
 }
 
-async fn snapshot_into(
+/// The file QEMU writes for each disk now (its top layer), in disk order.
+async fn tops(qmp: &Qmp) -> Result<Vec<PathBuf>, SnapshotError> {
+    let blocks = qmp.execute("query-block", None).await?;
+    let mut tops: Vec<(usize, PathBuf)> = blocks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| {
+            let i = b["device"].as_str()?.strip_prefix("disk")?.parse().ok()?;
+            Some((i, PathBuf::from(b["inserted"]["file"].as_str()?)))
+        })
+        .collect();
+    tops.sort();
+    Ok(tops.into_iter().map(|(_, p)| p).collect())
+}
+
+/// The VM's disks as QEMU has them, and (unless `stop`) a new empty layer for each.
+async fn disks_of(qmp: &Qmp, state: &VmState, stop: bool) -> Result<Vec<Disk>, SnapshotError> {
+    if state.spec.disks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut disks = Vec::new();
+    for (i, top) in tops(qmp).await?.into_iter().enumerate() {
+        let k = disk::layer_index(&top).ok_or_else(|| SnapshotError::UnknownLayer {
+            name: state.name.clone(),
+            disk: i,
+            path: top.clone(),
+        })?;
+        let (_, virtual_size) = disk::info(&top)?;
+        let next = if stop {
+            None
+        } else {
+            let next = top.with_file_name(disk::layer_name(i, k + 1));
+            // Left by an interrupted snapshot: QEMU does not use it (it uses `top`).
+            let _ = std::fs::remove_file(&next);
+            disk::create_layer_on(i, k, virtual_size, &next)?;
+            Some(next)
+        };
+        disks.push(Disk {
+            top,
+            k,
+            virtual_size,
+            next,
+        });
+    }
+    Ok(disks)
+}
+
+/// Moves the paused VM onto its disks' new layers; the old tops are frozen from now.
+async fn freeze_disks(
+    home: &Home,
+    qmp: &Qmp,
+    state: &VmState,
+    disks: &[Disk],
+) -> Result<(), SnapshotError> {
+    let mut moved = state.clone();
+    for (i, d) in disks.iter().enumerate() {
+        let Some(next) = &d.next else { continue };
+        qmp.execute(
+            "blockdev-snapshot-sync",
+            Some(json!({
+                "device": format!("disk{i}"),
+                "snapshot-file": next,
+                "format": "qcow2",
+                "mode": "existing",
+            })),
+        )
+        .await?;
+        moved.disk_overlays[i] = next.clone();
+    }
+    // The record says which layer the VM writes: the next snapshot freezes that one.
+    moved.save(home)?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn take_into(
     home: &Home,
     req: &SnapshotRequest,
     state: &VmState,
     qmp: &Qmp,
-    tmp: &std::path::Path,
-    dest: &std::path::Path,
+    disks: &[Disk],
+    tmp: &Path,
+    dest: &Path,
+    t0: Instant,
 ) -> Result<SnapshotReport, SnapshotError> {
-    let paths = state.paths(home);
-    let state_path = tmp.join(snapshot::STATE_FILE);
-    let ram_path = tmp.join(snapshot::RAM_FILE);
-    migration::set_capabilities(qmp).await?;
-
-    let t0 = Instant::now();
-    qmp.execute("stop", None).await?;
-    test_hang("paused");
-    migration::save(qmp, &state_path).await?;
-    test_hang("state-saved");
-    if !state.disk_overlays.is_empty() {
-        let dir = tmp.join("disks");
-        std::fs::create_dir(&dir).map_err(io_err("create", &dir))?;
-    }
-    let ram_copy = if req.stop {
-        let pause = t0.elapsed();
-        let _ = qmp.execute("quit", None).await;
-        vm::wait_gone(
-            state.pid,
-            state.vmgenid.to_string().as_bytes(),
-            Duration::from_secs(10),
-        )
-        .await;
-        vm::reap(state.pid);
-        std::fs::rename(&state.ram, &ram_path)
-            .map_err(io_err("move the RAM file to", &ram_path))?;
-        for (i, overlay) in state.disk_overlays.iter().enumerate() {
-            let layer = tmp.join(snapshot::layer_file(i));
-            std::fs::rename(overlay, &layer).map_err(io_err("move the disk layer to", &layer))?;
+    let mapped_ram = migration::has_mapped_ram(qmp).await?;
+    let method = match (state.ram_shared, req.stop, mapped_ram) {
+        (true, true, _) => Method::Moved,
+        (_, _, true) => Method::Mapped,
+        (true, false, false) => Method::Copied,
+        (false, _, false) => {
+            return Err(SnapshotError::CloneNeedsMappedRam {
+                name: state.name.clone(),
+                qemu: state.qemu_version,
+            })
         }
-        ("moved", pause)
-    } else {
-        let method = fsutil::copy_sparse(&state.ram, &ram_path)
-            .map_err(io_err("copy the RAM file to", &ram_path))?;
-        // The migration flushed and deactivated the disks, so the overlays are
-        // consistent until `cont`; their copies become the snapshot's layers.
-        for (i, overlay) in state.disk_overlays.iter().enumerate() {
-            let layer = tmp.join(snapshot::layer_file(i));
-            fsutil::copy_sparse(overlay, &layer)
-                .map_err(io_err("copy the disk layer to", &layer))?;
-        }
-        qmp.execute("cont", None).await?;
-        let how = match method {
-            CopyMethod::Reflink => "reflink",
-            CopyMethod::Sparse => "sparse-copy",
-        };
-        (how, t0.elapsed())
     };
-    let (ram_copy, pause) = ram_copy;
+    let mut events = qmp.events();
+    let paused_at;
+    let ram_copy;
+    match method {
+        Method::Mapped => {
+            let path = tmp.join(snapshot::MEMORY_FILE);
+            if req.stop {
+                qmp.execute("stop", None).await?;
+            }
+            let mut live = LiveSave::start(qmp, &path).await?;
+            live.wait_paused().await?;
+            paused_at = Instant::now();
+            test_hang("paused");
+            freeze_disks(home, qmp, state, disks).await?;
+            let file = live.complete().await?;
+            test_hang("state-saved");
+            if req.stop {
+                end(qmp, state).await;
+            } else {
+                migration::resume_after(qmp).await?;
+            }
+            // Closing starts the writeback of what QEMU wrote: after the pause.
+            drop(file);
+            ram_copy = "mapped-ram";
+        }
+        Method::Moved | Method::Copied => {
+            qmp.execute("stop", None).await?;
+            paused_at = Instant::now();
+            test_hang("paused");
+            freeze_disks(home, qmp, state, disks).await?;
+            let state_path = tmp.join(snapshot::STATE_FILE);
+            migration::save(qmp, &state_path).await?;
+            test_hang("state-saved");
+            let ram_path = tmp.join(snapshot::RAM_FILE);
+            if method == Method::Moved {
+                end(qmp, state).await;
+                std::fs::rename(&state.ram, &ram_path)
+                    .map_err(io_err("move the RAM file to", &ram_path))?;
+                ram_copy = "moved";
+            } else {
+                let how = fsutil::copy_sparse(&state.ram, &ram_path)
+                    .map_err(io_err("copy the RAM file to", &ram_path))?;
+                qmp.execute("cont", None).await?;
+                ram_copy = match how {
+                    CopyMethod::Reflink => "reflink",
+                    CopyMethod::Sparse => "sparse-copy",
+                };
+            }
+        }
+    }
+    let pause = if req.stop {
+        ms(paused_at.elapsed())
+    } else {
+        pause_from_events(&mut events).unwrap_or_else(|| ms(paused_at.elapsed()))
+    };
     test_hang("ram-copied");
 
-    // Outside the pause: hash, write the manifest, make it all durable, publish.
-    snapshot::sync_file(&state_path).map_err(io_err("sync", &state_path))?;
-    let entry = |path: &std::path::Path| -> Result<FileEntry, SnapshotError> {
-        let size = std::fs::metadata(path).map_err(io_err("read", path))?.len();
-        let blake3 = fsutil::hash_file(path).map_err(io_err("hash", path))?;
+    // Outside the pause: complete the files, hash, write the manifest, publish.
+    let mut files = std::collections::BTreeMap::new();
+    let entry = |file: &str, exclude| -> Result<FileEntry, SnapshotError> {
+        let path = tmp.join(file);
+        snapshot::sync_file(&path).map_err(io_err("sync", &path))?;
+        let size = std::fs::metadata(&path)
+            .map_err(io_err("read", &path))?
+            .len();
+        let blake3 = fsutil::content_hash(&path, exclude).map_err(io_err("hash", &path))?;
         Ok(FileEntry { size, blake3 })
     };
-    let state_entry = entry(&state_path)?;
-    let ram_entry = entry(&ram_path)?;
-    let mut files: std::collections::BTreeMap<String, FileEntry> = [
-        (snapshot::STATE_FILE.to_owned(), state_entry.clone()),
-        (snapshot::RAM_FILE.to_owned(), ram_entry.clone()),
-    ]
-    .into();
-    let mut disks = Vec::new();
-    for (i, d) in state.spec.disks.iter().enumerate() {
-        let layer = tmp.join(snapshot::layer_file(i));
-        let template = tmp.join(snapshot::template_file(i));
-        let (_, virtual_size) = disk::info(&layer).map_err(|e| disk_err(&layer, e))?;
-        disk::create_overlay_unchecked(
-            &dest.join(snapshot::layer_file(i)),
-            virtual_size,
-            &template,
-        )
-        .map_err(|e| disk_err(&template, e))?;
-        for f in [&layer, &template] {
-            snapshot::sync_file(f).map_err(io_err("sync", f))?;
+    let (memory, state_bytes) = match method {
+        Method::Mapped => {
+            let region = mapped::seal(&tmp.join(snapshot::MEMORY_FILE))?;
+            let whole = entry(snapshot::MEMORY_FILE, None)?;
+            let state_blake3 = entry(snapshot::MEMORY_FILE, Some((region.offset, region.len)))?;
+            let state_bytes =
+                fsutil::allocated_bytes(&tmp.join(snapshot::MEMORY_FILE)).unwrap_or(whole.size);
+            files.insert(snapshot::MEMORY_FILE.to_owned(), whole);
+            let memory = Memory::Mapped {
+                offset: region.offset,
+                len: region.len,
+                state_blake3: state_blake3.blake3,
+            };
+            (memory, state_bytes)
         }
-        files.insert(snapshot::layer_file(i), entry(&layer)?);
-        files.insert(snapshot::template_file(i), entry(&template)?);
-        let (size, mtime_ns) = disk::stat(&d.base).map_err(io_err("read", &d.base))?;
-        let blake3 = fsutil::hash_file(&d.base).map_err(io_err("hash", &d.base))?;
-        disks.push(snapshot::DiskLayer {
-            base: disk::BaseIdentity {
-                path: d.base.clone(),
-                size,
-                mtime_ns,
-                blake3,
-            },
-            virtual_size,
-        });
-    }
-    if !disks.is_empty() {
-        fsutil::fsync_dir(&tmp.join("disks")).map_err(io_err("sync", tmp))?;
-    }
+        Method::Moved | Method::Copied => {
+            let st = entry(snapshot::STATE_FILE, None)?;
+            let state_bytes = st.size;
+            files.insert(snapshot::STATE_FILE.to_owned(), st);
+            files.insert(
+                snapshot::RAM_FILE.to_owned(),
+                entry(snapshot::RAM_FILE, None)?,
+            );
+            (Memory::Raw, state_bytes)
+        }
+    };
+    // The parent, if it is still the snapshot this VM came from (a tag can be reused).
+    let parent = state.lineage.as_ref().and_then(|l| {
+        Snapshot::open(home, &l.tag)
+            .ok()
+            .filter(|p| p.manifest_blake3 == l.manifest_blake3)
+    });
+    let chains = chain_disks(state, disks, tmp, parent.as_ref(), &mut files)?;
     let manifest = Manifest {
         format: snapshot::FORMAT_NAME.into(),
         version: snapshot::FORMAT_VERSION,
@@ -225,28 +380,140 @@ async fn snapshot_into(
         spec: state.spec.clone(),
         vmgenid: state.vmgenid,
         source_vm: state.name.clone(),
+        parent: state.lineage.clone(),
+        memory,
         files,
-        disks,
+        disks: chains,
     };
     let mpath = tmp.join(snapshot::MANIFEST_FILE);
-    fsutil::write_atomic(
-        &mpath,
-        &serde_json::to_vec_pretty(&manifest).expect("serializes"),
-    )
-    .map_err(io_err("write", &mpath))?;
+    let bytes = serde_json::to_vec_pretty(&manifest).expect("serializes");
+    fsutil::write_atomic(&mpath, &bytes).map_err(io_err("write", &mpath))?;
+    fsutil::fsync_dir(tmp).map_err(io_err("sync", tmp))?;
     test_hang("manifest-written");
     std::fs::rename(tmp, dest).map_err(io_err("publish the snapshot as", dest))?;
     fsutil::fsync_dir(&home.snapshots_dir()).map_err(io_err("sync", &home.snapshots_dir()))?;
     test_hang("published");
+    let paths = state.paths(home);
     if req.stop {
         let _ = std::fs::remove_dir_all(&paths.dir);
+    } else {
+        // The VM now descends from this snapshot; its record already names its layers.
+        let mut now = VmState::load(home, &state.name)?;
+        now.lineage = Some(ParentRef {
+            tag: req.tag.clone(),
+            manifest_blake3: blake3::hash(&bytes).to_hex().to_string(),
+        });
+        now.save(home)?;
     }
-    tracing::info!(tag = %req.tag, vm = %req.name, "snapshot written");
+    tracing::info!(tag = %req.tag, vm = %req.name, method = ram_copy, "snapshot written");
     Ok(SnapshotReport {
         tag: req.tag.clone(),
-        pause_ms: ms(pause),
-        state_bytes: state_entry.size,
-        ram_bytes: ram_entry.size,
+        parent: manifest.parent.map(|p| p.tag),
+        pause_ms: pause,
+        total_ms: ms(t0.elapsed()),
+        state_bytes,
+        ram_bytes: state.spec.memory_bytes(),
         ram_copy: ram_copy.into(),
     })
+}
+
+/// Ends the VM whose state was just saved.
+async fn end(qmp: &Qmp, state: &VmState) {
+    let _ = qmp.execute("quit", None).await;
+    vm::wait_gone(
+        state.pid,
+        state.vmgenid.to_string().as_bytes(),
+        Duration::from_secs(10),
+    )
+    .await;
+    vm::reap(state.pid);
+}
+
+/// vCPUs stopped → running, from QEMU's own STOP and RESUME event timestamps.
+fn pause_from_events(
+    events: &mut tokio::sync::broadcast::Receiver<thaw_qmp::Event>,
+) -> Option<f64> {
+    let (mut stop, mut resume) = (None, None);
+    while let Ok(ev) = events.try_recv() {
+        match ev.event.as_str() {
+            "STOP" => stop = Some(ev.timestamp),
+            "RESUME" if stop.is_some() => resume = Some(ev.timestamp),
+            _ => {}
+        }
+    }
+    let d = resume? - stop?;
+    (d >= 0.0).then(|| (d * 1e6).round() / 1e3)
+}
+
+/// Hard-links each disk's chain (the frozen top included) into the snapshot, makes the
+/// clone template, and records every file. The base's identity is taken from the
+/// parent when the base has not changed since (hashing a base image costs a read of it).
+fn chain_disks(
+    state: &VmState,
+    disks: &[Disk],
+    tmp: &Path,
+    parent: Option<&Snapshot>,
+    files: &mut std::collections::BTreeMap<String, FileEntry>,
+) -> Result<Vec<DiskChain>, SnapshotError> {
+    if disks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dir = tmp.join("disks");
+    std::fs::create_dir(&dir).map_err(io_err("create", &dir))?;
+    let mut chains = Vec::new();
+    for (i, (d, spec)) in disks.iter().zip(&state.spec.disks).enumerate() {
+        let from = d.top.parent().expect("a layer lives in a directory");
+        disk::link_chain(from, &dir, i, d.k + 1)
+            .map_err(io_err("link the disk layers into", &dir))?;
+        let template = tmp.join(snapshot::template_file(i));
+        disk::create_layer_on(i, d.k, d.virtual_size, &template)?;
+        for k in 0..=d.k {
+            let file = snapshot::layer_file(i, k);
+            // Layers below the top are the parent's, already synced and hashed.
+            let known = parent
+                .and_then(|p| p.manifest.files.get(&file))
+                .filter(|_| k < d.k);
+            let e = match known {
+                Some(e) => e.clone(),
+                None => {
+                    let path = tmp.join(&file);
+                    snapshot::sync_file(&path).map_err(io_err("sync", &path))?;
+                    let size = std::fs::metadata(&path)
+                        .map_err(io_err("read", &path))?
+                        .len();
+                    let blake3 =
+                        fsutil::content_hash(&path, None).map_err(io_err("hash", &path))?;
+                    FileEntry { size, blake3 }
+                }
+            };
+            files.insert(file, e);
+        }
+        snapshot::sync_file(&template).map_err(io_err("sync", &template))?;
+        let size = std::fs::metadata(&template)
+            .map_err(io_err("read", &template))?
+            .len();
+        let blake3 = fsutil::content_hash(&template, None).map_err(io_err("hash", &template))?;
+        files.insert(snapshot::template_file(i), FileEntry { size, blake3 });
+        let (size, mtime_ns) = disk::stat(&spec.base).map_err(io_err("read", &spec.base))?;
+        let inherited = parent
+            .and_then(|p| p.manifest.disks.get(i))
+            .map(|c| c.base.clone())
+            .filter(|b| b.path == spec.base && b.size == size && b.mtime_ns == mtime_ns);
+        let base = match inherited {
+            Some(b) => b,
+            None => disk::BaseIdentity {
+                path: spec.base.clone(),
+                size,
+                mtime_ns,
+                blake3: fsutil::hash_file(&spec.base).map_err(io_err("hash", &spec.base))?,
+            },
+        };
+        chains.push(DiskChain {
+            base,
+            virtual_size: d.virtual_size,
+            layers: d.k + 1,
+        });
+    }
+    fsutil::fsync_dir(&dir).map_err(io_err("sync", &dir))?;
+    Ok(chains)
 }

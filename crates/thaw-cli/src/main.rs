@@ -61,6 +61,18 @@ enum Command {
     },
     /// Start clones of a snapshot; each returns when its guest agent answers.
     Restore(RestoreArgs),
+    /// Throw a VM's changes away: back to the snapshot it was restored from (or --to
+    /// TAG), keeping its name and host ports, with a fresh VM Generation ID and the
+    /// clock set. Through a running daemon, from its warm pool when it has one.
+    Reset {
+        name: VmName,
+        /// The snapshot to go back to.
+        #[arg(long, value_name = "TAG")]
+        to: Option<SnapshotTag>,
+        /// Seconds to wait for the guest agent.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// List VMs and their state.
     Ls,
     /// List snapshots.
@@ -76,8 +88,13 @@ enum Command {
     },
     /// Resume a paused VM (for example one an interrupted snapshot left paused).
     Resume { name: VmName },
-    /// Delete a snapshot.
-    Rm { tag: SnapshotTag },
+    /// Delete a snapshot (refused while snapshots taken on top of it exist).
+    Rm {
+        tag: SnapshotTag,
+        /// Also delete every snapshot taken on top of it (children first).
+        #[arg(long, short = 'r')]
+        recursive: bool,
+    },
     /// Print a VM's serial console output.
     Logs { name: VmName },
     /// Measure cold boot against restore (of the default guest, or --profile), both to
@@ -448,6 +465,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             emit(json, &reports, |r| print::restore(r))?;
         }
+        Command::Reset { name, to, timeout } => {
+            let req = thaw::reset::ResetRequest {
+                name,
+                to,
+                timeout: Duration::from_secs(timeout),
+                accel: None,
+            };
+            let report = match &remote {
+                Some(d) => remote::reset(d, &req).await?,
+                None => {
+                    let qemu = Qemu::find(&thaw::guest::cache_dir())?;
+                    thaw::reset::reset(&home, &qemu, &req, None).await?
+                }
+            };
+            emit(json, &report, print::reset)?;
+        }
         Command::Ls => {
             let vms = match &remote {
                 Some(d) => remote::list(d).await?,
@@ -493,13 +526,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 format!("resumed {name}")
             })?;
         }
-        Command::Rm { tag } => {
-            match &remote {
-                Some(d) => remote::remove_snapshot(d, &tag).await?,
-                None => catalog::remove(&home, &tag)?,
-            }
-            emit(json, &serde_json::json!({ "removed": tag }), |_| {
-                format!("removed snapshot {tag}")
+        Command::Rm { tag, recursive } => {
+            let removed = match &remote {
+                Some(d) => remote::remove_snapshot(d, &tag, recursive).await?,
+                None => catalog::remove(&home, &tag, recursive)?,
+            };
+            emit(json, &serde_json::json!({ "removed": removed }), |_| {
+                removed
+                    .iter()
+                    .map(|t| format!("removed snapshot {t}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             })?;
         }
         Command::Logs { name } => {

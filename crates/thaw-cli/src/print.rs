@@ -103,22 +103,49 @@ pub fn vms(vms: &[VmInfo]) -> String {
     s
 }
 
+pub fn reset(r: &thaw::reset::ResetReport) -> String {
+    let c = &r.clone;
+    let ports = c
+        .ports
+        .iter()
+        .map(|p| format!(" 127.0.0.1:{}→{}", p.host, p.guest))
+        .collect::<String>();
+    format!(
+        "reset {} to {} in {:.1} ms (ready in {:.1} ms, {}, pid {}){ports}",
+        c.name, r.snapshot, c.restore_ms, c.ready_ms, c.breakdown.source, c.pid
+    )
+}
+
+/// The snapshots as a tree: children under their parent, indented.
 pub fn snapshots(snaps: &[SnapshotInfo]) -> String {
     let mut s = format!(
-        "{:<24} {:>7} {:>4} {:>10} {:<8} {}",
-        "TAG", "MEMORY", "CPUS", "ON DISK", "QEMU", "FROM"
+        "{:<28} {:>7} {:>4} {:>10} {:<7} {:<8} {}",
+        "TAG", "MEMORY", "CPUS", "ON DISK", "LAYOUT", "QEMU", "FROM"
     );
+    let mut depth: std::collections::HashMap<&str, usize> = Default::default();
     for i in snaps {
+        // The list comes parents first, so a parent's depth is known.
+        let d = i
+            .parent
+            .as_ref()
+            .and_then(|p| depth.get(p.as_str()))
+            .map_or(0, |d| d + 1);
+        depth.insert(i.tag.as_str(), d);
+        let name = match d {
+            0 => i.tag.to_string(),
+            d => format!("{}└ {}", "  ".repeat(d - 1), i.tag),
+        };
         if let Some(p) = &i.problem {
-            s.push_str(&format!("\n{:<24} unusable: {p}", i.tag));
+            s.push_str(&format!("\n{name:<28} unusable: {p}"));
             continue;
         }
         s.push_str(&format!(
-            "\n{:<24} {:>7} {:>4} {:>9}M {:<8} {}",
-            i.tag,
+            "\n{:<28} {:>7} {:>4} {:>9}M {:<7} {:<8} {}",
+            name,
             i.memory_mib.map(|m| format!("{m}M")).unwrap_or_default(),
             i.cpus.unwrap_or(0),
             i.disk_bytes >> 20,
+            i.layout.clone().unwrap_or_default(),
             i.qemu_version.clone().unwrap_or_default(),
             i.source_vm
                 .as_ref()

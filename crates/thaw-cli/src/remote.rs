@@ -9,6 +9,7 @@ use thaw::boot::{BootReport, BootRequest};
 use thaw::clone::CloneReport;
 use thaw::control::VmInfo;
 use thaw::pool::{PoolConfig, PoolStatus};
+use thaw::reset::{ResetReport, ResetRequest};
 use thaw::restore::RestoreRequest;
 use thaw::snapshot::catalog::SnapshotInfo;
 use thaw::snapshot::take::{SnapshotReport, SnapshotRequest};
@@ -99,6 +100,17 @@ pub async fn restore(d: &Client, req: &RestoreRequest) -> Result<Vec<CloneReport
     .await
 }
 
+pub async fn reset(d: &Client, req: &ResetRequest) -> Result<ResetReport> {
+    let body = json!({ "to": req.to, "timeout_secs": req.timeout.as_secs() });
+    call(
+        d,
+        "POST",
+        &format!("/v1/vms/{}/reset", req.name),
+        Some(body),
+    )
+    .await
+}
+
 pub async fn list(d: &Client) -> Result<Vec<VmInfo>> {
     call(d, "GET", "/v1/vms", None).await
 }
@@ -119,10 +131,19 @@ pub async fn resume(d: &Client, name: &VmName) -> Result<()> {
         .map(|_| ())
 }
 
-pub async fn remove_snapshot(d: &Client, tag: &SnapshotTag) -> Result<()> {
-    call::<Value>(d, "DELETE", &format!("/v1/snapshots/{tag}"), None)
-        .await
-        .map(|_| ())
+pub async fn remove_snapshot(
+    d: &Client,
+    tag: &SnapshotTag,
+    recursive: bool,
+) -> Result<Vec<SnapshotTag>> {
+    let v: Value = call(
+        d,
+        "DELETE",
+        &format!("/v1/snapshots/{tag}?recursive={recursive}"),
+        None,
+    )
+    .await?;
+    serde_json::from_value(v["removed"].clone()).context("unexpected reply from the daemon")
 }
 
 pub async fn set_pool(d: &Client, tag: &SnapshotTag, config: PoolConfig) -> Result<PoolStatus> {

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
@@ -24,6 +24,7 @@ use thaw::control::{self, VmInfo};
 use thaw::pool::{Pool, PoolConfig, PoolMode, PoolStatus};
 use thaw::qemu::Qemu;
 use thaw::ready::ReadySpec;
+use thaw::reset::ResetReport;
 use thaw::restore;
 use thaw::snapshot::catalog::{self, SnapshotInfo};
 use thaw::snapshot::take::{self, SnapshotReport};
@@ -159,6 +160,7 @@ pub(crate) fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/vms/{name}/exec", post(exec))
         .route("/v1/vms/{name}/snapshot", post(snapshot))
         .route("/v1/vms/{name}/resume", post(resume))
+        .route("/v1/vms/{name}/reset", post(reset))
         .route("/v1/snapshots", get(list_snapshots))
         .route("/v1/snapshots/{tag}", delete(remove_snapshot))
         .route("/v1/snapshots/{tag}/restore", post(restore))
@@ -402,6 +404,40 @@ async fn resume(State(d): Shared, Named(name): Named<VmName>) -> Answer<Json<Val
     Ok(Json(json!({ "resumed": name })))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetBody {
+    to: Option<String>,
+    timeout_secs: Option<u64>,
+}
+
+async fn reset(
+    State(d): Shared,
+    Named(name): Named<VmName>,
+    ApiJson(body): ApiJson<ResetBody>,
+) -> Answer<Json<ResetReport>> {
+    let to: Option<SnapshotTag> = body
+        .to
+        .map(|t| t.parse())
+        .transpose()
+        .map_err(ApiError::from_op)?;
+    detached(async move {
+        let req = thaw::reset::ResetRequest {
+            name,
+            to,
+            timeout: secs(body.timeout_secs, 60),
+            accel: Some(d.accel),
+        };
+        let report = thaw::reset::reset(&d.home, &d.qemu, &req, Some(&d.pool))
+            .await
+            .map_err(ApiError::from_op)?;
+        d.record(&report.clone.name, report.clone.pid);
+        tracing::info!(vm = %report.clone.name, snapshot = %report.snapshot, source = %report.clone.breakdown.source, "reset");
+        Ok(Json(report))
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------- snapshots
 
 async fn list_snapshots(State(d): Shared) -> Answer<Json<Vec<SnapshotInfo>>> {
@@ -411,22 +447,35 @@ async fn list_snapshots(State(d): Shared) -> Answer<Json<Vec<SnapshotInfo>>> {
         .map_err(|e| ApiError::internal(format!("listing snapshots failed: {e}")))
 }
 
-async fn remove_snapshot(State(d): Shared, Named(tag): Named<SnapshotTag>) -> Answer<Json<Value>> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveQuery {
+    #[serde(default)]
+    recursive: bool,
+}
+
+async fn remove_snapshot(
+    State(d): Shared,
+    Named(tag): Named<SnapshotTag>,
+    Query(q): Query<RemoveQuery>,
+) -> Answer<Json<Value>> {
     detached(async move {
-        catalog::remove(&d.home, &tag).map_err(ApiError::from_op)?;
-        if let Err(e) = d.db.remove_snapshot(&tag) {
-            tracing::error!(%tag, "{}", crate::error::one_line(&e));
+        let removed = catalog::remove(&d.home, &tag, q.recursive).map_err(ApiError::from_op)?;
+        for t in &removed {
+            if let Err(e) = d.db.remove_snapshot(t) {
+                tracing::error!(tag = %t, "{}", crate::error::one_line(&e));
+            }
+            // A pool of a snapshot that is gone would only retry forever.
+            if let Some(p) = d.pool.status().into_iter().find(|p| &p.tag == t) {
+                let empty = PoolConfig {
+                    size: 0,
+                    mode: p.mode,
+                };
+                let _ = d.pool.configure(t, empty);
+            }
+            tracing::info!(tag = %t, "snapshot removed");
         }
-        // A pool of a snapshot that is gone would only retry forever.
-        if let Some(p) = d.pool.status().into_iter().find(|p| p.tag == tag) {
-            let empty = PoolConfig {
-                size: 0,
-                mode: p.mode,
-            };
-            let _ = d.pool.configure(&tag, empty);
-        }
-        tracing::info!(%tag, "snapshot removed");
-        Ok(Json(json!({ "removed": tag })))
+        Ok(Json(json!({ "removed": removed })))
     })
     .await
 }

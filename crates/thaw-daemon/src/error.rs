@@ -12,6 +12,7 @@ use thaw::disk::DiskError;
 use thaw::home::NameError;
 use thaw::pool::PoolError;
 use thaw::ready::ReadyError;
+use thaw::reset::ResetError;
 use thaw::restore::RestoreError;
 use thaw::snapshot::catalog::RemoveSnapshotError;
 use thaw::snapshot::take::SnapshotError;
@@ -160,6 +161,17 @@ impl HttpStatus for ResumeError {
     }
 }
 
+impl HttpStatus for ResetError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ResetError::Vm(e) => e.status(),
+            ResetError::NoSnapshot(_) => BAD,
+            ResetError::Check(e) => e.status(),
+            ResetError::Clone { source, .. } => source.status(),
+        }
+    }
+}
+
 impl HttpStatus for SnapshotError {
     fn status(&self) -> StatusCode {
         match self {
@@ -207,6 +219,7 @@ impl HttpStatus for RemoveSnapshotError {
     fn status(&self) -> StatusCode {
         match self {
             RemoveSnapshotError::UnknownTag(_) => MISSING,
+            RemoveSnapshotError::HasChildren { .. } => CONFLICT,
             _ => FAILED,
         }
     }

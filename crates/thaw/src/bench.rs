@@ -233,7 +233,7 @@ async fn run_in(
             .await?;
             pause.push(r.pause_ms);
             if i > 0 {
-                let _ = catalog::remove(home, &tag(i));
+                let _ = catalog::remove(home, &tag(i), false);
             }
         }
         let _ = control::stop(home, &source).await;
@@ -282,7 +282,7 @@ async fn run_in(
         if let Some((pool, _)) = pool {
             pool.shutdown().await;
         }
-        let _ = catalog::remove(home, &tag(0));
+        let _ = catalog::remove(home, &tag(0), false);
         let cold_boot_ms = Stats::of(&cold);
         let ready_ms = Stats::of(&ready);
         sizes.push(SizeReport {

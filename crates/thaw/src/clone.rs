@@ -277,36 +277,45 @@ impl Prepared {
         Ok(())
     }
 
-    /// Moves the clone onto `ports` (another VM's host ports, free by now): its own
+    /// Moves the clone onto `ports` (another VM's host ports, being freed): its own
     /// forwards, if it has any, are removed and these added, through QEMU's monitor.
+    /// A port the ended VM held can take a few milliseconds after its exit to be free
+    /// again (the kernel closes the socket asynchronously), so adding is retried.
     pub async fn take_ports(&mut self, ports: &[PortForward]) -> Result<(), CloneError> {
-        let rules = self
-            .state
-            .ports
-            .iter()
-            .map(|f| format!("hostfwd_remove net0 tcp:127.0.0.1:{}", f.host))
-            .chain(
-                ports
-                    .iter()
-                    .map(|f| format!("hostfwd_add net0 tcp:127.0.0.1:{}-:{}", f.host, f.guest)),
-            );
-        for rule in rules {
-            let out = self
-                .qmp
-                .execute(
-                    "human-monitor-command",
-                    Some(serde_json::json!({ "command-line": rule })),
-                )
-                .await?;
-            let text = out.as_str().unwrap_or("").trim();
-            // Both commands print nothing on success (hostfwd_remove prints its result
-            // only when nothing matched).
-            if !text.is_empty() {
-                return Err(CloneError::Ports(format!("{rule}: {text}")));
-            }
+        for f in &self.state.ports {
+            let rule = format!("hostfwd_remove net0 tcp:127.0.0.1:{}", f.host);
+            // Prints its result only when nothing matched.
+            let _ = self.hmp(&rule).await?;
         }
-        self.state.ports = ports.to_vec();
+        self.state.ports.clear();
+        for f in ports {
+            let rule = format!("hostfwd_add net0 tcp:127.0.0.1:{}-:{}", f.host, f.guest);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            loop {
+                let out = self.hmp(&rule).await?;
+                if out.is_empty() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(CloneError::Ports(format!("{rule}: {out}")));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            self.state.ports.push(*f);
+        }
         Ok(())
+    }
+
+    /// A human monitor command; returns what it printed, trimmed.
+    async fn hmp(&self, command: &str) -> Result<String, CloneError> {
+        let out = self
+            .qmp
+            .execute(
+                "human-monitor-command",
+                Some(serde_json::json!({ "command-line": command })),
+            )
+            .await?;
+        Ok(out.as_str().unwrap_or("").trim().to_owned())
     }
 
     /// Moves the clone to its final name and directory (a pool clone is prepared

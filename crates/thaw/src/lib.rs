@@ -9,7 +9,7 @@
 //!
 //! The CLI and the daemon are thin shells over the operations: [`boot`], [`control`]
 //! (exec, list, stop, resume), [`snapshot::take`], [`snapshot::catalog`] (list, remove),
-//! [`restore`] (clones, one at a time in [`clone`], or from a warm [`pool`]).
+//! [`restore`] (clones, one at a time in [`clone`], or from a warm [`pool`]), [`reset`].
 
 pub mod accel;
 pub mod agent;
@@ -26,6 +26,7 @@ pub mod migration;
 pub mod pool;
 pub mod qemu;
 pub mod ready;
+pub mod reset;
 pub mod restore;
 pub mod snapshot;
 pub mod spec;

@@ -244,6 +244,18 @@ impl Pool {
         Some(report)
     }
 
+    /// Takes a prepared clone of `tag` out of the pool as it is (paused or running, with
+    /// its placeholder name); the caller makes it a VM and then calls [`Pool::refill`].
+    /// `None` when the pool has none ready.
+    pub fn pop(&self, tag: &SnapshotTag) -> Option<Prepared> {
+        let p = {
+            let mut slots = self.slots.lock().expect("pool lock");
+            slots.get_mut(tag)?.ready.pop_front()?
+        };
+        self.removed(&p.state.name);
+        Some(p)
+    }
+
     /// Ends every pooled process.
     pub async fn shutdown(&self) {
         self.closed.store(true, Ordering::SeqCst);
@@ -286,7 +298,7 @@ impl Pool {
     }
 
     /// Starts preparing as many clones as the pool of `tag` lacks.
-    fn refill(self: &Arc<Self>, tag: &SnapshotTag) {
+    pub fn refill(self: &Arc<Self>, tag: &SnapshotTag) {
         if self.closed.load(Ordering::SeqCst) {
             return;
         }

@@ -321,6 +321,25 @@ pub async fn wait_gone(pid: u32, needle: &[u8], timeout: Duration) -> bool {
     true
 }
 
+/// Waits until `pid` has exited and released its files (sockets, ports): it is gone or
+/// a zombie. (Its command line empties earlier, while it still holds them.)
+pub async fn wait_exited(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        if matches!(state, None | Some('Z') | Some('X')) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Ends the VM's QEMU: `quit` over QMP, then SIGKILL if it lingers.
 pub async fn terminate(state: &VmState, home: &Home) {
     let paths = state.paths(home);

@@ -1,13 +1,15 @@
-//! The snapshots of a home: listing them and removing them.
+//! The snapshots of a home: listing them (as a tree of parents and children) and
+//! removing them.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::accel::Accel;
 use crate::fsutil;
 use crate::home::{Home, SnapshotTag, VmName};
-use crate::snapshot::{self, Snapshot};
+use crate::snapshot::{self, Memory, Snapshot};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotInfo {
@@ -15,61 +17,147 @@ pub struct SnapshotInfo {
     /// Null when the manifest cannot be read; `problem` says why.
     pub created_unix_ms: Option<u64>,
     pub source_vm: Option<VmName>,
+    /// The snapshot this one was taken on top of (a snapshot of one of its clones).
+    #[serde(default)]
+    pub parent: Option<SnapshotTag>,
+    /// Snapshots taken on top of this one.
+    #[serde(default)]
+    pub children: Vec<SnapshotTag>,
+    /// "raw" or "mapped" (see the snapshot format).
+    #[serde(default)]
+    pub layout: Option<String>,
     pub memory_mib: Option<u32>,
     pub cpus: Option<u32>,
     pub qemu_version: Option<String>,
     pub accel: Option<Accel>,
-    /// Bytes on disk (sparse RAM counted as allocated).
+    /// Bytes on disk (sparse RAM counted as allocated; layers hard-linked with parents
+    /// and clones are counted in each).
     pub disk_bytes: u64,
     pub problem: Option<String>,
 }
 
-pub fn list(home: &Home) -> Vec<SnapshotInfo> {
+/// Allocated bytes of every file under `dir`.
+fn allocated_under(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => allocated_under(&e.path()),
+            _ => fsutil::allocated_bytes(&e.path()).unwrap_or(0),
+        })
+        .sum()
+}
+
+/// Every snapshot whose manifest reads, by tag.
+fn open_all(home: &Home) -> BTreeMap<SnapshotTag, Result<Snapshot, String>> {
     snapshot::list_tags(home)
         .into_iter()
         .map(|tag| {
-            let dir = home.snapshot_dir(&tag);
-            let disk_bytes = std::fs::read_dir(&dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|e| fsutil::allocated_bytes(&e.path()).ok())
-                .sum();
-            match Snapshot::open(home, &tag) {
-                Ok(s) => {
-                    let m = s.manifest;
-                    SnapshotInfo {
-                        tag,
-                        created_unix_ms: Some(m.created_unix_ms),
-                        source_vm: Some(m.source_vm),
-                        memory_mib: Some(m.spec.memory_mib),
-                        cpus: Some(m.spec.cpus),
-                        qemu_version: Some(m.qemu_version.to_string()),
-                        accel: Some(m.accel),
-                        disk_bytes,
-                        problem: None,
-                    }
-                }
-                Err(e) => SnapshotInfo {
-                    tag,
-                    created_unix_ms: None,
-                    source_vm: None,
-                    memory_mib: None,
-                    cpus: None,
-                    qemu_version: None,
-                    accel: None,
-                    disk_bytes,
-                    problem: Some(e.to_string()),
-                },
-            }
+            let s = Snapshot::open(home, &tag).map_err(|e| e.to_string());
+            (tag, s)
         })
         .collect()
+}
+
+/// The children of `tag`: snapshots that name it, as it is now, as their parent.
+fn children_of(all: &BTreeMap<SnapshotTag, Result<Snapshot, String>>, tag: &SnapshotTag) -> Vec<SnapshotTag> {
+    let Some(Ok(me)) = all.get(tag) else {
+        return Vec::new();
+    };
+    all.iter()
+        .filter_map(|(t, s)| {
+            let p = s.as_ref().ok()?.manifest.parent.as_ref()?;
+            (&p.tag == tag && p.manifest_blake3 == me.manifest_blake3).then(|| t.clone())
+        })
+        .collect()
+}
+
+/// Lists every snapshot, parents before their children (depth first, by tag).
+pub fn list(home: &Home) -> Vec<SnapshotInfo> {
+    let all = open_all(home);
+    let info = |tag: &SnapshotTag| {
+        let disk_bytes = allocated_under(&home.snapshot_dir(tag));
+        match &all[tag] {
+            Ok(s) => {
+                let m = &s.manifest;
+                SnapshotInfo {
+                    tag: tag.clone(),
+                    created_unix_ms: Some(m.created_unix_ms),
+                    source_vm: Some(m.source_vm.clone()),
+                    parent: m.parent.as_ref().map(|p| p.tag.clone()),
+                    children: children_of(&all, tag),
+                    layout: Some(
+                        match m.memory {
+                            Memory::Raw => "raw",
+                            Memory::Mapped { .. } => "mapped",
+                        }
+                        .into(),
+                    ),
+                    memory_mib: Some(m.spec.memory_mib),
+                    cpus: Some(m.spec.cpus),
+                    qemu_version: Some(m.qemu_version.to_string()),
+                    accel: Some(m.accel),
+                    disk_bytes,
+                    problem: None,
+                }
+            }
+            Err(e) => SnapshotInfo {
+                tag: tag.clone(),
+                created_unix_ms: None,
+                source_vm: None,
+                parent: None,
+                children: Vec::new(),
+                layout: None,
+                memory_mib: None,
+                cpus: None,
+                qemu_version: None,
+                accel: None,
+                disk_bytes,
+                problem: Some(e.clone()),
+            },
+        }
+    };
+    let infos: BTreeMap<SnapshotTag, SnapshotInfo> =
+        all.keys().map(|t| (t.clone(), info(t))).collect();
+    // Roots: no parent, or a parent that is gone.
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    fn walk(
+        tag: &SnapshotTag,
+        infos: &BTreeMap<SnapshotTag, SnapshotInfo>,
+        seen: &mut std::collections::HashSet<SnapshotTag>,
+        out: &mut Vec<SnapshotInfo>,
+    ) {
+        if !seen.insert(tag.clone()) {
+            return;
+        }
+        out.push(infos[tag].clone());
+        for c in &infos[tag].children {
+            walk(c, infos, seen, out);
+        }
+    }
+    for (tag, i) in &infos {
+        let has_parent = i
+            .parent
+            .as_ref()
+            .is_some_and(|p| infos.get(p).is_some_and(|pi| pi.children.contains(tag)));
+        if !has_parent {
+            walk(tag, &infos, &mut seen, &mut out);
+        }
+    }
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoveSnapshotError {
     #[error("no snapshot tagged {0}")]
     UnknownTag(SnapshotTag),
+    #[error("snapshot {tag} has children ({}): remove them first, or remove all with --recursive", .children.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "))]
+    HasChildren {
+        tag: SnapshotTag,
+        children: Vec<SnapshotTag>,
+    },
     #[error("could not remove {path}")]
     Io {
         path: PathBuf,
@@ -78,21 +166,59 @@ pub enum RemoveSnapshotError {
     },
 }
 
-/// Removes a snapshot. Clones running from it keep working: their RAM mapping holds
-/// the image's inode until they end.
-pub fn remove(home: &Home, tag: &SnapshotTag) -> Result<(), RemoveSnapshotError> {
-    let dir = home.snapshot_dir(tag);
-    if !dir.is_dir() {
+/// Removes a snapshot; with `recursive`, its descendants too (children first).
+/// Without it, a snapshot with children is refused and nothing is removed. Returns
+/// the tags removed. Clones running from a removed snapshot keep working: their RAM
+/// mapping and open disk layers hold the files until they end.
+pub fn remove(
+    home: &Home,
+    tag: &SnapshotTag,
+    recursive: bool,
+) -> Result<Vec<SnapshotTag>, RemoveSnapshotError> {
+    if !home.snapshot_dir(tag).is_dir() {
         return Err(RemoveSnapshotError::UnknownTag(tag.clone()));
     }
+    let all = open_all(home);
+    let children = children_of(&all, tag);
+    if !children.is_empty() && !recursive {
+        return Err(RemoveSnapshotError::HasChildren {
+            tag: tag.clone(),
+            children,
+        });
+    }
+    // Depth first: a child is removed before its parent, so a crash half-way leaves
+    // a tree without dangling children.
+    let mut order = Vec::new();
+    fn collect(
+        tag: &SnapshotTag,
+        all: &BTreeMap<SnapshotTag, Result<Snapshot, String>>,
+        order: &mut Vec<SnapshotTag>,
+    ) {
+        for c in children_of(all, tag) {
+            if !order.contains(&c) {
+                collect(&c, all, order);
+            }
+        }
+        order.push(tag.clone());
+    }
+    collect(tag, &all, &mut order);
+    for t in &order {
+        remove_one(home, t)?;
+    }
+    Ok(order)
+}
+
+fn remove_one(home: &Home, tag: &SnapshotTag) -> Result<(), RemoveSnapshotError> {
+    let dir = home.snapshot_dir(tag);
     // Rename first so a crash half-way never leaves a half-removed snapshot visible.
     let doomed = home
         .snapshots_dir()
         .join(format!(".tmp-rm-{tag}-{}", std::process::id()));
-    let io = |path: &std::path::Path| {
+    let io = |path: &Path| {
         let path = path.to_owned();
         move |source| RemoveSnapshotError::Io { path, source }
     };
     std::fs::rename(&dir, &doomed).map_err(io(&dir))?;
+    fsutil::fsync_dir(&home.snapshots_dir()).map_err(io(&home.snapshots_dir()))?;
     std::fs::remove_dir_all(&doomed).map_err(io(&doomed))
 }

@@ -1,0 +1,204 @@
+//! Resetting a VM: throwing its changes away and going back to a snapshot, keeping its
+//! name and its host ports.
+//!
+//! The VM's process is replaced, not rewound: a clone of the snapshot is made ready
+//! first — taken from a warm pool where one exists for that snapshot, else started
+//! beside the VM — while the VM still runs. Then the VM's QEMU is killed (its state is
+//! being thrown away), the clone takes over its host ports (QEMU's `hostfwd_add`) and
+//! its directory, and is resumed with a fresh VM Generation ID and the clock set. The
+//! VM is gone only for the moment between the kill and the clone's `cont`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::accel::Accel;
+use crate::clone::{self, CloneError, CloneReport, FinishOptions, Ports, Prepared};
+use crate::home::{Home, SnapshotTag, VmName};
+use crate::pool::Pool;
+use crate::qemu::Qemu;
+use crate::ready::{ReadySpec, free_port};
+use crate::snapshot::{Snapshot, SnapshotCheckError};
+use crate::spec::PortForward;
+use crate::vm::{self, Origin, VmError, VmPaths, VmState};
+
+#[derive(Debug, Clone)]
+pub struct ResetRequest {
+    pub name: VmName,
+    /// The snapshot to go back to (default: the one the VM was restored from, or for a
+    /// booted VM the last snapshot taken of it).
+    pub to: Option<SnapshotTag>,
+    /// How long the guest agent may take to answer after the reset.
+    pub timeout: Duration,
+    /// The accelerator (default: what this host can use).
+    pub accel: Option<Accel>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResetReport {
+    /// The snapshot the VM went back to.
+    pub snapshot: SnapshotTag,
+    #[serde(flatten)]
+    pub clone: CloneReport,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResetError {
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("VM {0} was booted and no snapshot was taken of it: name one with --to TAG")]
+    NoSnapshot(VmName),
+    #[error(transparent)]
+    Check(#[from] SnapshotCheckError),
+    #[error("resetting VM {name} failed")]
+    Clone {
+        name: VmName,
+        #[source]
+        source: CloneError,
+    },
+}
+
+/// The snapshot a reset of `state` goes back to when none is named.
+pub fn default_target(state: &VmState) -> Option<SnapshotTag> {
+    match &state.origin {
+        Origin::Restored { snapshot } => Some(snapshot.clone()),
+        Origin::Booted => state.lineage.as_ref().map(|l| l.tag.clone()),
+    }
+}
+
+/// Resets a VM to a snapshot (see the module docs), taking the clone from `pool` when
+/// it has one ready for that snapshot.
+pub async fn reset(
+    home: &Home,
+    qemu: &Qemu,
+    req: &ResetRequest,
+    pool: Option<&Arc<Pool>>,
+) -> Result<ResetReport, ResetError> {
+    let t0 = Instant::now();
+    let old = VmState::load(home, &req.name)?;
+    let tag = req
+        .to
+        .clone()
+        .or_else(|| default_target(&old))
+        .ok_or_else(|| ResetError::NoSnapshot(req.name.clone()))?;
+    let snap = Snapshot::open(home, &tag)?;
+    snap.check(qemu.version, req.accel.unwrap_or_else(Accel::detect), false)?;
+    let ports = keep_ports(&old.ports, &snap)?;
+    let failed = |source| ResetError::Clone {
+        name: req.name.clone(),
+        source,
+    };
+
+    let pooled = pool.and_then(|p| p.pop(&tag));
+    let from_pool = pooled.is_some();
+    let mut side = None;
+    let mut prepared = match pooled {
+        Some(p) => p,
+        None => {
+            let dir = home
+                .vms_dir()
+                .join(format!(".reset-{}-{}", req.name, std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).map_err(|source| VmError::Io {
+                step: "create",
+                path: dir.clone(),
+                source,
+            })?;
+            side = Some(dir.clone());
+            let paths = VmPaths { dir: dir.clone() };
+            match clone::prepare(qemu, &snap, paths, req.name.clone(), false, false, Ports::None).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(failed(e));
+                }
+            }
+        }
+    };
+    let result = take_over(home, &old, &mut prepared, &ports).await;
+    let report = match result {
+        Ok(()) => {
+            let opts = FinishOptions {
+                timeout: req.timeout,
+                ready: ReadySpec::default(),
+                exec_after: None,
+            };
+            if from_pool {
+                prepared.breakdown.source = "pool".into();
+                prepared.breakdown.spawn_ms = 0.0;
+                prepared.breakdown.state_load_ms = 0.0;
+            }
+            prepared.finish(&opts, t0).await.map_err(failed)
+        }
+        Err(e) => {
+            prepared.discard().await;
+            if let Some(dir) = side {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Err(failed(e))
+        }
+    };
+    if let (Some(pool), true) = (pool, from_pool) {
+        pool.refill(&tag);
+    }
+    Ok(ResetReport {
+        snapshot: tag,
+        clone: report?,
+    })
+}
+
+/// The VM's host ports for the snapshot's guest ports: the same host port for a guest
+/// port the VM forwarded already, a free one for any other.
+fn keep_ports(old: &[PortForward], snap: &Snapshot) -> Result<Vec<PortForward>, VmError> {
+    let guest_ports = snap
+        .manifest
+        .spec
+        .net
+        .as_ref()
+        .map(|n| n.guest_ports.clone())
+        .unwrap_or_default();
+    guest_ports
+        .into_iter()
+        .map(|guest| match old.iter().find(|f| f.guest == guest) {
+            Some(f) => Ok(*f),
+            None => Ok(PortForward {
+                guest,
+                host: free_port().map_err(|source| VmError::Io {
+                    step: "pick a port for",
+                    path: snap.dir.clone(),
+                    source,
+                })?,
+            }),
+        })
+        .collect()
+}
+
+/// Ends the old VM and gives its ports, name and directory to the prepared clone.
+async fn take_over(
+    home: &Home,
+    old: &VmState,
+    prepared: &mut Prepared,
+    ports: &[PortForward],
+) -> Result<(), CloneError> {
+    if old.is_alive() {
+        vm::kill(old.pid);
+        // Its host ports are free once it has exited, not when its command line goes.
+        vm::wait_exited(old.pid, Duration::from_secs(5)).await;
+        vm::reap(old.pid);
+    }
+    prepared.take_ports(ports).await?;
+    let dir = home.vm_dir(&old.name);
+    let doomed = home
+        .vms_dir()
+        .join(format!(".doomed-{}-{}", old.name, std::process::id()));
+    std::fs::rename(&dir, &doomed).map_err(|source| VmError::Io {
+        step: "move aside",
+        path: dir.clone(),
+        source,
+    })?;
+    prepared.rename(home, &old.name)?;
+    // The old VM's files (its RAM file, disks, logs) go now; nothing runs from them.
+    let _ = std::fs::remove_dir_all(&doomed);
+    Ok(())
+}

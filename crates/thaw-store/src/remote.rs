@@ -159,8 +159,9 @@ pub enum RemoteError {
     Request {
         step: &'static str,
         key: String,
+        /// Boxed: object_store's error is large, and every result carries it.
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     #[error("{key} is larger than the {limit}-byte limit")]
     TooLarge { key: String, limit: u64 },
@@ -270,7 +271,7 @@ impl Remote {
             let meta = meta.map_err(|source| RemoteError::Request {
                 step: "list",
                 key: self.describe(&dir),
-                source,
+                source: Box::new(source),
             })?;
             if let Some(id) = meta
                 .location
@@ -292,7 +293,7 @@ impl Remote {
         let request_err = |step, source| RemoteError::Request {
             step,
             key: self.describe(key),
-            source,
+            source: Box::new(source),
         };
         let result = match self.client.get(key).await {
             Ok(result) => result,
@@ -326,7 +327,7 @@ impl Remote {
             .map_err(|source| RemoteError::Request {
                 step: "put",
                 key: self.describe(key),
-                source,
+                source: Box::new(source),
             })
     }
 }
@@ -535,7 +536,7 @@ pub async fn list_remote_manifests(remote: &Remote) -> Result<Vec<String>, Remot
         .map_err(|source| RemoteError::Request {
             step: "list",
             key: remote.describe(&dir),
-            source,
+            source: Box::new(source),
         })?;
     let mut names: Vec<String> = metas
         .iter()

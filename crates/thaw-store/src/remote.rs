@@ -371,7 +371,7 @@ pub enum PushError {
 /// Uploads to `remote` the chunks in `chunk_ids` it lacks, then the local
 /// manifest `manifest_name`, last. Each chunk is re-verified before upload, so
 /// a damaged local chunk never reaches the bucket. Uploads run
-/// [`PARALLEL_TRANSFERS`] at a time.
+/// eight at a time.
 ///
 /// # Errors
 /// The manifest is missing locally, a chunk is missing or damaged locally (the

@@ -308,7 +308,9 @@ impl Store {
         progress: &mut dyn Progress,
     ) -> Result<FileIndex, IngestError> {
         let path = path.as_ref();
-        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) || !chunk_size.is_multiple_of(4096) {
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size)
+            || !chunk_size.is_multiple_of(4096)
+        {
             return Err(IngestError::ChunkSize { chunk_size });
         }
         let io_err = |source| IngestError::Io {

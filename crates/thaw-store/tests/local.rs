@@ -548,3 +548,46 @@ fn export_refuses_a_damaged_local_chunk() {
         "no temp left"
     );
 }
+
+/// Not a timing assertion: prints how fast ingest and materialize run here
+/// (debug builds are slower; `examples/measure.rs` measures release builds).
+#[test]
+fn throughput_is_reported() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path().join("store")).unwrap();
+    let src = d.path().join("ram");
+    // RAM-like: 128 MiB, half hole, a quarter incompressible, a quarter text-like.
+    let f = File::create(&src).unwrap();
+    f.set_len(128 << 20).unwrap();
+    f.write_all_at(&noise(20, 32 << 20), 0).unwrap();
+    let text: Vec<u8> = b"thaw restores a VM in milliseconds; "
+        .iter()
+        .copied()
+        .cycle()
+        .take(32 << 20)
+        .collect();
+    f.write_all_at(&text, 64 << 20).unwrap();
+    drop(f);
+    let t = std::time::Instant::now();
+    let index = store.ingest(&src, &mut NoProgress).unwrap();
+    let ingest = t.elapsed().as_secs_f64();
+    let dest = d.path().join("out");
+    let t = std::time::Instant::now();
+    store.materialize(&index, &dest, &mut NoProgress).unwrap();
+    let materialize = t.elapsed().as_secs_f64();
+    let data = 64.0 * 1.048_576;
+    println!(
+        "throughput ({} build): ingest {:.0} MB/s, materialize {:.0} MB/s of data \
+         ({:.0} MB/s apparent); stored {:.1} MB for {data:.1} MB of data",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        data / ingest,
+        data / materialize,
+        2.0 * data / materialize,
+        store.stored_bytes().unwrap() as f64 / 1e6,
+    );
+    assert_eq!(hash_file(&dest), hash_file(&src));
+}

@@ -18,7 +18,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read};
+use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -243,6 +243,9 @@ pub fn import(
     let writer = ChunkWriter::new(store).map_err(io_err)?;
     let mut archive = tar::Archive::new(BufReader::new(input));
     let mut entries = archive.entries().at("read", file).map_err(io_err)?;
+    progress.start(&format!("import {}", file.display()), total);
+    // Bytes of the archive consumed so far, for progress: where the last entry ended.
+    let mut consumed = 0u64;
     let mut next = |limit: u64| -> Result<Option<(String, Vec<u8>)>, ImportError> {
         let Some(entry) = entries.next() else {
             return Ok(None);
@@ -260,8 +263,11 @@ pub fn import(
         if entry.size() > limit {
             return Err(bad(format!("entry {name} is larger than {limit} bytes")));
         }
-        let bytes = read_entry(entry, limit)
+        let end = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
+        let bytes = fsio::read_capped(entry, limit)
             .map_err(|e| bad(format!("entry {name} cannot be read ({e})")))?;
+        progress.advance(end.saturating_sub(consumed));
+        consumed = end;
         Ok(Some((name, bytes)))
     };
 
@@ -292,7 +298,6 @@ pub fn import(
         return Err(bad(format!("manifest {:?} is damaged", header.manifest)));
     }
 
-    progress.start(&format!("import {}", file.display()), total);
     let (mut added, mut present, mut count) = (0, 0, 0);
     let mut data = Vec::new();
     let result = (|| {
@@ -318,7 +323,6 @@ pub fn import(
                 writer.put(&id, &stored).map_err(io_err)?;
                 added += 1;
             }
-            progress.advance(stored.len() as u64 + 512);
         }
         if count != header.chunks {
             return Err(bad(format!(
@@ -339,9 +343,4 @@ pub fn import(
         chunks_added: added,
         chunks_present: present,
     })
-}
-
-fn read_entry(entry: impl Read, limit: u64) -> std::io::Result<Vec<u8>> {
-    let bytes = fsio::read_capped(entry, limit)?;
-    Ok(bytes)
 }

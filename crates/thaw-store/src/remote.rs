@@ -102,6 +102,7 @@ impl RemoteConfig {
             && bucket
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && !bucket.contains("..")
             && !bucket.starts_with(['-', '.'])
             && !bucket.ends_with(['-', '.']);
         if !bucket_ok {

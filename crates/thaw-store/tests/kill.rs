@@ -178,6 +178,8 @@ impl Fixture {
             .env("THAW_S3_ENDPOINT", &self.server.endpoint)
             .env("AWS_ACCESS_KEY_ID", common::ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", common::SECRET_KEY)
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_REGION")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

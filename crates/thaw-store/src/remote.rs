@@ -1,0 +1,728 @@
+//! Remotes: a bucket and prefix on an S3-compatible server, and push / pull of
+//! chunks and manifests.
+//!
+//! In the bucket, `<prefix>/chunks/<64 hex>` holds a chunk's zstd frame, byte
+//! for byte as it is stored locally, and `<prefix>/manifests/<name>.json` a
+//! manifest. [`push`] uploads the manifest after every chunk, so a manifest in
+//! the bucket never names a missing chunk; [`pull_chunks`] verifies each chunk
+//! before it becomes visible in the local store.
+//!
+//! Which chunks a remote already has is learned by listing `<prefix>/chunks/`
+//! once (one request per 1,000 chunks) rather than by a HEAD per chunk: a first
+//! push of a 4 GiB RAM image is 65,536 chunks, 65,536 HEADs but at most 66 list
+//! pages. The cost is listing chunks that other snapshots use, which stays
+//! small next to uploading.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::chunk::{self, ChunkDefect, MAX_CHUNK_SIZE};
+use crate::fsio::IoError;
+use crate::manifest::{
+    validate_manifest_name, InvalidManifestName, ManifestError, MAX_MANIFEST_BYTES,
+};
+use crate::store::{ChunkError, ChunkWriter};
+use crate::{ChunkId, Progress, Store};
+
+/// Uploads or downloads in flight at once.
+const PARALLEL_TRANSFERS: usize = 8;
+
+/// Where a remote is and how to reach it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RemoteConfig {
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix inside the bucket, without leading or trailing `/`; may be empty.
+    pub prefix: String,
+    /// Server URL for S3-compatible servers (`http://127.0.0.1:9000`); `None`
+    /// for AWS itself.
+    pub endpoint: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// `AWS_SESSION_TOKEN`, for temporary credentials.
+    pub session_token: Option<String>,
+    /// Region; `us-east-1` unless told otherwise.
+    pub region: String,
+}
+
+impl std::fmt::Debug for RemoteConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteConfig")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("region", &self.region)
+            .finish()
+    }
+}
+
+/// A remote could not be configured.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteConfigError {
+    #[error("invalid remote {url:?}: {why} (expected s3://bucket/prefix)")]
+    Url { url: String, why: String },
+    #[error("cannot set up the S3 client for {url}")]
+    Client {
+        url: String,
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+impl RemoteConfig {
+    /// Parses `s3://bucket[/prefix]`, with no endpoint or credentials and region
+    /// `us-east-1`.
+    ///
+    /// # Errors
+    /// Not an `s3://` URL, or the bucket name or prefix is not valid.
+    pub fn parse(url: &str) -> Result<RemoteConfig, RemoteConfigError> {
+        let bad = |why: &str| RemoteConfigError::Url {
+            url: url.into(),
+            why: why.into(),
+        };
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| bad("it does not start with s3://"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && !bucket.contains("..")
+            && !bucket.starts_with(['-', '.'])
+            && !bucket.ends_with(['-', '.']);
+        if !bucket_ok {
+            return Err(bad(
+                "the bucket name must be 3-63 lowercase letters, digits, '-' or '.'",
+            ));
+        }
+        let prefix = prefix.trim_matches('/');
+        if !prefix.is_empty() {
+            ObjectPath::parse(prefix).map_err(|e| bad(&format!("bad prefix: {e}")))?;
+        }
+        Ok(RemoteConfig {
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            endpoint: None,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            region: "us-east-1".into(),
+        })
+    }
+
+    /// Parses `url` and takes the endpoint and credentials from the environment:
+    /// `THAW_S3_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_SESSION_TOKEN`, and `AWS_REGION` (default `us-east-1`).
+    ///
+    /// # Errors
+    /// As [`RemoteConfig::parse`].
+    pub fn from_env(url: &str) -> Result<RemoteConfig, RemoteConfigError> {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        let mut config = RemoteConfig::parse(url)?;
+        config.endpoint = var("THAW_S3_ENDPOINT");
+        config.access_key_id = var("AWS_ACCESS_KEY_ID");
+        config.secret_access_key = var("AWS_SECRET_ACCESS_KEY");
+        config.session_token = var("AWS_SESSION_TOKEN");
+        if let Some(region) = var("AWS_REGION") {
+            config.region = region;
+        }
+        Ok(config)
+    }
+
+    /// `s3://bucket/prefix`.
+    pub fn url(&self) -> String {
+        match self.prefix.as_str() {
+            "" => format!("s3://{}", self.bucket),
+            prefix => format!("s3://{}/{prefix}", self.bucket),
+        }
+    }
+}
+
+/// A request to the remote failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("cannot {step} {key}")]
+    Request {
+        step: &'static str,
+        key: String,
+        /// Boxed: object_store's error is large, and every result carries it.
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    #[error("{key} is larger than the {limit}-byte limit")]
+    TooLarge { key: String, limit: u64 },
+}
+
+/// A bucket and prefix on an S3-compatible server.
+#[derive(Clone)]
+pub struct Remote {
+    client: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    url: String,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote").field("url", &self.url).finish()
+    }
+}
+
+impl Remote {
+    /// A client for the remote `config` describes. Plain `http://` endpoints
+    /// are allowed (local test servers, MinIO on a LAN). Nothing is sent yet.
+    ///
+    /// # Errors
+    /// The client cannot be built from `config`.
+    pub fn new(config: &RemoteConfig) -> Result<Remote, RemoteConfigError> {
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&config.bucket)
+            .with_region(&config.region);
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"));
+        }
+        if let Some(key) = &config.access_key_id {
+            builder = builder.with_access_key_id(key);
+        }
+        if let Some(secret) = &config.secret_access_key {
+            builder = builder.with_secret_access_key(secret);
+        }
+        if let Some(token) = &config.session_token {
+            builder = builder.with_token(token);
+        }
+        let client = builder
+            .build()
+            .map_err(|source| RemoteConfigError::Client {
+                url: config.url(),
+                source,
+            })?;
+        let prefix = ObjectPath::parse(&config.prefix).map_err(|e| RemoteConfigError::Url {
+            url: config.url(),
+            why: e.to_string(),
+        })?;
+        Ok(Remote {
+            client: Arc::new(client),
+            prefix,
+            url: config.url(),
+        })
+    }
+
+    /// [`Remote::new`] with [`RemoteConfig::from_env`].
+    ///
+    /// # Errors
+    /// As those two.
+    pub fn from_env(url: &str) -> Result<Remote, RemoteConfigError> {
+        Remote::new(&RemoteConfig::from_env(url)?)
+    }
+
+    /// `s3://bucket/prefix`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn chunks_dir(&self) -> ObjectPath {
+        self.prefix.clone().join("chunks")
+    }
+
+    fn manifests_dir(&self) -> ObjectPath {
+        self.prefix.clone().join("manifests")
+    }
+
+    fn chunk_key(&self, id: &ChunkId) -> ObjectPath {
+        self.chunks_dir().join(id.to_hex().as_str())
+    }
+
+    fn manifest_key(&self, name: &str) -> ObjectPath {
+        self.manifests_dir().join(format!("{name}.json").as_str())
+    }
+
+    fn describe(&self, key: &ObjectPath) -> String {
+        // Keys carry the prefix already: show them under the bucket.
+        let bucket = self
+            .url
+            .trim_start_matches("s3://")
+            .split('/')
+            .next()
+            .unwrap_or("");
+        format!("s3://{bucket}/{key}")
+    }
+
+    /// Every chunk the remote holds, with its stored size.
+    async fn list_chunks(&self) -> Result<HashMap<ChunkId, u64>, RemoteError> {
+        let dir = self.chunks_dir();
+        let mut listing = self.client.list(Some(&dir));
+        let mut chunks = HashMap::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|source| RemoteError::Request {
+                step: "list",
+                key: self.describe(&dir),
+                source: Box::new(source),
+            })?;
+            if let Some(id) = meta
+                .location
+                .filename()
+                .and_then(|n| n.parse::<ChunkId>().ok())
+            {
+                chunks.insert(id, meta.size);
+            }
+        }
+        Ok(chunks)
+    }
+
+    /// The object at `key`, refused past `limit` bytes; `None` if absent.
+    async fn get_capped(
+        &self,
+        key: &ObjectPath,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, RemoteError> {
+        let request_err = |step, source| RemoteError::Request {
+            step,
+            key: self.describe(key),
+            source: Box::new(source),
+        };
+        let result = match self.client.get(key).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(request_err("get", e)),
+        };
+        let too_large = || RemoteError::TooLarge {
+            key: self.describe(key),
+            limit,
+        };
+        if result.meta.size > limit {
+            return Err(too_large());
+        }
+        let mut body = result.into_stream();
+        let mut bytes = Vec::new();
+        while let Some(piece) = body.next().await {
+            let piece = piece.map_err(|e| request_err("read", e))?;
+            if (bytes.len() + piece.len()) as u64 > limit {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&piece);
+        }
+        Ok(Some(bytes))
+    }
+
+    async fn put(&self, key: &ObjectPath, bytes: Vec<u8>) -> Result<(), RemoteError> {
+        self.client
+            .put(key, PutPayload::from(bytes))
+            .await
+            .map(drop)
+            .map_err(|source| RemoteError::Request {
+                step: "put",
+                key: self.describe(key),
+                source: Box::new(source),
+            })
+    }
+}
+
+/// What [`push`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushReport {
+    /// Chunks uploaded.
+    pub chunks_sent: u64,
+    /// Chunks the remote already had.
+    pub chunks_present: u64,
+    /// Bytes uploaded for chunks (stored, compressed size).
+    pub bytes_sent: u64,
+    /// Bytes of the manifest uploaded.
+    pub manifest_bytes: u64,
+}
+
+/// [`push`] failed; the remote's manifest was not written (chunks already sent stay).
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("cannot push manifest {name:?}")]
+    Manifest {
+        name: String,
+        #[source]
+        source: ManifestError,
+    },
+    #[error("cannot push to {url}: a local chunk cannot be used")]
+    Chunk {
+        url: String,
+        #[source]
+        source: ChunkError,
+    },
+    #[error("cannot push to {url}")]
+    Remote {
+        url: String,
+        #[source]
+        source: RemoteError,
+    },
+}
+
+/// Uploads to `remote` the chunks in `chunk_ids` it lacks, then the local
+/// manifest `manifest_name`, last. Each chunk is re-verified before upload, so
+/// a damaged local chunk never reaches the bucket. Uploads run
+/// eight at a time.
+///
+/// # Errors
+/// The manifest is missing locally, a chunk is missing or damaged locally (the
+/// error names it), or a request fails. A failed push can simply be retried.
+pub async fn push(
+    store: &Store,
+    remote: &Remote,
+    manifest_name: &str,
+    chunk_ids: &[ChunkId],
+    progress: &mut dyn Progress,
+) -> Result<PushReport, PushError> {
+    let manifest = store
+        .get_manifest(manifest_name)
+        .map_err(|source| PushError::Manifest {
+            name: manifest_name.into(),
+            source,
+        })?;
+    let remote_err = |source| PushError::Remote {
+        url: remote.url.clone(),
+        source,
+    };
+    let chunk_err = |source| PushError::Chunk {
+        url: remote.url.clone(),
+        source,
+    };
+    let mut seen = HashSet::new();
+    let wanted: Vec<ChunkId> = chunk_ids
+        .iter()
+        .copied()
+        .filter(|id| seen.insert(*id))
+        .collect();
+    let on_remote = remote.list_chunks().await.map_err(remote_err)?;
+    let to_send: Vec<ChunkId> = wanted
+        .iter()
+        .copied()
+        .filter(|id| !on_remote.contains_key(id))
+        .collect();
+    let mut total = 0;
+    for id in &to_send {
+        match std::fs::metadata(store.chunk_path(id)) {
+            Ok(meta) => total += meta.len(),
+            Err(_) => {
+                return Err(chunk_err(ChunkError::Missing {
+                    id: *id,
+                    path: store.chunk_path(id),
+                }))
+            }
+        }
+    }
+    let mut report = PushReport {
+        chunks_present: (wanted.len() - to_send.len()) as u64,
+        ..PushReport::default()
+    };
+    progress.start(&format!("push {manifest_name} to {}", remote.url), total);
+    let mut uploads = futures::stream::iter(to_send)
+        .map(|id| async move {
+            let store = store.clone();
+            let stored = blocking(move || store.read_stored_verified(&id))
+                .await
+                .map_err(chunk_err)?;
+            let len = stored.len() as u64;
+            remote
+                .put(&remote.chunk_key(&id), stored)
+                .await
+                .map_err(remote_err)?;
+            Ok::<u64, PushError>(len)
+        })
+        .buffer_unordered(PARALLEL_TRANSFERS);
+    while let Some(len) = uploads.try_next().await? {
+        report.chunks_sent += 1;
+        report.bytes_sent += len;
+        progress.advance(len);
+    }
+    report.manifest_bytes = manifest.len() as u64;
+    remote
+        .put(&remote.manifest_key(manifest_name), manifest)
+        .await
+        .map_err(remote_err)?;
+    progress.finish();
+    tracing::info!(
+        manifest = manifest_name,
+        remote = %remote.url,
+        chunks_sent = report.chunks_sent,
+        bytes_sent = report.bytes_sent,
+        "pushed"
+    );
+    Ok(report)
+}
+
+/// What [`pull_chunks`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PullReport {
+    /// Chunks downloaded (and verified, and stored).
+    pub chunks_fetched: u64,
+    /// Chunks the local store already had.
+    pub chunks_present: u64,
+    /// Bytes downloaded (stored, compressed size).
+    pub bytes_fetched: u64,
+}
+
+/// A pull failed; every chunk it stored is complete and verified, so a retry
+/// fetches only the rest.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    InvalidName(#[from] InvalidManifestName),
+    #[error("no manifest named {name:?} on {url}")]
+    ManifestNotFound { name: String, url: String },
+    #[error("chunk {id} is not on {url} (no object {key})")]
+    ChunkMissing {
+        id: ChunkId,
+        url: String,
+        key: String,
+    },
+    #[error("chunk {id} from {key} is damaged, and was not stored: {defect}")]
+    ChunkDamaged {
+        id: ChunkId,
+        key: String,
+        defect: ChunkDefect,
+    },
+    #[error("cannot pull from {url}")]
+    Remote {
+        url: String,
+        #[source]
+        source: RemoteError,
+    },
+    #[error("cannot store pulled chunks")]
+    Local(#[source] IoError),
+}
+
+/// The bytes of manifest `name` on `remote` (at most [`MAX_MANIFEST_BYTES`]).
+///
+/// # Errors
+/// The name is invalid, there is no such manifest, it is too large, or the
+/// request fails.
+pub async fn fetch_manifest(remote: &Remote, name: &str) -> Result<Vec<u8>, PullError> {
+    validate_manifest_name(name)?;
+    remote
+        .get_capped(&remote.manifest_key(name), MAX_MANIFEST_BYTES)
+        .await
+        .map_err(|source| PullError::Remote {
+            url: remote.url.clone(),
+            source,
+        })?
+        .ok_or_else(|| PullError::ManifestNotFound {
+            name: name.into(),
+            url: remote.url.clone(),
+        })
+}
+
+/// The names of the manifests on `remote`, sorted.
+///
+/// # Errors
+/// The listing request fails.
+pub async fn list_remote_manifests(remote: &Remote) -> Result<Vec<String>, RemoteError> {
+    let dir = remote.manifests_dir();
+    let metas: Vec<_> = remote
+        .client
+        .list(Some(&dir))
+        .try_collect()
+        .await
+        .map_err(|source| RemoteError::Request {
+            step: "list",
+            key: remote.describe(&dir),
+            source: Box::new(source),
+        })?;
+    let mut names: Vec<String> = metas
+        .iter()
+        .filter_map(|m| {
+            m.location
+                .filename()?
+                .strip_suffix(".json")
+                .map(str::to_string)
+        })
+        .filter(|name| validate_manifest_name(name).is_ok())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Downloads from `remote` the chunks in `ids` that the local store lacks.
+/// Each is decompressed and hashed on arrival and written into the store (temp
+/// file, sync, rename) only if it matches its id. When this returns `Ok`, every
+/// chunk in `ids` is durable in the store; write the manifest after that.
+///
+/// # Errors
+/// A chunk is missing on the remote or damaged (the error names it), a request
+/// fails, or the store cannot be written. Chunks already stored stay: a retry
+/// fetches only the rest.
+pub async fn pull_chunks(
+    store: &Store,
+    remote: &Remote,
+    ids: &[ChunkId],
+    progress: &mut dyn Progress,
+) -> Result<PullReport, PullError> {
+    let remote_err = |source| PullError::Remote {
+        url: remote.url.clone(),
+        source,
+    };
+    let mut seen = HashSet::new();
+    let wanted: Vec<ChunkId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+    let wanted_count = wanted.len();
+    let (writer, needed) = {
+        let store = store.clone();
+        blocking(move || {
+            // Taking the lock waits for a gc in progress.
+            let writer = ChunkWriter::new(&store)?;
+            let needed: Vec<ChunkId> = wanted
+                .into_iter()
+                .filter(|id| !writer.existing(id))
+                .collect();
+            Ok::<_, IoError>((Arc::new(writer), needed))
+        })
+        .await
+        .map_err(PullError::Local)?
+    };
+    let mut report = PullReport {
+        chunks_present: (wanted_count - needed.len()) as u64,
+        ..PullReport::default()
+    };
+    let mut result = Ok(());
+    if !needed.is_empty() {
+        result = match remote.list_chunks().await {
+            Err(e) => Err(remote_err(e)),
+            Ok(sizes) => match needed.iter().find(|id| !sizes.contains_key(id)) {
+                Some(id) => Err(PullError::ChunkMissing {
+                    id: *id,
+                    url: remote.url.clone(),
+                    key: remote.describe(&remote.chunk_key(id)),
+                }),
+                None => {
+                    let total = needed.iter().map(|id| sizes[id]).sum();
+                    progress.start(&format!("pull from {}", remote.url), total);
+                    fetch_all(remote, &writer, needed, &mut report, progress).await
+                }
+            },
+        };
+    }
+    // Sync what was stored even when a later chunk failed, so a retry can rely on it.
+    let finished = {
+        let writer = Arc::clone(&writer);
+        blocking(move || writer.finish()).await
+    };
+    result?;
+    finished.map_err(PullError::Local)?;
+    if report.chunks_fetched > 0 {
+        progress.finish();
+    }
+    tracing::info!(
+        remote = %remote.url,
+        chunks_fetched = report.chunks_fetched,
+        bytes_fetched = report.bytes_fetched,
+        "pulled"
+    );
+    Ok(report)
+}
+
+async fn fetch_all(
+    remote: &Remote,
+    writer: &Arc<ChunkWriter>,
+    needed: Vec<ChunkId>,
+    report: &mut PullReport,
+    progress: &mut dyn Progress,
+) -> Result<(), PullError> {
+    let mut downloads = futures::stream::iter(needed)
+        .map(|id| async move {
+            let key = remote.chunk_key(&id);
+            let describe = remote.describe(&key);
+            let stored = remote
+                .get_capped(&key, chunk::max_stored_len())
+                .await
+                .map_err(|source| PullError::Remote {
+                    url: remote.url.clone(),
+                    source,
+                })?
+                .ok_or_else(|| PullError::ChunkMissing {
+                    id,
+                    url: remote.url.clone(),
+                    key: describe.clone(),
+                })?;
+            let len = stored.len() as u64;
+            let writer = Arc::clone(writer);
+            blocking(move || {
+                chunk::with_codec(|codec| {
+                    let mut data = Vec::new();
+                    codec.decode_verified(&id, &stored, MAX_CHUNK_SIZE as usize, None, &mut data)
+                })
+                .map_err(|defect| PullError::ChunkDamaged {
+                    id,
+                    key: describe,
+                    defect,
+                })?;
+                writer.put(&id, &stored).map_err(PullError::Local)
+            })
+            .await?;
+            Ok::<u64, PullError>(len)
+        })
+        .buffer_unordered(PARALLEL_TRANSFERS);
+    while let Some(len) = downloads.try_next().await? {
+        report.chunks_fetched += 1;
+        report.bytes_fetched += len;
+        progress.advance(len);
+    }
+    Ok(())
+}
+
+/// Runs blocking file work (hashing, decompressing, fsync) off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(value) => value,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("blocking task cancelled: {e}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        let c = RemoteConfig::parse("s3://thaw-cache/ci/snapshots/").unwrap();
+        assert_eq!(
+            (c.bucket.as_str(), c.prefix.as_str()),
+            ("thaw-cache", "ci/snapshots")
+        );
+        assert_eq!(c.url(), "s3://thaw-cache/ci/snapshots");
+        let c = RemoteConfig::parse("s3://bucket").unwrap();
+        assert_eq!(
+            (c.bucket.as_str(), c.prefix.as_str(), c.region.as_str()),
+            ("bucket", "", "us-east-1")
+        );
+        for bad in [
+            "http://b/p",
+            "s3://",
+            "s3://UPPER/p",
+            "s3://ab",
+            "s3://b..c/../x",
+            "s3://bucket/a//b",
+        ] {
+            assert!(RemoteConfig::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let mut c = RemoteConfig::parse("s3://bucket/p").unwrap();
+        c.secret_access_key = Some("hunter2".into());
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,242 @@
+//! Remotes against a real S3 server (s3s-fs) started on 127.0.0.1.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+
+use common::{hash_file, noise, S3Server};
+use object_store::ObjectStoreExt;
+use thaw_store::{
+    fetch_manifest, list_remote_manifests, pull_chunks, push, ChunkId, FileIndex, NoProgress,
+    PullError, PushError, Store,
+};
+
+const CHUNK: usize = 64 << 10;
+
+/// What thaw's manifest will roughly be: named file indexes.
+type Manifest = BTreeMap<String, FileIndex>;
+
+fn ids_of(manifest: &Manifest) -> Vec<ChunkId> {
+    manifest
+        .values()
+        .flat_map(|f| f.chunk_ids().copied())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_then_pull_into_a_fresh_store_gives_the_same_files() {
+    let server = S3Server::start();
+    server.create_bucket("thaw");
+    let remote = server.remote("s3://thaw/ci/cache");
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path().join("a")).unwrap();
+
+    let ram = d.path().join("ram");
+    let f = std::fs::File::create(&ram).unwrap();
+    f.set_len(64 << 20).unwrap();
+    f.write_all_at(&noise(1, 10 * CHUNK), 3 << 20).unwrap();
+    f.write_all_at(&vec![b'x'; 5 * CHUNK], 40 << 20).unwrap();
+    drop(f);
+    let disk = d.path().join("disk");
+    std::fs::write(&disk, noise(2, 20 * CHUNK + 7)).unwrap();
+    let manifest: Manifest = [
+        (
+            "ram".to_string(),
+            store.ingest(&ram, &mut NoProgress).unwrap(),
+        ),
+        (
+            "disk".to_string(),
+            store.ingest(&disk, &mut NoProgress).unwrap(),
+        ),
+    ]
+    .into();
+    let bytes = serde_json::to_vec(&manifest).unwrap();
+    store.put_manifest("base", &bytes).unwrap();
+    let ids = ids_of(&manifest);
+
+    let report = push(&store, &remote, "base", &ids, &mut NoProgress)
+        .await
+        .unwrap();
+    // 10 noise chunks + 1 'x' chunk (5 identical) + 21 disk chunks.
+    assert_eq!((report.chunks_sent, report.chunks_present), (32, 0));
+    assert_eq!(report.bytes_sent, store.stored_bytes().unwrap());
+    assert_eq!(list_remote_manifests(&remote).await.unwrap(), ["base"]);
+
+    let fresh = Store::open(d.path().join("b")).unwrap();
+    let fetched = fetch_manifest(&remote, "base").await.unwrap();
+    assert_eq!(fetched, bytes);
+    let parsed: Manifest = serde_json::from_slice(&fetched).unwrap();
+    let pulled = pull_chunks(&fresh, &remote, &ids_of(&parsed), &mut NoProgress)
+        .await
+        .unwrap();
+    assert_eq!((pulled.chunks_fetched, pulled.chunks_present), (32, 0));
+    fresh.put_manifest("base", &fetched).unwrap();
+    for (name, original) in [("ram", &ram), ("disk", &disk)] {
+        let out = d.path().join(format!("{name}.out"));
+        fresh
+            .materialize(&parsed[name], &out, &mut NoProgress)
+            .unwrap();
+        assert_eq!(hash_file(&out), hash_file(original), "{name}");
+    }
+    assert!(fresh.verify(&mut NoProgress).unwrap().damaged.is_empty());
+
+    // Pulling again fetches nothing.
+    let again = pull_chunks(&fresh, &remote, &ids, &mut NoProgress)
+        .await
+        .unwrap();
+    assert_eq!((again.chunks_fetched, again.chunks_present), (0, 32));
+    assert!(matches!(
+        fetch_manifest(&remote, "nope").await,
+        Err(PullError::ManifestNotFound { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_push_sends_only_the_new_chunks() {
+    let server = S3Server::start();
+    server.create_bucket("thaw");
+    let remote = server.remote("s3://thaw/p");
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path().join("s")).unwrap();
+    let mut data = noise(3, 40 * CHUNK);
+    let a = d.path().join("a");
+    std::fs::write(&a, &data).unwrap();
+    let index_a = store.ingest(&a, &mut NoProgress).unwrap();
+    store
+        .put_manifest("one", &serde_json::to_vec(&index_a).unwrap())
+        .unwrap();
+    let ids_a: Vec<ChunkId> = index_a.chunk_ids().copied().collect();
+    let first = push(&store, &remote, "one", &ids_a, &mut NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(first.chunks_sent, 40);
+
+    for chunk in [0, 17, 39] {
+        data[chunk * CHUNK + 123] ^= 0xff;
+    }
+    let b = d.path().join("b");
+    std::fs::write(&b, &data).unwrap();
+    let index_b = store.ingest(&b, &mut NoProgress).unwrap();
+    store
+        .put_manifest("two", &serde_json::to_vec(&index_b).unwrap())
+        .unwrap();
+    let ids_b: Vec<ChunkId> = index_b.chunk_ids().copied().collect();
+    let second = push(&store, &remote, "two", &ids_b, &mut NoProgress)
+        .await
+        .unwrap();
+    assert_eq!((second.chunks_sent, second.chunks_present), (3, 37));
+    assert!(second.bytes_sent <= 3 * (CHUNK as u64 + 100));
+    assert_eq!(
+        list_remote_manifests(&remote).await.unwrap(),
+        ["one", "two"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_chunk_in_the_bucket_is_refused_at_pull() {
+    let server = S3Server::start();
+    server.create_bucket("thaw");
+    let remote = server.remote("s3://thaw/x");
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path().join("s")).unwrap();
+    let src = d.path().join("f");
+    std::fs::write(&src, noise(4, 6 * CHUNK)).unwrap();
+    let index = store.ingest(&src, &mut NoProgress).unwrap();
+    store.put_manifest("m", b"{}").unwrap();
+    let ids: Vec<ChunkId> = index.chunk_ids().copied().collect();
+    push(&store, &remote, "m", &ids, &mut NoProgress)
+        .await
+        .unwrap();
+
+    // Flip one byte of one chunk object in the bucket.
+    let victim = ids[3];
+    let key = object_store::path::Path::from(format!("x/chunks/{victim}"));
+    let raw = server.raw_client("thaw");
+    let mut bytes = raw.get(&key).await.unwrap().bytes().await.unwrap().to_vec();
+    bytes[200] ^= 0x01;
+    raw.put(&key, bytes.into()).await.unwrap();
+
+    let fresh = Store::open(d.path().join("fresh")).unwrap();
+    let err = pull_chunks(&fresh, &remote, &ids, &mut NoProgress)
+        .await
+        .unwrap_err();
+    println!("pull says: {err}");
+    assert!(
+        matches!(&err, PullError::ChunkDamaged { id, .. } if *id == victim),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&victim.to_hex()), "{err}");
+    assert!(!fresh.has(&victim), "a damaged chunk never becomes visible");
+    assert!(fresh.verify(&mut NoProgress).unwrap().damaged.is_empty());
+
+    // A chunk that is not on the remote at all is named too.
+    raw.delete(&key).await.unwrap();
+    let err = pull_chunks(&fresh, &remote, &ids, &mut NoProgress)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, PullError::ChunkMissing { id, .. } if *id == victim),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_pull_completes_on_retry() {
+    let server = S3Server::start();
+    server.create_bucket("thaw");
+    let remote = server.remote("s3://thaw");
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path().join("s")).unwrap();
+    let src = d.path().join("f");
+    std::fs::write(&src, noise(5, 30 * CHUNK)).unwrap();
+    let index = store.ingest(&src, &mut NoProgress).unwrap();
+    let manifest = serde_json::to_vec(&index).unwrap();
+    store.put_manifest("m", &manifest).unwrap();
+    let ids: Vec<ChunkId> = index.chunk_ids().copied().collect();
+    push(&store, &remote, "m", &ids, &mut NoProgress)
+        .await
+        .unwrap();
+
+    let fresh = Store::open(d.path().join("fresh")).unwrap();
+    let first = pull_chunks(&fresh, &remote, &ids[..12], &mut NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(first.chunks_fetched, 12);
+    let rest = pull_chunks(&fresh, &remote, &ids, &mut NoProgress)
+        .await
+        .unwrap();
+    assert_eq!((rest.chunks_fetched, rest.chunks_present), (18, 12));
+    fresh
+        .materialize(&index, d.path().join("out"), &mut NoProgress)
+        .unwrap();
+    assert_eq!(hash_file(&d.path().join("out")), hash_file(&src));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_with_a_missing_local_chunk_writes_no_remote_manifest() {
+    let server = S3Server::start();
+    server.create_bucket("thaw");
+    let remote = server.remote("s3://thaw/y");
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path().join("s")).unwrap();
+    let src = d.path().join("f");
+    std::fs::write(&src, noise(6, 4 * CHUNK)).unwrap();
+    let index = store.ingest(&src, &mut NoProgress).unwrap();
+    store.put_manifest("m", b"{}").unwrap();
+    let ids: Vec<ChunkId> = index.chunk_ids().copied().collect();
+    store.remove_chunk(&ids[2]).unwrap();
+    let err = push(&store, &remote, "m", &ids, &mut NoProgress)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PushError::Chunk { .. }), "{err}");
+    assert!(list_remote_manifests(&remote).await.unwrap().is_empty());
+
+    // A bucket that does not exist is a clear error, not a hang.
+    let nowhere = server.remote("s3://no-such-bucket/p");
+    let err = push(&store, &nowhere, "m", &ids[..1], &mut NoProgress)
+        .await
+        .unwrap_err();
+    println!("missing bucket: {err}");
+    assert!(matches!(err, PushError::Remote { .. }), "{err}");
+}

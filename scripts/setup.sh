@@ -61,4 +61,7 @@ if ! command -v cargo >/dev/null; then
   fi
 fi
 
+# The S3-compatible server the store's remote tests start on loopback.
+PATH="$HOME/.cargo/bin:$PATH" bash "$(dirname "$0")/setup-s3.sh"
+
 log "QEMU: $(qemu-system-x86_64 --version | head -1)"

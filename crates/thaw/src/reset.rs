@@ -18,7 +18,7 @@ use crate::clone::{self, CloneError, CloneReport, FinishOptions, Ports, Prepared
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::pool::Pool;
 use crate::qemu::Qemu;
-use crate::ready::{ReadySpec, free_port};
+use crate::ready::{free_port, ReadySpec};
 use crate::snapshot::{Snapshot, SnapshotCheckError};
 use crate::spec::PortForward;
 use crate::vm::{self, Origin, VmError, VmPaths, VmState};
@@ -107,7 +107,17 @@ pub async fn reset(
             })?;
             side = Some(dir.clone());
             let paths = VmPaths { dir: dir.clone() };
-            match clone::prepare(qemu, &snap, paths, req.name.clone(), false, false, Ports::None).await {
+            match clone::prepare(
+                qemu,
+                &snap,
+                paths,
+                req.name.clone(),
+                false,
+                false,
+                Ports::None,
+            )
+            .await
+            {
                 Ok(p) => p,
                 Err(e) => {
                     let _ = std::fs::remove_dir_all(&dir);

@@ -61,7 +61,10 @@ fn open_all(home: &Home) -> BTreeMap<SnapshotTag, Result<Snapshot, String>> {
 }
 
 /// The children of `tag`: snapshots that name it, as it is now, as their parent.
-fn children_of(all: &BTreeMap<SnapshotTag, Result<Snapshot, String>>, tag: &SnapshotTag) -> Vec<SnapshotTag> {
+fn children_of(
+    all: &BTreeMap<SnapshotTag, Result<Snapshot, String>>,
+    tag: &SnapshotTag,
+) -> Vec<SnapshotTag> {
     let Some(Ok(me)) = all.get(tag) else {
         return Vec::new();
     };

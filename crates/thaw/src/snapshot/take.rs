@@ -180,11 +180,24 @@ async fn tops(qmp: &Qmp) -> Result<Vec<PathBuf>, SnapshotError> {
         .flatten()
         .filter_map(|b| {
             let i = b["device"].as_str()?.strip_prefix("disk")?.parse().ok()?;
-            Some((i, PathBuf::from(b["inserted"]["file"].as_str()?)))
+            Some((i, top_file(b["inserted"]["file"].as_str()?)?))
         })
         .collect();
     tops.sort();
     Ok(tops.into_iter().map(|(_, p)| p).collect())
+}
+
+/// The file of a disk's top node. After `blockdev-snapshot-sync` onto a layer whose
+/// header names its backing relatively, QEMU describes the node as
+/// `json:{"driver": "qcow2", "file": {"filename": ...}, "backing": ...}`.
+fn top_file(name: &str) -> Option<PathBuf> {
+    match name.strip_prefix("json:") {
+        None => Some(PathBuf::from(name)),
+        Some(json) => {
+            let v: serde_json::Value = serde_json::from_str(json).ok()?;
+            Some(PathBuf::from(v["file"]["filename"].as_str()?))
+        }
+    }
 }
 
 /// The VM's disks as QEMU has them, and (unless `stop`) a new empty layer for each.
@@ -244,6 +257,19 @@ async fn freeze_disks(
     // The record says which layer the VM writes: the next snapshot freezes that one.
     moved.save(home)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn top_files_are_read_from_plain_and_json_names() {
+        assert_eq!(
+            super::top_file("/v/disks/d0.0.qcow2").unwrap().to_str(),
+            Some("/v/disks/d0.0.qcow2")
+        );
+        let j = r#"json:{"backing": {"driver": "qcow2", "file": {"driver": "file", "filename": "/v/d0.0.qcow2"}}, "driver": "qcow2", "file": {"driver": "file", "filename": "/v/d0.1.qcow2"}}"#;
+        assert_eq!(super::top_file(j).unwrap().to_str(), Some("/v/d0.1.qcow2"));
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

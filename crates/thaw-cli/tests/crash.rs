@@ -140,3 +140,70 @@ fn kill_during_snapshot_with_stop() {
         env.snapshot_dirs()
     );
 }
+
+/// The same for a restored clone, whose snapshot is a live mapped-ram migration: at
+/// every step the clone is left running or resumable, no half snapshot is listed, and
+/// the snapshot taken again afterwards restores with the clone's state. Then with
+/// `--stop`.
+#[test]
+fn kill_during_snapshot_of_a_clone() {
+    let env = Env::new();
+    env.boot("vm", &[]);
+    env.sh("vm", "echo base > /tmp/marker");
+    env.json(&["snapshot", "vm", "base"]);
+    env.ok(&["stop", "vm"]);
+    env.json(&["restore", "base", "--name", "c"]);
+    env.sh("c", "echo clone > /tmp/marker");
+    for (step, paused_after) in [
+        ("paused", true),
+        ("state-saved", true),
+        ("ram-copied", false),
+        ("manifest-written", false),
+    ] {
+        let tag = format!("k-{step}");
+        kill_snapshot_at(&env, "c", &tag, step, false);
+        let state = vm_state(&env, "c");
+        let expected = if paused_after { "paused" } else { "running" };
+        assert_eq!(state, expected, "after kill at {step}");
+        assert!(
+            !snapshot_listed(&env, &tag),
+            "half snapshot after kill at {step}"
+        );
+        if paused_after {
+            env.ok(&["resume", "c"]);
+            assert_eq!(vm_state(&env, "c"), "running");
+        }
+        assert_eq!(
+            env.sh("c", "cat /tmp/marker"),
+            "clone\n",
+            "clone unusable after {step}"
+        );
+        env.json(&["snapshot", "c", &tag]);
+        let r = env.json(&["restore", &tag]);
+        let name = r[0]["name"].as_str().unwrap();
+        assert_eq!(env.sh(name, "cat /tmp/marker"), "clone\n");
+        env.ok(&["stop", name]);
+    }
+    assert!(
+        !env.snapshot_dirs().iter().any(|d| d.starts_with(".tmp")),
+        "{:?}",
+        env.snapshot_dirs()
+    );
+    // With --stop: killed while paused, the clone resumes; killed after publishing,
+    // the snapshot is whole and the dead clone is reported dead.
+    kill_snapshot_at(&env, "c", "k-stop1", "state-saved", true);
+    assert_eq!(vm_state(&env, "c"), "paused");
+    assert!(!snapshot_listed(&env, "k-stop1"));
+    env.ok(&["resume", "c"]);
+    kill_snapshot_at(&env, "c", "k-stop2", "published", true);
+    assert!(snapshot_listed(&env, "k-stop2"));
+    assert_eq!(vm_state(&env, "c"), "dead");
+    env.ok(&["stop", "c"]);
+    let r = env.json(&["restore", "k-stop2"]);
+    assert_eq!(
+        env.sh(r[0]["name"].as_str().unwrap(), "cat /tmp/marker"),
+        "clone\n"
+    );
+    env.ok(&["stop", "--all"]);
+    assert!(env.processes().is_empty());
+}

@@ -105,3 +105,59 @@ fn redis_keeps_its_keys_in_every_clone_and_clones_do_not_share_writes() {
     env.ok(&["stop", "--all"]);
     assert!(env.processes().is_empty());
 }
+
+/// Layered snapshots on a real distribution: boot → SET a → s1 → clone → SET b → s2
+/// (of the clone) → clone → SET c → s3: clones of s3 answer all three keys and have the
+/// file written to the root disk at each layer; a clone of s1 has only the first.
+#[test]
+fn redis_keys_set_at_each_layer_answer_in_clones_of_the_deepest() {
+    let env = Env::new();
+    let ready = ["--ready-port", "6379", "--timeout", "300"];
+    let mut args = vec!["--profile", "debian"];
+    args.extend_from_slice(&ready);
+    let db = env.boot("db", &args);
+    let mut vm = ("db".to_owned(), redis_port(&db));
+    for (i, key) in ["a", "b", "c"].iter().enumerate() {
+        let (name, port) = &vm;
+        assert_eq!(redis(*port, &format!("SET {key} {i}")), "+OK");
+        env.sh(name, &format!("echo {key} > /root/layer-{key} && sync"));
+        let tag = format!("s{}", i + 1);
+        let snap = env.json(&["snapshot", name, &tag]);
+        if i > 0 {
+            assert_eq!(snap["parent"], format!("s{i}"), "{snap}");
+        }
+        if i < 2 {
+            let c = env.json(&[
+                "restore",
+                &tag,
+                "--name",
+                &format!("c{}", i + 1),
+                "--ready-port",
+                "6379",
+            ]);
+            vm = (c[0]["name"].as_str().unwrap().to_owned(), redis_port(&c[0]));
+        }
+    }
+    let clones = env.json(&["restore", "s3", "--count", "2", "--ready-port", "6379"]);
+    for c in clones.as_array().unwrap() {
+        let p = redis_port(c);
+        for (i, key) in ["a", "b", "c"].iter().enumerate() {
+            assert_eq!(redis(p, &format!("GET {key}")), format!("$1\r\n{i}"), "{c}");
+        }
+        let files = env.sh(
+            c["name"].as_str().unwrap(),
+            "echo 3 > /proc/sys/vm/drop_caches; cat /root/layer-a /root/layer-b /root/layer-c",
+        );
+        assert_eq!(files, "a\nb\nc\n");
+    }
+    let first = env.json(&["restore", "s1", "--name", "at-s1", "--ready-port", "6379"]);
+    let p = redis_port(&first[0]);
+    assert_eq!(redis(p, "GET a"), "$1\r\n0");
+    assert_eq!(redis(p, "GET b"), "$-1");
+    assert_eq!(
+        env.sh("at-s1", "ls /root | grep layer- | tr '\\n' ' '"),
+        "layer-a "
+    );
+    env.ok(&["stop", "--all"]);
+    assert!(env.processes().is_empty());
+}

@@ -163,7 +163,7 @@ async fn boot_snapshot_restore_exec_and_stop_through_the_socket() {
     }
     assert!(d.vm_names().await.is_empty());
     let removed = d.expect("DELETE", "/v1/snapshots/base", None, 200).await;
-    assert_eq!(removed, json!({"removed": "base"}));
+    assert_eq!(removed, json!({"removed": ["base"]}));
     assert!(d.snapshot_tags().await.is_empty());
     assert!(d.processes().is_empty(), "a QEMU was left running");
 }

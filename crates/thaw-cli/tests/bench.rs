@@ -56,7 +56,15 @@ fn bench_reports_each_step_per_ram_size_and_leaves_nothing_behind() {
     assert_eq!(sizes.len(), 2);
     for (size, mib) in sizes.iter().zip([256, 512]) {
         assert_eq!(size["memory_mib"], mib);
-        for key in ["cold_boot_ms", "pause_ms", "restore_ms", "ready_ms"] {
+        for key in [
+            "cold_boot_ms",
+            "pause_ms",
+            "restore_ms",
+            "ready_ms",
+            "reset_ms",
+            "reset_ready_ms",
+            "stop_restore_ms",
+        ] {
             assert_stats(size, key);
         }
         // Ready comes after running.
@@ -66,6 +74,7 @@ fn bench_reports_each_step_per_ram_size_and_leaves_nothing_behind() {
     // The headline is the first size; the ratio compares the two.
     assert_eq!(r["restore_ms"], sizes[0]["restore_ms"]);
     assert!(r["restore_ratio_largest_to_smallest"].as_f64().unwrap() > 0.0);
+    assert!(r["pause_ratio_largest_to_smallest"].as_f64().unwrap() > 0.0);
     assert_no_leftovers(&env);
 }
 
@@ -86,6 +95,7 @@ fn bench_with_a_pool_takes_every_restore_from_it() {
     assert_eq!(r["pool"]["size"], 1);
     assert_eq!(r["pool"]["mode"], "paused");
     assert_eq!(r["sizes"][0]["from_pool"], 3, "{r}");
+    assert_eq!(r["sizes"][0]["resets_from_pool"], 3, "{r}");
     assert_stats(&r, "restore_ms");
     assert_stats(&r, "ready_ms");
     assert_no_leftovers(&env);

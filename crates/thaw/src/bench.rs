@@ -18,6 +18,7 @@ use crate::home::{Home, SnapshotTag, VmName};
 use crate::pool::{Orphans, Pool, PoolConfig};
 use crate::qemu::Qemu;
 use crate::ready::ReadySpec;
+use crate::reset::{self, ResetRequest};
 use crate::restore::{self, RestoreRequest};
 use crate::snapshot::{catalog, take};
 use crate::spec::{MachineSpec, PortForward};
@@ -80,6 +81,17 @@ pub struct SizeReport {
     pub cold_to_ready_ratio: f64,
     /// Restores that were taken from the warm pool (the others spawned a QEMU).
     pub from_pool: u32,
+    /// `thaw reset` of a clone: request → vCPUs running, and → ready (from the pool
+    /// when there is one).
+    pub reset_ms: Stats,
+    pub reset_ready_ms: Stats,
+    /// The same by hand: `thaw stop` of the clone, then `thaw restore` under its name,
+    /// → ready.
+    pub stop_restore_ms: Stats,
+    /// Median stop + restore / median reset, both to ready.
+    pub stop_restore_to_reset_ratio: f64,
+    /// Resets whose clone came from the warm pool.
+    pub resets_from_pool: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -112,6 +124,9 @@ pub struct BenchReport {
     pub sizes: Vec<SizeReport>,
     /// Median restore_ms of the largest size / of the smallest (when several).
     pub restore_ratio_largest_to_smallest: Option<f64>,
+    /// Median snapshot pause of the largest size / of the smallest (when several).
+    #[serde(default)]
+    pub pause_ratio_largest_to_smallest: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +139,8 @@ pub enum BenchError {
     Snapshot(#[from] take::SnapshotError),
     #[error("restore failed")]
     Restore(#[from] restore::RestoreError),
+    #[error("reset failed")]
+    Reset(#[from] reset::ResetError),
     #[error("could not create the benchmark's directory")]
     Io(#[from] std::io::Error),
     #[error("the warm pool did not fill: {0}")]
@@ -151,17 +168,21 @@ pub async fn run(
     let _ = std::fs::remove_dir_all(bench_home.root());
     let sizes = result?;
     let first = sizes[0].clone();
-    let restore_ratio = (sizes.len() > 1).then(|| {
-        let largest = sizes
-            .iter()
-            .max_by_key(|s| s.memory_mib)
-            .expect("non-empty");
-        let smallest = sizes
-            .iter()
-            .min_by_key(|s| s.memory_mib)
-            .expect("non-empty");
-        round2(largest.restore_ms.median / smallest.restore_ms.median)
-    });
+    let largest_to_smallest = |of: fn(&SizeReport) -> f64| {
+        (sizes.len() > 1).then(|| {
+            let largest = sizes
+                .iter()
+                .max_by_key(|s| s.memory_mib)
+                .expect("non-empty");
+            let smallest = sizes
+                .iter()
+                .min_by_key(|s| s.memory_mib)
+                .expect("non-empty");
+            round2(of(largest) / of(smallest))
+        })
+    };
+    let restore_ratio = largest_to_smallest(|s| s.restore_ms.median);
+    let pause_ratio = largest_to_smallest(|s| s.pause_ms.median);
     Ok(BenchReport {
         machine: machine(qemu, cfg.accel),
         runs: cfg.runs,
@@ -181,6 +202,7 @@ pub async fn run(
         cold_to_ready_ratio: first.cold_to_ready_ratio,
         sizes,
         restore_ratio_largest_to_smallest: restore_ratio,
+        pause_ratio_largest_to_smallest: pause_ratio,
     })
 }
 
@@ -279,6 +301,47 @@ async fn run_in(
             from_pool += u32::from(r[0].breakdown.source == "pool");
             let _ = control::stop(home, &r[0].name).await;
         }
+        // Reset against stop + restore, on one clone, the same number of times.
+        let target = name("reset", 0);
+        let restore_as = |name: VmName| RestoreRequest {
+            tag: tag(0),
+            count: 1,
+            name: Some(name),
+            accel: Some(cfg.accel),
+            verify: false,
+            timeout: Duration::from_secs(60),
+            keep_vmgenid: false,
+            ready: cfg.ready.clone(),
+            exec_after: None,
+        };
+        restore::restore(home, qemu, &restore_as(target.clone())).await?;
+        let (mut reset_run, mut reset_ready, mut stop_restore) =
+            (Vec::new(), Vec::new(), Vec::new());
+        let mut resets_from_pool = 0;
+        for i in 0..cfg.runs {
+            if let Some((pool, _)) = &pool {
+                wait_pool_full(pool).await?;
+            }
+            progress(&format!("{mem} MiB: reset {}/{}", i + 1, cfg.runs));
+            let req = ResetRequest {
+                name: target.clone(),
+                to: None,
+                timeout: Duration::from_secs(60),
+                accel: Some(cfg.accel),
+            };
+            let r = reset::reset(home, qemu, &req, pool.as_ref().map(|(p, _)| p)).await?;
+            reset_run.push(r.clone.restore_ms);
+            reset_ready.push(r.clone.ready_ms);
+            resets_from_pool += u32::from(r.clone.breakdown.source == "pool");
+        }
+        for i in 0..cfg.runs {
+            progress(&format!("{mem} MiB: stop + restore {}/{}", i + 1, cfg.runs));
+            let t = std::time::Instant::now();
+            let _ = control::stop(home, &target).await;
+            restore::restore(home, qemu, &restore_as(target.clone())).await?;
+            stop_restore.push(crate::ms(t.elapsed()));
+        }
+        let _ = control::stop(home, &target).await;
         if let Some((pool, _)) = pool {
             pool.shutdown().await;
         }
@@ -293,6 +356,13 @@ async fn run_in(
             ready_ms,
             cold_to_ready_ratio: round2(cold_boot_ms.median / ready_ms.median),
             from_pool,
+            reset_ms: Stats::of(&reset_run),
+            reset_ready_ms: Stats::of(&reset_ready),
+            stop_restore_ms: Stats::of(&stop_restore),
+            stop_restore_to_reset_ratio: round2(
+                Stats::of(&stop_restore).median / Stats::of(&reset_ready).median,
+            ),
+            resets_from_pool,
         });
     }
     Ok(sizes)
@@ -375,6 +445,9 @@ impl BenchReport {
                 ("snapshot pause (VM keeps running)", size.pause_ms),
                 ("restore → vCPUs running", size.restore_ms),
                 ("restore → ready", size.ready_ms),
+                ("reset → vCPUs running", size.reset_ms),
+                ("reset → ready", size.reset_ready_ms),
+                ("stop + restore → ready", size.stop_restore_ms),
             ];
             for (i, (label, st)) in rows.iter().enumerate() {
                 let mem = if i == 0 {
@@ -388,8 +461,8 @@ impl BenchReport {
                 ));
             }
             s.push_str(&format!(
-                "{:>7}  cold boot / ready (medians): {:.1}x\n",
-                "", size.cold_to_ready_ratio
+                "{:>7}  cold boot / ready (medians): {:.1}x; stop + restore / reset: {:.1}x\n",
+                "", size.cold_to_ready_ratio, size.stop_restore_to_reset_ratio
             ));
             if self.pool.is_some() {
                 s.push_str(&format!(
@@ -401,6 +474,11 @@ impl BenchReport {
         if let Some(r) = self.restore_ratio_largest_to_smallest {
             s.push_str(&format!(
                 "\nrestore → running, largest / smallest RAM (medians): {r:.2}x\n"
+            ));
+        }
+        if let Some(r) = self.pause_ratio_largest_to_smallest {
+            s.push_str(&format!(
+                "snapshot pause, largest / smallest RAM (medians): {r:.2}x\n"
             ));
         }
         s

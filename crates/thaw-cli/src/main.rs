@@ -15,6 +15,7 @@ use thaw::snapshot::{catalog, take};
 use thaw::{Accel, Home, MachineSpec, SnapshotTag, VmName};
 
 mod print;
+mod progress;
 mod remote;
 
 use print::emit;
@@ -128,6 +129,50 @@ enum Command {
     },
     /// List warm pools (needs a running daemon).
     Pools,
+    /// Boot through the cache: restore the snapshot of this exact boot (kernel, initrd
+    /// and disks by content, machine, QEMU, readiness) if there is one — locally or on
+    /// --remote — else cold-boot, snapshot into the cache (and push), and hand the VM
+    /// over. --json says which path was taken.
+    Up {
+        #[command(flatten)]
+        boot: BootArgs,
+        /// An S3 remote (s3://bucket/prefix; endpoint and keys from THAW_S3_ENDPOINT,
+        /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION).
+        #[arg(long, value_name = "URL")]
+        remote: Option<String>,
+    },
+    /// Send a snapshot to S3-compatible storage: only the chunks it lacks.
+    Push {
+        tag: SnapshotTag,
+        /// s3://bucket/prefix (endpoint and keys from the environment, see `up`).
+        remote: String,
+    },
+    /// Fetch a snapshot from S3-compatible storage (every chunk checked on arrival).
+    Pull {
+        tag: SnapshotTag,
+        /// s3://bucket/prefix.
+        remote: String,
+    },
+    /// Write a snapshot and everything it needs into one file (for CI caches).
+    Export { tag: SnapshotTag, file: PathBuf },
+    /// Read a file written by `thaw export`.
+    Import { file: PathBuf },
+    /// Remove the store's chunks that no snapshot needs.
+    Gc,
+    /// The content-addressed store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Re-hash every chunk and name what is damaged.
+    Verify,
+    /// Remove a snapshot's materialized files, keeping it in the store: the next
+    /// restore writes them again from the store's chunks.
+    Evict { tag: SnapshotTag },
 }
 
 #[derive(Args)]
@@ -409,7 +454,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve { .. }
         | Command::Bench(_)
         | Command::Guest { .. }
-        | Command::Logs { .. } => None,
+        | Command::Logs { .. }
+        | Command::Up { .. }
+        | Command::Push { .. }
+        | Command::Pull { .. }
+        | Command::Export { .. }
+        | Command::Import { .. }
+        | Command::Gc
+        | Command::Store { .. } => None,
         _ => daemon(&home).await,
     };
     match cli.command {
@@ -464,6 +516,99 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 _ => restore::restore(&home, &Qemu::find(&thaw::guest::cache_dir())?, &req).await?,
             };
             emit(json, &reports, |r| print::restore(r))?;
+        }
+        Command::Up { boot, remote } => {
+            let req = thaw::up::UpRequest {
+                boot: boot_request(boot, json)?,
+                remote: remote
+                    .map(|r| thaw::store::Remote::from_env(&r))
+                    .transpose()?,
+            };
+            let cache = thaw::guest::cache_dir();
+            let qemu = Qemu::find(&cache)?;
+            let report =
+                thaw::up::up(&home, &qemu, &cache, &req, &mut progress::Bars::new()).await?;
+            emit(json, &report, |r| {
+                format!(
+                    "{} is up ({} {}) in {:.1} ms (pid {}){}",
+                    r.name,
+                    r.path,
+                    r.tag,
+                    r.ready_ms,
+                    r.pid,
+                    if r.pushed { ", pushed" } else { "" }
+                )
+            })?;
+        }
+        Command::Push { tag, remote } => {
+            let remote = thaw::store::Remote::from_env(&remote)?;
+            let r = thaw::store::push(&home, &tag, &remote, &mut progress::Bars::new()).await?;
+            emit(json, &r, |r| print::transfer("pushed", r))?;
+        }
+        Command::Pull { tag, remote } => {
+            let remote = thaw::store::Remote::from_env(&remote)?;
+            let r = thaw::store::pull(&home, &tag, &remote, &mut progress::Bars::new()).await?;
+            emit(json, &r, |r| print::transfer("pulled", r))?;
+        }
+        Command::Export { tag, file } => {
+            let r = thaw::store::export(&home, &tag, &file, &mut progress::Bars::new())?;
+            emit(
+                json,
+                &serde_json::json!({"tag": tag, "file": file, "chunks": r.chunks, "bytes": r.file_bytes}),
+                |_| {
+                    format!(
+                        "exported {tag} to {} ({} chunks, {} bytes)",
+                        file.display(),
+                        r.chunks,
+                        r.file_bytes
+                    )
+                },
+            )?;
+        }
+        Command::Import { file } => {
+            let tag = thaw::store::import(&home, &file, &mut progress::Bars::new())?;
+            emit(json, &serde_json::json!({"imported": tag}), |_| {
+                format!("imported snapshot {tag}")
+            })?;
+        }
+        Command::Gc => {
+            let r = thaw::store::gc(&home)?;
+            emit(json, &r, |r| {
+                format!(
+                    "removed {} chunks ({} bytes); the store holds {} bytes",
+                    r.chunks_removed, r.bytes_freed, r.stored_bytes
+                )
+            })?;
+        }
+        Command::Store {
+            command: StoreCommand::Verify,
+        } => {
+            let r = thaw::store::verify(&home, &mut progress::Bars::new())?;
+            if !r.damaged.is_empty() {
+                anyhow::bail!(
+                    "the store has {} damaged chunk(s): {} (snapshots that need them: {})",
+                    r.damaged.len(),
+                    r.damaged.join("; "),
+                    r.snapshots_affected.join(", ")
+                );
+            }
+            if !r.snapshots_affected.is_empty() {
+                anyhow::bail!(
+                    "snapshots name chunks the store lacks: {}",
+                    r.snapshots_affected.join(", ")
+                );
+            }
+            emit(json, &r, |r| {
+                format!("{} chunks checked, none damaged", r.chunks_checked)
+            })?;
+        }
+        Command::Store {
+            command: StoreCommand::Evict { tag },
+        } => {
+            thaw::store::evict(&home, &tag)?;
+            emit(json, &serde_json::json!({"evicted": tag}), |_| {
+                format!("evicted the files of {tag}; it stays in the store")
+            })?;
         }
         Command::Reset { name, to, timeout } => {
             let req = thaw::reset::ResetRequest {

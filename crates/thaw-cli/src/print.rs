@@ -176,3 +176,10 @@ pub fn pools(pools: &[PoolStatus]) -> String {
     }
     s
 }
+
+pub fn transfer(verb: &str, r: &thaw::store::TransferReport) -> String {
+    format!(
+        "{verb} {}: {} chunks ({} bytes compressed) moved, {} already there; {} bytes of files",
+        r.tag, r.chunks_moved, r.bytes_moved, r.chunks_present, r.file_bytes
+    )
+}

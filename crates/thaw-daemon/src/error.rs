@@ -167,6 +167,7 @@ impl HttpStatus for ResetError {
             ResetError::Vm(e) => e.status(),
             ResetError::NoSnapshot(_) => BAD,
             ResetError::Check(e) => e.status(),
+            ResetError::Store(_) => FAILED,
             ResetError::Clone { source, .. } => source.status(),
         }
     }
@@ -200,6 +201,7 @@ impl HttpStatus for RestoreError {
             RestoreError::Count => BAD,
             RestoreError::Ready(e) => e.status(),
             RestoreError::Clone { source, .. } => source.status(),
+            RestoreError::Store(_) => FAILED,
         }
     }
 }

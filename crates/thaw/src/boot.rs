@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::agent::{Agent, AgentError};
 use crate::disk::{self, DiskError};
+use crate::guestref;
 use crate::home::{Home, VmName};
 use crate::ms;
 use crate::qemu::Qemu;
@@ -164,7 +165,10 @@ fn vm_io(step: &'static str, path: &std::path::Path, source: std::io::Error) -> 
 }
 
 /// Creates layer 0 of each disk: a qcow2 overlay on its base image.
+/// Also links the guest's files into the VM's `guest/` directory (see `guestref`).
 fn create_overlays(spec: &MachineSpec, paths: &VmPaths) -> Result<Vec<PathBuf>, BootError> {
+    guestref::link_spec(&paths.dir, spec)
+        .map_err(|e| vm_io("link the guest files into", &paths.dir, e))?;
     if spec.disks.is_empty() {
         return Ok(Vec::new());
     }
@@ -172,7 +176,13 @@ fn create_overlays(spec: &MachineSpec, paths: &VmPaths) -> Result<Vec<PathBuf>, 
     let mut overlays = Vec::new();
     for (i, d) in spec.disks.iter().enumerate() {
         let overlay = paths.disk_layer(i, 0);
-        disk::create_overlay(&d.base, d.format, &overlay)?;
+        // Backed through the link, so the layer names no path of this machine.
+        disk::create_overlay_in(
+            &paths.disks(),
+            &guestref::base_backing(i),
+            d.format,
+            &overlay,
+        )?;
         overlays.push(overlay);
     }
     Ok(overlays)

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::agent::Agent;
 use crate::agent::AgentError;
+use crate::guestref;
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::migration;
 use crate::migration::Layout;
@@ -133,7 +134,10 @@ pub async fn prepare(
 ) -> Result<Prepared, CloneError> {
     let t0 = Instant::now();
     let (ram, ram_offset) = snap.ram_image();
-    let spec = &snap.manifest.spec;
+    // The guest's files on this machine: those the snapshot's links point to.
+    let spec = &guestref::resolve(&snap.dir, &snap.manifest.spec);
+    guestref::copy_links(&snap.dir, &paths.dir)
+        .map_err(|e| io("link the guest files into", &paths.dir, e))?;
     let vmgenid = if keep_vmgenid {
         snap.manifest.vmgenid
     } else {

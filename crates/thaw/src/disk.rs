@@ -175,6 +175,36 @@ pub fn create_overlay(
     .map(|_| ())
 }
 
+/// Creates a qcow2 overlay whose backing file is named `backing`, relative to `dir`
+/// (the overlay's directory), where it must exist now.
+pub fn create_overlay_in(
+    dir: &Path,
+    backing: &Path,
+    backing_format: DiskFormat,
+    overlay: &Path,
+) -> Result<(), DiskError> {
+    let (_, size) = info(&dir.join(backing))?;
+    let size = size.to_string();
+    run(
+        "create",
+        overlay,
+        &[
+            "create".as_ref(),
+            "-q".as_ref(),
+            "-u".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            "-F".as_ref(),
+            backing_format.as_str().as_ref(),
+            "-b".as_ref(),
+            backing.as_os_str(),
+            overlay.as_os_str(),
+            size.as_ref(),
+        ],
+    )
+    .map(|_| ())
+}
+
 /// The file name of layer `k` of disk `i`.
 pub fn layer_name(i: usize, k: u32) -> String {
     format!("d{i}.{k}.qcow2")

@@ -20,6 +20,7 @@ pub mod control;
 pub mod disk;
 pub mod fsutil;
 pub mod guest;
+pub mod guestref;
 pub mod home;
 pub mod mapped;
 pub mod migration;
@@ -30,7 +31,9 @@ pub mod reset;
 pub mod restore;
 pub mod snapshot;
 pub mod spec;
+pub mod store;
 mod sys;
+pub mod up;
 pub mod vm;
 
 pub use accel::Accel;
@@ -41,4 +44,16 @@ pub use thaw_qmp::QemuVersion;
 /// Milliseconds, rounded to the microsecond (how every report gives durations).
 pub(crate) fn ms(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// An error and its causes on one line ("a: b: c").
+pub fn store_error_line(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cur = c.source();
+    }
+    line
 }

@@ -51,6 +51,8 @@ pub enum ResetError {
     NoSnapshot(VmName),
     #[error(transparent)]
     Check(#[from] SnapshotCheckError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("resetting VM {name} failed")]
     Clone {
         name: VmName,
@@ -82,6 +84,7 @@ pub async fn reset(
         .clone()
         .or_else(|| default_target(&old))
         .ok_or_else(|| ResetError::NoSnapshot(req.name.clone()))?;
+    crate::store::ensure_materialized(home, &tag, &mut crate::store::NoProgress)?;
     let snap = Snapshot::open(home, &tag)?;
     snap.check(qemu.version, req.accel.unwrap_or_else(Accel::detect), false)?;
     let ports = keep_ports(&old.ports, &snap)?;

@@ -46,6 +46,8 @@ pub enum RestoreError {
     Count,
     #[error(transparent)]
     Ready(#[from] ReadyError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("restoring clone {name} failed")]
     Clone {
         name: VmName,
@@ -75,6 +77,8 @@ pub async fn restore_from(
     if req.count == 0 {
         return Err(RestoreError::Count);
     }
+    // A snapshot that is only in the store (pulled, evicted) is written out once.
+    crate::store::ensure_materialized(home, &req.tag, &mut crate::store::NoProgress)?;
     let snap = Snapshot::open(home, &req.tag)?;
     let accel = req.accel.unwrap_or_else(Accel::detect);
     snap.check(qemu.version, accel, req.verify)?;

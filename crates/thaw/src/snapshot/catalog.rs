@@ -206,12 +206,19 @@ pub fn remove(
     }
     collect(tag, &all, &mut order);
     for t in &order {
-        remove_one(home, t)?;
+        // The store's record first: a crash in between leaves a directory without a
+        // record, which the next push re-adds, never a record of a removed snapshot.
+        crate::store::forget(home, t).map_err(|e| RemoveSnapshotError::Io {
+            path: home.root().join("store"),
+            source: std::io::Error::other(crate::store_error_line(&e)),
+        })?;
+        remove_dir(home, t)?;
     }
     Ok(order)
 }
 
-fn remove_one(home: &Home, tag: &SnapshotTag) -> Result<(), RemoveSnapshotError> {
+/// Removes a snapshot's directory (not its record in the store).
+pub fn remove_dir(home: &Home, tag: &SnapshotTag) -> Result<(), RemoveSnapshotError> {
     let dir = home.snapshot_dir(tag);
     // Rename first so a crash half-way never leaves a half-removed snapshot visible.
     let doomed = home

@@ -353,14 +353,16 @@ impl Snapshot {
                 running: accel,
             });
         }
-        if !m.spec.kernel.is_file() {
+        // The guest's files as this machine has them (see `guestref`).
+        let local = crate::guestref::resolve(&self.dir, &m.spec);
+        if !local.kernel.is_file() {
             return Err(SnapshotCheckError::GuestFileMissing {
                 tag: tag(),
                 what: "kernel",
-                path: m.spec.kernel.clone(),
+                path: local.kernel.clone(),
             });
         }
-        if let Some(initrd) = m.spec.initrd.as_ref().filter(|p| !p.is_file()) {
+        if let Some(initrd) = local.initrd.as_ref().filter(|p| !p.is_file()) {
             return Err(SnapshotCheckError::GuestFileMissing {
                 tag: tag(),
                 what: "initrd",
@@ -369,22 +371,35 @@ impl Snapshot {
         }
         for (i, disk) in m.disks.iter().enumerate() {
             let b = &disk.base;
+            let path = local
+                .disks
+                .get(i)
+                .map(|d| d.base.clone())
+                .unwrap_or(b.path.clone());
             let changed = |why: String| SnapshotCheckError::BaseChanged {
                 tag: tag(),
-                path: b.path.clone(),
+                path: path.clone(),
                 why,
             };
-            match crate::disk::stat(&b.path) {
+            // A base that came with the snapshot from a store is a copy named by its
+            // hash: its content is the snapshot's, its mtime is its own.
+            let relocated = path != b.path;
+            if relocated && path.file_name().and_then(|n| n.to_str()) != Some(b.blake3.as_str()) {
+                return Err(changed(
+                    "it is not the base the snapshot was taken on".into(),
+                ));
+            }
+            match crate::disk::stat(&path) {
                 Err(_) => return Err(changed("it is missing".into())),
                 Ok((size, _)) if size != b.size => {
                     return Err(changed(format!("{size} bytes, was {}", b.size)))
                 }
-                Ok((_, mtime)) if mtime != b.mtime_ns => {
+                Ok((_, mtime)) if mtime != b.mtime_ns && !relocated => {
                     return Err(changed("modified after the snapshot".into()))
                 }
                 Ok(_) => {}
             }
-            if verify && fsutil::hash_file(&b.path).ok().as_deref() != Some(b.blake3.as_str()) {
+            if verify && fsutil::hash_file(&path).ok().as_deref() != Some(b.blake3.as_str()) {
                 return Err(changed("its BLAKE3 differs".into()));
             }
             let files = (0..disk.layers)

@@ -66,6 +66,12 @@ pub struct SnapshotReport {
     /// How the RAM image got into the snapshot: "mapped-ram" (written live by QEMU),
     /// "moved", "reflink" or "sparse-copy".
     pub ram_copy: String,
+    /// Compressed bytes this snapshot added to the store (what it does not share).
+    #[serde(default)]
+    pub stored_added_bytes: u64,
+    /// Compressed bytes the whole store holds now.
+    #[serde(default)]
+    pub store_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +103,8 @@ pub enum SnapshotError {
     Mapped(#[from] MappedError),
     #[error("could not prepare the disk layers")]
     Disk(#[from] DiskError),
+    #[error("could not add the snapshot to the store")]
+    Store(#[from] crate::store::StoreError),
 }
 
 fn io_err(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
@@ -259,19 +267,6 @@ async fn freeze_disks(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn top_files_are_read_from_plain_and_json_names() {
-        assert_eq!(
-            super::top_file("/v/disks/d0.0.qcow2").unwrap().to_str(),
-            Some("/v/disks/d0.0.qcow2")
-        );
-        let j = r#"json:{"backing": {"driver": "qcow2", "file": {"driver": "file", "filename": "/v/d0.0.qcow2"}}, "driver": "qcow2", "file": {"driver": "file", "filename": "/v/d0.1.qcow2"}}"#;
-        assert_eq!(super::top_file(j).unwrap().to_str(), Some("/v/d0.1.qcow2"));
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn take_into(
     home: &Home,
@@ -395,6 +390,13 @@ async fn take_into(
             .ok()
             .filter(|p| p.manifest_blake3 == l.manifest_blake3)
     });
+    let vm_dir = state.paths(home).dir;
+    if vm_dir.join(crate::guestref::DIR).is_dir() {
+        crate::guestref::copy_links(&vm_dir, tmp)
+    } else {
+        crate::guestref::link_spec(tmp, &state.spec)
+    }
+    .map_err(io_err("link the guest files into", tmp))?;
     let chains = chain_disks(state, disks, tmp, parent.as_ref(), &mut files)?;
     let manifest = Manifest {
         format: snapshot::FORMAT_NAME.into(),
@@ -416,8 +418,25 @@ async fn take_into(
     fsutil::write_atomic(&mpath, &bytes).map_err(io_err("write", &mpath))?;
     fsutil::fsync_dir(tmp).map_err(io_err("sync", tmp))?;
     test_hang("manifest-written");
+    // Into the store too (chunks shared with the parent and every other snapshot).
+    let store = crate::store::open(home)?;
+    let _held = crate::store::lock_shared(home)?;
+    let stored_before = store.stored_bytes().unwrap_or(0);
+    let parent_stored = match &parent {
+        Some(p) => crate::store::get(&store, p.manifest.tag.as_str())?.map(|s| (p, s)),
+        None => None,
+    };
+    let stored = crate::store::ingest(
+        &store,
+        tmp,
+        parent_stored.as_ref().map(|(p, s)| (*p, s)),
+        &mut crate::store::NoProgress,
+    )?;
     std::fs::rename(tmp, dest).map_err(io_err("publish the snapshot as", dest))?;
     fsutil::fsync_dir(&home.snapshots_dir()).map_err(io_err("sync", &home.snapshots_dir()))?;
+    crate::store::name(&store, &req.tag, &stored)?;
+    drop(_held);
+    let stored_bytes = store.stored_bytes().unwrap_or(0);
     test_hang("published");
     let paths = state.paths(home);
     if req.stop {
@@ -440,6 +459,8 @@ async fn take_into(
         state_bytes,
         ram_bytes: state.spec.memory_bytes(),
         ram_copy: ram_copy.into(),
+        stored_added_bytes: stored_bytes.saturating_sub(stored_before),
+        store_bytes: stored_bytes,
     })
 }
 
@@ -542,4 +563,17 @@ fn chain_disks(
     }
     fsutil::fsync_dir(&dir).map_err(io_err("sync", &dir))?;
     Ok(chains)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn top_files_are_read_from_plain_and_json_names() {
+        assert_eq!(
+            super::top_file("/v/disks/d0.0.qcow2").unwrap().to_str(),
+            Some("/v/disks/d0.0.qcow2")
+        );
+        let j = r#"json:{"backing": {"driver": "qcow2", "file": {"driver": "file", "filename": "/v/d0.0.qcow2"}}, "driver": "qcow2", "file": {"driver": "file", "filename": "/v/d0.1.qcow2"}}"#;
+        assert_eq!(super::top_file(j).unwrap().to_str(), Some("/v/d0.1.qcow2"));
+    }
 }

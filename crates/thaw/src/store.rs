@@ -1,0 +1,685 @@
+//! Snapshots in the content-addressed store, and where they travel: S3-compatible
+//! remotes and single-file exports.
+//!
+//! Every snapshot is also kept in the store (`$THAW_HOME/store`, see `thaw_store` and
+//! docs/store.md): each of its files — the RAM image and device state, the disk
+//! layers, and the guest's kernel, initrd and base disks, so that it is complete on
+//! its own — as 64 KiB chunks named by BLAKE3, zstd-compressed, zero chunks elided,
+//! shared with every other snapshot. A store manifest named after the tag
+//! ([`StoredSnapshot`]) holds the snapshot's `manifest.json` and the chunk index of
+//! each file.
+//!
+//! The snapshot directory is the *materialized* form a restore maps: plain sparse files.
+//! A snapshot taken here is both at once. One that arrives (pull, import) exists only
+//! in the store until [`materialize`] writes its directory — once; restores then read
+//! it like any other. Guest files are materialized into `$THAW_HOME/files/<blake3>`,
+//! and the snapshot's `guest/` links point there (see `guestref`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+pub use thaw_store::{ChunkId, FileIndex, NoProgress, Progress, Remote, Store};
+
+use crate::fsutil;
+use crate::guestref;
+use crate::home::{Home, SnapshotTag};
+use crate::snapshot::{self, Snapshot, SnapshotCheckError};
+
+/// What the store keeps about a snapshot (the store manifest named after its tag).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredSnapshot {
+    /// `manifest.json`, byte for byte (children name its BLAKE3).
+    pub manifest: String,
+    /// Every file of the snapshot directory by its relative path, and each guest file
+    /// as `guest/<name>`.
+    pub files: BTreeMap<String, FileIndex>,
+}
+
+impl StoredSnapshot {
+    /// Every chunk the snapshot needs, each once.
+    pub fn chunk_ids(&self) -> Vec<ChunkId> {
+        let mut seen = HashSet::new();
+        self.files
+            .values()
+            .flat_map(|f| f.chunk_ids().copied())
+            .filter(|id| seen.insert(*id))
+            .collect()
+    }
+
+    /// Bytes of the files (apparent size).
+    pub fn file_bytes(&self) -> u64 {
+        self.files.values().map(|f| f.size).sum()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("could not open the store")]
+    Open(#[source] Box<thaw_store::OpenError>),
+    #[error("could not add {path} to the store")]
+    Ingest {
+        path: PathBuf,
+        #[source]
+        source: Box<thaw_store::IngestError>,
+    },
+    #[error("could not write {path} from the store")]
+    Materialize {
+        path: PathBuf,
+        #[source]
+        source: Box<thaw_store::MaterializeError>,
+    },
+    #[error("the store's record of {tag}")]
+    Manifest {
+        tag: String,
+        #[source]
+        source: Box<thaw_store::ManifestError>,
+    },
+    #[error("the store's record of {tag} is corrupt ({why})")]
+    Corrupt { tag: String, why: String },
+    #[error("a snapshot tagged {0} already exists here")]
+    Exists(SnapshotTag),
+    #[error(transparent)]
+    Check(#[from] SnapshotCheckError),
+    #[error("could not {step} {path}")]
+    Io {
+        step: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pushing {tag} failed")]
+    Push {
+        tag: String,
+        #[source]
+        source: Box<thaw_store::PushError>,
+    },
+    #[error("pulling {tag} failed")]
+    Pull {
+        tag: String,
+        #[source]
+        source: Box<thaw_store::PullError>,
+    },
+    #[error("the remote is unusable")]
+    Remote(#[source] Box<thaw_store::RemoteConfigError>),
+    #[error("exporting {tag} failed")]
+    Export {
+        tag: String,
+        #[source]
+        source: Box<thaw_store::ExportError>,
+    },
+    #[error("importing {path} failed")]
+    Import {
+        path: PathBuf,
+        #[source]
+        source: Box<thaw_store::ImportError>,
+    },
+    #[error("the store is damaged: {0}")]
+    Damaged(String),
+    #[error("store housekeeping failed")]
+    Gc(#[source] Box<thaw_store::GcError>),
+    #[error("verifying the store failed")]
+    Verify(#[source] Box<thaw_store::VerifyError>),
+}
+
+macro_rules! boxed_from {
+    ($($variant:ident($ty:ty)),*) => {$(
+        impl From<$ty> for StoreError {
+            fn from(e: $ty) -> StoreError {
+                StoreError::$variant(Box::new(e))
+            }
+        }
+    )*};
+}
+boxed_from!(
+    Open(thaw_store::OpenError),
+    Remote(thaw_store::RemoteConfigError),
+    Gc(thaw_store::GcError),
+    Verify(thaw_store::VerifyError)
+);
+
+fn io(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_owned();
+    move |source| StoreError::Io { step, path, source }
+}
+
+/// The home's store.
+pub fn open(home: &Home) -> Result<Store, StoreError> {
+    Ok(Store::open(home.root().join("store"))?)
+}
+
+/// Where guest files that came from the store live: `$THAW_HOME/files/<blake3>`.
+pub fn files_dir(home: &Home) -> PathBuf {
+    home.root().join("files")
+}
+
+/// A lock on the store: shared while chunks are added and then named (so that no gc
+/// removes them in between), exclusive for gc.
+pub struct StoreLock(#[allow(dead_code)] std::fs::File);
+
+fn lock(home: &Home, exclusive: bool) -> Result<StoreLock, StoreError> {
+    let dir = home.root().join("store");
+    std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+    let path = dir.join(".thaw.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io("open", &path))?;
+    let op = if exclusive {
+        rustix::fs::FlockOperation::LockExclusive
+    } else {
+        rustix::fs::FlockOperation::LockShared
+    };
+    rustix::fs::flock(&f, op).map_err(|e| io("lock", &path)(e.into()))?;
+    Ok(StoreLock(f))
+}
+
+/// Holds the store against gc while a snapshot's chunks are added and named.
+pub fn lock_shared(home: &Home) -> Result<StoreLock, StoreError> {
+    lock(home, false)
+}
+
+/// The stored record of `tag`, if the store has one.
+pub fn get(store: &Store, tag: &str) -> Result<Option<StoredSnapshot>, StoreError> {
+    match store.get_manifest(tag) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                tag: tag.into(),
+                why: e.to_string(),
+            }),
+        Err(thaw_store::ManifestError::NotFound { .. }) => Ok(None),
+        Err(source) => Err(StoreError::Manifest {
+            tag: tag.into(),
+            source: Box::new(source),
+        }),
+    }
+}
+
+fn put(store: &Store, tag: &str, s: &StoredSnapshot) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(s).expect("serializes");
+    store
+        .put_manifest(tag, &bytes)
+        .map_err(|source| StoreError::Manifest {
+            tag: tag.into(),
+            source: Box::new(source),
+        })
+}
+
+/// Every regular file under `dir` (manifest.json and the `guest/` links excepted),
+/// by relative path.
+fn files_under(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for sub in ["", "disks"] {
+        let d = dir.join(sub);
+        if !d.is_dir() {
+            continue;
+        }
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            if !e.file_type()?.is_file() {
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rel = if sub.is_empty() {
+                name
+            } else {
+                format!("{sub}/{name}")
+            };
+            if rel != snapshot::MANIFEST_FILE && !rel.starts_with('.') {
+                out.push(rel);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Adds the snapshot written in `dir` (with its manifest) to the store and returns
+/// its record, not yet named. Files the parent has unchanged (the layers below the
+/// top, an unchanged base disk) are taken from the parent's record without reading
+/// them again.
+pub fn ingest(
+    store: &Store,
+    dir: &Path,
+    parent: Option<(&Snapshot, &StoredSnapshot)>,
+    progress: &mut dyn Progress,
+) -> Result<StoredSnapshot, StoreError> {
+    let mpath = dir.join(snapshot::MANIFEST_FILE);
+    let manifest = std::fs::read_to_string(&mpath).map_err(io("read", &mpath))?;
+    let m: snapshot::Manifest =
+        serde_json::from_str(&manifest).map_err(|e| StoreError::Corrupt {
+            tag: dir.display().to_string(),
+            why: e.to_string(),
+        })?;
+    let mut files = BTreeMap::new();
+    let ingest = |path: &Path, progress: &mut dyn Progress| {
+        tokio::task::block_in_place(|| store.ingest(path, progress)).map_err(|source| {
+            StoreError::Ingest {
+                path: path.to_owned(),
+                source: Box::new(source),
+            }
+        })
+    };
+    for rel in files_under(dir).map_err(io("list", dir))? {
+        let known = parent.and_then(|(p, ps)| {
+            let same = p.manifest.files.contains_key(&rel)
+                && p.manifest.files.get(&rel) == m.files.get(&rel);
+            same.then(|| ps.files.get(&rel).cloned()).flatten()
+        });
+        let index = match known {
+            Some(i) => i,
+            None => ingest(&dir.join(&rel), progress)?,
+        };
+        files.insert(rel, index);
+    }
+    // The guest's files, through the snapshot's links.
+    let local = guestref::resolve(dir, &m.spec);
+    let mut guest = vec![("guest/kernel".to_owned(), local.kernel.clone())];
+    if let Some(i) = &local.initrd {
+        guest.push(("guest/initrd".into(), i.clone()));
+    }
+    for (i, d) in local.disks.iter().enumerate() {
+        guest.push((format!("guest/base{i}"), d.base.clone()));
+    }
+    for (rel, path) in guest {
+        // A base disk the parent had, unchanged (same identity): its index is known.
+        let known = parent.and_then(|(p, ps)| {
+            let i: usize = rel.strip_prefix("guest/base")?.parse().ok()?;
+            (p.manifest.disks.get(i)?.base == m.disks.get(i)?.base)
+                .then(|| ps.files.get(&rel).cloned())
+                .flatten()
+        });
+        let index = match known {
+            Some(i) => i,
+            None => ingest(&path, progress)?,
+        };
+        files.insert(rel, index);
+    }
+    Ok(StoredSnapshot { manifest, files })
+}
+
+/// Names a snapshot's record in the store (the last step of adding it).
+pub fn name(store: &Store, tag: &SnapshotTag, s: &StoredSnapshot) -> Result<(), StoreError> {
+    put(store, tag.as_str(), s)
+}
+
+/// Adds a published snapshot to the store if it is not there yet, and returns its
+/// record (for push and export of snapshots taken before the store, or whose record
+/// a crash lost).
+pub fn ensure(
+    home: &Home,
+    tag: &SnapshotTag,
+    progress: &mut dyn Progress,
+) -> Result<StoredSnapshot, StoreError> {
+    let store = open(home)?;
+    let _lock = lock_shared(home)?;
+    if let Some(s) = get(&store, tag.as_str())? {
+        return Ok(s);
+    }
+    let snap = Snapshot::open(home, tag)?;
+    let s = ingest(&store, &snap.dir, None, progress)?;
+    name(&store, tag, &s)?;
+    Ok(s)
+}
+
+/// Forgets a snapshot's record (its chunks go at the next gc unless shared).
+pub fn forget(home: &Home, tag: &SnapshotTag) -> Result<(), StoreError> {
+    let store = open(home)?;
+    match store.remove_manifest(tag.as_str()) {
+        Ok(()) | Err(thaw_store::ManifestError::NotFound { .. }) => Ok(()),
+        Err(source) => Err(StoreError::Manifest {
+            tag: tag.to_string(),
+            source: Box::new(source),
+        }),
+    }
+}
+
+/// Writes the snapshot directory of `tag` from its record in the store, atomically:
+/// every file into a temporary directory, the guest files into `files/`, then the
+/// directory is renamed into place.
+pub fn materialize(
+    home: &Home,
+    tag: &SnapshotTag,
+    s: &StoredSnapshot,
+    progress: &mut dyn Progress,
+) -> Result<(), StoreError> {
+    let store = open(home)?;
+    let dest = home.snapshot_dir(tag);
+    if dest.exists() {
+        return Err(StoreError::Exists(tag.clone()));
+    }
+    home.ensure().map_err(io("create", home.root()))?;
+    snapshot::remove_stale_temp_dirs(home);
+    let tmp = snapshot::temp_dir(home, tag);
+    let result = (|| {
+        std::fs::create_dir_all(tmp.join("disks")).map_err(io("create", &tmp))?;
+        std::fs::create_dir_all(tmp.join(guestref::DIR)).map_err(io("create", &tmp))?;
+        let files = files_dir(home);
+        std::fs::create_dir_all(&files).map_err(io("create", &files))?;
+        for (rel, index) in &s.files {
+            let write = |dest: &Path, progress: &mut dyn Progress| {
+                tokio::task::block_in_place(|| store.materialize(index, dest, progress)).map_err(
+                    |source| StoreError::Materialize {
+                        path: dest.to_owned(),
+                        source: Box::new(source),
+                    },
+                )
+            };
+            match rel.strip_prefix("guest/") {
+                Some(name) => {
+                    // Guest files are shared by every snapshot that needs them; the
+                    // file name is the content's BLAKE3 (the base disks' identity).
+                    if name.contains('/') || index.blake3.len() != 64 {
+                        return Err(StoreError::Corrupt {
+                            tag: tag.to_string(),
+                            why: format!("bad guest file entry {rel}"),
+                        });
+                    }
+                    let file = files.join(&index.blake3);
+                    if !file.is_file() {
+                        write(&file, progress)?;
+                    }
+                    std::os::unix::fs::symlink(&file, tmp.join(rel))
+                        .map_err(io("link", &tmp.join(rel)))?;
+                }
+                None => {
+                    if rel.contains("..") || rel.starts_with('/') {
+                        return Err(StoreError::Corrupt {
+                            tag: tag.to_string(),
+                            why: format!("bad file entry {rel}"),
+                        });
+                    }
+                    write(&tmp.join(rel), progress)?;
+                }
+            }
+        }
+        let mpath = tmp.join(snapshot::MANIFEST_FILE);
+        fsutil::write_atomic(&mpath, s.manifest.as_bytes()).map_err(io("write", &mpath))?;
+        fsutil::fsync_dir(&tmp.join("disks")).map_err(io("sync", &tmp))?;
+        fsutil::fsync_dir(&tmp).map_err(io("sync", &tmp))?;
+        // The manifest must be the snapshot it says (its tag is checked on open).
+        let m: snapshot::Manifest =
+            serde_json::from_str(&s.manifest).map_err(|e| StoreError::Corrupt {
+                tag: tag.to_string(),
+                why: e.to_string(),
+            })?;
+        if &m.tag != tag {
+            return Err(StoreError::Corrupt {
+                tag: tag.to_string(),
+                why: format!("it is the snapshot {}", m.tag),
+            });
+        }
+        std::fs::rename(&tmp, &dest).map_err(io("publish the snapshot as", &dest))?;
+        fsutil::fsync_dir(&home.snapshots_dir()).map_err(io("sync", &home.snapshots_dir()))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// Removes the materialized files of a snapshot that is in the store, keeping the
+/// store's record: the next restore materializes it again. (For measuring that, and
+/// for freeing disk space.)
+pub fn evict(home: &Home, tag: &SnapshotTag) -> Result<StoredSnapshot, StoreError> {
+    let s = ensure(home, tag, &mut NoProgress)?;
+    crate::snapshot::catalog::remove_dir(home, tag).map_err(|e| StoreError::Io {
+        step: "remove",
+        path: home.snapshot_dir(tag),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(s)
+}
+
+/// Makes sure `tag` can be restored: its directory exists, or the store has it and
+/// it is materialized now. Returns whether it was materialized.
+pub fn ensure_materialized(
+    home: &Home,
+    tag: &SnapshotTag,
+    progress: &mut dyn Progress,
+) -> Result<bool, StoreError> {
+    if home.snapshot_dir(tag).is_dir() {
+        return Ok(false);
+    }
+    let store = open(home)?;
+    match get(&store, tag.as_str())? {
+        Some(s) => {
+            materialize(home, tag, &s, progress)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransferReport {
+    pub tag: SnapshotTag,
+    /// Chunks sent or fetched, and those the other side had already.
+    pub chunks_moved: u64,
+    pub chunks_present: u64,
+    /// Compressed bytes sent or fetched.
+    pub bytes_moved: u64,
+    /// The snapshot's files, uncompressed (apparent size).
+    pub file_bytes: u64,
+}
+
+/// Sends a snapshot to a remote: only the chunks it lacks, then the record.
+pub async fn push(
+    home: &Home,
+    tag: &SnapshotTag,
+    remote: &Remote,
+    progress: &mut dyn Progress,
+) -> Result<TransferReport, StoreError> {
+    let s = ensure(home, tag, progress)?;
+    let store = open(home)?;
+    let r = thaw_store::push(&store, remote, tag.as_str(), &s.chunk_ids(), progress)
+        .await
+        .map_err(|source| StoreError::Push {
+            tag: tag.to_string(),
+            source: Box::new(source),
+        })?;
+    Ok(TransferReport {
+        tag: tag.clone(),
+        chunks_moved: r.chunks_sent,
+        chunks_present: r.chunks_present,
+        bytes_moved: r.bytes_sent,
+        file_bytes: s.file_bytes(),
+    })
+}
+
+/// Whether a remote has a snapshot.
+pub async fn remote_has(remote: &Remote, tag: &SnapshotTag) -> Result<bool, StoreError> {
+    match thaw_store::fetch_manifest(remote, tag.as_str()).await {
+        Ok(_) => Ok(true),
+        Err(thaw_store::PullError::ManifestNotFound { .. }) => Ok(false),
+        Err(source) => Err(StoreError::Pull {
+            tag: tag.to_string(),
+            source: Box::new(source),
+        }),
+    }
+}
+
+/// Fetches a snapshot from a remote: the chunks the store lacks (each checked against
+/// its BLAKE3 on arrival), then its record, then it is materialized.
+pub async fn pull(
+    home: &Home,
+    tag: &SnapshotTag,
+    remote: &Remote,
+    progress: &mut dyn Progress,
+) -> Result<TransferReport, StoreError> {
+    if home.snapshot_dir(tag).exists() {
+        return Err(StoreError::Exists(tag.clone()));
+    }
+    let pull_err = |source| StoreError::Pull {
+        tag: tag.to_string(),
+        source: Box::new(source),
+    };
+    let bytes = thaw_store::fetch_manifest(remote, tag.as_str())
+        .await
+        .map_err(pull_err)?;
+    let s: StoredSnapshot = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+        tag: tag.to_string(),
+        why: e.to_string(),
+    })?;
+    let store = open(home)?;
+    let r = {
+        let _lock = lock_shared(home)?;
+        let r = thaw_store::pull_chunks(&store, remote, &s.chunk_ids(), progress)
+            .await
+            .map_err(pull_err)?;
+        put(&store, tag.as_str(), &s)?;
+        r
+    };
+    materialize(home, tag, &s, progress)?;
+    Ok(TransferReport {
+        tag: tag.clone(),
+        chunks_moved: r.chunks_fetched,
+        chunks_present: r.chunks_present,
+        bytes_moved: r.bytes_fetched,
+        file_bytes: s.file_bytes(),
+    })
+}
+
+/// Writes a snapshot and every chunk it needs into one file (for CI caches).
+pub fn export(
+    home: &Home,
+    tag: &SnapshotTag,
+    file: &Path,
+    progress: &mut dyn Progress,
+) -> Result<thaw_store::ExportReport, StoreError> {
+    let s = ensure(home, tag, progress)?;
+    let store = open(home)?;
+    let bytes = serde_json::to_vec(&s).expect("serializes");
+    tokio::task::block_in_place(|| {
+        thaw_store::export(&store, tag.as_str(), &bytes, &s.chunk_ids(), file, progress)
+    })
+    .map_err(|source| StoreError::Export {
+        tag: tag.to_string(),
+        source: Box::new(source),
+    })
+}
+
+/// Reads a file [`export`] wrote: every chunk is checked before it enters the store,
+/// then the snapshot is materialized. Returns its tag.
+pub fn import(
+    home: &Home,
+    file: &Path,
+    progress: &mut dyn Progress,
+) -> Result<SnapshotTag, StoreError> {
+    let store = open(home)?;
+    let _lock = lock_shared(home)?;
+    let imported = tokio::task::block_in_place(|| thaw_store::import(&store, file, progress))
+        .map_err(|source| StoreError::Import {
+            path: file.to_owned(),
+            source: Box::new(source),
+        })?;
+    let tag: SnapshotTag =
+        imported
+            .manifest_name
+            .parse()
+            .map_err(|e: crate::home::NameError| StoreError::Corrupt {
+                tag: imported.manifest_name.clone(),
+                why: e.to_string(),
+            })?;
+    if home.snapshot_dir(&tag).exists() {
+        return Err(StoreError::Exists(tag));
+    }
+    let s: StoredSnapshot =
+        serde_json::from_slice(&imported.manifest).map_err(|e| StoreError::Corrupt {
+            tag: tag.to_string(),
+            why: e.to_string(),
+        })?;
+    put(&store, tag.as_str(), &s)?;
+    drop(_lock);
+    materialize(home, &tag, &s, progress)?;
+    Ok(tag)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GcReport {
+    pub chunks_removed: u64,
+    pub bytes_freed: u64,
+    /// Bytes the store holds now (compressed).
+    pub stored_bytes: u64,
+}
+
+/// Removes chunks no snapshot needs. A chunk is needed while any snapshot's record
+/// names it — also a snapshot with running clones, a pool or children, since those
+/// keep their snapshot (and removing a snapshot forgets its record). Records whose
+/// snapshot directory is gone and that were not just pulled are kept too: they are
+/// snapshots in the store only.
+pub fn gc(home: &Home) -> Result<GcReport, StoreError> {
+    let store = open(home)?;
+    let _lock = lock(home, true)?;
+    let mut live = HashSet::new();
+    for name in store
+        .list_manifests()
+        .map_err(|source| StoreError::Manifest {
+            tag: String::new(),
+            source: Box::new(source),
+        })?
+    {
+        if let Some(s) = get(&store, &name)? {
+            live.extend(s.chunk_ids());
+        }
+    }
+    let r = tokio::task::block_in_place(|| store.gc(&live))?;
+    Ok(GcReport {
+        chunks_removed: r.removed,
+        bytes_freed: r.freed_bytes,
+        stored_bytes: store.stored_bytes().unwrap_or(0),
+    })
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub chunks_checked: u64,
+    /// Damaged chunks: "<id>: why".
+    pub damaged: Vec<String>,
+    /// Snapshots whose record names a chunk the store lacks or that is damaged.
+    pub snapshots_affected: Vec<String>,
+}
+
+/// Re-hashes every chunk and names what is damaged, and which snapshots need it.
+pub fn verify(home: &Home, progress: &mut dyn Progress) -> Result<VerifyReport, StoreError> {
+    let store = open(home)?;
+    let r = tokio::task::block_in_place(|| store.verify(progress))?;
+    let bad: HashSet<ChunkId> = r.damaged.iter().map(|(id, _)| *id).collect();
+    let mut affected = Vec::new();
+    for name in store
+        .list_manifests()
+        .map_err(|source| StoreError::Manifest {
+            tag: String::new(),
+            source: Box::new(source),
+        })?
+    {
+        if let Some(s) = get(&store, &name)? {
+            if s.chunk_ids()
+                .iter()
+                .any(|id| bad.contains(id) || !store.has(id))
+            {
+                affected.push(name);
+            }
+        }
+    }
+    Ok(VerifyReport {
+        chunks_checked: r.checked,
+        damaged: r
+            .damaged
+            .iter()
+            .map(|(id, why)| format!("{id}: {why}"))
+            .collect(),
+        snapshots_affected: affected,
+    })
+}
+
+/// Bytes the store holds (compressed chunks on disk).
+pub fn stored_bytes(home: &Home) -> u64 {
+    open(home)
+        .ok()
+        .and_then(|s| s.stored_bytes().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,256 @@
+//! `thaw up`: the boot cache. A VM is booted once per set of inputs, snapshotted, and
+//! every later `up` with the same inputs restores that snapshot instead.
+//!
+//! The cache key is a BLAKE3 over everything that decides the booted state: the
+//! kernel, initrd and base disks *by content*, the machine (type, memory, vCPUs,
+//! command line, disks' formats and modes, forwarded guest ports), the QEMU version,
+//! the accelerator, the snapshot format's major version and the readiness condition.
+//! A changed input is a new key, so a stale snapshot is never used. The snapshot is
+//! tagged `up-<first 16 hex digits of the key>`.
+//!
+//! Two `up`s with the same key at once boot once: the second waits on a lock file
+//! (`$THAW_HOME/locks/<tag>.lock`) and then restores what the first made.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::boot::{self, BootError, BootRequest};
+use crate::fsutil;
+use crate::home::{Home, SnapshotTag, VmName};
+use crate::qemu::Qemu;
+use crate::restore::{self, RestoreError, RestoreRequest};
+use crate::snapshot::take::{self, SnapshotError, SnapshotRequest};
+use crate::spec::PortForward;
+use crate::store::{self, Remote, StoreError};
+
+pub struct UpRequest {
+    pub boot: BootRequest,
+    /// Pull the snapshot from here when it is not local; push it after a cold boot.
+    pub remote: Option<Remote>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpReport {
+    pub name: VmName,
+    /// "restored" (from the local cache), "pulled" (from the remote, then restored) or
+    /// "booted" (cold boot, then snapshotted into the cache).
+    pub path: String,
+    /// The cache key and the snapshot it names.
+    pub key: String,
+    pub tag: SnapshotTag,
+    pub pid: u32,
+    /// Request → ready, whichever path was taken.
+    pub ready_ms: f64,
+    pub ports: Vec<PortForward>,
+    /// Whether the snapshot was pushed to the remote.
+    pub pushed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error("could not {step} {path}")]
+    Io {
+        step: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+}
+
+fn io(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> UpError {
+    let path = path.to_owned();
+    move |source| UpError::Io { step, path, source }
+}
+
+/// The BLAKE3 of a file, remembered by path, size and mtime in `$THAW_CACHE/hashes.json`
+/// (a base disk image is gigabytes; the key is computed on every `up`).
+fn content_blake3(cache: &Path, path: &Path) -> Result<String, UpError> {
+    let (size, mtime) = crate::disk::stat(path).map_err(io("read", path))?;
+    let file = cache.join("hashes.json");
+    let mut known: BTreeMap<String, (u64, u128, String)> = std::fs::read(&file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let k = path.display().to_string();
+    if let Some((s, m, h)) = known.get(&k) {
+        if *s == size && *m == mtime {
+            return Ok(h.clone());
+        }
+    }
+    let h = fsutil::hash_file(path).map_err(io("hash", path))?;
+    known.insert(k, (size, mtime, h.clone()));
+    if std::fs::create_dir_all(cache).is_ok() {
+        let _ = fsutil::write_atomic(&file, &serde_json::to_vec(&known).expect("serializes"));
+    }
+    Ok(h)
+}
+
+/// The cache key of a boot (see the module docs).
+pub fn key(req: &BootRequest, qemu: &Qemu, cache: &Path) -> Result<String, UpError> {
+    req.spec.validate()?;
+    let s = &req.spec;
+    let kernel = content_blake3(cache, &s.kernel)?;
+    let initrd = match &s.initrd {
+        Some(i) => Some(content_blake3(cache, i)?),
+        None => None,
+    };
+    let disks = s
+        .disks
+        .iter()
+        .map(|d| {
+            Ok(serde_json::json!({
+                "blake3": content_blake3(cache, &d.base)?,
+                "format": d.format,
+                "readonly": d.readonly,
+            }))
+        })
+        .collect::<Result<Vec<_>, UpError>>()?;
+    let inputs = serde_json::json!({
+        "format": crate::snapshot::FORMAT_VERSION.major,
+        "qemu": qemu.version.to_string(),
+        "accel": s.accel,
+        "machine": s.machine,
+        "memory_mib": s.memory_mib,
+        "cpus": s.cpus,
+        "cmdline": s.cmdline,
+        "kernel": kernel,
+        "initrd": initrd,
+        "disks": disks,
+        "net": s.net.is_some(),
+        "guest_ports": req.forwards.iter().map(|f| f.guest).collect::<Vec<_>>(),
+        "ready": {
+            "port": req.ready.port,
+            "redis_ping": req.ready.redis_ping,
+            "serial": req.ready.serial,
+        },
+    });
+    Ok(blake3::hash(inputs.to_string().as_bytes())
+        .to_hex()
+        .to_string())
+}
+
+/// The snapshot tag of a key.
+pub fn tag_of(key: &str) -> SnapshotTag {
+    format!("up-{}", &key[..16]).parse().expect("a valid tag")
+}
+
+/// Holds `$THAW_HOME/locks/<tag>.lock` exclusively until dropped.
+struct KeyLock(#[allow(dead_code)] std::fs::File);
+
+async fn lock_key(home: &Home, tag: &SnapshotTag) -> Result<KeyLock, UpError> {
+    let dir = home.root().join("locks");
+    std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+    let path = dir.join(format!("{tag}.lock"));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io("open", &path))?;
+    let f = tokio::task::spawn_blocking(move || {
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map(|_| f)
+    })
+    .await
+    .expect("lock task")
+    .map_err(|e| io("lock", &path)(e.into()))?;
+    Ok(KeyLock(f))
+}
+
+/// Brings up a VM from the cache, the remote, or a cold boot (see the module docs).
+pub async fn up(
+    home: &Home,
+    qemu: &Qemu,
+    cache: &Path,
+    req: &UpRequest,
+    progress: &mut dyn store::Progress,
+) -> Result<UpReport, UpError> {
+    let t0 = Instant::now();
+    let key = key(&req.boot, qemu, cache)?;
+    let tag = tag_of(&key);
+    let _lock = lock_key(home, &tag).await?;
+    let mut path = "restored";
+    let local =
+        store::ensure_materialized(home, &tag, progress)? || home.snapshot_dir(&tag).is_dir();
+    if !local {
+        if let Some(remote) = &req.remote {
+            if store::remote_has(remote, &tag).await? {
+                store::pull(home, &tag, remote, progress).await?;
+                path = "pulled";
+            }
+        }
+    }
+    if path == "pulled" || local {
+        let r = restore::restore(
+            home,
+            qemu,
+            &RestoreRequest {
+                tag: tag.clone(),
+                count: 1,
+                name: Some(req.boot.name.clone()),
+                accel: Some(req.boot.spec.accel),
+                verify: false,
+                timeout: req.boot.timeout,
+                keep_vmgenid: false,
+                ready: req.boot.ready.clone(),
+                exec_after: None,
+            },
+        )
+        .await?;
+        let r = &r[0];
+        return Ok(UpReport {
+            name: r.name.clone(),
+            path: path.into(),
+            key,
+            tag,
+            pid: r.pid,
+            ready_ms: crate::ms(t0.elapsed()),
+            ports: r.ports.clone(),
+            pushed: false,
+        });
+    }
+    let booted = boot::boot(home, qemu, &req.boot).await?;
+    let snap = take::take(
+        home,
+        &SnapshotRequest {
+            name: req.boot.name.clone(),
+            tag: tag.clone(),
+            stop: false,
+        },
+    )
+    .await;
+    if let Err(e) = snap {
+        // All or nothing: a VM that did not make it into the cache is not handed over.
+        let _ = crate::control::stop(home, &req.boot.name).await;
+        return Err(e.into());
+    }
+    let pushed = match &req.remote {
+        Some(remote) => {
+            store::push(home, &tag, remote, progress).await?;
+            true
+        }
+        None => false,
+    };
+    Ok(UpReport {
+        name: booted.name,
+        path: "booted".into(),
+        key,
+        tag,
+        pid: booted.pid,
+        ready_ms: booted.boot_ms,
+        ports: booted.ports,
+        pushed,
+    })
+}

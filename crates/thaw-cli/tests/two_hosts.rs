@@ -1,0 +1,233 @@
+//! Two hosts: network namespaces A and B, each with its own thawd, `$THAW_HOME` and
+//! guest cache, and an S3 server in a third, S. A snapshot made on A is pushed, pulled
+//! on B (which has no copy of the guest files) and restored there; the clone has A's
+//! state.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
+use serde_json::Value;
+
+/// The namespaces and the veth links between them; removed on drop.
+struct Net {
+    names: Vec<String>,
+}
+
+fn ip(args: &[&str]) {
+    let st = Command::new("ip")
+        .args(args)
+        .status()
+        .expect("ip (iproute2)");
+    assert!(st.success(), "ip {args:?} failed");
+}
+
+impl Net {
+    /// S is linked to A by 10.77.1.0/24 and to B by 10.77.2.0/24 (S is .1, the host .2).
+    fn new() -> Net {
+        let id = std::process::id() % 100_000;
+        let names: Vec<String> = ["s", "a", "b"]
+            .iter()
+            .map(|n| format!("thaw-{n}-{id}"))
+            .collect();
+        let net = Net { names };
+        let (s, a, b) = (&net.names[0], &net.names[1], &net.names[2]);
+        for ns in &net.names {
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        for (host, subnet, tag) in [(a, 1, "a"), (b, 2, "b")] {
+            let (sv, hv) = (format!("ts{tag}{id}"), format!("th{tag}{id}"));
+            ip(&[
+                "link", "add", &sv, "netns", s, "type", "veth", "peer", "name", &hv, "netns", host,
+            ]);
+            ip(&[
+                "-n",
+                s,
+                "addr",
+                "add",
+                &format!("10.77.{subnet}.1/24"),
+                "dev",
+                &sv,
+            ]);
+            ip(&[
+                "-n",
+                host,
+                "addr",
+                "add",
+                &format!("10.77.{subnet}.2/24"),
+                "dev",
+                &hv,
+            ]);
+            ip(&["-n", s, "link", "set", &sv, "up"]);
+            ip(&["-n", host, "link", "set", &hv, "up"]);
+        }
+        net
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// One host: a namespace, a home, a guest cache, the endpoint it reaches S at, and
+/// its thawd.
+struct Host {
+    ns: String,
+    home: tempfile::TempDir,
+    /// Its own guest cache (B), or the machine's (A, where the guest was built).
+    cache: Option<tempfile::TempDir>,
+    endpoint: String,
+    daemon: Option<Child>,
+}
+
+impl Host {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns, common::THAW])
+            .args(args)
+            .env("THAW_HOME", self.home.path())
+            .env("THAW_S3_ENDPOINT", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("AWS_REGION", "us-east-1")
+            .env_remove("THAW_NO_DAEMON")
+            .env_remove("THAW_LOG");
+        if let Some(cache) = &self.cache {
+            c.env("THAW_CACHE", cache.path());
+        }
+        c
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        // Before the subcommand: after `exec ... --` it would be the guest's.
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = self.command(&a).stdin(Stdio::null()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "[{}] thaw {args:?}: {}",
+            self.ns,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "[{}] thaw {args:?}: not JSON ({e}): {}",
+                self.ns,
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    fn sh(&self, vm: &str, script: &str) -> String {
+        self.json(&["exec", vm, "--", "/bin/sh", "-c", script])["stdout"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn serve(&mut self) {
+        let child = self
+            .command(&["serve"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        let sock = self.home.path().join("thawd.sock");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !sock.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "thawd in {} did not start",
+                self.ns
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.command(&["stop", "--all"]).output();
+        if let Some(mut d) = self.daemon.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        for pid in common::processes_mentioning(self.home.path()) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+#[test]
+fn a_snapshot_made_on_host_a_restores_on_host_b() {
+    // The default guest for A, built into A's cache from the shared one.
+    let _guest = common::Env::new();
+    let net = Net::new();
+    let server = S3Server::start_on("0.0.0.0", Some(&["ip", "netns", "exec", &net.names[0]]));
+    let port = server.endpoint.rsplit(':').next().unwrap().to_owned();
+    let host = |ns: &str, subnet: u8, cache| Host {
+        ns: ns.to_owned(),
+        home: tempfile::tempdir().unwrap(),
+        cache,
+        endpoint: format!("http://10.77.{subnet}.1:{port}"),
+        daemon: None,
+    };
+    // A has the guest (the machine's cache); B has a cache of its own, empty.
+    let mut a = host(&net.names[1], 1, None);
+    let mut b = host(&net.names[2], 2, Some(tempfile::tempdir().unwrap()));
+    // S answers from A's namespace.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let probe = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &a.ns,
+                "bash",
+                "-c",
+                &format!("echo > /dev/tcp/10.77.1.1/{port}"),
+            ])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        if probe.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "S3 server unreachable from A");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.serve();
+    b.serve();
+
+    a.json(&["boot", "web"]);
+    a.sh("web", "echo made-on-a > /tmp/origin; hostname host-a");
+    a.json(&["snapshot", "web", "golden"]);
+    let pushed = a.json(&["push", "golden", "s3://thaw/fleet"]);
+    assert!(pushed["chunks_moved"].as_u64().unwrap() > 0);
+
+    let pulled = b.json(&["pull", "golden", "s3://thaw/fleet"]);
+    assert_eq!(pulled["tag"], "golden");
+    let clone = b.json(&["restore", "golden", "--name", "copy"]);
+    assert_eq!(clone[0]["name"], "copy");
+    assert_eq!(
+        b.sh("copy", "cat /tmp/origin; hostname"),
+        "made-on-a\nhost-a\n"
+    );
+    assert!(
+        !b.cache.as_ref().unwrap().path().join("guests").exists(),
+        "B has no guest files of its own"
+    );
+    // B's daemon serves the clone like any other VM.
+    let vms = b.json(&["ls"]);
+    assert_eq!(vms[0]["name"], "copy");
+    assert_eq!(vms[0]["state"], "running");
+    drop(net);
+}

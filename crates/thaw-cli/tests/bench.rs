@@ -64,12 +64,16 @@ fn bench_reports_each_step_per_ram_size_and_leaves_nothing_behind() {
             "reset_ms",
             "reset_ready_ms",
             "stop_restore_ms",
+            "store_restore_ms",
+            "store_ready_ms",
         ] {
             assert_stats(size, key);
         }
         // Ready comes after running.
         assert!(size["ready_ms"]["min"].as_f64() >= size["restore_ms"]["min"].as_f64());
         assert_eq!(size["from_pool"], 0);
+        assert!(size["materialize_ms"].as_f64().unwrap() > 0.0);
+        assert!(size["store_to_plain_restore_ratio"].as_f64().unwrap() > 0.0);
     }
     // The headline is the first size; the ratio compares the two.
     assert_eq!(r["restore_ms"], sizes[0]["restore_ms"]);

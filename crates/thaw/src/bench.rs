@@ -92,6 +92,16 @@ pub struct SizeReport {
     pub stop_restore_to_reset_ratio: f64,
     /// Resets whose clone came from the warm pool.
     pub resets_from_pool: u32,
+    /// Writing the snapshot out of the store into a plain directory again (after its
+    /// files were evicted), once.
+    pub materialize_ms: f64,
+    /// Restores (no pool) of the snapshot written out from the store: request → vCPUs
+    /// running, and → ready.
+    pub store_restore_ms: Stats,
+    pub store_ready_ms: Stats,
+    /// Median restore from the store / median restore from the directory it was taken
+    /// into (both → vCPUs running, no pool).
+    pub store_to_plain_restore_ratio: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -141,6 +151,8 @@ pub enum BenchError {
     Restore(#[from] restore::RestoreError),
     #[error("reset failed")]
     Reset(#[from] reset::ResetError),
+    #[error("the store failed")]
+    Store(#[from] crate::store::StoreError),
     #[error("could not create the benchmark's directory")]
     Io(#[from] std::io::Error),
     #[error("the warm pool did not fill: {0}")]
@@ -260,6 +272,9 @@ async fn run_in(
         }
         let _ = control::stop(home, &source).await;
         let (mut restore, mut ready, mut from_pool) = (Vec::new(), Vec::new(), 0);
+        // Restores that started a QEMU (none come from a pool): the baseline for the
+        // restores from the store.
+        let mut plain = Vec::new();
         let pool = match cfg.pool {
             Some(pc) => {
                 let pool = Pool::new(
@@ -298,6 +313,9 @@ async fn run_in(
             let r = restore::restore_from(home, qemu, &req, pool.as_ref().map(|(p, _)| p)).await?;
             restore.push(r[0].restore_ms);
             ready.push(r[0].ready_ms);
+            if r[0].breakdown.source == "spawn" {
+                plain.push(r[0].restore_ms);
+            }
             from_pool += u32::from(r[0].breakdown.source == "pool");
             let _ = control::stop(home, &r[0].name).await;
         }
@@ -345,9 +363,29 @@ async fn run_in(
         if let Some((pool, _)) = pool {
             pool.shutdown().await;
         }
+        // From the store: the snapshot's files go, then are written out of the store
+        // once, then restored from like any directory.
+        progress(&format!("{mem} MiB: evict and write out from the store"));
+        crate::store::evict(home, &tag(0))?;
+        let t = std::time::Instant::now();
+        crate::store::ensure_materialized(home, &tag(0), &mut crate::store::NoProgress)?;
+        let materialize_ms = crate::ms(t.elapsed());
+        let (mut store_restore, mut store_ready) = (Vec::new(), Vec::new());
+        for i in 0..cfg.runs {
+            progress(&format!(
+                "{mem} MiB: restore from the store {}/{}",
+                i + 1,
+                cfg.runs
+            ));
+            let r = restore::restore(home, qemu, &restore_as(name("stored", i))).await?;
+            store_restore.push(r[0].restore_ms);
+            store_ready.push(r[0].ready_ms);
+            let _ = control::stop(home, &r[0].name).await;
+        }
         let _ = catalog::remove(home, &tag(0), false);
         let cold_boot_ms = Stats::of(&cold);
         let ready_ms = Stats::of(&ready);
+        let plain_restore = Stats::of(&plain);
         sizes.push(SizeReport {
             memory_mib: mem,
             cold_boot_ms,
@@ -363,6 +401,12 @@ async fn run_in(
                 Stats::of(&stop_restore).median / Stats::of(&reset_ready).median,
             ),
             resets_from_pool,
+            materialize_ms,
+            store_restore_ms: Stats::of(&store_restore),
+            store_ready_ms: Stats::of(&store_ready),
+            store_to_plain_restore_ratio: round2(
+                Stats::of(&store_restore).median / plain_restore.median,
+            ),
         });
     }
     Ok(sizes)
@@ -448,6 +492,8 @@ impl BenchReport {
                 ("reset → vCPUs running", size.reset_ms),
                 ("reset → ready", size.reset_ready_ms),
                 ("stop + restore → ready", size.stop_restore_ms),
+                ("restore from the store → running", size.store_restore_ms),
+                ("restore from the store → ready", size.store_ready_ms),
             ];
             for (i, (label, st)) in rows.iter().enumerate() {
                 let mem = if i == 0 {
@@ -463,6 +509,10 @@ impl BenchReport {
             s.push_str(&format!(
                 "{:>7}  cold boot / ready (medians): {:.1}x; stop + restore / reset: {:.1}x\n",
                 "", size.cold_to_ready_ratio, size.stop_restore_to_reset_ratio
+            ));
+            s.push_str(&format!(
+                "{:>7}  written out from the store once in {:.0} ms; from the store / plain (restore → running): {:.2}x\n",
+                "", size.materialize_ms, size.store_to_plain_restore_ratio
             ));
             if self.pool.is_some() {
                 s.push_str(&format!(

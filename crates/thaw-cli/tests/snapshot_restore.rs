@@ -101,7 +101,7 @@ fn snapshot_and_three_clones(env: &Env, boot_args: &[&str], snapshot_args: &[&st
     for entry in std::fs::read_dir(env.path()).unwrap().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         assert!(
-            name == "snapshots" || name == "vms",
+            ["snapshots", "vms", "store"].contains(&name.as_str()),
             "unexpected {name} in THAW_HOME"
         );
     }

@@ -46,14 +46,3 @@ pub(crate) fn ms(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-/// An error and its causes on one line ("a: b: c").
-pub fn store_error_line(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        line.push_str(": ");
-        line.push_str(&c.to_string());
-        cur = c.source();
-    }
-    line
-}

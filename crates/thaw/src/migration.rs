@@ -163,17 +163,36 @@ impl<'q> LiveSave<'q> {
     }
 
     /// Lets QEMU write the last pages and the device state; returns when it is done
-    /// (the VM stays paused, in `postmigrate`). Returns the file, still open.
-    pub async fn complete(mut self) -> Result<std::fs::File, MigrationError> {
+    /// (the VM stays paused, in `postmigrate`: resume it, then [`Saved::close`]).
+    pub async fn complete(mut self) -> Result<Saved<'q>, MigrationError> {
         self.qmp
             .execute("migrate-continue", Some(json!({"state": "pre-switchover"})))
             .await?;
         wait(self.qmp, &mut self.events).await?;
+        Ok(Saved {
+            qmp: self.qmp,
+            file: self.file,
+            fdset: self.fdset,
+        })
+    }
+}
+
+/// A completed live save whose file is still open in QEMU's fd set and in thaw.
+pub struct Saved<'q> {
+    qmp: &'q Qmp,
+    file: std::fs::File,
+    fdset: u64,
+}
+
+impl Saved<'_> {
+    /// Drops QEMU's copy of the descriptor and closes thaw's. Done after the VM runs
+    /// again: closing starts the writeback of what QEMU wrote.
+    pub async fn close(self) {
         let _ = self
             .qmp
             .execute("remove-fd", Some(json!({"fdset-id": self.fdset})))
             .await;
-        Ok(self.file)
+        drop(self.file);
     }
 }
 

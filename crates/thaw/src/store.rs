@@ -426,11 +426,12 @@ pub fn materialize(
 /// for freeing disk space.)
 pub fn evict(home: &Home, tag: &SnapshotTag) -> Result<StoredSnapshot, StoreError> {
     let s = ensure(home, tag, &mut NoProgress)?;
-    crate::snapshot::catalog::remove_dir(home, tag).map_err(|e| StoreError::Io {
-        step: "remove",
-        path: home.snapshot_dir(tag),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    let dir = home.snapshot_dir(tag);
+    let doomed = home
+        .snapshots_dir()
+        .join(format!(".tmp-evict-{tag}-{}", std::process::id()));
+    std::fs::rename(&dir, &doomed).map_err(io("move aside", &dir))?;
+    std::fs::remove_dir_all(&doomed).map_err(io("remove", &doomed))?;
     Ok(s)
 }
 

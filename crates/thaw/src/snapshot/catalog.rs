@@ -167,6 +167,8 @@ pub enum RemoveSnapshotError {
         #[source]
         source: std::io::Error,
     },
+    #[error("could not remove the snapshot from the store")]
+    Store(#[source] Box<crate::store::StoreError>),
 }
 
 /// Removes a snapshot; with `recursive`, its descendants too (children first).
@@ -208,17 +210,14 @@ pub fn remove(
     for t in &order {
         // The store's record first: a crash in between leaves a directory without a
         // record, which the next push re-adds, never a record of a removed snapshot.
-        crate::store::forget(home, t).map_err(|e| RemoveSnapshotError::Io {
-            path: home.root().join("store"),
-            source: std::io::Error::other(crate::store_error_line(&e)),
-        })?;
+        crate::store::forget(home, t).map_err(|e| RemoveSnapshotError::Store(Box::new(e)))?;
         remove_dir(home, t)?;
     }
     Ok(order)
 }
 
 /// Removes a snapshot's directory (not its record in the store).
-pub fn remove_dir(home: &Home, tag: &SnapshotTag) -> Result<(), RemoveSnapshotError> {
+fn remove_dir(home: &Home, tag: &SnapshotTag) -> Result<(), RemoveSnapshotError> {
     let dir = home.snapshot_dir(tag);
     // Rename first so a crash half-way never leaves a half-removed snapshot visible.
     let doomed = home

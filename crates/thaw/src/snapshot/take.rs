@@ -241,12 +241,14 @@ async fn disks_of(qmp: &Qmp, state: &VmState, stop: bool) -> Result<Vec<Disk>, S
 }
 
 /// Moves the paused VM onto its disks' new layers; the old tops are frozen from now.
+/// Returns the VM's record as it should now be saved (after the pause: the next
+/// snapshot reads the layers from QEMU anyway, so a crash before the save loses
+/// nothing).
 async fn freeze_disks(
-    home: &Home,
     qmp: &Qmp,
     state: &VmState,
     disks: &[Disk],
-) -> Result<(), SnapshotError> {
+) -> Result<VmState, SnapshotError> {
     let mut moved = state.clone();
     for (i, d) in disks.iter().enumerate() {
         let Some(next) = &d.next else { continue };
@@ -262,9 +264,7 @@ async fn freeze_disks(
         .await?;
         moved.disk_overlays[i] = next.clone();
     }
-    // The record says which layer the VM writes: the next snapshot freezes that one.
-    moved.save(home)?;
-    Ok(())
+    Ok(moved)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -293,6 +293,7 @@ async fn take_into(
     let mut events = qmp.events();
     let paused_at;
     let ram_copy;
+    let moved;
     match method {
         Method::Mapped => {
             let path = tmp.join(snapshot::MEMORY_FILE);
@@ -303,23 +304,22 @@ async fn take_into(
             live.wait_paused().await?;
             paused_at = Instant::now();
             test_hang("paused");
-            freeze_disks(home, qmp, state, disks).await?;
-            let file = live.complete().await?;
+            moved = freeze_disks(qmp, state, disks).await?;
+            let saved = live.complete().await?;
             test_hang("state-saved");
             if req.stop {
                 end(qmp, state).await;
             } else {
                 migration::resume_after(qmp).await?;
             }
-            // Closing starts the writeback of what QEMU wrote: after the pause.
-            drop(file);
+            saved.close().await;
             ram_copy = "mapped-ram";
         }
         Method::Moved | Method::Copied => {
             qmp.execute("stop", None).await?;
             paused_at = Instant::now();
             test_hang("paused");
-            freeze_disks(home, qmp, state, disks).await?;
+            moved = freeze_disks(qmp, state, disks).await?;
             let state_path = tmp.join(snapshot::STATE_FILE);
             migration::save(qmp, &state_path).await?;
             test_hang("state-saved");
@@ -345,6 +345,10 @@ async fn take_into(
     } else {
         pause_from_events(&mut events).unwrap_or_else(|| ms(paused_at.elapsed()))
     };
+    if !req.stop && !disks.is_empty() {
+        // The record says which layer the VM writes now.
+        moved.save(home)?;
+    }
     test_hang("ram-copied");
 
     // Outside the pause: complete the files, hash, write the manifest, publish.

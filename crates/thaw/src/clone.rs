@@ -51,6 +51,13 @@ pub struct CloneReport {
     /// Request → guest agent answers and clock set (and any extra readiness).
     pub ready_ms: f64,
     pub ports: Vec<PortForward>,
+    /// Where the clone's display listens (127.0.0.1), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vnc: Option<crate::display::VncPorts>,
+    /// Left paused at the snapshot point (`--paused`): `restore_ms` and `ready_ms` are
+    /// request → state loaded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
     /// Where the time went.
     pub breakdown: Breakdown,
 }
@@ -83,6 +90,8 @@ pub struct FinishOptions {
     pub timeout: Duration,
     pub ready: ReadySpec,
     pub exec_after: Option<String>,
+    /// The VNC password of a display that asks for one.
+    pub vnc_password: Option<String>,
 }
 
 /// A clone whose QEMU runs with the device state loaded.
@@ -147,6 +156,11 @@ pub async fn prepare(
             .map_err(|e| io("create the disk overlay", &overlay, e))?;
         overlays.push(overlay);
     }
+    crate::firmware::vars_for_clone(&snap.dir, &paths.dir)
+        .map_err(|e| io("copy the UEFI variables for", &paths.dir, e))?;
+    let vnc = crate::display::ports_for_clone(spec.display.as_ref())
+        .map_err(|e| io("pick a VNC port for", &paths.dir, e))?;
+    let efivars = crate::firmware::vars_file(&paths.dir);
     let display_name = name.to_string();
     let launch = Launch {
         name: &display_name,
@@ -160,6 +174,8 @@ pub async fn prepare(
         incoming: true,
         disk_overlays: &overlays,
         ports: &ports.clone(),
+        efivars: &efivars,
+        vnc,
     };
     let mut state = VmState {
         name,
@@ -175,6 +191,7 @@ pub async fn prepare(
         created_unix_ms: vm::now_ms(),
         disk_overlays: overlays.clone(),
         ports,
+        vnc,
     };
     let spawned = vm::spawn(qemu, spec, &launch, &paths, die_with_owner, |pid| {
         state.pid = pid;
@@ -261,6 +278,9 @@ impl Prepared {
         opts: &FinishOptions,
         t0: Instant,
     ) -> Result<CloneReport, CloneError> {
+        if let Some(password) = &opts.vnc_password {
+            crate::display::set_password(&self.qmp, password).await?;
+        }
         self.resume().await?;
         // vCPUs running: when `cont` completed, or now for a clone that was running.
         let restore_ms = ms(self
@@ -305,6 +325,33 @@ impl Prepared {
             restore_ms,
             ready_ms: ms(t0.elapsed()),
             ports: self.state.ports.clone(),
+            vnc: self.state.vnc,
+            paused: false,
+            breakdown: self.breakdown,
+        })
+    }
+
+    /// Leaves the clone paused at the snapshot point (state loaded, vCPUs stopped): its
+    /// screen, memory and devices are exactly the snapshot's until `thaw resume`. Sets
+    /// the VNC password first, if the display asks for one.
+    pub async fn leave_paused(
+        self,
+        vnc_password: Option<&str>,
+        t0: Instant,
+    ) -> Result<CloneReport, CloneError> {
+        if let Some(password) = vnc_password {
+            crate::display::set_password(&self.qmp, password).await?;
+        }
+        let pid = self.pid();
+        drop(self.child);
+        Ok(CloneReport {
+            name: self.state.name.clone(),
+            pid,
+            restore_ms: ms(t0.elapsed()),
+            ready_ms: ms(t0.elapsed()),
+            ports: self.state.ports.clone(),
+            vnc: self.state.vnc,
+            paused: true,
             breakdown: self.breakdown,
         })
     }

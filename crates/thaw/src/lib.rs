@@ -9,7 +9,9 @@
 //!
 //! The CLI and the daemon are thin shells over the operations: [`boot`], [`control`]
 //! (exec, list, stop, resume), [`snapshot::take`], [`snapshot::catalog`] (list, remove),
-//! [`restore`] (clones, one at a time in [`clone`], or from a warm [`pool`]).
+//! [`restore`] (clones, one at a time in [`clone`], or from a warm [`pool`]). Machines boot
+//! a kernel or their disk through [`firmware`] (SeaBIOS or UEFI), and may have a
+//! [`display`] served over VNC.
 
 pub mod accel;
 pub mod agent;
@@ -18,6 +20,8 @@ pub mod boot;
 pub mod clone;
 pub mod control;
 pub mod disk;
+pub mod display;
+pub mod firmware;
 pub mod fsutil;
 pub mod guest;
 pub mod home;

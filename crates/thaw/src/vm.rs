@@ -38,6 +38,9 @@ pub struct VmState {
     /// Host ports forwarded to guest ports.
     #[serde(default)]
     pub ports: Vec<PortForward>,
+    /// The ports this VM's display listens on, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vnc: Option<crate::display::VncPorts>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -400,10 +403,12 @@ mod tests {
                 machine: "pc".into(),
                 memory_mib: 256,
                 cpus: 1,
-                kernel: "/k".into(),
+                kernel: Some("/k".into()),
                 initrd: None,
                 cmdline: "console=ttyS0".into(),
                 accel: crate::Accel::Tcg,
+                firmware: crate::firmware::Firmware::Bios,
+                display: Some(crate::display::DisplaySpec::default()),
                 disks: vec![],
                 net: None,
             },
@@ -420,6 +425,10 @@ mod tests {
                 host: 4000,
                 guest: 80,
             }],
+            vnc: Some(crate::display::VncPorts {
+                port: 5901,
+                websocket: Some(5701),
+            }),
         };
         let j = serde_json::to_string(&s).unwrap();
         assert!(j.contains("\"kind\":\"restored\""));

@@ -133,6 +133,8 @@ async fn snapshot_into(
         let dir = tmp.join("disks");
         std::fs::create_dir(&dir).map_err(io_err("create", &dir))?;
     }
+    crate::firmware::vars_into_snapshot(&paths.dir, tmp, req.stop)
+        .map_err(io_err("keep the UEFI variables in", tmp))?;
     let ram_copy = if req.stop {
         let pause = t0.elapsed();
         let _ = qmp.execute("quit", None).await;
@@ -184,6 +186,11 @@ async fn snapshot_into(
         (snapshot::RAM_FILE.to_owned(), ram_entry.clone()),
     ]
     .into();
+    for f in crate::firmware::SNAPSHOT_FILES {
+        if tmp.join(f).exists() {
+            files.insert((*f).to_owned(), entry(&tmp.join(f))?);
+        }
+    }
     let mut disks = Vec::new();
     for (i, d) in state.spec.disks.iter().enumerate() {
         let layer = tmp.join(snapshot::layer_file(i));

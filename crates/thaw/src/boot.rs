@@ -53,11 +53,11 @@ pub enum BootError {
     Spec(#[from] SpecError),
     #[error(transparent)]
     Vm(#[from] VmError),
-    #[error("the guest did not become ready; {console}")]
+    /// The agent's error is in the message, not a source: the console note comes last.
+    #[error("the guest did not become ready ({agent}); {console}")]
     Agent {
         console: ConsoleNote,
-        #[source]
-        source: AgentError,
+        agent: AgentError,
     },
     #[error("QEMU exited before the guest was ready: {why}; {console}")]
     Exited { why: String, console: ConsoleNote },
@@ -226,7 +226,7 @@ async fn boot_in(
         .map_err(|e| {
             let console = ConsoleNote::new(kept, &paths.console(), firmware_boot);
             match e {
-                Waited::Agent(source) => BootError::Agent { console, source },
+                Waited::Agent(agent) => BootError::Agent { console, agent },
                 Waited::Exited(why) => BootError::Exited { why, console },
             }
         })?;

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what thaw needs on Debian bookworm (run as root): QEMU 10 from
-# bookworm-backports, busybox-static, qemu-guest-agent, and a Rust toolchain if
-# cargo is missing. Idempotent: a second run installs nothing new.
+# bookworm-backports, busybox-static, qemu-guest-agent, the tools that build the
+# firmware-booted guest image (GRUB for BIOS and UEFI, sfdisk, mtools, dosfstools), OVMF,
+# vncdotool for the display tests (pip), and a Rust toolchain if cargo is missing.
+# Idempotent: a second run installs nothing new.
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -37,6 +39,17 @@ command -v cpio >/dev/null || missing+=(cpio)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
 command -v xz >/dev/null || missing+=(xz-utils)
+# The firmware-booted guest (thaw guest build --profile debian-bios): a GPT disk with
+# GRUB for BIOS and for UEFI; OVMF for --firmware uefi.
+command -v sfdisk >/dev/null || missing+=(fdisk)
+command -v grub-mkimage >/dev/null || missing+=(grub-common)
+[ -f /usr/lib/grub/i386-pc/boot.img ] || missing+=(grub-pc-bin)
+[ -f /usr/lib/grub/x86_64-efi/linux.mod ] || missing+=(grub-efi-amd64-bin)
+command -v mcopy >/dev/null || missing+=(mtools)
+command -v mkfs.vfat >/dev/null || missing+=(dosfstools)
+[ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || missing+=(ovmf)
+command -v python3 >/dev/null || missing+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 
 if [ ${#missing[@]} -gt 0 ] || [ "${need_update:-0}" = 1 ]; then
   log "apt-get update"
@@ -50,6 +63,12 @@ fi
 if ! qemu-system-x86_64 --version | grep -qE 'version (9|[1-9][0-9])\.'; then
   log "upgrading QEMU to the bookworm-backports version"
   apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
+fi
+
+# vncdotool, a VNC client the display tests drive (from PyPI; Debian has no package).
+if ! python3 -c 'import vncdotool.api' 2>/dev/null; then
+  log "installing vncdotool (pip)"
+  python3 -m pip install -q --root-user-action=ignore --break-system-packages 'vncdotool==1.4.2' >/dev/null
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -14,8 +14,9 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== build"
 cargo build --workspace --all-targets
-echo "== guests (default; debian: debootstrap, a minute or two the first time)"
+echo "== guests (default; debian and the firmware-booted image: debootstrap, a minute or two each the first time)"
 ./target/debug/thaw guest build
 ./target/debug/thaw guest build --profile debian
+./target/debug/thaw guest build --profile debian-bios
 echo "== tests"
 cargo test --workspace -- --test-threads="${THAW_TEST_THREADS:-2}"

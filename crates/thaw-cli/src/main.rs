@@ -87,8 +87,30 @@ enum Command {
         #[arg(long, conflicts_with = "names")]
         all: bool,
     },
-    /// Resume a paused VM (for example one an interrupted snapshot left paused).
+    /// Resume a paused VM (for example one an interrupted snapshot left paused, or a
+    /// clone restored with --paused).
     Resume { name: VmName },
+    /// Pause a running VM's vCPUs (resume continues it).
+    Pause { name: VmName },
+    /// Write a PNG of a VM's screen (a VM with --display vnc; paused VMs too).
+    Screenshot {
+        name: VmName,
+        /// The PNG file to write.
+        file: PathBuf,
+    },
+    /// Type text on a VM's keyboard (US layout; \n is Enter).
+    Type {
+        name: VmName,
+        /// The text (printable ASCII, tab, newline).
+        text: String,
+    },
+    /// Press keys on a VM's keyboard: each COMBO is one press, e.g. ret, ctrl-alt-f2,
+    /// shift-a (QEMU key names).
+    Key {
+        name: VmName,
+        #[arg(required = true, value_name = "COMBO")]
+        combos: Vec<String>,
+    },
     /// Delete a snapshot (refused while snapshots taken on top of it exist).
     Rm {
         tag: SnapshotTag,
@@ -178,7 +200,8 @@ enum StoreCommand {
 #[derive(Args)]
 struct BootArgs {
     name: VmName,
-    /// Kernel to boot (default: the default guest, built if missing).
+    /// Kernel to boot. Without one, a --disk is booted through the firmware (its own
+    /// bootloader), and with no --disk either, the default guest (built if missing).
     #[arg(long, requires = "initrd")]
     kernel: Option<PathBuf>,
     /// Initramfs to boot with --kernel.
@@ -187,11 +210,30 @@ struct BootArgs {
     /// Kernel command line (default: the default guest's).
     #[arg(long)]
     append: Option<String>,
-    /// The guest to boot when no --kernel is given: `default` (busybox + agent in an
-    /// initramfs) or `debian` (Debian bookworm with systemd and redis on a disk image;
-    /// guest port 6379 is forwarded).
-    #[arg(long, default_value = "default", conflicts_with = "kernel")]
-    profile: Profile,
+    /// A guest thaw builds: `default` (busybox + agent in an initramfs), `debian`
+    /// (Debian bookworm with systemd and redis on a disk image; guest port 6379 is
+    /// forwarded), `debian-bios` / `debian-uefi` (the same system on a disk with GRUB,
+    /// booted through SeaBIOS / UEFI) or `debian-vnc` (debian-bios with a display whose
+    /// screen shows a clock and what is typed). Extra --disk options attach more disks.
+    #[arg(long, conflicts_with = "kernel")]
+    profile: Option<Profile>,
+    /// The firmware: bios (SeaBIOS) or uefi (OVMF, from Debian's ovmf package; the VM
+    /// gets its own copy of the UEFI variables).
+    #[arg(long)]
+    firmware: Option<thaw::firmware::FirmwareKind>,
+    /// A display: `vnc` (a VGA card served over VNC on 127.0.0.1), or `none`.
+    #[arg(long, value_name = "vnc|none")]
+    display: Option<DisplayKind>,
+    /// The VNC port (default: a free one; thaw ls lists it).
+    #[arg(long, value_name = "PORT")]
+    vnc_port: Option<u16>,
+    /// Also serve VNC over a websocket (for browser clients), on PORT or a free port.
+    #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "0")]
+    vnc_websocket: Option<u16>,
+    /// VNC clients must give the password in the first line of FILE (at most 8
+    /// characters; it is never stored: clones need it given again).
+    #[arg(long, value_name = "FILE")]
+    vnc_password_file: Option<PathBuf>,
     /// Guest memory in MiB (default 256; 512 for the debian profile).
     #[arg(long)]
     memory: Option<u32>,
@@ -286,6 +328,14 @@ struct RestoreArgs {
     /// regenerate machine-id or SSH host keys); a non-zero exit fails the restore.
     #[arg(long, value_name = "CMD")]
     exec_after: Option<String>,
+    /// Leave the clones paused at the snapshot point (state loaded, vCPUs stopped);
+    /// thaw resume continues them.
+    #[arg(long, conflicts_with = "exec_after")]
+    paused: bool,
+    /// The clones' VNC password (first line of FILE), for a snapshot whose display asks
+    /// for one.
+    #[arg(long, value_name = "FILE")]
+    vnc_password_file: Option<PathBuf>,
     #[command(flatten)]
     ready: ReadyArgs,
 }
@@ -303,7 +353,8 @@ struct BenchArgs {
     /// 256 --memory 2048) to compare restore times across RAM sizes in one run.
     #[arg(long)]
     memory: Vec<u32>,
-    /// The guest: `default`, or `debian` (ready = redis answers PING).
+    /// The guest: `default`, or `debian`, `debian-bios`, `debian-uefi`, `debian-vnc`
+    /// (ready = redis answers PING).
     #[arg(long, default_value = "default")]
     profile: Profile,
     /// Take the restores from a warm pool of this many clones.
@@ -322,7 +373,8 @@ enum GuestCommand {
         /// Rebuild even if it is already built.
         #[arg(long)]
         force: bool,
-        /// Which guest: `default` or `debian`.
+        /// Which guest: `default`, `debian`, or the firmware-booted image that
+        /// `debian-bios`, `debian-uefi` and `debian-vnc` share.
         #[arg(long, default_value = "default")]
         profile: Profile,
     },
@@ -333,6 +385,9 @@ enum GuestCommand {
 enum Profile {
     Default,
     Debian,
+    DebianBios,
+    DebianUefi,
+    DebianVnc,
 }
 
 impl std::str::FromStr for Profile {
@@ -341,7 +396,12 @@ impl std::str::FromStr for Profile {
         match s {
             "default" => Ok(Profile::Default),
             "debian" => Ok(Profile::Debian),
-            other => Err(format!("unknown profile {other:?} (use default or debian)")),
+            "debian-bios" => Ok(Profile::DebianBios),
+            "debian-uefi" => Ok(Profile::DebianUefi),
+            "debian-vnc" => Ok(Profile::DebianVnc),
+            other => Err(format!(
+                "unknown profile {other:?} (use default, debian, debian-bios, debian-uefi or debian-vnc)"
+            )),
         }
     }
 }
@@ -350,7 +410,40 @@ impl Profile {
     fn memory_mib(self) -> u32 {
         match self {
             Profile::Default => 256,
-            Profile::Debian => 512,
+            _ => 512,
+        }
+    }
+
+    /// Debian with redis on guest port 6379.
+    fn has_redis(self) -> bool {
+        self != Profile::Default
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Profile::Default => "default guest",
+            Profile::Debian => "debian guest",
+            Profile::DebianBios => "debian-bios guest",
+            Profile::DebianUefi => "debian-uefi guest",
+            Profile::DebianVnc => "debian-vnc guest",
+        }
+    }
+}
+
+/// `--display`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DisplayKind {
+    None,
+    Vnc,
+}
+
+impl std::str::FromStr for DisplayKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(DisplayKind::None),
+            "vnc" => Ok(DisplayKind::Vnc),
+            other => Err(format!("unknown display {other:?} (use vnc or none)")),
         }
     }
 }
@@ -358,12 +451,15 @@ impl Profile {
 /// Redis in the debian profile.
 const REDIS_PORT: u16 = 6379;
 
-/// A profile's machine: kernel, initrd, command line, and its disk if it has one.
+/// A profile's machine: kernel, initrd and command line (or none: the firmware boots
+/// the disk), its disk if it has one, its firmware and display.
 struct ProfileGuest {
-    kernel: PathBuf,
-    initrd: PathBuf,
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
     cmdline: String,
     disks: Vec<thaw::spec::DiskSpec>,
+    firmware: thaw::firmware::FirmwareKind,
+    display: bool,
 }
 
 fn profile_guest(profile: Profile, json: bool) -> Result<ProfileGuest> {
@@ -373,10 +469,12 @@ fn profile_guest(profile: Profile, json: bool) -> Result<ProfileGuest> {
             let g = thaw::guest::ensure_default_guest(&cache, &mut progress(json))
                 .context("could not build the default guest")?;
             ProfileGuest {
-                kernel: g.kernel,
-                initrd: g.initrd,
+                kernel: Some(g.kernel),
+                initrd: Some(g.initrd),
                 cmdline: g.cmdline,
                 disks: Vec::new(),
+                firmware: thaw::firmware::FirmwareKind::Bios,
+                display: false,
             }
         }
         Profile::Debian => {
@@ -384,13 +482,39 @@ fn profile_guest(profile: Profile, json: bool) -> Result<ProfileGuest> {
                 .context("could not build the debian guest")?;
             let disk = thaw::disk::resolve(&format!("{},format=qcow2", g.disk.display()))?;
             ProfileGuest {
-                kernel: g.kernel,
-                initrd: g.initrd,
+                kernel: Some(g.kernel),
+                initrd: Some(g.initrd),
                 cmdline: g.cmdline,
                 disks: vec![disk],
+                firmware: thaw::firmware::FirmwareKind::Bios,
+                display: false,
+            }
+        }
+        Profile::DebianBios | Profile::DebianUefi | Profile::DebianVnc => {
+            let g = thaw::guest::ensure_firmware_guest(&cache, &mut progress(json))
+                .context("could not build the firmware-booted debian image")?;
+            let disk = thaw::disk::resolve(&format!("{},format=qcow2", g.disk.display()))?;
+            ProfileGuest {
+                kernel: None,
+                initrd: None,
+                cmdline: String::new(),
+                disks: vec![disk],
+                firmware: if profile == Profile::DebianUefi {
+                    thaw::firmware::FirmwareKind::Uefi
+                } else {
+                    thaw::firmware::FirmwareKind::Bios
+                },
+                display: profile == Profile::DebianVnc,
             }
         }
     })
+}
+
+/// The first line of a password file.
+fn read_password(file: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("could not read the VNC password file {}", file.display()))?;
+    Ok(text.lines().next().unwrap_or("").to_owned())
 }
 
 fn main() -> ExitCode {
@@ -461,7 +585,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         | Command::Export { .. }
         | Command::Import { .. }
         | Command::Gc
-        | Command::Store { .. } => None,
+        | Command::Store { .. }
+        | Command::Pause { .. }
+        | Command::Screenshot { .. }
+        | Command::Type { .. }
+        | Command::Key { .. } => None,
         _ => daemon(&home).await,
     };
     match cli.command {
@@ -500,6 +628,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Restore(args) => {
             let local_only = args.keep_vmgenid || args.verify || args.accel.is_some();
+            let vnc_password = args
+                .vnc_password_file
+                .as_deref()
+                .map(read_password)
+                .transpose()?;
             let req = RestoreRequest {
                 tag: args.tag,
                 count: args.count,
@@ -510,6 +643,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 keep_vmgenid: args.keep_vmgenid,
                 ready: args.ready.spec(),
                 exec_after: args.exec_after,
+                paused: args.paused,
+                vnc_password,
             };
             let reports = match &remote {
                 Some(d) if !local_only => remote::restore(d, &req).await?,
@@ -671,6 +806,37 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 format!("resumed {name}")
             })?;
         }
+        Command::Pause { name } => {
+            control::pause(&home, &name).await?;
+            emit(json, &serde_json::json!({ "paused": name }), |_| {
+                format!("paused {name}")
+            })?;
+        }
+        Command::Screenshot { name, file } => {
+            let file = std::path::absolute(&file)?;
+            let shot = thaw::display::screenshot(&home, &name, &file).await?;
+            emit(json, &shot, |s| {
+                format!(
+                    "wrote {} ({}x{}, {} KiB)",
+                    s.file.display(),
+                    s.width,
+                    s.height,
+                    s.bytes / 1024
+                )
+            })?;
+        }
+        Command::Type { name, text } => {
+            let sent = thaw::display::type_text(&home, &name, &text).await?;
+            emit(json, &sent, |s| {
+                format!("typed {} keys into {}", s.keys, s.name)
+            })?;
+        }
+        Command::Key { name, combos } => {
+            let sent = thaw::display::send_keys(&home, &name, &combos).await?;
+            emit(json, &sent, |s| {
+                format!("pressed {} keys in {}", s.keys, s.name)
+            })?;
+        }
         Command::Rm { tag, recursive } => {
             let removed = match &remote {
                 Some(d) => remote::remove_snapshot(d, &tag, recursive).await?,
@@ -724,7 +890,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(args) => {
             let qemu = Qemu::find(&thaw::guest::cache_dir())?;
             let g = profile_guest(args.profile, json)?;
-            let debian = args.profile == Profile::Debian;
+            let debian = args.profile.has_redis();
             let memory = if args.memory.is_empty() {
                 vec![args.profile.memory_mib()]
             } else {
@@ -743,9 +909,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     memory_mib: 0,
                     cpus: 1,
                     kernel: g.kernel,
-                    initrd: Some(g.initrd),
+                    initrd: g.initrd,
                     cmdline: g.cmdline,
                     accel: Accel::detect(),
+                    firmware: thaw::firmware::resolve(g.firmware)?,
+                    display: g.display.then(thaw::display::DisplaySpec::default),
                     disks: g.disks,
                     net: Some(thaw::spec::NetSpec::default()),
                 },
@@ -755,12 +923,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     redis_ping: debian,
                     serial: None,
                 },
-                guest_name: if debian {
-                    "debian guest"
-                } else {
-                    "default guest"
-                }
-                .into(),
+                guest_name: args.profile.name().into(),
                 accel: Accel::detect(),
                 pool: args.pool.map(|size| thaw::pool::PoolConfig {
                     size,
@@ -795,6 +958,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                         )
                     })?;
                 }
+                Profile::DebianBios | Profile::DebianUefi | Profile::DebianVnc => {
+                    let g = thaw::guest::build_firmware_guest(&cache, force, &mut progress(json))?;
+                    emit(json, &g, |g| {
+                        format!(
+                            "firmware-booted debian image (BIOS and UEFI): {}",
+                            g.disk.display()
+                        )
+                    })?;
+                }
             }
         }
     }
@@ -811,51 +983,104 @@ async fn shutdown_signal() {
     }
 }
 
-/// Turns `thaw boot`'s arguments into a request (building the default guest if no
-/// kernel is given).
+/// Turns `thaw boot`'s arguments into a request: a kernel boot with `--kernel`; a
+/// firmware boot of the first disk with `--disk` and no `--kernel` or `--profile`;
+/// otherwise a profile's guest (the default one unless `--profile` says), built if
+/// missing.
 fn boot_request(args: BootArgs, json: bool) -> Result<BootRequest> {
+    use thaw::firmware::FirmwareKind;
     let mut forwards = args.ports;
-    let (kernel, initrd, default_append, mut disks) = match args.kernel {
-        Some(k) => (
-            std::path::absolute(&k)?,
-            args.initrd.map(std::path::absolute).transpose()?,
-            None,
-            Vec::new(),
-        ),
-        None => {
-            let g = profile_guest(args.profile, json)?;
-            let redis_forwarded = forwards.iter().any(|f| f.guest == REDIS_PORT);
-            if args.profile == Profile::Debian && !args.no_net && !redis_forwarded {
-                forwards.push(thaw::spec::PortForward {
-                    host: 0,
-                    guest: REDIS_PORT,
-                });
-            }
-            (g.kernel, Some(g.initrd), Some(g.cmdline), g.disks)
-        }
+    let own_disks = args
+        .disks
+        .iter()
+        .map(|d| thaw::disk::resolve(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let firmware_boot = args.kernel.is_none() && args.profile.is_none() && !own_disks.is_empty();
+    let profile = match (&args.kernel, firmware_boot) {
+        (Some(_), _) | (None, true) => None,
+        (None, false) => Some(args.profile.unwrap_or(Profile::Default)),
     };
-    let cmdline = args
-        .append
-        .or(default_append)
-        .unwrap_or_else(|| "console=ttyS0".to_owned());
-    for d in &args.disks {
-        disks.push(thaw::disk::resolve(d)?);
+    let (kernel, initrd, default_append, mut disks, firmware, display) =
+        match (profile, args.kernel) {
+            (_, Some(k)) => (
+                Some(std::path::absolute(&k)?),
+                args.initrd.map(std::path::absolute).transpose()?,
+                None,
+                Vec::new(),
+                FirmwareKind::Bios,
+                false,
+            ),
+            (None, None) => (None, None, None, Vec::new(), FirmwareKind::Bios, false),
+            (Some(profile), None) => {
+                let g = profile_guest(profile, json)?;
+                let redis_forwarded = forwards.iter().any(|f| f.guest == REDIS_PORT);
+                if profile.has_redis() && !args.no_net && !redis_forwarded {
+                    forwards.push(thaw::spec::PortForward {
+                        host: 0,
+                        guest: REDIS_PORT,
+                    });
+                }
+                let append = g.kernel.as_ref().map(|_| g.cmdline);
+                (g.kernel, g.initrd, append, g.disks, g.firmware, g.display)
+            }
+        };
+    let cmdline = match &kernel {
+        Some(_) => args
+            .append
+            .or(default_append)
+            .unwrap_or_else(|| "console=ttyS0".to_owned()),
+        None if args.append.is_some() => {
+            anyhow::bail!(
+                "--append needs a --kernel (a disk's bootloader has its own command line)"
+            )
+        }
+        None => String::new(),
+    };
+    disks.extend(own_disks);
+    let firmware = thaw::firmware::resolve(args.firmware.unwrap_or(firmware))?;
+    let display = match args.display {
+        Some(DisplayKind::Vnc) => true,
+        Some(DisplayKind::None) => false,
+        None => display,
+    };
+    let vnc_options =
+        args.vnc_port.is_some() || args.vnc_websocket.is_some() || args.vnc_password_file.is_some();
+    if vnc_options && !display {
+        anyhow::bail!(thaw::display::DisplayError::NoDisplay);
     }
+    let password = args
+        .vnc_password_file
+        .as_deref()
+        .map(read_password)
+        .transpose()?;
+    let display = display.then(|| thaw::display::DisplaySpec {
+        password: password.is_some(),
+        websocket: args.vnc_websocket.is_some(),
+    });
     Ok(BootRequest {
         name: args.name,
         spec: MachineSpec {
             machine: args.machine,
-            memory_mib: args.memory.unwrap_or(args.profile.memory_mib()),
+            memory_mib: args
+                .memory
+                .unwrap_or(profile.map_or(Profile::Debian.memory_mib(), Profile::memory_mib)),
             cpus: args.cpus,
             kernel,
             initrd,
             cmdline,
             accel: args.accel.unwrap_or_else(Accel::detect),
+            firmware,
+            display,
             disks,
             net: (!args.no_net).then(thaw::spec::NetSpec::default),
         },
         forwards,
         ready: args.ready.spec(),
         timeout: Duration::from_secs(args.timeout),
+        vnc: thaw::display::VncRequest {
+            port: args.vnc_port.unwrap_or(0),
+            websocket_port: args.vnc_websocket.unwrap_or(0),
+            password,
+        },
     })
 }

@@ -7,6 +7,7 @@ use serde::Serialize;
 use thaw::boot::BootReport;
 use thaw::clone::CloneReport;
 use thaw::control::VmInfo;
+use thaw::display::VncPorts;
 use thaw::pool::PoolStatus;
 use thaw::snapshot::catalog::SnapshotInfo;
 use thaw::snapshot::take::SnapshotReport;
@@ -39,13 +40,28 @@ fn ports(ports: &[PortForward]) -> String {
     format!(", ports {}", list.join(", "))
 }
 
+fn vnc(vnc: &Option<VncPorts>) -> String {
+    match vnc {
+        None => String::new(),
+        Some(VncPorts {
+            port,
+            websocket: None,
+        }) => format!(", vnc 127.0.0.1:{port}"),
+        Some(VncPorts {
+            port,
+            websocket: Some(ws),
+        }) => format!(", vnc 127.0.0.1:{port} (websocket {ws})"),
+    }
+}
+
 pub fn boot(r: &BootReport) -> String {
     format!(
-        "booted {} in {:.0} ms (pid {}){}",
+        "booted {} in {:.0} ms (pid {}){}{}",
         r.name,
         r.boot_ms,
         r.pid,
-        ports(&r.ports)
+        ports(&r.ports),
+        vnc(&r.vnc)
     )
 }
 
@@ -64,14 +80,25 @@ pub fn restore(reports: &[CloneReport]) -> String {
     reports
         .iter()
         .map(|r| {
+            if r.paused {
+                return format!(
+                    "restored {} (pid {}): paused at the snapshot point in {:.1} ms{}{}",
+                    r.name,
+                    r.pid,
+                    r.restore_ms,
+                    ports(&r.ports),
+                    vnc(&r.vnc)
+                );
+            }
             format!(
-                "restored {} (pid {}, {}): running in {:.1} ms, ready in {:.1} ms{}",
+                "restored {} (pid {}, {}): running in {:.1} ms, ready in {:.1} ms{}{}",
                 r.name,
                 r.pid,
                 r.breakdown.source,
                 r.restore_ms,
                 r.ready_ms,
-                ports(&r.ports)
+                ports(&r.ports),
+                vnc(&r.vnc)
             )
         })
         .collect::<Vec<_>>()
@@ -90,14 +117,15 @@ pub fn vms(vms: &[VmInfo]) -> String {
             None => "unknown (no record)".to_owned(),
         };
         s.push_str(&format!(
-            "\n{:<24} {:>8} {:<13} {:>7} {:>4}  {}{}",
+            "\n{:<24} {:>8} {:<13} {:>7} {:>4}  {}{}{}",
             v.name,
             v.pid.map(|p| p.to_string()).unwrap_or_default(),
             v.state,
             v.memory_mib.map(|m| format!("{m}M")).unwrap_or_default(),
             v.cpus.map(|c| c.to_string()).unwrap_or_default(),
             origin,
-            ports(&v.ports)
+            ports(&v.ports),
+            vnc(&v.vnc)
         ));
     }
     s

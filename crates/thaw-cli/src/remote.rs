@@ -50,7 +50,14 @@ pub async fn boot(d: &Client, req: &BootRequest) -> Result<BootReport> {
         "machine": s.machine,
         "kernel": s.kernel,
         "initrd": s.initrd,
-        "append": s.cmdline,
+        "append": s.kernel.as_ref().map(|_| &s.cmdline),
+        "firmware": thaw::firmware::FirmwareKind::of(&s.firmware),
+        "display": s.display.as_ref().map(|d| json!({
+            "vnc_port": req.vnc.port,
+            "websocket": d.websocket,
+            "websocket_port": req.vnc.websocket_port,
+            "password": req.vnc.password,
+        })),
         "disks": disks,
         "ports": req.forwards,
         "no_net": s.net.is_none(),
@@ -90,6 +97,8 @@ pub async fn restore(d: &Client, req: &RestoreRequest) -> Result<Vec<CloneReport
         "ready_port": req.ready.port,
         "ready_serial": req.ready.serial,
         "timeout_secs": req.timeout.as_secs(),
+        "paused": req.paused,
+        "vnc_password": req.vnc_password,
     });
     call(
         d,

@@ -281,7 +281,7 @@ fn bad_disks_and_ports_are_refused() {
     assert_eq!(stray.len(), 2, "stray files beside the images: {stray:?}");
 
     // A snapshot whose base disk changed afterwards.
-    env.boot("a", &["--disk", &base_s]);
+    env.boot("a", &["--profile", "default", "--disk", &base_s]);
     env.json(&["snapshot", "a", "s", "--stop"]);
     let hash_before = std::fs::read(&base).unwrap();
     env.json(&["restore", "s", "--name", "ok"]);

@@ -46,7 +46,10 @@ fn disk_writes_stay_in_their_clone_and_the_base_is_never_written() {
     let hash = blake3_of(&base);
     let disk = base.to_str().unwrap();
 
-    env.boot("orig", &["--cpus", "2", "--disk", disk]);
+    env.boot(
+        "orig",
+        &["--profile", "default", "--cpus", "2", "--disk", disk],
+    );
     env.sh(
         "orig",
         "mkdir -p /mnt && mount /dev/vda /mnt && echo before > /mnt/before && sync",

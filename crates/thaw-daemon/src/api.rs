@@ -237,6 +237,21 @@ struct BootBody {
     ready_port: Option<u16>,
     ready_serial: Option<String>,
     timeout_secs: Option<u64>,
+    /// bios or uefi; without a kernel, the firmware boots the first disk.
+    firmware: Option<thaw::firmware::FirmwareKind>,
+    display: Option<DisplayBody>,
+}
+
+/// A VGA card served over VNC on 127.0.0.1.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisplayBody {
+    /// 0 or absent: a free port.
+    vnc_port: Option<u16>,
+    #[serde(default)]
+    websocket: bool,
+    websocket_port: Option<u16>,
+    password: Option<String>,
 }
 
 fn absolute(what: &str, path: &std::path::Path) -> Answer<()> {
@@ -271,10 +286,17 @@ async fn boot(State(d): Shared, ApiJson(body): ApiJson<BootBody>) -> Created<Boo
     if body.ports.iter().any(|f| f.guest == 0) {
         return Err(ApiError::bad_request("a guest port cannot be 0"));
     }
+    if body.kernel.is_none() && body.firmware.is_some() && body.disks.is_empty() {
+        return Err(ApiError::bad_request(
+            "a firmware boot without a kernel needs a disk to boot",
+        ));
+    }
     let held = d.reserve(1)?;
     detached(async move {
         let (kernel, initrd, default_append) = match body.kernel {
-            Some(k) => (k, body.initrd, None),
+            Some(k) => (Some(k), body.initrd, None),
+            // No kernel, but a firmware: the firmware boots the first disk.
+            None if body.firmware.is_some() => (None, None, Some(String::new())),
             None => {
                 let guest = tokio::task::spawn_blocking(|| {
                     thaw::guest::ensure_default_guest(&thaw::guest::cache_dir(), &mut |line| {
@@ -284,7 +306,7 @@ async fn boot(State(d): Shared, ApiJson(body): ApiJson<BootBody>) -> Created<Boo
                 .await
                 .map_err(|e| ApiError::internal(format!("building the default guest failed: {e}")))?
                 .map_err(ApiError::from_op)?;
-                (guest.kernel, Some(guest.initrd), Some(guest.cmdline))
+                (Some(guest.kernel), Some(guest.initrd), Some(guest.cmdline))
             }
         };
         let disks = tokio::task::spawn_blocking(move || {
@@ -296,19 +318,38 @@ async fn boot(State(d): Shared, ApiJson(body): ApiJson<BootBody>) -> Created<Boo
         .await
         .map_err(|e| ApiError::internal(format!("inspecting the disks failed: {e}")))?
         .map_err(ApiError::from_op)?;
+        let firmware = thaw::firmware::resolve(body.firmware.unwrap_or_default())
+            .map_err(ApiError::from_op)?;
+        let vnc =
+            body.display
+                .as_ref()
+                .map_or_else(Default::default, |v| thaw::display::VncRequest {
+                    port: v.vnc_port.unwrap_or(0),
+                    websocket_port: v.websocket_port.unwrap_or(0),
+                    password: v.password.clone(),
+                });
+        let display = body.display.as_ref().map(|v| thaw::display::DisplaySpec {
+            password: v.password.is_some(),
+            websocket: v.websocket || v.websocket_port.is_some(),
+        });
         let req = boot::BootRequest {
             name,
             spec: MachineSpec {
                 machine: body.machine.unwrap_or_else(|| "pc".into()),
                 memory_mib: body.memory_mib.unwrap_or(256),
                 cpus: body.cpus.unwrap_or(1),
-                kernel,
                 initrd,
-                cmdline: body
-                    .append
-                    .or(default_append)
-                    .unwrap_or_else(|| "console=ttyS0".into()),
+                cmdline: match &kernel {
+                    Some(_) => body
+                        .append
+                        .or(default_append)
+                        .unwrap_or_else(|| "console=ttyS0".into()),
+                    None => String::new(),
+                },
+                kernel,
                 accel: body.accel.unwrap_or(d.accel),
+                firmware,
+                display,
                 disks,
                 net: (!body.no_net).then(NetSpec::default),
             },
@@ -319,6 +360,7 @@ async fn boot(State(d): Shared, ApiJson(body): ApiJson<BootBody>) -> Created<Boo
                 serial: body.ready_serial,
             },
             timeout: secs(body.timeout_secs, 120),
+            vnc,
         };
         let report = boot::boot(&d.home, &d.qemu, &req)
             .await
@@ -491,6 +533,11 @@ struct RestoreBody {
     timeout_secs: Option<u64>,
     #[serde(default)]
     verify: bool,
+    /// Leave the clones paused at the snapshot point (no readiness, no pool).
+    #[serde(default)]
+    paused: bool,
+    /// For a snapshot whose display asks for a VNC password.
+    vnc_password: Option<String>,
 }
 
 async fn restore(
@@ -520,6 +567,8 @@ async fn restore(
                 serial: body.ready_serial,
             },
             exec_after: body.exec_after,
+            paused: body.paused,
+            vnc_password: body.vnc_password,
         };
         let reports = restore::restore_from(&d.home, &d.qemu, &req, Some(&d.pool))
             .await

@@ -138,6 +138,33 @@ impl HttpStatus for BootError {
             BootError::Disk(e) => e.status(),
             BootError::Ready(e) => e.status(),
             BootError::PortInUse(_) => CONFLICT,
+            BootError::Display(e) => e.status(),
+            _ => FAILED,
+        }
+    }
+}
+
+impl HttpStatus for thaw::firmware::FirmwareError {
+    fn status(&self) -> StatusCode {
+        FAILED
+    }
+}
+
+impl HttpStatus for thaw::display::DisplayError {
+    fn status(&self) -> StatusCode {
+        use thaw::display::DisplayError as E;
+        match self {
+            E::PortInUse(_) | E::VmHasNoDisplay(_) => CONFLICT,
+            E::PortRange(_)
+            | E::NoDisplay
+            | E::PasswordNeeded
+            | E::PasswordUnused
+            | E::PasswordTooLong
+            | E::Untypable(_)
+            | E::UnknownKey(_)
+            | E::NoKeys
+            | E::TooLong => BAD,
+            E::Vm(e) => e.status(),
             _ => FAILED,
         }
     }
@@ -198,7 +225,8 @@ impl HttpStatus for RestoreError {
         match self {
             RestoreError::Check(e) => e.status(),
             RestoreError::Vm(e) => e.status(),
-            RestoreError::Count => BAD,
+            RestoreError::Count | RestoreError::PausedReady => BAD,
+            RestoreError::Display(e) => e.status(),
             RestoreError::Ready(e) => e.status(),
             RestoreError::Clone { source, .. } => source.status(),
             RestoreError::Store(_) => FAILED,
@@ -260,10 +288,17 @@ mod tests {
             source: std::io::Error::other("disk full"),
         };
         assert_eq!(one_line(&e), "could not create /h/vms/x: disk full");
-        let e = BootError::Exited("bad kernel".into());
+        let e = BootError::Exited {
+            why: "bad kernel".into(),
+            console: thaw::boot::ConsoleNote {
+                log: "/h/logs/x.console.log".into(),
+                empty: false,
+                firmware_boot: false,
+            },
+        };
         assert_eq!(
             one_line(&e),
-            "QEMU exited before the guest was ready: bad kernel"
+            "QEMU exited before the guest was ready: bad kernel; its serial console is kept in /h/logs/x.console.log"
         );
     }
 

@@ -245,6 +245,7 @@ async fn run_in(
                 forwards: cfg.forwards.clone(),
                 ready: cfg.ready.clone(),
                 timeout: Duration::from_secs(300),
+                vnc: crate::display::VncRequest::default(),
             };
             let r = boot::boot(home, qemu, &req).await?;
             cold.push(r.boot_ms);
@@ -309,6 +310,8 @@ async fn run_in(
                 keep_vmgenid: false,
                 ready: cfg.ready.clone(),
                 exec_after: None,
+                paused: false,
+                vnc_password: None,
             };
             let r = restore::restore_from(home, qemu, &req, pool.as_ref().map(|(p, _)| p)).await?;
             restore.push(r[0].restore_ms);
@@ -331,6 +334,8 @@ async fn run_in(
             keep_vmgenid: false,
             ready: cfg.ready.clone(),
             exec_after: None,
+            paused: false,
+            vnc_password: None,
         };
         restore::restore(home, qemu, &restore_as(target.clone())).await?;
         let (mut reset_run, mut reset_ready, mut stop_restore) =

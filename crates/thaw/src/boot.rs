@@ -1,9 +1,10 @@
 //! Booting a VM: QEMU with the guest's RAM in a file it maps *shared* (that file is
 //! what a later snapshot keeps), disks on fresh qcow2 overlays, and the ports forwarded.
 //! `boot` returns once the guest agent (and any extra readiness) answers; on failure
-//! nothing is left running.
+//! nothing is left running, and the serial console is kept in `$THAW_HOME/logs/` for
+//! the error to point at.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -11,6 +12,8 @@ use uuid::Uuid;
 
 use crate::agent::{Agent, AgentError};
 use crate::disk::{self, DiskError};
+use crate::display::{self, DisplayError, VncPorts, VncRequest};
+use crate::firmware::{self, FirmwareError};
 use crate::guestref;
 use crate::home::{Home, VmName};
 use crate::ms;
@@ -30,6 +33,8 @@ pub struct BootRequest {
     pub ready: ReadySpec,
     /// How long the guest may take to become ready.
     pub timeout: Duration,
+    /// The display's ports and password (with `spec.display`).
+    pub vnc: VncRequest,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,6 +43,9 @@ pub struct BootReport {
     pub pid: u32,
     pub boot_ms: f64,
     pub ports: Vec<PortForward>,
+    /// Where the display listens (127.0.0.1), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vnc: Option<VncPorts>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,10 +54,20 @@ pub enum BootError {
     Spec(#[from] SpecError),
     #[error(transparent)]
     Vm(#[from] VmError),
-    #[error("the guest did not become ready")]
-    Agent(#[source] AgentError),
-    #[error("QEMU exited before the guest was ready: {0}")]
-    Exited(String),
+    /// The agent's error is in the message, not a source: the console note comes last.
+    #[error("the guest did not become ready ({agent}); {console}")]
+    Agent {
+        console: ConsoleNote,
+        agent: AgentError,
+    },
+    #[error("QEMU exited before the guest was ready: {why}; {console}")]
+    Exited { why: String, console: ConsoleNote },
+    #[error(transparent)]
+    Display(#[from] DisplayError),
+    #[error(transparent)]
+    Firmware(#[from] FirmwareError),
+    #[error("could not set the VNC password")]
+    Password(#[source] thaw_qmp::QmpError),
     #[error(transparent)]
     Disk(#[from] DiskError),
     #[error(transparent)]
@@ -64,6 +82,7 @@ pub enum BootError {
 /// On any failure, nothing is left running and the VM's directory is removed.
 pub async fn boot(home: &Home, qemu: &Qemu, req: &BootRequest) -> Result<BootReport, BootError> {
     req.spec.validate()?;
+    let vnc = display::ports_for_boot(req.spec.display.as_ref(), &req.vnc)?;
     if !req.forwards.is_empty() && req.spec.net.is_none() {
         return Err(BootError::NoNet);
     }
@@ -76,11 +95,57 @@ pub async fn boot(home: &Home, qemu: &Qemu, req: &BootRequest) -> Result<BootRep
     req.ready.validate(&guest_ports)?;
     let t0 = Instant::now();
     let paths = vm::create_dir(home, &req.name)?;
-    let result = boot_in(home, qemu, req, &paths, t0).await;
+    let result = boot_in(home, qemu, req, &paths, vnc, t0).await;
     if result.is_err() {
+        // The console says why the guest did not come up; keep it past the VM.
+        let kept = kept_console(home, &req.name);
+        let _ = std::fs::create_dir_all(home.root().join("logs"));
+        let _ = std::fs::remove_file(&kept);
+        let _ = std::fs::rename(paths.console(), &kept);
         vm::discard(home, &req.name).await;
     }
     result
+}
+
+/// Where the serial console of a VM that failed to boot is kept (the last failure of
+/// each name).
+pub fn kept_console(home: &Home, name: &VmName) -> PathBuf {
+    home.root().join("logs").join(format!("{name}.console.log"))
+}
+
+/// Where a failed boot's serial console is kept, for the error to say.
+#[derive(Debug, Clone)]
+pub struct ConsoleNote {
+    pub log: PathBuf,
+    /// Nothing was printed on it.
+    pub empty: bool,
+    /// The firmware was to start the disk's bootloader (no `-kernel`).
+    pub firmware_boot: bool,
+}
+
+impl ConsoleNote {
+    fn new(log: PathBuf, console: &Path, firmware_boot: bool) -> ConsoleNote {
+        let empty = std::fs::metadata(console).map_or(true, |m| m.len() == 0);
+        ConsoleNote {
+            log,
+            empty,
+            firmware_boot,
+        }
+    }
+}
+
+impl std::fmt::Display for ConsoleNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let log = self.log.display();
+        match (self.empty, self.firmware_boot) {
+            (true, true) => write!(
+                f,
+                "its serial console, kept in {log}, is empty: does the first disk have a bootloader?"
+            ),
+            (true, false) => write!(f, "its serial console, kept in {log}, is empty"),
+            (false, _) => write!(f, "its serial console is kept in {log}"),
+        }
+    }
 }
 
 async fn boot_in(
@@ -88,6 +153,7 @@ async fn boot_in(
     qemu: &Qemu,
     req: &BootRequest,
     paths: &VmPaths,
+    vnc: Option<VncPorts>,
     t0: Instant,
 ) -> Result<BootReport, BootError> {
     let ram = paths.ram();
@@ -111,6 +177,8 @@ async fn boot_in(
         })
         .collect::<Result<Vec<_>, VmError>>()?;
     let overlays = create_overlays(&spec, paths)?;
+    firmware::vars_for_boot(&spec.firmware, &paths.dir)?;
+    let efivars = firmware::vars_file(&paths.dir);
     let launch = Launch {
         name: req.name.as_str(),
         qemu: qemu.version,
@@ -124,6 +192,8 @@ async fn boot_in(
         incoming: false,
         disk_overlays: &overlays,
         ports: &ports,
+        efivars: &efivars,
+        vnc,
     };
     let record = |pid| VmState {
         name: req.name.clone(),
@@ -138,21 +208,38 @@ async fn boot_in(
         disk_overlays: overlays.clone(),
         ports: ports.clone(),
         lineage: None,
+        vnc,
     };
     let mut spawned = vm::spawn(qemu, &spec, &launch, paths, false, |pid| {
         record(pid).save(home)
     })
     .await?;
+    if let Some(password) = &req.vnc.password {
+        display::set_password(&spawned.qmp, password)
+            .await
+            .map_err(BootError::Password)?;
+    }
     // QEMU serves one QMP client at a time: let others (ls, stop) in while the guest boots.
     drop(spawned.qmp);
     let pid = spawned.child.id();
-    wait_ready(&mut spawned.child, paths, req.timeout).await?;
+    let kept = kept_console(home, &req.name);
+    let firmware_boot = spec.kernel.is_none();
+    wait_ready(&mut spawned.child, paths, req.timeout)
+        .await
+        .map_err(|e| {
+            let console = ConsoleNote::new(kept, &paths.console(), firmware_boot);
+            match e {
+                Waited::Agent(agent) => BootError::Agent { console, agent },
+                Waited::Exited(why) => BootError::Exited { why, console },
+            }
+        })?;
     ready::wait_extra(None, &req.ready, &ports, paths, t0 + req.timeout).await?;
     Ok(BootReport {
         name: req.name.clone(),
         pid,
         boot_ms: ms(t0.elapsed()),
         ports,
+        vnc,
     })
 }
 
@@ -188,25 +275,31 @@ fn create_overlays(spec: &MachineSpec, paths: &VmPaths) -> Result<Vec<PathBuf>, 
     Ok(overlays)
 }
 
+/// Why the guest did not become ready.
+enum Waited {
+    Agent(AgentError),
+    Exited(String),
+}
+
 /// Waits for the guest agent while watching that QEMU stays alive.
 async fn wait_ready(
     child: &mut std::process::Child,
     paths: &VmPaths,
     timeout: Duration,
-) -> Result<Agent, BootError> {
+) -> Result<Agent, Waited> {
     let sock = paths.agent();
     let agent = Agent::connect(&sock, timeout);
     tokio::pin!(agent);
     loop {
         tokio::select! {
-            r = &mut agent => return r.map_err(BootError::Agent),
+            r = &mut agent => return r.map_err(Waited::Agent),
             _ = tokio::time::sleep(Duration::from_millis(50)) => {
                 if let Ok(Some(_)) = child.try_wait() {
                     let mut why = vm::last_log_line(&paths.qemu_log());
                     if why == "no output" {
                         why = format!("the guest stopped (console: {})", vm::last_log_line(&paths.console()));
                     }
-                    return Err(BootError::Exited(why));
+                    return Err(Waited::Exited(why));
                 }
             }
         }

@@ -53,6 +53,13 @@ pub struct CloneReport {
     /// Request → guest agent answers and clock set (and any extra readiness).
     pub ready_ms: f64,
     pub ports: Vec<PortForward>,
+    /// Where the clone's display listens (127.0.0.1), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vnc: Option<crate::display::VncPorts>,
+    /// Left paused at the snapshot point (`--paused`): `restore_ms` and `ready_ms` are
+    /// request → state loaded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
     /// Where the time went.
     pub breakdown: Breakdown,
 }
@@ -87,6 +94,8 @@ pub struct FinishOptions {
     pub timeout: Duration,
     pub ready: ReadySpec,
     pub exec_after: Option<String>,
+    /// The VNC password of a display that asks for one.
+    pub vnc_password: Option<String>,
 }
 
 /// A clone whose QEMU runs with the device state loaded.
@@ -158,6 +167,11 @@ pub async fn prepare(
         Ports::None => Vec::new(),
     };
     let overlays = clone_disks(snap, &paths)?;
+    crate::firmware::vars_for_clone(&snap.dir, &paths.dir)
+        .map_err(|e| io("copy the UEFI variables for", &paths.dir, e))?;
+    let vnc = crate::display::ports_for_clone(spec.display.as_ref())
+        .map_err(|e| io("pick a VNC port for", &paths.dir, e))?;
+    let efivars = crate::firmware::vars_file(&paths.dir);
     let display_name = name.to_string();
     let launch = Launch {
         name: &display_name,
@@ -172,6 +186,8 @@ pub async fn prepare(
         incoming: true,
         disk_overlays: &overlays,
         ports: &ports.clone(),
+        efivars: &efivars,
+        vnc,
     };
     let mut state = VmState {
         name,
@@ -191,6 +207,7 @@ pub async fn prepare(
             tag: snap.manifest.tag.clone(),
             manifest_blake3: snap.manifest_blake3.clone(),
         }),
+        vnc,
     };
     let spawned = vm::spawn(qemu, spec, &launch, &paths, die_with_owner, |pid| {
         state.pid = pid;
@@ -310,6 +327,34 @@ impl Prepared {
         Ok(())
     }
 
+    /// Moves the clone's VNC server onto `ports.port` (another VM's, being freed), with
+    /// QMP `display-update`; retried while the ended VM's socket closes. The websocket
+    /// port, if any, stays the clone's own (QEMU cannot move it at run time).
+    pub async fn take_vnc(&mut self, ports: crate::display::VncPorts) -> Result<(), CloneError> {
+        let Some(mine) = self.state.vnc else {
+            return Ok(());
+        };
+        let args = serde_json::json!({
+            "type": "vnc",
+            "addresses": [{"type": "inet", "host": "127.0.0.1", "port": ports.port.to_string()}],
+        });
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            match self.qmp.execute("display-update", Some(args.clone())).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(CloneError::Ports(format!("VNC port {}: {e}", ports.port)))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+        self.state.vnc = Some(crate::display::VncPorts {
+            port: ports.port,
+            websocket: mine.websocket,
+        });
+        Ok(())
+    }
+
     /// A human monitor command; returns what it printed, trimmed.
     async fn hmp(&self, command: &str) -> Result<String, CloneError> {
         let out = self
@@ -347,6 +392,9 @@ impl Prepared {
         opts: &FinishOptions,
         t0: Instant,
     ) -> Result<CloneReport, CloneError> {
+        if let Some(password) = &opts.vnc_password {
+            crate::display::set_password(&self.qmp, password).await?;
+        }
         self.resume().await?;
         // vCPUs running: when `cont` completed, or now for a clone that was running.
         let restore_ms = ms(self
@@ -391,6 +439,33 @@ impl Prepared {
             restore_ms,
             ready_ms: ms(t0.elapsed()),
             ports: self.state.ports.clone(),
+            vnc: self.state.vnc,
+            paused: false,
+            breakdown: self.breakdown,
+        })
+    }
+
+    /// Leaves the clone paused at the snapshot point (state loaded, vCPUs stopped): its
+    /// screen, memory and devices are exactly the snapshot's until `thaw resume`. Sets
+    /// the VNC password first, if the display asks for one.
+    pub async fn leave_paused(
+        self,
+        vnc_password: Option<&str>,
+        t0: Instant,
+    ) -> Result<CloneReport, CloneError> {
+        if let Some(password) = vnc_password {
+            crate::display::set_password(&self.qmp, password).await?;
+        }
+        let pid = self.pid();
+        drop(self.child);
+        Ok(CloneReport {
+            name: self.state.name.clone(),
+            pid,
+            restore_ms: ms(t0.elapsed()),
+            ready_ms: ms(t0.elapsed()),
+            ports: self.state.ports.clone(),
+            vnc: self.state.vnc,
+            paused: true,
             breakdown: self.breakdown,
         })
     }

@@ -46,6 +46,9 @@ pub struct VmInfo {
     pub created_unix_ms: Option<u64>,
     /// Host ports forwarded to guest ports.
     pub ports: Vec<PortForward>,
+    /// Where the VM's display listens (127.0.0.1), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vnc: Option<crate::display::VncPorts>,
 }
 
 /// Lists every VM with its state as QEMU reports it now.
@@ -63,6 +66,7 @@ pub async fn list(home: &Home) -> Vec<VmInfo> {
                 cpus: None,
                 created_unix_ms: None,
                 ports: Vec::new(),
+                vnc: None,
             });
             continue;
         };
@@ -87,6 +91,7 @@ pub async fn list(home: &Home) -> Vec<VmInfo> {
             cpus: Some(state.spec.cpus),
             created_unix_ms: Some(state.created_unix_ms),
             ports: state.ports.clone(),
+            vnc: state.vnc,
         });
     }
     out
@@ -132,6 +137,16 @@ pub async fn stop(home: &Home, name: &VmName) -> Result<(), VmError> {
         path: dir.clone(),
         source,
     })
+}
+
+/// Pauses a running VM's vCPUs (QMP `stop`); `resume` continues it. Its screen, memory
+/// and devices hold still meanwhile (a screenshot of a paused VM is what a `--stop`
+/// snapshot of it will hold).
+pub async fn pause(home: &Home, name: &VmName) -> Result<(), VmError> {
+    let state = VmState::load_running(home, name)?;
+    let qmp = Qmp::connect(&state.paths(home).qmp()).await?;
+    qmp.execute("stop", None).await?;
+    Ok(())
 }
 
 /// Resumes a paused VM, for example one left paused by an interrupted snapshot (whose

@@ -33,7 +33,11 @@ pub fn base_backing(i: usize) -> PathBuf {
 
 /// Every link a directory for `spec` has: (link path, what it points to in `spec`).
 fn links(dir: &Path, spec: &MachineSpec) -> Vec<(PathBuf, PathBuf)> {
-    let mut v = vec![(kernel(dir), spec.kernel.clone())];
+    let mut v: Vec<(PathBuf, PathBuf)> = spec
+        .kernel
+        .iter()
+        .map(|k| (kernel(dir), k.clone()))
+        .collect();
     if let Some(i) = &spec.initrd {
         v.push((initrd(dir), i.clone()));
     }
@@ -70,7 +74,7 @@ pub fn resolve(dir: &Path, spec: &MachineSpec) -> MachineSpec {
         std::fs::read_link(link).unwrap_or_else(|_| fallback.to_owned())
     };
     let mut s = spec.clone();
-    s.kernel = target(kernel(dir), &spec.kernel);
+    s.kernel = spec.kernel.as_ref().map(|k| target(kernel(dir), k));
     s.initrd = spec.initrd.as_ref().map(|i| target(initrd(dir), i));
     for (i, d) in s.disks.iter_mut().enumerate() {
         d.base = target(base(dir, i), &d.base);
@@ -90,7 +94,7 @@ mod tests {
             machine: "pc".into(),
             memory_mib: 64,
             cpus: 1,
-            kernel: "/k/vmlinuz".into(),
+            kernel: Some("/k/vmlinuz".into()),
             initrd: Some("/k/initrd".into()),
             cmdline: String::new(),
             accel: crate::Accel::Tcg,
@@ -100,6 +104,8 @@ mod tests {
                 readonly: false,
             }],
             net: None,
+            firmware: Default::default(),
+            display: None,
         };
         link_spec(&a, &spec).unwrap();
         copy_links(&a, &b).unwrap();
@@ -111,7 +117,7 @@ mod tests {
         std::fs::remove_file(kernel(&b)).unwrap();
         std::os::unix::fs::symlink("/store/files/abc", kernel(&b)).unwrap();
         let r = resolve(&b, &spec);
-        assert_eq!(r.kernel, Path::new("/store/files/abc"));
+        assert_eq!(r.kernel.as_deref(), Some(Path::new("/store/files/abc")));
         assert_eq!(r.initrd.as_deref(), Some(Path::new("/k/initrd")));
         assert_eq!(resolve(&d.path().join("none"), &spec), spec);
     }

@@ -10,6 +10,8 @@
 //! The CLI and the daemon are thin shells over the operations: [`boot`], [`control`]
 //! (exec, list, stop, resume), [`snapshot::take`], [`snapshot::catalog`] (list, remove),
 //! [`restore`] (clones, one at a time in [`clone`], or from a warm [`pool`]), [`reset`].
+//! Machines boot a kernel or their disk through [`firmware`] (SeaBIOS or UEFI), and may
+//! have a [`display`] served over VNC.
 
 pub mod accel;
 pub mod agent;
@@ -18,6 +20,8 @@ pub mod boot;
 pub mod clone;
 pub mod control;
 pub mod disk;
+pub mod display;
+pub mod firmware;
 pub mod fsutil;
 pub mod guest;
 pub mod guestref;
@@ -45,4 +49,3 @@ pub use thaw_qmp::QemuVersion;
 pub(crate) fn ms(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
-

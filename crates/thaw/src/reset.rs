@@ -136,6 +136,7 @@ pub async fn reset(
                 timeout: req.timeout,
                 ready: ReadySpec::default(),
                 exec_after: None,
+                vnc_password: None,
             };
             if from_pool {
                 prepared.breakdown.source = "pool".into();
@@ -201,6 +202,9 @@ async fn take_over(
         vm::reap(old.pid);
     }
     prepared.take_ports(ports).await?;
+    if let Some(vnc) = old.vnc {
+        prepared.take_vnc(vnc).await?;
+    }
     let dir = home.vm_dir(&old.name);
     let doomed = home
         .vms_dir()

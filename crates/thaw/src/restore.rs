@@ -34,6 +34,11 @@ pub struct RestoreRequest {
     /// A shell command run in each clone (through the agent) before it is reported
     /// ready; a non-zero exit fails the restore.
     pub exec_after: Option<String>,
+    /// Leave the clones paused at the snapshot point: no `cont`, no readiness (and no
+    /// pool). `thaw resume` continues them.
+    pub paused: bool,
+    /// The clones' VNC password, for a snapshot whose display asks for one.
+    pub vnc_password: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +49,10 @@ pub enum RestoreError {
     Vm(#[from] VmError),
     #[error("count must be at least 1")]
     Count,
+    #[error(transparent)]
+    Display(#[from] crate::display::DisplayError),
+    #[error("a paused clone is not ready yet: --exec-after and --ready-* need it running")]
+    PausedReady,
     #[error(transparent)]
     Ready(#[from] ReadyError),
     #[error(transparent)]
@@ -90,6 +99,13 @@ pub async fn restore_from(
         .map(|n| n.guest_ports.clone())
         .unwrap_or_default();
     req.ready.validate(&guest_ports)?;
+    crate::display::check_password(
+        snap.manifest.spec.display.as_ref(),
+        req.vnc_password.as_deref(),
+    )?;
+    if req.paused && (req.exec_after.is_some() || req.ready != ReadySpec::default()) {
+        return Err(RestoreError::PausedReady);
+    }
     let names = claim_names(home, req)?;
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -104,7 +120,7 @@ pub async fn restore_from(
         let pool = pool.cloned();
         tasks.spawn(async move {
             let pooled = match &pool {
-                Some(pool) if !req.keep_vmgenid => {
+                Some(pool) if !req.keep_vmgenid && !req.paused => {
                     pool.take(&req.tag, &name, &req.finish_options(), t0).await
                 }
                 _ => None,
@@ -207,6 +223,9 @@ async fn restore_one(
         clone::Ports::Fresh,
     )
     .await?;
+    if req.paused {
+        return prepared.leave_paused(req.vnc_password.as_deref(), t0).await;
+    }
     prepared.finish(&req.finish_options(), t0).await
 }
 
@@ -216,6 +235,7 @@ impl RestoreRequest {
             timeout: self.timeout,
             ready: self.ready.clone(),
             exec_after: self.exec_after.clone(),
+            vnc_password: self.vnc_password.clone(),
         }
     }
 }

@@ -12,6 +12,8 @@ use thaw_qmp::QemuVersion;
 use uuid::Uuid;
 
 use crate::accel::Accel;
+use crate::display::{DisplaySpec, VncPorts};
+use crate::firmware::Firmware;
 
 /// The largest guest thaw will start, in MiB.
 pub const MAX_MEMORY_MIB: u32 = 256 * 1024;
@@ -23,10 +25,20 @@ pub struct MachineSpec {
     pub machine: String,
     pub memory_mib: u32,
     pub cpus: u32,
-    pub kernel: PathBuf,
+    /// The kernel QEMU loads itself (`-kernel`), or none: the firmware boots the first
+    /// disk (its bootloader).
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
+    /// The kernel command line (with a kernel only).
     pub cmdline: String,
     pub accel: Accel,
+    /// SeaBIOS (QEMU's default) or UEFI.
+    #[serde(default, skip_serializing_if = "Firmware::is_bios")]
+    pub firmware: Firmware,
+    /// A VGA card served over VNC, or none (`-display none`, no card).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<DisplaySpec>,
     /// virtio-blk disks, in order (`/dev/vda`, `/dev/vdb`, ...).
     #[serde(default)]
     pub disks: Vec<DiskSpec>,
@@ -111,6 +123,12 @@ pub enum SpecError {
     Machine(String),
     #[error("disk image {0} not found")]
     DiskMissing(PathBuf),
+    #[error("an initrd needs a kernel (--kernel)")]
+    InitrdWithoutKernel,
+    #[error("nothing to boot: give a --kernel, or a --disk whose bootloader the firmware starts")]
+    NothingToBoot,
+    #[error("UEFI firmware {0} not found: install the Debian package ovmf (scripts/setup.sh)")]
+    FirmwareMissing(PathBuf),
 }
 
 impl MachineSpec {
@@ -130,8 +148,19 @@ impl MachineSpec {
         {
             return Err(SpecError::Machine(self.machine.clone()));
         }
-        if !self.kernel.is_file() {
-            return Err(SpecError::KernelMissing(self.kernel.clone()));
+        match &self.kernel {
+            Some(kernel) if !kernel.is_file() => {
+                return Err(SpecError::KernelMissing(kernel.clone()))
+            }
+            Some(_) => {}
+            None if self.initrd.is_some() => return Err(SpecError::InitrdWithoutKernel),
+            None if self.disks.is_empty() => return Err(SpecError::NothingToBoot),
+            None => {}
+        }
+        if let Firmware::Uefi { code } = &self.firmware {
+            if !code.is_file() {
+                return Err(SpecError::FirmwareMissing(code.clone()));
+            }
         }
         if let Some(initrd) = &self.initrd {
             if !initrd.is_file() {
@@ -183,11 +212,22 @@ impl MachineSpec {
             backend.push(",readonly=on,rom=off");
         }
         a.push("-object").push(backend);
-        a.push("-kernel").push(self.kernel.as_os_str());
-        if let Some(initrd) = &self.initrd {
-            a.push("-initrd").push(initrd.as_os_str());
+        if let Firmware::Uefi { code } = &self.firmware {
+            // OVMF's code read-only, and this VM's own variable store.
+            let mut code_drive = OsString::from("if=pflash,format=raw,unit=0,readonly=on,file=");
+            code_drive.push(escape_commas(code));
+            a.push("-drive").push(code_drive);
+            let mut vars_drive = OsString::from("if=pflash,format=raw,unit=1,file=");
+            vars_drive.push(escape_commas(launch.efivars));
+            a.push("-drive").push(vars_drive);
         }
-        a.push("-append").push(&self.cmdline);
+        if let Some(kernel) = &self.kernel {
+            a.push("-kernel").push(kernel.as_os_str());
+            if let Some(initrd) = &self.initrd {
+                a.push("-initrd").push(initrd.as_os_str());
+            }
+            a.push("-append").push(&self.cmdline);
+        }
         for fixed in [
             "-nodefaults",
             "-no-user-config",
@@ -224,8 +264,19 @@ impl MachineSpec {
                 drive.push(",readonly=on");
             }
             a.push("-drive").push(drive);
+            // Without a kernel, the firmware boots the first disk.
+            let boot = if i == 0 && self.kernel.is_none() {
+                ",bootindex=0"
+            } else {
+                ""
+            };
             a.push("-device")
-                .push(format!("virtio-blk-pci,drive=disk{i},id=disk{i}-dev"));
+                .push(format!("virtio-blk-pci,drive=disk{i},id=disk{i}-dev{boot}"));
+        }
+        if let (Some(display), Some(ports)) = (&self.display, &launch.vnc) {
+            for arg in crate::display::argv(display, ports) {
+                a.push(arg);
+            }
         }
         if self.net.is_some() {
             let mut netdev = "user,id=net0".to_owned();
@@ -263,6 +314,10 @@ pub struct Launch<'a> {
     pub disk_overlays: &'a [PathBuf],
     /// Host ports for the spec's guest ports.
     pub ports: &'a [PortForward],
+    /// This VM's UEFI variable store (used when the spec's firmware is UEFI).
+    pub efivars: &'a Path,
+    /// This VM's display ports (when the spec has a display).
+    pub vnc: Option<VncPorts>,
 }
 
 #[derive(Default)]
@@ -290,10 +345,12 @@ mod tests {
             machine: "pc".into(),
             memory_mib: 256,
             cpus: 2,
-            kernel: "/k/vmlinuz".into(),
+            kernel: Some("/k/vmlinuz".into()),
             initrd: Some("/k/initrd".into()),
             cmdline: "console=ttyS0".into(),
             accel: Accel::Tcg,
+            firmware: Firmware::Bios,
+            display: None,
             disks: vec![DiskSpec {
                 base: "/img/base.raw".into(),
                 format: DiskFormat::Raw,
@@ -325,6 +382,8 @@ mod tests {
             incoming,
             disk_overlays: OVERLAYS,
             ports: PORTS,
+            efivars: Path::new("/h/vms/web/efivars.fd"),
+            vnc: None,
         }
     }
 
@@ -404,8 +463,99 @@ mod tests {
     }
 
     #[test]
+    fn firmware_boot_starts_the_first_disk_and_uefi_gets_its_own_vars() {
+        let overlays = [PathBuf::from("/h/vms/web/disks/disk0.qcow2")];
+        let mut l = launch(true, false);
+        l.disk_overlays = &overlays;
+        let mut s = spec();
+        s.kernel = None;
+        s.initrd = None;
+        let argv = joined(&s.argv(&l));
+        assert!(
+            !argv.contains("-kernel") && !argv.contains("-append"),
+            "{argv}"
+        );
+        assert!(argv.contains("virtio-blk-pci,drive=disk0,id=disk0-dev,bootindex=0"));
+        assert!(!argv.contains("pflash"), "SeaBIOS is QEMU's default");
+        s.firmware = Firmware::Uefi {
+            code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+        };
+        let argv = joined(&s.argv(&l));
+        assert!(argv.contains(
+            "-drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
+             -drive if=pflash,format=raw,unit=1,file=/h/vms/web/efivars.fd"
+        ));
+        // A kernel boot keeps the argv it always had: no boot index, no card.
+        let argv = joined(&spec().argv(&l));
+        assert!(argv.contains("id=disk0-dev ") || argv.ends_with("id=disk0-dev"));
+        assert!(!argv.contains("bootindex") && !argv.contains("VGA"));
+    }
+
+    #[test]
+    fn a_display_is_a_vga_card_served_over_vnc_on_this_vms_port() {
+        let mut s = spec();
+        s.display = Some(DisplaySpec::default());
+        let mut l = launch(false, true);
+        l.vnc = Some(VncPorts {
+            port: 5905,
+            websocket: None,
+        });
+        let argv = joined(&s.argv(&l));
+        assert!(
+            argv.contains("-device VGA,id=video0 -vnc 127.0.0.1:5"),
+            "{argv}"
+        );
+        assert!(argv.contains("-display none"), "no local window either way");
+    }
+
+    #[test]
+    fn firmware_boot_validation() {
+        let mut s = spec();
+        s.kernel = None;
+        assert!(matches!(s.validate(), Err(SpecError::InitrdWithoutKernel)));
+        s.initrd = None;
+        s.disks.clear();
+        assert!(matches!(s.validate(), Err(SpecError::NothingToBoot)));
+        let mut s = spec();
+        s.kernel = Some("/bin/sh".into());
+        s.initrd = None;
+        s.disks.clear();
+        s.firmware = Firmware::Uefi {
+            code: "/nonexistent/OVMF_CODE_4M.fd".into(),
+        };
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("install the Debian package ovmf"));
+    }
+
+    #[test]
+    fn records_written_before_firmware_and_display_still_parse() {
+        let old = r#"{"machine":"pc","memory_mib":256,"cpus":1,"kernel":"/k","initrd":null,
+            "cmdline":"console=ttyS0","accel":"tcg","disks":[],"net":null}"#;
+        let s: MachineSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(s.kernel.as_deref(), Some(Path::new("/k")));
+        assert_eq!(s.firmware, Firmware::Bios);
+        assert_eq!(s.display, None);
+        // ... and a BIOS spec without a display is written as before.
+        let j = serde_json::to_string(&s).unwrap();
+        assert!(!j.contains("firmware") && !j.contains("display"), "{j}");
+    }
+
+    #[test]
     fn spec_round_trips() {
-        let s = spec();
+        let mut s = spec();
+        let j = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<MachineSpec>(&j).unwrap(), s);
+        s.kernel = None;
+        s.firmware = Firmware::Uefi {
+            code: "/ovmf/code.fd".into(),
+        };
+        s.display = Some(DisplaySpec {
+            password: true,
+            websocket: true,
+        });
         let j = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<MachineSpec>(&j).unwrap(), s);
     }

@@ -277,7 +277,11 @@ pub fn ingest(
     }
     // The guest's files, through the snapshot's links.
     let local = guestref::resolve(dir, &m.spec);
-    let mut guest = vec![("guest/kernel".to_owned(), local.kernel.clone())];
+    let mut guest: Vec<(String, PathBuf)> = local
+        .kernel
+        .iter()
+        .map(|k| ("guest/kernel".to_owned(), k.clone()))
+        .collect();
     if let Some(i) = &local.initrd {
         guest.push(("guest/initrd".into(), i.clone()));
     }

@@ -102,7 +102,10 @@ fn content_blake3(cache: &Path, path: &Path) -> Result<String, UpError> {
 pub fn key(req: &BootRequest, qemu: &Qemu, cache: &Path) -> Result<String, UpError> {
     req.spec.validate()?;
     let s = &req.spec;
-    let kernel = content_blake3(cache, &s.kernel)?;
+    let kernel = match &s.kernel {
+        Some(k) => Some(content_blake3(cache, k)?),
+        None => None,
+    };
     let initrd = match &s.initrd {
         Some(i) => Some(content_blake3(cache, i)?),
         None => None,
@@ -130,6 +133,8 @@ pub fn key(req: &BootRequest, qemu: &Qemu, cache: &Path) -> Result<String, UpErr
         "initrd": initrd,
         "disks": disks,
         "net": s.net.is_some(),
+        "firmware": s.firmware,
+        "display": s.display,
         "guest_ports": req.forwards.iter().map(|f| f.guest).collect::<Vec<_>>(),
         "ready": {
             "port": req.ready.port,
@@ -206,6 +211,8 @@ pub async fn up(
                 keep_vmgenid: false,
                 ready: req.boot.ready.clone(),
                 exec_after: None,
+                paused: false,
+                vnc_password: None,
             },
         )
         .await?;

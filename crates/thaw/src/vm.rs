@@ -43,6 +43,9 @@ pub struct VmState {
     /// next snapshot taken of it.
     #[serde(default)]
     pub lineage: Option<crate::snapshot::ParentRef>,
+    /// The ports this VM's display listens on, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vnc: Option<crate::display::VncPorts>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -425,10 +428,12 @@ mod tests {
                 machine: "pc".into(),
                 memory_mib: 256,
                 cpus: 1,
-                kernel: "/k".into(),
+                kernel: Some("/k".into()),
                 initrd: None,
                 cmdline: "console=ttyS0".into(),
                 accel: crate::Accel::Tcg,
+                firmware: crate::firmware::Firmware::Bios,
+                display: Some(crate::display::DisplaySpec::default()),
                 disks: vec![],
                 net: None,
             },
@@ -448,6 +453,10 @@ mod tests {
             lineage: Some(crate::snapshot::ParentRef {
                 tag: "base".parse().unwrap(),
                 manifest_blake3: "ab".into(),
+            }),
+            vnc: Some(crate::display::VncPorts {
+                port: 5901,
+                websocket: Some(5701),
             }),
         };
         let j = serde_json::to_string(&s).unwrap();

@@ -236,7 +236,7 @@ fn build_into(
 }
 
 /// A [`FileRecord`] of a file too big to read into memory at once.
-fn file_record(name: &str, path: &Path) -> Result<FileRecord, GuestBuildError> {
+pub(crate) fn file_record(name: &str, path: &Path) -> Result<FileRecord, GuestBuildError> {
     let mut hasher = blake3::Hasher::new();
     let mut file = fs::File::open(path).map_err(io_err("hash the disk image", path))?;
     let size = io::copy(&mut file, &mut hasher).map_err(io_err("hash the disk image", path))?;

@@ -1,4 +1,5 @@
-//! Fetching the guest kernel: Debian's cloud kernel, through apt.
+//! Fetching the guest kernel: Debian's cloud kernel (or, for the firmware-booted image,
+//! the generic one), through apt.
 //!
 //! `linux-image-cloud-amd64` is a metapackage; the kernel itself is in the versioned
 //! package it depends on. Of every version apt knows (bookworm's 6.1 and
@@ -10,6 +11,9 @@ use std::process::{Command, Output};
 use super::{command_error_line, spawn_error, GuestBuildError};
 
 const METAPACKAGE: &str = "linux-image-cloud-amd64";
+/// Debian's generic kernel: the DRM drivers a graphical console needs (bochs for QEMU's
+/// VGA card), which the cloud kernel leaves out.
+pub(crate) const GENERIC_METAPACKAGE: &str = "linux-image-amd64";
 /// The oldest kernel the guest is known to work with (VMGENID, virtio console built in).
 const MIN_VERSION: (u32, u32) = (6, 12);
 
@@ -36,9 +40,18 @@ impl Apt {
         &mut self,
         progress: &mut dyn FnMut(&str),
     ) -> Result<KernelPackage, GuestBuildError> {
-        progress(&format!("finding the newest {METAPACKAGE}"));
+        self.resolve_from(METAPACKAGE, progress)
+    }
+
+    /// Finds the newest kernel package `metapackage` depends on.
+    pub(crate) fn resolve_from(
+        &mut self,
+        metapackage: &'static str,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<KernelPackage, GuestBuildError> {
+        progress(&format!("finding the newest {metapackage}"));
         let candidates = loop {
-            let output = run("apt-cache", &["show", METAPACKAGE], None)?;
+            let output = run("apt-cache", &["show", metapackage], None)?;
             let candidates = if output.status.success() {
                 parse_show(&String::from_utf8_lossy(&output.stdout))
             } else {
@@ -49,7 +62,7 @@ impl Apt {
             }
             if !self.update(progress)? {
                 return Err(GuestBuildError::NoKernelPackage {
-                    package: METAPACKAGE,
+                    package: metapackage,
                 });
             }
         };
@@ -61,7 +74,7 @@ impl Apt {
         }
         if !at_least(&newest.version, MIN_VERSION) {
             return Err(GuestBuildError::KernelTooOld {
-                package: METAPACKAGE,
+                package: metapackage,
                 version: newest.version,
             });
         }

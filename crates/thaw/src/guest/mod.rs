@@ -10,7 +10,9 @@
 //! serial console and then idles forever.
 //!
 //! [`debian_guest`] and its builders make the other guest, Debian with systemd, the agent
-//! and redis on a disk image; see the `debian` module.
+//! and redis on a disk image; see the `debian` module. [`firmware_guest`] is the same
+//! system on a partitioned disk with GRUB, booted through SeaBIOS or UEFI with no
+//! `-kernel`, and with a screen that changes; see the `image` module.
 //!
 //! Built guests live in `<cache>/guests/default/` as `vmlinuz`, `initrd.cpio` and
 //! `guest.json` (what was built, from which package, with BLAKE3 hashes). A build happens
@@ -20,12 +22,14 @@
 
 mod cpio;
 mod debian;
+mod image;
 mod initramfs;
 mod kernel;
 mod modules;
 mod rootfs;
 
 pub use debian::{build_debian_guest, debian_guest, ensure_debian_guest, DiskGuest};
+pub use image::{build_firmware_guest, ensure_firmware_guest, firmware_guest, FirmwareGuest};
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};

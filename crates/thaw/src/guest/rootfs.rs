@@ -407,10 +407,16 @@ pub(crate) const TOOLS: &[(&str, &str)] = &[
 /// Fails with the package to install for the first tool in [`TOOLS`] not on `PATH` (or in
 /// /usr/sbin, /sbin, which a non-login root shell may lack).
 pub(crate) fn check_tools() -> Result<(), GuestBuildError> {
+    check_programs(TOOLS)
+}
+
+/// Fails with the package to install for the first program in `tools` not on `PATH` (or
+/// in the sbin and bin directories).
+pub(crate) fn check_programs(tools: &[(&str, &'static str)]) -> Result<(), GuestBuildError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
     dirs.extend(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
-    for (tool, package) in TOOLS {
+    for (tool, package) in tools {
         if !dirs.iter().any(|d| d.join(tool).is_file()) {
             return Err(GuestBuildError::MissingTool {
                 tool: (*tool).to_owned(),
@@ -740,7 +746,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), GuestBuildError> {
 
 /// A command with a predictable environment: C locale, and a PATH with the sbin
 /// directories (debootstrap and mkfs live there; a non-login root shell may lack them).
-fn command(program: &str) -> Command {
+pub(crate) fn command(program: &str) -> Command {
     let mut cmd = Command::new(program);
     let mut path = OsString::from("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     if let Some(old) = std::env::var_os("PATH") {
@@ -754,7 +760,7 @@ fn command(program: &str) -> Command {
 }
 
 /// Runs `program` inside `root` with chroot.
-fn in_chroot(
+pub(crate) fn in_chroot(
     root: &Path,
     step: &'static str,
     program: &str,
@@ -769,7 +775,7 @@ fn in_chroot(
     check(&output, step)
 }
 
-fn check(output: &Output, step: &'static str) -> Result<(), GuestBuildError> {
+pub(crate) fn check(output: &Output, step: &'static str) -> Result<(), GuestBuildError> {
     if output.status.success() {
         Ok(())
     } else {

@@ -355,11 +355,21 @@ impl Snapshot {
         }
         // The guest's files as this machine has them (see `guestref`).
         let local = crate::guestref::resolve(&self.dir, &m.spec);
-        if !local.kernel.is_file() {
+        if let Some(kernel) = local.kernel.as_ref().filter(|k| !k.is_file()) {
             return Err(SnapshotCheckError::GuestFileMissing {
                 tag: tag(),
                 what: "kernel",
-                path: local.kernel.clone(),
+                path: kernel.clone(),
+            });
+        }
+        let vars = m.files.get(crate::firmware::VARS_FILE).map(|e| e.size);
+        if let Err((what, path)) =
+            crate::firmware::check_snapshot(&m.spec.firmware, &self.dir, vars)
+        {
+            return Err(SnapshotCheckError::GuestFileMissing {
+                tag: tag(),
+                what,
+                path,
             });
         }
         if let Some(initrd) = local.initrd.as_ref().filter(|p| !p.is_file()) {
@@ -538,10 +548,12 @@ mod tests {
                 machine: "pc".into(),
                 memory_mib: 16,
                 cpus: 1,
-                kernel: "/bin/sh".into(),
+                kernel: Some("/bin/sh".into()),
                 initrd: None,
                 cmdline: String::new(),
                 accel: Accel::Tcg,
+                firmware: crate::firmware::Firmware::Bios,
+                display: None,
                 disks: vec![],
                 net: None,
             },

@@ -306,6 +306,9 @@ async fn take_into(
             test_hang("paused");
             moved = freeze_disks(qmp, state, disks).await?;
             let saved = live.complete().await?;
+            // The UEFI variables, as the pflash device wrote them up to the pause.
+            crate::firmware::vars_into_snapshot(&state.paths(home).dir, tmp, req.stop)
+                .map_err(io_err("keep the UEFI variables in", tmp))?;
             test_hang("state-saved");
             if req.stop {
                 end(qmp, state).await;
@@ -322,6 +325,8 @@ async fn take_into(
             moved = freeze_disks(qmp, state, disks).await?;
             let state_path = tmp.join(snapshot::STATE_FILE);
             migration::save(qmp, &state_path).await?;
+            crate::firmware::vars_into_snapshot(&state.paths(home).dir, tmp, req.stop)
+                .map_err(io_err("keep the UEFI variables in", tmp))?;
             test_hang("state-saved");
             let ram_path = tmp.join(snapshot::RAM_FILE);
             if method == Method::Moved {
@@ -367,8 +372,12 @@ async fn take_into(
             let region = mapped::seal(&tmp.join(snapshot::MEMORY_FILE))?;
             let whole = entry(snapshot::MEMORY_FILE, None)?;
             let state_blake3 = entry(snapshot::MEMORY_FILE, Some((region.offset, region.len)))?;
-            let state_bytes =
-                fsutil::allocated_bytes(&tmp.join(snapshot::MEMORY_FILE)).unwrap_or(whole.size);
+            // Everything but the RAM image: the device state and the small RAM blocks.
+            let path = tmp.join(snapshot::MEMORY_FILE);
+            let outside = |from, to| fsutil::data_bytes_in(&path, from, to);
+            let state_bytes = outside(0, region.offset)
+                .and_then(|a| Ok(a + outside(region.offset + region.len, whole.size)?))
+                .map_err(io_err("read", &path))?;
             files.insert(snapshot::MEMORY_FILE.to_owned(), whole);
             let memory = Memory::Mapped {
                 offset: region.offset,
@@ -388,6 +397,11 @@ async fn take_into(
             (Memory::Raw, state_bytes)
         }
     };
+    for f in crate::firmware::SNAPSHOT_FILES {
+        if tmp.join(f).exists() {
+            files.insert((*f).to_owned(), entry(f, None)?);
+        }
+    }
     // The parent, if it is still the snapshot this VM came from (a tag can be reused).
     let parent = state.lineage.as_ref().and_then(|l| {
         Snapshot::open(home, &l.tag)

@@ -7,22 +7,12 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{host_port, Env};
-use serde_json::Value;
+use common::{host_port, names, Env};
 
 fn blake3_of(path: &Path) -> String {
     blake3::hash(&std::fs::read(path).unwrap())
         .to_hex()
         .to_string()
-}
-
-fn names(clones: &Value) -> Vec<String> {
-    clones
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 /// A file written to the disk before the snapshot is in every clone; a file written in
@@ -32,17 +22,7 @@ fn names(clones: &Value) -> Vec<String> {
 fn disk_writes_stay_in_their_clone_and_the_base_is_never_written() {
     let env = Env::new();
     let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.raw");
-    std::fs::File::create(&base)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    let st = std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
-        .arg(&base)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mkfs.ext4 (e2fsprogs) failed");
+    let base = common::ext4_image(dir.path(), "base.raw");
     let hash = blake3_of(&base);
     let disk = base.to_str().unwrap();
 

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::Env;
+use common::{names, Env};
 use serde_json::Value;
 
 /// Builds the firmware-booted image (once; the binary serialises builds with a lock).
@@ -17,15 +17,6 @@ fn build_image(env: &Env) {
         "building the firmware-booted debian image failed (run scripts/setup.sh): {}",
         build.stderr
     );
-}
-
-fn names(clones: &Value) -> Vec<String> {
-    clones
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 /// Boots `profile`, writes a file, snapshots, restores three clones and checks that each

@@ -3,35 +3,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 
-use common::{assert_clock_close, host_port, Env};
-use serde_json::Value;
-
-/// A fresh 64 MiB ext4 image.
-fn ext4_image(dir: &Path) -> PathBuf {
-    let base = dir.join("base.raw");
-    std::fs::File::create(&base)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    let st = std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
-        .arg(&base)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mkfs.ext4 (e2fsprogs) failed");
-    base
-}
-
-fn names(clones: &Value) -> Vec<String> {
-    clones
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap().to_owned())
-        .collect()
-}
+use common::{assert_clock_close, host_port, names, Env};
 
 /// Writes `word` into the guest's RAM (tmpfs) and onto its disk.
 fn write(env: &Env, vm: &str, word: &str) {
@@ -64,7 +37,7 @@ fn seen(env: &Env, vm: &str, words: &[&str]) -> (String, String) {
 /// Returns the directory of the base image, which must outlive the snapshots.
 fn chain(env: &Env, boot_args: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let base = ext4_image(dir.path());
+    let base = common::ext4_image(dir.path(), "base.raw");
     let mut args = vec!["--disk", base.to_str().unwrap()];
     args.extend_from_slice(boot_args);
     env.boot("orig", &args);

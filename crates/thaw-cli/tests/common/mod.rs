@@ -237,3 +237,32 @@ pub fn host_port(vm: &Value, guest: u16) -> u16 {
         .as_u64()
         .unwrap() as u16
 }
+
+/// The names in a list of clone reports.
+pub fn names(clones: &Value) -> Vec<String> {
+    clones
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A fresh 64 MiB ext4 image `name` in `dir`.
+pub fn ext4_image(dir: &Path, name: &str) -> PathBuf {
+    let base = dir.join(name);
+    std::fs::File::create(&base)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&base)
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "mkfs.ext4 (e2fsprogs, scripts/setup.sh) failed"
+    );
+    base
+}

@@ -3,7 +3,6 @@
 
 mod common;
 
-
 use common::{assert_clock_close, host_port, names, Env};
 
 /// Writes `word` into the guest's RAM (tmpfs) and onto its disk.

@@ -6,6 +6,14 @@
 //! time), and `runs` restores of one snapshot (request → vCPUs running, and request →
 //! agent answers). Everything runs in a private home under `$THAW_HOME/bench-<pid>`
 //! that is removed afterwards.
+//!
+//! [`compare`] measures the same guest restored by the methods people use today and
+//! by thaw; [`density`] runs many clones at once and reports the memory they cost.
+
+pub mod compare;
+pub mod density;
+mod libvirt;
+mod peer;
 
 use std::time::Duration;
 
@@ -188,11 +196,7 @@ pub async fn run(
         runs: cfg.runs,
         cold_runs: cfg.cold_runs,
         guest: cfg.guest_name.clone(),
-        ready: match (cfg.ready.port, cfg.ready.redis_ping) {
-            (Some(p), true) => format!("agent + redis PING on guest port {p}"),
-            (Some(p), false) => format!("agent + guest port {p}"),
-            _ => "agent".into(),
-        },
+        ready: ready_label(&cfg.ready),
         pool: cfg.pool,
         memory_mib: first.memory_mib,
         cold_boot_ms: first.cold_boot_ms,
@@ -368,8 +372,17 @@ async fn run_in(
     Ok(sizes)
 }
 
+/// What "ready" means for `ready`, as the reports say it.
+pub(crate) fn ready_label(ready: &ReadySpec) -> String {
+    match (ready.port, ready.redis_ping) {
+        (Some(p), true) => format!("agent + redis PING on guest port {p}"),
+        (Some(p), false) => format!("agent + guest port {p}"),
+        _ => "agent".into(),
+    }
+}
+
 /// Waits until every configured pool is full; fails if preparing clones keeps failing.
-async fn wait_pool_full(pool: &std::sync::Arc<Pool>) -> Result<(), BenchError> {
+pub(crate) async fn wait_pool_full(pool: &std::sync::Arc<Pool>) -> Result<(), BenchError> {
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
     loop {
         let status = pool.status();
@@ -387,11 +400,11 @@ async fn wait_pool_full(pool: &std::sync::Arc<Pool>) -> Result<(), BenchError> {
     }
 }
 
-fn round2(x: f64) -> f64 {
+pub(crate) fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-fn machine(qemu: &Qemu, accel: Accel) -> Machine {
+pub(crate) fn machine(qemu: &Qemu, accel: Accel) -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
         .lines()

@@ -69,6 +69,24 @@ pub enum Orphans {
 pub struct PoolConfig {
     pub size: u32,
     pub mode: PoolMode,
+    /// Running pools only: before a clone counts as ready, connect once to each of its
+    /// forwarded ports and send a `PING` line (Redis answers it; other services see
+    /// one short request), so the guest's network and service code paths have run
+    /// once in this QEMU (under TCG, the first run of a code path is translated first:
+    /// tens of ms).
+    #[serde(default)]
+    pub warm_ports: bool,
+}
+
+impl PoolConfig {
+    /// A pool of `size` in `mode`, without port warm-up.
+    pub fn new(size: u32, mode: PoolMode) -> PoolConfig {
+        PoolConfig {
+            size,
+            mode,
+            warm_ports: false,
+        }
+    }
 }
 
 /// The largest pool per snapshot.
@@ -79,6 +97,9 @@ pub struct PoolStatus {
     pub tag: SnapshotTag,
     pub size: u32,
     pub mode: PoolMode,
+    /// Whether the forwarded ports of pooled clones are warmed up.
+    #[serde(default)]
+    pub warm_ports: bool,
     /// Clones ready to be taken.
     pub ready: u32,
     /// Clones being prepared.
@@ -170,7 +191,7 @@ impl Pool {
                 generation: 0,
                 last_error: None,
             });
-            if slot.config.mode != config.mode {
+            if slot.config.mode != config.mode || slot.config.warm_ports != config.warm_ports {
                 doomed.extend(slot.ready.drain(..));
             }
             slot.config = config;
@@ -195,6 +216,7 @@ impl Pool {
                 tag: tag.clone(),
                 size: s.config.size,
                 mode: s.config.mode,
+                warm_ports: s.config.warm_ports,
                 ready: s.ready.len() as u32,
                 filling: s.filling,
                 last_error: s.last_error.clone(),
@@ -316,7 +338,7 @@ impl Pool {
             let this = self.clone();
             let tag = tag.clone();
             tokio::spawn(async move {
-                let result = this.prepare(&tag, config.mode).await;
+                let result = this.prepare(&tag, config).await;
                 let mut retry = false;
                 let leftover = {
                     let mut slots = this.slots.lock().expect("pool lock");
@@ -362,7 +384,7 @@ impl Pool {
         }
     }
 
-    async fn prepare(&self, tag: &SnapshotTag, mode: PoolMode) -> Result<Prepared, CloneError> {
+    async fn prepare(&self, tag: &SnapshotTag, config: PoolConfig) -> Result<Prepared, CloneError> {
         let id: VmName = format!("pool-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
             .parse()
             .expect("a valid name");
@@ -390,8 +412,12 @@ impl Pool {
             if let Some(o) = &self.observer {
                 o.created(&id, tag, p.pid(), &paths.dir);
             }
-            if mode == PoolMode::Running {
-                if let Err(e) = p.warm_up(PREPARE_TIMEOUT).await {
+            if config.mode == PoolMode::Running {
+                let mut warmed = p.warm_up(PREPARE_TIMEOUT).await;
+                if warmed.is_ok() && config.warm_ports {
+                    warmed = warm_ports(&p.state.ports, PREPARE_TIMEOUT).await;
+                }
+                if let Err(e) = warmed {
                     p.discard().await;
                     self.removed(&id);
                     return Err(e);
@@ -409,6 +435,45 @@ impl Pool {
         }
         result
     }
+}
+
+/// Connects once to each forwarded port of a running clone, sends `PING\r\n` and waits
+/// for an answer (or the guest closing the connection): see [`PoolConfig::warm_ports`].
+/// Retried until `timeout`, since a guest service may still be starting.
+async fn warm_ports(
+    ports: &[crate::spec::PortForward],
+    timeout: Duration,
+) -> Result<(), CloneError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Instant::now() + timeout;
+    for f in ports {
+        loop {
+            let answered = async {
+                let mut s = tokio::net::TcpStream::connect(("127.0.0.1", f.host))
+                    .await
+                    .ok()?;
+                s.write_all(b"PING\r\n").await.ok()?;
+                let mut buf = [0u8; 64];
+                // slirp accepts the host side at once; an answer means the guest did.
+                match s.read(&mut buf).await {
+                    Ok(n) if n > 0 => Some(()),
+                    _ => None,
+                }
+            };
+            match tokio::time::timeout(Duration::from_secs(1), answered).await {
+                Ok(Some(())) => break,
+                _ if Instant::now() >= deadline => {
+                    return Err(CloneError::Ready(crate::ready::ReadyError::Port {
+                        guest: f.guest,
+                        host: f.host,
+                        timeout,
+                    }))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes what a previous owner of the pool left behind (after a crash): kills any

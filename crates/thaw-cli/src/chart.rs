@@ -111,7 +111,7 @@ where
         .map(|m| m.ready_ms.min)
         .fold(f64::INFINITY, f64::min)
         .max(0.01);
-    let (lo, hi) = (decade_below(min), max * 3.0);
+    let (lo, hi) = (decade_below(min), max * 8.0);
     let n = methods.len();
     let (title, sub) = root.split_vertically(60);
     title
@@ -140,9 +140,11 @@ where
         .disable_y_mesh()
         .y_labels(n)
         .y_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
-                labels.get(n - 1 - *i).cloned().unwrap_or_default()
-            }
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => n
+                .checked_sub(1 + *i)
+                .and_then(|j| labels.get(j))
+                .cloned()
+                .unwrap_or_default(),
             SegmentValue::Last => String::new(),
         })
         .x_label_formatter(&|v| fmt_ms(*v))
@@ -207,7 +209,8 @@ where
             let Some(running) = m.running_ms.filter(|_| m.error.is_none()) else {
                 continue;
             };
-            let point = (f64::from(size.memory_mib), running.median.max(0.01));
+            // x is log2 of the RAM size, so every size measured gets a tick.
+            let point = (f64::from(size.memory_mib).log2(), running.median.max(0.01));
             match series.iter_mut().find(|(id, _, _)| *id == m.method) {
                 Some((_, _, pts)) => pts.push(point),
                 None => series.push((m.method.clone(), m.label.clone(), vec![point])),
@@ -227,7 +230,7 @@ where
         }
     }
     if xmax <= xmin {
-        xmax = xmin * 2.0;
+        xmax = xmin + 1.0;
     }
     let (title, sub) = root.split_vertically(60);
     title
@@ -253,15 +256,22 @@ where
         .x_label_area_size(45)
         .y_label_area_size(70)
         .build_cartesian_2d(
-            (xmin / 1.3..xmax * 1.3).log_scale(),
-            (decade_below(ymin)..ymax * 3.0).log_scale(),
+            xmin - 0.4..xmax + 0.4,
+            (decade_below(ymin)..ymax * 200.0).log_scale(),
         )
         .map_err(err)?;
     chart
         .configure_mesh()
         .x_desc("guest RAM, MiB")
         .y_desc("ms")
-        .x_label_formatter(&|v| format!("{v:.0}"))
+        .x_labels(((xmax - xmin) as usize + 1) * 2 + 2)
+        .x_label_formatter(&|v| {
+            if (v - v.round()).abs() < 1e-6 && *v >= 0.0 {
+                format!("{:.0}", 2f64.powf(v.round()))
+            } else {
+                String::new()
+            }
+        })
         .y_label_formatter(&|v| fmt_ms(*v))
         .label_style(("sans-serif", 15))
         .draw()
@@ -279,7 +289,7 @@ where
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))

@@ -283,10 +283,19 @@ struct BenchArgs {
     /// paused and a running pool (library and daemon).
     #[arg(long, conflicts_with_all = ["pool", "density"])]
     compare: bool,
+    /// With --compare: only these methods (comma-separated): cold-boot, savevm,
+    /// exec-gzip, exec-zstd, libvirt, thaw, thaw-pool-paused, thaw-pool-running,
+    /// thawd-pool-running.
+    #[arg(long, value_delimiter = ',', requires = "compare")]
+    methods: Vec<String>,
     /// With --compare: also draw the charts, restore → ready per method into FILE
     /// (.svg or .png) and restore → running against RAM size into FILE-ram.EXT.
-    #[arg(long, value_name = "FILE", requires = "compare")]
+    #[arg(long, value_name = "FILE")]
     chart: Option<PathBuf>,
+    /// Draw --chart from this saved `bench --compare --json` report instead of
+    /// measuring.
+    #[arg(long, value_name = "REPORT.json", requires = "chart")]
+    chart_from: Option<PathBuf>,
     /// Start N clones of one snapshot at once (no pool), check every agent answers and
     /// report the host memory they use.
     #[arg(long, value_name = "N", conflicts_with = "pool")]
@@ -613,6 +622,26 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 String::new()
             })?;
         }
+        Command::Bench(args)
+            if args.chart_from.is_some() || args.chart.is_some() && !args.compare =>
+        {
+            let (Some(from), Some(path)) = (&args.chart_from, &args.chart) else {
+                anyhow::bail!("--chart needs --compare (or --chart-from REPORT.json)");
+            };
+            let text = std::fs::read_to_string(from)
+                .with_context(|| format!("could not read {}", from.display()))?;
+            let report: thaw::bench::compare::CompareReport = serde_json::from_str(&text)
+                .with_context(|| {
+                    format!("{} is not a bench --compare --json report", from.display())
+                })?;
+            let written = chart::draw(&report, path)?;
+            emit(json, &written, |w| {
+                w.iter()
+                    .map(|p| format!("wrote {}", p.display()))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })?;
+        }
         Command::Bench(args) if args.compare => {
             let qemu = Qemu::find(&thaw::guest::cache_dir())?;
             let (cfg, _) = bench_config(&args, json)?;
@@ -627,6 +656,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 accel: cfg.accel,
                 pool_size: 1,
                 warm_ports: args.warm_ports,
+                only: args.methods.clone(),
             };
             let daemon = thaw_daemon::bench::DaemonRestores {
                 warm_ports: args.warm_ports,
@@ -635,12 +665,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let report =
                 thaw::bench::compare::run(&home, &qemu, &ccfg, &external, &mut progress(json))
                     .await?;
+            // The report first: a chart that cannot be drawn must not lose the figures.
+            emit(json, &report, thaw::bench::compare::CompareReport::table)?;
             if let Some(path) = &args.chart {
                 for written in chart::draw(&report, path)? {
                     progress(json)(&format!("wrote {}", written.display()));
                 }
             }
-            emit(json, &report, thaw::bench::compare::CompareReport::table)?;
         }
         Command::Bench(args) if args.density.is_some() => {
             let qemu = Qemu::find(&thaw::guest::cache_dir())?;

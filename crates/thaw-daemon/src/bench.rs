@@ -177,15 +177,17 @@ impl DaemonRestores {
             let restore_ms = clone["restore_ms"].as_f64().unwrap_or(f64::NAN);
             let ready_ms = clone["ready_ms"].as_f64().unwrap_or(f64::NAN);
             from_pool += u32::from(clone["breakdown"]["source"] == "pool");
-            // The daemon's clock starts when the handler runs; what comes after
-            // "ready" (recording the VM, the answer) is counted as before it too, so
-            // the "running" figure is an upper bound.
-            let running = t.total_ms - (ready_ms - restore_ms);
+            let server = |n: &str| t.server.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
+            // Request sent → vCPUs running, on the client's clock: the whole exchange
+            // less what the daemon did after the clone ran (the agent's answer, and
+            // recording the VM). Writing and reading the answer still count, so this
+            // is an upper bound.
+            let after_running = server("restore").map_or(ready_ms, |r| r - restore_ms)
+                + server("record").unwrap_or(0.0);
             samples.push(Sample {
-                running_ms: Some(running),
+                running_ms: Some(t.total_ms - after_running),
                 ready_ms: t.total_ms,
             });
-            let server = |n: &str| t.server.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
             let handler: f64 = t.server.iter().map(|(_, v)| v).sum();
             for (k, v) in parts.iter_mut() {
                 let x = match *k {

@@ -17,7 +17,7 @@ mod peer;
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::accel::Accel;
 use crate::boot::{self, BootRequest};
@@ -52,12 +52,20 @@ pub struct BenchConfig {
     pub pool: Option<PoolConfig>,
 }
 
-/// Minimum, median and maximum of a sample, in milliseconds.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+/// Minimum, median and maximum of a sample, in milliseconds. An empty sample has
+/// NaN everywhere, written as JSON null (and read back from it).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct Stats {
+    #[serde(deserialize_with = "nan_if_null")]
     pub min: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub median: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub max: f64,
+}
+
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 impl Stats {
@@ -102,7 +110,7 @@ pub struct SizeReport {
     pub resets_from_pool: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     pub cpu: String,
     pub cores: usize,

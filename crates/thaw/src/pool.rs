@@ -141,6 +141,9 @@ pub struct Pool {
     closed: AtomicBool,
 }
 
+/// How long after a clone is taken its replacement starts being prepared.
+const REFILL_DELAY: Duration = Duration::from_millis(20);
+
 /// How long a pooled clone may take to be prepared.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -260,9 +263,15 @@ impl Pool {
         prepared.breakdown.state_load_ms = 0.0;
         prepared.breakdown.take_ms = (t_take.elapsed().as_secs_f64() * 1e6).round() / 1e3;
         let report = prepared.finish(opts, t0).await;
-        // Refill once this clone is handed over: starting a QEMU competes for the CPU
-        // with the clone being resumed.
-        self.refill(tag);
+        // Refill once this clone is handed over, and a little later: starting a QEMU
+        // (fork, exec, its start-up) competes for the CPU with the clone being resumed
+        // and with the caller's answer (the daemon records the VM and replies).
+        let this = self.clone();
+        let tag = tag.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(REFILL_DELAY).await;
+            this.refill(&tag);
+        });
         Some(report)
     }
 

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{machine, round2, wait_pool_full, Machine, Stats};
 use crate::accel::Accel;
@@ -54,6 +54,27 @@ pub struct CompareConfig {
     pub pool_size: u32,
     /// Warm up the forwarded ports of running pools' clones.
     pub warm_ports: bool,
+    /// Only these methods (ids, see [`METHODS`]); empty: all of them.
+    pub only: Vec<String>,
+}
+
+/// Every method's id, in the table's order.
+pub const METHODS: &[&str] = &[
+    "cold-boot",
+    "savevm",
+    "exec-gzip",
+    "exec-zstd",
+    "libvirt",
+    "thaw",
+    "thaw-pool-paused",
+    "thaw-pool-running",
+    "thawd-pool-running",
+];
+
+impl CompareConfig {
+    fn wants(&self, id: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == id)
+    }
 }
 
 /// One restore: request → vCPUs running (when the method shows it), → ready.
@@ -64,7 +85,7 @@ pub struct Sample {
 }
 
 /// One method's figures at one RAM size.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MethodReport {
     /// Stable id: cold-boot, savevm, exec-gzip, exec-zstd, libvirt, thaw, thaw-pool-paused,
     /// thaw-pool-running, thawd-pool-running.
@@ -155,13 +176,13 @@ pub fn one_line(e: &dyn std::error::Error) -> String {
     s
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SizeComparison {
     pub memory_mib: u32,
     pub methods: Vec<MethodReport>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompareReport {
     pub machine: Machine,
     /// /proc/loadavg (1, 5, 15 min) when the run started and when it ended: the machine
@@ -221,6 +242,8 @@ pub enum CompareError {
     Disk(#[from] crate::disk::DiskError),
     #[error("{0}")]
     External(String),
+    #[error("unknown method {0:?} (see thaw bench --help)")]
+    UnknownMethod(String),
 }
 
 impl CompareError {
@@ -294,16 +317,27 @@ pub async fn run(
     if cfg.runs == 0 || cfg.cold_runs == 0 || cfg.memory_mib.is_empty() {
         return Err(CompareError::Runs);
     }
-    check_tools()?;
+    if let Some(bad) = cfg.only.iter().find(|o| !METHODS.contains(&o.as_str())) {
+        return Err(CompareError::UnknownMethod(bad.clone()));
+    }
+    if cfg.wants("savevm")
+        || cfg.wants("exec-gzip")
+        || cfg.wants("exec-zstd")
+        || cfg.wants("libvirt")
+    {
+        check_tools()?;
+    }
     let started = Instant::now();
     let load_before = loadavg();
     let bench_home = Home::new(home.root().join(format!("bench-{}", std::process::id())));
     bench_home
         .ensure()
         .map_err(|e| CompareError::io("create", bench_home.root(), e))?;
-    let daemons = libvirt::ensure_daemon(progress).await;
     let result = async {
-        let daemons = daemons?;
+        let daemons = match cfg.wants("libvirt") {
+            true => Some(libvirt::ensure_daemon(progress).await?),
+            false => None,
+        };
         let mut sizes = Vec::new();
         for (i, &mem) in cfg.memory_mib.iter().enumerate() {
             sizes.push(run_size(&bench_home, qemu, cfg, mem, i == 0, external, progress).await?);
@@ -361,33 +395,33 @@ async fn run_size(
         net.guest_ports = cfg.forwards.iter().map(|f| f.guest).collect();
     }
     let mut methods = Vec::new();
-    methods.extend(thaw_methods(home, qemu, cfg, &spec, external, progress).await?);
-    if headline {
+    if METHODS[5..].iter().any(|m| cfg.wants(m)) {
+        methods.extend(thaw_methods(home, qemu, cfg, &spec, external, progress).await?);
+    }
+    if headline && cfg.wants("cold-boot") {
         methods.push(cold_boot(home, qemu, cfg, &spec, progress).await?);
     }
-    let dir = home.root().join(format!("peer-{mem}"));
-    let peers = peer_methods(qemu, cfg, &spec_with_ports, &dir, progress).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    methods.extend(peers);
-    let dir = home.root().join(format!("libvirt-{mem}"));
-    let lv = libvirt_method(qemu, cfg, &spec_with_ports, &dir, progress)
-        .await
-        .unwrap_or_else(|e| MethodReport::failed("libvirt", LIBVIRT, mem, &e));
-    let _ = std::fs::remove_dir_all(&dir);
-    methods.push(lv);
+    if ["savevm", "exec-gzip", "exec-zstd"]
+        .iter()
+        .any(|m| cfg.wants(m))
+    {
+        let dir = home.root().join(format!("peer-{mem}"));
+        let peers = peer_methods(qemu, cfg, &spec_with_ports, &dir, progress).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        methods.extend(peers);
+    }
+    if cfg.wants("libvirt") {
+        let dir = home.root().join(format!("libvirt-{mem}"));
+        let lv = libvirt_method(qemu, cfg, &spec_with_ports, &dir, progress)
+            .await
+            .unwrap_or_else(|e| MethodReport::failed("libvirt", LIBVIRT, mem, &e));
+        let _ = std::fs::remove_dir_all(&dir);
+        methods.push(lv);
+    }
+    methods.retain(|m| cfg.wants(&m.method));
     ratios(&mut methods);
     // The order of the table: the peers, then thaw from slowest to fastest.
-    let order = [
-        "cold-boot",
-        "savevm",
-        "exec-gzip",
-        "exec-zstd",
-        "libvirt",
-        "thaw",
-        "thaw-pool-paused",
-        "thaw-pool-running",
-        "thawd-pool-running",
-    ];
+    let order = METHODS;
     methods.sort_by_key(|m| {
         order
             .iter()
@@ -453,7 +487,8 @@ async fn thaw_methods(
     .await?;
     let mut saves = Vec::new();
     let mut save_bytes = 0;
-    for i in 0..cfg.runs {
+    let snapshots = if cfg.wants("thaw") { cfg.runs } else { 1 };
+    for i in 0..snapshots {
         progress(&format!("{mem} MiB: thaw: snapshot {}/{}", i + 1, cfg.runs));
         let t = Instant::now();
         let r = take::take(
@@ -486,7 +521,7 @@ async fn thaw_methods(
     };
     let mut out = Vec::new();
     let mut samples = Vec::new();
-    for i in 0..cfg.runs {
+    for i in 0..cfg.runs * u32::from(cfg.wants("thaw")) {
         progress(&format!("{mem} MiB: thaw: restore {}/{}", i + 1, cfg.runs));
         let name: VmName = format!("m{mem}-clone-{i}").parse().expect("valid name");
         let r = restore::restore(home, qemu, &restore_req(name)).await?;
@@ -512,11 +547,14 @@ async fn thaw_methods(
             mode,
             warm_ports: cfg.warm_ports,
         };
-        pool.configure(&tag0, pc)?;
         let (id, label) = match mode {
             PoolMode::Paused => ("thaw-pool-paused", "thaw, paused pool"),
             PoolMode::Running => ("thaw-pool-running", "thaw, running pool"),
         };
+        if !cfg.wants(id) {
+            continue;
+        }
+        pool.configure(&tag0, pc)?;
         let mut samples = Vec::new();
         let mut from_pool = 0;
         let result = async {
@@ -545,7 +583,7 @@ async fn thaw_methods(
         m.detail = Some(serde_json::json!({ "from_pool": from_pool, "pool_size": cfg.pool_size }));
         out.push(m);
     }
-    for ext in external {
+    for ext in external.iter().filter(|_| cfg.wants("thawd-pool-running")) {
         match ext.run(home, &tag0, mem, cfg.runs, progress).await {
             Ok(m) => out.push(m),
             Err(e) => {

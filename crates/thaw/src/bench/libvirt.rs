@@ -116,7 +116,14 @@ fn running(name: &str) -> bool {
                 .bytes()
                 .all(|b| b.is_ascii_digit())
         })
-        .any(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .any(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // "pid (comm) S ...": a zombie is not running.
+            let alive = stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with(['Z', 'X']));
+            alive && std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == name)
+        })
 }
 
 /// A transient domain; destroyed (if it runs) when dropped.

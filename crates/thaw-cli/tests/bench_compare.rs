@@ -38,14 +38,19 @@ fn stats(m: &Value, key: &str) -> (f64, f64, f64) {
     (min, median, max)
 }
 
+/// Live (not zombie) libvirtd and virtlogd processes.
 fn libvirt_processes() -> usize {
-    ["libvirtd", "virtlogd"]
-        .iter()
-        .filter(|name| {
-            std::process::Command::new("pgrep")
-                .args(["-x", name])
-                .output()
-                .is_ok_and(|o| o.status.success())
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let Some((comm, state)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
+            else {
+                return false;
+            };
+            ["libvirtd", "virtlogd"].contains(&comm) && !state.starts_with(['Z', 'X'])
         })
         .count()
 }

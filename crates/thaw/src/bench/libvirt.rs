@@ -30,14 +30,15 @@ pub const MISSING: &str =
 
 /// libvirt daemons the benchmark started (ended when dropped), or none if they ran.
 pub struct Daemons {
-    started: Vec<(&'static str, u32)>,
+    started: Vec<std::process::Child>,
 }
 
 impl Drop for Daemons {
     fn drop(&mut self) {
-        for (_, pid) in self.started.iter().rev() {
-            crate::vm::kill(*pid);
-            crate::vm::reap(*pid);
+        // libvirtd first, then virtlogd.
+        for child in self.started.iter_mut().rev() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
@@ -88,7 +89,7 @@ pub async fn ensure_daemon(progress: &mut dyn FnMut(&str)) -> Result<Daemons, Co
                     std::io::ErrorKind::NotFound => CompareError::Libvirt(MISSING.into()),
                     _ => CompareError::io("start", Path::new(daemon), e),
                 })?;
-            daemons.started.push((daemon, child.id()));
+            daemons.started.push(child);
         }
     }
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -634,13 +634,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .with_context(|| {
                     format!("{} is not a bench --compare --json report", from.display())
                 })?;
-            let written = chart::draw(&report, path)?;
-            emit(json, &written, |w| {
-                w.iter()
-                    .map(|p| format!("wrote {}", p.display()))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })?;
+            for written in chart::draw(&report, path)? {
+                progress(json)(&format!("wrote {}", written.display()));
+            }
+            // The saved report's table, as the run printed it.
+            emit(json, &report, thaw::bench::compare::CompareReport::table)?;
         }
         Command::Bench(args) if args.compare => {
             let qemu = Qemu::find(&thaw::guest::cache_dir())?;

@@ -155,7 +155,7 @@ impl DaemonRestores {
         }
         let mut samples = Vec::new();
         let mut parts: Vec<(&'static str, Vec<f64>)> = [
-            "connect", "http", "admit", "restore", "record", "take", "agent",
+            "connect", "http", "admit", "restore", "record", "check", "take", "agent",
         ]
         .into_iter()
         .map(|n| (n, Vec::new()))
@@ -194,6 +194,10 @@ impl DaemonRestores {
                     "connect" => Some(t.connect_ms),
                     "http" => Some(t.total_ms - t.connect_ms - handler),
                     "take" => clone["breakdown"]["take_ms"].as_f64(),
+                    // Before the take: the snapshot opened and checked, the name claimed.
+                    "check" => clone["breakdown"]["take_ms"]
+                        .as_f64()
+                        .map(|take| restore_ms - take),
                     "agent" => clone["breakdown"]["agent_ms"].as_f64(),
                     other => server(other),
                 };
@@ -224,7 +228,8 @@ impl DaemonRestores {
             "breakdown": breakdown,
             "note": "connect: client connect; http: the exchange outside the handler \
                      (parse, route, serialize, write, read); admit: the VM limit (SQLite); \
-                     restore: the library's restore (take: taking and renaming the pooled \
+                     restore: the library's restore (check: opening and checking the \
+                     snapshot, claiming the name; take: taking and renaming the pooled \
                      clone; agent: the guest agent's answer and clock check); record: \
                      recording the VM (SQLite)",
         }));

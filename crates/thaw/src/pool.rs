@@ -496,3 +496,45 @@ pub fn remove_leftovers(home: &Home) {
         let _ = std::fs::remove_dir_all(entry.path());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_config_without_warm_ports_reads_as_off() {
+        let c: PoolConfig = serde_json::from_str(r#"{"size": 2, "mode": "running"}"#).unwrap();
+        assert_eq!(c, PoolConfig::new(2, PoolMode::Running));
+        let on = PoolConfig {
+            warm_ports: true,
+            ..c
+        };
+        let j = serde_json::to_string(&on).unwrap();
+        assert_eq!(serde_json::from_str::<PoolConfig>(&j).unwrap(), on);
+    }
+
+    /// A fake service on a port: the warm-up sends its PING line and takes any answer.
+    #[tokio::test]
+    async fn warm_ports_sends_one_line_and_waits_for_an_answer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut b = [0u8; 6];
+            s.read_exact(&mut b).await.unwrap();
+            assert_eq!(&b, b"PING\r\n");
+            s.write_all(b"+PONG\r\n").await.unwrap();
+        });
+        let ports = [crate::spec::PortForward { host, guest: 6379 }];
+        warm_ports(&ports, Duration::from_secs(5)).await.unwrap();
+        server.await.unwrap();
+        let closed = [crate::spec::PortForward {
+            host: crate::ready::free_port().unwrap(),
+            guest: 80,
+        }];
+        assert!(warm_ports(&closed, Duration::from_millis(100))
+            .await
+            .is_err());
+    }
+}

@@ -158,8 +158,16 @@ impl MachineSpec {
             .push(format!("{},memory-backend=ram0", self.machine));
         a.push("-accel").push(match self.accel {
             Accel::Kvm => "kvm".to_owned(),
-            Accel::Tcg if self.cpus > 1 => "tcg,thread=multi".to_owned(),
-            Accel::Tcg => "tcg".to_owned(),
+            Accel::Tcg => {
+                let mut tcg = "tcg".to_owned();
+                if self.cpus > 1 {
+                    tcg.push_str(",thread=multi");
+                }
+                if let Some(mib) = tcg_tb_size_mib() {
+                    tcg.push_str(&format!(",tb-size={mib}"));
+                }
+                tcg
+            }
         });
         if self.accel == Accel::Kvm {
             a.push("-cpu").push("host");
@@ -242,6 +250,21 @@ impl MachineSpec {
         }
         a.0
     }
+}
+
+/// The TCG translation buffer thaw gives each QEMU, in MiB. QEMU's default is 1 GiB
+/// (madvised for huge pages, so it fills in 2 MiB steps); a clone's guest code fits in
+/// far less, and with many clones running the buffers are most of what each QEMU costs
+/// (see `thaw bench --density`). `THAW_TCG_TB_SIZE` overrides it (0: QEMU's default).
+/// It changes nothing the guest sees, so snapshots and clones may differ in it.
+pub const TCG_TB_SIZE_MIB: u32 = 32;
+
+fn tcg_tb_size_mib() -> Option<u32> {
+    let mib = std::env::var("THAW_TCG_TB_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(TCG_TB_SIZE_MIB);
+    (mib > 0).then_some(mib)
 }
 
 /// Per-process facts that are not part of the spec: where this VM's files live.
@@ -342,7 +365,9 @@ mod tests {
             argv.contains("memory-backend-file,id=ram0,size=256M,share=on,mem-path=/h/vms/web/ram")
         );
         assert!(argv.contains("-machine pc,memory-backend=ram0"));
-        assert!(argv.contains("-accel tcg,thread=multi"));
+        assert!(argv.contains(&format!(
+            "-accel tcg,thread=multi,tb-size={TCG_TB_SIZE_MIB}"
+        )));
         assert!(argv.contains("-smp 2"));
         assert!(!argv.contains("-incoming"));
         assert!(

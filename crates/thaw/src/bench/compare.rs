@@ -869,6 +869,26 @@ impl CompareReport {
         s.push_str(
             "\n÷ thaw, ÷ pool: median restore → ready over thaw's without a pool, and over thaw's from a running pool.\n",
         );
+        for me in &self.methods {
+            let Some(b) = me.detail.as_ref().and_then(|d| d.get("breakdown")) else {
+                continue;
+            };
+            let parts: Vec<String> = b
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| {
+                    let median = v["median"].as_f64()?;
+                    Some(format!("{} {median:.2}", k.trim_end_matches("_ms")))
+                })
+                .collect();
+            s.push_str(&format!(
+                "{} at {} MiB, where the time goes (medians, ms): {}\n",
+                me.label,
+                me.memory_mib,
+                parts.join(", ")
+            ));
+        }
         if !self.failed.is_empty() {
             s.push_str(&format!("\nnot measured: {}\n", self.failed.join("; ")));
         }

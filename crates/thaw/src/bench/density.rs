@@ -48,6 +48,9 @@ pub struct DensityReport {
     pub pss_mib: Stats,
     pub pss_total_mib: f64,
     pub rss_mib: Stats,
+    /// Anonymous memory per clone (what it alone costs: its copies of guest pages it
+    /// wrote, QEMU's heap, the translation buffer), in MiB.
+    pub anon_mib: Stats,
     /// Restore → ready of each clone, started `batch` at a time.
     pub ready_ms: Stats,
     pub batch: u32,
@@ -93,8 +96,8 @@ fn meminfo_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// (PSS, RSS) of a process in KiB.
-fn pss_rss_kib(pid: u32) -> (u64, u64) {
+/// (PSS, RSS, anonymous) of a process in KiB.
+fn pss_rss_kib(pid: u32) -> (u64, u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
     let field = |name: &str| {
         text.lines()
@@ -103,7 +106,7 @@ fn pss_rss_kib(pid: u32) -> (u64, u64) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    (field("Pss:"), field("Rss:"))
+    (field("Pss:"), field("Rss:"), field("Anonymous:"))
 }
 
 pub async fn run(
@@ -201,7 +204,7 @@ async fn run_in(
     progress("checking that every clone's agent answers");
     let names: Vec<VmName> = crate::vm::list_names(home);
     let mut answered = 0;
-    let (mut pss, mut rss) = (Vec::new(), Vec::new());
+    let (mut pss, mut rss, mut anon) = (Vec::new(), Vec::new(), Vec::new());
     let mut tb_size_mib = None;
     for name in &names {
         let Ok(state) = VmState::load(home, name) else {
@@ -218,9 +221,10 @@ async fn run_in(
         {
             answered += 1;
         }
-        let (p, r) = pss_rss_kib(state.pid);
+        let (p, r, an) = pss_rss_kib(state.pid);
         pss.push(p as f64 / 1024.0);
         rss.push(r as f64 / 1024.0);
+        anon.push(an as f64 / 1024.0);
         if tb_size_mib.is_none() {
             tb_size_mib = tb_size_of(state.pid);
         }
@@ -241,6 +245,7 @@ async fn run_in(
         pss_mib: round_stats(Stats::of(&pss)),
         pss_total_mib: round2(pss.iter().sum()),
         rss_mib: round_stats(Stats::of(&rss)),
+        anon_mib: round_stats(Stats::of(&anon)),
         ready_ms: Stats::of(&ready),
         batch,
         tb_size_mib,
@@ -276,12 +281,14 @@ impl DensityReport {
              host memory used (MemAvailable before - after): {used:.0} MiB, {per:.1} MiB per clone\n\
              PSS per clone, MiB (min / median / max): {:.1} / {:.1} / {:.1}; sum {pss:.0} MiB\n\
              RSS per clone, MiB (min / median / max): {:.1} / {:.1} / {:.1}\n\
+             anonymous memory per clone, MiB (min / median / max): {:.1} / {:.1} / {:.1}\n\
              restore → ready, ms ({batch} at a time; min / median / max): {:.0} / {:.0} / {:.0}\n\
              took {secs:.0} s\n",
             self.load_before[0], self.load_before[1], self.load_before[2],
             self.load_after[0], self.load_after[1], self.load_after[2],
             self.pss_mib.min, self.pss_mib.median, self.pss_mib.max,
             self.rss_mib.min, self.rss_mib.median, self.rss_mib.max,
+            self.anon_mib.min, self.anon_mib.median, self.anon_mib.max,
             self.ready_ms.min, self.ready_ms.median, self.ready_ms.max,
             clones = self.clones,
             guest = self.guest,

@@ -229,6 +229,12 @@ impl Pool {
         v
     }
 
+    /// How many clones of `tag` are ready to be taken.
+    pub fn ready_count(&self, tag: &SnapshotTag) -> u32 {
+        let slots = self.slots.lock().expect("pool lock");
+        slots.get(tag).map_or(0, |s| s.ready.len() as u32)
+    }
+
     /// Takes a prepared clone of `tag`, names it `name` (whose directory the caller
     /// has claimed, empty) and finishes it. `None` when the pool has none ready.
     pub async fn take(

@@ -50,8 +50,15 @@ command -v mkfs.vfat >/dev/null || missing+=(dosfstools)
 [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || missing+=(ovmf)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+# thaw bench --compare: the peer methods (zstd, gzip, libvirt) and the charts' font.
+command -v zstd >/dev/null || missing+=(zstd)
+command -v gzip >/dev/null || missing+=(gzip)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
+libvirt_missing=()
+command -v virsh >/dev/null || libvirt_missing+=(libvirt-clients)
+[ -x /usr/sbin/libvirtd ] || libvirt_missing+=(libvirt-daemon-system)
 
-if [ ${#missing[@]} -gt 0 ] || [ "${need_update:-0}" = 1 ]; then
+if [ ${#missing[@]} -gt 0 ] || [ ${#libvirt_missing[@]} -gt 0 ] || [ "${need_update:-0}" = 1 ]; then
   log "apt-get update"
   apt-get update -qq
 fi
@@ -59,6 +66,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   log "installing: ${missing[*]}"
   # QEMU from backports (10.x); the rest from bookworm.
   apt-get install -y -qq -t bookworm-backports "${missing[@]}" >/dev/null
+fi
+if [ ${#libvirt_missing[@]} -gt 0 ]; then
+  # libvirt from bookworm itself (9.0, what thaw's benchmark is tested with), after
+  # QEMU 10 so that its QEMU driver uses that one. thaw bench --compare starts libvirtd
+  # itself when none runs (no systemd needed).
+  log "installing: ${libvirt_missing[*]}"
+  apt-get install -y -qq "${libvirt_missing[@]}" >/dev/null
 fi
 if ! qemu-system-x86_64 --version | grep -qE 'version (9|[1-9][0-9])\.'; then
   log "upgrading QEMU to the bookworm-backports version"

@@ -14,6 +14,7 @@ use thaw::restore::{self, RestoreRequest};
 use thaw::snapshot::{catalog, take};
 use thaw::{Accel, Home, MachineSpec, SnapshotTag, VmName};
 
+mod chart;
 mod print;
 mod progress;
 mod remote;
@@ -148,6 +149,10 @@ enum Command {
         /// paused: state loaded, vCPUs not resumed; running: resumed, agent connected.
         #[arg(long, default_value = "running")]
         mode: thaw::pool::PoolMode,
+        /// Running pools: connect once to each forwarded port of a clone (and send a
+        /// PING line) before it counts as ready.
+        #[arg(long)]
+        warm_ports: bool,
     },
     /// List warm pools (needs a running daemon).
     Pools,
@@ -364,6 +369,33 @@ struct BenchArgs {
     /// (resumed, agent connected).
     #[arg(long, default_value = "running", requires = "pool")]
     pool_mode: thaw::pool::PoolMode,
+    /// Running pools: warm up each clone's forwarded ports before it counts as ready
+    /// (with --pool, and for the running pools of --compare).
+    #[arg(long)]
+    warm_ports: bool,
+    /// Compare thaw with the methods people use today on the same guest, in one run:
+    /// cold boot, QEMU savevm / -loadvm, migration to gzip and zstd files restored with
+    /// -incoming exec, libvirt's virsh save / restore, and thaw without a pool, from a
+    /// paused and a running pool (library and daemon).
+    #[arg(long, conflicts_with_all = ["pool", "density"])]
+    compare: bool,
+    /// With --compare: only these methods (comma-separated): cold-boot, savevm,
+    /// exec-gzip, exec-zstd, libvirt, thaw, thaw-pool-paused, thaw-pool-running,
+    /// thawd-pool-running.
+    #[arg(long, value_delimiter = ',', requires = "compare")]
+    methods: Vec<String>,
+    /// With --compare: also draw the charts, restore → ready per method into FILE
+    /// (.svg or .png) and restore → running against RAM size into FILE-ram.EXT.
+    #[arg(long, value_name = "FILE")]
+    chart: Option<PathBuf>,
+    /// Draw --chart from this saved `bench --compare --json` report instead of
+    /// measuring.
+    #[arg(long, value_name = "REPORT.json", requires = "chart")]
+    chart_from: Option<PathBuf>,
+    /// Start N clones of one snapshot at once (no pool), check every agent answers and
+    /// report the host memory they use.
+    #[arg(long, value_name = "N", conflicts_with = "pool")]
+    density: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -863,9 +895,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 std::io::stdout().write_all(&text)?;
             }
         }
-        Command::Pool { tag, size, mode } => {
+        Command::Pool {
+            tag,
+            size,
+            mode,
+            warm_ports,
+        } => {
             let d = remote.context("warm pools live in the daemon: start it with `thaw serve`")?;
-            let status = remote::set_pool(&d, &tag, thaw::pool::PoolConfig { size, mode }).await?;
+            let status = remote::set_pool(
+                &d,
+                &tag,
+                thaw::pool::PoolConfig {
+                    size,
+                    mode,
+                    warm_ports,
+                },
+            )
+            .await?;
             emit(json, &status, |s| print::pools(std::slice::from_ref(s)))?;
         }
         Command::Pools => {
@@ -887,49 +933,76 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 String::new()
             })?;
         }
+        Command::Bench(args)
+            if args.chart_from.is_some() || args.chart.is_some() && !args.compare =>
+        {
+            let (Some(from), Some(path)) = (&args.chart_from, &args.chart) else {
+                anyhow::bail!("--chart needs --compare (or --chart-from REPORT.json)");
+            };
+            let text = std::fs::read_to_string(from)
+                .with_context(|| format!("could not read {}", from.display()))?;
+            let report: thaw::bench::compare::CompareReport = serde_json::from_str(&text)
+                .with_context(|| {
+                    format!("{} is not a bench --compare --json report", from.display())
+                })?;
+            for written in chart::draw(&report, path)? {
+                progress(json)(&format!("wrote {}", written.display()));
+            }
+            // The saved report's table, as the run printed it.
+            emit(json, &report, thaw::bench::compare::CompareReport::table)?;
+        }
+        Command::Bench(args) if args.compare => {
+            let qemu = Qemu::find(&thaw::guest::cache_dir())?;
+            let (cfg, _) = bench_config(&args, json)?;
+            let ccfg = thaw::bench::compare::CompareConfig {
+                runs: cfg.runs,
+                cold_runs: cfg.cold_runs,
+                memory_mib: cfg.memory_mib,
+                spec: cfg.spec,
+                forwards: cfg.forwards,
+                ready: cfg.ready,
+                guest_name: cfg.guest_name,
+                accel: cfg.accel,
+                pool_size: 1,
+                warm_ports: args.warm_ports,
+                only: args.methods.clone(),
+            };
+            let daemon = thaw_daemon::bench::DaemonRestores {
+                warm_ports: args.warm_ports,
+            };
+            let external: [&dyn thaw::bench::compare::ExternalMethod; 1] = [&daemon];
+            let report =
+                thaw::bench::compare::run(&home, &qemu, &ccfg, &external, &mut progress(json))
+                    .await?;
+            // The report first: a chart that cannot be drawn must not lose the figures.
+            emit(json, &report, thaw::bench::compare::CompareReport::table)?;
+            if let Some(path) = &args.chart {
+                for written in chart::draw(&report, path)? {
+                    progress(json)(&format!("wrote {}", written.display()));
+                }
+            }
+        }
+        Command::Bench(args) if args.density.is_some() => {
+            let qemu = Qemu::find(&thaw::guest::cache_dir())?;
+            let (cfg, _) = bench_config(&args, json)?;
+            let dcfg = thaw::bench::density::DensityConfig {
+                clones: args.density.unwrap_or(0),
+                spec: MachineSpec {
+                    memory_mib: cfg.memory_mib[0],
+                    ..cfg.spec
+                },
+                forwards: cfg.forwards,
+                ready: cfg.ready,
+                guest_name: cfg.guest_name,
+                accel: cfg.accel,
+            };
+            let report =
+                thaw::bench::density::run(&home, &qemu, &dcfg, &mut progress(json)).await?;
+            emit(json, &report, thaw::bench::density::DensityReport::table)?;
+        }
         Command::Bench(args) => {
             let qemu = Qemu::find(&thaw::guest::cache_dir())?;
-            let g = profile_guest(args.profile, json)?;
-            let debian = args.profile.has_redis();
-            let memory = if args.memory.is_empty() {
-                vec![args.profile.memory_mib()]
-            } else {
-                args.memory
-            };
-            let redis = thaw::spec::PortForward {
-                host: 0,
-                guest: REDIS_PORT,
-            };
-            let cfg = thaw::bench::BenchConfig {
-                runs: args.runs,
-                cold_runs: args.cold_runs.unwrap_or(args.runs),
-                memory_mib: memory,
-                spec: MachineSpec {
-                    machine: "pc".into(),
-                    memory_mib: 0,
-                    cpus: 1,
-                    kernel: g.kernel,
-                    initrd: g.initrd,
-                    cmdline: g.cmdline,
-                    accel: Accel::detect(),
-                    firmware: thaw::firmware::resolve(g.firmware)?,
-                    display: g.display.then(thaw::display::DisplaySpec::default),
-                    disks: g.disks,
-                    net: Some(thaw::spec::NetSpec::default()),
-                },
-                forwards: if debian { vec![redis] } else { Vec::new() },
-                ready: thaw::ready::ReadySpec {
-                    port: debian.then_some(REDIS_PORT),
-                    redis_ping: debian,
-                    serial: None,
-                },
-                guest_name: args.profile.name().into(),
-                accel: Accel::detect(),
-                pool: args.pool.map(|size| thaw::pool::PoolConfig {
-                    size,
-                    mode: args.pool_mode,
-                }),
-            };
+            let (cfg, _) = bench_config(&args, json)?;
             let report = thaw::bench::run(&home, &qemu, &cfg, &mut progress(json)).await?;
             emit(json, &report, thaw::bench::BenchReport::table)?;
         }
@@ -971,6 +1044,54 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The benchmark's machine and readiness for `thaw bench`'s arguments (building the
+/// profile's guest if needed); also whether it is the debian profile.
+fn bench_config(args: &BenchArgs, json: bool) -> Result<(thaw::bench::BenchConfig, bool)> {
+    let g = profile_guest(args.profile, json)?;
+    let debian = args.profile.has_redis();
+    let memory = if args.memory.is_empty() {
+        vec![args.profile.memory_mib()]
+    } else {
+        args.memory.clone()
+    };
+    let redis = thaw::spec::PortForward {
+        host: 0,
+        guest: REDIS_PORT,
+    };
+    let cfg = thaw::bench::BenchConfig {
+        runs: args.runs,
+        cold_runs: args.cold_runs.unwrap_or(args.runs),
+        memory_mib: memory,
+        spec: MachineSpec {
+            machine: "pc".into(),
+            memory_mib: 0,
+            cpus: 1,
+            kernel: g.kernel,
+            initrd: g.initrd,
+            cmdline: g.cmdline,
+            accel: Accel::detect(),
+            firmware: thaw::firmware::resolve(g.firmware)?,
+            display: g.display.then(thaw::display::DisplaySpec::default),
+            disks: g.disks,
+            net: Some(thaw::spec::NetSpec::default()),
+        },
+        forwards: if debian { vec![redis] } else { Vec::new() },
+        ready: thaw::ready::ReadySpec {
+            port: debian.then_some(REDIS_PORT),
+            redis_ping: debian,
+            serial: None,
+        },
+        guest_name: args.profile.name().into(),
+        accel: Accel::detect(),
+        pool: args.pool.map(|size| thaw::pool::PoolConfig {
+            size,
+            mode: args.pool_mode,
+            warm_ports: args.warm_ports,
+        }),
+    };
+    Ok((cfg, debian))
 }
 
 /// Completes on SIGINT or SIGTERM.

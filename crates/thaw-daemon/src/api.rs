@@ -509,10 +509,7 @@ async fn remove_snapshot(
             }
             // A pool of a snapshot that is gone would only retry forever.
             if let Some(p) = d.pool.status().into_iter().find(|p| &p.tag == t) {
-                let empty = PoolConfig {
-                    size: 0,
-                    mode: p.mode,
-                };
+                let empty = PoolConfig::new(0, p.mode);
                 let _ = d.pool.configure(t, empty);
             }
             tracing::info!(tag = %t, "snapshot removed");
@@ -540,18 +537,32 @@ struct RestoreBody {
     vnc_password: Option<String>,
 }
 
+/// A `Server-Timing` header: where the handler's time went, in milliseconds.
+type Timing = [(&'static str, String); 1];
+
+fn server_timing(parts: &[(&str, std::time::Duration)]) -> Timing {
+    let v = parts
+        .iter()
+        .map(|(name, d)| format!("{name};dur={:.3}", d.as_secs_f64() * 1e3))
+        .collect::<Vec<_>>()
+        .join(", ");
+    [("server-timing", v)]
+}
+
 async fn restore(
     State(d): Shared,
     Named(tag): Named<SnapshotTag>,
     ApiJson(body): ApiJson<RestoreBody>,
-) -> Created<Vec<CloneReport>> {
+) -> Answer<(StatusCode, Timing, Json<Vec<CloneReport>>)> {
     let name: Option<VmName> = body
         .name
         .map(|n| n.parse())
         .transpose()
         .map_err(ApiError::from_op)?;
     let count = body.count.unwrap_or(1);
+    let t = std::time::Instant::now();
     let held = d.reserve(count)?;
+    let admit = t.elapsed();
     detached(async move {
         let req = restore::RestoreRequest {
             tag,
@@ -570,15 +581,23 @@ async fn restore(
             paused: body.paused,
             vnc_password: body.vnc_password,
         };
+        let t = std::time::Instant::now();
         let reports = restore::restore_from(&d.home, &d.qemu, &req, Some(&d.pool))
             .await
             .map_err(ApiError::from_op)?;
+        let restored = t.elapsed();
+        let t = std::time::Instant::now();
         for r in &reports {
             d.record(&r.name, r.pid);
             tracing::info!(vm = %r.name, pid = r.pid, source = %r.breakdown.source, "restored");
         }
         drop(held);
-        Ok((StatusCode::CREATED, Json(reports)))
+        let timing = server_timing(&[
+            ("admit", admit),
+            ("restore", restored),
+            ("record", t.elapsed()),
+        ]);
+        Ok((StatusCode::CREATED, timing, Json(reports)))
     })
     .await
 }
@@ -594,6 +613,8 @@ async fn pools(State(d): Shared) -> Json<Vec<PoolStatus>> {
 struct PoolBody {
     size: u32,
     mode: Option<PoolMode>,
+    #[serde(default)]
+    warm_ports: bool,
 }
 
 async fn set_pool(
@@ -604,6 +625,7 @@ async fn set_pool(
     let config = PoolConfig {
         size: body.size,
         mode: body.mode.unwrap_or(PoolMode::Running),
+        warm_ports: body.warm_ports,
     };
     d.pool.configure(&tag, config).map_err(ApiError::from_op)?;
     d.db.put_pool_config(&tag, config)

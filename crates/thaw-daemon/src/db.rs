@@ -19,7 +19,8 @@ use thaw::{SnapshotTag, VmName};
 pub const DB_FILE: &str = "thawd.db";
 
 /// Schema steps: `MIGRATIONS[i]` takes a database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE vms (
         name TEXT PRIMARY KEY,
         pid INTEGER NOT NULL,
@@ -40,7 +41,11 @@ const MIGRATIONS: &[&str] = &["
         pid INTEGER NOT NULL,
         dir TEXT NOT NULL
     );
-"];
+",
+    "
+    ALTER TABLE pool_configs ADD COLUMN warm_ports INTEGER NOT NULL DEFAULT 0;
+",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -240,7 +245,7 @@ impl Db {
     pub fn pool_configs(&self) -> Result<Vec<(SnapshotTag, PoolConfig)>, DbError> {
         self.with(|c| {
             let mut st = c
-                .prepare("SELECT tag, size, mode FROM pool_configs ORDER BY tag")
+                .prepare("SELECT tag, size, mode, warm_ports FROM pool_configs ORDER BY tag")
                 .map_err(query("listing pool configurations"))?;
             let rows = st
                 .query_map([], |r| {
@@ -248,16 +253,25 @@ impl Db {
                         r.get::<_, String>(0)?,
                         r.get::<_, u32>(1)?,
                         r.get::<_, String>(2)?,
+                        r.get::<_, bool>(3)?,
                     ))
                 })
                 .map_err(query("listing pool configurations"))?;
             let mut out = Vec::new();
             for row in rows {
-                let (tag, size, mode) = row.map_err(query("listing pool configurations"))?;
+                let (tag, size, mode, warm_ports) =
+                    row.map_err(query("listing pool configurations"))?;
                 let (Ok(tag), Ok(mode)) = (tag.parse(), mode.parse::<PoolMode>()) else {
                     continue;
                 };
-                out.push((tag, PoolConfig { size, mode }));
+                out.push((
+                    tag,
+                    PoolConfig {
+                        size,
+                        mode,
+                        warm_ports,
+                    },
+                ));
             }
             Ok(out)
         })
@@ -270,8 +284,8 @@ impl Db {
         };
         self.with(|c| {
             c.execute(
-                "INSERT OR REPLACE INTO pool_configs (tag, size, mode) VALUES (?1, ?2, ?3)",
-                params![tag.as_str(), config.size, mode],
+                "INSERT OR REPLACE INTO pool_configs (tag, size, mode, warm_ports) VALUES (?1, ?2, ?3, ?4)",
+                params![tag.as_str(), config.size, mode, config.warm_ports],
             )
             .map(drop)
             .map_err(query("recording a pool configuration"))
@@ -383,6 +397,7 @@ mod tests {
         let config = PoolConfig {
             size: 2,
             mode: PoolMode::Paused,
+            warm_ports: true,
         };
         let entry = PoolEntryRow {
             id: "pool-1".into(),

@@ -10,6 +10,7 @@
 //! [`serve`] runs the daemon; [`client::Client`] talks to one.
 
 mod api;
+pub mod bench;
 pub mod client;
 mod db;
 mod error;

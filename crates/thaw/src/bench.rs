@@ -6,10 +6,18 @@
 //! time), and `runs` restores of one snapshot (request → vCPUs running, and request →
 //! agent answers). Everything runs in a private home under `$THAW_HOME/bench-<pid>`
 //! that is removed afterwards.
+//!
+//! [`compare`] measures the same guest restored by the methods people use today and
+//! by thaw; [`density`] runs many clones at once and reports the memory they cost.
+
+pub mod compare;
+pub mod density;
+mod libvirt;
+mod peer;
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::accel::Accel;
 use crate::boot::{self, BootRequest};
@@ -44,12 +52,20 @@ pub struct BenchConfig {
     pub pool: Option<PoolConfig>,
 }
 
-/// Minimum, median and maximum of a sample, in milliseconds.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+/// Minimum, median and maximum of a sample, in milliseconds. An empty sample has
+/// NaN everywhere, written as JSON null (and read back from it).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct Stats {
+    #[serde(deserialize_with = "nan_if_null")]
     pub min: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub median: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub max: f64,
+}
+
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 impl Stats {
@@ -104,7 +120,7 @@ pub struct SizeReport {
     pub store_to_plain_restore_ratio: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     pub cpu: String,
     pub cores: usize,
@@ -200,11 +216,7 @@ pub async fn run(
         runs: cfg.runs,
         cold_runs: cfg.cold_runs,
         guest: cfg.guest_name.clone(),
-        ready: match (cfg.ready.port, cfg.ready.redis_ping) {
-            (Some(p), true) => format!("agent + redis PING on guest port {p}"),
-            (Some(p), false) => format!("agent + guest port {p}"),
-            _ => "agent".into(),
-        },
+        ready: ready_label(&cfg.ready),
         pool: cfg.pool,
         memory_mib: first.memory_mib,
         cold_boot_ms: first.cold_boot_ms,
@@ -417,8 +429,17 @@ async fn run_in(
     Ok(sizes)
 }
 
+/// What "ready" means for `ready`, as the reports say it.
+pub(crate) fn ready_label(ready: &ReadySpec) -> String {
+    match (ready.port, ready.redis_ping) {
+        (Some(p), true) => format!("agent + redis PING on guest port {p}"),
+        (Some(p), false) => format!("agent + guest port {p}"),
+        _ => "agent".into(),
+    }
+}
+
 /// Waits until every configured pool is full; fails if preparing clones keeps failing.
-async fn wait_pool_full(pool: &std::sync::Arc<Pool>) -> Result<(), BenchError> {
+pub(crate) async fn wait_pool_full(pool: &std::sync::Arc<Pool>) -> Result<(), BenchError> {
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
     loop {
         let status = pool.status();
@@ -436,11 +457,11 @@ async fn wait_pool_full(pool: &std::sync::Arc<Pool>) -> Result<(), BenchError> {
     }
 }
 
-fn round2(x: f64) -> f64 {
+pub(crate) fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-fn machine(qemu: &Qemu, accel: Accel) -> Machine {
+pub(crate) fn machine(qemu: &Qemu, accel: Accel) -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
         .lines()

@@ -69,6 +69,24 @@ pub enum Orphans {
 pub struct PoolConfig {
     pub size: u32,
     pub mode: PoolMode,
+    /// Running pools only: before a clone counts as ready, connect once to each of its
+    /// forwarded ports and send a `PING` line (Redis answers it; other services see
+    /// one short request), so the guest's network and service code paths have run
+    /// once in this QEMU (under TCG, the first run of a code path is translated first:
+    /// tens of ms).
+    #[serde(default)]
+    pub warm_ports: bool,
+}
+
+impl PoolConfig {
+    /// A pool of `size` in `mode`, without port warm-up.
+    pub fn new(size: u32, mode: PoolMode) -> PoolConfig {
+        PoolConfig {
+            size,
+            mode,
+            warm_ports: false,
+        }
+    }
 }
 
 /// The largest pool per snapshot.
@@ -79,6 +97,9 @@ pub struct PoolStatus {
     pub tag: SnapshotTag,
     pub size: u32,
     pub mode: PoolMode,
+    /// Whether the forwarded ports of pooled clones are warmed up.
+    #[serde(default)]
+    pub warm_ports: bool,
     /// Clones ready to be taken.
     pub ready: u32,
     /// Clones being prepared.
@@ -119,6 +140,9 @@ pub struct Pool {
     orphans: Orphans,
     closed: AtomicBool,
 }
+
+/// How long after a clone is taken its replacement starts being prepared.
+const REFILL_DELAY: Duration = Duration::from_millis(20);
 
 /// How long a pooled clone may take to be prepared.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -170,7 +194,7 @@ impl Pool {
                 generation: 0,
                 last_error: None,
             });
-            if slot.config.mode != config.mode {
+            if slot.config.mode != config.mode || slot.config.warm_ports != config.warm_ports {
                 doomed.extend(slot.ready.drain(..));
             }
             slot.config = config;
@@ -195,6 +219,7 @@ impl Pool {
                 tag: tag.clone(),
                 size: s.config.size,
                 mode: s.config.mode,
+                warm_ports: s.config.warm_ports,
                 ready: s.ready.len() as u32,
                 filling: s.filling,
                 last_error: s.last_error.clone(),
@@ -202,6 +227,12 @@ impl Pool {
             .collect();
         v.sort_by(|a, b| a.tag.cmp(&b.tag));
         v
+    }
+
+    /// How many clones of `tag` are ready to be taken.
+    pub fn ready_count(&self, tag: &SnapshotTag) -> u32 {
+        let slots = self.slots.lock().expect("pool lock");
+        slots.get(tag).map_or(0, |s| s.ready.len() as u32)
     }
 
     /// Takes a prepared clone of `tag`, names it `name` (whose directory the caller
@@ -238,9 +269,15 @@ impl Pool {
         prepared.breakdown.state_load_ms = 0.0;
         prepared.breakdown.take_ms = (t_take.elapsed().as_secs_f64() * 1e6).round() / 1e3;
         let report = prepared.finish(opts, t0).await;
-        // Refill once this clone is handed over: starting a QEMU competes for the CPU
-        // with the clone being resumed.
-        self.refill(tag);
+        // Refill once this clone is handed over, and a little later: starting a QEMU
+        // (fork, exec, its start-up) competes for the CPU with the clone being resumed
+        // and with the caller's answer (the daemon records the VM and replies).
+        let this = self.clone();
+        let tag = tag.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(REFILL_DELAY).await;
+            this.refill(&tag);
+        });
         Some(report)
     }
 
@@ -316,7 +353,7 @@ impl Pool {
             let this = self.clone();
             let tag = tag.clone();
             tokio::spawn(async move {
-                let result = this.prepare(&tag, config.mode).await;
+                let result = this.prepare(&tag, config).await;
                 let mut retry = false;
                 let leftover = {
                     let mut slots = this.slots.lock().expect("pool lock");
@@ -362,7 +399,7 @@ impl Pool {
         }
     }
 
-    async fn prepare(&self, tag: &SnapshotTag, mode: PoolMode) -> Result<Prepared, CloneError> {
+    async fn prepare(&self, tag: &SnapshotTag, config: PoolConfig) -> Result<Prepared, CloneError> {
         let id: VmName = format!("pool-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
             .parse()
             .expect("a valid name");
@@ -390,8 +427,12 @@ impl Pool {
             if let Some(o) = &self.observer {
                 o.created(&id, tag, p.pid(), &paths.dir);
             }
-            if mode == PoolMode::Running {
-                if let Err(e) = p.warm_up(PREPARE_TIMEOUT).await {
+            if config.mode == PoolMode::Running {
+                let mut warmed = p.warm_up(PREPARE_TIMEOUT).await;
+                if warmed.is_ok() && config.warm_ports {
+                    warmed = warm_ports(&p.state.ports, PREPARE_TIMEOUT).await;
+                }
+                if let Err(e) = warmed {
                     p.discard().await;
                     self.removed(&id);
                     return Err(e);
@@ -411,6 +452,45 @@ impl Pool {
     }
 }
 
+/// Connects once to each forwarded port of a running clone, sends `PING\r\n` and waits
+/// for an answer (or the guest closing the connection): see [`PoolConfig::warm_ports`].
+/// Retried until `timeout`, since a guest service may still be starting.
+async fn warm_ports(
+    ports: &[crate::spec::PortForward],
+    timeout: Duration,
+) -> Result<(), CloneError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Instant::now() + timeout;
+    for f in ports {
+        loop {
+            let answered = async {
+                let mut s = tokio::net::TcpStream::connect(("127.0.0.1", f.host))
+                    .await
+                    .ok()?;
+                s.write_all(b"PING\r\n").await.ok()?;
+                let mut buf = [0u8; 64];
+                // slirp accepts the host side at once; an answer means the guest did.
+                match s.read(&mut buf).await {
+                    Ok(n) if n > 0 => Some(()),
+                    _ => None,
+                }
+            };
+            match tokio::time::timeout(Duration::from_secs(1), answered).await {
+                Ok(Some(())) => break,
+                _ if Instant::now() >= deadline => {
+                    return Err(CloneError::Ready(crate::ready::ReadyError::Port {
+                        guest: f.guest,
+                        host: f.host,
+                        timeout,
+                    }))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Removes what a previous owner of the pool left behind (after a crash): kills any
 /// process still running from `pool/` and removes the directories.
 pub fn remove_leftovers(home: &Home) {
@@ -420,5 +500,47 @@ pub fn remove_leftovers(home: &Home) {
             crate::vm::kill(pid);
         }
         let _ = std::fs::remove_dir_all(entry.path());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_config_without_warm_ports_reads_as_off() {
+        let c: PoolConfig = serde_json::from_str(r#"{"size": 2, "mode": "running"}"#).unwrap();
+        assert_eq!(c, PoolConfig::new(2, PoolMode::Running));
+        let on = PoolConfig {
+            warm_ports: true,
+            ..c
+        };
+        let j = serde_json::to_string(&on).unwrap();
+        assert_eq!(serde_json::from_str::<PoolConfig>(&j).unwrap(), on);
+    }
+
+    /// A fake service on a port: the warm-up sends its PING line and takes any answer.
+    #[tokio::test]
+    async fn warm_ports_sends_one_line_and_waits_for_an_answer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut b = [0u8; 6];
+            s.read_exact(&mut b).await.unwrap();
+            assert_eq!(&b, b"PING\r\n");
+            s.write_all(b"+PONG\r\n").await.unwrap();
+        });
+        let ports = [crate::spec::PortForward { host, guest: 6379 }];
+        warm_ports(&ports, Duration::from_secs(5)).await.unwrap();
+        server.await.unwrap();
+        let closed = [crate::spec::PortForward {
+            host: crate::ready::free_port().unwrap(),
+            guest: 80,
+        }];
+        assert!(warm_ports(&closed, Duration::from_millis(100))
+            .await
+            .is_err());
     }
 }

@@ -90,7 +90,15 @@ pub async fn restore_from(
     crate::store::ensure_materialized(home, &req.tag, &mut crate::store::NoProgress)?;
     let snap = Snapshot::open(home, &req.tag)?;
     let accel = req.accel.unwrap_or_else(Accel::detect);
-    snap.check(qemu.version, accel, req.verify)?;
+    // Clones the pool has ready were checked when the pool was configured and loaded
+    // their state when prepared; the snapshot's files never change. Checking again
+    // (its device state is hashed) is most of a pooled restore's own time.
+    let all_pooled = !req.verify
+        && !req.keep_vmgenid
+        && pool.is_some_and(|p| p.ready_count(&req.tag) >= req.count);
+    if !all_pooled {
+        snap.check(qemu.version, accel, req.verify)?;
+    }
     let guest_ports = snap
         .manifest
         .spec
@@ -127,6 +135,12 @@ pub async fn restore_from(
             };
             let r = match pooled {
                 Some(r) => r,
+                // The pool ran out after all (another request took its clone): this
+                // clone spawns, and is checked first like any other.
+                None if all_pooled => match snap.check(qemu.version, accel, false) {
+                    Ok(()) => restore_one(&home, &qemu, &snap, &name, &req, t0).await,
+                    Err(e) => Err(e.into()),
+                },
                 None => restore_one(&home, &qemu, &snap, &name, &req, t0).await,
             };
             (i, name, r)

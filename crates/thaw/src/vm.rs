@@ -267,10 +267,15 @@ impl VmState {
     }
 
     /// Writes the record into `paths` (a pool clone lives outside `vms/` until taken).
+    ///
+    /// Atomically (a temporary file renamed over it), so a thaw killed mid-write leaves
+    /// the old record or the new one, but not synced: the record describes a running
+    /// QEMU process, and a host crash, the only thing a sync would guard against, ends
+    /// that process too. The two syncs cost about a millisecond on the restore path.
     pub fn save_in(&self, paths: &VmPaths) -> Result<(), VmError> {
         let path = paths.record();
         let bytes = serde_json::to_vec_pretty(self).expect("serializes");
-        fsutil::write_atomic(&path, &bytes).map_err(VmError::io("write", &path))
+        fsutil::write_atomic_unsynced(&path, &bytes).map_err(VmError::io("write", &path))
     }
 
     /// Loads a VM's record and checks that its QEMU is alive.

@@ -14,6 +14,18 @@ use super::{command_error_line, GuestBuildError};
 pub(crate) const INIT_SCRIPT: &str = include_str!("init.sh");
 
 const BUSYBOX: &str = "/bin/busybox";
+
+/// `/sbin/hwclock` in the default guest. qemu-ga runs `hwclock -w` after every
+/// `guest-set-time`, which thaw sends to every clone it restores; busybox's hwclock
+/// then writes the RTC, a few emulated port accesses and a process start that the
+/// clone's first answer waits for. QEMU's RTC follows the host's clock (the default
+/// `-rtc base=utc,clock=host`), also across a snapshot, so the write changes nothing:
+/// it is skipped, and anything else goes to busybox (as the Debian guest does).
+pub(crate) const HWCLOCK_SCRIPT: &str = r#"#!/bin/busybox sh
+# thaw: skip "hwclock -w" (see thaw's guest/initramfs.rs); pass anything else on.
+[ "$*" = "-w" ] && exit 0
+exec /bin/busybox hwclock "$@"
+"#;
 const QEMU_GA: &str = "/usr/sbin/qemu-ga";
 
 /// The files and directories of an initramfs, kept sorted by path so that every parent
@@ -93,7 +105,7 @@ pub(crate) fn collect(progress: &mut dyn FnMut(&str)) -> Result<Tree, GuestBuild
     tree.file("etc/hostname", 0o644, b"thaw\n".to_vec());
     // qemu-ga's guest-set-time runs /sbin/hwclock -w after settimeofday and fails the
     // command when that cannot run.
-    tree.symlink("sbin/hwclock", "../bin/busybox");
+    tree.file("sbin/hwclock", 0o755, HWCLOCK_SCRIPT.as_bytes().to_vec());
 
     tree.file(
         QEMU_GA,

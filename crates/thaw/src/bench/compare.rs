@@ -1,0 +1,963 @@
+//! `thaw bench --compare`: the same guest restored by each method people use today and
+//! by thaw, in one run on one machine, to the same readiness (the guest agent answers
+//! `guest-ping`, plus the profile's check).
+//!
+//! Methods, per RAM size: a cold boot (the first size only); QEMU's internal snapshot
+//! (`savevm` / `-loadvm` on qcow2); migration to a gzip and to a zstd file restored with
+//! `-incoming exec:`; libvirt's `virsh save` / `virsh restore`; thaw without a pool,
+//! from a paused and from a running warm pool; and whatever [`ExternalMethod`]s the
+//! caller adds (the CLI adds restores through a real `thawd` socket). Each reports the
+//! save time, restore → vCPUs running, restore → ready (min / median / max over the
+//! runs) and its ratios to thaw.
+//!
+//! Everything runs in a private home under `$THAW_HOME/bench-<pid>`, removed
+//! afterwards with every process the methods started, also when one fails.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{machine, round2, wait_pool_full, Machine, Stats};
+use crate::accel::Accel;
+use crate::boot::{self, BootRequest};
+use crate::control;
+use crate::home::{Home, SnapshotTag, VmName};
+use crate::pool::{Orphans, Pool, PoolConfig, PoolMode};
+use crate::qemu::Qemu;
+use crate::ready::ReadySpec;
+use crate::restore::{self, RestoreRequest};
+use crate::snapshot::{catalog, take};
+use crate::spec::{MachineSpec, PortForward};
+
+use super::libvirt;
+use super::peer::{self, Compressor};
+
+#[derive(Debug, Clone)]
+pub struct CompareConfig {
+    /// Saves and restores measured per method.
+    pub runs: u32,
+    /// Cold boots measured (first size only).
+    pub cold_runs: u32,
+    /// RAM sizes; the first is the headline (and the only one with cold boots).
+    pub memory_mib: Vec<u32>,
+    /// The machine; its memory is replaced by each of `memory_mib`.
+    pub spec: MachineSpec,
+    /// Port forwards of the booted VMs (the profile's guest ports).
+    pub forwards: Vec<PortForward>,
+    pub ready: ReadySpec,
+    pub guest_name: String,
+    pub accel: Accel,
+    /// Size of the warm pools (paused and running).
+    pub pool_size: u32,
+    /// Warm up the forwarded ports of running pools' clones.
+    pub warm_ports: bool,
+    /// Only these methods (ids, see [`METHODS`]); empty: all of them.
+    pub only: Vec<String>,
+}
+
+/// Every method's id, in the table's order.
+pub const METHODS: &[&str] = &[
+    "cold-boot",
+    "savevm",
+    "exec-gzip",
+    "exec-zstd",
+    "libvirt",
+    "thaw",
+    "thaw-pool-paused",
+    "thaw-pool-running",
+    "thawd-pool-running",
+];
+
+impl CompareConfig {
+    fn wants(&self, id: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == id)
+    }
+}
+
+/// One restore: request → vCPUs running (when the method shows it), → ready.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub running_ms: Option<f64>,
+    pub ready_ms: f64,
+}
+
+/// One method's figures at one RAM size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MethodReport {
+    /// Stable id: cold-boot, savevm, exec-gzip, exec-zstd, libvirt, thaw, thaw-pool-paused,
+    /// thaw-pool-running, thawd-pool-running.
+    pub method: String,
+    /// What the table calls it.
+    pub label: String,
+    pub memory_mib: u32,
+    /// Saves measured, and restores measured.
+    pub saves: u32,
+    pub restores: u32,
+    /// Save (request → state on disk; the VM keeps running where the method allows).
+    pub save_ms: Option<Stats>,
+    /// Bytes the save wrote (for thaw: device state + RAM image as allocated on disk).
+    pub save_bytes: Option<u64>,
+    /// Restore request → vCPUs running.
+    pub running_ms: Option<Stats>,
+    /// Restore request → ready.
+    pub ready_ms: Stats,
+    /// Median ready / thaw's (no pool) median ready.
+    pub ready_vs_thaw: Option<f64>,
+    /// Median ready / thaw's running pool's median ready.
+    pub ready_vs_pool: Option<f64>,
+    /// Median running / thaw's (no pool) median running.
+    pub running_vs_thaw: Option<f64>,
+    /// Method-specific figures (e.g. where the daemon's time goes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+    /// Why the method could not run (then its figures are empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl MethodReport {
+    pub fn new(method: &str, label: &str, memory_mib: u32) -> MethodReport {
+        MethodReport {
+            method: method.into(),
+            label: label.into(),
+            memory_mib,
+            saves: 0,
+            restores: 0,
+            save_ms: None,
+            save_bytes: None,
+            running_ms: None,
+            ready_ms: Stats::of(&[]),
+            ready_vs_thaw: None,
+            ready_vs_pool: None,
+            running_vs_thaw: None,
+            detail: None,
+            error: None,
+        }
+    }
+
+    /// Fills the figures from the samples.
+    pub fn with_samples(mut self, saves: &[f64], samples: &[Sample]) -> MethodReport {
+        self.saves = saves.len() as u32;
+        self.restores = samples.len() as u32;
+        if !saves.is_empty() {
+            self.save_ms = Some(Stats::of(saves));
+        }
+        let running: Vec<f64> = samples.iter().filter_map(|s| s.running_ms).collect();
+        if !running.is_empty() {
+            self.running_ms = Some(Stats::of(&running));
+        }
+        let ready: Vec<f64> = samples.iter().map(|s| s.ready_ms).collect();
+        self.ready_ms = Stats::of(&ready);
+        self
+    }
+
+    fn failed(method: &str, label: &str, memory_mib: u32, e: &dyn std::error::Error) -> Self {
+        let mut r = MethodReport::new(method, label, memory_mib);
+        r.error = Some(one_line(e));
+        r
+    }
+}
+
+/// The error and its causes on one line.
+pub fn one_line(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(c) = source {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = c.source();
+    }
+    s
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SizeComparison {
+    pub memory_mib: u32,
+    pub methods: Vec<MethodReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompareReport {
+    pub machine: Machine,
+    /// /proc/loadavg (1, 5, 15 min) when the run started and when it ended: the machine
+    /// may be shared.
+    pub load_before: [f64; 3],
+    pub load_after: [f64; 3],
+    pub runs: u32,
+    pub cold_runs: u32,
+    pub guest: String,
+    pub ready: String,
+    pub pool_size: u32,
+    /// The headline size and its methods (the first of `sizes`).
+    pub memory_mib: u32,
+    pub methods: Vec<MethodReport>,
+    pub sizes: Vec<SizeComparison>,
+    /// Methods that did not run (with why); empty when every one ran.
+    pub failed: Vec<String>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    #[error("runs must be at least 1 and at least one RAM size given")]
+    Runs,
+    #[error("could not {step} {path}")]
+    Io {
+        step: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Peer(String),
+    #[error("libvirt: {0}")]
+    Libvirt(String),
+    #[error("{0} is missing: install it (scripts/setup.sh)")]
+    Missing(&'static str),
+    #[error("QMP failed")]
+    Qmp(#[from] thaw_qmp::QmpError),
+    #[error("resuming after the save failed")]
+    Migration(#[from] crate::migration::MigrationError),
+    #[error("the guest agent did not answer")]
+    Agent(#[from] crate::agent::AgentError),
+    #[error(transparent)]
+    Ready(#[from] crate::ready::ReadyError),
+    #[error("cold boot failed")]
+    Boot(#[from] boot::BootError),
+    #[error("snapshot failed")]
+    Snapshot(#[from] take::SnapshotError),
+    #[error("restore failed")]
+    Restore(#[from] restore::RestoreError),
+    #[error(transparent)]
+    Bench(#[from] super::BenchError),
+    #[error(transparent)]
+    PoolConfig(#[from] crate::pool::PoolError),
+    #[error(transparent)]
+    Disk(#[from] crate::disk::DiskError),
+    #[error("{0}")]
+    External(String),
+    #[error("unknown method {0:?} (see thaw bench --help)")]
+    UnknownMethod(String),
+}
+
+impl CompareError {
+    pub(crate) fn io(step: &'static str, path: &Path, source: std::io::Error) -> CompareError {
+        CompareError::Io {
+            step,
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// A boxed future of an [`ExternalMethod`].
+pub type ExternalRun<'a> = Pin<Box<dyn Future<Output = Result<MethodReport, String>> + 'a>>;
+
+/// A method the caller measures on thaw's snapshot (the daemon lives in another crate).
+pub trait ExternalMethod {
+    /// Runs `runs` restores of `tag` in `home` (no VM runs there) and reports them.
+    fn run<'a>(
+        &'a self,
+        home: &'a Home,
+        tag: &'a SnapshotTag,
+        memory_mib: u32,
+        runs: u32,
+        progress: &'a mut dyn FnMut(&str),
+    ) -> ExternalRun<'a>;
+}
+
+/// The programs the peer methods need, checked before anything starts.
+fn check_tools() -> Result<(), CompareError> {
+    for (tool, what) in [
+        ("qemu-img", "qemu-img (qemu-utils)"),
+        ("gzip", "gzip"),
+        ("zstd", "zstd"),
+        ("virsh", "virsh (libvirt-clients)"),
+        ("libvirtd", "libvirtd (libvirt-daemon-system)"),
+    ] {
+        if which(tool).is_none() {
+            return Err(CompareError::Missing(what));
+        }
+    }
+    Ok(())
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+pub fn loadavg() -> [f64; 3] {
+    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut it = s.split_whitespace().map(|v| v.parse().unwrap_or(f64::NAN));
+    [
+        it.next().unwrap_or(f64::NAN),
+        it.next().unwrap_or(f64::NAN),
+        it.next().unwrap_or(f64::NAN),
+    ]
+}
+
+/// Runs the comparison. `progress` gets one line per step.
+pub async fn run(
+    home: &Home,
+    qemu: &Qemu,
+    cfg: &CompareConfig,
+    external: &[&dyn ExternalMethod],
+    progress: &mut dyn FnMut(&str),
+) -> Result<CompareReport, CompareError> {
+    if cfg.runs == 0 || cfg.cold_runs == 0 || cfg.memory_mib.is_empty() {
+        return Err(CompareError::Runs);
+    }
+    if let Some(bad) = cfg.only.iter().find(|o| !METHODS.contains(&o.as_str())) {
+        return Err(CompareError::UnknownMethod(bad.clone()));
+    }
+    if cfg.wants("savevm")
+        || cfg.wants("exec-gzip")
+        || cfg.wants("exec-zstd")
+        || cfg.wants("libvirt")
+    {
+        check_tools()?;
+    }
+    let started = Instant::now();
+    let load_before = loadavg();
+    let bench_home = Home::new(home.root().join(format!("bench-{}", std::process::id())));
+    bench_home
+        .ensure()
+        .map_err(|e| CompareError::io("create", bench_home.root(), e))?;
+    let result = async {
+        let daemons = match cfg.wants("libvirt") {
+            true => Some(libvirt::ensure_daemon(progress).await?),
+            false => None,
+        };
+        let mut sizes = Vec::new();
+        for (i, &mem) in cfg.memory_mib.iter().enumerate() {
+            sizes.push(run_size(&bench_home, qemu, cfg, mem, i == 0, external, progress).await?);
+        }
+        drop(daemons);
+        Ok::<_, CompareError>(sizes)
+    }
+    .await;
+    for name in crate::vm::list_names(&bench_home) {
+        let _ = control::stop(&bench_home, &name).await;
+    }
+    let _ = std::fs::remove_dir_all(bench_home.root());
+    let sizes = result?;
+    let failed = sizes
+        .iter()
+        .flat_map(|s| s.methods.iter())
+        .filter_map(|m| {
+            m.error
+                .as_ref()
+                .map(|e| format!("{} at {} MiB: {e}", m.method, m.memory_mib))
+        })
+        .collect();
+    Ok(CompareReport {
+        machine: machine(qemu, cfg.accel),
+        load_before,
+        load_after: loadavg(),
+        runs: cfg.runs,
+        cold_runs: cfg.cold_runs,
+        guest: cfg.guest_name.clone(),
+        ready: super::ready_label(&cfg.ready),
+        pool_size: cfg.pool_size,
+        memory_mib: sizes[0].memory_mib,
+        methods: sizes[0].methods.clone(),
+        sizes,
+        failed,
+        seconds: round2(started.elapsed().as_secs_f64()),
+    })
+}
+
+async fn run_size(
+    home: &Home,
+    qemu: &Qemu,
+    cfg: &CompareConfig,
+    mem: u32,
+    headline: bool,
+    external: &[&dyn ExternalMethod],
+    progress: &mut dyn FnMut(&str),
+) -> Result<SizeComparison, CompareError> {
+    let spec = MachineSpec {
+        memory_mib: mem,
+        ..cfg.spec.clone()
+    };
+    let mut spec_with_ports = spec.clone();
+    if let Some(net) = &mut spec_with_ports.net {
+        net.guest_ports = cfg.forwards.iter().map(|f| f.guest).collect();
+    }
+    let mut methods = Vec::new();
+    if METHODS[5..].iter().any(|m| cfg.wants(m)) {
+        methods.extend(thaw_methods(home, qemu, cfg, &spec, external, progress).await?);
+    }
+    if headline && cfg.wants("cold-boot") {
+        methods.push(cold_boot(home, qemu, cfg, &spec, progress).await?);
+    }
+    if ["savevm", "exec-gzip", "exec-zstd"]
+        .iter()
+        .any(|m| cfg.wants(m))
+    {
+        let dir = home.root().join(format!("peer-{mem}"));
+        let peers = peer_methods(qemu, cfg, &spec_with_ports, &dir, progress).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        methods.extend(peers);
+    }
+    if cfg.wants("libvirt") {
+        let dir = home.root().join(format!("libvirt-{mem}"));
+        let lv = libvirt_method(qemu, cfg, &spec_with_ports, &dir, progress)
+            .await
+            .unwrap_or_else(|e| MethodReport::failed("libvirt", LIBVIRT, mem, &e));
+        let _ = std::fs::remove_dir_all(&dir);
+        methods.push(lv);
+    }
+    methods.retain(|m| cfg.wants(&m.method));
+    ratios(&mut methods);
+    // The order of the table: the peers, then thaw from slowest to fastest.
+    let order = METHODS;
+    methods.sort_by_key(|m| {
+        order
+            .iter()
+            .position(|o| *o == m.method)
+            .unwrap_or(order.len())
+    });
+    Ok(SizeComparison {
+        memory_mib: mem,
+        methods,
+    })
+}
+
+const LIBVIRT: &str = "libvirt virsh save / restore";
+
+fn ratios(methods: &mut [MethodReport]) {
+    let median_of = |id: &str, f: fn(&MethodReport) -> Option<f64>| {
+        methods
+            .iter()
+            .find(|m| m.method == id && m.error.is_none())
+            .and_then(f)
+    };
+    let thaw_ready = median_of("thaw", |m| Some(m.ready_ms.median));
+    let thaw_running = median_of("thaw", |m| m.running_ms.map(|s| s.median));
+    let pool_ready = median_of("thaw-pool-running", |m| Some(m.ready_ms.median));
+    for m in methods.iter_mut() {
+        if m.error.is_some() {
+            continue;
+        }
+        m.ready_vs_thaw = thaw_ready.map(|t| round2(m.ready_ms.median / t));
+        m.ready_vs_pool = pool_ready.map(|t| round2(m.ready_ms.median / t));
+        m.running_vs_thaw = match (m.running_ms, thaw_running) {
+            (Some(r), Some(t)) => Some(round2(r.median / t)),
+            _ => None,
+        };
+    }
+}
+
+/// thaw through the library: snapshot of a running VM, restores without a pool, from a
+/// paused and from a running pool; then the external methods on the same snapshot.
+async fn thaw_methods(
+    home: &Home,
+    qemu: &Qemu,
+    cfg: &CompareConfig,
+    spec: &MachineSpec,
+    external: &[&dyn ExternalMethod],
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<MethodReport>, CompareError> {
+    let mem = spec.memory_mib;
+    let source: VmName = format!("m{mem}-source").parse().expect("valid name");
+    let tag = |i: u32| -> SnapshotTag { format!("m{mem}-snap-{i}").parse().expect("valid tag") };
+    progress(&format!("{mem} MiB: thaw: booting the source VM"));
+    boot::boot(
+        home,
+        qemu,
+        &BootRequest {
+            name: source.clone(),
+            spec: spec.clone(),
+            forwards: cfg.forwards.clone(),
+            ready: cfg.ready.clone(),
+            timeout: Duration::from_secs(300),
+            vnc: crate::display::VncRequest::default(),
+        },
+    )
+    .await?;
+    let mut saves = Vec::new();
+    let mut save_bytes = 0;
+    let snapshots = if cfg.wants("thaw") { cfg.runs } else { 1 };
+    for i in 0..snapshots {
+        progress(&format!("{mem} MiB: thaw: snapshot {}/{}", i + 1, cfg.runs));
+        let t = Instant::now();
+        let r = take::take(
+            home,
+            &take::SnapshotRequest {
+                name: source.clone(),
+                tag: tag(i),
+                stop: false,
+            },
+        )
+        .await?;
+        saves.push(crate::ms(t.elapsed()));
+        save_bytes = r.state_bytes + allocated(&home.snapshot_dir(&tag(i)));
+        if i > 0 {
+            let _ = catalog::remove(home, &tag(i), false);
+        }
+    }
+    let _ = control::stop(home, &source).await;
+    let tag0 = tag(0);
+    let restore_req = |name: VmName| RestoreRequest {
+        tag: tag0.clone(),
+        count: 1,
+        name: Some(name),
+        accel: Some(cfg.accel),
+        verify: false,
+        timeout: Duration::from_secs(120),
+        keep_vmgenid: false,
+        ready: cfg.ready.clone(),
+        exec_after: None,
+        paused: false,
+        vnc_password: None,
+    };
+    let mut out = Vec::new();
+    let mut samples = Vec::new();
+    for i in 0..cfg.runs * u32::from(cfg.wants("thaw")) {
+        progress(&format!("{mem} MiB: thaw: restore {}/{}", i + 1, cfg.runs));
+        let name: VmName = format!("m{mem}-clone-{i}").parse().expect("valid name");
+        let r = restore::restore(home, qemu, &restore_req(name)).await?;
+        samples.push(Sample {
+            running_ms: Some(r[0].restore_ms),
+            ready_ms: r[0].ready_ms,
+        });
+        let _ = control::stop(home, &r[0].name).await;
+    }
+    let mut thaw = MethodReport::new("thaw", "thaw, no pool", mem).with_samples(&saves, &samples);
+    thaw.save_bytes = Some(save_bytes);
+    out.push(thaw);
+    for mode in [PoolMode::Paused, PoolMode::Running] {
+        let pool = Pool::new(
+            home.clone(),
+            qemu.clone(),
+            cfg.accel,
+            None,
+            Orphans::DieWithOwner,
+        );
+        let pc = PoolConfig {
+            size: cfg.pool_size,
+            mode,
+            warm_ports: cfg.warm_ports,
+        };
+        let (id, label) = match mode {
+            PoolMode::Paused => ("thaw-pool-paused", "thaw, paused pool"),
+            PoolMode::Running => ("thaw-pool-running", "thaw, running pool"),
+        };
+        if !cfg.wants(id) {
+            continue;
+        }
+        pool.configure(&tag0, pc)?;
+        let mut samples = Vec::new();
+        let mut from_pool = 0;
+        let result = async {
+            for i in 0..cfg.runs {
+                progress(&format!(
+                    "{mem} MiB: {label}: restore {}/{}",
+                    i + 1,
+                    cfg.runs
+                ));
+                wait_pool_full(&pool).await?;
+                let name: VmName = format!("m{mem}-{id}-{i}").parse().expect("valid name");
+                let r = restore::restore_from(home, qemu, &restore_req(name), Some(&pool)).await?;
+                from_pool += u32::from(r[0].breakdown.source == "pool");
+                samples.push(Sample {
+                    running_ms: Some(r[0].restore_ms),
+                    ready_ms: r[0].ready_ms,
+                });
+                let _ = control::stop(home, &r[0].name).await;
+            }
+            Ok::<_, CompareError>(())
+        }
+        .await;
+        pool.shutdown().await;
+        result?;
+        let mut m = MethodReport::new(id, label, mem).with_samples(&[], &samples);
+        m.detail = Some(serde_json::json!({ "from_pool": from_pool, "pool_size": cfg.pool_size }));
+        out.push(m);
+    }
+    for ext in external.iter().filter(|_| cfg.wants("thawd-pool-running")) {
+        match ext.run(home, &tag0, mem, cfg.runs, progress).await {
+            Ok(m) => out.push(m),
+            Err(e) => {
+                let mut m = MethodReport::new("thawd-pool-running", "thawd, running pool", mem);
+                m.error = Some(e);
+                out.push(m);
+            }
+        }
+        for name in crate::vm::list_names(home) {
+            let _ = control::stop(home, &name).await;
+        }
+    }
+    let _ = catalog::remove(home, &tag0, false);
+    Ok(out)
+}
+
+/// Bytes allocated on disk under `dir` (a sparse RAM image counts what it holds).
+fn allocated(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if let Ok(m) = e.metadata() {
+            if m.is_dir() {
+                total += allocated(&e.path());
+            } else {
+                total += m.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+async fn cold_boot(
+    home: &Home,
+    qemu: &Qemu,
+    cfg: &CompareConfig,
+    spec: &MachineSpec,
+    progress: &mut dyn FnMut(&str),
+) -> Result<MethodReport, CompareError> {
+    let mem = spec.memory_mib;
+    let mut samples = Vec::new();
+    for i in 0..cfg.cold_runs {
+        progress(&format!("{mem} MiB: cold boot {}/{}", i + 1, cfg.cold_runs));
+        let name: VmName = format!("m{mem}-cold-{i}").parse().expect("valid name");
+        let r = boot::boot(
+            home,
+            qemu,
+            &BootRequest {
+                name: name.clone(),
+                spec: spec.clone(),
+                forwards: cfg.forwards.clone(),
+                ready: cfg.ready.clone(),
+                timeout: Duration::from_secs(300),
+                vnc: crate::display::VncRequest::default(),
+            },
+        )
+        .await?;
+        samples.push(Sample {
+            running_ms: None,
+            ready_ms: r.boot_ms,
+        });
+        let _ = control::stop(home, &name).await;
+    }
+    Ok(MethodReport::new("cold-boot", "cold boot", mem).with_samples(&[], &samples))
+}
+
+/// savevm, exec:gzip and exec:zstd on one source VM (see `peer`).
+async fn peer_methods(
+    qemu: &Qemu,
+    cfg: &CompareConfig,
+    spec: &MachineSpec,
+    dir: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Vec<MethodReport> {
+    let mem = spec.memory_mib;
+    let labels = [
+        ("exec-gzip", "migrate to gzip, -incoming exec"),
+        ("exec-zstd", "migrate to zstd, -incoming exec"),
+        ("savevm", "QEMU savevm / -loadvm (qcow2)"),
+    ];
+    match peer_methods_in(qemu, cfg, spec, dir, progress).await {
+        Ok(v) => v,
+        Err(e) => labels
+            .iter()
+            .map(|(id, label)| MethodReport::failed(id, label, mem, &e))
+            .collect(),
+    }
+}
+
+async fn peer_methods_in(
+    qemu: &Qemu,
+    cfg: &CompareConfig,
+    spec: &MachineSpec,
+    dir: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<MethodReport>, CompareError> {
+    let mem = spec.memory_mib;
+    let src_dir = dir.join("source");
+    std::fs::create_dir_all(&src_dir).map_err(|e| CompareError::io("create", &src_dir, e))?;
+    let mut overlays = Vec::new();
+    for (i, d) in spec.disks.iter().enumerate() {
+        let o = src_dir.join(format!("disk{i}.qcow2"));
+        crate::disk::create_overlay(&d.base, d.format, &o)?;
+        overlays.push(o);
+    }
+    let vmstate = src_dir.join("vmstate.qcow2");
+    peer::create_vmstate(&vmstate, mem)?;
+    progress(&format!("{mem} MiB: peers: booting the source VM"));
+    let mut source = peer::spawn(
+        qemu,
+        &peer::PeerLaunch {
+            spec,
+            dir: &src_dir,
+            disk_overlays: &overlays,
+            vmstate: Some(&vmstate),
+            loadvm: false,
+            incoming: None,
+        },
+    )
+    .await?;
+    source.wait_ready(&cfg.ready).await?;
+    let mut out = Vec::new();
+    for (c, id, label) in [
+        (
+            Compressor::Gzip,
+            "exec-gzip",
+            "migrate to gzip, -incoming exec",
+        ),
+        (
+            Compressor::Zstd,
+            "exec-zstd",
+            "migrate to zstd, -incoming exec",
+        ),
+    ] {
+        let file = dir.join(format!("state.{}", c.program()));
+        let saved = dir.join(format!("saved-{}", c.program()));
+        let mut saves = Vec::new();
+        let mut bytes = 0;
+        for i in 0..cfg.runs {
+            progress(&format!("{mem} MiB: {label}: save {}/{}", i + 1, cfg.runs));
+            let (ms, b) = peer::migrate_to_file(&source, c, &file).await?;
+            // The disks as they were at the save, for every restore of it.
+            peer::copy_overlays(&overlays, &saved)?;
+            peer::resume(&source).await?;
+            saves.push(ms);
+            bytes = b;
+        }
+        let saved_overlays: Vec<PathBuf> = overlays
+            .iter()
+            .map(|o| saved.join(o.file_name().expect("a file")))
+            .collect();
+        let mut samples = Vec::new();
+        for i in 0..cfg.runs {
+            progress(&format!(
+                "{mem} MiB: {label}: restore {}/{}",
+                i + 1,
+                cfg.runs
+            ));
+            let run_dir = dir.join(format!("{id}-{i}"));
+            let fresh = peer::copy_overlays(&saved_overlays, &run_dir.join("disks"))?;
+            samples.push(
+                peer::restore_incoming(qemu, spec, &run_dir, c, &file, &fresh, &cfg.ready).await?,
+            );
+            let _ = std::fs::remove_dir_all(&run_dir);
+        }
+        let _ = std::fs::remove_file(&file);
+        let mut m = MethodReport::new(id, label, mem).with_samples(&saves, &samples);
+        m.save_bytes = Some(bytes);
+        out.push(m);
+    }
+    let mut saves = Vec::new();
+    for i in 0..cfg.runs {
+        progress(&format!("{mem} MiB: savevm: save {}/{}", i + 1, cfg.runs));
+        saves.push(peer::savevm(&source).await?);
+    }
+    source.quit().await;
+    let bytes = std::fs::metadata(&vmstate).map(|m| m.len()).unwrap_or(0);
+    let mut samples = Vec::new();
+    for i in 0..cfg.runs {
+        progress(&format!(
+            "{mem} MiB: -loadvm: restore {}/{}",
+            i + 1,
+            cfg.runs
+        ));
+        let run_dir = dir.join(format!("loadvm-{i}"));
+        // -loadvm reverts the images to the snapshot: every run starts from it.
+        samples.push(
+            peer::restore_loadvm(qemu, spec, &run_dir, &vmstate, &overlays, &cfg.ready).await?,
+        );
+        let _ = std::fs::remove_dir_all(&run_dir);
+    }
+    let mut m = MethodReport::new("savevm", "QEMU savevm / -loadvm (qcow2)", mem)
+        .with_samples(&saves, &samples);
+    m.save_bytes = Some(bytes);
+    out.push(m);
+    Ok(out)
+}
+
+async fn libvirt_method(
+    qemu: &Qemu,
+    cfg: &CompareConfig,
+    spec: &MachineSpec,
+    dir: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<MethodReport, CompareError> {
+    let mem = spec.memory_mib;
+    std::fs::create_dir_all(dir).map_err(|e| CompareError::io("create", dir, e))?;
+    let mut overlays = Vec::new();
+    for (i, d) in spec.disks.iter().enumerate() {
+        let o = dir.join(format!("disk{i}.qcow2"));
+        crate::disk::create_overlay(&d.base, d.format, &o)?;
+        overlays.push(o);
+    }
+    progress(&format!("{mem} MiB: libvirt: booting the domain"));
+    let domain = libvirt::boot(qemu, spec, dir, &overlays, &cfg.ready).await?;
+    let file = dir.join("domain.save");
+    let saved = dir.join("saved");
+    let (mut saves, mut samples, mut bytes) = (Vec::new(), Vec::new(), 0);
+    for i in 0..cfg.runs {
+        progress(&format!("{mem} MiB: libvirt: save {}/{}", i + 1, cfg.runs));
+        let (ms, b) = domain.save(&file)?;
+        saves.push(ms);
+        bytes = b;
+        peer::copy_overlays(&overlays, &saved)?;
+        progress(&format!(
+            "{mem} MiB: libvirt: restore {}/{}",
+            i + 1,
+            cfg.runs
+        ));
+        samples.push(domain.restore(&file, &cfg.ready).await?);
+        if i + 1 == cfg.runs {
+            domain.destroy();
+        }
+    }
+    if domain.exists() {
+        return Err(CompareError::Libvirt(format!(
+            "domain {} still exists after destroy",
+            domain.name
+        )));
+    }
+    let mut m = MethodReport::new("libvirt", LIBVIRT, mem).with_samples(&saves, &samples);
+    m.save_bytes = Some(bytes);
+    Ok(m)
+}
+
+impl CompareReport {
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let m = &self.machine;
+        let mut s = format!(
+            "thaw bench --compare: {} runs, {} cold boots, {} (ready = {}), {} on QEMU {}\n\
+             machine: {} ({} cores, {} GiB), Linux {}; load average {:.2} {:.2} {:.2} at the start, {:.2} {:.2} {:.2} at the end\n",
+            self.runs, self.cold_runs, self.guest, self.ready, m.accel, m.qemu, m.cpu, m.cores,
+            m.memory_gib, m.kernel, self.load_before[0], self.load_before[1], self.load_before[2],
+            self.load_after[0], self.load_after[1], self.load_after[2],
+        );
+        for size in &self.sizes {
+            s.push_str(&format!(
+                "\n{} MiB, ms (min / median / max)\n{:<34} {:>21} {:>23} {:>23} {:>8} {:>8}\n",
+                size.memory_mib,
+                "method",
+                "save",
+                "restore → running",
+                "restore → ready",
+                "÷ thaw",
+                "÷ pool"
+            ));
+            for me in &size.methods {
+                if let Some(e) = &me.error {
+                    s.push_str(&format!("{:<34} FAILED: {e}\n", me.label));
+                    continue;
+                }
+                s.push_str(&format!(
+                    "{:<34} {:>21} {:>23} {:>23} {:>8} {:>8}\n",
+                    me.label,
+                    fmt_stats(me.save_ms),
+                    fmt_stats(me.running_ms),
+                    fmt_stats(Some(me.ready_ms)),
+                    fmt_ratio(me.ready_vs_thaw),
+                    fmt_ratio(me.ready_vs_pool),
+                ));
+            }
+        }
+        s.push_str(
+            "\n÷ thaw, ÷ pool: median restore → ready over thaw's without a pool, and over thaw's from a running pool.\n",
+        );
+        for me in &self.methods {
+            let Some(b) = me.detail.as_ref().and_then(|d| d.get("breakdown")) else {
+                continue;
+            };
+            let parts: Vec<String> = b
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| {
+                    let median = v["median"].as_f64()?;
+                    Some(format!("{} {median:.2}", k.trim_end_matches("_ms")))
+                })
+                .collect();
+            s.push_str(&format!(
+                "{} at {} MiB, where the time goes (medians, ms): {}\n",
+                me.label,
+                me.memory_mib,
+                parts.join(", ")
+            ));
+        }
+        if !self.failed.is_empty() {
+            s.push_str(&format!("\nnot measured: {}\n", self.failed.join("; ")));
+        }
+        s
+    }
+}
+
+fn fmt_stats(s: Option<Stats>) -> String {
+    match s {
+        None => "—".into(),
+        Some(s) => format!(
+            "{} / {} / {}",
+            fmt_ms(s.min),
+            fmt_ms(s.median),
+            fmt_ms(s.max)
+        ),
+    }
+}
+
+fn fmt_ms(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn fmt_ratio(r: Option<f64>) -> String {
+    match r {
+        None => "—".into(),
+        Some(r) if r >= 10.0 => format!("{r:.0}x"),
+        Some(r) => format!("{r:.2}x"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_are_to_thaw_and_to_the_running_pool() {
+        let s = |ready: f64| Sample {
+            running_ms: Some(ready / 2.0),
+            ready_ms: ready,
+        };
+        let mut v = vec![
+            MethodReport::new("savevm", "a", 256).with_samples(&[1.0], &[s(400.0)]),
+            MethodReport::new("thaw", "b", 256).with_samples(&[1.0], &[s(200.0)]),
+            MethodReport::new("thaw-pool-running", "c", 256).with_samples(&[], &[s(4.0)]),
+        ];
+        ratios(&mut v);
+        assert_eq!(v[0].ready_vs_thaw, Some(2.0));
+        assert_eq!(v[0].ready_vs_pool, Some(100.0));
+        assert_eq!(v[0].running_vs_thaw, Some(2.0));
+        assert_eq!(v[2].ready_vs_thaw, Some(0.02));
+    }
+
+    #[test]
+    fn table_cells_keep_three_significant_figures() {
+        assert_eq!(fmt_ms(1234.4), "1234");
+        assert_eq!(fmt_ms(12.34), "12.3");
+        assert_eq!(fmt_ms(1.234), "1.23");
+        assert_eq!(fmt_ratio(Some(123.4)), "123x");
+        assert_eq!(fmt_ratio(None), "—");
+    }
+}

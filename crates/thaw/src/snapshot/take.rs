@@ -412,9 +412,10 @@ async fn take_into(
         memory,
         files,
         disks: chains,
+        checksum: None,
     };
     let mpath = tmp.join(snapshot::MANIFEST_FILE);
-    let bytes = serde_json::to_vec_pretty(&manifest).expect("serializes");
+    let bytes = manifest.to_bytes();
     fsutil::write_atomic(&mpath, &bytes).map_err(io_err("write", &mpath))?;
     fsutil::fsync_dir(tmp).map_err(io_err("sync", tmp))?;
     test_hang("manifest-written");
@@ -433,8 +434,18 @@ async fn take_into(
         &mut crate::store::NoProgress,
     )?;
     std::fs::rename(tmp, dest).map_err(io_err("publish the snapshot as", dest))?;
-    fsutil::fsync_dir(&home.snapshots_dir()).map_err(io_err("sync", &home.snapshots_dir()))?;
-    crate::store::name(&store, &req.tag, &stored)?;
+    // A snapshot whose record cannot be written (a full disk) is taken back: it failed,
+    // so it must not stay listed. Killed here instead, the snapshot is whole and listed
+    // without a record, which push and export add again (`store::ensure`).
+    let named = fsutil::fsync_dir(&home.snapshots_dir())
+        .map_err(io_err("sync", &home.snapshots_dir()))
+        .and_then(|()| Ok(crate::store::name(&store, &req.tag, &stored)?));
+    if let Err(e) = named {
+        if std::fs::rename(dest, tmp).is_ok() {
+            let _ = fsutil::fsync_dir(&home.snapshots_dir());
+        }
+        return Err(e);
+    }
     drop(_held);
     let stored_bytes = store.stored_bytes().unwrap_or(0);
     test_hang("published");
@@ -443,12 +454,19 @@ async fn take_into(
         let _ = std::fs::remove_dir_all(&paths.dir);
     } else {
         // The VM now descends from this snapshot; its record already names its layers.
-        let mut now = VmState::load(home, &state.name)?;
-        now.lineage = Some(ParentRef {
+        // The snapshot is whole whatever happens here: a record that cannot be updated
+        // (a full disk) only costs the next snapshot of this VM its parent link, so it
+        // is not an error of this one.
+        let lineage = ParentRef {
             tag: req.tag.clone(),
             manifest_blake3: blake3::hash(&bytes).to_hex().to_string(),
-        });
-        now.save(home)?;
+        };
+        if let Err(e) = VmState::load(home, &state.name).and_then(|mut now| {
+            now.lineage = Some(lineage);
+            now.save(home)
+        }) {
+            tracing::warn!(vm = %state.name, "snapshot {} written, but the VM's record could not name it as its parent: {}", req.tag, crate::store_error_line(&e));
+        }
     }
     tracing::info!(tag = %req.tag, vm = %req.name, method = ram_copy, "snapshot written");
     Ok(SnapshotReport {

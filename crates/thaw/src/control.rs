@@ -36,7 +36,8 @@ pub async fn exec(
 pub struct VmInfo {
     pub name: VmName,
     pub pid: Option<u32>,
-    /// "running", "paused", "dead" (QEMU is gone) or "unresponsive" (QMP did not answer).
+    /// "running", "paused", "dead" (QEMU is gone) or "unresponsive" (QMP did not answer,
+    /// or QEMU runs but its record was never written).
     pub state: String,
     /// QEMU's own run state when it answered (e.g. "postmigrate").
     pub qemu_status: Option<String>,
@@ -50,13 +51,24 @@ pub struct VmInfo {
 
 /// Lists every VM with its state as QEMU reports it now.
 pub async fn list(home: &Home) -> Vec<VmInfo> {
+    // What a killed `thaw reset` left would otherwise run unlisted.
+    crate::reset::recover_interrupted(home);
     let mut out = Vec::new();
     for name in vm::list_names(home) {
         let Ok(state) = VmState::load(home, &name) else {
+            // No readable record: thaw died between starting QEMU and writing it (or
+            // while claiming the name). Dead unless a QEMU runs from the directory,
+            // which no command could then manage but `thaw stop`.
+            let running = vm::pids_using(&home.vm_dir(&name)).first().copied();
             out.push(VmInfo {
                 name,
-                pid: None,
-                state: "dead".into(),
+                pid: running,
+                state: if running.is_some() {
+                    "unresponsive"
+                } else {
+                    "dead"
+                }
+                .into(),
                 qemu_status: None,
                 origin: None,
                 memory_mib: None,
@@ -106,6 +118,7 @@ async fn query_status(sock: &std::path::Path) -> Option<String> {
 
 /// Stops a VM (whatever its state) and removes its directory.
 pub async fn stop(home: &Home, name: &VmName) -> Result<(), VmError> {
+    crate::reset::recover_interrupted(home);
     let dir = home.vm_dir(name);
     match VmState::load(home, name) {
         Ok(state) => {

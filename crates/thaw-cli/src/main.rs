@@ -394,6 +394,7 @@ fn profile_guest(profile: Profile, json: bool) -> Result<ProfileGuest> {
 }
 
 fn main() -> ExitCode {
+    thaw::fsutil::private_umask();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {

@@ -27,11 +27,25 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An answer; control characters in `message` (a newline in a field name serde
+    /// quotes, say) are escaped, so that the error stays one line.
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-        }
+        let message: String = message.into();
+        let message = if message.chars().any(char::is_control) {
+            message
+                .chars()
+                .map(|c| {
+                    if c.is_control() {
+                        c.escape_default().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect()
+        } else {
+            message
+        };
+        ApiError { status, message }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
@@ -34,7 +34,7 @@ use thaw::{Accel, Home, SnapshotTag, VmName};
 
 use crate::db::{Db, VmRow};
 use crate::error::ApiError;
-use crate::extract::{ApiJson, Named};
+use crate::extract::{ApiJson, ApiQuery, Named};
 
 /// What every handler shares.
 pub(crate) struct Daemon {
@@ -468,7 +468,7 @@ struct RemoveQuery {
 async fn remove_snapshot(
     State(d): Shared,
     Named(tag): Named<SnapshotTag>,
-    Query(q): Query<RemoveQuery>,
+    ApiQuery(q): ApiQuery<RemoveQuery>,
 ) -> Answer<Json<Value>> {
     detached(async move {
         let removed = catalog::remove(&d.home, &tag, q.recursive).map_err(ApiError::from_op)?;

@@ -105,6 +105,24 @@ pub enum SnapshotError {
     Disk(#[from] DiskError),
     #[error("could not add the snapshot to the store")]
     Store(#[from] crate::store::StoreError),
+    /// QEMU reports a write that failed for want of space as an I/O error of its own
+    /// ("ram_save_setup failed: Input/output error"); this says what it was.
+    #[error("the filesystem of {path} is full ({free} bytes free)")]
+    DiskFull {
+        path: PathBuf,
+        free: u64,
+        #[source]
+        source: Box<SnapshotError>,
+    },
+}
+
+/// Below this much free space, a failed migration is taken to have run out of it.
+const NEARLY_FULL: u64 = 16 << 20;
+
+/// Bytes free for an unprivileged writer on the filesystem of `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let s = rustix::fs::statvfs(path).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
 }
 
 fn io_err(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
@@ -162,6 +180,17 @@ pub async fn take(home: &Home, req: &SnapshotRequest) -> Result<SnapshotReport, 
         take_into(home, req, &state, &qmp, &disks, &tmp, &dest, t0).await
     }
     .await;
+    // Measured before the temporary files go, which frees the space again.
+    let result = result.map_err(|e| match (&e, free_bytes(&tmp)) {
+        (SnapshotError::Migration(_), Some(free)) if free < NEARLY_FULL => {
+            SnapshotError::DiskFull {
+                path: home.snapshots_dir(),
+                free,
+                source: Box::new(e),
+            }
+        }
+        _ => e,
+    });
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
         if !req.stop {

@@ -418,6 +418,23 @@ mod tests {
             parse_greeting("hello"),
             Err(QmpError::Protocol(_))
         ));
+        // 2^32 + 10 was read as version 10.
+        let huge = r#"{"QMP":{"version":{"qemu":{"major":4294967306,"minor":0,"micro":2}}}}"#;
+        assert!(matches!(parse_greeting(huge), Err(QmpError::Protocol(_))));
+        // Lines after the greeting: events, replies, errors, the rest ignored.
+        assert!(matches!(
+            parse_message("{\"event\":\"STOP\"}"),
+            Message::Event(_)
+        ));
+        assert!(matches!(
+            parse_message("{\"id\":7,\"error\":{}}"),
+            Message::Reply {
+                id: 7,
+                result: Err(_)
+            }
+        ));
+        assert!(matches!(parse_message("[1]"), Message::Other));
+        assert!(matches!(parse_message("{\"id\":"), Message::NotJson));
     }
 
     /// A fake QMP server on a socket pair: greeting, capabilities, an event in between,

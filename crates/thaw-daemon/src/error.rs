@@ -191,7 +191,7 @@ impl HttpStatus for SnapshotError {
     fn status(&self) -> StatusCode {
         match self {
             SnapshotError::Vm(e) => e.status(),
-            SnapshotError::TagExists(_) => CONFLICT,
+            SnapshotError::TagExists(_) | SnapshotError::Busy(_) => CONFLICT,
             SnapshotError::CloneNeedsMappedRam { .. } | SnapshotError::UnknownLayer { .. } => BAD,
             _ => FAILED,
         }

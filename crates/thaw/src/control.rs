@@ -28,6 +28,9 @@ pub async fn exec(
     timeout: Duration,
 ) -> Result<ExecOutput, ExecError> {
     let state = VmState::load_running(home, name)?;
+    if let Ok(qmp) = Qmp::connect(&state.paths(home).qmp()).await {
+        crate::snapshot::take::cancel_abandoned(&state.paths(home), &qmp).await;
+    }
     let mut agent = Agent::connect(&state.paths(home).agent(), Duration::from_secs(10)).await?;
     Ok(agent.exec(argv, timeout).await?)
 }
@@ -81,7 +84,7 @@ pub async fn list(home: &Home) -> Vec<VmInfo> {
         let (st, qemu_status) = if !state.is_alive() {
             ("dead".to_owned(), None)
         } else {
-            match query_status(&state.paths(home).qmp()).await {
+            match query_status(&state.paths(home)).await {
                 Some(s) => (
                     if s == "running" { "running" } else { "paused" }.to_owned(),
                     Some(s),
@@ -104,9 +107,12 @@ pub async fn list(home: &Home) -> Vec<VmInfo> {
     out
 }
 
-async fn query_status(sock: &std::path::Path) -> Option<String> {
+/// QEMU's run state; a running VM's migration that a killed snapshot left is
+/// cancelled first, so that "running" stays true.
+async fn query_status(paths: &vm::VmPaths) -> Option<String> {
     let q = async {
-        let qmp = Qmp::connect(sock).await.ok()?;
+        let qmp = Qmp::connect(&paths.qmp()).await.ok()?;
+        crate::snapshot::take::cancel_abandoned(paths, &qmp).await;
         let st = qmp.execute("query-status", None).await.ok()?;
         st["status"].as_str().map(str::to_owned)
     };

@@ -4,7 +4,8 @@
 //!
 //! 1. Before any pause: read the VM's disk tops from QEMU and create each disk's next,
 //!    empty layer (the VM moves onto it at the pause).
-//! 2. **paused**: the vCPUs stop. How RAM gets into the snapshot decides how long:
+//! 2. **migrating** (mapped only: RAM is being copied while the guest runs), then
+//!    **paused**: the vCPUs stop. How RAM gets into the snapshot decides how long:
 //!    - *mapped* (QEMU >= 9.0, every VM that keeps running, and clones with `--stop`):
 //!      a live `mapped-ram` migration copies RAM while the guest runs; QEMU stops the
 //!      vCPUs only for the last dirty pages and the device state, a few milliseconds
@@ -80,6 +81,8 @@ pub enum SnapshotError {
     Vm(#[from] VmError),
     #[error("a snapshot tagged {0} already exists")]
     TagExists(SnapshotTag),
+    #[error("a snapshot of VM {0} is being taken; wait for it to finish")]
+    Busy(VmName),
     #[error("VM {name} is a restored clone: snapshots of clones need QEMU 9.0 or later (mapped-ram), this is QEMU {qemu}")]
     CloneNeedsMappedRam { name: VmName, qemu: QemuVersion },
     #[error("VM {name}'s disk {disk} is on {path}, which is not a thaw disk layer (a VM started by an older thaw?)")]
@@ -159,10 +162,56 @@ struct Disk {
     next: Option<PathBuf>,
 }
 
+/// Held by a snapshot for as long as it runs: an exclusive `flock` on
+/// `vms/<name>/snapshot.lock`, which the kernel drops when the process dies. So a
+/// second snapshot of the VM is refused, and a migration found running while nobody
+/// holds it was left by a killed snapshot.
+pub struct OwnerLock(#[allow(dead_code)] std::fs::File);
+
+/// Takes the VM's snapshot lock, or `None` if a live process holds it.
+pub fn try_lock_owner(paths: &vm::VmPaths) -> std::io::Result<Option<OwnerLock>> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(paths.dir.join("snapshot.lock"))?;
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(OwnerLock(f))),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Cancels the live migration of a snapshot that was killed (see
+/// [`migration::cancel_live`]), if the VM has one and no snapshot holds it. Called
+/// whenever thaw looks at a running VM (`thaw ls`, exec): without it the VM ran on for
+/// a few seconds after the kill and then paused itself for good. A migration already
+/// paused at the switchover is left for `thaw resume`.
+pub async fn cancel_abandoned(paths: &vm::VmPaths, qmp: &Qmp) -> bool {
+    if !paths.dir.join("snapshot.lock").exists() {
+        return false; // never snapshotted
+    }
+    let Ok(Some(_held)) = try_lock_owner(paths) else {
+        return false;
+    };
+    match migration::cancel_live(qmp).await {
+        Ok(cancelled) => {
+            if cancelled {
+                tracing::info!(dir = %paths.dir.display(), "cancelled the migration of a killed snapshot");
+            }
+            cancelled
+        }
+        Err(_) => false,
+    }
+}
+
 /// Checkpoints a running VM into a new snapshot, written atomically.
 pub async fn take(home: &Home, req: &SnapshotRequest) -> Result<SnapshotReport, SnapshotError> {
     let t0 = Instant::now();
     let state = VmState::load_running(home, &req.name)?;
+    let _owner = try_lock_owner(&state.paths(home))
+        .map_err(io_err("lock", &state.paths(home).dir))?
+        .ok_or_else(|| SnapshotError::Busy(req.name.clone()))?;
     home.ensure().map_err(io_err("create", home.root()))?;
     let dest = home.snapshot_dir(&req.tag);
     if dest.exists() {
@@ -174,6 +223,8 @@ pub async fn take(home: &Home, req: &SnapshotRequest) -> Result<SnapshotReport, 
     let qmp = Qmp::connect(&state.paths(home).qmp())
         .await
         .map_err(VmError::from)?;
+    // A live migration a killed snapshot left: ours could not start beside it.
+    let _ = migration::cancel_live(&qmp).await;
     let mut disks = Vec::new();
     let result = async {
         disks = disks_of(&qmp, &state, req.stop).await?;
@@ -329,6 +380,7 @@ async fn take_into(
                 qmp.execute("stop", None).await?;
             }
             let mut live = LiveSave::start(qmp, &path).await?;
+            test_hang("migrating");
             live.wait_paused().await?;
             paused_at = Instant::now();
             test_hang("paused");

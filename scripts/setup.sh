@@ -94,6 +94,14 @@ if ! command -v cargo >/dev/null; then
   fi
 fi
 
+# schemathesis (PyPI) checks the live daemon against docs/openapi.json
+# (crates/thaw-daemon/tests/schema.rs).
+if ! command -v schemathesis >/dev/null; then
+  command -v pip3 >/dev/null || apt-get install -y -qq python3-pip >/dev/null
+  log "installing schemathesis (pip)"
+  pip3 install -q schemathesis 2>/dev/null || pip3 install -q --break-system-packages schemathesis
+fi
+
 # The S3-compatible server the store's remote tests start on loopback.
 PATH="$HOME/.cargo/bin:$PATH" bash "$(dirname "$0")/setup-s3.sh"
 

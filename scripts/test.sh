@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian bookworm machine (as root): installs what
 # is missing, checks formatting and lints, builds, builds the default guest, and runs
-# every test (unit tests and end-to-end tests that boot real QEMU guests).
+# every test (unit tests and end-to-end tests that boot real QEMU guests), then fuzzes
+# the parsers of untrusted input for a short while (THAW_FUZZ_SECS per target).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,3 +21,5 @@ echo "== guests (default; debian and the firmware-booted image: debootstrap, a m
 ./target/debug/thaw guest build --profile debian-bios
 echo "== tests"
 cargo test --workspace -- --test-threads="${THAW_TEST_THREADS:-2}"
+echo "== fuzz (${THAW_FUZZ_SECS:-20} s per target)"
+THAW_FUZZ_SECS="${THAW_FUZZ_SECS:-20}" bash scripts/fuzz.sh

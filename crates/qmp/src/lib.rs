@@ -288,11 +288,13 @@ async fn send_with_fd(
     Ok(())
 }
 
-fn parse_greeting(line: &str) -> Result<QemuVersion, QmpError> {
+/// Reads the QEMU version from QMP's greeting line. Never panics, whatever the line.
+pub fn parse_greeting(line: &str) -> Result<QemuVersion, QmpError> {
     let v: Value = serde_json::from_str(line)
         .map_err(|_| QmpError::Protocol(format!("greeting is not JSON: {}", line.trim())))?;
     let q = &v["QMP"]["version"]["qemu"];
-    let get = |k: &str| q[k].as_u64().map(|n| n as u32);
+    // A number beyond u32 is not a version (it was truncated to one).
+    let get = |k: &str| q[k].as_u64().and_then(|n| u32::try_from(n).ok());
     match (get("major"), get("minor"), get("micro")) {
         (Some(major), Some(minor), Some(micro)) => Ok(QemuVersion {
             major,
@@ -304,6 +306,51 @@ fn parse_greeting(line: &str) -> Result<QemuVersion, QmpError> {
             line.trim()
         ))),
     }
+}
+
+/// One line QEMU sent after the greeting.
+#[derive(Debug)]
+pub enum Message {
+    /// An asynchronous event.
+    Event(Event),
+    /// The reply to command `id`: its `return` value, or its error's class and text.
+    Reply {
+        id: u64,
+        result: Result<Value, (String, String)>,
+    },
+    /// JSON that is neither (no id, or an id that is not a number): ignored.
+    Other,
+    /// Not JSON.
+    NotJson,
+}
+
+/// Classifies a line from QEMU. Never panics, whatever the line.
+pub fn parse_message(line: &str) -> Message {
+    let Ok(msg) = serde_json::from_str::<Value>(line) else {
+        return Message::NotJson;
+    };
+    if let Some(event) = msg["event"].as_str() {
+        let ts = &msg["timestamp"];
+        let timestamp = ts["seconds"].as_f64().unwrap_or(0.0)
+            + ts["microseconds"].as_f64().unwrap_or(0.0) / 1e6;
+        return Message::Event(Event {
+            event: event.to_owned(),
+            data: msg["data"].clone(),
+            timestamp,
+        });
+    }
+    let Some(id) = msg["id"].as_u64() else {
+        return Message::Other;
+    };
+    let result = if let Some(err) = msg.get("error") {
+        Err((
+            err["class"].as_str().unwrap_or("GenericError").to_owned(),
+            err["desc"].as_str().unwrap_or("unknown error").to_owned(),
+        ))
+    } else {
+        Ok(msg.get("return").cloned().unwrap_or(Value::Null))
+    };
+    Message::Reply { id, result }
 }
 
 async fn read_loop(
@@ -319,36 +366,21 @@ async fn read_loop(
             Ok(_) => {}
         }
         tracing::debug!(target: "qmp", "<- {}", line.trim_end());
-        let Ok(msg) = serde_json::from_str::<Value>(&line) else {
-            tracing::warn!(target: "qmp", "ignoring a line that is not JSON: {}", line.trim_end());
-            continue;
-        };
-        if let Some(event) = msg["event"].as_str() {
-            let ts = &msg["timestamp"];
-            let timestamp = ts["seconds"].as_f64().unwrap_or(0.0)
-                + ts["microseconds"].as_f64().unwrap_or(0.0) / 1e6;
-            let _ = events.send(Event {
-                event: event.to_owned(),
-                data: msg["data"].clone(),
-                timestamp,
-            });
-            continue;
+        match parse_message(&line) {
+            Message::Event(event) => {
+                let _ = events.send(event);
+            }
+            Message::Reply { id, result } => {
+                let Some(tx) = pending.lock().expect("pending map").remove(&id) else {
+                    continue;
+                };
+                let _ = tx.send(result);
+            }
+            Message::Other => {}
+            Message::NotJson => {
+                tracing::warn!(target: "qmp", "ignoring a line that is not JSON: {}", line.trim_end());
+            }
         }
-        let Some(id) = msg["id"].as_u64() else {
-            continue;
-        };
-        let Some(tx) = pending.lock().expect("pending map").remove(&id) else {
-            continue;
-        };
-        let reply = if let Some(err) = msg.get("error") {
-            Err((
-                err["class"].as_str().unwrap_or("GenericError").to_owned(),
-                err["desc"].as_str().unwrap_or("unknown error").to_owned(),
-            ))
-        } else {
-            Ok(msg.get("return").cloned().unwrap_or(Value::Null))
-        };
-        let _ = tx.send(reply);
     }
     // Dropping the senders wakes every waiter with `Closed`.
     pending.lock().expect("pending map").clear();
@@ -386,6 +418,23 @@ mod tests {
             parse_greeting("hello"),
             Err(QmpError::Protocol(_))
         ));
+        // 2^32 + 10 was read as version 10.
+        let huge = r#"{"QMP":{"version":{"qemu":{"major":4294967306,"minor":0,"micro":2}}}}"#;
+        assert!(matches!(parse_greeting(huge), Err(QmpError::Protocol(_))));
+        // Lines after the greeting: events, replies, errors, the rest ignored.
+        assert!(matches!(
+            parse_message("{\"event\":\"STOP\"}"),
+            Message::Event(_)
+        ));
+        assert!(matches!(
+            parse_message("{\"id\":7,\"error\":{}}"),
+            Message::Reply {
+                id: 7,
+                result: Err(_)
+            }
+        ));
+        assert!(matches!(parse_message("[1]"), Message::Other));
+        assert!(matches!(parse_message("{\"id\":"), Message::NotJson));
     }
 
     /// A fake QMP server on a socket pair: greeting, capabilities, an event in between,

@@ -550,6 +550,7 @@ fn read_password(file: &std::path::Path) -> Result<String> {
 }
 
 fn main() -> ExitCode {
+    thaw::fsutil::private_umask();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {

@@ -18,6 +18,12 @@ fn copy_dir(from: &Path, to: &Path) {
     assert!(st.success(), "cp {} {}", from.display(), to.display());
 }
 
+/// A manifest edited by a test, with its checksum made right again.
+fn reseal(mut m: serde_json::Value) -> Vec<u8> {
+    m["checksum"] = thaw::snapshot::manifest_checksum(&m).into();
+    serde_json::to_vec_pretty(&m).unwrap()
+}
+
 /// Checks the invariants after a refused command: the same QEMU processes as before,
 /// no temporary snapshot directories.
 fn assert_clean(env: &Env, qemus_before: &[u32]) {
@@ -101,7 +107,16 @@ fn bad_names_unknown_things_and_broken_snapshots_are_refused() {
 
     // The good snapshot is of a running VM: one mapped-ram file, "memory".
     let manifest = std::fs::read_to_string(snaps.join("good/manifest.json")).unwrap();
-    let retag = |to: &str| manifest.replace("\"tag\": \"good\"", &format!("\"tag\": \"{to}\""));
+    // An edited manifest gets its checksum again: these cases are about one defect
+    // each, not about the checksum (corrupt.rs is).
+    let retag = |to: &str| {
+        reseal(
+            serde_json::from_str(
+                &manifest.replace("\"tag\": \"good\"", &format!("\"tag\": \"{to}\"")),
+            )
+            .unwrap(),
+        )
+    };
     copy_dir(&good, &snaps.join("truncated"));
     let memory = snaps.join("truncated/memory");
     let len = std::fs::metadata(&memory).unwrap().len();
@@ -131,14 +146,10 @@ fn bad_names_unknown_things_and_broken_snapshots_are_refused() {
     env.run(&["restore", "flipped"])
         .fails_with("the device state in memory does not match its BLAKE3 hash");
 
-    let mut wrong_ram: serde_json::Value = serde_json::from_str(&retag("wrong-ram")).unwrap();
+    let mut wrong_ram: serde_json::Value = serde_json::from_slice(&retag("wrong-ram")).unwrap();
     wrong_ram["memory"]["len"] = (128u64 << 20).into();
     copy_dir(&good, &snaps.join("wrong-ram"));
-    std::fs::write(
-        snaps.join("wrong-ram/manifest.json"),
-        serde_json::to_vec(&wrong_ram).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(snaps.join("wrong-ram/manifest.json"), reseal(wrong_ram)).unwrap();
     env.run(&["restore", "wrong-ram"])
         .fails_with("RAM image is 134217728 bytes, expected 268435456");
 
@@ -158,11 +169,7 @@ fn bad_names_unknown_things_and_broken_snapshots_are_refused() {
     other_qemu["qemu_version"] = serde_json::json!({"major": 7, "minor": 2, "micro": 0});
     other_qemu["tag"] = "old-qemu".into();
     copy_dir(&good, &snaps.join("old-qemu"));
-    std::fs::write(
-        snaps.join("old-qemu/manifest.json"),
-        serde_json::to_vec(&other_qemu).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(snaps.join("old-qemu/manifest.json"), reseal(other_qemu)).unwrap();
     env.run(&["restore", "old-qemu"])
         .fails_with("was taken with QEMU 7.2.0");
     env.run(&["restore", "good", "--accel", "kvm"])

@@ -27,11 +27,25 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An answer; control characters in `message` (a newline in a field name serde
+    /// quotes, say) are escaped, so that the error stays one line.
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-        }
+        let message: String = message.into();
+        let message = if message.chars().any(char::is_control) {
+            message
+                .chars()
+                .map(|c| {
+                    if c.is_control() {
+                        c.escape_default().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect()
+        } else {
+            message
+        };
+        ApiError { status, message }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -61,20 +75,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The error and its causes on one line, each cause said once.
-pub fn one_line(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !text.is_empty() && !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        cause = c.source();
-    }
-    line
-}
+pub use thaw::one_line;
 
 /// The HTTP status an error of the core calls for.
 pub trait HttpStatus {
@@ -204,7 +205,7 @@ impl HttpStatus for SnapshotError {
     fn status(&self) -> StatusCode {
         match self {
             SnapshotError::Vm(e) => e.status(),
-            SnapshotError::TagExists(_) => CONFLICT,
+            SnapshotError::TagExists(_) | SnapshotError::Busy(_) => CONFLICT,
             SnapshotError::CloneNeedsMappedRam { .. } | SnapshotError::UnknownLayer { .. } => BAD,
             _ => FAILED,
         }

@@ -28,6 +28,8 @@ use thaw::qemu::{Qemu, QemuError};
 use thaw::snapshot::SnapshotCheckError;
 use thaw::{Accel, Home};
 
+#[doc(hidden)]
+pub use api::check_request_body;
 pub use db::DbError;
 pub use error::one_line;
 

@@ -31,6 +31,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    thaw::fsutil::private_umask();
     let args = Args::parse();
     if let Some(home) = args.pool_keeper {
         return thaw_daemon::keeper::run(&home);

@@ -69,6 +69,8 @@ pub(crate) async fn recover(home: &Home, db: &Db) -> Result<Recovered, DbError> 
     thaw::pool::remove_leftovers(home);
     db.clear_pool_entries()?;
 
+    // Resets the previous daemon was in the middle of.
+    thaw::reset::recover_interrupted(home);
     let mut known = HashSet::new();
     for row in db.vms()? {
         known.insert(row.name.clone());

@@ -28,6 +28,9 @@ pub async fn exec(
     timeout: Duration,
 ) -> Result<ExecOutput, ExecError> {
     let state = VmState::load_running(home, name)?;
+    if let Ok(qmp) = Qmp::connect(&state.paths(home).qmp()).await {
+        crate::snapshot::take::cancel_abandoned(&state.paths(home), &qmp).await;
+    }
     let mut agent = Agent::connect(&state.paths(home).agent(), Duration::from_secs(10)).await?;
     Ok(agent.exec(argv, timeout).await?)
 }
@@ -36,7 +39,8 @@ pub async fn exec(
 pub struct VmInfo {
     pub name: VmName,
     pub pid: Option<u32>,
-    /// "running", "paused", "dead" (QEMU is gone) or "unresponsive" (QMP did not answer).
+    /// "running", "paused", "dead" (QEMU is gone) or "unresponsive" (QMP did not answer,
+    /// or QEMU runs but its record was never written).
     pub state: String,
     /// QEMU's own run state when it answered (e.g. "postmigrate").
     pub qemu_status: Option<String>,
@@ -53,13 +57,24 @@ pub struct VmInfo {
 
 /// Lists every VM with its state as QEMU reports it now.
 pub async fn list(home: &Home) -> Vec<VmInfo> {
+    // What a killed `thaw reset` left would otherwise run unlisted.
+    crate::reset::recover_interrupted(home);
     let mut out = Vec::new();
     for name in vm::list_names(home) {
         let Ok(state) = VmState::load(home, &name) else {
+            // No readable record: thaw died between starting QEMU and writing it (or
+            // while claiming the name). Dead unless a QEMU runs from the directory,
+            // which no command could then manage but `thaw stop`.
+            let running = vm::pids_using(&home.vm_dir(&name)).first().copied();
             out.push(VmInfo {
                 name,
-                pid: None,
-                state: "dead".into(),
+                pid: running,
+                state: if running.is_some() {
+                    "unresponsive"
+                } else {
+                    "dead"
+                }
+                .into(),
                 qemu_status: None,
                 origin: None,
                 memory_mib: None,
@@ -73,7 +88,7 @@ pub async fn list(home: &Home) -> Vec<VmInfo> {
         let (st, qemu_status) = if !state.is_alive() {
             ("dead".to_owned(), None)
         } else {
-            match query_status(&state.paths(home).qmp()).await {
+            match query_status(&state.paths(home)).await {
                 Some(s) => (
                     if s == "running" { "running" } else { "paused" }.to_owned(),
                     Some(s),
@@ -97,9 +112,12 @@ pub async fn list(home: &Home) -> Vec<VmInfo> {
     out
 }
 
-async fn query_status(sock: &std::path::Path) -> Option<String> {
+/// QEMU's run state; a running VM's migration that a killed snapshot left is
+/// cancelled first, so that "running" stays true.
+async fn query_status(paths: &vm::VmPaths) -> Option<String> {
     let q = async {
-        let qmp = Qmp::connect(sock).await.ok()?;
+        let qmp = Qmp::connect(&paths.qmp()).await.ok()?;
+        crate::snapshot::take::cancel_abandoned(paths, &qmp).await;
         let st = qmp.execute("query-status", None).await.ok()?;
         st["status"].as_str().map(str::to_owned)
     };
@@ -111,6 +129,7 @@ async fn query_status(sock: &std::path::Path) -> Option<String> {
 
 /// Stops a VM (whatever its state) and removes its directory.
 pub async fn stop(home: &Home, name: &VmName) -> Result<(), VmError> {
+    crate::reset::recover_interrupted(home);
     let dir = home.vm_dir(name);
     match VmState::load(home, name) {
         Ok(state) => {

@@ -6,6 +6,15 @@ use std::path::Path;
 
 use rustix::fs::SeekFrom;
 
+/// Makes everything this process creates from now on private to its user: files
+/// 0600, directories 0700 (umask 077). thaw's state is guest RAM, disks and sockets
+/// that control VMs; a default umask (022) left all of it readable by every local
+/// user. Inherited by the QEMU processes thaw starts, so their RAM files, logs and
+/// sockets are private too. Called first thing by the `thaw` and `thawd` binaries.
+pub fn private_umask() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file beside it, `sync_all`,
 /// `rename`, then `fsync` of the directory so the rename itself is durable.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -85,14 +85,59 @@ pub fn blocks(path: &Path) -> Result<Vec<Block>, MappedError> {
             source,
         }
     };
-    let bad = |why: String| MappedError::Format {
-        path: path.to_owned(),
-        why,
-    };
     let f = File::open(path).map_err(io("open"))?;
     let file_len = f.metadata().map_err(io("read"))?.len();
+    parse_blocks(file_len, &mut |buf, at| read_at_most(&f, buf, at)).map_err(|e| match e {
+        ParseError::Io(source) => io("read")(source),
+        ParseError::Format(why) => MappedError::Format {
+            path: path.to_owned(),
+            why,
+        },
+    })
+}
+
+/// [`blocks`] of a file held in memory.
+pub fn blocks_in(bytes: &[u8]) -> Result<Vec<Block>, String> {
+    let mut read = |buf: &mut [u8], at: u64| {
+        let start = usize::try_from(at).unwrap_or(usize::MAX).min(bytes.len());
+        let n = buf.len().min(bytes.len() - start);
+        buf[..n].copy_from_slice(&bytes[start..start + n]);
+        Ok(n)
+    };
+    blocks_with(bytes.len() as u64, &mut read)
+}
+
+/// [`blocks`] of a file of `file_len` bytes that `read(buf, offset)` reads (filling
+/// what it can, returning how much): for fuzzing, with files far larger than memory.
+pub fn blocks_with(
+    file_len: u64,
+    read: &mut dyn FnMut(&mut [u8], u64) -> std::io::Result<usize>,
+) -> Result<Vec<Block>, String> {
+    parse_blocks(file_len, read).map_err(|e| match e {
+        ParseError::Io(e) => e.to_string(),
+        ParseError::Format(why) => why,
+    })
+}
+
+enum ParseError {
+    Io(std::io::Error),
+    Format(String),
+}
+
+/// More RAM blocks than any machine has: a header claiming more is not QEMU's.
+const MAX_BLOCKS: usize = 4096;
+
+/// The layout parser behind [`blocks`]: `read(buf, offset)` reads what it can of
+/// `file_len` bytes. Every offset and length is checked with overflow in mind, and
+/// every block must be non-empty and lie after the previous one, so that no input
+/// makes it panic, loop or allocate without bound.
+fn parse_blocks(
+    file_len: u64,
+    read: &mut dyn FnMut(&mut [u8], u64) -> std::io::Result<usize>,
+) -> Result<Vec<Block>, ParseError> {
+    let bad = |why: String| ParseError::Format(why);
     let mut head = vec![0u8; 64 << 10];
-    let n = read_at_most(&f, &mut head, 0).map_err(io("read"))?;
+    let n = read(&mut head, 0).map_err(ParseError::Io)?;
     head.truncate(n);
     if head.len() < 8 || &head[..4] != b"QEVM" {
         return Err(bad("no QEVM magic".into()));
@@ -116,9 +161,12 @@ pub fn blocks(path: &Path) -> Result<Vec<Block>, MappedError> {
     let mut blocks = Vec::new();
     let mut sum = 0u64;
     while sum < total {
+        if blocks.len() == MAX_BLOCKS {
+            return Err(bad(format!("more than {MAX_BLOCKS} RAM blocks")));
+        }
         // Block header: id length, id, used length, mapped-ram header (4+8+8+8).
         let mut hdr = [0u8; 1 + 255 + 8 + 28];
-        let got = read_at_most(&f, &mut hdr, pos).map_err(io("read"))?;
+        let got = read(&mut hdr, pos).map_err(ParseError::Io)?;
         let idlen = hdr[0] as usize;
         if got < 1 + idlen + 36 {
             return Err(bad(format!("block header at {pos} is cut short")));
@@ -135,15 +183,24 @@ pub fn blocks(path: &Path) -> Result<Vec<Block>, MappedError> {
                 "block {id}: mapped-ram header version {version}, page size {page_size}"
             )));
         }
-        let bitmap_end = bitmap_offset + len / PAGE / 8;
-        if !len.is_multiple_of(PAGE)
-            || !pages_offset.is_multiple_of(ALIGN)
-            || bitmap_end > pages_offset
-            || pages_offset + len > file_len
-        {
+        // An empty block, or one whose pages do not come after its own header, would
+        // have the next header read at the same place again: a crafted file looped
+        // here forever. Offsets near u64::MAX overflowed.
+        let header_end = pos + (1 + idlen + 36) as u64;
+        let bitmap_end = bitmap_offset.checked_add(len / PAGE / 8);
+        let pages_end = pages_offset.checked_add(len);
+        let consistent = len > 0
+            && len.is_multiple_of(PAGE)
+            && pages_offset.is_multiple_of(ALIGN)
+            && bitmap_offset >= header_end
+            && bitmap_end.is_some_and(|e| e <= pages_offset)
+            && pages_end.is_some_and(|e| e <= file_len);
+        if !consistent {
             return Err(bad(format!("block {id}: inconsistent offsets")));
         }
-        sum += len;
+        sum = sum
+            .checked_add(len)
+            .ok_or_else(|| bad("block sizes overflow".into()))?;
         pos = pages_offset + len;
         blocks.push(Block {
             id,
@@ -317,6 +374,69 @@ mod tests {
         let mut bm = [0u8; 1];
         f.read_exact_at(&mut bm, b.bitmap_offset).unwrap();
         assert_eq!(bm[0], 0, "the bitmap is cleared");
+    }
+
+    /// The start of a mapped-ram file without blocks: magic, version, the ram
+    /// section's header and the total RAM size word (33 bytes).
+    fn ram_section(total: u64) -> Vec<u8> {
+        let mut f = b"QEVM\0\0\0\x03".to_vec();
+        f.extend_from_slice(&[1, 0, 0, 0, 2, 3]);
+        f.extend_from_slice(b"ram");
+        f.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 4]);
+        f.extend_from_slice(&(total | RAM_SAVE_FLAG_MEM_SIZE).to_be_bytes());
+        f
+    }
+
+    fn block_header(id: &str, len: u64, bitmap_offset: u64, pages_offset: u64) -> Vec<u8> {
+        let mut h = vec![id.len() as u8];
+        h.extend_from_slice(id.as_bytes());
+        h.extend_from_slice(&len.to_be_bytes());
+        h.extend_from_slice(&1u32.to_be_bytes());
+        h.extend_from_slice(&PAGE.to_be_bytes());
+        h.extend_from_slice(&bitmap_offset.to_be_bytes());
+        h.extend_from_slice(&pages_offset.to_be_bytes());
+        h
+    }
+
+    /// Blocks of length 0 whose pages "start" at 1 MiB, where the same header is:
+    /// the next header was read at the same offset again, forever.
+    #[test]
+    fn empty_blocks_pointing_at_themselves_are_refused_not_looped_on() {
+        let mut f = ram_section(64 << 20);
+        f.extend_from_slice(&block_header("ram0", 0, ALIGN, ALIGN));
+        f.resize(ALIGN as usize, 0);
+        f.extend_from_slice(&block_header("ram0", 0, ALIGN, ALIGN));
+        f.resize(ALIGN as usize + 4096, 0);
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("memory");
+        std::fs::write(&p, &f).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(blocks(&p).map_err(|e| e.to_string()));
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("blocks() returned");
+        assert!(r.unwrap_err().contains("inconsistent offsets"));
+        assert!(blocks_in(&f).unwrap_err().contains("inconsistent offsets"));
+    }
+
+    /// Offsets and lengths near u64::MAX are refused, not overflowed.
+    #[test]
+    fn huge_offsets_are_refused() {
+        let mut g = ram_section(!(PAGE - 1));
+        g.extend_from_slice(&block_header(
+            "ram0",
+            !(PAGE - 1),
+            u64::MAX - 8,
+            !(ALIGN - 1),
+        ));
+        assert!(blocks_in(&g).is_err());
+        let mut h = ram_section(8 << 20);
+        h.extend_from_slice(&block_header("ram0", 4 << 20, 100, ALIGN));
+        h.resize((ALIGN + (4 << 20)) as usize, 0);
+        h.extend_from_slice(&block_header("pc.bios", !(PAGE - 1), 0, 0));
+        assert!(blocks_in(&h).is_err());
     }
 
     #[test]

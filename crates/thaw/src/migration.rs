@@ -237,6 +237,18 @@ pub async fn cancel_pending(qmp: &Qmp) -> Result<(), MigrationError> {
     Ok(())
 }
 
+/// Cancels a migration still in its live phase (`setup` or `active`: RAM being copied
+/// while the guest runs), leaving the VM running. For a migration whose snapshot was
+/// killed: QEMU would go on copying into the dead snapshot's file and then pause the
+/// VM at the switchover, waiting for a thaw that is gone. Returns whether it did.
+pub async fn cancel_live(qmp: &Qmp) -> Result<bool, MigrationError> {
+    if !matches!(query(qmp).await?.as_str(), "setup" | "active") {
+        return Ok(false);
+    }
+    cancel_pending(qmp).await?;
+    Ok(true)
+}
+
 /// Writes the paused VM's device state to `path` (layout raw: RAM is left out).
 pub async fn save(qmp: &Qmp, path: &Path) -> Result<(), MigrationError> {
     set_capabilities(qmp, Layout::Raw).await?;

@@ -78,6 +78,7 @@ pub async fn reset(
     pool: Option<&Arc<Pool>>,
 ) -> Result<ResetReport, ResetError> {
     let t0 = Instant::now();
+    recover_interrupted(home);
     let old = VmState::load(home, &req.name)?;
     let tag = req
         .to
@@ -99,9 +100,7 @@ pub async fn reset(
     let mut prepared = match pooled {
         Some(p) => p,
         None => {
-            let dir = home
-                .vms_dir()
-                .join(format!(".reset-{}-{}", req.name, std::process::id()));
+            let dir = side_dir(home);
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).map_err(|source| VmError::Io {
                 step: "create",
@@ -206,9 +205,11 @@ async fn take_over(
         prepared.take_vnc(vnc).await?;
     }
     let dir = home.vm_dir(&old.name);
-    let doomed = home
-        .vms_dir()
-        .join(format!(".doomed-{}-{}", old.name, std::process::id()));
+    let doomed = home.vms_dir().join(format!(
+        "{DOOMED_PREFIX}{}-{}",
+        old.name,
+        std::process::id()
+    ));
     std::fs::rename(&dir, &doomed).map_err(|source| VmError::Io {
         step: "move aside",
         path: dir.clone(),
@@ -218,4 +219,104 @@ async fn take_over(
     // The old VM's files (its RAM file, disks, logs) go now; nothing runs from them.
     let _ = std::fs::remove_dir_all(&doomed);
     Ok(())
+}
+
+/// Where a reset prepares its clone beside the VM: `vms/.reset-<pid>-<n>`. Short
+/// whatever the VM's name (the QMP and agent sockets inside must fit a Unix socket
+/// path: named after a 64-character VM, they did not), and carrying the pid of the
+/// process resetting, which is how [`recover_interrupted`] tells an abandoned one.
+fn side_dir(home: &Home) -> std::path::PathBuf {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    home.vms_dir()
+        .join(format!("{SIDE_PREFIX}{}-{n}", std::process::id()))
+}
+
+const SIDE_PREFIX: &str = ".reset-";
+const DOOMED_PREFIX: &str = ".doomed-";
+
+/// Whether the process `pid` (as written in a directory name) is gone.
+fn writer_gone(pid: Option<&str>) -> bool {
+    let pid = pid
+        .and_then(|p| p.parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw);
+    match pid {
+        Some(p) if p.as_raw_nonzero().get() as u32 == std::process::id() => false,
+        Some(p) => matches!(
+            rustix::process::test_kill_process(p),
+            Err(rustix::io::Errno::SRCH)
+        ),
+        None => true,
+    }
+}
+
+/// Cleans up after resets whose process was killed (SIGKILL, a crash): the clone a
+/// reset was preparing (`.reset-*`) runs from a directory no command lists, so its
+/// QEMU is ended and the directory removed; a VM moved aside to be replaced
+/// (`.doomed-*`) goes back to its name if nothing took it, where `thaw ls` shows it
+/// (dead: its QEMU was ended first) and a new reset or `thaw stop` handles it. Resets
+/// still running are left alone.
+pub fn recover_interrupted(home: &Home) {
+    for entry in std::fs::read_dir(home.vms_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str() else {
+            continue;
+        };
+        let path = entry.path();
+        if let Some(rest) = name.strip_prefix(SIDE_PREFIX) {
+            if !writer_gone(rest.split('-').next()) {
+                continue;
+            }
+            let paths = VmPaths { dir: path.clone() };
+            let mut doomed: Vec<u32> = VmState::load_in(&paths)
+                .ok()
+                .filter(|s| s.is_alive())
+                .map(|s| s.pid)
+                .into_iter()
+                .collect();
+            // Also a QEMU started just before its record was written.
+            doomed.extend(vm::pids_using(&path));
+            for &pid in &doomed {
+                vm::kill(pid);
+            }
+            // Gone before this returns, so that what the caller lists next is true.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while doomed
+                .iter()
+                .any(|&p| vm::process_is_vm(p, &path) || vm::process_mentions(p, b"qemu"))
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            tracing::info!(dir = %path.display(), "removed the clone of an interrupted reset");
+            let _ = std::fs::remove_dir_all(&path);
+        } else if let Some(rest) = name.strip_prefix(DOOMED_PREFIX) {
+            let Some((vm_name, pid)) = rest.rsplit_once('-') else {
+                continue;
+            };
+            if !writer_gone(Some(pid)) {
+                continue;
+            }
+            let back = vm_name
+                .parse::<VmName>()
+                .ok()
+                .map(|n| home.vm_dir(&n))
+                .filter(|d| !d.exists());
+            match back {
+                Some(dir) if std::fs::rename(&path, &dir).is_ok() => {
+                    tracing::info!(
+                        vm = vm_name,
+                        "put back a VM an interrupted reset had moved aside"
+                    );
+                }
+                _ => {
+                    let _ = std::fs::remove_dir_all(&path);
+                }
+            }
+        }
+    }
 }

@@ -341,6 +341,11 @@ pub fn forget(home: &Home, tag: &SnapshotTag) -> Result<(), StoreError> {
     }
 }
 
+/// A BLAKE3 hash as hex: 64 lowercase hex digits.
+fn is_blake3_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Writes the snapshot directory of `tag` from its record in the store, atomically:
 /// every file into a temporary directory, the guest files into `files/`, then the
 /// directory is renamed into place.
@@ -355,6 +360,10 @@ pub fn materialize(
     if dest.exists() {
         return Err(StoreError::Exists(tag.clone()));
     }
+    // The manifest is checked as a restore checks it (format, version, checksum, tag)
+    // before anything is written: a damaged record used to be written out whole and
+    // published, and only then refused, leaving a broken snapshot listed.
+    snapshot::parse_manifest_bytes(tag, s.manifest.as_bytes())?;
     home.ensure().map_err(io("create", home.root()))?;
     snapshot::remove_stale_temp_dirs(home);
     let tmp = snapshot::temp_dir(home, tag);
@@ -376,7 +385,11 @@ pub fn materialize(
                 Some(name) => {
                     // Guest files are shared by every snapshot that needs them; the
                     // file name is the content's BLAKE3 (the base disks' identity).
-                    if name.contains('/') || index.blake3.len() != 64 {
+                    // The hash becomes a file name under files/: it must be one (64
+                    // hex digits). A record from a pull or an import is not trusted,
+                    // and a "hash" like "../../../../etc/passwd" padded to 64
+                    // characters named a file outside $THAW_HOME.
+                    if name.contains('/') || !is_blake3_hex(&index.blake3) {
                         return Err(StoreError::Corrupt {
                             tag: tag.to_string(),
                             why: format!("bad guest file entry {rel}"),
@@ -404,18 +417,6 @@ pub fn materialize(
         fsutil::write_atomic(&mpath, s.manifest.as_bytes()).map_err(io("write", &mpath))?;
         fsutil::fsync_dir(&tmp.join("disks")).map_err(io("sync", &tmp))?;
         fsutil::fsync_dir(&tmp).map_err(io("sync", &tmp))?;
-        // The manifest must be the snapshot it says (its tag is checked on open).
-        let m: snapshot::Manifest =
-            serde_json::from_str(&s.manifest).map_err(|e| StoreError::Corrupt {
-                tag: tag.to_string(),
-                why: e.to_string(),
-            })?;
-        if &m.tag != tag {
-            return Err(StoreError::Corrupt {
-                tag: tag.to_string(),
-                why: format!("it is the snapshot {}", m.tag),
-            });
-        }
         std::fs::rename(&tmp, &dest).map_err(io("publish the snapshot as", &dest))?;
         fsutil::fsync_dir(&home.snapshots_dir()).map_err(io("sync", &home.snapshots_dir()))
     })();
@@ -687,4 +688,87 @@ pub fn stored_bytes(home: &Home) -> u64 {
         .ok()
         .and_then(|s| s.stored_bytes().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{FormatVersion, Manifest, Memory};
+
+    /// A store record whose guest file "hash" is a path: a hostile export or bucket
+    /// could make the snapshot's kernel link to (or be written as) any file on the
+    /// host. Refused before anything is written or linked.
+    #[test]
+    fn a_guest_file_hash_that_is_a_path_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let home = Home::new(d.path().join("home"));
+        home.ensure().unwrap();
+        std::fs::create_dir_all(files_dir(&home)).unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, b"host secret").unwrap();
+        // From $THAW_HOME/files/ up to / and down to the victim, padded with '/' to
+        // the 64 characters of a hash.
+        let depth = files_dir(&home).components().count();
+        let mut evil = "../".repeat(depth);
+        evil.push_str(victim.to_str().unwrap().trim_start_matches('/'));
+        while evil.len() < 64 {
+            evil.insert(3, '/');
+        }
+        assert_eq!(evil.len(), 64, "{evil}");
+        assert!(
+            files_dir(&home).join(&evil).is_file(),
+            "the path reaches the victim"
+        );
+
+        let tag: SnapshotTag = "evil".parse().unwrap();
+        let manifest = Manifest {
+            format: crate::snapshot::FORMAT_NAME.into(),
+            version: FormatVersion { major: 2, minor: 0 },
+            tag: tag.clone(),
+            created_unix_ms: 1,
+            qemu_version: "10.0.2".parse().unwrap(),
+            accel: crate::Accel::Tcg,
+            spec: crate::MachineSpec {
+                machine: "pc".into(),
+                memory_mib: 16,
+                cpus: 1,
+                kernel: Some("/k".into()),
+                initrd: None,
+                cmdline: String::new(),
+                accel: crate::Accel::Tcg,
+                firmware: Default::default(),
+                display: None,
+                disks: vec![],
+                net: None,
+            },
+            vmgenid: uuid::Uuid::nil(),
+            source_vm: "web".parse().unwrap(),
+            parent: None,
+            memory: Memory::Raw,
+            files: BTreeMap::new(),
+            disks: vec![],
+            checksum: None,
+        };
+        let record = StoredSnapshot {
+            manifest: String::from_utf8(manifest.to_bytes()).unwrap(),
+            files: BTreeMap::from([(
+                "guest/kernel".to_owned(),
+                FileIndex {
+                    size: 11,
+                    chunk_size: 65536,
+                    blake3: evil,
+                    chunks: vec![None],
+                },
+            )]),
+        };
+        let err = materialize(&home, &tag, &record, &mut NoProgress).unwrap_err();
+        assert!(
+            err.to_string().contains("bad guest file entry"),
+            "{}",
+            crate::one_line(&err)
+        );
+        assert!(!home.snapshot_dir(&tag).exists(), "nothing was published");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"host secret");
+    }
 }

@@ -241,7 +241,17 @@ pub fn last_log_line(path: &Path) -> String {
 
 impl VmState {
     pub fn load(home: &Home, name: &VmName) -> Result<VmState, VmError> {
-        let paths = VmPaths::new(home, name);
+        Self::load_named(&VmPaths::new(home, name), name)
+    }
+
+    /// Reads the record in `paths` (a directory outside `vms/<name>`: a pool clone, or
+    /// the clone of a reset).
+    pub fn load_in(paths: &VmPaths) -> Result<VmState, VmError> {
+        let name: VmName = "unnamed".parse().expect("a valid name");
+        Self::load_named(paths, &name)
+    }
+
+    fn load_named(paths: &VmPaths, name: &VmName) -> Result<VmState, VmError> {
         let bytes = match fsutil::read_capped(&paths.record(), 1 << 20) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -156,24 +156,9 @@ impl MethodReport {
 
     fn failed(method: &str, label: &str, memory_mib: u32, e: &dyn std::error::Error) -> Self {
         let mut r = MethodReport::new(method, label, memory_mib);
-        r.error = Some(one_line(e));
+        r.error = Some(crate::one_line(e));
         r
     }
-}
-
-/// The error and its causes on one line.
-pub fn one_line(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(c) = source {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = c.source();
-    }
-    s
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

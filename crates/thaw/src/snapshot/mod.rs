@@ -42,7 +42,8 @@ pub mod take;
 /// The `format` field of every manifest.
 pub const FORMAT_NAME: &str = "thaw-snapshot";
 /// The format version this build writes; it reads any minor version of this major.
-pub const FORMAT_VERSION: FormatVersion = FormatVersion { major: 2, minor: 0 };
+/// 2.1 added the manifest's own `checksum`.
+pub const FORMAT_VERSION: FormatVersion = FormatVersion { major: 2, minor: 1 };
 /// A manifest larger than this is refused unread.
 pub const MANIFEST_MAX_BYTES: u64 = 1 << 20;
 
@@ -108,6 +109,65 @@ pub struct Manifest {
     pub files: BTreeMap<String, FileEntry>,
     /// One entry per disk of the spec.
     pub disks: Vec<DiskChain>,
+    /// BLAKE3 of the manifest itself without this field ([`manifest_checksum`]), so
+    /// that a changed byte anywhere in it is found (format 2.1; absent in 2.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+}
+
+impl Manifest {
+    /// The bytes of `manifest.json`: the manifest with its checksum filled in.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut m = self.clone();
+        m.checksum = None;
+        let value = serde_json::to_value(&m).expect("serializes");
+        m.checksum = Some(manifest_checksum(&value));
+        serde_json::to_vec_pretty(&m).expect("serializes")
+    }
+}
+
+/// The checksum a manifest carries: BLAKE3 (hex) of its JSON without the `checksum`
+/// field, in a canonical form (object keys sorted, no whitespace), so that it does not
+/// depend on how the file was laid out, and fields a later minor version adds are
+/// covered too.
+pub fn manifest_checksum(manifest: &serde_json::Value) -> String {
+    fn canon(v: &serde_json::Value, out: &mut Vec<u8>) {
+        use serde_json::Value;
+        match v {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push(b'{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    serde_json::to_writer(&mut *out, k).expect("a string serializes");
+                    out.push(b':');
+                    canon(&map[k], out);
+                }
+                out.push(b'}');
+            }
+            Value::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    canon(item, out);
+                }
+                out.push(b']');
+            }
+            scalar => serde_json::to_writer(&mut *out, scalar).expect("a scalar serializes"),
+        }
+    }
+    let mut without = manifest.clone();
+    if let Some(map) = without.as_object_mut() {
+        map.remove("checksum");
+    }
+    let mut bytes = Vec::new();
+    canon(&without, &mut bytes);
+    blake3::hash(&bytes).to_hex().to_string()
 }
 
 /// A disk of a snapshot: the base image and how many layers are stacked on it.
@@ -454,6 +514,16 @@ impl Snapshot {
     }
 }
 
+/// Parses and checks the bytes of a `manifest.json` that should describe `tag`: the
+/// format name, the major version, the checksum (format 2.1 and later, or whenever one
+/// is present), the shape, and the tag. Never panics, whatever the bytes.
+pub fn parse_manifest_bytes(
+    tag: &SnapshotTag,
+    bytes: &[u8],
+) -> Result<Manifest, SnapshotCheckError> {
+    parse_manifest(tag, bytes)
+}
+
 fn parse_manifest(tag: &SnapshotTag, bytes: &[u8]) -> Result<Manifest, SnapshotCheckError> {
     let corrupt = |why: String| SnapshotCheckError::ManifestCorrupt {
         tag: tag.clone(),
@@ -478,6 +548,21 @@ fn parse_manifest(tag: &SnapshotTag, bytes: &[u8]) -> Result<Manifest, SnapshotC
             })
         }
         None => return Err(corrupt("no format version".into())),
+    }
+    // Without the checksum a flipped byte in, say, the kernel command line or the
+    // vmgenid would go unnoticed: nothing else covers the manifest's own bytes. A
+    // checksum that is present is always checked, so that a flip of the minor version
+    // cannot switch the check off.
+    match loose.get("checksum") {
+        Some(serde_json::Value::String(sum)) if *sum != manifest_checksum(&loose) => {
+            return Err(corrupt(
+                "its checksum does not match its content (a changed byte?)".into(),
+            ));
+        }
+        Some(serde_json::Value::String(_)) => {}
+        Some(_) => return Err(corrupt("its checksum is not a string".into())),
+        None if minor >= 1 => return Err(corrupt("its checksum is missing".into())),
+        None => {}
     }
     let manifest: Manifest = serde_json::from_value(loose).map_err(|e| corrupt(e.to_string()))?;
     if &manifest.tag != tag {
@@ -563,6 +648,7 @@ mod tests {
             memory: Memory::Raw,
             files: BTreeMap::new(),
             disks: vec![],
+            checksum: None,
         }
     }
 
@@ -584,7 +670,7 @@ mod tests {
                 },
             );
         }
-        std::fs::write(dir.join(MANIFEST_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
+        std::fs::write(dir.join(MANIFEST_FILE), m.to_bytes()).unwrap();
         Snapshot::open(home, &m.tag).unwrap()
     }
 
@@ -595,8 +681,52 @@ mod tests {
     #[test]
     fn manifest_round_trips() {
         let m = manifest("base");
-        let bytes = serde_json::to_vec(&m).unwrap();
-        assert_eq!(parse_manifest(&m.tag, &bytes).unwrap(), m);
+        let bytes = m.to_bytes();
+        let back = parse_manifest(&m.tag, &bytes).unwrap();
+        assert!(back.checksum.is_some());
+        assert_eq!(
+            Manifest {
+                checksum: None,
+                ..back
+            },
+            m
+        );
+    }
+
+    /// Format 2.0 had no checksum: a byte changed in a field no other check covers
+    /// (the kernel command line, the vmgenid, the source VM) was accepted as is.
+    #[test]
+    fn a_changed_byte_anywhere_in_the_manifest_is_found() {
+        let tag: SnapshotTag = "base".parse().unwrap();
+        let mut m = manifest("base");
+        m.spec.cmdline = "console=ttyS0 quiet".into();
+        let bytes = m.to_bytes();
+        parse_manifest(&tag, &bytes).unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        for (from, to) in [
+            ("quiet", "quieu"),
+            ("\"memory_mib\": 16", "\"memory_mib\": 17"),
+            ("\"minor\": 1", "\"minor\": 0"),
+            ("\"source_vm\": \"web\"", "\"source_vm\": \"wec\""),
+        ] {
+            assert!(text.contains(from), "{from}");
+            let changed = text.replacen(from, to, 1);
+            let err = parse_manifest(&tag, changed.as_bytes()).unwrap_err();
+            assert!(
+                err.to_string().contains("checksum does not match"),
+                "{from} -> {to}: {err}"
+            );
+        }
+        // Layout does not matter: the same manifest compact still checks out.
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        parse_manifest(&tag, &serde_json::to_vec(&v).unwrap()).unwrap();
+        // A 2.1 manifest without its checksum is refused; a 2.0 one is read.
+        let mut bare = v.clone();
+        bare.as_object_mut().unwrap().remove("checksum");
+        let err = parse_manifest(&tag, &serde_json::to_vec(&bare).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("checksum is missing"), "{err}");
+        bare["version"]["minor"] = 0.into();
+        parse_manifest(&tag, &serde_json::to_vec(&bare).unwrap()).unwrap();
     }
 
     #[test]

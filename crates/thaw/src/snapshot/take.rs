@@ -4,7 +4,8 @@
 //!
 //! 1. Before any pause: read the VM's disk tops from QEMU and create each disk's next,
 //!    empty layer (the VM moves onto it at the pause).
-//! 2. **paused**: the vCPUs stop. How RAM gets into the snapshot decides how long:
+//! 2. **migrating** (mapped only: RAM is being copied while the guest runs), then
+//!    **paused**: the vCPUs stop. How RAM gets into the snapshot decides how long:
 //!    - *mapped* (QEMU >= 9.0, every VM that keeps running, and clones with `--stop`):
 //!      a live `mapped-ram` migration copies RAM while the guest runs; QEMU stops the
 //!      vCPUs only for the last dirty pages and the device state, a few milliseconds
@@ -80,6 +81,8 @@ pub enum SnapshotError {
     Vm(#[from] VmError),
     #[error("a snapshot tagged {0} already exists")]
     TagExists(SnapshotTag),
+    #[error("a snapshot of VM {0} is being taken; wait for it to finish")]
+    Busy(VmName),
     #[error("VM {name} is a restored clone: snapshots of clones need QEMU 9.0 or later (mapped-ram), this is QEMU {qemu}")]
     CloneNeedsMappedRam { name: VmName, qemu: QemuVersion },
     #[error("VM {name}'s disk {disk} is on {path}, which is not a thaw disk layer (a VM started by an older thaw?)")]
@@ -105,6 +108,24 @@ pub enum SnapshotError {
     Disk(#[from] DiskError),
     #[error("could not add the snapshot to the store")]
     Store(#[from] crate::store::StoreError),
+    /// QEMU reports a write that failed for want of space as an I/O error of its own
+    /// ("ram_save_setup failed: Input/output error"); this says what it was.
+    #[error("the filesystem of {path} is full ({free} bytes free)")]
+    DiskFull {
+        path: PathBuf,
+        free: u64,
+        #[source]
+        source: Box<SnapshotError>,
+    },
+}
+
+/// Below this much free space, a failed migration is taken to have run out of it.
+const NEARLY_FULL: u64 = 16 << 20;
+
+/// Bytes free for an unprivileged writer on the filesystem of `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let s = rustix::fs::statvfs(path).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
 }
 
 fn io_err(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
@@ -141,10 +162,56 @@ struct Disk {
     next: Option<PathBuf>,
 }
 
+/// Held by a snapshot for as long as it runs: an exclusive `flock` on
+/// `vms/<name>/snapshot.lock`, which the kernel drops when the process dies. So a
+/// second snapshot of the VM is refused, and a migration found running while nobody
+/// holds it was left by a killed snapshot.
+pub struct OwnerLock(#[allow(dead_code)] std::fs::File);
+
+/// Takes the VM's snapshot lock, or `None` if a live process holds it.
+pub fn try_lock_owner(paths: &vm::VmPaths) -> std::io::Result<Option<OwnerLock>> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(paths.dir.join("snapshot.lock"))?;
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(OwnerLock(f))),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Cancels the live migration of a snapshot that was killed (see
+/// [`migration::cancel_live`]), if the VM has one and no snapshot holds it. Called
+/// whenever thaw looks at a running VM (`thaw ls`, exec): without it the VM ran on for
+/// a few seconds after the kill and then paused itself for good. A migration already
+/// paused at the switchover is left for `thaw resume`.
+pub async fn cancel_abandoned(paths: &vm::VmPaths, qmp: &Qmp) -> bool {
+    if !paths.dir.join("snapshot.lock").exists() {
+        return false; // never snapshotted
+    }
+    let Ok(Some(_held)) = try_lock_owner(paths) else {
+        return false;
+    };
+    match migration::cancel_live(qmp).await {
+        Ok(cancelled) => {
+            if cancelled {
+                tracing::info!(dir = %paths.dir.display(), "cancelled the migration of a killed snapshot");
+            }
+            cancelled
+        }
+        Err(_) => false,
+    }
+}
+
 /// Checkpoints a running VM into a new snapshot, written atomically.
 pub async fn take(home: &Home, req: &SnapshotRequest) -> Result<SnapshotReport, SnapshotError> {
     let t0 = Instant::now();
     let state = VmState::load_running(home, &req.name)?;
+    let _owner = try_lock_owner(&state.paths(home))
+        .map_err(io_err("lock", &state.paths(home).dir))?
+        .ok_or_else(|| SnapshotError::Busy(req.name.clone()))?;
     home.ensure().map_err(io_err("create", home.root()))?;
     let dest = home.snapshot_dir(&req.tag);
     if dest.exists() {
@@ -156,12 +223,25 @@ pub async fn take(home: &Home, req: &SnapshotRequest) -> Result<SnapshotReport, 
     let qmp = Qmp::connect(&state.paths(home).qmp())
         .await
         .map_err(VmError::from)?;
+    // A live migration a killed snapshot left: ours could not start beside it.
+    let _ = migration::cancel_live(&qmp).await;
     let mut disks = Vec::new();
     let result = async {
         disks = disks_of(&qmp, &state, req.stop).await?;
         take_into(home, req, &state, &qmp, &disks, &tmp, &dest, t0).await
     }
     .await;
+    // Measured before the temporary files go, which frees the space again.
+    let result = result.map_err(|e| match (&e, free_bytes(&tmp)) {
+        (SnapshotError::Migration(_), Some(free)) if free < NEARLY_FULL => {
+            SnapshotError::DiskFull {
+                path: home.snapshots_dir(),
+                free,
+                source: Box::new(e),
+            }
+        }
+        _ => e,
+    });
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
         if !req.stop {
@@ -301,6 +381,7 @@ async fn take_into(
                 qmp.execute("stop", None).await?;
             }
             let mut live = LiveSave::start(qmp, &path).await?;
+            test_hang("migrating");
             live.wait_paused().await?;
             paused_at = Instant::now();
             test_hang("paused");
@@ -430,9 +511,10 @@ async fn take_into(
         memory,
         files,
         disks: chains,
+        checksum: None,
     };
     let mpath = tmp.join(snapshot::MANIFEST_FILE);
-    let bytes = serde_json::to_vec_pretty(&manifest).expect("serializes");
+    let bytes = manifest.to_bytes();
     fsutil::write_atomic(&mpath, &bytes).map_err(io_err("write", &mpath))?;
     fsutil::fsync_dir(tmp).map_err(io_err("sync", tmp))?;
     test_hang("manifest-written");
@@ -451,8 +533,18 @@ async fn take_into(
         &mut crate::store::NoProgress,
     )?;
     std::fs::rename(tmp, dest).map_err(io_err("publish the snapshot as", dest))?;
-    fsutil::fsync_dir(&home.snapshots_dir()).map_err(io_err("sync", &home.snapshots_dir()))?;
-    crate::store::name(&store, &req.tag, &stored)?;
+    // A snapshot whose record cannot be written (a full disk) is taken back: it failed,
+    // so it must not stay listed. Killed here instead, the snapshot is whole and listed
+    // without a record, which push and export add again (`store::ensure`).
+    let named = fsutil::fsync_dir(&home.snapshots_dir())
+        .map_err(io_err("sync", &home.snapshots_dir()))
+        .and_then(|()| Ok(crate::store::name(&store, &req.tag, &stored)?));
+    if let Err(e) = named {
+        if std::fs::rename(dest, tmp).is_ok() {
+            let _ = fsutil::fsync_dir(&home.snapshots_dir());
+        }
+        return Err(e);
+    }
     drop(_held);
     let stored_bytes = store.stored_bytes().unwrap_or(0);
     test_hang("published");
@@ -461,12 +553,19 @@ async fn take_into(
         let _ = std::fs::remove_dir_all(&paths.dir);
     } else {
         // The VM now descends from this snapshot; its record already names its layers.
-        let mut now = VmState::load(home, &state.name)?;
-        now.lineage = Some(ParentRef {
+        // The snapshot is whole whatever happens here: a record that cannot be updated
+        // (a full disk) only costs the next snapshot of this VM its parent link, so it
+        // is not an error of this one.
+        let lineage = ParentRef {
             tag: req.tag.clone(),
             manifest_blake3: blake3::hash(&bytes).to_hex().to_string(),
-        });
-        now.save(home)?;
+        };
+        if let Err(e) = VmState::load(home, &state.name).and_then(|mut now| {
+            now.lineage = Some(lineage);
+            now.save(home)
+        }) {
+            tracing::warn!(vm = %state.name, "snapshot {} written, but the VM's record could not name it as its parent: {}", req.tag, crate::one_line(&e));
+        }
     }
     tracing::info!(tag = %req.tag, vm = %req.name, method = ram_copy, "snapshot written");
     Ok(SnapshotReport {

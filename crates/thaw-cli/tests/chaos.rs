@@ -1,0 +1,621 @@
+//! Random kill points: `thaw snapshot`, `restore`, `reset`, the daemon, `push`,
+//! `pull`, `import` and `gc` killed with SIGKILL at seeded random moments (the seed is
+//! printed; `THAW_CHAOS_SEED` replays it, `THAW_CHAOS_ROUNDS` scales the rounds).
+//! After every kill:
+//!
+//! - no half snapshot is listed: every listed snapshot passes the full check (every
+//!   file's hash), and nothing temporary is left once the retry ran;
+//! - the source VM is running, or paused and `thaw resume` resumes it;
+//! - `thaw store verify` passes;
+//! - no QEMU runs without a record: every QEMU of the home is a VM `thaw ls` lists
+//!   as alive (or, with the daemon, one of its pooled processes);
+//! - a retry of the same command succeeds.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::s3::S3Server;
+use common::{processes_mentioning, Env};
+use serde_json::Value;
+use thaw::snapshot::Snapshot;
+use thaw::{Home, SnapshotTag};
+
+/// Seeded kill moments; reports what was tried.
+struct Chaos {
+    op: &'static str,
+    state: u64,
+    tried: u32,
+    mid_way: u32,
+    /// How long the operation takes undisturbed, last seen: kill moments fall within
+    /// it. Updated from every run that was not killed (the load on a shared machine
+    /// changes what "within" means from one minute to the next).
+    window: Duration,
+}
+
+impl Chaos {
+    fn new(op: &'static str) -> Chaos {
+        // One seed for the whole run (every test of this file), printed by each.
+        static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let seed = *SEED.get_or_init(|| {
+            std::env::var("THAW_CHAOS_SEED")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_nanos() as u64
+                        % 1_000_000_007
+                })
+        });
+        println!("chaos {op}: seed {seed} (THAW_CHAOS_SEED={seed} replays it)");
+        // Each operation draws its own sequence from the one seed.
+        let state = op.bytes().fold(seed, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        }) | 1;
+        Chaos {
+            op,
+            state,
+            tried: 0,
+            mid_way: 0,
+            window: Duration::from_secs(1),
+        }
+    }
+
+    /// An undisturbed run of the operation took `took`.
+    fn observe(&mut self, took: Duration) {
+        self.window = took;
+    }
+
+    /// Runs `args` undisturbed (asserting success), as the retry after a kill, and
+    /// learns how long the operation takes now.
+    fn retry(&mut self, env: &Env, args: &[&str]) -> Value {
+        let t = Instant::now();
+        let v = env.json(args);
+        self.observe(t.elapsed());
+        v
+    }
+
+    /// A moment in `[0, within)`, `within` being how long the operation took
+    /// undisturbed (a little less, so that most moments fall inside it).
+    fn moment(&mut self, within: Duration) -> Duration {
+        let within = within.mul_f64(0.9);
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        let ms = within.as_millis().max(1) as u64;
+        Duration::from_millis(self.state % ms)
+    }
+
+    /// Starts `cmd`, kills it with SIGKILL at a random moment of its expected run
+    /// (unless it ended first: then it must have succeeded). Returns whether it was
+    /// killed mid-way.
+    fn kill(&mut self, mut cmd: Command) -> bool {
+        let delay = self.moment(self.window);
+        let started = Instant::now();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        self.tried += 1;
+        match kill_after(child, delay) {
+            Ok(()) => {
+                self.mid_way += 1;
+                true
+            }
+            Err(out) => {
+                assert!(
+                    out.status.success(),
+                    "chaos {}: ended before the kill, and failed: {}",
+                    self.op,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                self.observe(started.elapsed());
+                false
+            }
+        }
+    }
+
+    fn report(&self) {
+        println!(
+            "chaos {}: {} kill points tried ({} mid-operation, the rest after it ended), {} survived with nothing lost",
+            self.op, self.tried, self.mid_way, self.tried
+        );
+    }
+}
+
+/// SIGKILL after `delay` unless `child` ended first, in which case its output.
+fn kill_after(mut child: Child, delay: Duration) -> Result<(), std::process::Output> {
+    let deadline = Instant::now() + delay;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return Err(child.wait_with_output().unwrap());
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn rounds(default: u32) -> u32 {
+    std::env::var("THAW_CHAOS_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Pids of the home's QEMU processes.
+fn qemus(home: &Path) -> Vec<(u32, String)> {
+    processes_mentioning(home)
+        .into_iter()
+        .filter_map(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains("qemu-system").then_some((pid, cmd))
+        })
+        .collect()
+}
+
+/// The invariants every kill must leave (see the module docs), `ctx` naming the kill.
+fn assert_nothing_lost(env: &Env, ctx: &str, pool_allowed: bool) {
+    // Listed snapshots are whole: every file present with its hash.
+    let home = Home::new(env.path());
+    for s in env.json(&["snapshots"]).as_array().unwrap() {
+        assert!(
+            s["problem"].is_null(),
+            "{ctx}: a broken snapshot is listed: {s}"
+        );
+        let tag: SnapshotTag = s["tag"].as_str().unwrap().parse().unwrap();
+        let snap = Snapshot::open(&home, &tag).unwrap();
+        let m = &snap.manifest;
+        snap.check(m.qemu_version, m.accel, true)
+            .unwrap_or_else(|e| panic!("{ctx}: listed snapshot {tag} is not whole: {e}"));
+    }
+    let r = env.run(&["store", "verify"]);
+    assert_eq!(r.code, 0, "{ctx}: store verify: {}", r.stderr);
+    // Every QEMU has a record that `thaw ls` shows alive.
+    let ls = env.json(&["ls"]);
+    let alive: Vec<u64> = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["state"] != "dead")
+        .filter_map(|v| v["pid"].as_u64())
+        .collect();
+    let pool = format!("{}/pool/", env.path().display());
+    for (pid, cmd) in qemus(env.path()) {
+        if pool_allowed && cmd.contains(&pool) {
+            continue;
+        }
+        assert!(
+            alive.contains(&u64::from(pid)),
+            "{ctx}: QEMU {pid} runs without a record thaw ls shows: {cmd}\nls: {ls}"
+        );
+    }
+}
+
+fn state_of(env: &Env, vm: &str) -> String {
+    env.json(&["ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == vm)
+        .map(|v| v["state"].as_str().unwrap().to_owned())
+        .unwrap_or_else(|| "absent".into())
+}
+
+fn listed(env: &Env, tag: &str) -> bool {
+    env.json(&["snapshots"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["tag"] == tag)
+}
+
+/// The VM runs again: resumed if the kill left it paused; its guest answers.
+fn assert_vm_usable(env: &Env, vm: &str, ctx: &str) {
+    match state_of(env, vm).as_str() {
+        "running" => {}
+        "paused" => {
+            env.ok(&["resume", vm]);
+        }
+        other => panic!("{ctx}: VM {vm} is {other}"),
+    }
+    assert_eq!(env.sh(vm, "cat /tmp/m"), "marker\n", "{ctx}");
+}
+
+/// `thaw snapshot`, `restore` and `reset` killed at random moments, on one VM and
+/// one snapshot.
+#[test]
+fn kill_9_at_random_moments_of_snapshot_restore_and_reset() {
+    let env = Env::new();
+    env.boot("vm", &["--memory", "128"]);
+    env.sh("vm", "echo marker > /tmp/m");
+    let n = rounds(15);
+
+    // snapshot
+    let mut chaos = Chaos::new("snapshot");
+    chaos.retry(&env, &["snapshot", "vm", "base"]);
+    for i in 0..n {
+        let tag = format!("k{i}");
+        chaos.kill(env.command(&["snapshot", "vm", &tag]));
+        let ctx = format!("snapshot killed (round {i})");
+        assert_vm_usable(&env, "vm", &ctx);
+        assert_nothing_lost(&env, &ctx, false);
+        if !listed(&env, &tag) {
+            chaos.retry(&env, &["snapshot", "vm", &tag]);
+        }
+        assert!(
+            !env.snapshot_dirs().iter().any(|d| d.starts_with(".tmp")),
+            "{ctx}: {:?}",
+            env.snapshot_dirs()
+        );
+        env.json(&["rm", &tag]);
+    }
+    env.json(&["gc"]);
+    chaos.report();
+
+    // restore
+    let mut chaos = Chaos::new("restore");
+    chaos.retry(&env, &["restore", "base", "--name", "r"]);
+    env.ok(&["stop", "r"]);
+    for i in 0..n {
+        let name = format!("r{i}");
+        chaos.kill(env.command(&["restore", "base", "--name", &name]));
+        let ctx = format!("restore killed (round {i})");
+        assert_nothing_lost(&env, &ctx, false);
+        assert_vm_usable(&env, "vm", &ctx);
+        // Whatever the kill left of the clone is listed truthfully and stops; then the
+        // same restore succeeds.
+        if state_of(&env, &name) != "absent" {
+            env.ok(&["stop", &name]);
+        }
+        chaos.retry(&env, &["restore", "base", "--name", &name]);
+        assert_eq!(env.sh(&name, "cat /tmp/m"), "marker\n", "{ctx}");
+        env.ok(&["stop", &name]);
+    }
+    chaos.report();
+
+    // reset
+    let mut chaos = Chaos::new("reset");
+    env.json(&["restore", "base", "--name", "c"]);
+    chaos.retry(&env, &["reset", "c"]);
+    for i in 0..n {
+        env.sh("c", "echo changed > /tmp/m");
+        chaos.kill(env.command(&["reset", "c"]));
+        let ctx = format!("reset killed (round {i})");
+        // The VM is never lost: running (old or new), or dead if killed between the
+        // old QEMU's end and the clone's takeover; `thaw ls` sweeps what the killed
+        // reset left.
+        let st = state_of(&env, "c");
+        assert!(
+            ["running", "paused", "dead"].contains(&st.as_str()),
+            "{ctx}: c is {st}"
+        );
+        assert_nothing_lost(&env, &ctx, false);
+        chaos.retry(&env, &["reset", "c"]);
+        assert_eq!(
+            env.sh("c", "cat /tmp/m"),
+            "marker\n",
+            "{ctx}: the retry reset"
+        );
+        let stray: Vec<String> = env
+            .vm_dirs()
+            .into_iter()
+            .filter(|d| d.starts_with('.'))
+            .collect();
+        assert!(stray.is_empty(), "{ctx}: {stray:?}");
+    }
+    chaos.report();
+    env.ok(&["stop", "--all"]);
+    assert!(qemus(env.path()).is_empty());
+}
+
+/// A `thaw serve` in the background for `env`; killed with SIGKILL on drop.
+struct Serve {
+    child: Option<Child>,
+}
+
+impl Serve {
+    fn start(env: &Env) -> Serve {
+        let child = env
+            .command(&["serve"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let r = env.run(&["pools", "--json"]);
+            if r.code == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not answer: {}",
+                r.stderr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Serve { child: Some(child) }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits until the pool of `tag` is full and nothing is being prepared.
+fn pool_settled(env: &Env, size: u64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let pools = env.json(&["pools"]);
+        let p = &pools[0];
+        if p["ready"] == size && p["filling"] == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the pool did not fill: {pools}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The daemon killed at random moments of restores (from its warm pool, and spawned),
+/// then started again: it adopts what runs, its keeper or successor ends the pooled
+/// processes it left, and nothing runs unlisted.
+#[test]
+fn kill_9_of_the_daemon_at_random_moments() {
+    let env = Env::new();
+    let n = rounds(15);
+    let mut chaos = Chaos::new("daemon");
+    let mut serve = Serve::start(&env);
+    env.boot("vm", &["--memory", "128"]);
+    env.sh("vm", "echo marker > /tmp/m");
+    env.json(&["snapshot", "vm", "base"]);
+    env.json(&["pool", "base", "--size", "1"]);
+    pool_settled(&env, 1);
+    chaos.retry(&env, &["restore", "base", "--count", "2", "--name", "w"]);
+    env.ok(&["stop", "w-1", "w-2"]);
+    for i in 0..n {
+        pool_settled(&env, 1);
+        let name = format!("d{i}");
+        // Two clones: one from the pool, one spawned.
+        let mut cli = env
+            .command(&["restore", "base", "--count", "2", "--name", &name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let delay = chaos.moment(chaos.window);
+        std::thread::sleep(delay);
+        serve.kill9();
+        chaos.tried += 1;
+        if cli.try_wait().unwrap().is_none() {
+            chaos.mid_way += 1;
+        }
+        let _ = cli.wait();
+        let ctx = format!("daemon killed (round {i}, after {delay:?})");
+        serve = Serve::start(&env);
+        pool_settled(&env, 1);
+        assert_nothing_lost(&env, &ctx, true);
+        // Pooled: started under pool/ and not (yet) a VM — a clone taken from the pool
+        // keeps its pooled command line.
+        let alive: Vec<u64> = env
+            .json(&["ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v["pid"].as_u64())
+            .collect();
+        let pooled: Vec<(u32, String)> = qemus(env.path())
+            .into_iter()
+            .filter(|(pid, c)| c.contains("/pool/") && !alive.contains(&u64::from(*pid)))
+            .collect();
+        assert_eq!(
+            pooled.len(),
+            1,
+            "{ctx}: pooled processes left behind: {pooled:?}"
+        );
+        assert_vm_usable(&env, "vm", &ctx);
+        for k in 1..=2 {
+            let clone = format!("{name}-{k}");
+            if state_of(&env, &clone) != "absent" {
+                env.ok(&["stop", &clone]);
+            }
+        }
+        chaos.retry(&env, &["restore", "base", "--count", "2", "--name", &name]);
+        assert_eq!(
+            env.sh(&format!("{name}-2"), "cat /tmp/m"),
+            "marker\n",
+            "{ctx}"
+        );
+        env.ok(&["stop", &format!("{name}-1"), &format!("{name}-2")]);
+    }
+    chaos.report();
+    env.ok(&["stop", "--all"]);
+}
+
+/// `push`, `pull`, `import` and `gc` killed at random moments: the store verifies,
+/// a listed snapshot is whole, and the retry succeeds.
+#[test]
+fn kill_9_at_random_moments_of_push_pull_import_and_gc() {
+    let server = S3Server::start();
+    let with_s3 = |mut env: Env| {
+        for (k, v) in server.env() {
+            env = env.with_env(&k, &v);
+        }
+        env
+    };
+    let a = with_s3(Env::new());
+    a.boot("vm", &["--memory", "128"]);
+    a.sh("vm", "echo marker > /tmp/m");
+    a.json(&["snapshot", "vm", "s"]);
+    a.ok(&["stop", "vm"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.thaw");
+    let file = file.to_str().unwrap();
+    a.json(&["export", "s", file]);
+    let b = with_s3(Env::new());
+    let c = with_s3(Env::new());
+    let n = rounds(10);
+    let (mut push, mut pull, mut import, mut gc) = (
+        Chaos::new("push"),
+        Chaos::new("pull"),
+        Chaos::new("import"),
+        Chaos::new("gc"),
+    );
+    push.retry(&a, &["push", "s", "s3://thaw/timing"]);
+    pull.retry(&b, &["pull", "s", "s3://thaw/timing"]);
+    b.ok(&["rm", "s"]);
+    b.json(&["gc"]);
+    import.retry(&c, &["import", file]);
+    c.ok(&["rm", "s"]);
+    gc.observe(Duration::from_millis(400));
+    for i in 0..n {
+        // A fresh prefix each round, so each push has everything to send.
+        let remote = format!("s3://thaw/r{i}");
+        push.kill(a.command(&["push", "s", &remote]));
+        assert_nothing_lost(&a, &format!("push killed (round {i})"), false);
+        a.json(&["push", "s", &remote]);
+
+        pull.kill(b.command(&["pull", "s", &remote]));
+        let ctx = format!("pull killed (round {i})");
+        assert_nothing_lost(&b, &ctx, false);
+        if !listed(&b, "s") {
+            pull.retry(&b, &["pull", "s", &remote]);
+        }
+        b.ok(&["rm", "s"]);
+        b.json(&["gc"]);
+
+        import.kill(c.command(&["import", file]));
+        let ctx = format!("import killed (round {i})");
+        assert_nothing_lost(&c, &ctx, false);
+        if !listed(&c, "s") {
+            import.retry(&c, &["import", file]);
+        }
+        c.ok(&["rm", "s"]);
+        // What the removal left is garbage for the next gc: kill that one.
+        gc.kill(c.command(&["gc"]));
+        assert_nothing_lost(&c, &format!("gc killed (round {i})"), false);
+        c.json(&["gc"]);
+    }
+    for ch in [&push, &pull, &import, &gc] {
+        ch.report();
+    }
+    // What arrived after the kills and retries restores.
+    b.json(&["pull", "s", "s3://thaw/r0"]);
+    c.json(&["import", file]);
+    for env in [&b, &c] {
+        let r = env.json(&["restore", "s", "--name", "p"]);
+        assert_eq!(
+            env.sh(r[0]["name"].as_str().unwrap(), "cat /tmp/m"),
+            "marker\n"
+        );
+        env.ok(&["stop", "p"]);
+    }
+    for env in [&a, &b, &c] {
+        assert!(qemus(env.path()).is_empty());
+        assert!(
+            !env.snapshot_dirs().iter().any(|d| d.starts_with(".tmp")),
+            "{:?}",
+            env.snapshot_dirs()
+        );
+    }
+}
+
+/// A VM directory whose record was never written (thaw killed between starting QEMU
+/// and writing vm.json) with a process running from it: `thaw ls` said "dead" with no
+/// pid while it ran. It is listed as unresponsive with its pid, and `thaw stop` ends it.
+#[test]
+fn a_process_without_a_record_is_listed_as_running_not_dead() {
+    let env = Env::new();
+    let dir = env.path().join("vms/x");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A stand-in for QEMU: a process whose command line names the directory.
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new("sleep")
+        .arg0(dir.join("qmp.sock"))
+        .arg("300")
+        .spawn()
+        .unwrap();
+    let ls = env.json(&["ls"]);
+    assert_eq!(ls[0]["name"], "x", "{ls}");
+    assert_eq!(ls[0]["state"], "unresponsive", "{ls}");
+    assert_eq!(ls[0]["pid"], child.id(), "{ls}");
+    env.ok(&["stop", "x"]);
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "thaw stop ended it");
+    assert!(env.vm_dirs().is_empty());
+}
+
+/// A snapshot killed while QEMU copies RAM (the live phase of its migration): the VM
+/// ran on, so `thaw ls` said "running" — and seconds later QEMU finished copying and
+/// paused it at the switchover, waiting for the dead thaw, for good. The abandoned
+/// migration is now cancelled when thaw next looks at the VM. (If the copy is over
+/// before thaw looks, the VM is paused, as documented, and resumes; then again.)
+#[test]
+fn a_snapshot_killed_while_copying_ram_does_not_pause_the_vm_later() {
+    use std::io::{BufRead, BufReader};
+    let env = Env::new();
+    env.boot("vm", &["--memory", "128"]);
+    env.sh("vm", "echo marker > /tmp/m");
+    let mut seen_running = 0;
+    for attempt in 0..3 {
+        let mut child = env
+            .command(&["snapshot", "vm", "t"])
+            .env("THAW_TEST_HANG_AT", "migrating")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let line = BufReader::new(child.stderr.take().unwrap())
+            .lines()
+            .next()
+            .unwrap()
+            .unwrap();
+        assert!(line.contains("hanging at migrating"), "{line}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        match state_of(&env, "vm").as_str() {
+            "running" => {
+                seen_running += 1;
+                // Long enough for the copy to have converged and paused the VM.
+                std::thread::sleep(Duration::from_secs(10));
+                assert_eq!(
+                    state_of(&env, "vm"),
+                    "running",
+                    "attempt {attempt}: the VM paused itself after the kill"
+                );
+                assert_eq!(env.sh("vm", "cat /tmp/m"), "marker\n");
+            }
+            "paused" => {
+                env.ok(&["resume", "vm"]);
+            }
+            other => panic!("attempt {attempt}: the VM is {other}"),
+        }
+        assert!(!listed(&env, "t"));
+    }
+    assert!(
+        seen_running > 0,
+        "the copy was over before thaw looked, every time"
+    );
+    env.json(&["snapshot", "vm", "t"]);
+    env.ok(&["stop", "--all"]);
+}

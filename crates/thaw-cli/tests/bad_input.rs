@@ -154,7 +154,7 @@ fn bad_names_unknown_things_and_broken_snapshots_are_refused() {
         .fails_with("RAM image is 134217728 bytes, expected 268435456");
 
     let mut future: serde_json::Value = serde_json::from_str(&manifest).unwrap();
-    future["version"]["major"] = 3.into();
+    future["version"] = serde_json::json!({"major": 3, "minor": 0});
     future["tag"] = "future".into();
     copy_dir(&good, &snaps.join("future"));
     std::fs::write(

@@ -253,7 +253,17 @@ fn every_damaged_file_is_refused_naming_it() {
         .unwrap()
         .set_len(16 << 20)
         .unwrap();
-    env.boot("vm", &["--memory", "128", "--disk", base.to_str().unwrap()]);
+    env.boot(
+        "vm",
+        &[
+            "--profile",
+            "default",
+            "--memory",
+            "128",
+            "--disk",
+            base.to_str().unwrap(),
+        ],
+    );
     env.sh("vm", "echo data > /dev/vda; sync");
     // Both memory layouts: mapped (the VM keeps running), raw (--stop).
     env.json(&["snapshot", "vm", "m"]);

@@ -37,7 +37,7 @@ fn seen(env: &Env, vm: &str, words: &[&str]) -> (String, String) {
 fn chain(env: &Env, boot_args: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let base = common::ext4_image(dir.path(), "base.raw");
-    let mut args = vec!["--disk", base.to_str().unwrap()];
+    let mut args = vec!["--profile", "default", "--disk", base.to_str().unwrap()];
     args.extend_from_slice(boot_args);
     env.boot("orig", &args);
     env.sh("orig", "mkdir -p /mnt && mount /dev/vda /mnt");
@@ -242,7 +242,10 @@ fn a_live_snapshot_catches_ram_and_disk_at_the_same_instant() {
         .unwrap()
         .set_len(1 << 20)
         .unwrap();
-    env.boot("w", &["--disk", base.to_str().unwrap()]);
+    env.boot(
+        "w",
+        &["--profile", "default", "--disk", base.to_str().unwrap()],
+    );
     let script = r#"
 cat > /tmp/loop.sh <<'EOF'
 read_disk() { dd if=/dev/vda bs=512 count=1 iflag=direct 2>/dev/null | tr -d ' \0'; }

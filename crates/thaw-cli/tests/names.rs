@@ -208,7 +208,17 @@ fn snapshot_files_the_store_and_the_sockets_are_private() {
         .unwrap()
         .set_len(16 << 20)
         .unwrap();
-    env.boot("vm", &["--memory", "128", "--disk", base.to_str().unwrap()]);
+    env.boot(
+        "vm",
+        &[
+            "--profile",
+            "default",
+            "--memory",
+            "128",
+            "--disk",
+            base.to_str().unwrap(),
+        ],
+    );
     env.json(&["snapshot", "vm", "s"]);
     env.json(&["restore", "s", "--name", "c"]);
     env.json(&["snapshot", "c", "child"]);

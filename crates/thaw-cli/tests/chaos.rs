@@ -202,27 +202,9 @@ fn assert_nothing_lost(env: &Env, ctx: &str, pool_allowed: bool) {
     }
 }
 
-fn state_of(env: &Env, vm: &str) -> String {
-    env.json(&["ls"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == vm)
-        .map(|v| v["state"].as_str().unwrap().to_owned())
-        .unwrap_or_else(|| "absent".into())
-}
-
-fn listed(env: &Env, tag: &str) -> bool {
-    env.json(&["snapshots"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|s| s["tag"] == tag)
-}
-
 /// The VM runs again: resumed if the kill left it paused; its guest answers.
 fn assert_vm_usable(env: &Env, vm: &str, ctx: &str) {
-    match state_of(env, vm).as_str() {
+    match env.state_of(vm).as_str() {
         "running" => {}
         "paused" => {
             env.ok(&["resume", vm]);
@@ -250,7 +232,7 @@ fn kill_9_at_random_moments_of_snapshot_restore_and_reset() {
         let ctx = format!("snapshot killed (round {i})");
         assert_vm_usable(&env, "vm", &ctx);
         assert_nothing_lost(&env, &ctx, false);
-        if !listed(&env, &tag) {
+        if !env.listed(&tag) {
             chaos.retry(&env, &["snapshot", "vm", &tag]);
         }
         assert!(
@@ -275,7 +257,7 @@ fn kill_9_at_random_moments_of_snapshot_restore_and_reset() {
         assert_vm_usable(&env, "vm", &ctx);
         // Whatever the kill left of the clone is listed truthfully and stops; then the
         // same restore succeeds.
-        if state_of(&env, &name) != "absent" {
+        if env.state_of(&name) != "absent" {
             env.ok(&["stop", &name]);
         }
         chaos.retry(&env, &["restore", "base", "--name", &name]);
@@ -295,7 +277,7 @@ fn kill_9_at_random_moments_of_snapshot_restore_and_reset() {
         // The VM is never lost: running (old or new), or dead if killed between the
         // old QEMU's end and the clone's takeover; `thaw ls` sweeps what the killed
         // reset left.
-        let st = state_of(&env, "c");
+        let st = env.state_of("c");
         assert!(
             ["running", "paused", "dead"].contains(&st.as_str()),
             "{ctx}: c is {st}"
@@ -436,7 +418,7 @@ fn kill_9_of_the_daemon_at_random_moments() {
         assert_vm_usable(&env, "vm", &ctx);
         for k in 1..=2 {
             let clone = format!("{name}-{k}");
-            if state_of(&env, &clone) != "absent" {
+            if env.state_of(&clone) != "absent" {
                 env.ok(&["stop", &clone]);
             }
         }
@@ -498,7 +480,7 @@ fn kill_9_at_random_moments_of_push_pull_import_and_gc() {
         pull.kill(b.command(&["pull", "s", &remote]));
         let ctx = format!("pull killed (round {i})");
         assert_nothing_lost(&b, &ctx, false);
-        if !listed(&b, "s") {
+        if !b.listed("s") {
             pull.retry(&b, &["pull", "s", &remote]);
         }
         b.ok(&["rm", "s"]);
@@ -507,7 +489,7 @@ fn kill_9_at_random_moments_of_push_pull_import_and_gc() {
         import.kill(c.command(&["import", file]));
         let ctx = format!("import killed (round {i})");
         assert_nothing_lost(&c, &ctx, false);
-        if !listed(&c, "s") {
+        if !c.listed("s") {
             import.retry(&c, &["import", file]);
         }
         c.ok(&["rm", "s"]);
@@ -593,13 +575,13 @@ fn a_snapshot_killed_while_copying_ram_does_not_pause_the_vm_later() {
         assert!(line.contains("hanging at migrating"), "{line}");
         child.kill().unwrap();
         child.wait().unwrap();
-        match state_of(&env, "vm").as_str() {
+        match env.state_of("vm").as_str() {
             "running" => {
                 seen_running += 1;
                 // Long enough for the copy to have converged and paused the VM.
                 std::thread::sleep(Duration::from_secs(10));
                 assert_eq!(
-                    state_of(&env, "vm"),
+                    env.state_of("vm"),
                     "running",
                     "attempt {attempt}: the VM paused itself after the kill"
                 );
@@ -610,7 +592,7 @@ fn a_snapshot_killed_while_copying_ram_does_not_pause_the_vm_later() {
             }
             other => panic!("attempt {attempt}: the VM is {other}"),
         }
-        assert!(!listed(&env, "t"));
+        assert!(!env.listed("t"));
     }
     assert!(
         seen_running > 0,

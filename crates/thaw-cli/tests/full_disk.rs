@@ -137,24 +137,6 @@ fn temp_entries(dir: &Path) -> Vec<String> {
     out
 }
 
-fn listed(env: &Env, tag: &str) -> bool {
-    env.json(&["snapshots"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|s| s["tag"] == tag)
-}
-
-fn state_of(env: &Env, vm: &str) -> String {
-    env.json(&["ls"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == vm)
-        .map(|v| v["state"].as_str().unwrap().to_owned())
-        .unwrap_or_else(|| "absent".into())
-}
-
 /// Asserts a failure was one line saying the disk is full (or read-only).
 fn one_line_about(r: &common::Run, what: &str, words: &[&str]) {
     let lines: Vec<&str> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -232,7 +214,7 @@ fn a_full_disk_during_snapshot_restore_and_pull_leaves_nothing_half_written() {
             one_line_about(&r, &format!("snapshot with {free} bytes free"), FULL);
             println!("  {free} bytes free: {}", r.stderr.trim());
             assert!(
-                !listed(env, &tag),
+                !env.listed(&tag),
                 "a failed snapshot is listed ({free} free)"
             );
             assert!(
@@ -251,7 +233,7 @@ fn a_full_disk_during_snapshot_restore_and_pull_leaves_nothing_half_written() {
         }
         d.clear_ballast();
         env.ok(&["store", "verify"]);
-        assert_eq!(state_of(env, "vm"), "running", "{free} bytes free");
+        assert_eq!(env.state_of("vm"), "running", "{free} bytes free");
         assert_eq!(env.sh("vm", "cat /tmp/m"), "marker\n");
         env.json(&["gc"]);
     }
@@ -275,7 +257,7 @@ fn a_full_disk_during_snapshot_restore_and_pull_leaves_nothing_half_written() {
         let r = env.run(&["restore", "s", "--name", "c"]);
         one_line_about(&r, &format!("materialize with {free} free"), FULL);
         d.clear_ballast();
-        assert!(!listed(env, "s"));
+        assert!(!env.listed("s"));
         assert!(env.vm_dirs() == ["vm"], "{:?}", env.vm_dirs());
         assert!(
             temp_entries(env.path()).is_empty(),
@@ -317,7 +299,7 @@ fn a_full_disk_during_snapshot_restore_and_pull_leaves_nothing_half_written() {
         let r = with_s3(&["pull", "s", remote]);
         one_line_about(&r, &format!("pull with {free} free"), FULL);
         d.clear_ballast();
-        assert!(!listed(env, "s"));
+        assert!(!env.listed("s"));
         assert!(
             temp_entries(env.path()).is_empty(),
             "{:?}",
@@ -354,12 +336,12 @@ fn a_snapshot_whose_store_record_cannot_be_written_is_not_listed() {
     let lines: Vec<&str> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "{:?}", r.stderr);
     assert!(lines[0].contains("t.json"), "{}", lines[0]);
-    assert!(!listed(&env, "t"), "a failed snapshot is listed");
+    assert!(!env.listed("t"), "a failed snapshot is listed");
     assert!(!env.snapshot_dirs().iter().any(|d| d.starts_with(".tmp")));
-    assert_eq!(state_of(&env, "vm"), "running");
+    assert_eq!(env.state_of("vm"), "running");
     std::fs::remove_dir_all(env.path().join("store/manifests/t.json")).unwrap();
     env.json(&["snapshot", "vm", "t"]);
-    assert!(listed(&env, "t"));
+    assert!(env.listed("t"));
     env.ok(&["stop", "--all"]);
 }
 
@@ -395,7 +377,7 @@ fn a_read_only_home_refuses_writes_with_one_line_and_the_vm_keeps_running() {
         let r = env.run(&args);
         one_line_about(&r, &format!("{args:?} on a read-only home"), READ_ONLY);
         println!("  {args:?}: {}", r.stderr.trim());
-        assert_eq!(state_of(env, "vm"), "running", "{args:?}");
+        assert_eq!(env.state_of("vm"), "running", "{args:?}");
         tried += 1;
     }
     // Reading still works: listings, verify, and a restore of a snapshot that is there

@@ -143,6 +143,26 @@ impl Env {
         self.json(&a)
     }
 
+    /// Whether `thaw snapshots` lists `tag`.
+    pub fn listed(&self, tag: &str) -> bool {
+        self.json(&["snapshots"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["tag"] == tag)
+    }
+
+    /// The VM's state as `thaw ls` gives it, or "absent".
+    pub fn state_of(&self, vm: &str) -> String {
+        self.json(&["ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == vm)
+            .map(|v| v["state"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| "absent".into())
+    }
+
     /// Pids of processes (QEMU) whose command line mentions this home.
     pub fn processes(&self) -> Vec<u32> {
         processes_mentioning(self.path())

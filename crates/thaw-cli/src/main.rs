@@ -955,6 +955,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(args) if args.compare => {
             let qemu = Qemu::find(&thaw::guest::cache_dir())?;
             let (cfg, _) = bench_config(&args, json)?;
+            let daemon = thaw_daemon::bench::DaemonRestores {
+                warm_ports: args.warm_ports,
+                ready: cfg.ready.clone(),
+            };
             let ccfg = thaw::bench::compare::CompareConfig {
                 runs: cfg.runs,
                 cold_runs: cfg.cold_runs,
@@ -967,9 +971,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 pool_size: 1,
                 warm_ports: args.warm_ports,
                 only: args.methods.clone(),
-            };
-            let daemon = thaw_daemon::bench::DaemonRestores {
-                warm_ports: args.warm_ports,
             };
             let external: [&dyn thaw::bench::compare::ExternalMethod; 1] = [&daemon];
             let report =

@@ -107,11 +107,22 @@ pub async fn wait_port(
             Some(&opened)
         }
     };
+    let t0 = Instant::now();
+    let mut attempt = 0u32;
     loop {
+        attempt += 1;
         let ready = match qmp {
             None => ping(host).await,
             Some(qmp) => accepted(qmp, host, guest).await?,
         };
+        tracing::debug!(
+            attempt,
+            ready,
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            host,
+            guest,
+            "port readiness tried"
+        );
         if ready {
             return Ok(());
         }

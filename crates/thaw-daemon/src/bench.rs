@@ -127,32 +127,33 @@ async fn wait_pool_full(client: &Client, tag: &SnapshotTag) -> Result<(), String
 }
 
 impl DaemonRestores {
-    /// After the daemon's answer: waits for the profile's port readiness through the
-    /// forward the answer names; milliseconds it took (0 without a port condition).
-    async fn client_ready(&self, home: &Home, name: &str, clone: &Value) -> Result<f64, String> {
-        let Some(guest) = self.ready.port else {
-            return Ok(0.0);
-        };
-        let host = clone["ports"]
-            .as_array()
-            .and_then(|ports| ports.iter().find(|p| p["guest"] == guest))
-            .and_then(|p| p["host"].as_u64())
-            .and_then(|h| u16::try_from(h).ok())
-            .ok_or_else(|| format!("the answer names no forward of guest port {guest}"))?;
+    /// After the daemon's answer: waits, as a restore does, for the profile's readiness
+    /// beyond the agent (`ready::wait_extra`) through the forwards the answer names;
+    /// milliseconds it took, `None` when the profile has no such condition.
+    async fn client_ready(
+        &self,
+        home: &Home,
+        name: &str,
+        clone: &Value,
+    ) -> Result<Option<f64>, String> {
+        if self.ready == thaw::ready::ReadySpec::default() {
+            return Ok(None);
+        }
+        let ports: Vec<thaw::spec::PortForward> =
+            serde_json::from_value(clone["ports"].clone()).map_err(|e| format!("ports: {e}"))?;
         let vm: thaw::VmName = name.parse().map_err(|e| format!("{e}"))?;
-        let qmp = thaw::vm::VmPaths::new(home, &vm).qmp();
+        let paths = thaw::vm::VmPaths::new(home, &vm);
         let t = Instant::now();
-        thaw::ready::wait_port(
+        thaw::ready::wait_extra(
             None,
-            &qmp,
-            host,
-            guest,
-            self.ready.redis_ping,
-            Duration::from_secs(60),
+            &self.ready,
+            &ports,
+            &paths,
+            t + Duration::from_secs(60),
         )
         .await
         .map_err(|e| crate::one_line(&e))?;
-        Ok(ms(t.elapsed()))
+        Ok(Some(ms(t.elapsed())))
     }
 
     async fn measure(
@@ -209,7 +210,7 @@ impl DaemonRestores {
             }
             let clone = &t.body[0];
             let client_ready_ms = self.client_ready(home, &name, clone).await?;
-            if client_ready_ms > 0.0 {
+            if client_ready_ms.is_some() {
                 t.total_ms = ms(t0.elapsed());
             }
             let restore_ms = clone["restore_ms"].as_f64().unwrap_or(f64::NAN);
@@ -230,14 +231,16 @@ impl DaemonRestores {
             for (k, v) in parts.iter_mut() {
                 let x = match *k {
                     "connect" => Some(t.connect_ms),
-                    "http" => Some(t.total_ms - client_ready_ms - t.connect_ms - handler),
+                    "http" => {
+                        Some(t.total_ms - client_ready_ms.unwrap_or(0.0) - t.connect_ms - handler)
+                    }
                     "take" => clone["breakdown"]["take_ms"].as_f64(),
                     // Before the take: the snapshot opened and checked, the name claimed.
                     "check" => clone["breakdown"]["take_ms"]
                         .as_f64()
                         .map(|take| restore_ms - take),
                     "agent" => clone["breakdown"]["agent_ms"].as_f64(),
-                    "port" => (self.ready.port.is_some()).then_some(client_ready_ms),
+                    "port" => client_ready_ms,
                     other => server(other),
                 };
                 v.extend(x);
@@ -271,7 +274,8 @@ impl DaemonRestores {
                      snapshot, claiming the name; take: taking and renaming the pooled \
                      clone; agent: the guest agent's answer and clock check); record: \
                      recording the VM (SQLite); port: after the answer, the profile's \
-                     port check (Redis PING) through the clone's forward, by the client",
+                     readiness beyond the agent (Redis PING) through the clone's forward, \
+                     checked by the client",
         }));
         Ok(m)
     }

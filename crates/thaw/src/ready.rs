@@ -95,7 +95,8 @@ pub async fn wait_port(
     redis_ping: bool,
     timeout: Duration,
 ) -> Result<(), ReadyError> {
-    let deadline = Instant::now() + timeout;
+    let t0 = Instant::now();
+    let deadline = t0 + timeout;
     let opened;
     let qmp = match (redis_ping, holds) {
         (true, _) => None,
@@ -107,7 +108,6 @@ pub async fn wait_port(
             Some(&opened)
         }
     };
-    let t0 = Instant::now();
     let mut attempt = 0u32;
     loop {
         attempt += 1;

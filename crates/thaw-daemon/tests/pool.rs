@@ -9,6 +9,11 @@ use std::time::Duration;
 use common::{eventually, parent_of, Daemon};
 use serde_json::json;
 
+fn kill9(pid: u32) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pool_serves_restores_refills_and_ends_with_the_daemon() {
     let mut d = Daemon::start(&[]).await;
@@ -54,9 +59,36 @@ async fn pool_serves_restores_refills_and_ends_with_the_daemon() {
         .await;
     assert_eq!(taken[0]["breakdown"]["source"], "pool", "{taken}");
     assert_eq!(taken[0]["breakdown"]["spawn_ms"], 0.0);
+    // The running pool's health check had the agent answer within AGENT_FRESH, so the
+    // take asked it nothing; the clone answers all the same.
+    let answered = taken[0]["breakdown"]["agent_answered_ms_before"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no health-checked agent answer: {taken}"));
+    assert!((0.0..=2000.0).contains(&answered), "{taken}");
     vm_pids.push(taken[0]["pid"].as_u64().unwrap() as u32);
     assert_eq!(d.sh("r", "echo from the pool").await, "from the pool\n");
     d.wait_pool_ready("base", 2).await; // refilled
+
+    // A pooled clone that dies is found by the health check and replaced before anyone
+    // takes it.
+    let before = d.pool_processes();
+    let dead = before[0];
+    kill9(dead);
+    eventually(
+        "the health check replaces a dead pooled clone",
+        Duration::from_secs(120),
+        || {
+            let now = d.pool_processes();
+            now.len() == 2 && !now.contains(&dead)
+        },
+    )
+    .await;
+    d.wait_pool_ready("base", 2).await;
+    assert!(
+        d.log().contains("a pooled clone stopped answering"),
+        "{}",
+        d.log()
+    );
 
     // Paused mode: the clone resumes when taken.
     d.expect(

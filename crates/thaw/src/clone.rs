@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::Child;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::ms;
@@ -41,6 +42,12 @@ pub struct Breakdown {
     pub resume_ms: f64,
     /// Agent resynchronisation, clock set, `--exec-after` and extra readiness.
     pub agent_ms: f64,
+    /// For a clone from a running pool: how long before it was taken its agent last
+    /// answered (the pool's health check, with the guest clock within
+    /// [`CLOCK_TOLERANCE`]), when that was recent enough ([`AGENT_FRESH`]) for the
+    /// take to ask nothing again. `None` when the agent was asked during the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_answered_ms_before: Option<f64>,
 }
 
 /// A clone that is ready: what `thaw restore` reports for each clone.
@@ -88,6 +95,45 @@ pub enum CloneError {
 /// How far a clone's clock may be from the host's before it is set at finish.
 pub const CLOCK_TOLERANCE: Duration = Duration::from_millis(50);
 
+/// How recent a running clone's last agent answer (clock within tolerance) must be
+/// for finishing it to ask nothing again: a running pool checks its clones every
+/// second ([`crate::pool`]), so a clone it holds is never older than this.
+pub const AGENT_FRESH: Duration = Duration::from_secs(2);
+
+/// A running clone's guest agent and when it last answered with the guest clock
+/// within [`CLOCK_TOLERANCE`]; shared by a pooled clone and the pool's health check
+/// (one request at a time: the lock is held for a whole exchange).
+#[derive(Clone)]
+pub struct AgentWatch(Arc<tokio::sync::Mutex<Watched>>);
+
+struct Watched {
+    agent: Agent,
+    answered: Option<Instant>,
+}
+
+impl AgentWatch {
+    fn new(agent: Agent, answered: Option<Instant>) -> AgentWatch {
+        AgentWatch(Arc::new(tokio::sync::Mutex::new(Watched {
+            agent,
+            answered,
+        })))
+    }
+
+    /// Asks the guest its time (and sets it if it is off), unless it answered less
+    /// than `min_age` ago; gives up after `timeout`.
+    pub async fn check(&self, min_age: Duration, timeout: Duration) -> Result<(), AgentError> {
+        let mut w = self.0.lock().await;
+        if w.answered.is_some_and(|t| t.elapsed() < min_age) {
+            return Ok(());
+        }
+        tokio::time::timeout(timeout, w.agent.sync_time(CLOCK_TOLERANCE))
+            .await
+            .map_err(|_| AgentError::Timeout(timeout))??;
+        w.answered = Some(Instant::now());
+        Ok(())
+    }
+}
+
 /// What finishing a clone needs from the request.
 #[derive(Debug, Clone)]
 pub struct FinishOptions {
@@ -104,7 +150,7 @@ pub struct Prepared {
     pub paths: VmPaths,
     child: Child,
     qmp: Qmp,
-    agent: Option<Agent>,
+    agent: Option<AgentWatch>,
     running: bool,
     /// When `cont` completed, if it ran while serving a request (see `resume`).
     resumed_at: Option<Instant>,
@@ -294,8 +340,13 @@ impl Prepared {
         // Resumed before any request: nothing of it counts towards one.
         self.resumed_at = None;
         self.breakdown.resume_ms = 0.0;
-        self.agent = Some(agent);
+        self.agent = Some(AgentWatch::new(agent, Some(Instant::now())));
         Ok(())
+    }
+
+    /// The agent of a warmed-up (running) clone, for health checks while it waits.
+    pub fn agent_watch(&self) -> Option<AgentWatch> {
+        self.agent.clone()
     }
 
     /// Moves the clone onto `ports` (another VM's host ports, being freed): its own
@@ -403,14 +454,30 @@ impl Prepared {
             .saturating_duration_since(t0));
         let t1 = Instant::now();
         // The agent is resynchronised (it may have been mid-request at the snapshot)
-        // and the guest clock, frozen at the snapshot, is set from the host.
-        let mut agent = match self.agent.take() {
-            Some(a) => a,
-            None => Agent::connect(&self.paths.agent(), opts.timeout).await?,
+        // and the guest clock, frozen at the snapshot, is set from the host. A running
+        // clone whose agent answered, clock in tolerance, within AGENT_FRESH (a running
+        // pool's health check) is not asked again: it has run since.
+        let watch = match self.agent.take() {
+            Some(w) => w,
+            None => AgentWatch::new(
+                Agent::connect(&self.paths.agent(), opts.timeout).await?,
+                None,
+            ),
         };
-        tracing::debug!(ms = ms(t0.elapsed()), "agent synchronised");
-        agent.sync_time(CLOCK_TOLERANCE).await?;
-        tracing::debug!(ms = ms(t0.elapsed()), "guest clock checked or set");
+        let mut w = watch.0.lock().await;
+        match w
+            .answered
+            .map(|t| t.elapsed())
+            .filter(|age| *age <= AGENT_FRESH)
+        {
+            Some(age) => self.breakdown.agent_answered_ms_before = Some(ms(age)),
+            None => {
+                tracing::debug!(ms = ms(t0.elapsed()), "agent synchronised");
+                w.agent.sync_time(CLOCK_TOLERANCE).await?;
+                tracing::debug!(ms = ms(t0.elapsed()), "guest clock checked or set");
+            }
+        }
+        let agent = &mut w.agent;
         if let Some(cmd) = &opts.exec_after {
             let argv = ["/bin/sh".to_owned(), "-c".to_owned(), cmd.clone()];
             let out = agent.exec(&argv, opts.timeout).await?;

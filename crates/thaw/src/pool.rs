@@ -7,8 +7,11 @@
 //! - **paused**: vCPUs not yet resumed, so a taken clone starts exactly at the
 //!   snapshot point; taking it costs `cont`, the agent's first answer (slow under TCG,
 //!   where the translation cache starts empty) and the clock.
-//! - **running**: already resumed, the agent connection open and warm; taking it costs
-//!   the clock set.
+//! - **running**: already resumed, the agent connection open and warm. Every second
+//!   the pool asks each such clone's agent the guest time (setting it if it drifted):
+//!   a clone that stopped answering is replaced before anyone takes it, and taking one
+//!   asks the agent nothing again (its last answer is at most [`clone::AGENT_FRESH`]
+//!   old and it has run since).
 //!
 //! Whatever must be unique per clone is set when the pooled process is built (VM
 //! Generation ID, host ports, disk overlays) or when it is taken (name, clock). What
@@ -18,7 +21,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -147,6 +150,12 @@ const REFILL_DELAY: Duration = Duration::from_millis(20);
 /// How long a pooled clone may take to be prepared.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How often the agent of each running pooled clone is checked (see the module doc).
+const HEALTH_PERIOD: Duration = Duration::from_secs(1);
+
+/// How long one health check may take before the clone counts as not answering.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Pool {
     pub fn new(
         home: Home,
@@ -155,7 +164,7 @@ impl Pool {
         observer: Option<Arc<dyn PoolObserver>>,
         orphans: Orphans,
     ) -> Arc<Pool> {
-        Arc::new(Pool {
+        let pool = Arc::new(Pool {
             home,
             qemu,
             accel,
@@ -163,7 +172,11 @@ impl Pool {
             observer,
             orphans,
             closed: AtomicBool::new(false),
-        })
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(check_health(Arc::downgrade(&pool)));
+        }
+        pool
     }
 
     /// Where pooled clones live until they are taken.
@@ -319,6 +332,24 @@ impl Pool {
         }
     }
 
+    /// Takes the clone `id` out of `tag`'s pool (if it is still there), ends it and
+    /// refills: its agent stopped answering.
+    async fn evict(self: &Arc<Self>, tag: &SnapshotTag, id: &VmName, why: String) {
+        let gone = {
+            let mut slots = self.slots.lock().expect("pool lock");
+            slots.get_mut(tag).and_then(|slot| {
+                let i = slot.ready.iter().position(|p| &p.state.name == id)?;
+                slot.ready.remove(i)
+            })
+        };
+        if let Some(p) = gone {
+            tracing::warn!(tag = %tag, clone = %id, "a pooled clone stopped answering, replacing it: {why}");
+            p.discard().await;
+            self.removed(id);
+            self.refill(tag);
+        }
+    }
+
     fn removed(&self, id: &VmName) {
         if let Some(o) = &self.observer {
             o.removed(id);
@@ -449,6 +480,39 @@ impl Pool {
             let _ = std::fs::remove_dir_all(&paths.dir);
         }
         result
+    }
+}
+
+/// The health check of running pools (see the module doc), until the pool is
+/// dropped or shut down.
+async fn check_health(pool: Weak<Pool>) {
+    loop {
+        tokio::time::sleep(HEALTH_PERIOD).await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        if pool.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let watched: Vec<_> = {
+            let slots = pool.slots.lock().expect("pool lock");
+            slots
+                .iter()
+                .filter(|(_, s)| s.config.mode == PoolMode::Running)
+                .flat_map(|(tag, s)| {
+                    s.ready
+                        .iter()
+                        .filter_map(|p| Some((tag.clone(), p.state.name.clone(), p.agent_watch()?)))
+                })
+                .collect()
+        };
+        for (tag, id, watch) in watched {
+            // A clone taken meanwhile may be asked once more: harmless, and its failure
+            // evicts nothing (it is no longer in the pool).
+            if let Err(e) = watch.check(HEALTH_PERIOD / 2, HEALTH_TIMEOUT).await {
+                pool.evict(&tag, &id, e.to_string()).await;
+            }
+        }
     }
 }
 

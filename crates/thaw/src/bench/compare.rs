@@ -435,10 +435,10 @@ fn ratios(methods: &mut [MethodReport]) {
         if m.error.is_some() {
             continue;
         }
-        m.ready_vs_thaw = thaw_ready.map(|t| round2(m.ready_ms.median / t));
-        m.ready_vs_pool = pool_ready.map(|t| round2(m.ready_ms.median / t));
+        m.ready_vs_thaw = thaw_ready.map(|t| ratio(m.ready_ms.median / t));
+        m.ready_vs_pool = pool_ready.map(|t| ratio(m.ready_ms.median / t));
         m.running_vs_thaw = match (m.running_ms, thaw_running) {
-            (Some(r), Some(t)) => Some(round2(r.median / t)),
+            (Some(r), Some(t)) => Some(ratio(r.median / t)),
             _ => None,
         };
     }
@@ -907,17 +907,42 @@ fn fmt_ms(v: f64) -> String {
     }
 }
 
+/// A ratio to three significant digits (whole numbers from 100 up): a pooled
+/// restore is hundreds of times faster than a spawned one, and two decimals made its
+/// ratio 0.
+fn ratio(x: f64) -> f64 {
+    if x == 0.0 || !x.is_finite() {
+        return x;
+    }
+    let scale = 10f64.powi((2 - x.abs().log10().floor() as i32).max(0));
+    (x * scale).round() / scale
+}
+
 fn fmt_ratio(r: Option<f64>) -> String {
     match r {
         None => "—".into(),
         Some(r) if r >= 10.0 => format!("{r:.0}x"),
-        Some(r) => format!("{r:.2}x"),
+        Some(r) if r >= 0.1 || r == 0.0 => format!("{r:.2}x"),
+        Some(r) => {
+            let digits = (2 - r.log10().floor() as i32).max(0) as usize;
+            format!("{r:.digits$}x")
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_ratios_keep_three_significant_digits() {
+        assert_eq!(ratio(2.4 / 500.0), 0.0048);
+        assert_eq!(ratio(1.234567), 1.23);
+        assert_eq!(ratio(293.4), 293.0);
+        assert_eq!(fmt_ratio(Some(0.0048)), "0.00480x");
+        assert_eq!(fmt_ratio(Some(0.84)), "0.84x");
+        assert_eq!(fmt_ratio(Some(138.0)), "138x");
+    }
 
     #[test]
     fn ratios_are_to_thaw_and_to_the_running_pool() {

@@ -120,17 +120,22 @@ impl AgentWatch {
     }
 
     /// Asks the guest its time (and sets it if it is off), unless it answered less
-    /// than `min_age` ago; gives up after `timeout`.
-    pub async fn check(&self, min_age: Duration, timeout: Duration) -> Result<(), AgentError> {
+    /// than `min_age` ago; gives up after `timeout`. Returns how long ago it had
+    /// answered when it was not asked.
+    pub async fn check(
+        &self,
+        min_age: Duration,
+        timeout: Duration,
+    ) -> Result<Option<Duration>, AgentError> {
         let mut w = self.0.lock().await;
-        if w.answered.is_some_and(|t| t.elapsed() < min_age) {
-            return Ok(());
+        if let Some(age) = w.answered.map(|t| t.elapsed()).filter(|age| *age < min_age) {
+            return Ok(Some(age));
         }
         tokio::time::timeout(timeout, w.agent.sync_time(CLOCK_TOLERANCE))
             .await
             .map_err(|_| AgentError::Timeout(timeout))??;
         w.answered = Some(Instant::now());
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -464,23 +469,13 @@ impl Prepared {
                 None,
             ),
         };
-        let mut w = watch.0.lock().await;
-        match w
-            .answered
-            .map(|t| t.elapsed())
-            .filter(|age| *age <= AGENT_FRESH)
-        {
-            Some(age) => self.breakdown.agent_answered_ms_before = Some(ms(age)),
-            None => {
-                tracing::debug!(ms = ms(t0.elapsed()), "agent synchronised");
-                w.agent.sync_time(CLOCK_TOLERANCE).await?;
-                tracing::debug!(ms = ms(t0.elapsed()), "guest clock checked or set");
-            }
-        }
-        let agent = &mut w.agent;
+        tracing::debug!(ms = ms(t0.elapsed()), "agent synchronised");
+        let answered_before = watch.check(AGENT_FRESH, opts.timeout).await?;
+        self.breakdown.agent_answered_ms_before = answered_before.map(ms);
+        tracing::debug!(ms = ms(t0.elapsed()), "guest clock checked or set");
         if let Some(cmd) = &opts.exec_after {
             let argv = ["/bin/sh".to_owned(), "-c".to_owned(), cmd.clone()];
-            let out = agent.exec(&argv, opts.timeout).await?;
+            let out = watch.0.lock().await.agent.exec(&argv, opts.timeout).await?;
             if out.exit_code != 0 {
                 return Err(CloneError::ExecAfter {
                     code: out.exit_code,

@@ -520,8 +520,8 @@ async fn check_health(pool: Weak<Pool>) {
     }
 }
 
-/// Connects once to each forwarded port of a running clone, sends `PING\r\n` and waits
-/// for an answer (or the guest closing the connection): see [`PoolConfig::warm_ports`].
+/// Connects [`WARM_EXCHANGES`] times to each forwarded port of a running clone, sends
+/// `PING\r\n` and waits for an answer each time: see [`PoolConfig::warm_ports`].
 /// Retried until `timeout`, since a guest service may still be starting.
 async fn warm_ports(
     ports: &[crate::spec::PortForward],

@@ -595,22 +595,32 @@ mod tests {
         assert_eq!(serde_json::from_str::<PoolConfig>(&j).unwrap(), on);
     }
 
-    /// A fake service on a port: the warm-up sends its PING line and takes any answer.
+    /// A fake service on a port: the warm-up sends its PING line on `WARM_EXCHANGES` new
+    /// connections and takes any answer on each.
     #[tokio::test]
-    async fn warm_ports_sends_one_line_and_waits_for_an_answer() {
+    async fn warm_ports_exchanges_a_line_on_each_new_connection() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let host = listener.local_addr().unwrap().port();
         let server = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut b = [0u8; 6];
-            s.read_exact(&mut b).await.unwrap();
-            assert_eq!(&b, b"PING\r\n");
-            s.write_all(b"+PONG\r\n").await.unwrap();
+            for _ in 0..WARM_EXCHANGES {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut b = [0u8; 6];
+                s.read_exact(&mut b).await.unwrap();
+                assert_eq!(&b, b"PING\r\n");
+                s.write_all(b"+PONG\r\n").await.unwrap();
+            }
+            listener
         });
         let ports = [crate::spec::PortForward { host, guest: 6379 }];
         warm_ports(&ports, Duration::from_secs(5)).await.unwrap();
-        server.await.unwrap();
+        // The server answered exactly WARM_EXCHANGES connections; no more are made.
+        let listener = server.await.unwrap();
+        let more = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(
+            more.is_err(),
+            "warm_ports connected more than {WARM_EXCHANGES} times"
+        );
         let closed = [crate::spec::PortForward {
             host: crate::ready::free_port().unwrap(),
             guest: 80,

@@ -30,7 +30,8 @@ cleanup() {
 trap cleanup EXIT
 
 thaw guest build >/dev/null
-thaw serve 2>"$THAW_HOME/../$(basename "$THAW_HOME").log" &
+# The binary itself, not the function: $! must be the daemon, not a subshell.
+"$BIN/thaw" serve 2>"$THAW_HOME/../$(basename "$THAW_HOME").log" &
 SERVE=$!
 until thaw pools >/dev/null 2>&1; do sleep 0.1; done
 
@@ -63,7 +64,7 @@ restore_cycle() {
 
 pool_cycle() {
   pool_ready
-  thaw restore base --name p --json | grep -q '"source":"pool"' || { echo "soak: not taken from the pool" >&2; exit 1; }
+  thaw restore base --name p --json | grep -Eq '"source": *"pool"' || { echo "soak: not taken from the pool" >&2; exit 1; }
   [ "$(thaw exec p -- cat /tmp/m)" = marker ] || { echo "soak: the clone lost its state" >&2; exit 1; }
   thaw stop p >/dev/null
 }

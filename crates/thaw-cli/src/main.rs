@@ -396,6 +396,11 @@ struct BenchArgs {
     /// report the host memory they use.
     #[arg(long, value_name = "N", conflicts_with = "pool")]
     density: Option<u32>,
+    /// With --density: each clone's TCG translation buffer in MiB (0: QEMU's default,
+    /// 1 GiB). Overrides THAW_TCG_TB_SIZE.
+    #[arg(long, value_name = "MIB", requires = "density",
+          default_value_t = thaw::bench::density::DENSITY_TB_SIZE_MIB)]
+    tb_size: u32,
 }
 
 #[derive(Subcommand)]
@@ -997,6 +1002,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 ready: cfg.ready,
                 guest_name: cfg.guest_name,
                 accel: cfg.accel,
+                tcg_tb_size_mib: (args.tb_size > 0).then_some(args.tb_size),
             };
             let report =
                 thaw::bench::density::run(&home, &qemu, &dcfg, &mut progress(json)).await?;

@@ -176,3 +176,33 @@ fn compare_refuses_a_pool_or_density_alongside() {
     env.run(&["bench", "--chart", "x.png"])
         .fails_with("--compare");
 }
+
+/// `bench --density`: every clone runs at once and answers its agent, each QEMU gets
+/// the density translation buffer (not QEMU's 1 GiB default), the memory figures are
+/// measured, and nothing is left afterwards.
+#[test]
+fn density_runs_every_clone_with_a_small_translation_buffer_and_cleans_up() {
+    let env = Env::new();
+    let r = env.run(&["bench", "--density", "2", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let j: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(j["clones"], 2, "{j}");
+    assert_eq!(j["answered"], 2, "{j}");
+    assert_eq!(j["tb_size_mib"], 32, "{j}");
+    let (pss, _, _) = stats(&j, "pss_mib");
+    let (rss, _, _) = stats(&j, "rss_mib");
+    assert!(pss <= rss, "PSS counts shared pages once: {j}");
+    assert!(j["host_used_mib"].as_f64().is_some(), "{j}");
+    assert!(env.processes().is_empty(), "bench left QEMU running");
+    let left: Vec<String> = common::dir_names(env.path())
+        .into_iter()
+        .filter(|n| n.starts_with("bench-"))
+        .collect();
+    assert!(left.is_empty(), "bench left {left:?}");
+    // QEMU's own default when asked for it.
+    let r = env.run(&["bench", "--density", "1", "--tb-size", "0", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let j: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(j["answered"], 1, "{j}");
+    assert!(j["tb_size_mib"].is_null(), "{j}");
+}

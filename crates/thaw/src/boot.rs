@@ -182,6 +182,7 @@ async fn boot_in(
     let launch = Launch {
         name: req.name.as_str(),
         qemu: qemu.version,
+        tcg_tb_size_mib: qemu.tcg_tb_size_mib,
         ram: &ram,
         ram_offset: 0,
         share_ram: true,

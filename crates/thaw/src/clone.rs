@@ -227,6 +227,7 @@ pub async fn prepare(
     let launch = Launch {
         name: &display_name,
         qemu: qemu.version,
+        tcg_tb_size_mib: qemu.tcg_tb_size_mib,
         ram: &ram,
         ram_offset,
         share_ram: false,

@@ -30,11 +30,21 @@ pub enum QemuError {
     NoVersion { path: PathBuf, output: String },
 }
 
-/// A QEMU system emulator binary and its version.
+/// A QEMU system emulator binary, its version, and how thaw runs it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Qemu {
     pub binary: PathBuf,
     pub version: QemuVersion,
+    /// The TCG translation buffer each QEMU started through this handle gets
+    /// (`-accel tcg,tb-size=`), in MiB; `None` leaves QEMU's default (1 GiB, madvised for
+    /// huge pages, filled in 2 MiB steps as code is translated). [`Qemu::find`] takes it
+    /// from `THAW_TCG_TB_SIZE` (0 = QEMU's default). A smaller buffer bounds what a
+    /// long-running clone can spend on translations, which matters for many clones at
+    /// once (`thaw bench --density` uses 32 MiB), but 32 MiB made restore → ready
+    /// without a pool ~150 ms slower in an interleaved A/B on a 2-core TCG host, so
+    /// the default stays QEMU's. It changes nothing the guest sees.
+    #[serde(default)]
+    pub tcg_tb_size_mib: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -64,6 +74,7 @@ impl Qemu {
                     return Ok(Qemu {
                         binary,
                         version: c.version,
+                        tcg_tb_size_mib: tb_size_from_env(),
                     });
                 }
             }
@@ -82,8 +93,20 @@ impl Qemu {
                 &serde_json::to_vec(&cache).expect("serializes"),
             );
         }
-        Ok(Qemu { binary, version })
+        Ok(Qemu {
+            binary,
+            version,
+            tcg_tb_size_mib: tb_size_from_env(),
+        })
     }
+}
+
+/// `THAW_TCG_TB_SIZE` in MiB; unset, unparsable or 0 means QEMU's default.
+fn tb_size_from_env() -> Option<u32> {
+    std::env::var("THAW_TCG_TB_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&mib| mib > 0)
 }
 
 fn resolve(wanted: &str) -> Option<PathBuf> {

@@ -192,7 +192,7 @@ impl MachineSpec {
                 if self.cpus > 1 {
                     tcg.push_str(",thread=multi");
                 }
-                if let Some(mib) = tcg_tb_size_mib() {
+                if let Some(mib) = launch.tcg_tb_size_mib {
                     tcg.push_str(&format!(",tb-size={mib}"));
                 }
                 tcg
@@ -303,27 +303,13 @@ impl MachineSpec {
     }
 }
 
-/// The TCG translation buffer thaw gives each QEMU, in MiB; 0 leaves QEMU's default
-/// (1 GiB, madvised for huge pages, filled in 2 MiB steps as code is translated).
-/// `THAW_TCG_TB_SIZE` sets it. A smaller buffer bounds what a long-running clone can
-/// spend on translations (for many clones at once, see `thaw bench --density`), but 32
-/// MiB made restore → ready without a pool ~150 ms slower in an interleaved A/B on a
-/// 2-core TCG host, so the default stays QEMU's. It changes nothing the guest sees.
-pub const TCG_TB_SIZE_MIB: u32 = 0;
-
-fn tcg_tb_size_mib() -> Option<u32> {
-    let mib = std::env::var("THAW_TCG_TB_SIZE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(TCG_TB_SIZE_MIB);
-    (mib > 0).then_some(mib)
-}
-
 /// Per-process facts that are not part of the spec: where this VM's files live.
 #[derive(Debug, Clone)]
 pub struct Launch<'a> {
     pub name: &'a str,
     pub qemu: QemuVersion,
+    /// The TCG translation buffer in MiB (see [`crate::qemu::Qemu::tcg_tb_size_mib`]).
+    pub tcg_tb_size_mib: Option<u32>,
     pub ram: &'a Path,
     /// Where the RAM image starts in `ram` (a snapshot's mapped-ram file), else 0.
     pub ram_offset: u64,
@@ -396,6 +382,7 @@ mod tests {
         Launch {
             name: "web",
             qemu: "10.0.2".parse().unwrap(),
+            tcg_tb_size_mib: None,
             ram: Path::new("/h/vms/web/ram"),
             ram_offset: 0,
             share_ram: share,
@@ -434,6 +421,23 @@ mod tests {
         );
         assert!(argv.contains("-netdev user,id=net0,hostfwd=tcp:127.0.0.1:40001-:6379"));
         assert!(argv.contains("virtio-net-pci,netdev=net0"));
+        assert!(
+            !argv.contains("tb-size"),
+            "QEMU's default unless asked: {argv}"
+        );
+    }
+
+    #[test]
+    fn a_tcg_translation_buffer_size_is_passed_to_qemu() {
+        let l = Launch {
+            tcg_tb_size_mib: Some(32),
+            ..launch(false, true)
+        };
+        let argv = joined(&spec().argv(&l));
+        assert!(
+            argv.contains("-accel tcg,thread=multi,tb-size=32"),
+            "{argv}"
+        );
     }
 
     #[test]

@@ -29,7 +29,15 @@ pub struct DensityConfig {
     pub ready: ReadySpec,
     pub guest_name: String,
     pub accel: Accel,
+    /// Each clone's TCG translation buffer in MiB (`None`: QEMU's default, 1 GiB).
+    pub tcg_tb_size_mib: Option<u32>,
 }
+
+/// The translation buffer `thaw bench --density` gives each clone unless told: with
+/// QEMU's 1 GiB default a clone keeps every translation it ever made, and a hundred of
+/// them outgrow this benchmark's budget (6 GiB on a 24 GiB host); 32 MiB holds what a
+/// restored guest translates to answer its agent.
+pub const DENSITY_TB_SIZE_MIB: u32 = 32;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DensityReport {
@@ -122,6 +130,10 @@ pub async fn run(
     let load_before = super::compare::loadavg();
     let bench_home = Home::new(home.root().join(format!("bench-{}", std::process::id())));
     bench_home.ensure()?;
+    let qemu = &Qemu {
+        tcg_tb_size_mib: cfg.tcg_tb_size_mib,
+        ..qemu.clone()
+    };
     let result = run_in(&bench_home, qemu, cfg, progress).await;
     progress("stopping the clones");
     for name in crate::vm::list_names(&bench_home) {

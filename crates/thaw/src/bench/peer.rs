@@ -241,6 +241,7 @@ fn argv(qemu: &Qemu, l: &PeerLaunch<'_>, paths: &VmPaths, ports: &[PortForward])
     let launch = Launch {
         name: "thaw-bench-peer",
         qemu: qemu.version,
+        tcg_tb_size_mib: qemu.tcg_tb_size_mib,
         ram: &unused_ram,
         ram_offset: 0,
         share_ram: true,

@@ -64,7 +64,9 @@ restore_cycle() {
 
 pool_cycle() {
   pool_ready
-  thaw restore base --name p --json | grep -Eq '"source": *"pool"' || { echo "soak: not taken from the pool" >&2; exit 1; }
+  local out
+  out=$(thaw restore base --name p --json)
+  grep -Eq '"source": *"pool"' <<<"$out" || { echo "soak: not taken from the pool: $out" >&2; exit 1; }
   [ "$(thaw exec p -- cat /tmp/m)" = marker ] || { echo "soak: the clone lost its state" >&2; exit 1; }
   thaw stop p >/dev/null
 }

@@ -581,16 +581,34 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        // The reader of our output went away (`thaw ls --json | grep -q`): what was
+        // asked is done and nobody reads the answer; end quietly, as ripgrep does.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             // One line: the error and its causes.
             let line = format!("{err:#}");
             if json {
-                println!("{}", serde_json::json!({ "error": line }));
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "{}",
+                    serde_json::json!({ "error": line })
+                );
             }
             eprintln!("thaw: error: {line}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            || e.downcast_ref::<serde_json::Error>()
+                .and_then(|e| e.io_error_kind())
+                == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn progress(json: bool) -> impl FnMut(&str) {

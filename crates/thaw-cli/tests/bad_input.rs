@@ -322,3 +322,25 @@ fn bad_disks_and_ports_are_refused() {
         env.vm_dirs()
     );
 }
+
+/// A reader that goes away (`thaw ... --json | grep -q`) is not an error of thaw's:
+/// it ends quietly, without a panic about printing to stdout.
+#[test]
+fn a_closed_stdout_ends_thaw_quietly() {
+    let env = Env::new();
+    for args in [&["ls", "--json"][..], &["snapshots", "--json"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = env
+            .command(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}

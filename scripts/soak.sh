@@ -5,7 +5,7 @@
 # RSS, and the files under $THAW_HOME; fails if any of them grew (RSS: by more than
 # 16 MiB). The 50-cycle version runs in CI (crates/thaw-cli/tests/soak.rs).
 #
-#     bash scripts/soak.sh [CYCLES]
+#     bash scripts/soak.sh [CYCLES]     (THAW_SOAK_ONLY=restore|pool: one phase)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CYCLES="${1:-1000}"
@@ -96,6 +96,9 @@ run() { # what, cycle function
   compare "$1" "$CYCLES" $((SECONDS - t0)) "$before" "$after"
 }
 
-run "restore -> exec -> stop" restore_cycle
-thaw pool base --size 1 >/dev/null
-run "pool take + refill" pool_cycle
+ONLY="${THAW_SOAK_ONLY:-}" # "restore" or "pool": one of the two phases
+[ "$ONLY" = pool ] || run "restore -> exec -> stop" restore_cycle
+if [ "$ONLY" != restore ]; then
+  thaw pool base --size 1 >/dev/null
+  run "pool take + refill" pool_cycle
+fi

@@ -111,7 +111,8 @@ where
         .map(|m| m.ready_ms.min)
         .fold(f64::INFINITY, f64::min)
         .max(0.01);
-    let (lo, hi) = (decade_below(min), max * 8.0);
+    // Room right of the longest bar for its label ("6096 ms  (6991 × running pool)").
+    let (lo, hi) = (decade_below(min), max * 40.0);
     let n = methods.len();
     let (title, sub) = root.split_vertically(60);
     title

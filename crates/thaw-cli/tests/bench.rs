@@ -18,17 +18,6 @@ fn assert_stats(report: &Value, key: &str) {
     assert!(0.0 < min && min <= median && median <= max, "{key}: {s}");
 }
 
-/// The bench works in a private home under `$THAW_HOME` and removes it with
-/// everything it started.
-fn assert_no_leftovers(env: &Env) {
-    assert!(env.processes().is_empty(), "bench left QEMU running");
-    let left: Vec<String> = common::dir_names(env.path())
-        .into_iter()
-        .filter(|n| n.starts_with("bench-"))
-        .collect();
-    assert!(left.is_empty(), "bench left {left:?}");
-}
-
 #[test]
 fn bench_reports_each_step_per_ram_size_and_leaves_nothing_behind() {
     let env = Env::new();
@@ -79,7 +68,7 @@ fn bench_reports_each_step_per_ram_size_and_leaves_nothing_behind() {
     assert_eq!(r["restore_ms"], sizes[0]["restore_ms"]);
     assert!(r["restore_ratio_largest_to_smallest"].as_f64().unwrap() > 0.0);
     assert!(r["pause_ratio_largest_to_smallest"].as_f64().unwrap() > 0.0);
-    assert_no_leftovers(&env);
+    env.assert_no_bench_leftovers();
 }
 
 #[test]
@@ -102,5 +91,5 @@ fn bench_with_a_pool_takes_every_restore_from_it() {
     assert_eq!(r["sizes"][0]["resets_from_pool"], 3, "{r}");
     assert_stats(&r, "restore_ms");
     assert_stats(&r, "ready_ms");
-    assert_no_leftovers(&env);
+    env.assert_no_bench_leftovers();
 }

@@ -148,12 +148,7 @@ fn compare_runs_every_method_on_one_guest_and_cleans_up() {
     }
     // Nothing left: no QEMU, no bench home, no libvirt domain, and libvirtd only if it
     // ran before.
-    assert!(env.processes().is_empty(), "bench left QEMU running");
-    let left: Vec<String> = common::dir_names(env.path())
-        .into_iter()
-        .filter(|n| n.starts_with("bench-"))
-        .collect();
-    assert!(left.is_empty(), "bench left {left:?}");
+    env.assert_no_bench_leftovers();
     assert!(
         !domains().contains("thaw-bench-"),
         "a libvirt domain was left: {}",
@@ -183,9 +178,7 @@ fn compare_refuses_a_pool_or_density_alongside() {
 #[test]
 fn density_runs_every_clone_with_a_small_translation_buffer_and_cleans_up() {
     let env = Env::new();
-    let r = env.run(&["bench", "--density", "2", "--json"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let j: Value = serde_json::from_str(&r.stdout).unwrap();
+    let j = env.json(&["bench", "--density", "2"]);
     assert_eq!(j["clones"], 2, "{j}");
     assert_eq!(j["answered"], 2, "{j}");
     assert_eq!(j["tb_size_mib"], 32, "{j}");
@@ -193,16 +186,9 @@ fn density_runs_every_clone_with_a_small_translation_buffer_and_cleans_up() {
     let (rss, _, _) = stats(&j, "rss_mib");
     assert!(pss <= rss, "PSS counts shared pages once: {j}");
     assert!(j["host_used_mib"].as_f64().is_some(), "{j}");
-    assert!(env.processes().is_empty(), "bench left QEMU running");
-    let left: Vec<String> = common::dir_names(env.path())
-        .into_iter()
-        .filter(|n| n.starts_with("bench-"))
-        .collect();
-    assert!(left.is_empty(), "bench left {left:?}");
+    env.assert_no_bench_leftovers();
     // QEMU's own default when asked for it.
-    let r = env.run(&["bench", "--density", "1", "--tb-size", "0", "--json"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let j: Value = serde_json::from_str(&r.stdout).unwrap();
+    let j = env.json(&["bench", "--density", "1", "--tb-size", "0"]);
     assert_eq!(j["answered"], 1, "{j}");
     assert!(j["tb_size_mib"].is_null(), "{j}");
 }

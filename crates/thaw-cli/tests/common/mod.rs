@@ -131,6 +131,17 @@ impl Env {
         self.ok(&a).json()
     }
 
+    /// A bench works in a private home under `$THAW_HOME` and removes it with
+    /// everything it started: no QEMU runs and no `bench-*` directory is left.
+    pub fn assert_no_bench_leftovers(&self) {
+        assert!(self.processes().is_empty(), "bench left QEMU running");
+        let left: Vec<String> = dir_names(self.path())
+            .into_iter()
+            .filter(|n| n.starts_with("bench-"))
+            .collect();
+        assert!(left.is_empty(), "bench left {left:?}");
+    }
+
     /// Runs a shell command in the guest and returns its stdout.
     pub fn sh(&self, vm: &str, script: &str) -> String {
         let r = self.ok(&["exec", vm, "--", "/bin/sh", "-c", script]);

@@ -914,8 +914,13 @@ fn ratio(x: f64) -> f64 {
     if x == 0.0 || !x.is_finite() {
         return x;
     }
-    let scale = 10f64.powi((2 - x.abs().log10().floor() as i32).max(0));
+    let scale = 10f64.powi(decimals_for_three_digits(x) as i32);
     (x * scale).round() / scale
+}
+
+/// Decimal places that leave three significant digits of `x` (none from 100 up).
+fn decimals_for_three_digits(x: f64) -> usize {
+    (2 - x.abs().log10().floor() as i32).max(0) as usize
 }
 
 fn fmt_ratio(r: Option<f64>) -> String {
@@ -924,7 +929,7 @@ fn fmt_ratio(r: Option<f64>) -> String {
         Some(r) if r >= 10.0 => format!("{r:.0}x"),
         Some(r) if r >= 0.1 || r == 0.0 => format!("{r:.2}x"),
         Some(r) => {
-            let digits = (2 - r.log10().floor() as i32).max(0) as usize;
+            let digits = decimals_for_three_digits(r);
             format!("{r:.digits$}x")
         }
     }

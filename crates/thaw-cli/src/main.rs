@@ -559,10 +559,7 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
-            // One line, like every other error: clap's first line, minus its prefix.
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("thaw: {} (see --help)", first.trim_start_matches("error: "));
+            eprintln!("thaw: {} (see --help)", usage_error_line(&e.to_string()));
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -598,6 +595,25 @@ fn main() -> ExitCode {
             eprintln!("thaw: error: {line}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// One line, like every other error: clap's first line minus its prefix, with the
+/// indented lines that follow it (the arguments a "required arguments were not
+/// provided" error names), up to the blank line before the usage.
+fn usage_error_line(text: &str) -> String {
+    let mut lines = text.lines();
+    let first = lines
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ");
+    let named: Vec<&str> = lines
+        .take_while(|l| l.starts_with(' '))
+        .map(str::trim)
+        .collect();
+    match named.as_slice() {
+        [] => first.to_owned(),
+        _ => format!("{} {}", first, named.join(", ")),
     }
 }
 

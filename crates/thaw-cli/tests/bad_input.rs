@@ -344,3 +344,13 @@ fn a_closed_stdout_ends_thaw_quietly() {
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
 }
+
+/// A missing argument is named on the one line, not only in clap's usage text.
+#[test]
+fn a_missing_argument_is_named() {
+    let env = Env::new();
+    env.run(&["restore"])
+        .fails_with("required arguments were not provided: <TAG> (see --help)");
+    env.run(&["bench", "--tb-size", "8"])
+        .fails_with("required arguments were not provided: --density <N>");
+}

@@ -98,14 +98,20 @@ fn a_child_adds_little_and_pull_restores_on_a_machine_without_the_guest() {
     b.ok(&["stop", "--all"]);
     b.ok(&["store", "verify"]);
 
-    // A flipped byte in a chunk in the bucket is refused at pull, naming the chunk.
-    let chunks = server.objects("ci/chunks");
-    let victim = std::fs::read_dir(&chunks)
+    // A flipped byte in a chunk of s1 in the bucket is refused at pull, naming the
+    // chunk. The bucket also holds chunks only s2 uses, which pulling s1 never
+    // fetches: the victim is one s1's manifest names.
+    let manifest = std::fs::read_to_string(server.objects("ci/manifests/s1.json")).unwrap();
+    let mut chunks: Vec<_> = std::fs::read_dir(server.objects("ci/chunks"))
         .unwrap()
         .flatten()
-        .next()
-        .unwrap()
-        .path();
+        .map(|e| e.path())
+        .collect();
+    chunks.sort();
+    let victim = chunks
+        .into_iter()
+        .find(|p| manifest.contains(&*p.file_name().unwrap().to_string_lossy()))
+        .expect("s1's manifest names a chunk in the bucket");
     let mut bytes = std::fs::read(&victim).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x20;

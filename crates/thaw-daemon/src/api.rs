@@ -85,10 +85,15 @@ impl Daemon {
     /// Holds room for `n` more VMs, or answers 429 at once.
     fn reserve(self: &Arc<Self>, n: u32) -> Result<Reservation, ApiError> {
         let mut in_flight = self.in_flight.lock().expect("limit lock");
-        self.forget_vanished();
-        let vms = self.db.vm_count().map_err(ApiError::from_op)?;
-        let wanted = u64::from(vms) + u64::from(*in_flight) + u64::from(n);
-        if wanted > u64::from(self.max_vms) {
+        let wanted = |vms: u32| u64::from(vms) + u64::from(*in_flight) + u64::from(n);
+        let mut vms = self.db.vm_count().map_err(ApiError::from_op)?;
+        // VMs stopped behind the daemon's back count until they are looked for, which
+        // (a directory listing and a look per VM) only a request over the limit pays.
+        if wanted(vms) > u64::from(self.max_vms) {
+            self.forget_vanished();
+            vms = self.db.vm_count().map_err(ApiError::from_op)?;
+        }
+        if wanted(vms) > u64::from(self.max_vms) {
             let starting = match *in_flight {
                 0 => String::new(),
                 k => format!(" and {k} starting"),

@@ -239,7 +239,7 @@ impl HttpStatus for CloneError {
     fn status(&self) -> StatusCode {
         match self {
             CloneError::Check(e) => e.status(),
-            CloneError::Vm(e) => e.status(),
+            CloneError::Vm(e) | CloneError::Claim(e) => e.status(),
             CloneError::Ready(e) => e.status(),
             _ => FAILED,
         }

@@ -135,6 +135,26 @@ async fn boot_snapshot_restore_exec_and_stop_through_the_socket() {
     assert_eq!(d.vm_names().await, ["base-1", "base-2", "base-3", "web"]);
     assert_eq!(d.expect("GET", "/v1/health", None, 200).await["vms"], 4);
 
+    // A VM stopped behind the daemon's back (its QEMU ended and its directory removed,
+    // as `thaw stop` without the daemon does) is found gone once the limit is reached,
+    // and stops counting.
+    let base3 = d.home().join("vms/base-3");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(base3.join("vm.json")).unwrap()).unwrap();
+    let pid = rustix::process::Pid::from_raw(record["pid"].as_i64().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    std::fs::remove_dir_all(&base3).unwrap();
+    let behind = d
+        .expect(
+            "POST",
+            "/v1/snapshots/base/restore",
+            Some(json!({"name": "behind"})),
+            201,
+        )
+        .await;
+    assert_eq!(behind[0]["name"], "behind");
+    assert_eq!(d.vm_names().await, ["base-1", "base-2", "behind", "web"]);
+
     // Stopping one makes room again; a failed request holds none.
     let stopped = d.expect("DELETE", "/v1/vms/base-1", None, 200).await;
     assert_eq!(stopped, json!({"stopped": "base-1"}));

@@ -69,6 +69,23 @@ async fn pool_serves_restores_refills_and_ends_with_the_daemon() {
     assert_eq!(d.sh("r", "echo from the pool").await, "from the pool\n");
     d.wait_pool_ready("base", 2).await; // refilled
 
+    // A name that is taken is refused (a pooled take claims it by moving the clone
+    // there) and costs the pool nothing: both clones stay, no new QEMU starts.
+    let pooled_before = d.pool_processes();
+    let refused = d
+        .expect(
+            "POST",
+            "/v1/snapshots/base/restore",
+            Some(json!({"name": "r"})),
+            409,
+        )
+        .await;
+    assert_eq!(refused["error"], "a VM named r already exists", "{refused}");
+    let pools = d.expect("GET", "/v1/pools", None, 200).await;
+    assert_eq!(pools[0]["ready"], 2, "{pools}");
+    assert_eq!(d.pool_processes(), pooled_before);
+    assert_eq!(d.vm_names().await, ["r", "web"]);
+
     // A pooled clone that dies is found by the health check and replaced before anyone
     // takes it.
     let before = d.pool_processes();

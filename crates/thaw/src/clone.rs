@@ -78,6 +78,10 @@ pub enum CloneError {
     Check(#[from] SnapshotCheckError),
     #[error(transparent)]
     Vm(#[from] VmError),
+    /// The clone's name could not be claimed (taken, or its directory not made);
+    /// nothing of the clone is under that name.
+    #[error(transparent)]
+    Claim(VmError),
     #[error("loading the device state failed")]
     Migration(#[from] MigrationError),
     #[error("could not resume the clone")]
@@ -425,11 +429,17 @@ impl Prepared {
     }
 
     /// Moves the clone to its final name and directory (a pool clone is prepared
-    /// under a placeholder). QEMU keeps its open files and sockets across the rename.
-    pub fn rename(&mut self, home: &Home, name: &VmName) -> Result<(), VmError> {
-        let to = VmPaths::new(home, name);
-        std::fs::rename(&self.paths.dir, &to.dir)
-            .map_err(|e| io("move the clone to", &to.dir, e))?;
+    /// under a placeholder), claiming the name unless the caller `claimed` it: then
+    /// [`CloneError::Claim`] if it is taken, and nothing moved. QEMU keeps its open
+    /// files and sockets across the move.
+    pub fn claim_name(
+        &mut self,
+        home: &Home,
+        name: &VmName,
+        claimed: bool,
+    ) -> Result<(), CloneError> {
+        let to =
+            vm::move_dir_to(home, &self.paths.dir, name, claimed).map_err(CloneError::Claim)?;
         self.state.disk_overlays = self
             .state
             .disk_overlays
@@ -438,7 +448,7 @@ impl Prepared {
             .collect();
         self.state.name = name.clone();
         self.paths = to;
-        self.state.save(home)
+        Ok(self.state.save(home)?)
     }
 
     /// Resumes (if paused), resynchronises the agent, sets the guest clock from the

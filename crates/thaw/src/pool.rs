@@ -252,12 +252,15 @@ impl Pool {
         slots.get(tag).map_or(0, |s| s.ready.len() as u32)
     }
 
-    /// Takes a prepared clone of `tag`, names it `name` (whose directory the caller
-    /// has claimed, empty) and finishes it. `None` when the pool has none ready.
+    /// Takes a prepared clone of `tag`, names it `name` and finishes it. Unless the
+    /// caller `claimed` the name (made its empty directory), moving the clone's
+    /// directory there claims it: [`CloneError::Claim`] if it is taken. `None` when
+    /// the pool has none ready.
     pub async fn take(
         self: &Arc<Self>,
         tag: &SnapshotTag,
         name: &VmName,
+        claimed: bool,
         opts: &FinishOptions,
         t0: Instant,
     ) -> Option<Result<CloneReport, CloneError>> {
@@ -274,11 +277,11 @@ impl Pool {
             self.refill(tag);
             return Some(Err(e));
         }
-        if let Err(e) = prepared.rename(&self.home, name) {
+        if let Err(e) = prepared.claim_name(&self.home, name, claimed) {
             prepared.discard().await;
             self.removed(&pool_id);
             self.refill(tag);
-            return Some(Err(e.into()));
+            return Some(Err(e));
         }
         self.removed(&pool_id);
         prepared.breakdown.source = "pool".into();

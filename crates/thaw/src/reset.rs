@@ -215,7 +215,7 @@ async fn take_over(
         path: dir.clone(),
         source,
     })?;
-    prepared.rename(home, &old.name)?;
+    prepared.claim_name(home, &old.name, false)?;
     // The old VM's files (its RAM file, disks, logs) go now; nothing runs from them.
     let _ = std::fs::remove_dir_all(&doomed);
     Ok(())

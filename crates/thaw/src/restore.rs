@@ -114,7 +114,14 @@ pub async fn restore_from(
     if req.paused && (req.exec_after.is_some() || req.ready != ReadySpec::default()) {
         return Err(RestoreError::PausedReady);
     }
-    let names = claim_names(home, req)?;
+    // Clones taken from the pool claim their names by moving there (one rename);
+    // the others claim theirs now, before any QEMU starts.
+    let claim = if all_pooled {
+        Claim::AtTake
+    } else {
+        Claim::Now
+    };
+    let names = pick_names(home, req, claim)?;
 
     let mut tasks = tokio::task::JoinSet::new();
     for (i, name) in names.iter().enumerate() {
@@ -129,17 +136,22 @@ pub async fn restore_from(
         tasks.spawn(async move {
             let pooled = match &pool {
                 Some(pool) if !req.keep_vmgenid && !req.paused => {
-                    pool.take(&req.tag, &name, &req.finish_options(), t0).await
+                    let claimed = claim == Claim::Now;
+                    pool.take(&req.tag, &name, claimed, &req.finish_options(), t0)
+                        .await
                 }
                 _ => None,
             };
             let r = match pooled {
                 Some(r) => r,
                 // The pool ran out after all (another request took its clone): this
-                // clone spawns, and is checked first like any other.
-                None if all_pooled => match snap.check(qemu.version, accel, false) {
-                    Ok(()) => restore_one(&home, &qemu, &snap, &name, &req, t0).await,
-                    Err(e) => Err(e.into()),
+                // clone claims its name and spawns, checked first like any other.
+                None if all_pooled => match vm::create_dir(&home, &name) {
+                    Ok(_) => match snap.check(qemu.version, accel, false) {
+                        Ok(()) => restore_one(&home, &qemu, &snap, &name, &req, t0).await,
+                        Err(e) => Err(e.into()),
+                    },
+                    Err(e) => Err(CloneError::Claim(e)),
                 },
                 None => restore_one(&home, &qemu, &snap, &name, &req, t0).await,
             };
@@ -148,17 +160,26 @@ pub async fn restore_from(
     }
     let mut reports = Vec::new();
     let mut first_err = None;
+    // The names this request holds: all but those it failed to claim.
+    let mut held = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         let (i, name, r) = joined.expect("restore task panicked");
         match r {
-            Ok(rep) => reports.push((i, rep)),
+            Ok(rep) => {
+                held.push(name);
+                reports.push((i, rep));
+            }
+            Err(CloneError::Claim(e)) => {
+                first_err.get_or_insert(RestoreError::Vm(e));
+            }
             Err(e) => {
+                held.push(name.clone());
                 first_err.get_or_insert(RestoreError::Clone { name, source: e });
             }
         }
     }
     if let Some(e) = first_err {
-        for name in &names {
+        for name in &held {
             vm::discard(home, name).await;
         }
         return Err(e);
@@ -167,17 +188,48 @@ pub async fn restore_from(
     Ok(reports.into_iter().map(|(_, r)| r).collect())
 }
 
-/// Picks and claims (creates the directories of) the clones' names.
-fn claim_names(home: &Home, req: &RestoreRequest) -> Result<Vec<VmName>, RestoreError> {
+/// When a clone's name is claimed (its directory made).
+#[derive(Clone, Copy, PartialEq)]
+enum Claim {
+    /// Before any QEMU starts.
+    Now,
+    /// When the clone is taken from the pool, by moving its directory there
+    /// ([`vm::move_dir_to`]); until then the name is only checked to be free.
+    AtTake,
+}
+
+impl Claim {
+    fn claim(self, home: &Home, name: &VmName) -> Result<(), VmError> {
+        if self == Claim::Now {
+            return vm::create_dir(home, name).map(drop);
+        }
+        let dir = home.vm_dir(name);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(_) => Err(VmError::Exists(name.clone())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(VmError::io("look up", &dir)(e)),
+        }
+    }
+}
+
+/// Picks the clones' names: the one asked for, or `<base>-<i>` for several, skipping
+/// taken ones unless the names were given; claims them now or at the take.
+fn pick_names(
+    home: &Home,
+    req: &RestoreRequest,
+    claim: Claim,
+) -> Result<Vec<VmName>, RestoreError> {
     let mut claimed: Vec<VmName> = Vec::new();
     let release = |claimed: &[VmName]| {
-        for n in claimed {
-            let _ = std::fs::remove_dir_all(home.vm_dir(n));
+        if claim == Claim::Now {
+            for n in claimed {
+                let _ = std::fs::remove_dir_all(home.vm_dir(n));
+            }
         }
     };
     match (&req.name, req.count) {
         (Some(name), 1) => {
-            vm::create_dir(home, name)?;
+            claim.claim(home, name)?;
             claimed.push(name.clone());
         }
         (base, count) => {
@@ -200,7 +252,7 @@ fn claim_names(home: &Home, req: &RestoreRequest) -> Result<Vec<VmName>, Restore
                         .into());
                     }
                 };
-                match vm::create_dir(home, &name) {
+                match claim.claim(home, &name) {
                     Ok(_) => claimed.push(name),
                     // Explicit names must all be free; derived names skip taken ones.
                     Err(VmError::Exists(n)) if !explicit => {

@@ -438,17 +438,21 @@ impl Prepared {
         name: &VmName,
         claimed: bool,
     ) -> Result<(), CloneError> {
-        let to =
-            vm::move_dir_to(home, &self.paths.dir, name, claimed).map_err(CloneError::Claim)?;
-        self.state.disk_overlays = self
-            .state
+        let to = VmPaths::new(home, name);
+        let mut state = self.state.clone();
+        state.disk_overlays = state
             .disk_overlays
             .iter()
             .map(|p| to.disks().join(p.file_name().expect("a layer file")))
             .collect();
-        self.state.name = name.clone();
+        state.name = name.clone();
+        // The record as it will be, written where the clone is now, then published
+        // with the directory by one rename: `vms/<name>` never holds another record.
+        state.prepare_in(&self.paths).map_err(CloneError::Claim)?;
+        vm::move_dir_to(home, &self.paths.dir, name, claimed).map_err(CloneError::Claim)?;
+        self.state = state;
         self.paths = to;
-        Ok(self.state.save(home)?)
+        Ok(())
     }
 
     /// Resumes (if paused), resynchronises the agent, sets the guest clock from the

@@ -53,6 +53,20 @@ pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Writes `bytes` over the file at `path` (made if missing) from its start and cuts
+/// it to their length: not atomic (a reader or a crash may see a mix), but the file
+/// keeps its blocks, where replacing it frees them.
+pub fn overwrite(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    f.write_all_at(bytes, 0)?;
+    f.set_len(bytes.len() as u64)
+}
+
 /// Makes a directory's entries (creations, renames) durable.
 pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
@@ -228,6 +242,18 @@ pub fn allocated_bytes(path: &Path) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overwrite_replaces_the_contents_of_a_longer_or_shorter_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("vm.json");
+        overwrite(&p, b"a new file").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"a new file");
+        overwrite(&p, b"short").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"short");
+        overwrite(&p, b"longer than before").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"longer than before");
+    }
     use std::io::{Seek, SeekFrom as StdSeek};
 
     #[test]

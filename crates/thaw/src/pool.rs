@@ -132,6 +132,8 @@ struct Slot {
     /// Bumped on every reconfiguration; a clone prepared for an older one is dropped.
     generation: u64,
     last_error: Option<String>,
+    /// The snapshot as its clones were last prepared from it.
+    snapshot: Option<Arc<Snapshot>>,
 }
 
 pub struct Pool {
@@ -210,6 +212,7 @@ impl Pool {
                 filling: 0,
                 generation: 0,
                 last_error: None,
+                snapshot: None,
             });
             if slot.config.mode != config.mode || slot.config.warm_ports != config.warm_ports {
                 doomed.extend(slot.ready.drain(..));
@@ -250,6 +253,17 @@ impl Pool {
     pub fn ready_count(&self, tag: &SnapshotTag) -> u32 {
         let slots = self.slots.lock().expect("pool lock");
         slots.get(tag).map_or(0, |s| s.ready.len() as u32)
+    }
+
+    /// The snapshot `tag`'s pool prepared its clones from, if it has `count` ready:
+    /// a restore that takes them all need not read the manifest again.
+    pub fn snapshot_if_ready(&self, tag: &SnapshotTag, count: u32) -> Option<Arc<Snapshot>> {
+        let slots = self.slots.lock().expect("pool lock");
+        let slot = slots.get(tag)?;
+        if slot.ready.len() < count as usize {
+            return None;
+        }
+        slot.snapshot.clone()
     }
 
     /// Takes a prepared clone of `tag`, names it `name` and finishes it. Unless the
@@ -449,7 +463,10 @@ impl Pool {
             path: paths.dir.clone(),
             source,
         })?;
-        let snap = Snapshot::open(&self.home, tag)?;
+        let snap = Arc::new(Snapshot::open(&self.home, tag)?);
+        if let Some(slot) = self.slots.lock().expect("pool lock").get_mut(tag) {
+            slot.snapshot = Some(snap.clone());
+        }
         let result = async {
             let die_with_owner = self.orphans == Orphans::DieWithOwner;
             let mut p = clone::prepare(

@@ -86,19 +86,26 @@ pub async fn restore_from(
     if req.count == 0 {
         return Err(RestoreError::Count);
     }
-    // A snapshot that is only in the store (pulled, evicted) is written out once.
-    crate::store::ensure_materialized(home, &req.tag, &mut crate::store::NoProgress)?;
-    let snap = Snapshot::open(home, &req.tag)?;
     let accel = req.accel.unwrap_or_else(Accel::detect);
     // Clones the pool has ready were checked when the pool was configured and loaded
-    // their state when prepared; the snapshot's files never change. Checking again
-    // (its device state is hashed) is most of a pooled restore's own time.
-    let all_pooled = !req.verify
-        && !req.keep_vmgenid
-        && pool.is_some_and(|p| p.ready_count(&req.tag) >= req.count);
-    if !all_pooled {
-        snap.check(qemu.version, accel, req.verify)?;
-    }
+    // their state when prepared; the snapshot's files never change. Reading and
+    // checking it again (its device state is hashed) is most of a pooled restore's
+    // own time; that it is still there is looked at.
+    let pooled_snapshot =
+        (!req.verify && !req.keep_vmgenid && !req.paused && home.snapshot_dir(&req.tag).is_dir())
+            .then(|| pool.and_then(|p| p.snapshot_if_ready(&req.tag, req.count)))
+            .flatten();
+    let all_pooled = pooled_snapshot.is_some();
+    let snap = match pooled_snapshot {
+        Some(snap) => snap,
+        None => {
+            // A snapshot that is only in the store (pulled, evicted) is written out once.
+            crate::store::ensure_materialized(home, &req.tag, &mut crate::store::NoProgress)?;
+            let snap = Snapshot::open(home, &req.tag)?;
+            snap.check(qemu.version, accel, req.verify)?;
+            Arc::new(snap)
+        }
+    };
     let guest_ports = snap
         .manifest
         .spec

@@ -133,7 +133,8 @@ where
         .margin(20)
         .x_label_area_size(40)
         .y_label_area_size(300)
-        .build_cartesian_2d((lo..hi).log_scale(), (0..n).into_segmented())
+        // A segmented 0..k range has k + 1 rows; one method still needs a non-empty range.
+        .build_cartesian_2d((lo..hi).log_scale(), (0..n.max(2) - 1).into_segmented())
         .map_err(err)?;
     let labels: Vec<String> = methods.iter().map(|m| m.label.clone()).collect();
     chart

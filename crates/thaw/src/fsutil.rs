@@ -242,18 +242,6 @@ pub fn allocated_bytes(path: &Path) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn overwrite_replaces_the_contents_of_a_longer_or_shorter_file() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("vm.json");
-        overwrite(&p, b"a new file").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"a new file");
-        overwrite(&p, b"short").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"short");
-        overwrite(&p, b"longer than before").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"longer than before");
-    }
     use std::io::{Seek, SeekFrom as StdSeek};
 
     #[test]
@@ -331,5 +319,17 @@ mod tests {
         std::fs::write(&p, vec![b'x'; 100]).unwrap();
         assert_eq!(read_capped(&p, 100).unwrap().len(), 100);
         assert!(read_capped(&p, 99).is_err());
+    }
+
+    #[test]
+    fn overwrite_replaces_the_contents_of_a_longer_or_shorter_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("vm.json");
+        overwrite(&p, b"a new file").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"a new file");
+        overwrite(&p, b"short").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"short");
+        overwrite(&p, b"longer than before").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"longer than before");
     }
 }

@@ -87,14 +87,15 @@ pub async fn restore_from(
         return Err(RestoreError::Count);
     }
     let accel = req.accel.unwrap_or_else(Accel::detect);
+    // A pool's clones have new identities and run: not for these requests.
+    let poolable = !req.keep_vmgenid && !req.paused;
     // Clones the pool has ready were checked when the pool was configured and loaded
     // their state when prepared; the snapshot's files never change. Reading and
     // checking it again (its device state is hashed) is most of a pooled restore's
     // own time; that it is still there is looked at.
-    let pooled_snapshot =
-        (!req.verify && !req.keep_vmgenid && !req.paused && home.snapshot_dir(&req.tag).is_dir())
-            .then(|| pool.and_then(|p| p.snapshot_if_ready(&req.tag, req.count)))
-            .flatten();
+    let pooled_snapshot = (poolable && !req.verify && home.snapshot_dir(&req.tag).is_dir())
+        .then(|| pool.and_then(|p| p.snapshot_if_ready(&req.tag, req.count)))
+        .flatten();
     let all_pooled = pooled_snapshot.is_some();
     let snap = match pooled_snapshot {
         Some(snap) => snap,
@@ -142,7 +143,7 @@ pub async fn restore_from(
         let pool = pool.cloned();
         tasks.spawn(async move {
             let pooled = match &pool {
-                Some(pool) if !req.keep_vmgenid && !req.paused => {
+                Some(pool) if poolable => {
                     let claimed = claim == Claim::Now;
                     pool.take(&req.tag, &name, claimed, &req.finish_options(), t0)
                         .await

@@ -380,7 +380,8 @@ struct BenchArgs {
     #[arg(long, conflicts_with_all = ["pool", "density"])]
     compare: bool,
     /// With --compare: only these methods (comma-separated): cold-boot, savevm,
-    /// exec-gzip, exec-zstd, libvirt, thaw, thaw-pool-paused, thaw-pool-running,
+    /// exec-gzip, exec-zstd, libvirt, thaw-bare (the mechanism alone: private RAM map,
+    /// device state, agent ping), thaw, thaw-pool-paused, thaw-pool-running,
     /// thawd-pool-running.
     #[arg(long, value_delimiter = ',', requires = "compare")]
     methods: Vec<String>,

@@ -14,6 +14,7 @@ const METHODS: &[&str] = &[
     "exec-gzip",
     "exec-zstd",
     "libvirt",
+    "thaw-bare",
     "thaw",
     "thaw-pool-paused",
     "thaw-pool-running",

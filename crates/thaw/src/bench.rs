@@ -118,6 +118,10 @@ pub struct SizeReport {
     /// Median restore from the store / median restore from the directory it was taken
     /// into (both → vCPUs running, no pool).
     pub store_to_plain_restore_ratio: f64,
+    /// Where a restore's time goes: the median of each part of the restores'
+    /// breakdowns (check, spawn, state load, resume, agent sync, clock, ...), in ms.
+    #[serde(default)]
+    pub breakdown_median_ms: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -285,6 +289,7 @@ async fn run_in(
         }
         let _ = control::stop(home, &source).await;
         let (mut restore, mut ready, mut from_pool) = (Vec::new(), Vec::new(), 0);
+        let mut breakdowns = Vec::new();
         // Restores that started a QEMU (none come from a pool): the baseline for the
         // restores from the store.
         let mut plain = Vec::new();
@@ -328,6 +333,7 @@ async fn run_in(
             let r = restore::restore_from(home, qemu, &req, pool.as_ref().map(|(p, _)| p)).await?;
             restore.push(r[0].restore_ms);
             ready.push(r[0].ready_ms);
+            breakdowns.push(serde_json::to_value(&r[0].breakdown).unwrap_or_default());
             if r[0].breakdown.source == "spawn" {
                 plain.push(r[0].restore_ms);
             }
@@ -424,9 +430,28 @@ async fn run_in(
             store_to_plain_restore_ratio: round2(
                 Stats::of(&store_restore).median / plain_restore.median,
             ),
+            breakdown_median_ms: breakdown_stats(&breakdowns)
+                .into_iter()
+                .map(|(k, s)| (k, s.median))
+                .collect(),
         });
     }
     Ok(sizes)
+}
+
+/// Min / median / max of each `*_ms` part of restore breakdowns (as JSON objects).
+pub(crate) fn breakdown_stats(
+    breakdowns: &[serde_json::Value],
+) -> std::collections::BTreeMap<String, Stats> {
+    let mut parts = std::collections::BTreeMap::new();
+    for b in breakdowns {
+        for (k, v) in b.as_object().into_iter().flatten() {
+            if let (true, Some(v)) = (k.ends_with("_ms"), v.as_f64()) {
+                parts.entry(k.clone()).or_insert_with(Vec::new).push(v);
+            }
+        }
+    }
+    parts.into_iter().map(|(k, v)| (k, Stats::of(&v))).collect()
 }
 
 /// What "ready" means for `ready`, as the reports say it.
@@ -540,6 +565,18 @@ impl BenchReport {
                 "{:>7}  written out from the store once in {:.0} ms; from the store / plain (restore → running): {:.2}x\n",
                 "", size.materialize_ms, size.store_to_plain_restore_ratio
             ));
+            if !size.breakdown_median_ms.is_empty() {
+                let parts: Vec<String> = size
+                    .breakdown_median_ms
+                    .iter()
+                    .map(|(k, v)| format!("{} {v:.1}", k.trim_end_matches("_ms")))
+                    .collect();
+                s.push_str(&format!(
+                    "{:>7}  where a restore's time goes (medians, ms): {}\n",
+                    "",
+                    parts.join(", ")
+                ));
+            }
             if self.pool.is_some() {
                 s.push_str(&format!(
                     "{:>7}  restores taken from the pool: {} of {}\n",

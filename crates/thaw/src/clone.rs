@@ -42,6 +42,17 @@ pub struct Breakdown {
     pub resume_ms: f64,
     /// Agent resynchronisation, clock set, `--exec-after` and extra readiness.
     pub agent_ms: f64,
+    /// Of `agent_ms`: connecting to the agent until its first answer (0 for a clone
+    /// whose agent was connected before the request).
+    #[serde(default)]
+    pub agent_sync_ms: f64,
+    /// Of `agent_ms`: reading the guest clock and setting it from the host's.
+    #[serde(default)]
+    pub clock_ms: f64,
+    /// Before any QEMU started: reading and checking the snapshot (0 when every clone
+    /// came from a pool, which checked it when it was configured).
+    #[serde(default)]
+    pub check_ms: f64,
     /// For a clone from a running pool: how long before it was taken its agent last
     /// answered (the pool's health check, with the guest clock within
     /// [`CLOCK_TOLERANCE`]), when that was recent enough ([`AGENT_FRESH`]) for the
@@ -322,6 +333,11 @@ impl Prepared {
         self.state.pid
     }
 
+    /// The clone's QMP connection.
+    pub fn qmp(&self) -> &Qmp {
+        &self.qmp
+    }
+
     pub fn tag(&self) -> Option<&SnapshotTag> {
         match &self.state.origin {
             Origin::Restored { snapshot } => Some(snapshot),
@@ -484,8 +500,11 @@ impl Prepared {
                 None,
             ),
         };
+        self.breakdown.agent_sync_ms = ms(t1.elapsed());
         tracing::debug!(ms = ms(t0.elapsed()), "agent synchronised");
+        let t2 = Instant::now();
         let answered_before = watch.check(AGENT_FRESH, opts.timeout).await?;
+        self.breakdown.clock_ms = ms(t2.elapsed());
         self.breakdown.agent_answered_ms_before = answered_before.map(ms);
         tracing::debug!(ms = ms(t0.elapsed()), "guest clock checked or set");
         if let Some(cmd) = &opts.exec_after {

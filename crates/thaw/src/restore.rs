@@ -107,6 +107,11 @@ pub async fn restore_from(
             Arc::new(snap)
         }
     };
+    let check_ms = if all_pooled {
+        0.0
+    } else {
+        crate::ms(t0.elapsed())
+    };
     let guest_ports = snap
         .manifest
         .spec
@@ -193,7 +198,15 @@ pub async fn restore_from(
         return Err(e);
     }
     reports.sort_by_key(|(i, _)| *i);
-    Ok(reports.into_iter().map(|(_, r)| r).collect())
+    Ok(reports
+        .into_iter()
+        .map(|(_, mut r)| {
+            if r.breakdown.source == "spawn" {
+                r.breakdown.check_ms = check_ms;
+            }
+            r
+        })
+        .collect())
 }
 
 /// When a clone's name is claimed (its directory made).

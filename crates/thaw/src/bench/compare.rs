@@ -4,7 +4,9 @@
 //!
 //! Methods, per RAM size: a cold boot (the first size only); QEMU's internal snapshot
 //! (`savevm` / `-loadvm` on qcow2); migration to a gzip and to a zstd file restored with
-//! `-incoming exec:`; libvirt's `virsh save` / `virsh restore`; thaw without a pool,
+//! `-incoming exec:`; libvirt's `virsh save` / `virsh restore`; the bare mechanism thaw
+//! is built on (private RAM map, device state, agent ping: no check, identity or
+//! clock); thaw without a pool,
 //! from a paused and from a running warm pool; and whatever [`ExternalMethod`]s the
 //! caller adds (the CLI adds restores through a real `thawd` socket). Each reports the
 //! save time, restore → vCPUs running, restore → ready (min / median / max over the
@@ -65,6 +67,7 @@ pub const METHODS: &[&str] = &[
     "exec-gzip",
     "exec-zstd",
     "libvirt",
+    "thaw-bare",
     "thaw",
     "thaw-pool-paused",
     "thaw-pool-running",
@@ -87,8 +90,8 @@ pub struct Sample {
 /// One method's figures at one RAM size.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MethodReport {
-    /// Stable id: cold-boot, savevm, exec-gzip, exec-zstd, libvirt, thaw, thaw-pool-paused,
-    /// thaw-pool-running, thawd-pool-running.
+    /// Stable id: cold-boot, savevm, exec-gzip, exec-zstd, libvirt, thaw-bare, thaw,
+    /// thaw-pool-paused, thaw-pool-running, thawd-pool-running.
     pub method: String,
     /// What the table calls it.
     pub label: String,
@@ -227,6 +230,10 @@ pub enum CompareError {
     Disk(#[from] crate::disk::DiskError),
     #[error("{0}")]
     External(String),
+    #[error(transparent)]
+    SnapshotCheck(#[from] crate::snapshot::SnapshotCheckError),
+    #[error("the bare restore failed")]
+    Clone(#[from] crate::clone::CloneError),
     #[error("unknown method {0:?} (see thaw bench --help)")]
     UnknownMethod(String),
 }
@@ -509,6 +516,7 @@ async fn thaw_methods(
     };
     let mut out = Vec::new();
     let mut samples = Vec::new();
+    let mut breakdowns = Vec::new();
     for i in 0..cfg.runs * u32::from(cfg.wants("thaw")) {
         progress(&format!("{mem} MiB: thaw: restore {}/{}", i + 1, cfg.runs));
         let name: VmName = format!("m{mem}-clone-{i}").parse().expect("valid name");
@@ -517,11 +525,18 @@ async fn thaw_methods(
             running_ms: Some(r[0].restore_ms),
             ready_ms: r[0].ready_ms,
         });
+        breakdowns.push(serde_json::to_value(&r[0].breakdown).unwrap_or_default());
         let _ = control::stop(home, &r[0].name).await;
     }
     let mut thaw = MethodReport::new("thaw", "thaw, no pool", mem).with_samples(&saves, &samples);
     thaw.save_bytes = Some(save_bytes);
+    if !breakdowns.is_empty() {
+        thaw.detail = Some(serde_json::json!({ "breakdown": super::breakdown_stats(&breakdowns) }));
+    }
     out.push(thaw);
+    if cfg.wants("thaw-bare") {
+        out.push(bare_method(home, qemu, cfg, &tag0, mem, progress).await?);
+    }
     for mode in [PoolMode::Paused, PoolMode::Running] {
         let pool = Pool::new(
             home.clone(),
@@ -587,6 +602,75 @@ async fn thaw_methods(
     let _ = catalog::remove(home, &tag0, false);
     Ok(out)
 }
+
+/// The mechanism thaw is built on and nothing more: a QEMU that maps the snapshot's RAM
+/// image private, loads its device state with `x-ignore-shared`, `cont`, and the agent
+/// answers `guest-ping` (then the profile's check). No snapshot check, the snapshot's
+/// own VM Generation ID, no clock set: what thaw's restore adds to it is the difference
+/// between this row and thaw's.
+async fn bare_method(
+    home: &Home,
+    qemu: &Qemu,
+    cfg: &CompareConfig,
+    tag: &SnapshotTag,
+    mem: u32,
+    progress: &mut dyn FnMut(&str),
+) -> Result<MethodReport, CompareError> {
+    let snap = crate::snapshot::Snapshot::open(home, tag)?;
+    let mut samples = Vec::new();
+    for i in 0..cfg.runs {
+        progress(&format!(
+            "{mem} MiB: bare mechanism: restore {}/{}",
+            i + 1,
+            cfg.runs
+        ));
+        let dir = home.root().join(format!("bare-{mem}-{i}"));
+        std::fs::create_dir_all(&dir).map_err(|e| CompareError::io("create", &dir, e))?;
+        let paths = crate::vm::VmPaths { dir: dir.clone() };
+        let name: VmName = format!("m{mem}-bare-{i}").parse().expect("valid name");
+        let t0 = Instant::now();
+        let prepared = crate::clone::prepare(
+            qemu,
+            &snap,
+            paths,
+            name,
+            true,
+            true,
+            crate::clone::Ports::Fresh,
+        )
+        .await;
+        let mut clone = match prepared {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e.into());
+            }
+        };
+        let measured = async {
+            clone.resume().await?;
+            let running_ms = crate::ms(t0.elapsed());
+            peer::wait_agent_ready(
+                Some(clone.qmp()),
+                &clone.paths,
+                &clone.paths.agent(),
+                &cfg.ready,
+                &clone.state.ports,
+            )
+            .await?;
+            Ok::<_, CompareError>(Sample {
+                running_ms: Some(running_ms),
+                ready_ms: crate::ms(t0.elapsed()),
+            })
+        }
+        .await;
+        clone.discard().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        samples.push(measured?);
+    }
+    Ok(MethodReport::new("thaw-bare", BARE, mem).with_samples(&[], &samples))
+}
+
+const BARE: &str = "bare mechanism (map + agent ping)";
 
 /// Bytes allocated on disk under `dir` (a sparse RAM image counts what it holds).
 fn allocated(dir: &Path) -> u64 {

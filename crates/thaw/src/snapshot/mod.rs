@@ -37,6 +37,7 @@ use crate::home::{Home, SnapshotTag, VmName};
 use crate::spec::MachineSpec;
 
 pub mod catalog;
+pub mod confine;
 pub mod take;
 
 /// The `format` field of every manifest.
@@ -253,6 +254,14 @@ pub enum SnapshotCheckError {
     },
     #[error("snapshot {tag}: {file} does not match its manifest entry")]
     LayerChanged { tag: SnapshotTag, file: String },
+    #[error("snapshot {tag}: {file} is refused: {defect}")]
+    LayerRefused {
+        tag: SnapshotTag,
+        file: String,
+        defect: crate::qcow2::HeaderDefect,
+    },
+    #[error("snapshot {tag}: its UEFI firmware {path} is not this host's OVMF; refused")]
+    FirmwareRefused { tag: SnapshotTag, path: String },
     #[error("could not read {path}")]
     Io {
         path: PathBuf,
@@ -472,6 +481,9 @@ impl Snapshot {
             if verify && fsutil::hash_file(&path).ok().as_deref() != Some(b.blake3.as_str()) {
                 return Err(changed("its BLAKE3 differs".into()));
             }
+            if relocated {
+                confine::check_stored_base(m, i, &path)?;
+            }
             let files = (0..disk.layers)
                 .map(|k| layer_file(i, k))
                 .chain([template_file(i)]);
@@ -491,6 +503,9 @@ impl Snapshot {
                 }
             }
         }
+        // The files the layers make QEMU open: exactly thaw's chain (a layer from
+        // elsewhere could name any host file).
+        confine::check_layers(&self.dir, m)?;
         let (state_file, exclude, state_hash) = state;
         if hash(state_file, exclude)? != state_hash {
             return Err(SnapshotCheckError::StateHash {

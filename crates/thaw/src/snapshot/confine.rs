@@ -70,7 +70,7 @@ fn check_layer(
         .map_err(|defect| SnapshotCheckError::LayerRefused {
             tag: m.tag.clone(),
             file: file.to_owned(),
-            defect,
+            defect: Box::new(defect),
         })
 }
 
@@ -85,7 +85,7 @@ pub fn check_stored_base(m: &Manifest, i: usize, path: &Path) -> Result<(), Snap
         .map_err(|defect| SnapshotCheckError::LayerRefused {
             tag: m.tag.clone(),
             file: format!("{}/base{i}", guestref::DIR),
-            defect,
+            defect: Box::new(defect),
         })
 }
 

@@ -258,7 +258,7 @@ pub enum SnapshotCheckError {
     LayerRefused {
         tag: SnapshotTag,
         file: String,
-        defect: crate::qcow2::HeaderDefect,
+        defect: Box<crate::qcow2::HeaderDefect>,
     },
     #[error("snapshot {tag}: its UEFI firmware {path} is not this host's OVMF; refused")]
     FirmwareRefused { tag: SnapshotTag, path: String },

@@ -347,8 +347,9 @@ fn is_blake3_hex(s: &str) -> bool {
 }
 
 /// Writes the snapshot directory of `tag` from its record in the store, atomically:
-/// every file into a temporary directory, the guest files into `files/`, then the
-/// directory is renamed into place.
+/// every file into a temporary directory, the guest files into `files/`, the layers'
+/// headers checked (`snapshot::confine`), then the directory is published under its
+/// tag, which must be free ([`StoreError::Exists`] otherwise).
 pub fn materialize(
     home: &Home,
     tag: &SnapshotTag,

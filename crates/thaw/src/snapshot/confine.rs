@@ -140,3 +140,77 @@ pub fn check_record<'a>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{FormatVersion, Memory, FORMAT_NAME};
+
+    fn manifest(firmware: crate::firmware::Firmware) -> Manifest {
+        Manifest {
+            format: FORMAT_NAME.into(),
+            version: FormatVersion { major: 2, minor: 1 },
+            tag: "t".parse().unwrap(),
+            created_unix_ms: 1,
+            qemu_version: "10.0.2".parse().unwrap(),
+            accel: crate::Accel::Tcg,
+            spec: crate::MachineSpec {
+                machine: "pc".into(),
+                memory_mib: 16,
+                cpus: 1,
+                kernel: Some("/k".into()),
+                initrd: Some("/i".into()),
+                cmdline: String::new(),
+                accel: crate::Accel::Tcg,
+                firmware,
+                display: None,
+                disks: vec![crate::spec::DiskSpec {
+                    base: "/img/base.raw".into(),
+                    format: DiskFormat::Raw,
+                    readonly: false,
+                }],
+                net: None,
+            },
+            vmgenid: uuid::Uuid::nil(),
+            source_vm: "web".parse().unwrap(),
+            parent: None,
+            memory: Memory::Raw,
+            files: Default::default(),
+            disks: vec![],
+            checksum: None,
+        }
+    }
+
+    /// A record without its initrd would have the restore use the manifest's path on
+    /// this host (`guestref::resolve` falls back to it): any host file as the initrd.
+    #[test]
+    fn a_record_must_carry_exactly_its_guest_files() {
+        let m = manifest(Default::default());
+        let all = ["state", "guest/kernel", "guest/initrd", "guest/base0"];
+        check_record(&m, all.into_iter()).unwrap();
+        let err = check_record(&m, all.into_iter().filter(|n| *n != "guest/initrd"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("carries no guest/initrd"), "{err}");
+        let err = check_record(&m, all.into_iter().chain(["guest/base1"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unexpected guest/base1"), "{err}");
+    }
+
+    /// OVMF's code is mapped into the guest: a manifest naming another file as the
+    /// firmware would let the guest read it.
+    #[test]
+    fn a_uefi_machine_must_run_this_hosts_ovmf() {
+        let m = manifest(crate::firmware::Firmware::Uefi {
+            code: "/etc/shadow".into(),
+        });
+        let all = ["guest/kernel", "guest/initrd", "guest/base0"];
+        let err = check_record(&m, all.into_iter()).unwrap_err();
+        assert!(
+            matches!(err, SnapshotCheckError::FirmwareRefused { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("/etc/shadow"), "{err}");
+    }
+}

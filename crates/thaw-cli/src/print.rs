@@ -180,6 +180,9 @@ pub fn snapshots(snaps: &[SnapshotInfo]) -> String {
                 .map(|v| v.to_string())
                 .unwrap_or_default()
         ));
+        if !i.local {
+            s.push_str(" (in the store only)");
+        }
     }
     s
 }

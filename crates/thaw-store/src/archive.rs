@@ -33,6 +33,9 @@ const HEADER_ENTRY: &str = "thaw-export.json";
 const FORMAT_NAME: &str = "thaw-export";
 const FORMAT_VERSION: u32 = 1;
 const MAX_HEADER_BYTES: u64 = 64 << 10;
+/// Entry names are quoted in errors up to this many characters (thaw writes none
+/// longer: a header's name field holds at most 255 bytes).
+const MAX_QUOTED_NAME: usize = 120;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct ExportHeader {
@@ -242,7 +245,15 @@ pub fn import(
     let total = input.metadata().at("stat", file).map_err(io_err)?.len();
     let writer = ChunkWriter::new(store).map_err(io_err)?;
     let mut archive = tar::Archive::new(BufReader::new(input));
-    let mut entries = archive.entries().at("read", file).map_err(io_err)?;
+    // Raw: the tar crate would otherwise read a GNU long-name or PAX pseudo-entry
+    // whole into memory (whatever size its header claims) before handing out the
+    // entry it describes. Raw, each comes out as an entry of its own type, refused
+    // below before a byte of it is read; thaw's exports have none (short names).
+    let mut entries = archive
+        .entries()
+        .at("read", file)
+        .map_err(io_err)?
+        .raw(true);
     progress.start(&format!("import {}", file.display()), total);
     // Bytes of the archive consumed so far, for progress: where the last entry ended.
     let mut consumed = 0u64;
@@ -259,7 +270,9 @@ pub fn import(
             .map_err(|e| bad(format!("unreadable entry name ({e})")))?
             .to_str()
             .ok_or_else(|| bad("an entry name is not UTF-8".into()))?
-            .to_string();
+            .chars()
+            .take(MAX_QUOTED_NAME)
+            .collect::<String>();
         if entry.size() > limit {
             return Err(bad(format!("entry {name} is larger than {limit} bytes")));
         }

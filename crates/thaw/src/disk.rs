@@ -2,8 +2,10 @@
 //!
 //! A VM never writes its base image: it runs on a qcow2 overlay in its own directory.
 //! Layer `k` of disk `i` is the file `d<i>.<k>.qcow2`; layer 0 is backed by the base
-//! image (absolute path), layer `k > 0` by `d<i>.<k-1>.qcow2` — a *relative* name, so a
-//! chain resolves in whatever directory holds it. A snapshot freezes the VM's top layer
+//! image through the directory's link `../guest/base<i>` (see `guestref`), layer `k > 0`
+//! by `d<i>.<k-1>.qcow2` — *relative* names, so a chain resolves in whatever directory
+//! holds it. These exact names (and backing formats) are all a snapshot's layers may
+//! name: `snapshot::confine` refuses any other before QEMU opens them. A snapshot freezes the VM's top layer
 //! (QEMU moves the running VM onto a new empty one, `blockdev-snapshot-sync`) and keeps
 //! the whole chain as hard links: no data is copied, the frozen files are never written
 //! again, and a snapshot directory is complete on its own. A clone gets hard links to

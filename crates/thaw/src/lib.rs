@@ -29,6 +29,7 @@ pub mod home;
 pub mod mapped;
 pub mod migration;
 pub mod pool;
+pub mod qcow2;
 pub mod qemu;
 pub mod ready;
 pub mod reset;

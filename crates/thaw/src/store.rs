@@ -24,7 +24,7 @@ pub use thaw_store::{ChunkId, FileIndex, NoProgress, Progress, Remote, Store};
 use crate::fsutil;
 use crate::guestref;
 use crate::home::{Home, SnapshotTag};
-use crate::snapshot::{self, Snapshot, SnapshotCheckError};
+use crate::snapshot::{self, catalog, confine, Snapshot, SnapshotCheckError};
 
 /// What the store keeps about a snapshot (the store manifest named after its tag).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -347,8 +347,9 @@ fn is_blake3_hex(s: &str) -> bool {
 }
 
 /// Writes the snapshot directory of `tag` from its record in the store, atomically:
-/// every file into a temporary directory, the guest files into `files/`, then the
-/// directory is renamed into place.
+/// every file into a temporary directory, the guest files into `files/`, the layers'
+/// headers checked (`snapshot::confine`), then the directory is published under its
+/// tag, which must be free ([`StoreError::Exists`] otherwise).
 pub fn materialize(
     home: &Home,
     tag: &SnapshotTag,
@@ -362,8 +363,10 @@ pub fn materialize(
     }
     // The manifest is checked as a restore checks it (format, version, checksum, tag)
     // before anything is written: a damaged record used to be written out whole and
-    // published, and only then refused, leaving a broken snapshot listed.
-    snapshot::parse_manifest_bytes(tag, s.manifest.as_bytes())?;
+    // published, and only then refused, leaving a broken snapshot listed. So is every
+    // file the record makes QEMU open (see `snapshot::confine`).
+    let m = snapshot::parse_manifest_bytes(tag, s.manifest.as_bytes())?;
+    confine::check_record(&m, s.files.keys().map(String::as_str))?;
     home.ensure().map_err(io("create", home.root()))?;
     snapshot::remove_stale_temp_dirs(home);
     let tmp = snapshot::temp_dir(home, tag);
@@ -413,12 +416,21 @@ pub fn materialize(
                 }
             }
         }
+        // The layers' headers, and any qcow2 base, name only thaw's own chain.
+        confine::check_layers(&tmp, &m)?;
+        for i in 0..m.spec.disks.len() {
+            confine::check_stored_base(&m, i, &guestref::base(&tmp, i))?;
+        }
         let mpath = tmp.join(snapshot::MANIFEST_FILE);
         fsutil::write_atomic(&mpath, s.manifest.as_bytes()).map_err(io("write", &mpath))?;
         fsutil::fsync_dir(&tmp.join("disks")).map_err(io("sync", &tmp))?;
         fsutil::fsync_dir(&tmp).map_err(io("sync", &tmp))?;
-        std::fs::rename(&tmp, &dest).map_err(io("publish the snapshot as", &dest))?;
-        fsutil::fsync_dir(&home.snapshots_dir()).map_err(io("sync", &home.snapshots_dir()))
+        catalog::publish(home, &tmp, tag).map_err(|e| match e {
+            catalog::PublishError::Exists(tag) => StoreError::Exists(tag),
+            catalog::PublishError::Io { path, source } => {
+                io("publish the snapshot as", &path)(source)
+            }
+        })
     })();
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -452,10 +464,12 @@ pub fn ensure_materialized(
     }
     let store = open(home)?;
     match get(&store, tag.as_str())? {
-        Some(s) => {
-            materialize(home, tag, &s, progress)?;
-            Ok(true)
-        }
+        Some(s) => match materialize(home, tag, &s, progress) {
+            Ok(()) => Ok(true),
+            // Another restore wrote it meanwhile, from the same record.
+            Err(StoreError::Exists(_)) => Ok(false),
+            Err(e) => Err(e),
+        },
         None => Ok(false),
     }
 }
@@ -531,15 +545,11 @@ pub async fn pull(
         why: e.to_string(),
     })?;
     let store = open(home)?;
-    let r = {
-        let _lock = lock_shared(home)?;
-        let r = thaw_store::pull_chunks(&store, remote, &s.chunk_ids(), progress)
-            .await
-            .map_err(pull_err)?;
-        put(&store, tag.as_str(), &s)?;
-        r
-    };
-    materialize(home, tag, &s, progress)?;
+    let _lock = lock_shared(home)?;
+    let r = thaw_store::pull_chunks(&store, remote, &s.chunk_ids(), progress)
+        .await
+        .map_err(pull_err)?;
+    adopt(home, &store, tag, &s, progress)?;
     Ok(TransferReport {
         tag: tag.clone(),
         chunks_moved: r.chunks_fetched,
@@ -590,18 +600,42 @@ pub fn import(
                 tag: imported.manifest_name.clone(),
                 why: e.to_string(),
             })?;
-    if home.snapshot_dir(&tag).exists() {
-        return Err(StoreError::Exists(tag));
-    }
     let s: StoredSnapshot =
         serde_json::from_slice(&imported.manifest).map_err(|e| StoreError::Corrupt {
             tag: tag.to_string(),
             why: e.to_string(),
         })?;
-    put(&store, tag.as_str(), &s)?;
-    drop(_lock);
-    materialize(home, &tag, &s, progress)?;
+    adopt(home, &store, &tag, &s, progress)?;
     Ok(tag)
+}
+
+/// Makes a record that arrived (pull, import) a snapshot here: its directory is
+/// written and checked first, then the record is named, so a refused snapshot leaves
+/// no record behind. The tag must be free; whoever publishes the directory (one
+/// process only, see `catalog::publish`) is the one who names the record, so two
+/// arrivals of one tag cannot leave the directory of one and the record of the other.
+/// The caller holds the store lock shared, so no gc removes the chunks meanwhile.
+fn adopt(
+    home: &Home,
+    store: &Store,
+    tag: &SnapshotTag,
+    s: &StoredSnapshot,
+    progress: &mut dyn Progress,
+) -> Result<(), StoreError> {
+    if home.snapshot_dir(tag).exists() {
+        return Err(StoreError::Exists(tag.clone()));
+    }
+    // A record of this tag whose directory is not here (evicted): only the same
+    // snapshot may arrive again.
+    if get(store, tag.as_str())?.is_some_and(|known| known != *s) {
+        return Err(StoreError::Exists(tag.clone()));
+    }
+    materialize(home, tag, s, progress)?;
+    if let Err(e) = put(store, tag.as_str(), s) {
+        let _ = catalog::remove(home, tag, false);
+        return Err(e);
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -691,84 +725,4 @@ pub fn stored_bytes(home: &Home) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::snapshot::{FormatVersion, Manifest, Memory};
-
-    /// A store record whose guest file "hash" is a path: a hostile export or bucket
-    /// could make the snapshot's kernel link to (or be written as) any file on the
-    /// host. Refused before anything is written or linked.
-    #[test]
-    fn a_guest_file_hash_that_is_a_path_is_refused() {
-        let d = tempfile::tempdir().unwrap();
-        let home = Home::new(d.path().join("home"));
-        home.ensure().unwrap();
-        std::fs::create_dir_all(files_dir(&home)).unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        let victim = outside.path().join("victim");
-        std::fs::write(&victim, b"host secret").unwrap();
-        // From $THAW_HOME/files/ up to / and down to the victim, padded with '/' to
-        // the 64 characters of a hash.
-        let depth = files_dir(&home).components().count();
-        let mut evil = "../".repeat(depth);
-        evil.push_str(victim.to_str().unwrap().trim_start_matches('/'));
-        while evil.len() < 64 {
-            evil.insert(3, '/');
-        }
-        assert_eq!(evil.len(), 64, "{evil}");
-        assert!(
-            files_dir(&home).join(&evil).is_file(),
-            "the path reaches the victim"
-        );
-
-        let tag: SnapshotTag = "evil".parse().unwrap();
-        let manifest = Manifest {
-            format: crate::snapshot::FORMAT_NAME.into(),
-            version: FormatVersion { major: 2, minor: 0 },
-            tag: tag.clone(),
-            created_unix_ms: 1,
-            qemu_version: "10.0.2".parse().unwrap(),
-            accel: crate::Accel::Tcg,
-            spec: crate::MachineSpec {
-                machine: "pc".into(),
-                memory_mib: 16,
-                cpus: 1,
-                kernel: Some("/k".into()),
-                initrd: None,
-                cmdline: String::new(),
-                accel: crate::Accel::Tcg,
-                firmware: Default::default(),
-                display: None,
-                disks: vec![],
-                net: None,
-            },
-            vmgenid: uuid::Uuid::nil(),
-            source_vm: "web".parse().unwrap(),
-            parent: None,
-            memory: Memory::Raw,
-            files: BTreeMap::new(),
-            disks: vec![],
-            checksum: None,
-        };
-        let record = StoredSnapshot {
-            manifest: String::from_utf8(manifest.to_bytes()).unwrap(),
-            files: BTreeMap::from([(
-                "guest/kernel".to_owned(),
-                FileIndex {
-                    size: 11,
-                    chunk_size: 65536,
-                    blake3: evil,
-                    chunks: vec![None],
-                },
-            )]),
-        };
-        let err = materialize(&home, &tag, &record, &mut NoProgress).unwrap_err();
-        assert!(
-            err.to_string().contains("bad guest file entry"),
-            "{}",
-            crate::one_line(&err)
-        );
-        assert!(!home.snapshot_dir(&tag).exists(), "nothing was published");
-        assert_eq!(std::fs::read(&victim).unwrap(), b"host secret");
-    }
-}
+mod tests;

@@ -34,6 +34,15 @@ pub struct SnapshotInfo {
     /// and clones are counted in each).
     pub disk_bytes: u64,
     pub problem: Option<String>,
+    /// Whether the snapshot's directory is here. A snapshot only in the store (evicted,
+    /// or whose directory is gone) is listed too, with `false`: a restore writes it
+    /// again, `rm` removes its record.
+    #[serde(default = "yes")]
+    pub local: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Allocated bytes of every file under `dir`.
@@ -49,12 +58,49 @@ fn allocated_under(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Every snapshot whose manifest reads, by tag.
+/// Every snapshot whose manifest reads, by tag: those with a directory, and those
+/// only in the store (read from their record).
 fn open_all(home: &Home) -> BTreeMap<SnapshotTag, Result<Snapshot, String>> {
-    snapshot::list_tags(home)
+    let mut all: BTreeMap<SnapshotTag, Result<Snapshot, String>> = snapshot::list_tags(home)
         .into_iter()
         .map(|tag| {
             let s = Snapshot::open(home, &tag).map_err(|e| e.to_string());
+            (tag, s)
+        })
+        .collect();
+    for (tag, s) in stored_only(home) {
+        all.entry(tag).or_insert(s);
+    }
+    all
+}
+
+/// Snapshots the store has a record of but whose directory is not here.
+fn stored_only(home: &Home) -> Vec<(SnapshotTag, Result<Snapshot, String>)> {
+    if !home.root().join("store").is_dir() {
+        return Vec::new();
+    }
+    let Ok(store) = crate::store::open(home) else {
+        return Vec::new();
+    };
+    let names = store.list_manifests().unwrap_or_default();
+    names
+        .into_iter()
+        .filter_map(|name| name.parse::<SnapshotTag>().ok())
+        .filter(|tag| !home.snapshot_dir(tag).is_dir())
+        .map(|tag| {
+            let s = crate::store::get(&store, tag.as_str())
+                .map_err(|e| crate::one_line(&e))
+                .and_then(|r| r.ok_or_else(|| "its record is gone".to_owned()))
+                .and_then(|r| {
+                    let bytes = r.manifest.as_bytes();
+                    let manifest =
+                        snapshot::parse_manifest_bytes(&tag, bytes).map_err(|e| e.to_string())?;
+                    Ok(Snapshot {
+                        dir: home.snapshot_dir(&tag),
+                        manifest,
+                        manifest_blake3: blake3::hash(bytes).to_hex().to_string(),
+                    })
+                });
             (tag, s)
         })
         .collect()
@@ -80,6 +126,7 @@ fn children_of(
 pub fn list(home: &Home) -> Vec<SnapshotInfo> {
     let all = open_all(home);
     let info = |tag: &SnapshotTag| {
+        let local = home.snapshot_dir(tag).is_dir();
         let disk_bytes = allocated_under(&home.snapshot_dir(tag));
         match &all[tag] {
             Ok(s) => {
@@ -103,6 +150,7 @@ pub fn list(home: &Home) -> Vec<SnapshotInfo> {
                     accel: Some(m.accel),
                     disk_bytes,
                     problem: None,
+                    local,
                 }
             }
             Err(e) => SnapshotInfo {
@@ -118,6 +166,7 @@ pub fn list(home: &Home) -> Vec<SnapshotInfo> {
                 accel: None,
                 disk_bytes,
                 problem: Some(e.clone()),
+                local,
             },
         }
     };
@@ -180,10 +229,10 @@ pub fn remove(
     tag: &SnapshotTag,
     recursive: bool,
 ) -> Result<Vec<SnapshotTag>, RemoveSnapshotError> {
-    if !home.snapshot_dir(tag).is_dir() {
+    let all = open_all(home);
+    if !all.contains_key(tag) {
         return Err(RemoveSnapshotError::UnknownTag(tag.clone()));
     }
-    let all = open_all(home);
     let children = children_of(&all, tag);
     if !children.is_empty() && !recursive {
         return Err(RemoveSnapshotError::HasChildren {
@@ -219,6 +268,10 @@ pub fn remove(
 /// Removes a snapshot's directory (not its record in the store).
 fn remove_dir(home: &Home, tag: &SnapshotTag) -> Result<(), RemoveSnapshotError> {
     let dir = home.snapshot_dir(tag);
+    if !dir.is_dir() {
+        // In the store only: forgetting its record removed it.
+        return Ok(());
+    }
     // Rename first so a crash half-way never leaves a half-removed snapshot visible.
     let doomed = home
         .snapshots_dir()
@@ -230,4 +283,49 @@ fn remove_dir(home: &Home, tag: &SnapshotTag) -> Result<(), RemoveSnapshotError>
     std::fs::rename(&dir, &doomed).map_err(io(&dir))?;
     fsutil::fsync_dir(&home.snapshots_dir()).map_err(io(&home.snapshots_dir()))?;
     std::fs::remove_dir_all(&doomed).map_err(io(&doomed))
+}
+
+/// [`publish`] failed; the temporary directory is left for the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("a snapshot named {0} already exists")]
+    Exists(SnapshotTag),
+    #[error("could not publish the snapshot as {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Publishes the snapshot written in `tmp` as `tag`, whose name must be free, in one
+/// step: `renameat2(RENAME_NOREPLACE)`, so of two snapshots (or imports) of one tag
+/// exactly one wins and the other learns the tag is taken, and whoever wins the name
+/// is the one who writes the store's record. Then the directory is synced.
+pub fn publish(home: &Home, tmp: &Path, tag: &SnapshotTag) -> Result<(), PublishError> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    let dest = home.snapshot_dir(tag);
+    let io = |source| PublishError::Io {
+        path: dest.clone(),
+        source,
+    };
+    match renameat_with(CWD, tmp, CWD, &dest, RenameFlags::NOREPLACE) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::EXIST | rustix::io::Errno::NOTEMPTY) => {
+            return Err(PublishError::Exists(tag.clone()))
+        }
+        // A filesystem without the flag: a plain rename still cannot replace a
+        // snapshot (a directory that is not empty).
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+            match std::fs::rename(tmp, &dest) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTEMPTY.raw_os_error()) => {
+                    return Err(PublishError::Exists(tag.clone()))
+                }
+                Err(e) => return Err(io(e)),
+            }
+        }
+        Err(e) => return Err(io(e.into())),
+    }
+    fsutil::fsync_dir(&home.snapshots_dir()).map_err(io)
 }

@@ -532,7 +532,14 @@ async fn take_into(
         parent_stored.as_ref().map(|(p, s)| (*p, s)),
         &mut crate::store::NoProgress,
     )?;
-    std::fs::rename(tmp, dest).map_err(io_err("publish the snapshot as", dest))?;
+    // The name is claimed without replacing: the loser of two snapshots of one tag
+    // is told so (a plain rename failed with "Directory not empty").
+    crate::snapshot::catalog::publish(home, tmp, &req.tag).map_err(|e| match e {
+        crate::snapshot::catalog::PublishError::Exists(tag) => SnapshotError::TagExists(tag),
+        crate::snapshot::catalog::PublishError::Io { path, source } => {
+            io_err("publish the snapshot as", &path)(source)
+        }
+    })?;
     // A snapshot whose record cannot be written (a full disk) is taken back: it failed,
     // so it must not stay listed. Killed here instead, the snapshot is whole and listed
     // without a record, which push and export add again (`store::ensure`).

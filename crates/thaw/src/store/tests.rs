@@ -1,0 +1,79 @@
+use super::*;
+use crate::snapshot::{FormatVersion, Manifest, Memory};
+
+/// A store record whose guest file "hash" is a path: a hostile export or bucket
+/// could make the snapshot's kernel link to (or be written as) any file on the
+/// host. Refused before anything is written or linked.
+#[test]
+fn a_guest_file_hash_that_is_a_path_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let home = Home::new(d.path().join("home"));
+    home.ensure().unwrap();
+    std::fs::create_dir_all(files_dir(&home)).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, b"host secret").unwrap();
+    // From $THAW_HOME/files/ up to / and down to the victim, padded with '/' to
+    // the 64 characters of a hash.
+    let depth = files_dir(&home).components().count();
+    let mut evil = "../".repeat(depth);
+    evil.push_str(victim.to_str().unwrap().trim_start_matches('/'));
+    while evil.len() < 64 {
+        evil.insert(3, '/');
+    }
+    assert_eq!(evil.len(), 64, "{evil}");
+    assert!(
+        files_dir(&home).join(&evil).is_file(),
+        "the path reaches the victim"
+    );
+
+    let tag: SnapshotTag = "evil".parse().unwrap();
+    let manifest = Manifest {
+        format: crate::snapshot::FORMAT_NAME.into(),
+        version: FormatVersion { major: 2, minor: 0 },
+        tag: tag.clone(),
+        created_unix_ms: 1,
+        qemu_version: "10.0.2".parse().unwrap(),
+        accel: crate::Accel::Tcg,
+        spec: crate::MachineSpec {
+            machine: "pc".into(),
+            memory_mib: 16,
+            cpus: 1,
+            kernel: Some("/k".into()),
+            initrd: None,
+            cmdline: String::new(),
+            accel: crate::Accel::Tcg,
+            firmware: Default::default(),
+            display: None,
+            disks: vec![],
+            net: None,
+        },
+        vmgenid: uuid::Uuid::nil(),
+        source_vm: "web".parse().unwrap(),
+        parent: None,
+        memory: Memory::Raw,
+        files: BTreeMap::new(),
+        disks: vec![],
+        checksum: None,
+    };
+    let record = StoredSnapshot {
+        manifest: String::from_utf8(manifest.to_bytes()).unwrap(),
+        files: BTreeMap::from([(
+            "guest/kernel".to_owned(),
+            FileIndex {
+                size: 11,
+                chunk_size: 65536,
+                blake3: evil,
+                chunks: vec![None],
+            },
+        )]),
+    };
+    let err = materialize(&home, &tag, &record, &mut NoProgress).unwrap_err();
+    assert!(
+        err.to_string().contains("bad guest file entry"),
+        "{}",
+        crate::one_line(&err)
+    );
+    assert!(!home.snapshot_dir(&tag).exists(), "nothing was published");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"host secret");
+}

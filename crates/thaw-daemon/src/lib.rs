@@ -16,6 +16,7 @@ mod db;
 mod error;
 mod extract;
 pub mod keeper;
+mod reaper;
 mod recover;
 mod socket;
 
@@ -106,6 +107,11 @@ pub async fn serve(
     let db = Arc::new(db::Db::open(&home.root().join(db::DB_FILE))?);
     let qemu = Qemu::find(&thaw::guest::cache_dir())?;
     let accel = Accel::detect();
+    let reaper = reaper::Reaper::spawn().map_err(|source| ServeError::Io {
+        step: "watch for the exits of the VMs of",
+        path: home.root().to_owned(),
+        source,
+    })?;
 
     let recovered = recover::recover(&home, &db).await?;
     if recovered != recover::Recovered::default() {
@@ -148,6 +154,7 @@ pub async fn serve(
         pool.clone(),
         db,
         config.max_vms,
+        reaper,
     ));
     let served = match socket::bind(&config.socket) {
         Ok((listener, socket)) => {

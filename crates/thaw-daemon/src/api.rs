@@ -103,14 +103,11 @@ impl Daemon {
                 0 => String::new(),
                 k => format!(" and {k} starting"),
             };
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
+            return Err(ApiError::too_many(format!(
                     "this daemon runs at most {} VMs and has {vms}{starting}, so {n} more would be too many; \
                      stop some, or start thawd with a larger --max-vms",
-                    self.max_vms
-                ),
-            ));
+                self.max_vms
+            )));
         }
         *in_flight += n;
         Ok(Reservation {

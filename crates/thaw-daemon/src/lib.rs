@@ -12,6 +12,7 @@
 mod api;
 pub mod bench;
 pub mod client;
+mod conn;
 mod db;
 mod error;
 mod extract;
@@ -48,6 +49,10 @@ pub struct ServeConfig {
     /// The most VMs (booted and restored, counting those starting) at once; requests
     /// beyond it get 429.
     pub max_vms: u32,
+    /// How long a connection may take to send a whole request head (counted from the
+    /// connect, or from the previous answer on a kept-alive connection) or a body;
+    /// one that takes longer is closed (a body: 408).
+    pub header_timeout: std::time::Duration,
 }
 
 impl ServeConfig {
@@ -56,6 +61,7 @@ impl ServeConfig {
             socket: default_socket(&home),
             home,
             max_vms: 64,
+            header_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -82,8 +88,6 @@ pub enum ServeError {
     Db(#[from] DbError),
     #[error(transparent)]
     Qemu(#[from] QemuError),
-    #[error("serving the API failed")]
-    Serve(#[source] std::io::Error),
 }
 
 /// Runs the daemon until `shutdown` completes, then ends the pool's processes (VMs,
@@ -159,12 +163,15 @@ pub async fn serve(
     let served = match socket::bind(&config.socket) {
         Ok((listener, socket)) => {
             tracing::info!(socket = %config.socket.display(), pid = std::process::id(), "listening");
-            let r = axum::serve(listener, api::router(daemon))
-                .with_graceful_shutdown(shutdown)
-                .await
-                .map_err(ServeError::Serve);
+            conn::serve(
+                listener,
+                api::router(daemon),
+                config.header_timeout,
+                shutdown,
+            )
+            .await;
             drop(socket);
-            r
+            Ok(())
         }
         Err(e) => Err(e),
     };

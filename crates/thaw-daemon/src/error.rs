@@ -15,6 +15,7 @@ use thaw::ready::ReadyError;
 use thaw::reset::ResetError;
 use thaw::restore::RestoreError;
 use thaw::snapshot::catalog::RemoveSnapshotError;
+use thaw::snapshot::inuse::RemovalLockError;
 use thaw::snapshot::take::SnapshotError;
 use thaw::snapshot::SnapshotCheckError;
 use thaw::vm::VmError;
@@ -276,6 +277,8 @@ impl HttpStatus for RemoveSnapshotError {
         match self {
             RemoveSnapshotError::UnknownTag(_) => MISSING,
             RemoveSnapshotError::HasChildren { .. } => CONFLICT,
+            RemoveSnapshotError::Lock(RemovalLockError::UnknownTag(_)) => MISSING,
+            RemoveSnapshotError::Lock(RemovalLockError::InUse(_)) => CONFLICT,
             _ => FAILED,
         }
     }

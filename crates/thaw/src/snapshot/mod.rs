@@ -37,6 +37,7 @@ use crate::home::{Home, SnapshotTag, VmName};
 use crate::spec::MachineSpec;
 
 pub mod catalog;
+pub mod inuse;
 pub mod take;
 
 /// The `format` field of every manifest.

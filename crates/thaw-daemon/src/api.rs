@@ -35,6 +35,7 @@ use thaw::{Accel, Home, SnapshotTag, VmName};
 use crate::db::{Db, VmRow};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, Named};
+use crate::reaper::Reaper;
 
 /// What every handler shares.
 pub(crate) struct Daemon {
@@ -44,6 +45,8 @@ pub(crate) struct Daemon {
     pub pool: Arc<Pool>,
     pub db: Arc<Db>,
     pub max_vms: u32,
+    /// Reaps the QEMU of every VM recorded here when it exits.
+    pub reaper: Arc<Reaper>,
     /// VMs being booted or restored, counted against `max_vms` until they are
     /// recorded (or have failed).
     in_flight: Mutex<u32>,
@@ -70,6 +73,7 @@ impl Daemon {
         pool: Arc<Pool>,
         db: Arc<Db>,
         max_vms: u32,
+        reaper: Arc<Reaper>,
     ) -> Daemon {
         Daemon {
             home,
@@ -78,6 +82,7 @@ impl Daemon {
             pool,
             db,
             max_vms,
+            reaper,
             in_flight: Mutex::new(0),
         }
     }
@@ -98,14 +103,11 @@ impl Daemon {
                 0 => String::new(),
                 k => format!(" and {k} starting"),
             };
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
+            return Err(ApiError::too_many(format!(
                     "this daemon runs at most {} VMs and has {vms}{starting}, so {n} more would be too many; \
                      stop some, or start thawd with a larger --max-vms",
-                    self.max_vms
-                ),
-            ));
+                self.max_vms
+            )));
         }
         *in_flight += n;
         Ok(Reservation {
@@ -124,9 +126,11 @@ impl Daemon {
         }
     }
 
-    /// Records a VM the daemon started. A failure to record is logged, not returned:
+    /// Records a VM the daemon started, and has its QEMU reaped when it exits (the
+    /// library is done with its handle). A failure to record is logged, not returned:
     /// the VM runs and its record under `vms/` lets a restarted daemon adopt it.
     fn record(&self, name: &VmName, pid: u32) {
+        self.reaper.adopt(pid);
         let row = match VmState::load(&self.home, name) {
             Ok(s) => VmRow {
                 name: name.clone(),

@@ -15,6 +15,7 @@ use thaw::ready::ReadyError;
 use thaw::reset::ResetError;
 use thaw::restore::RestoreError;
 use thaw::snapshot::catalog::RemoveSnapshotError;
+use thaw::snapshot::inuse::RemovalLockError;
 use thaw::snapshot::take::SnapshotError;
 use thaw::snapshot::SnapshotCheckError;
 use thaw::vm::VmError;
@@ -24,7 +25,14 @@ use thaw::vm::VmError;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// A `Retry-After` header, in seconds (429).
+    pub retry_after_secs: Option<u32>,
 }
+
+/// What a 429 says in `Retry-After`: room comes back as VMs stop or fail to start, which
+/// the daemon cannot foresee; a client that retries at this pace costs it little (a
+/// refusal is a count and an answer).
+pub const RETRY_AFTER_SECS: u32 = 1;
 
 impl ApiError {
     /// An answer; control characters in `message` (a newline in a field name serde
@@ -45,7 +53,19 @@ impl ApiError {
         } else {
             message
         };
-        ApiError { status, message }
+        ApiError {
+            status,
+            message,
+            retry_after_secs: None,
+        }
+    }
+
+    /// A 429: the request would take the daemon over a limit; try again later.
+    pub fn too_many(message: impl Into<String>) -> ApiError {
+        ApiError {
+            retry_after_secs: Some(RETRY_AFTER_SECS),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, message)
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -67,11 +87,17 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::warn!(status = %self.status, "{}", self.message);
         }
-        (
+        let mut answer = (
             self.status,
             Json(serde_json::json!({ "error": self.message })),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.retry_after_secs {
+            answer
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        answer
     }
 }
 
@@ -251,6 +277,8 @@ impl HttpStatus for RemoveSnapshotError {
         match self {
             RemoveSnapshotError::UnknownTag(_) => MISSING,
             RemoveSnapshotError::HasChildren { .. } => CONFLICT,
+            RemoveSnapshotError::Lock(RemovalLockError::UnknownTag(_)) => MISSING,
+            RemoveSnapshotError::Lock(RemovalLockError::InUse(_)) => CONFLICT,
             _ => FAILED,
         }
     }
@@ -301,6 +329,19 @@ mod tests {
             one_line(&e),
             "QEMU exited before the guest was ready: bad kernel; its serial console is kept in /h/logs/x.console.log"
         );
+    }
+
+    #[test]
+    fn a_429_says_when_to_retry_and_other_errors_do_not() {
+        let answer = ApiError::too_many("full").into_response();
+        assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry = answer.headers().get(axum::http::header::RETRY_AFTER);
+        assert_eq!(retry.unwrap(), &RETRY_AFTER_SECS.to_string());
+        let answer = ApiError::bad_request("no").into_response();
+        assert!(answer
+            .headers()
+            .get(axum::http::header::RETRY_AFTER)
+            .is_none());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
+use crate::conn::BodyTimeout;
 use crate::error::ApiError;
 
 /// A JSON request body. An empty body reads as `{}`, so endpoints whose fields are all
@@ -15,7 +16,8 @@ use crate::error::ApiError;
 ///
 /// Rejections: 415 when a body comes with a content type that is not JSON, 400 when it
 /// is not JSON, 422 when it is JSON of the wrong shape (a missing or unknown field, a
-/// wrong type), and axum's own status (e.g. 413) when the body cannot be read.
+/// wrong type), 408 when it does not arrive in time ([`BodyTimeout`]), and axum's own
+/// status (e.g. 413) when the body cannot be read.
 pub struct ApiJson<T>(pub T);
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -39,9 +41,21 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let json_type = is_json(req.headers());
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+        let limit = req.extensions().get::<BodyTimeout>().map(|t| t.0);
+        let read = Bytes::from_request(req, state);
+        let read = match limit {
+            Some(limit) => tokio::time::timeout(limit, read).await.map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request body did not arrive within {} s",
+                        limit.as_secs()
+                    ),
+                )
+            })?,
+            None => read.await,
+        };
+        let bytes = read.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
         decode(json_type, &bytes).map(ApiJson)
     }
 }

@@ -12,10 +12,12 @@
 mod api;
 pub mod bench;
 pub mod client;
+mod conn;
 mod db;
 mod error;
 mod extract;
 pub mod keeper;
+mod reaper;
 mod recover;
 mod socket;
 
@@ -47,6 +49,10 @@ pub struct ServeConfig {
     /// The most VMs (booted and restored, counting those starting) at once; requests
     /// beyond it get 429.
     pub max_vms: u32,
+    /// How long a connection may take to send a whole request head (counted from the
+    /// connect, or from the previous answer on a kept-alive connection) or a body;
+    /// one that takes longer is closed (a body: 408).
+    pub header_timeout: std::time::Duration,
 }
 
 impl ServeConfig {
@@ -55,6 +61,7 @@ impl ServeConfig {
             socket: default_socket(&home),
             home,
             max_vms: 64,
+            header_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -81,8 +88,6 @@ pub enum ServeError {
     Db(#[from] DbError),
     #[error(transparent)]
     Qemu(#[from] QemuError),
-    #[error("serving the API failed")]
-    Serve(#[source] std::io::Error),
 }
 
 /// Runs the daemon until `shutdown` completes, then ends the pool's processes (VMs,
@@ -106,6 +111,11 @@ pub async fn serve(
     let db = Arc::new(db::Db::open(&home.root().join(db::DB_FILE))?);
     let qemu = Qemu::find(&thaw::guest::cache_dir())?;
     let accel = Accel::detect();
+    let reaper = reaper::Reaper::spawn().map_err(|source| ServeError::Io {
+        step: "watch for the exits of the VMs of",
+        path: home.root().to_owned(),
+        source,
+    })?;
 
     let recovered = recover::recover(&home, &db).await?;
     if recovered != recover::Recovered::default() {
@@ -148,16 +158,20 @@ pub async fn serve(
         pool.clone(),
         db,
         config.max_vms,
+        reaper,
     ));
     let served = match socket::bind(&config.socket) {
         Ok((listener, socket)) => {
             tracing::info!(socket = %config.socket.display(), pid = std::process::id(), "listening");
-            let r = axum::serve(listener, api::router(daemon))
-                .with_graceful_shutdown(shutdown)
-                .await
-                .map_err(ServeError::Serve);
+            conn::serve(
+                listener,
+                api::router(daemon),
+                config.header_timeout,
+                shutdown,
+            )
+            .await;
             drop(socket);
-            r
+            Ok(())
         }
         Err(e) => Err(e),
     };

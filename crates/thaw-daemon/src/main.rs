@@ -25,6 +25,11 @@ struct Args {
     /// beyond it get 429.
     #[arg(long, default_value_t = 64, value_name = "N")]
     max_vms: u32,
+    /// Close a connection that has not sent a whole request head within SECS (from the
+    /// connect, or from the previous answer when kept alive); a body that takes longer
+    /// gets 408.
+    #[arg(long, default_value_t = 30, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout: u64,
     /// Run as the pool keeper of the daemon for HOME (started by the daemon itself).
     #[arg(long = "pool-keeper", value_name = "HOME", hide = true)]
     pool_keeper: Option<PathBuf>,
@@ -49,6 +54,7 @@ fn main() -> ExitCode {
         config.socket = socket;
     }
     config.max_vms = args.max_vms;
+    config.header_timeout = std::time::Duration::from_secs(args.header_timeout);
 
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {

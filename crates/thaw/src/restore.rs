@@ -11,6 +11,7 @@ use crate::home::{Home, SnapshotTag, VmName};
 use crate::pool::Pool;
 use crate::qemu::Qemu;
 use crate::ready::{ReadyError, ReadySpec};
+use crate::snapshot::inuse::InUse;
 use crate::snapshot::{Snapshot, SnapshotCheckError};
 use crate::vm::{self, VmError, VmPaths};
 
@@ -97,14 +98,16 @@ pub async fn restore_from(
         .then(|| pool.and_then(|p| p.snapshot_if_ready(&req.tag, req.count)))
         .flatten();
     let all_pooled = pooled_snapshot.is_some();
-    let snap = match pooled_snapshot {
-        Some(snap) => snap,
+    // Held until the clones run: the snapshot cannot be removed under them.
+    let (snap, _in_use) = match pooled_snapshot {
+        Some(snap) => (snap, InUse::hold(home, &req.tag)?),
         None => {
             // A snapshot that is only in the store (pulled, evicted) is written out once.
             crate::store::ensure_materialized(home, &req.tag, &mut crate::store::NoProgress)?;
+            let in_use = InUse::hold(home, &req.tag)?;
             let snap = Snapshot::open(home, &req.tag)?;
             snap.check(qemu.version, accel, req.verify)?;
-            Arc::new(snap)
+            (Arc::new(snap), in_use)
         }
     };
     let check_ms = if all_pooled {

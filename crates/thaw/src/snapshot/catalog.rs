@@ -218,6 +218,9 @@ pub enum RemoveSnapshotError {
     },
     #[error("could not remove the snapshot from the store")]
     Store(#[source] Box<crate::store::StoreError>),
+    /// Being restored (or gone meanwhile).
+    #[error(transparent)]
+    Lock(#[from] super::inuse::RemovalLockError),
 }
 
 /// Removes a snapshot; with `recursive`, its descendants too (children first).
@@ -256,6 +259,11 @@ pub fn remove(
         order.push(tag.clone());
     }
     collect(tag, &all, &mut order);
+    // Refused, before anything is removed, while a restore reads any of them.
+    let _locked = order
+        .iter()
+        .map(|t| super::inuse::Removal::lock(home, t))
+        .collect::<Result<Vec<_>, _>>()?;
     for t in &order {
         // The store's record first: a crash in between leaves a directory without a
         // record, which the next push re-adds, never a record of a removed snapshot.

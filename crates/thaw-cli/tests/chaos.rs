@@ -159,7 +159,7 @@ enum Sig {
 impl Sig {
     /// SIGINT and SIGTERM in turn.
     fn nth(i: u32) -> Sig {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             Sig::Int
         } else {
             Sig::Term
@@ -249,6 +249,7 @@ impl Chaos {
         };
         let ended = wait_ended(child, ctx);
         let ctx = format!("{ctx}, {sig:?} after {delay:?}");
+        println!("{ctx}: exit {}, {}", ended.code, ended.stderr.trim());
         if ended.code == 0 {
             // Ended before the signal, or finished before it was looked at.
             if !sent {
@@ -734,7 +735,7 @@ fn sigint_and_sigterm_at_random_moments_of_snapshot_restore_and_reset() {
     let env = Env::new();
     env.boot("vm", &["--memory", "128"]);
     env.sh("vm", "echo marker > /tmp/m");
-    let n = rounds(4);
+    let n = rounds(3);
 
     // snapshot: the VM runs on, the snapshot is whole or absent.
     let mut chaos = Chaos::new("snapshot-signal");

@@ -105,13 +105,5 @@ impl Interrupt {
 /// Whether `err` is an operation's rollback after an interrupt (said as it is, not as
 /// an error).
 pub fn rolled_back(err: &anyhow::Error) -> bool {
-    use thaw::snapshot::take::SnapshotError;
-    use thaw::{boot::BootError, reset::ResetError, restore::RestoreError};
-    err.chain().any(|e| {
-        e.is::<thaw::cancel::Interrupted>()
-            || matches!(e.downcast_ref(), Some(SnapshotError::Interrupted(_)))
-            || matches!(e.downcast_ref(), Some(RestoreError::Interrupted(_)))
-            || matches!(e.downcast_ref(), Some(ResetError::Interrupted(_)))
-            || matches!(e.downcast_ref(), Some(BootError::Interrupted(_)))
-    })
+    err.chain().any(|e| e.is::<thaw::cancel::Interrupted>())
 }

@@ -787,8 +787,15 @@ async fn run(cli: Cli, interrupt: &Interrupt) -> Result<ExitCode> {
             };
             let cache = thaw::guest::cache_dir();
             let qemu = Qemu::find(&cache)?;
-            let report =
-                thaw::up::up(&home, &qemu, &cache, &req, &mut progress::Bars::new()).await?;
+            let report = thaw::up::up(
+                &home,
+                &qemu,
+                &cache,
+                &req,
+                &mut progress::Bars::new(),
+                cancel,
+            )
+            .await?;
             emit(json, &report, |r| {
                 format!(
                     "{} is up ({} {}) in {:.1} ms (pid {}){}",

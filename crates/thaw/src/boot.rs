@@ -78,7 +78,7 @@ pub enum BootError {
     PortInUse(u16),
     #[error("port forwards need a network (drop --no-net)")]
     NoNet,
-    #[error(transparent)]
+    #[error("interrupted")]
     Interrupted(#[from] Interrupted),
 }
 

@@ -14,8 +14,9 @@
 //!   untouched); once the VM's QEMU is replaced it finishes;
 //! - a **boot** rolls back: the half-booted VM is stopped and removed.
 //!
-//! An operation that finished says so with its report; one that rolled back returns
-//! [`Interrupted`], which says what was undone. Cancelling twice changes nothing.
+//! An operation that finished says so with its report; one that rolled back fails with
+//! an error whose source is [`Interrupted`], which says what was undone ("interrupted:
+//! 3 clone(s) removed" on one line). Cancelling twice changes nothing.
 //! Callers that never interrupt (the daemon runs operations detached from the
 //! connection) pass a token nobody cancels.
 
@@ -23,16 +24,18 @@ pub use tokio_util::sync::CancellationToken;
 
 use crate::home::VmName;
 
-/// An operation stopped by its caller at a safe point, and what it undid.
+/// An operation stopped by its caller at a safe point, and what it undid. Each
+/// operation's error has a variant `Interrupted` (shown as "interrupted") with this as
+/// its source, so callers find it in the error's chain whatever wraps it.
 #[derive(Debug, thiserror::Error)]
 pub enum Interrupted {
-    #[error("interrupted: no snapshot was taken, VM {0} runs as before")]
+    #[error("no snapshot was taken, VM {0} runs as before")]
     Snapshot(VmName),
-    #[error("interrupted: {removed} clone(s) removed")]
+    #[error("{removed} clone(s) removed")]
     Restore { removed: usize },
-    #[error("interrupted: VM {0} was not reset, it runs as before")]
+    #[error("VM {0} was not reset, it runs as before")]
     Reset(VmName),
-    #[error("interrupted: the boot was rolled back, VM {0} removed")]
+    #[error("the boot was rolled back, VM {0} removed")]
     Boot(VmName),
 }
 

@@ -63,7 +63,7 @@ pub enum ResetError {
         #[source]
         source: CloneError,
     },
-    #[error(transparent)]
+    #[error("interrupted")]
     Interrupted(#[from] Interrupted),
 }
 

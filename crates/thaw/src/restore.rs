@@ -65,7 +65,7 @@ pub enum RestoreError {
         #[source]
         source: CloneError,
     },
-    #[error(transparent)]
+    #[error("interrupted")]
     Interrupted(#[from] Interrupted),
 }
 

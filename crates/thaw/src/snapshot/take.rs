@@ -112,7 +112,7 @@ pub enum SnapshotError {
     Disk(#[from] DiskError),
     #[error("could not add the snapshot to the store")]
     Store(#[from] crate::store::StoreError),
-    #[error(transparent)]
+    #[error("interrupted")]
     Interrupted(#[from] Interrupted),
     /// QEMU reports a write that failed for want of space as an I/O error of its own
     /// ("ram_save_setup failed: Input/output error"); this says what it was.

@@ -147,6 +147,9 @@ pub async fn restore_cancellable(
     } else {
         Claim::Now
     };
+    if cancel.is_cancelled() {
+        return Err(Interrupted::Restore { removed: 0 }.into());
+    }
     let names = pick_names(home, req, claim)?;
 
     let mut tasks = tokio::task::JoinSet::new();

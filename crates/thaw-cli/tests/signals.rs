@@ -341,3 +341,55 @@ fn an_interrupted_boot_leaves_no_half_booted_vm() {
     assert!(env.vm_dirs().is_empty(), "{:?}", env.vm_dirs());
     assert!(qemus(env.path()).is_empty(), "{:?}", qemus(env.path()));
 }
+
+/// Through a running daemon the operation is the daemon's: it finishes it whatever the
+/// client does. The interrupted command waits for the answer, says the restore was
+/// completed and exits 130; SIGTERM then ends the daemon cleanly (exit 0), its VMs
+/// running on.
+#[test]
+fn an_interrupted_restore_through_the_daemon_is_completed_by_it() {
+    let env = Env::new();
+    let mut serve = env
+        .command(&["serve"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while env.run(&["pools"]).code != 0 {
+        assert!(Instant::now() < deadline, "the daemon did not answer");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    env.boot("vm", &["--memory", "128"]);
+    env.json(&["snapshot", "vm", "base", "--stop"]);
+    let names: Vec<String> = (1..=3).map(|k| format!("d-{k}")).collect();
+    let mut child = env
+        .command(&["restore", "base", "--count", "3", "--name", "d"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The clones' QEMUs run, their guests not yet answering.
+    assert!(
+        wait_records(&env, &mut child, &names),
+        "the restore was over before its clones were seen"
+    );
+    Sig::Int.send(&child);
+    let ended = wait_ended(child, "restore through the daemon");
+    assert_eq!(ended.code, 130, "{}", ended.stderr);
+    assert_eq!(
+        ended.stderr.trim_end(),
+        "thaw: interrupted: the restore was completed"
+    );
+    for n in &names {
+        assert_eq!(env.state_of(n), "running", "{n}");
+    }
+    Sig::Term.send(&serve);
+    assert!(serve.wait().unwrap().success(), "the daemon's SIGTERM exit");
+    for n in &names {
+        assert_eq!(env.state_of(n), "running", "{n}");
+    }
+    env.ok(&["stop", "--all"]);
+}

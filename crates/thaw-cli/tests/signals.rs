@@ -348,14 +348,23 @@ fn an_interrupted_boot_leaves_no_half_booted_vm() {
 /// running on.
 #[test]
 fn an_interrupted_restore_through_the_daemon_is_completed_by_it() {
+    /// The daemon, ended on drop (a failed assertion must not leave it running).
+    struct Serving(Child);
+    impl Drop for Serving {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let env = Env::new();
-    let mut serve = env
-        .command(&["serve"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut serve = Serving(
+        env.command(&["serve"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(120);
     while env.run(&["pools"]).code != 0 {
         assert!(Instant::now() < deadline, "the daemon did not answer");
@@ -386,8 +395,11 @@ fn an_interrupted_restore_through_the_daemon_is_completed_by_it() {
     for n in &names {
         assert_eq!(env.state_of(n), "running", "{n}");
     }
-    Sig::Term.send(&serve);
-    assert!(serve.wait().unwrap().success(), "the daemon's SIGTERM exit");
+    Sig::Term.send(&serve.0);
+    assert!(
+        serve.0.wait().unwrap().success(),
+        "the daemon's SIGTERM exit"
+    );
     for n in &names {
         assert_eq!(env.state_of(n), "running", "{n}");
     }

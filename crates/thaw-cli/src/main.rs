@@ -15,10 +15,12 @@ use thaw::snapshot::{catalog, take};
 use thaw::{Accel, Home, MachineSpec, SnapshotTag, VmName};
 
 mod chart;
+mod interrupt;
 mod print;
 mod progress;
 mod remote;
 
+use interrupt::{Interrupt, OnSignal};
 use print::emit;
 
 #[derive(Parser)]
@@ -576,9 +578,35 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let json = cli.json;
+    let on_signal = on_signal(&cli.command);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match runtime.block_on(run(cli)) {
-        Ok(code) => code,
+    let (result, signal) = runtime.block_on(async {
+        let interrupt = match Interrupt::install() {
+            Ok(i) => i,
+            Err(e) => {
+                return (
+                    Err(anyhow::Error::new(e).context("could not handle signals")),
+                    None,
+                )
+            }
+        };
+        let result = interrupt.run(on_signal, run(cli, &interrupt)).await;
+        (result, interrupt.received())
+    });
+    // A signal that came during an operation: it finished or rolled back; say which,
+    // and end with the signal's exit status.
+    let interrupted = match on_signal {
+        OnSignal::Finish(what) => signal.map(|s| (s, what)),
+        _ => None,
+    };
+    match result {
+        Ok(code) => match interrupted {
+            Some((signal, what)) => {
+                eprintln!("thaw: interrupted: {what} was completed");
+                ExitCode::from(signal.exit_code())
+            }
+            None => code,
+        },
         // The reader of our output went away (`thaw ls --json | grep -q`): what was
         // asked is done and nobody reads the answer; end quietly, as ripgrep does.
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
@@ -593,9 +621,28 @@ fn main() -> ExitCode {
                     serde_json::json!({ "error": line })
                 );
             }
-            eprintln!("thaw: error: {line}");
-            ExitCode::FAILURE
+            match interrupt::rolled_back(&err) {
+                true => eprintln!("thaw: {line}"),
+                false => eprintln!("thaw: error: {line}"),
+            }
+            match interrupted {
+                Some((signal, _)) => ExitCode::from(signal.exit_code()),
+                None => ExitCode::FAILURE,
+            }
         }
+    }
+}
+
+/// What `command` does on SIGINT/SIGTERM (see [`interrupt`]).
+fn on_signal(command: &Command) -> OnSignal {
+    match command {
+        Command::Boot(_) => OnSignal::Finish("the boot"),
+        Command::Snapshot { .. } => OnSignal::Finish("the snapshot"),
+        Command::Restore(_) => OnSignal::Finish("the restore"),
+        Command::Reset { .. } => OnSignal::Finish("the reset"),
+        Command::Up { .. } => OnSignal::Finish("thaw up"),
+        Command::Serve { .. } => OnSignal::Own,
+        _ => OnSignal::Exit,
     }
 }
 
@@ -644,7 +691,8 @@ async fn daemon(home: &Home) -> Option<thaw_daemon::client::Client> {
     thaw_daemon::client::Client::connect_async(&thaw_daemon::default_socket(home)).await
 }
 
-async fn run(cli: Cli) -> Result<ExitCode> {
+async fn run(cli: Cli, interrupt: &Interrupt) -> Result<ExitCode> {
+    let cancel = interrupt.token();
     let home = Home::from_env();
     let json = cli.json;
     let remote = match &cli.command {
@@ -670,7 +718,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let req = boot_request(args, json)?;
             let report = match &remote {
                 Some(d) => remote::boot(d, &req).await?,
-                None => boot::boot(&home, &Qemu::find(&thaw::guest::cache_dir())?, &req).await?,
+                None => {
+                    let qemu = Qemu::find(&thaw::guest::cache_dir())?;
+                    boot::boot_cancellable(&home, &qemu, &req, cancel).await?
+                }
             };
             emit(json, &report, print::boot)?;
         }
@@ -695,7 +746,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let req = take::SnapshotRequest { name, tag, stop };
             let report = match &remote {
                 Some(d) => remote::snapshot(d, &req).await?,
-                None => take::take(&home, &req).await?,
+                None => take::take_cancellable(&home, &req, cancel).await?,
             };
             emit(json, &report, print::snapshot)?;
         }
@@ -721,7 +772,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let reports = match &remote {
                 Some(d) if !local_only => remote::restore(d, &req).await?,
-                _ => restore::restore(&home, &Qemu::find(&thaw::guest::cache_dir())?, &req).await?,
+                _ => {
+                    let qemu = Qemu::find(&thaw::guest::cache_dir())?;
+                    restore::restore_cancellable(&home, &qemu, &req, None, cancel).await?
+                }
             };
             emit(json, &reports, |r| print::restore(r))?;
         }
@@ -734,8 +788,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let cache = thaw::guest::cache_dir();
             let qemu = Qemu::find(&cache)?;
-            let report =
-                thaw::up::up(&home, &qemu, &cache, &req, &mut progress::Bars::new()).await?;
+            let report = thaw::up::up(
+                &home,
+                &qemu,
+                &cache,
+                &req,
+                &mut progress::Bars::new(),
+                cancel,
+            )
+            .await?;
             emit(json, &report, |r| {
                 format!(
                     "{} is up ({} {}) in {:.1} ms (pid {}){}",
@@ -829,7 +890,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Some(d) => remote::reset(d, &req).await?,
                 None => {
                     let qemu = Qemu::find(&thaw::guest::cache_dir())?;
-                    thaw::reset::reset(&home, &qemu, &req, None).await?
+                    thaw::reset::reset_cancellable(&home, &qemu, &req, None, cancel).await?
                 }
             };
             emit(json, &report, print::reset)?;
@@ -969,7 +1030,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if !json {
                 eprintln!("thaw: serving on {}", config.socket.display());
             }
-            thaw_daemon::serve(config, shutdown_signal()).await?;
+            thaw_daemon::serve(config, cancel.clone().cancelled_owned()).await?;
             emit(json, &serde_json::json!({ "stopped": true }), |_| {
                 String::new()
             })?;
@@ -1135,16 +1196,6 @@ fn bench_config(args: &BenchArgs, json: bool) -> Result<(thaw::bench::BenchConfi
         }),
     };
     Ok((cfg, debian))
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 /// Turns `thaw boot`'s arguments into a request: a kernel boot with `--kernel`; a

@@ -1,7 +1,9 @@
 //! Random kill points: `thaw snapshot`, `restore`, `reset`, the daemon, `push`,
 //! `pull`, `import` and `gc` killed with SIGKILL at seeded random moments (the seed is
-//! printed; `THAW_CHAOS_SEED` replays it, `THAW_CHAOS_ROUNDS` scales the rounds).
-//! After every kill:
+//! printed; `THAW_CHAOS_SEED` replays it, `THAW_CHAOS_ROUNDS` scales the rounds), and
+//! `snapshot` (with and without `--stop`), `restore --count 3` and `reset` sent SIGINT
+//! or SIGTERM at seeded moments (they finish or roll back, then exit 130 / 143 with one
+//! line saying which). After every kill or signal:
 //!
 //! - no half snapshot is listed: every listed snapshot passes the full check (every
 //!   file's hash), and nothing temporary is left once the retry ran;
@@ -13,206 +15,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::chaos::{assert_nothing_lost, assert_vm_usable, qemus, rounds, Chaos};
 use common::s3::S3Server;
-use common::{processes_mentioning, Env};
-use serde_json::Value;
-use thaw::snapshot::Snapshot;
-use thaw::{Home, SnapshotTag};
-
-/// Seeded kill moments; reports what was tried.
-struct Chaos {
-    op: &'static str,
-    state: u64,
-    tried: u32,
-    mid_way: u32,
-    /// How long the operation takes undisturbed, last seen: kill moments fall within
-    /// it. Updated from every run that was not killed (the load on a shared machine
-    /// changes what "within" means from one minute to the next).
-    window: Duration,
-}
-
-impl Chaos {
-    fn new(op: &'static str) -> Chaos {
-        // One seed for the whole run (every test of this file), printed by each.
-        static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-        let seed = *SEED.get_or_init(|| {
-            std::env::var("THAW_CHAOS_SEED")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or_else(|| {
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap()
-                        .as_nanos() as u64
-                        % 1_000_000_007
-                })
-        });
-        println!("chaos {op}: seed {seed} (THAW_CHAOS_SEED={seed} replays it)");
-        // Each operation draws its own sequence from the one seed.
-        let state = op.bytes().fold(seed, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        }) | 1;
-        Chaos {
-            op,
-            state,
-            tried: 0,
-            mid_way: 0,
-            window: Duration::from_secs(1),
-        }
-    }
-
-    /// An undisturbed run of the operation took `took`.
-    fn observe(&mut self, took: Duration) {
-        self.window = took;
-    }
-
-    /// Runs `args` undisturbed (asserting success), as the retry after a kill, and
-    /// learns how long the operation takes now.
-    fn retry(&mut self, env: &Env, args: &[&str]) -> Value {
-        let t = Instant::now();
-        let v = env.json(args);
-        self.observe(t.elapsed());
-        v
-    }
-
-    /// A moment in `[0, within)`, `within` being how long the operation took
-    /// undisturbed (a little less, so that most moments fall inside it).
-    fn moment(&mut self, within: Duration) -> Duration {
-        let within = within.mul_f64(0.9);
-        self.state ^= self.state << 13;
-        self.state ^= self.state >> 7;
-        self.state ^= self.state << 17;
-        let ms = within.as_millis().max(1) as u64;
-        Duration::from_millis(self.state % ms)
-    }
-
-    /// Starts `cmd`, kills it with SIGKILL at a random moment of its expected run
-    /// (unless it ended first: then it must have succeeded). Returns whether it was
-    /// killed mid-way.
-    fn kill(&mut self, mut cmd: Command) -> bool {
-        let delay = self.moment(self.window);
-        let started = Instant::now();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        self.tried += 1;
-        match kill_after(child, delay) {
-            Ok(()) => {
-                self.mid_way += 1;
-                true
-            }
-            Err(out) => {
-                assert!(
-                    out.status.success(),
-                    "chaos {}: ended before the kill, and failed: {}",
-                    self.op,
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                self.observe(started.elapsed());
-                false
-            }
-        }
-    }
-
-    fn report(&self) {
-        println!(
-            "chaos {}: {} kill points tried ({} mid-operation, the rest after it ended), {} survived with nothing lost",
-            self.op, self.tried, self.mid_way, self.tried
-        );
-    }
-}
-
-/// SIGKILL after `delay` unless `child` ended first, in which case its output.
-fn kill_after(mut child: Child, delay: Duration) -> Result<(), std::process::Output> {
-    let deadline = Instant::now() + delay;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return Err(child.wait_with_output().unwrap());
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn rounds(default: u32) -> u32 {
-    std::env::var("THAW_CHAOS_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Pids of the home's QEMU processes.
-fn qemus(home: &Path) -> Vec<(u32, String)> {
-    processes_mentioning(home)
-        .into_iter()
-        .filter_map(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            cmd.contains("qemu-system").then_some((pid, cmd))
-        })
-        .collect()
-}
-
-/// The invariants every kill must leave (see the module docs), `ctx` naming the kill.
-fn assert_nothing_lost(env: &Env, ctx: &str, pool_allowed: bool) {
-    // Listed snapshots are whole: every file present with its hash.
-    let home = Home::new(env.path());
-    for s in env.json(&["snapshots"]).as_array().unwrap() {
-        assert!(
-            s["problem"].is_null(),
-            "{ctx}: a broken snapshot is listed: {s}"
-        );
-        let tag: SnapshotTag = s["tag"].as_str().unwrap().parse().unwrap();
-        let snap = Snapshot::open(&home, &tag).unwrap();
-        let m = &snap.manifest;
-        snap.check(m.qemu_version, m.accel, true)
-            .unwrap_or_else(|e| panic!("{ctx}: listed snapshot {tag} is not whole: {e}"));
-    }
-    let r = env.run(&["store", "verify"]);
-    assert_eq!(r.code, 0, "{ctx}: store verify: {}", r.stderr);
-    // Every QEMU has a record that `thaw ls` shows alive.
-    let ls = env.json(&["ls"]);
-    let alive: Vec<u64> = ls
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|v| v["state"] != "dead")
-        .filter_map(|v| v["pid"].as_u64())
-        .collect();
-    let pool = format!("{}/pool/", env.path().display());
-    for (pid, cmd) in qemus(env.path()) {
-        if pool_allowed && cmd.contains(&pool) {
-            continue;
-        }
-        assert!(
-            alive.contains(&u64::from(pid)),
-            "{ctx}: QEMU {pid} runs without a record thaw ls shows: {cmd}\nls: {ls}"
-        );
-    }
-}
-
-/// The VM runs again: resumed if the kill left it paused; its guest answers.
-fn assert_vm_usable(env: &Env, vm: &str, ctx: &str) {
-    match env.state_of(vm).as_str() {
-        "running" => {}
-        "paused" => {
-            env.ok(&["resume", vm]);
-        }
-        other => panic!("{ctx}: VM {vm} is {other}"),
-    }
-    assert_eq!(env.sh(vm, "cat /tmp/m"), "marker\n", "{ctx}");
-}
+use common::Env;
 
 /// `thaw snapshot`, `restore` and `reset` killed at random moments, on one VM and
 /// one snapshot.

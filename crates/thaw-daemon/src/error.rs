@@ -223,6 +223,8 @@ impl HttpStatus for ResetError {
             ResetError::Check(e) => e.status(),
             ResetError::Store(_) => FAILED,
             ResetError::Clone { source, .. } => source.status(),
+            // The daemon never interrupts an operation (it runs them detached).
+            ResetError::Interrupted(_) => FAILED,
         }
     }
 }
@@ -256,7 +258,7 @@ impl HttpStatus for RestoreError {
             RestoreError::Display(e) => e.status(),
             RestoreError::Ready(e) => e.status(),
             RestoreError::Clone { source, .. } => source.status(),
-            RestoreError::Store(_) => FAILED,
+            RestoreError::Store(_) | RestoreError::Interrupted(_) => FAILED,
         }
     }
 }

@@ -2,7 +2,8 @@
 //! what a later snapshot keeps), disks on fresh qcow2 overlays, and the ports forwarded.
 //! `boot` returns once the guest agent (and any extra readiness) answers; on failure
 //! nothing is left running, and the serial console is kept in `$THAW_HOME/logs/` for
-//! the error to point at.
+//! the error to point at. An interrupted boot ([`boot_cancellable`]) is a failed one:
+//! the half-booted VM is stopped and removed.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::agent::{Agent, AgentError};
+use crate::cancel::{CancellationToken, Interrupted};
 use crate::disk::{self, DiskError};
 use crate::display::{self, DisplayError, VncPorts, VncRequest};
 use crate::firmware::{self, FirmwareError};
@@ -76,11 +78,25 @@ pub enum BootError {
     PortInUse(u16),
     #[error("port forwards need a network (drop --no-net)")]
     NoNet,
+    #[error("interrupted")]
+    Interrupted(#[from] Interrupted),
 }
 
 /// Boots a VM with its RAM in a shared file and returns once its guest agent answers.
 /// On any failure, nothing is left running and the VM's directory is removed.
 pub async fn boot(home: &Home, qemu: &Qemu, req: &BootRequest) -> Result<BootReport, BootError> {
+    boot_cancellable(home, qemu, req, &CancellationToken::new()).await
+}
+
+/// [`boot`], rolled back if `cancel` fires before the guest is ready. Any moment is
+/// safe: the VM's record is written the moment QEMU starts, and the failure path ends
+/// what it names.
+pub async fn boot_cancellable(
+    home: &Home,
+    qemu: &Qemu,
+    req: &BootRequest,
+    cancel: &CancellationToken,
+) -> Result<BootReport, BootError> {
     req.spec.validate()?;
     let vnc = display::ports_for_boot(req.spec.display.as_ref(), &req.vnc)?;
     if !req.forwards.is_empty() && req.spec.net.is_none() {
@@ -95,7 +111,11 @@ pub async fn boot(home: &Home, qemu: &Qemu, req: &BootRequest) -> Result<BootRep
     req.ready.validate(&guest_ports)?;
     let t0 = Instant::now();
     let paths = vm::create_dir(home, &req.name)?;
-    let result = boot_in(home, qemu, req, &paths, vnc, t0).await;
+    let result = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(Interrupted::Boot(req.name.clone()).into()),
+        r = boot_in(home, qemu, req, &paths, vnc, t0) => r,
+    };
     if result.is_err() {
         // The console says why the guest did not come up; keep it past the VM.
         let kept = kept_console(home, &req.name);

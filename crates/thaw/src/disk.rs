@@ -58,8 +58,13 @@ fn qemu_img() -> String {
 }
 
 fn run(what: &'static str, path: &Path, args: &[&std::ffi::OsStr]) -> Result<String, DiskError> {
+    use std::os::unix::process::CommandExt;
+    // In a process group of its own, as QEMU is: a terminal's Ctrl-C goes to the whole
+    // foreground group, and thaw finishes the snapshot it interrupts — with this
+    // qemu-img's layer, which it must not lose to the same Ctrl-C.
     let out = Command::new(qemu_img())
         .args(args)
+        .process_group(0)
         .output()
         .map_err(DiskError::NoQemuImg)?;
     if !out.status.success() {

@@ -17,6 +17,7 @@ pub mod accel;
 pub mod agent;
 pub mod bench;
 pub mod boot;
+pub mod cancel;
 pub mod clone;
 pub mod control;
 pub mod disk;

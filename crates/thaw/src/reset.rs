@@ -7,6 +7,9 @@
 //! being thrown away), the clone takes over its host ports (QEMU's `hostfwd_add`) and
 //! its directory, and is resumed with a fresh VM Generation ID and the clock set. The
 //! VM is gone only for the moment between the kill and the clone's `cont`.
+//!
+//! An interrupt ([`reset_cancellable`]) before the VM's QEMU is killed discards the
+//! clone and leaves the VM as it was; from the kill on, the reset finishes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::accel::Accel;
+use crate::cancel::{CancellationToken, Interrupted};
 use crate::clone::{self, CloneError, CloneReport, FinishOptions, Ports, Prepared};
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::pool::Pool;
@@ -59,6 +63,8 @@ pub enum ResetError {
         #[source]
         source: CloneError,
     },
+    #[error("interrupted")]
+    Interrupted(#[from] Interrupted),
 }
 
 /// The snapshot a reset of `state` goes back to when none is named.
@@ -77,6 +83,18 @@ pub async fn reset(
     req: &ResetRequest,
     pool: Option<&Arc<Pool>>,
 ) -> Result<ResetReport, ResetError> {
+    reset_cancellable(home, qemu, req, pool, &CancellationToken::new()).await
+}
+
+/// [`reset`], which `cancel` interrupts until the VM's QEMU is replaced: the clone is
+/// then discarded and the VM left as it was ([`Interrupted`]).
+pub async fn reset_cancellable(
+    home: &Home,
+    qemu: &Qemu,
+    req: &ResetRequest,
+    pool: Option<&Arc<Pool>>,
+    cancel: &CancellationToken,
+) -> Result<ResetReport, ResetError> {
     let t0 = Instant::now();
     recover_interrupted(home);
     let old = VmState::load(home, &req.name)?;
@@ -94,6 +112,9 @@ pub async fn reset(
         source,
     };
 
+    if cancel.is_cancelled() {
+        return Err(Interrupted::Reset(req.name.clone()).into());
+    }
     let pooled = pool.and_then(|p| p.pop(&tag));
     let from_pool = pooled.is_some();
     let mut side = None;
@@ -128,7 +149,13 @@ pub async fn reset(
             }
         }
     };
-    let result = take_over(home, &old, &mut prepared, &ports).await;
+    // The last moment to interrupt: the VM's QEMU is killed next.
+    let result = match cancel.is_cancelled() {
+        true => Err(None),
+        false => take_over(home, &old, &mut prepared, &ports)
+            .await
+            .map_err(Some),
+    };
     let report = match result {
         Ok(()) => {
             let opts = FinishOptions {
@@ -149,7 +176,10 @@ pub async fn reset(
             if let Some(dir) = side {
                 let _ = std::fs::remove_dir_all(dir);
             }
-            Err(failed(e))
+            Err(match e {
+                Some(e) => failed(e),
+                None => Interrupted::Reset(req.name.clone()).into(),
+            })
         }
     };
     if let (Some(pool), true) = (pool, from_pool) {

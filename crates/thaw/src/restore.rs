@@ -1,11 +1,13 @@
 //! Restoring a snapshot: `count` clones, each a fresh QEMU on the snapshot's RAM image
 //! mapped private (or a clone taken from a warm pool), checked before anything starts
-//! and all-or-nothing.
+//! and all-or-nothing: a failed or interrupted restore stops and removes every clone of
+//! the request.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::accel::Accel;
+use crate::cancel::{CancellationToken, Interrupted};
 use crate::clone::{self, CloneError, CloneReport, FinishOptions};
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::pool::Pool;
@@ -64,6 +66,8 @@ pub enum RestoreError {
         #[source]
         source: CloneError,
     },
+    #[error("interrupted")]
+    Interrupted(#[from] Interrupted),
 }
 
 /// Starts `count` clones of a snapshot. Everything is checked before QEMU starts; if
@@ -82,6 +86,20 @@ pub async fn restore_from(
     qemu: &Qemu,
     req: &RestoreRequest,
     pool: Option<&Arc<Pool>>,
+) -> Result<Vec<CloneReport>, RestoreError> {
+    restore_cancellable(home, qemu, req, pool, &CancellationToken::new()).await
+}
+
+/// [`restore_from`], rolled back if `cancel` fires before it returns: every clone of
+/// the request is stopped and removed ([`Interrupted`]). Any moment is safe for that:
+/// a clone's record is written the moment its QEMU starts, and [`vm::discard`] ends
+/// what the record names.
+pub async fn restore_cancellable(
+    home: &Home,
+    qemu: &Qemu,
+    req: &RestoreRequest,
+    pool: Option<&Arc<Pool>>,
+    cancel: &CancellationToken,
 ) -> Result<Vec<CloneReport>, RestoreError> {
     let t0 = Instant::now();
     if req.count == 0 {
@@ -137,6 +155,9 @@ pub async fn restore_from(
     } else {
         Claim::Now
     };
+    if cancel.is_cancelled() {
+        return Err(Interrupted::Restore { removed: 0 }.into());
+    }
     let names = pick_names(home, req, claim)?;
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -149,6 +170,7 @@ pub async fn restore_from(
             req.clone(),
         );
         let pool = pool.cloned();
+        let cancel = cancel.clone();
         tasks.spawn(async move {
             let pooled = match &pool {
                 Some(pool) if poolable => {
@@ -158,18 +180,28 @@ pub async fn restore_from(
                 }
                 _ => None,
             };
-            let r = match pooled {
-                Some(r) => r,
-                // The pool ran out after all (another request took its clone): this
-                // clone claims its name and spawns, checked first like any other.
-                None if all_pooled => match vm::create_dir(&home, &name) {
-                    Ok(_) => match snap.check(qemu.version, accel, false) {
-                        Ok(()) => restore_one(&home, &qemu, &snap, &name, &req, t0).await,
-                        Err(e) => Err(e.into()),
+            let spawned = async {
+                match pooled {
+                    Some(r) => r,
+                    // The pool ran out after all (another request took its clone): this
+                    // clone claims its name and spawns, checked first like any other.
+                    None if all_pooled => match vm::create_dir(&home, &name) {
+                        Ok(_) => match snap.check(qemu.version, accel, false) {
+                            Ok(()) => restore_one(&home, &qemu, &snap, &name, &req, t0).await,
+                            Err(e) => Err(e.into()),
+                        },
+                        Err(e) => Err(CloneError::Claim(e)),
                     },
-                    Err(e) => Err(CloneError::Claim(e)),
-                },
-                None => restore_one(&home, &qemu, &snap, &name, &req, t0).await,
+                    None => restore_one(&home, &qemu, &snap, &name, &req, t0).await,
+                }
+            };
+            // Interrupted: the clone's name is held (claimed before the tasks start),
+            // and the rollback below discards it. Names claimed at a pool's take are
+            // held only once taken: those requests are rolled back when all are in.
+            let r = tokio::select! {
+                biased;
+                _ = cancel.cancelled(), if claim == Claim::Now => None,
+                r = spawned => Some(r),
             };
             (i, name, r)
         });
@@ -181,18 +213,29 @@ pub async fn restore_from(
     while let Some(joined) = tasks.join_next().await {
         let (i, name, r) = joined.expect("restore task panicked");
         match r {
-            Ok(rep) => {
+            None => held.push(name),
+            Some(Ok(rep)) => {
                 held.push(name);
                 reports.push((i, rep));
             }
-            Err(CloneError::Claim(e)) => {
+            Some(Err(CloneError::Claim(e))) => {
                 first_err.get_or_insert(RestoreError::Vm(e));
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 held.push(name.clone());
                 first_err.get_or_insert(RestoreError::Clone { name, source: e });
             }
         }
+    }
+    // Looked at once every clone is in: an interrupt that came after the last one
+    // still rolls the request back.
+    if cancel.is_cancelled() {
+        first_err = Some(
+            Interrupted::Restore {
+                removed: held.len(),
+            }
+            .into(),
+        );
     }
     if let Some(e) = first_err {
         for name in &held {

@@ -175,12 +175,15 @@ async fn lock_key(home: &Home, tag: &SnapshotTag) -> Result<KeyLock, UpError> {
 }
 
 /// Brings up a VM from the cache, the remote, or a cold boot (see the module docs).
+/// `cancel` interrupts its restore, boot or snapshot as it does theirs (see
+/// [`crate::cancel`]); a VM whose snapshot was abandoned is stopped, as on any failure.
 pub async fn up(
     home: &Home,
     qemu: &Qemu,
     cache: &Path,
     req: &UpRequest,
     progress: &mut dyn store::Progress,
+    cancel: &crate::cancel::CancellationToken,
 ) -> Result<UpReport, UpError> {
     let t0 = Instant::now();
     let key = key(&req.boot, qemu, cache)?;
@@ -198,7 +201,7 @@ pub async fn up(
         }
     }
     if path == "pulled" || local {
-        let r = restore::restore(
+        let r = restore::restore_cancellable(
             home,
             qemu,
             &RestoreRequest {
@@ -214,6 +217,8 @@ pub async fn up(
                 paused: false,
                 vnc_password: None,
             },
+            None,
+            cancel,
         )
         .await?;
         let r = &r[0];
@@ -228,20 +233,27 @@ pub async fn up(
             pushed: false,
         });
     }
-    let booted = boot::boot(home, qemu, &req.boot).await?;
-    let snap = take::take(
+    let booted = boot::boot_cancellable(home, qemu, &req.boot, cancel).await?;
+    let snap = take::take_cancellable(
         home,
         &SnapshotRequest {
             name: req.boot.name.clone(),
             tag: tag.clone(),
             stop: false,
         },
+        cancel,
     )
     .await;
     if let Err(e) = snap {
         // All or nothing: a VM that did not make it into the cache is not handed over.
         let _ = crate::control::stop(home, &req.boot.name).await;
-        return Err(e.into());
+        return Err(match e {
+            // Interrupted before the pause: the VM is not handed over either.
+            SnapshotError::Interrupted(_) => {
+                BootError::from(crate::cancel::Interrupted::Boot(req.boot.name.clone())).into()
+            }
+            e => e.into(),
+        });
     }
     let pushed = match &req.remote {
         Some(remote) => {

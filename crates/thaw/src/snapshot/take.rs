@@ -1,6 +1,6 @@
 //! Taking a snapshot of a running VM — booted, restored, or taken from a pool.
 //!
-//! The steps, in order (each has a test hook, see [`test_hang`]):
+//! The steps, in order (each has a test hook, see [`crate::cancel`]'s `test_hang`):
 //!
 //! 1. Before any pause: read the VM's disk tops from QEMU and create each disk's next,
 //!    empty layer (the VM moves onto it at the pause).
@@ -25,6 +25,9 @@
 //!
 //! A kill at any step leaves no half snapshot (the temporary directory is removed by
 //! the next snapshot) and a VM that runs, or is paused and `thaw resume` resumes.
+//! An interrupt ([`take_cancellable`]) is honoured only before the pause (the snapshot
+//! is abandoned, the VM runs on); from the pause on, the snapshot is finished — with
+//! `--stop`, the VM ends only into a published snapshot.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -33,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use thaw_qmp::{QemuVersion, Qmp};
 
+use crate::cancel::{test_hang, CancellationToken, Interrupted};
 use crate::disk::{self, DiskError};
 use crate::fsutil::{self, CopyMethod};
 use crate::home::{Home, SnapshotTag, VmName};
@@ -108,6 +112,8 @@ pub enum SnapshotError {
     Disk(#[from] DiskError),
     #[error("could not add the snapshot to the store")]
     Store(#[from] crate::store::StoreError),
+    #[error("interrupted")]
+    Interrupted(#[from] Interrupted),
     /// QEMU reports a write that failed for want of space as an I/O error of its own
     /// ("ram_save_setup failed: Input/output error"); this says what it was.
     #[error("the filesystem of {path} is full ({free} bytes free)")]
@@ -131,17 +137,6 @@ fn free_bytes(path: &Path) -> Option<u64> {
 fn io_err(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
     let path = path.to_owned();
     move |source| SnapshotError::Io { step, path, source }
-}
-
-/// A test hook: `THAW_TEST_HANG_AT=<step>` makes thaw stop forever at that step of a
-/// snapshot, so tests can kill it at a known point. Never set in normal use.
-fn test_hang(step: &str) {
-    if std::env::var("THAW_TEST_HANG_AT").as_deref() == Ok(step) {
-        eprintln!("thaw: test hook: hanging at {step}");
-        loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        }
-    }
 }
 
 /// How RAM gets into the snapshot (see the module docs).
@@ -207,6 +202,16 @@ pub async fn cancel_abandoned(paths: &vm::VmPaths, qmp: &Qmp) -> bool {
 
 /// Checkpoints a running VM into a new snapshot, written atomically.
 pub async fn take(home: &Home, req: &SnapshotRequest) -> Result<SnapshotReport, SnapshotError> {
+    take_cancellable(home, req, &CancellationToken::new()).await
+}
+
+/// [`take`], which `cancel` interrupts until the VM is paused: the snapshot is then
+/// abandoned ([`Interrupted`]) and the VM runs on. From the pause on it finishes.
+pub async fn take_cancellable(
+    home: &Home,
+    req: &SnapshotRequest,
+    cancel: &CancellationToken,
+) -> Result<SnapshotReport, SnapshotError> {
     let t0 = Instant::now();
     let state = VmState::load_running(home, &req.name)?;
     let _owner = try_lock_owner(&state.paths(home))
@@ -228,7 +233,14 @@ pub async fn take(home: &Home, req: &SnapshotRequest) -> Result<SnapshotReport, 
     let mut disks = Vec::new();
     let result = async {
         disks = disks_of(&qmp, &state, req.stop).await?;
-        take_into(home, req, &state, &qmp, &disks, &tmp, &dest, t0).await
+        let at = Taking {
+            home,
+            req,
+            state: &state,
+            qmp: &qmp,
+            cancel,
+        };
+        take_into(&at, &disks, &tmp, &dest, t0).await
     }
     .await;
     // Measured before the temporary files go, which frees the space again.
@@ -347,17 +359,40 @@ async fn freeze_disks(
     Ok(moved)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What a snapshot is being taken of, and by whom.
+struct Taking<'a> {
+    home: &'a Home,
+    req: &'a SnapshotRequest,
+    state: &'a VmState,
+    qmp: &'a Qmp,
+    cancel: &'a CancellationToken,
+}
+
+impl Taking<'_> {
+    /// Before the pause: an interrupt abandons the snapshot (the caller's error path
+    /// resumes the VM and removes what was written).
+    fn unless_interrupted(&self) -> Result<(), SnapshotError> {
+        match self.cancel.is_cancelled() {
+            true => Err(Interrupted::Snapshot(self.req.name.clone()).into()),
+            false => Ok(()),
+        }
+    }
+}
+
 async fn take_into(
-    home: &Home,
-    req: &SnapshotRequest,
-    state: &VmState,
-    qmp: &Qmp,
+    at: &Taking<'_>,
     disks: &[Disk],
     tmp: &Path,
     dest: &Path,
     t0: Instant,
 ) -> Result<SnapshotReport, SnapshotError> {
+    let Taking {
+        home,
+        req,
+        state,
+        qmp,
+        cancel,
+    } = *at;
     let mapped_ram = migration::has_mapped_ram(qmp).await?;
     let method = match (state.ram_shared, req.stop, mapped_ram) {
         (true, true, _) => Method::Moved,
@@ -377,20 +412,28 @@ async fn take_into(
     match method {
         Method::Mapped => {
             let path = tmp.join(snapshot::MEMORY_FILE);
+            at.unless_interrupted()?;
             if req.stop {
                 qmp.execute("stop", None).await?;
             }
             let mut live = LiveSave::start(qmp, &path).await?;
-            test_hang("migrating");
-            live.wait_paused().await?;
+            test_hang("migrating", cancel).await;
+            // While RAM is copied the VM still runs: an interrupt abandons the copy
+            // (the error path cancels the migration and resumes the VM). With `stop`,
+            // the VM is paused already: finish.
+            tokio::select! {
+                biased;
+                r = live.wait_paused() => r?,
+                _ = cancel.cancelled(), if !req.stop => at.unless_interrupted()?,
+            }
             paused_at = Instant::now();
-            test_hang("paused");
+            test_hang("paused", cancel).await;
             moved = freeze_disks(qmp, state, disks).await?;
             let saved = live.complete().await?;
             // The UEFI variables, as the pflash device wrote them up to the pause.
             crate::firmware::vars_into_snapshot(&state.paths(home).dir, tmp, req.stop)
                 .map_err(io_err("keep the UEFI variables in", tmp))?;
-            test_hang("state-saved");
+            test_hang("state-saved", cancel).await;
             if req.stop {
                 end(qmp, state).await;
             } else {
@@ -400,15 +443,16 @@ async fn take_into(
             ram_copy = "mapped-ram";
         }
         Method::Moved | Method::Copied => {
+            at.unless_interrupted()?;
             qmp.execute("stop", None).await?;
             paused_at = Instant::now();
-            test_hang("paused");
+            test_hang("paused", cancel).await;
             moved = freeze_disks(qmp, state, disks).await?;
             let state_path = tmp.join(snapshot::STATE_FILE);
             migration::save(qmp, &state_path).await?;
             crate::firmware::vars_into_snapshot(&state.paths(home).dir, tmp, req.stop)
                 .map_err(io_err("keep the UEFI variables in", tmp))?;
-            test_hang("state-saved");
+            test_hang("state-saved", cancel).await;
             let ram_path = tmp.join(snapshot::RAM_FILE);
             if method == Method::Moved {
                 end(qmp, state).await;
@@ -435,7 +479,7 @@ async fn take_into(
         // The record says which layer the VM writes now.
         moved.save(home)?;
     }
-    test_hang("ram-copied");
+    test_hang("ram-copied", cancel).await;
 
     // Outside the pause: complete the files, hash, write the manifest, publish.
     let mut files = std::collections::BTreeMap::new();
@@ -517,7 +561,7 @@ async fn take_into(
     let bytes = manifest.to_bytes();
     fsutil::write_atomic(&mpath, &bytes).map_err(io_err("write", &mpath))?;
     fsutil::fsync_dir(tmp).map_err(io_err("sync", tmp))?;
-    test_hang("manifest-written");
+    test_hang("manifest-written", cancel).await;
     // Into the store too (chunks shared with the parent and every other snapshot).
     let store = crate::store::open(home)?;
     let _held = crate::store::lock_shared(home)?;
@@ -554,7 +598,7 @@ async fn take_into(
     }
     drop(_held);
     let stored_bytes = store.stored_bytes().unwrap_or(0);
-    test_hang("published");
+    test_hang("published", cancel).await;
     let paths = state.paths(home);
     if req.stop {
         let _ = std::fs::remove_dir_all(&paths.dir);

@@ -682,12 +682,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Some(d) => remote::exec(d, &name, &command, timeout).await?,
                 None => control::exec(&home, &name, &command, Duration::from_secs(timeout)).await?,
             };
-            if json {
-                emit(true, &out, |_| String::new())?;
-            } else {
-                std::io::stdout().write_all(out.stdout.as_bytes())?;
-                std::io::stderr().write_all(out.stderr.as_bytes())?;
-            }
+            print::exec(json, &out)?;
             return Ok(ExitCode::from(out.exit_code.clamp(0, 255) as u8));
         }
         Command::Snapshot { name, tag, stop } => {

@@ -920,8 +920,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Logs { name } => {
             thaw::vm::VmState::load(&home, &name)?;
             let path = thaw::vm::VmPaths::new(&home, &name).console();
-            let text = std::fs::read(&path)
-                .with_context(|| format!("could not read {}", path.display()))?;
+            let text = thaw::console::read(&path);
             if json {
                 let doc =
                     serde_json::json!({ "name": name, "console": String::from_utf8_lossy(&text) });

@@ -18,6 +18,7 @@ pub mod agent;
 pub mod bench;
 pub mod boot;
 pub mod clone;
+pub mod console;
 pub mod control;
 pub mod disk;
 pub mod display;

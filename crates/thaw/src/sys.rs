@@ -98,6 +98,7 @@ unsafe fn keep_console(
     unsafe {
         libc::setsid();
         let _ = libc::prctl(libc::PR_SET_NAME, c"thaw-console".as_ptr());
+        rename_command_line(b"thaw-console");
         for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGPIPE] {
             libc::signal(sig, libc::SIG_DFL);
         }
@@ -155,5 +156,72 @@ unsafe fn keep_console(
                 size = 0;
             }
         }
+    }
+}
+
+/// Overwrites this process's command line (what `ps` and /proc/PID/cmdline show) with
+/// `name`: a forked keeper must not look like the thaw or thawd command it was forked
+/// from (tools find thaw's processes by their command lines). The arguments' memory is
+/// found through /proc/self/stat (`arg_start`, `arg_end`); nothing is allocated.
+///
+/// # Safety
+/// Only in a forked child that will never read its arguments again.
+unsafe fn rename_command_line(name: &[u8]) {
+    let mut buf = [0u8; 4096];
+    // SAFETY: reads into a buffer on this stack; the argument area written below is
+    // this process's own, writable, and spans [arg_start, arg_end).
+    unsafe {
+        let fd = libc::open(
+            c"/proc/self/stat".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return;
+        }
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        let Some((start, end)) = arg_area(&buf[..n.max(0) as usize]) else {
+            return;
+        };
+        let len = end.saturating_sub(start);
+        if len <= name.len() {
+            return;
+        }
+        let area = std::slice::from_raw_parts_mut(start as *mut u8, len);
+        area.fill(0);
+        area[..name.len()].copy_from_slice(name);
+    }
+}
+
+/// `arg_start` and `arg_end` (fields 48 and 49) of a /proc/PID/stat line. The command
+/// name (field 2) may hold spaces and parentheses, so fields count from its last `)`.
+fn arg_area(stat: &[u8]) -> Option<(usize, usize)> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let mut fields = stat[close + 1..]
+        .split(|&b| b == b' ' || b == b'\n')
+        .filter(|f| !f.is_empty());
+    // After the name comes field 3.
+    let start = parse(fields.nth(48 - 3)?)?;
+    let end = parse(fields.next()?)?;
+    (start < end).then_some((start, end))
+}
+
+fn parse(digits: &[u8]) -> Option<usize> {
+    digits.iter().try_fold(0usize, |n, &d| {
+        d.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(usize::from(d - b'0')))
+            .flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_argument_area_is_read_from_proc_stat() {
+        let stat = std::fs::read("/proc/self/stat").unwrap();
+        let (start, end) = super::arg_area(&stat).expect("fields 48 and 49");
+        assert!(end - start >= std::env::args_os().next().unwrap().len());
+        let odd = b"7 (a) b) c) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 100 200 300\n";
+        assert_eq!(super::arg_area(odd), Some((100, 200)));
     }
 }

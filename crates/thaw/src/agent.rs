@@ -120,8 +120,8 @@ pub struct Agent {
     stream: BufReader<UnixStream>,
     /// Sync ids sent but not answered; their replies may still arrive and are skipped.
     stale_syncs: HashSet<u64>,
-    /// A request went unanswered: its reply may still come, so the next request
-    /// synchronises first.
+    /// A request went unanswered (or its wait was cut short): its reply may still
+    /// come, so the next request synchronises first.
     desynced: bool,
 }
 
@@ -274,16 +274,21 @@ impl Agent {
                 .await?;
             self.desynced = false;
         }
+        // Out of step until the reply is read: also if the caller gives up on this
+        // future (a timeout of its own) while the request is under way.
+        self.desynced = true;
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, self.request(command, arguments)).await {
-            Ok(reply) => reply,
-            Err(_) => {
-                self.desynced = true;
-                Err(AgentError::NotAnswering {
-                    command: command.to_owned(),
-                    waited: Duration::from_millis(t0.elapsed().as_millis() as u64),
-                })
+            Ok(reply) => {
+                if matches!(reply, Ok(_) | Err(AgentError::Command { .. })) {
+                    self.desynced = false;
+                }
+                reply
             }
+            Err(_) => Err(AgentError::NotAnswering {
+                command: command.to_owned(),
+                waited: Duration::from_millis(t0.elapsed().as_millis() as u64),
+            }),
         }
     }
 

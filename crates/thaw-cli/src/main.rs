@@ -734,12 +734,7 @@ async fn run(cli: Cli, interrupt: &Interrupt) -> Result<ExitCode> {
                 Some(d) => remote::exec(d, &name, &command, timeout).await?,
                 None => control::exec(&home, &name, &command, Duration::from_secs(timeout)).await?,
             };
-            if json {
-                emit(true, &out, |_| String::new())?;
-            } else {
-                std::io::stdout().write_all(out.stdout.as_bytes())?;
-                std::io::stderr().write_all(out.stderr.as_bytes())?;
-            }
+            print::exec(json, &out)?;
             return Ok(ExitCode::from(out.exit_code.clamp(0, 255) as u8));
         }
         Command::Snapshot { name, tag, stop } => {
@@ -987,8 +982,7 @@ async fn run(cli: Cli, interrupt: &Interrupt) -> Result<ExitCode> {
         Command::Logs { name } => {
             thaw::vm::VmState::load(&home, &name)?;
             let path = thaw::vm::VmPaths::new(&home, &name).console();
-            let text = std::fs::read(&path)
-                .with_context(|| format!("could not read {}", path.display()))?;
+            let text = thaw::console::read(&path);
             if json {
                 let doc =
                     serde_json::json!({ "name": name, "console": String::from_utf8_lossy(&text) });

@@ -14,6 +14,17 @@ use thaw::snapshot::take::SnapshotReport;
 use thaw::spec::PortForward;
 use thaw::vm::Origin;
 
+/// A command's output: its bytes as the guest wrote them, stdout and stderr apart
+/// (with `--json`, one document whose streams are also base64, see `ExecOutput`).
+pub fn exec(json: bool, out: &thaw::agent::ExecOutput) -> Result<()> {
+    if json {
+        return emit(true, out, |_| String::new());
+    }
+    std::io::stdout().lock().write_all(&out.stdout)?;
+    std::io::stderr().lock().write_all(&out.stderr)?;
+    Ok(())
+}
+
 /// Prints `value` as JSON, or as the text `human` gives.
 pub fn emit<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T) -> String) -> Result<()> {
     let mut out = std::io::stdout().lock();

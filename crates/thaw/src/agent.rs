@@ -33,6 +33,17 @@ pub enum AgentError {
     },
     #[error("the guest agent did not answer within {0:?}")]
     Timeout(Duration),
+    /// A request went unanswered: the guest's agent died, was stopped or hangs (its
+    /// virtio-serial port stays open on the host side, so only a deadline tells).
+    #[error("the guest agent stopped answering (no reply to {command} within {waited:?})")]
+    NotAnswering { command: String, waited: Duration },
+    #[error("the command did not finish within {0:?}")]
+    ExecTimeout(Duration),
+    #[error(
+        "the command's {stream} exceeded what the guest agent captures (16 MiB); \
+         redirect it to a file in the guest and read that in parts"
+    )]
+    OutputTruncated { stream: &'static str },
     #[error("the guest agent closed the connection")]
     Closed,
     #[error("the guest agent refused {command}: {desc}")]
@@ -41,13 +52,67 @@ pub enum AgentError {
     Protocol(String),
 }
 
-/// The result of a command run in the guest.
+/// How long one agent request may wait for its reply when the caller sets no deadline
+/// of its own (guest-set-time includes qemu-ga running `hwclock` in a new process).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The result of a command run in the guest: its output exactly as the guest wrote it.
+///
+/// In JSON (`thaw exec --json`, the API) every stream is `<stream>_base64`, lossless,
+/// and also `<stream>` as a string when its bytes are valid UTF-8.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "ExecOutputJson", try_from = "ExecOutputJson")]
 pub struct ExecOutput {
     /// The exit code; a command killed by a signal reports 128 + the signal.
     pub exit_code: i32,
-    pub stdout: String,
-    pub stderr: String,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// [`ExecOutput`] on the wire.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecOutputJson {
+    exit_code: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stdout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stderr: Option<String>,
+    #[serde(default)]
+    stdout_base64: Option<String>,
+    #[serde(default)]
+    stderr_base64: Option<String>,
+}
+
+impl From<ExecOutput> for ExecOutputJson {
+    fn from(o: ExecOutput) -> Self {
+        let b64 = |b: &[u8]| Some(base64::engine::general_purpose::STANDARD.encode(b));
+        ExecOutputJson {
+            exit_code: o.exit_code,
+            stdout_base64: b64(&o.stdout),
+            stderr_base64: b64(&o.stderr),
+            stdout: String::from_utf8(o.stdout).ok(),
+            stderr: String::from_utf8(o.stderr).ok(),
+        }
+    }
+}
+
+impl TryFrom<ExecOutputJson> for ExecOutput {
+    type Error = String;
+
+    fn try_from(j: ExecOutputJson) -> Result<Self, String> {
+        let bytes = |b64: Option<String>, text: Option<String>, name: &str| match b64 {
+            Some(b) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|e| format!("{name}_base64 is not base64: {e}")),
+            None => Ok(text.unwrap_or_default().into_bytes()),
+        };
+        Ok(ExecOutput {
+            exit_code: j.exit_code,
+            stdout: bytes(j.stdout_base64, j.stdout, "stdout")?,
+            stderr: bytes(j.stderr_base64, j.stderr, "stderr")?,
+        })
+    }
 }
 
 /// A synchronised agent session.
@@ -55,6 +120,9 @@ pub struct Agent {
     stream: BufReader<UnixStream>,
     /// Sync ids sent but not answered; their replies may still arrive and are skipped.
     stale_syncs: HashSet<u64>,
+    /// A request went unanswered (or its wait was cut short): its reply may still
+    /// come, so the next request synchronises first.
+    desynced: bool,
 }
 
 impl Agent {
@@ -78,6 +146,7 @@ impl Agent {
         let mut agent = Agent {
             stream: BufReader::new(stream),
             stale_syncs: HashSet::new(),
+            desynced: false,
         };
         agent.sync(deadline, timeout).await?;
         Ok(agent)
@@ -183,8 +252,47 @@ impl Agent {
         }
     }
 
-    /// Runs one command and returns its `return` value.
+    /// Runs one command and returns its `return` value; waits at most
+    /// [`REQUEST_TIMEOUT`] for the reply.
     pub async fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, AgentError> {
+        self.execute_until(command, arguments, Instant::now() + REQUEST_TIMEOUT)
+            .await
+    }
+
+    /// Runs one command, waiting for its reply until `deadline`. A request left
+    /// unanswered leaves the session out of step (the reply may come later), so the
+    /// next request synchronises again first.
+    pub async fn execute_until(
+        &mut self,
+        command: &str,
+        arguments: Value,
+        deadline: Instant,
+    ) -> Result<Value, AgentError> {
+        let t0 = Instant::now();
+        if self.desynced {
+            self.sync(deadline, deadline.saturating_duration_since(t0))
+                .await?;
+            self.desynced = false;
+        }
+        // Out of step until the reply is read: also if the caller gives up on this
+        // future (a timeout of its own) while the request is under way.
+        self.desynced = true;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, self.request(command, arguments)).await {
+            Ok(reply) => {
+                if matches!(reply, Ok(_) | Err(AgentError::Command { .. })) {
+                    self.desynced = false;
+                }
+                reply
+            }
+            Err(_) => Err(AgentError::NotAnswering {
+                command: command.to_owned(),
+                waited: Duration::from_millis(t0.elapsed().as_millis() as u64),
+            }),
+        }
+    }
+
+    async fn request(&mut self, command: &str, arguments: Value) -> Result<Value, AgentError> {
         let mut msg = json!({ "execute": command });
         if !arguments.is_null() {
             msg["arguments"] = arguments;
@@ -214,15 +322,36 @@ impl Agent {
         self.execute("guest-ping", Value::Null).await.map(|_| ())
     }
 
-    /// Sets the guest's clock (and its RTC) to `now`.
-    pub async fn set_time(&mut self, now: SystemTime) -> Result<(), AgentError> {
-        let ns = now
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u64;
-        self.execute("guest-set-time", json!({ "time": ns }))
+    /// Sets the guest's clock to the host's, and its RTC.
+    ///
+    /// qemu-ga sets the system clock first and then runs `hwclock -w` for the RTC; a
+    /// guest without a working `hwclock` fails the request although its clock was set.
+    /// So a refusal is checked with `guest-get-time`: a clock within `tolerance` of the
+    /// host's is what the caller needs, and only a clock still wrong fails.
+    pub async fn set_time(&mut self, tolerance: Duration) -> Result<(), AgentError> {
+        let err = match self
+            .execute(
+                "guest-set-time",
+                json!({ "time": unix_ns(SystemTime::now()) }),
+            )
             .await
-            .map(|_| ())
+        {
+            Ok(_) => return Ok(()),
+            Err(e @ AgentError::Command { .. }) => e,
+            Err(e) => return Err(e),
+        };
+        let before = unix_ns(SystemTime::now());
+        let guest = self.get_time().await?;
+        let after = unix_ns(SystemTime::now());
+        let tol = tolerance.as_nanos() as i128;
+        if guest + tol < before || guest > after + tol {
+            return Err(err);
+        }
+        tracing::info!(
+            "{}; the guest clock is set all the same",
+            crate::one_line(&err)
+        );
+        Ok(())
     }
 
     /// The guest's clock, in nanoseconds since the Unix epoch.
@@ -239,56 +368,46 @@ impl Agent {
     /// Returns whether it set the clock.
     pub async fn sync_time(&mut self, tolerance: Duration) -> Result<bool, AgentError> {
         let guest = self.get_time().await?;
-        let host = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as i128;
+        let host = unix_ns(SystemTime::now());
         tracing::debug!(offset_ms = (host - guest) / 1_000_000, "guest clock offset");
         if (host - guest).unsigned_abs() <= tolerance.as_nanos() {
             return Ok(false);
         }
-        self.set_time(SystemTime::now()).await?;
+        self.set_time(tolerance).await?;
         Ok(true)
     }
 
-    /// Runs `argv` in the guest, waits for it to exit and returns its output.
+    /// Runs `argv` in the guest, waits for it to exit and returns its output; the whole
+    /// of it, agent requests included, within `timeout`.
     pub async fn exec(
         &mut self,
         argv: &[String],
         timeout: Duration,
     ) -> Result<ExecOutput, AgentError> {
+        let deadline = Instant::now() + timeout;
         let (path, args) = argv
             .split_first()
             .ok_or_else(|| AgentError::Protocol("empty command".into()))?;
         let started = self
-            .execute(
+            .execute_until(
                 "guest-exec",
                 json!({ "path": path, "arg": args, "capture-output": true }),
+                deadline,
             )
             .await?;
         let pid = started["pid"]
             .as_i64()
             .ok_or_else(|| AgentError::Protocol(format!("guest-exec returned {started}")))?;
-        let deadline = Instant::now() + timeout;
         let mut poll = Duration::from_millis(2);
         loop {
             let status = self
-                .execute("guest-exec-status", json!({ "pid": pid }))
+                .execute_until("guest-exec-status", json!({ "pid": pid }), deadline)
                 .await?;
             if status["exited"].as_bool() == Some(true) {
-                let exit_code = match (status["exitcode"].as_i64(), status["signal"].as_i64()) {
-                    (_, Some(sig)) => 128 + sig as i32,
-                    (Some(code), None) => code as i32,
-                    (None, None) => -1,
-                };
-                return Ok(ExecOutput {
-                    exit_code,
-                    stdout: decode(&status["out-data"]),
-                    stderr: decode(&status["err-data"]),
-                });
+                return exec_output(&status);
             }
             if Instant::now() >= deadline {
-                return Err(AgentError::Timeout(timeout));
+                return Err(AgentError::ExecTimeout(timeout));
             }
             tokio::time::sleep(poll).await;
             poll = (poll * 2).min(Duration::from_millis(50));
@@ -307,11 +426,48 @@ impl Agent {
     }
 }
 
-fn decode(v: &Value) -> String {
-    v.as_str()
-        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
+/// qemu-ga keeps at most this much of each stream (`GUEST_EXEC_MAX_OUTPUT`).
+pub const AGENT_OUTPUT_CAP: usize = 16 << 20;
+
+/// The output of an exited command from its `guest-exec-status`: the bytes the guest
+/// wrote, or an error if qemu-ga cut them. Its `out-truncated` flag is not enough:
+/// qemu-ga 10.0.2 answered `false` for 17 MiB cut to 16. So a stream that fills the
+/// cap counts as cut (one that is exactly 16 MiB long cannot be told apart).
+fn exec_output(status: &Value) -> Result<ExecOutput, AgentError> {
+    let stdout = decode(&status["out-data"])?;
+    let stderr = decode(&status["err-data"])?;
+    for (flag, stream, bytes) in [
+        ("out-truncated", "stdout", &stdout),
+        ("err-truncated", "stderr", &stderr),
+    ] {
+        if status[flag].as_bool() == Some(true) || bytes.len() >= AGENT_OUTPUT_CAP {
+            return Err(AgentError::OutputTruncated { stream });
+        }
+    }
+    let exit_code = match (status["exitcode"].as_i64(), status["signal"].as_i64()) {
+        (_, Some(sig)) => 128 + sig as i32,
+        (Some(code), None) => code as i32,
+        (None, None) => -1,
+    };
+    Ok(ExecOutput {
+        exit_code,
+        stdout,
+        stderr,
+    })
+}
+
+fn decode(v: &Value) -> Result<Vec<u8>, AgentError> {
+    match v {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) => base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(|_| AgentError::Protocol(format!("output that is not base64: {s:.40}"))),
+        other => Err(AgentError::Protocol(format!("output {other:.40}"))),
+    }
+}
+
+fn unix_ns(t: SystemTime) -> i128 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i128
 }
 
 /// Sync ids only need to differ from stale ones still in the channel.
@@ -329,10 +485,79 @@ mod tests {
     use tokio::net::UnixListener;
 
     #[test]
-    fn decode_handles_missing_and_bad_data() {
-        assert_eq!(decode(&json!("aGkK")), "hi\n");
-        assert_eq!(decode(&Value::Null), "");
-        assert_eq!(decode(&json!("***")), "");
+    fn decode_keeps_bytes_and_refuses_bad_data() {
+        assert_eq!(decode(&json!("aGkK")).unwrap(), b"hi\n");
+        assert_eq!(decode(&json!("/w==")).unwrap(), [0xFF]);
+        assert!(decode(&Value::Null).unwrap().is_empty());
+        assert!(decode(&json!("***")).is_err());
+    }
+
+    #[test]
+    fn exec_output_in_json_is_lossless_and_keeps_text_fields() {
+        let out = ExecOutput {
+            exit_code: 0,
+            stdout: b"hi\n".to_vec(),
+            stderr: vec![0xFF, 0x00],
+        };
+        let v = serde_json::to_value(&out).unwrap();
+        assert_eq!(v["stdout"], "hi\n");
+        assert_eq!(v["stdout_base64"], "aGkK");
+        assert!(v.get("stderr").is_none(), "not UTF-8: no text field");
+        assert_eq!(v["stderr_base64"], "/wA=");
+        assert_eq!(serde_json::from_value::<ExecOutput>(v).unwrap(), out);
+        let old = json!({"exit_code": 1, "stdout": "a", "stderr": ""});
+        assert_eq!(
+            serde_json::from_value::<ExecOutput>(old).unwrap().stdout,
+            b"a"
+        );
+    }
+
+    #[test]
+    fn truncated_output_is_an_error() {
+        let st = json!({"exited": true, "exitcode": 0, "out-data": "aGkK", "out-truncated": true});
+        assert!(matches!(
+            exec_output(&st),
+            Err(AgentError::OutputTruncated { stream: "stdout" })
+        ));
+    }
+
+    /// A fake agent that starts a command and then stops answering (its qemu-ga died
+    /// or was stopped: the socket stays open): exec ends at its timeout saying so.
+    #[tokio::test]
+    async fn exec_ends_when_the_agent_stops_answering() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qga.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut r = BufReader::new(s);
+            let mut line = Vec::new();
+            r.read_until(b'\n', &mut line).await.unwrap();
+            let text = line.strip_prefix(&[0xFF]).unwrap_or(&line);
+            let v: Value = serde_json::from_slice(text).unwrap();
+            let id = v["arguments"]["id"].as_u64().unwrap();
+            let mut out = vec![0xFF];
+            out.extend_from_slice(format!("{{\"return\": {id}}}\n").as_bytes());
+            out.extend_from_slice(b"{\"return\": {\"pid\": 7}}\n");
+            r.get_mut().write_all(&out).await.unwrap();
+            // Read requests until the client gives up; answer none.
+            let mut sink = Vec::new();
+            while r.read_until(b'\n', &mut sink).await.unwrap_or(0) > 0 {}
+        });
+        let mut agent = Agent::connect(&path, Duration::from_secs(5)).await.unwrap();
+        let err = agent
+            .exec(
+                &["/bin/sleep".into(), "30".into()],
+                Duration::from_millis(300),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, AgentError::NotAnswering { command, .. } if command == "guest-exec-status"),
+            "{err:?}"
+        );
+        drop(agent);
+        server.await.unwrap();
     }
 
     /// A fake agent that answers only after the second sync attempt and leaves half a
@@ -388,8 +613,8 @@ mod tests {
             out,
             ExecOutput {
                 exit_code: 3,
-                stdout: "hi\n".into(),
-                stderr: String::new()
+                stdout: b"hi\n".to_vec(),
+                stderr: Vec::new()
             }
         );
         server.await.unwrap();

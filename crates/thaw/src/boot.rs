@@ -121,7 +121,7 @@ pub async fn boot_cancellable(
         let kept = kept_console(home, &req.name);
         let _ = std::fs::create_dir_all(home.root().join("logs"));
         let _ = std::fs::remove_file(&kept);
-        let _ = std::fs::rename(paths.console(), &kept);
+        let _ = std::fs::write(&kept, crate::console::read(&paths.console()));
         vm::discard(home, &req.name).await;
     }
     result

@@ -19,6 +19,7 @@ pub mod bench;
 pub mod boot;
 pub mod cancel;
 pub mod clone;
+pub mod console;
 pub mod control;
 pub mod disk;
 pub mod display;

@@ -221,7 +221,7 @@ pub async fn wait_serial(console: &Path, regex: &str, timeout: Duration) -> Resu
     let re = regex::Regex::new(regex)?;
     let deadline = Instant::now() + timeout;
     loop {
-        let text = std::fs::read(console).unwrap_or_default();
+        let text = crate::console::read(console);
         if re.is_match(&String::from_utf8_lossy(&text)) {
             return Ok(());
         }

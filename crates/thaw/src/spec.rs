@@ -246,9 +246,9 @@ impl MachineSpec {
             a.push(fixed);
         }
         // Serial console to a file.
-        let mut console = OsString::from("file,id=ser0,path=");
-        console.push(escape_commas(launch.console_log));
-        a.push("-chardev").push(console);
+        // QEMU's stdin is a socket to the console keeper (see `console`), which keeps
+        // `launch.console_log` bounded.
+        a.push("-chardev").push("socket,id=ser0,fd=0");
         a.push("-serial").push("chardev:ser0");
         // QMP.
         let mut qmp = OsString::from("socket,id=qmp0,server=on,wait=off,path=");
@@ -316,6 +316,8 @@ pub struct Launch<'a> {
     pub share_ram: bool,
     pub qmp_socket: &'a Path,
     pub agent_socket: &'a Path,
+    /// Where the console keeper writes the serial console (QEMU itself writes it to
+    /// its stdin, see [`crate::console`]).
     pub console_log: &'a Path,
     pub vmgenid: Uuid,
     /// Start paused, waiting for `migrate-incoming`.
@@ -386,7 +388,7 @@ mod tests {
             ram: Path::new("/h/vms/web/ram"),
             ram_offset: 0,
             share_ram: share,
-            qmp_socket: Path::new("/h/vms/web/qmp.sock"),
+            qmp_socket: Path::new("/h/vms/web,x/qmp.sock"),
             agent_socket: Path::new("/h/vms/web/qga.sock"),
             console_log: Path::new("/h/vms/web,x/console.log"),
             vmgenid: Uuid::nil(),
@@ -416,9 +418,10 @@ mod tests {
         assert!(argv.contains("-smp 2"));
         assert!(!argv.contains("-incoming"));
         assert!(
-            argv.contains("path=/h/vms/web,,x/console.log"),
+            argv.contains("path=/h/vms/web,,x/qmp.sock"),
             "commas escaped: {argv}"
         );
+        assert!(argv.contains("-chardev socket,id=ser0,fd=0 -serial chardev:ser0"));
         assert!(argv.contains("-netdev user,id=net0,hostfwd=tcp:127.0.0.1:40001-:6379"));
         assert!(argv.contains("virtio-net-pci,netdev=net0"));
         assert!(

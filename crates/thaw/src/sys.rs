@@ -27,3 +27,201 @@ pub fn kill_with_parent(cmd: &mut Command) {
         });
     }
 }
+
+/// Starts the console keeper of a VM: a process of its own that reads what QEMU writes
+/// to the serial port from `from` (QEMU holds the other end of this socket) and
+/// appends it to `name` in the directory `dir`. When that file reaches `segment` bytes
+/// it is renamed to `old` (replacing the one before) and a new one starts, so the two
+/// hold the newest output and never more than about `2 * segment` bytes. It ends when
+/// `from` reaches end of file, that is when QEMU has exited (or closed the socket).
+///
+/// The keeper is forked twice (so no one has to reap it) and never execs: it runs a
+/// loop of plain system calls, in a session of its own (no terminal's signals reach
+/// it), with every other descriptor closed (it must not keep another VM's QMP or agent
+/// connection open). It works relative to a descriptor of `dir`, so a VM directory
+/// that moves (a pool clone given its name) keeps its console.
+pub fn start_console_keeper(
+    from: std::os::fd::OwnedFd,
+    dir: &std::path::Path,
+    name: &std::ffi::CStr,
+    old: &std::ffi::CStr,
+    segment: u64,
+) -> std::io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    use std::os::fd::AsRawFd;
+    let dir = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let (from_fd, dir_fd) = (from.as_raw_fd(), dir.as_raw_fd());
+    // SAFETY: fork in a multi-threaded process: the child (and its child) only make
+    // async-signal-safe system calls through libc (fork, _exit, setsid, dup2, close,
+    // close_range, sigaction defaults, prctl, openat, read, write, renameat, lseek) on
+    // memory prepared before the fork (the names) or on its own stack; it allocates
+    // nothing and takes no lock, and never returns into the parent's code.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => unsafe {
+            // SAFETY: see above; the intermediate child exits at once, the keeper
+            // (its child) is reparented to init or the nearest subreaper.
+            if libc::fork() != 0 {
+                libc::_exit(0);
+            }
+            keep_console(from_fd, dir_fd, name, old, segment)
+        },
+        pid => {
+            let mut status = 0;
+            // SAFETY: waits for the intermediate child, which exits at once.
+            while unsafe { libc::waitpid(pid, &mut status, 0) } == -1
+                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+            {
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The console keeper's loop (see [`start_console_keeper`]); never returns.
+///
+/// # Safety
+/// Only in a forked child: it takes over descriptors 0 and 1 and closes all others.
+unsafe fn keep_console(
+    from: i32,
+    dir: i32,
+    name: &std::ffi::CStr,
+    old: &std::ffi::CStr,
+    segment: u64,
+) -> ! {
+    // SAFETY: plain system calls on descriptors this process owns after the fork.
+    unsafe {
+        libc::setsid();
+        let _ = libc::prctl(libc::PR_SET_NAME, c"thaw-console".as_ptr());
+        rename_command_line(b"thaw-console");
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGPIPE] {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+        if libc::dup2(from, 0) < 0 || libc::dup2(dir, 1) < 0 {
+            libc::_exit(1);
+        }
+        if libc::close_range(2, libc::c_uint::MAX, 0) != 0 {
+            for fd in 2..4096 {
+                libc::close(fd);
+            }
+        }
+        let open = |trunc: i32| {
+            libc::openat(
+                1,
+                name.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_CLOEXEC | trunc,
+                0o644,
+            )
+        };
+        let mut log = open(0);
+        let mut size = if log >= 0 {
+            libc::lseek(log, 0, libc::SEEK_END).max(0) as u64
+        } else {
+            0
+        };
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            let n = libc::read(0, buf.as_mut_ptr().cast(), buf.len());
+            if n == 0 {
+                libc::_exit(0);
+            }
+            if n < 0 {
+                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                libc::_exit(1);
+            }
+            let n = n as usize;
+            let mut done = 0;
+            // A full disk or a removed directory loses output, never blocks QEMU.
+            while log >= 0 && done < n {
+                let w = libc::write(log, buf[done..n].as_ptr().cast(), n - done);
+                if w <= 0 {
+                    break;
+                }
+                done += w as usize;
+            }
+            size += n as u64;
+            if size >= segment {
+                libc::renameat(1, name.as_ptr(), 1, old.as_ptr());
+                if log >= 0 {
+                    libc::close(log);
+                }
+                log = open(libc::O_TRUNC);
+                size = 0;
+            }
+        }
+    }
+}
+
+/// Overwrites this process's command line (what `ps` and /proc/PID/cmdline show) with
+/// `name`: a forked keeper must not look like the thaw or thawd command it was forked
+/// from (tools find thaw's processes by their command lines). The arguments' memory is
+/// found through /proc/self/stat (`arg_start`, `arg_end`); nothing is allocated.
+///
+/// # Safety
+/// Only in a forked child that will never read its arguments again.
+unsafe fn rename_command_line(name: &[u8]) {
+    let mut buf = [0u8; 4096];
+    // SAFETY: reads into a buffer on this stack; the argument area written below is
+    // this process's own, writable, and spans [arg_start, arg_end).
+    unsafe {
+        let fd = libc::open(
+            c"/proc/self/stat".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return;
+        }
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        let Some((start, end)) = arg_area(&buf[..n.max(0) as usize]) else {
+            return;
+        };
+        let len = end.saturating_sub(start);
+        if len <= name.len() {
+            return;
+        }
+        let area = std::slice::from_raw_parts_mut(start as *mut u8, len);
+        area.fill(0);
+        area[..name.len()].copy_from_slice(name);
+    }
+}
+
+/// `arg_start` and `arg_end` (fields 48 and 49) of a /proc/PID/stat line. The command
+/// name (field 2) may hold spaces and parentheses, so fields count from its last `)`.
+fn arg_area(stat: &[u8]) -> Option<(usize, usize)> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let mut fields = stat[close + 1..]
+        .split(|&b| b == b' ' || b == b'\n')
+        .filter(|f| !f.is_empty());
+    // After the name comes field 3.
+    let start = parse(fields.nth(48 - 3)?)?;
+    let end = parse(fields.next()?)?;
+    (start < end).then_some((start, end))
+}
+
+fn parse(digits: &[u8]) -> Option<usize> {
+    digits.iter().try_fold(0usize, |n, &d| {
+        d.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(usize::from(d - b'0')))
+            .flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_argument_area_is_read_from_proc_stat() {
+        let stat = std::fs::read("/proc/self/stat").unwrap();
+        let (start, end) = super::arg_area(&stat).expect("fields 48 and 49");
+        assert!(end - start >= std::env::args_os().next().unwrap().len());
+        let odd = b"7 (a) b) c) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 100 200 300\n";
+        assert_eq!(super::arg_area(odd), Some((100, 200)));
+    }
+}

@@ -7,7 +7,7 @@
 //! can end it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -209,13 +209,17 @@ pub async fn spawn(
         .map_err(VmError::io("open", &paths.qemu_log()))?;
     let argv = spec.argv(launch);
     tracing::debug!(?argv, "starting QEMU");
+    let console = crate::console::start_keeper(launch.console_log).map_err(VmError::io(
+        "start the console keeper for",
+        launch.console_log,
+    ))?;
     let mut cmd = Command::new(&qemu.binary);
     if kill_with_parent {
         crate::sys::kill_with_parent(&mut cmd);
     }
     let mut child = cmd
         .args(&argv)
-        .stdin(Stdio::null())
+        .stdin(console)
         .stdout(log)
         .stderr(log2)
         .process_group(0)

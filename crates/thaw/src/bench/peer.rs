@@ -13,7 +13,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -199,9 +199,11 @@ pub async fn spawn(qemu: &Qemu, l: &PeerLaunch<'_>) -> Result<PeerVm, CompareErr
     let log2 = log
         .try_clone()
         .map_err(|e| CompareError::io("open", &paths.qemu_log(), e))?;
+    let console = crate::console::start_keeper(&paths.console())
+        .map_err(|e| CompareError::io("start the console keeper for", &paths.console(), e))?;
     let mut child = Command::new(&qemu.binary)
         .args(&argv)
-        .stdin(Stdio::null())
+        .stdin(console)
         .stdout(log)
         .stderr(log2)
         .spawn()

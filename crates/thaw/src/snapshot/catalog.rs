@@ -337,3 +337,35 @@ pub fn publish(home: &Home, tmp: &Path, tag: &SnapshotTag) -> Result<(), Publish
     }
     fsutil::fsync_dir(&home.snapshots_dir()).map_err(io)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two snapshots of one tag: the second used to be renamed over the first and fail
+    /// with "Directory not empty (os error 39)".
+    #[test]
+    fn publishing_a_taken_tag_says_it_exists_and_keeps_both() {
+        let d = tempfile::tempdir().unwrap();
+        let home = Home::new(d.path());
+        home.ensure().unwrap();
+        let tag: SnapshotTag = "t".parse().unwrap();
+        let (a, b) = (
+            home.snapshots_dir().join(".tmp-a"),
+            home.snapshots_dir().join(".tmp-b"),
+        );
+        for (dir, word) in [(&a, "first"), (&b, "second")] {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::write(dir.join("marker"), word).unwrap();
+        }
+        publish(&home, &a, &tag).unwrap();
+        let err = publish(&home, &b, &tag).unwrap_err();
+        assert_eq!(err.to_string(), "a snapshot named t already exists");
+        let published = std::fs::read_to_string(home.snapshot_dir(&tag).join("marker"));
+        assert_eq!(published.unwrap(), "first");
+        assert!(
+            b.join("marker").is_file(),
+            "the loser's files are its own to remove"
+        );
+    }
+}

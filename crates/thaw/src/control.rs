@@ -59,57 +59,69 @@ pub struct VmInfo {
 pub async fn list(home: &Home) -> Vec<VmInfo> {
     // What a killed `thaw reset` left would otherwise run unlisted.
     crate::reset::recover_interrupted(home);
-    let mut out = Vec::new();
-    for name in vm::list_names(home) {
-        let Ok(state) = VmState::load(home, &name) else {
-            // No readable record: thaw died between starting QEMU and writing it (or
-            // while claiming the name). Dead unless a QEMU runs from the directory,
-            // which no command could then manage but `thaw stop`.
-            let running = vm::pids_using(&home.vm_dir(&name)).first().copied();
-            out.push(VmInfo {
-                name,
-                pid: running,
-                state: if running.is_some() {
-                    "unresponsive"
-                } else {
-                    "dead"
-                }
-                .into(),
-                qemu_status: None,
-                origin: None,
-                memory_mib: None,
-                cpus: None,
-                created_unix_ms: None,
-                ports: Vec::new(),
-                vnc: None,
-            });
-            continue;
-        };
-        let (st, qemu_status) = if !state.is_alive() {
-            ("dead".to_owned(), None)
-        } else {
-            match query_status(&state.paths(home)).await {
-                Some(s) => (
-                    if s == "running" { "running" } else { "paused" }.to_owned(),
-                    Some(s),
-                ),
-                None => ("unresponsive".to_owned(), None),
-            }
-        };
-        out.push(VmInfo {
-            name,
-            pid: Some(state.pid),
-            state: st,
-            qemu_status,
-            origin: Some(state.origin.clone()),
-            memory_mib: Some(state.spec.memory_mib),
-            cpus: Some(state.spec.cpus),
-            created_unix_ms: Some(state.created_unix_ms),
-            ports: state.ports.clone(),
-            vnc: state.vnc,
-        });
+    // Every VM is asked at once: one whose QMP is busy (a restore or snapshot holds
+    // it) costs the listing its 2 s timeout once, not once per VM.
+    let mut asked = tokio::task::JoinSet::new();
+    for (i, name) in vm::list_names(home).into_iter().enumerate() {
+        let home = home.clone();
+        asked.spawn(async move { (i, info(&home, name).await) });
     }
-    out
+    let mut out = Vec::new();
+    while let Some(joined) = asked.join_next().await {
+        out.push(joined.expect("listing a VM panicked"));
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, info)| info).collect()
+}
+
+/// One VM as [`list`] shows it.
+async fn info(home: &Home, name: VmName) -> VmInfo {
+    let Ok(state) = VmState::load(home, &name) else {
+        // No readable record: thaw died between starting QEMU and writing it (or
+        // while claiming the name). Dead unless a QEMU runs from the directory,
+        // which no command could then manage but `thaw stop`.
+        let running = vm::pids_using(&home.vm_dir(&name)).first().copied();
+        return VmInfo {
+            name,
+            pid: running,
+            state: if running.is_some() {
+                "unresponsive"
+            } else {
+                "dead"
+            }
+            .into(),
+            qemu_status: None,
+            origin: None,
+            memory_mib: None,
+            cpus: None,
+            created_unix_ms: None,
+            ports: Vec::new(),
+            vnc: None,
+        };
+    };
+    let (st, qemu_status) = if !state.is_alive() {
+        ("dead".to_owned(), None)
+    } else {
+        match query_status(&state.paths(home)).await {
+            Some(s) => (
+                if s == "running" { "running" } else { "paused" }.to_owned(),
+                Some(s),
+            ),
+            None => ("unresponsive".to_owned(), None),
+        }
+    };
+    VmInfo {
+        name,
+        pid: Some(state.pid),
+        state: st,
+        qemu_status,
+        origin: Some(state.origin.clone()),
+        memory_mib: Some(state.spec.memory_mib),
+        cpus: Some(state.spec.cpus),
+        created_unix_ms: Some(state.created_unix_ms),
+        ports: state.ports.clone(),
+        vnc: state.vnc,
+    }
 }
 
 /// QEMU's run state; a running VM's migration that a killed snapshot left is

@@ -148,9 +148,12 @@ pub async fn restore_cancellable(
     if req.paused && (req.exec_after.is_some() || req.ready != ReadySpec::default()) {
         return Err(RestoreError::PausedReady);
     }
-    // Clones taken from the pool claim their names by moving there (one rename);
-    // the others claim theirs now, before any QEMU starts.
-    let claim = if all_pooled {
+    // A clone taken from the pool under the name asked for claims it by moving there
+    // (one rename); the others claim theirs now, before any QEMU starts. Derived
+    // names (`<tag>-<i>`) are claimed now even from the pool: two requests at once
+    // would otherwise both pick the first free one, and the loser of the move fail
+    // instead of taking the next.
+    let claim = if all_pooled && req.name.is_some() && req.count == 1 {
         Claim::AtTake
     } else {
         Claim::Now

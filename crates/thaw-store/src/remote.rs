@@ -12,14 +12,23 @@
 //! push of a 4 GiB RAM image is 65,536 chunks, 65,536 HEADs but at most 66 list
 //! pages. The cost is listing chunks that other snapshots use, which stays
 //! small next to uploading.
+//!
+//! Every request has a deadline, retries included ([`RemoteConfig::request_timeout`],
+//! `THAW_S3_TIMEOUT`), and every connection attempt one of its own
+//! ([`RemoteConfig::connect_timeout`], `THAW_S3_CONNECT_TIMEOUT`): a server that
+//! accepts connections and never answers fails a push or pull with
+//! [`RemoteError::Timeout`] instead of holding it for minutes.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
+use object_store::client::{HttpError, HttpErrorKind};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 
 use crate::chunk::{self, ChunkDefect, MAX_CHUNK_SIZE};
 use crate::fsio::IoError;
@@ -31,6 +40,12 @@ use crate::{ChunkId, Progress, Store};
 
 /// Uploads or downloads in flight at once.
 const PARALLEL_TRANSFERS: usize = 8;
+
+/// How long one connection attempt may take unless `THAW_S3_CONNECT_TIMEOUT` says.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one request may take, retries included, unless `THAW_S3_TIMEOUT` says.
+/// A chunk is at most 16 MiB: 30 s is 0.5 MB/s.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a remote is and how to reach it.
 #[derive(Clone, PartialEq, Eq)]
@@ -48,6 +63,11 @@ pub struct RemoteConfig {
     pub session_token: Option<String>,
     /// Region; `us-east-1` unless told otherwise.
     pub region: String,
+    /// How long one attempt to open a connection may take.
+    pub connect_timeout: Duration,
+    /// How long one request may take from its start to its last byte, retries
+    /// included; past it the request fails with [`RemoteError::Timeout`].
+    pub request_timeout: Duration,
 }
 
 impl std::fmt::Debug for RemoteConfig {
@@ -66,6 +86,8 @@ impl std::fmt::Debug for RemoteConfig {
                 &self.session_token.as_ref().map(|_| "<redacted>"),
             )
             .field("region", &self.region)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
             .finish()
     }
 }
@@ -75,6 +97,8 @@ impl std::fmt::Debug for RemoteConfig {
 pub enum RemoteConfigError {
     #[error("invalid remote {url:?}: {why} (expected s3://bucket/prefix)")]
     Url { url: String, why: String },
+    #[error("{name}={value:?} is not a number of seconds above 0")]
+    Timeout { name: &'static str, value: String },
     #[error("cannot set up the S3 client for {url}")]
     Client {
         url: String,
@@ -84,8 +108,8 @@ pub enum RemoteConfigError {
 }
 
 impl RemoteConfig {
-    /// Parses `s3://bucket[/prefix]`, with no endpoint or credentials and region
-    /// `us-east-1`.
+    /// Parses `s3://bucket[/prefix]`, with no endpoint or credentials, region
+    /// `us-east-1` and the default timeouts.
     ///
     /// # Errors
     /// Not an `s3://` URL, or the bucket name or prefix is not valid.
@@ -122,15 +146,19 @@ impl RemoteConfig {
             secret_access_key: None,
             session_token: None,
             region: "us-east-1".into(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         })
     }
 
     /// Parses `url` and takes the endpoint and credentials from the environment:
     /// `THAW_S3_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-    /// `AWS_SESSION_TOKEN`, and `AWS_REGION` (default `us-east-1`).
+    /// `AWS_SESSION_TOKEN`, and `AWS_REGION` (default `us-east-1`); and the
+    /// timeouts in seconds (decimals allowed): `THAW_S3_CONNECT_TIMEOUT` (default
+    /// 5) and `THAW_S3_TIMEOUT` (default 30).
     ///
     /// # Errors
-    /// As [`RemoteConfig::parse`].
+    /// As [`RemoteConfig::parse`], or a timeout is not a positive number.
     pub fn from_env(url: &str) -> Result<RemoteConfig, RemoteConfigError> {
         let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
         let mut config = RemoteConfig::parse(url)?;
@@ -140,6 +168,14 @@ impl RemoteConfig {
         config.session_token = var("AWS_SESSION_TOKEN");
         if let Some(region) = var("AWS_REGION") {
             config.region = region;
+        }
+        for (name, slot) in [
+            ("THAW_S3_CONNECT_TIMEOUT", &mut config.connect_timeout),
+            ("THAW_S3_TIMEOUT", &mut config.request_timeout),
+        ] {
+            if let Some(value) = var(name) {
+                *slot = parse_seconds(&value).ok_or(RemoteConfigError::Timeout { name, value })?;
+            }
         }
         Ok(config)
     }
@@ -153,9 +189,30 @@ impl RemoteConfig {
     }
 }
 
+/// `"2"`, `"0.5"`: a finite number of seconds above 0 (and below a year).
+fn parse_seconds(value: &str) -> Option<Duration> {
+    let secs: f64 = value.trim().parse().ok()?;
+    (secs > 0.0 && secs < 365.0 * 86_400.0).then(|| Duration::from_secs_f64(secs))
+}
+
+/// `2 s`, `0.5 s`.
+fn seconds(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
+}
+
 /// A request to the remote failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
+    #[error(
+        "{endpoint} did not answer within {} ({step} {key}); THAW_S3_TIMEOUT sets the limit",
+        seconds(*limit)
+    )]
+    Timeout {
+        endpoint: String,
+        step: &'static str,
+        key: String,
+        limit: Duration,
+    },
     #[error("cannot {step} {key}")]
     Request {
         step: &'static str,
@@ -174,6 +231,9 @@ pub struct Remote {
     client: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
     url: String,
+    /// The server's URL, for messages.
+    endpoint: String,
+    request_timeout: Duration,
 }
 
 impl std::fmt::Debug for Remote {
@@ -189,9 +249,21 @@ impl Remote {
     /// # Errors
     /// The client cannot be built from `config`.
     pub fn new(config: &RemoteConfig) -> Result<Remote, RemoteConfigError> {
+        // The request's own deadline ([`Remote::within`]) bounds the whole of it;
+        // object_store's per-attempt timeout and retry window are set to the same
+        // limit so that no retry starts after it (by default they allow 3 minutes).
+        let options = ClientOptions::new()
+            .with_connect_timeout(config.connect_timeout)
+            .with_timeout(config.request_timeout);
+        let retry = RetryConfig {
+            retry_timeout: config.request_timeout,
+            ..RetryConfig::default()
+        };
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(&config.bucket)
-            .with_region(&config.region);
+            .with_region(&config.region)
+            .with_client_options(options)
+            .with_retry(retry);
         if let Some(endpoint) = &config.endpoint {
             builder = builder
                 .with_endpoint(endpoint)
@@ -216,10 +288,16 @@ impl Remote {
             url: config.url(),
             why: e.to_string(),
         })?;
+        let endpoint = match &config.endpoint {
+            Some(endpoint) => endpoint.clone(),
+            None => format!("https://s3.{}.amazonaws.com", config.region),
+        };
         Ok(Remote {
             client: Arc::new(client),
             prefix,
             url: config.url(),
+            endpoint,
+            request_timeout: config.request_timeout,
         })
     }
 
@@ -263,17 +341,59 @@ impl Remote {
         format!("s3://{bucket}/{key}")
     }
 
+    /// Runs `request` (`step` on `key`) within the request timeout.
+    async fn within<T>(
+        &self,
+        step: &'static str,
+        key: &ObjectPath,
+        request: impl Future<Output = Result<T, RemoteError>>,
+    ) -> Result<T, RemoteError> {
+        let timeout = || RemoteError::Timeout {
+            endpoint: self.endpoint.clone(),
+            step,
+            key: self.describe(key),
+            limit: self.request_timeout,
+        };
+        match tokio::time::timeout(self.request_timeout, request).await {
+            Err(_elapsed) => Err(timeout()),
+            // object_store's own per-attempt timeout can fire on the same tick.
+            Ok(Err(RemoteError::Request { source, .. })) if timed_out(&source) => Err(timeout()),
+            Ok(result) => result,
+        }
+    }
+
+    fn request_err(
+        &self,
+        step: &'static str,
+        key: &ObjectPath,
+    ) -> impl Fn(object_store::Error) -> RemoteError + '_ {
+        let key = self.describe(key);
+        move |source| RemoteError::Request {
+            step,
+            key: key.clone(),
+            source: Box::new(source),
+        }
+    }
+
+    /// The objects under `dir`, one listing page at a time, each page within the
+    /// request timeout.
+    async fn list(&self, dir: &ObjectPath) -> Result<Vec<object_store::ObjectMeta>, RemoteError> {
+        let mut listing = self.client.list(Some(dir));
+        let mut metas = Vec::new();
+        let err = self.request_err("list", dir);
+        while let Some(meta) = self
+            .within("list", dir, async { Ok(listing.next().await) })
+            .await?
+        {
+            metas.push(meta.map_err(&err)?);
+        }
+        Ok(metas)
+    }
+
     /// Every chunk the remote holds, with its stored size.
     async fn list_chunks(&self) -> Result<HashMap<ChunkId, u64>, RemoteError> {
-        let dir = self.chunks_dir();
-        let mut listing = self.client.list(Some(&dir));
         let mut chunks = HashMap::new();
-        while let Some(meta) = listing.next().await {
-            let meta = meta.map_err(|source| RemoteError::Request {
-                step: "list",
-                key: self.describe(&dir),
-                source: Box::new(source),
-            })?;
+        for meta in self.list(&self.chunks_dir()).await? {
             if let Some(id) = meta
                 .location
                 .filename()
@@ -285,52 +405,62 @@ impl Remote {
         Ok(chunks)
     }
 
-    /// The object at `key`, refused past `limit` bytes; `None` if absent.
+    /// The object at `key`, refused past `limit` bytes; `None` if absent. The
+    /// request and its body together get one request timeout.
     async fn get_capped(
         &self,
         key: &ObjectPath,
         limit: u64,
     ) -> Result<Option<Vec<u8>>, RemoteError> {
-        let request_err = |step, source| RemoteError::Request {
-            step,
-            key: self.describe(key),
-            source: Box::new(source),
-        };
-        let result = match self.client.get(key).await {
-            Ok(result) => result,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(request_err("get", e)),
-        };
-        let too_large = || RemoteError::TooLarge {
-            key: self.describe(key),
-            limit,
-        };
-        if result.meta.size > limit {
-            return Err(too_large());
-        }
-        let mut body = result.into_stream();
-        let mut bytes = Vec::new();
-        while let Some(piece) = body.next().await {
-            let piece = piece.map_err(|e| request_err("read", e))?;
-            if (bytes.len() + piece.len()) as u64 > limit {
+        self.within("get", key, async {
+            let result = match self.client.get(key).await {
+                Ok(result) => result,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(self.request_err("get", key)(e)),
+            };
+            let too_large = || RemoteError::TooLarge {
+                key: self.describe(key),
+                limit,
+            };
+            if result.meta.size > limit {
                 return Err(too_large());
             }
-            bytes.extend_from_slice(&piece);
-        }
-        Ok(Some(bytes))
+            let mut body = result.into_stream();
+            let mut bytes = Vec::new();
+            while let Some(piece) = body.next().await {
+                let piece = piece.map_err(self.request_err("read", key))?;
+                if (bytes.len() + piece.len()) as u64 > limit {
+                    return Err(too_large());
+                }
+                bytes.extend_from_slice(&piece);
+            }
+            Ok(Some(bytes))
+        })
+        .await
     }
 
     async fn put(&self, key: &ObjectPath, bytes: Vec<u8>) -> Result<(), RemoteError> {
-        self.client
-            .put(key, PutPayload::from(bytes))
-            .await
-            .map(drop)
-            .map_err(|source| RemoteError::Request {
-                step: "put",
-                key: self.describe(key),
-                source: Box::new(source),
-            })
+        self.within("put", key, async {
+            self.client
+                .put(key, PutPayload::from(bytes))
+                .await
+                .map(drop)
+                .map_err(self.request_err("put", key))
+        })
+        .await
     }
+}
+
+/// Whether object_store gave up on `error` because an attempt ran out of time.
+fn timed_out(error: &object_store::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(http) = e.downcast_ref::<HttpError>() {
+            return http.kind() == HttpErrorKind::Timeout;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// What [`push`] did.
@@ -528,17 +658,7 @@ pub async fn fetch_manifest(remote: &Remote, name: &str) -> Result<Vec<u8>, Pull
 /// # Errors
 /// The listing request fails.
 pub async fn list_remote_manifests(remote: &Remote) -> Result<Vec<String>, RemoteError> {
-    let dir = remote.manifests_dir();
-    let metas: Vec<_> = remote
-        .client
-        .list(Some(&dir))
-        .try_collect()
-        .await
-        .map_err(|source| RemoteError::Request {
-            step: "list",
-            key: remote.describe(&dir),
-            source: Box::new(source),
-        })?;
+    let metas = remote.list(&remote.manifests_dir()).await?;
     let mut names: Vec<String> = metas
         .iter()
         .filter_map(|m| {
@@ -717,6 +837,20 @@ mod tests {
         ] {
             assert!(RemoteConfig::parse(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn timeouts_default_well_under_a_minute_and_parse_as_seconds() {
+        let c = RemoteConfig::parse("s3://bucket").unwrap();
+        assert!(c.connect_timeout < c.request_timeout);
+        assert!(c.request_timeout < Duration::from_secs(60));
+        assert_eq!(parse_seconds("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_seconds(" 0.5 "), Some(Duration::from_millis(500)));
+        for bad in ["", "0", "-1", "soon", "inf", "NaN", "1e12"] {
+            assert_eq!(parse_seconds(bad), None, "{bad:?} accepted");
+        }
+        assert_eq!(seconds(Duration::from_secs(2)), "2 s");
+        assert_eq!(seconds(Duration::from_millis(1500)), "1.5 s");
     }
 
     #[test]

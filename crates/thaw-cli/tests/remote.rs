@@ -118,9 +118,10 @@ fn pull_killing(
 fn a_garage_node_stopped_during_a_pull_leaves_a_whole_snapshot_or_none() {
     let mut cluster = common::s3::Garage::start();
     cluster.create_bucket("thaw");
-    let node0 = cluster.env(0);
+    let to_node0 = cluster.env(0);
+    let endpoint0 = cluster.endpoint(0);
     let on = |env: Env| {
-        node0
+        to_node0
             .clone()
             .into_iter()
             .fold(env, |e, (k, v)| e.with_env(&k, &v))
@@ -163,6 +164,13 @@ fn a_garage_node_stopped_during_a_pull_leaves_a_whole_snapshot_or_none() {
         c.ok(&["stop", "--all"]);
     } else {
         run.fails_with("cannot pull from s3://thaw/fleet");
+        let said = |what: &str| run.stderr.contains(&format!("{endpoint0} {what}"));
+        assert!(
+            said("did not answer within 10 s")
+                || run.stderr.contains(&format!("cannot reach {endpoint0} ")),
+            "the line says the endpoint is gone: {}",
+            run.stderr
+        );
         assert!(!c.listed("s"), "a failed pull lists no snapshot");
         assert!(
             !c.snapshot_dirs()

@@ -243,11 +243,14 @@ impl Remote {
         let mut listing = self.client.list(Some(dir));
         let mut metas = Vec::new();
         let err = self.request_err("list", dir);
+        // The page's error goes through `within` too, to be classified.
         while let Some(meta) = self
-            .within("list", dir, async { Ok(listing.next().await) })
+            .within("list", dir, async {
+                listing.next().await.transpose().map_err(&err)
+            })
             .await?
         {
-            metas.push(meta.map_err(&err)?);
+            metas.push(meta);
         }
         Ok(metas)
     }

@@ -1,7 +1,7 @@
 //! Two hosts: network namespaces A and B, each with its own thawd, `$THAW_HOME` and
-//! guest cache, and an S3 server in a third, S. A snapshot made on A is pushed, pulled
-//! on B (which has no copy of the guest files) and restored there; the clone has A's
-//! state.
+//! guest cache, and an S3 server in a third, S: s3s-fs, or (with `--features garage`)
+//! a three-node Garage cluster. A snapshot made on A is pushed, pulled on B (which
+//! has no copy of the guest files) and restored there; the clone has A's state.
 
 mod common;
 
@@ -84,6 +84,8 @@ struct Host {
     /// Its own guest cache (B), or the machine's (A, where the guest was built).
     cache: Option<tempfile::TempDir>,
     endpoint: String,
+    /// Access key id and secret.
+    keys: (&'static str, &'static str),
     daemon: Option<Child>,
 }
 
@@ -94,8 +96,8 @@ impl Host {
             .args(args)
             .env("THAW_HOME", self.home.path())
             .env("THAW_S3_ENDPOINT", &self.endpoint)
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("AWS_ACCESS_KEY_ID", self.keys.0)
+            .env("AWS_SECRET_ACCESS_KEY", self.keys.1)
             .env("AWS_REGION", "us-east-1")
             .env_remove("THAW_NO_DAEMON")
             .env_remove("THAW_LOG");
@@ -166,18 +168,57 @@ impl Drop for Host {
     }
 }
 
+/// An S3 server running in namespace S: what keeps it running, its port, its keys.
+struct Server {
+    _running: Box<dyn std::any::Any>,
+    port: u16,
+    keys: (&'static str, &'static str),
+}
+
+/// s3s-fs, with bucket `thaw`.
+fn s3s_fs_in(ns: &str) -> Server {
+    let server = S3Server::start_on("0.0.0.0", Some(&["ip", "netns", "exec", ns]));
+    let port = server.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    Server {
+        _running: Box::new(server),
+        port,
+        keys: (ACCESS_KEY, SECRET_KEY),
+    }
+}
+
 #[test]
 fn a_snapshot_made_on_host_a_restores_on_host_b() {
+    a_snapshot_made_on_host_a_restores_on_host_b_through(s3s_fs_in);
+}
+
+/// Three Garage nodes in S, with bucket `thaw`; the hosts talk to the first.
+#[cfg(feature = "garage")]
+#[test]
+fn a_snapshot_made_on_host_a_restores_on_host_b_through_garage() {
+    use common::s3::{garage, Garage};
+    a_snapshot_made_on_host_a_restores_on_host_b_through(|ns| {
+        let cluster = Garage::start_on("0.0.0.0", &["ip", "netns", "exec", ns]);
+        cluster.create_bucket("thaw");
+        Server {
+            port: cluster.nodes[0].s3_port,
+            _running: Box::new(cluster),
+            keys: (garage::GARAGE_ACCESS_KEY, garage::GARAGE_SECRET_KEY),
+        }
+    });
+}
+
+fn a_snapshot_made_on_host_a_restores_on_host_b_through(start: impl FnOnce(&str) -> Server) {
     // The default guest for A, built into A's cache from the shared one.
     let _guest = common::Env::new();
     let net = Net::new();
-    let server = S3Server::start_on("0.0.0.0", Some(&["ip", "netns", "exec", &net.names[0]]));
-    let port = server.endpoint.rsplit(':').next().unwrap().to_owned();
+    let server = start(&net.names[0]);
+    let port = server.port;
     let host = |ns: &str, subnet: u8, cache| Host {
         ns: ns.to_owned(),
         home: tempfile::tempdir().unwrap(),
         cache,
         endpoint: format!("http://10.77.{subnet}.1:{port}"),
+        keys: server.keys,
         daemon: None,
     };
     // A has the guest (the machine's cache); B has a cache of its own, empty.

@@ -12,14 +12,25 @@
 //! push of a 4 GiB RAM image is 65,536 chunks, 65,536 HEADs but at most 66 list
 //! pages. The cost is listing chunks that other snapshots use, which stays
 //! small next to uploading.
+//!
+//! Every request has a deadline, retries included ([`RemoteConfig::request_timeout`],
+//! `THAW_S3_TIMEOUT`), and every connection attempt one of its own
+//! ([`RemoteConfig::connect_timeout`], `THAW_S3_CONNECT_TIMEOUT`): a server that
+//! accepts connections and never answers fails a push or pull with
+//! [`RemoteError::Timeout`] instead of holding it for minutes.
+
+mod config;
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
+use object_store::client::{HttpError, HttpErrorKind};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 
 use crate::chunk::{self, ChunkDefect, MAX_CHUNK_SIZE};
 use crate::fsio::IoError;
@@ -28,134 +39,32 @@ use crate::manifest::{
 };
 use crate::store::{ChunkError, ChunkWriter};
 use crate::{ChunkId, Progress, Store};
+use config::seconds;
+pub use config::{RemoteConfig, RemoteConfigError};
 
 /// Uploads or downloads in flight at once.
 const PARALLEL_TRANSFERS: usize = 8;
 
-/// Where a remote is and how to reach it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RemoteConfig {
-    /// Bucket name.
-    pub bucket: String,
-    /// Key prefix inside the bucket, without leading or trailing `/`; may be empty.
-    pub prefix: String,
-    /// Server URL for S3-compatible servers (`http://127.0.0.1:9000`); `None`
-    /// for AWS itself.
-    pub endpoint: Option<String>,
-    pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
-    /// `AWS_SESSION_TOKEN`, for temporary credentials.
-    pub session_token: Option<String>,
-    /// Region; `us-east-1` unless told otherwise.
-    pub region: String,
-}
-
-impl std::fmt::Debug for RemoteConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteConfig")
-            .field("bucket", &self.bucket)
-            .field("prefix", &self.prefix)
-            .field("endpoint", &self.endpoint)
-            .field("access_key_id", &self.access_key_id)
-            .field(
-                "secret_access_key",
-                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
-            )
-            .field(
-                "session_token",
-                &self.session_token.as_ref().map(|_| "<redacted>"),
-            )
-            .field("region", &self.region)
-            .finish()
-    }
-}
-
-/// A remote could not be configured.
-#[derive(Debug, thiserror::Error)]
-pub enum RemoteConfigError {
-    #[error("invalid remote {url:?}: {why} (expected s3://bucket/prefix)")]
-    Url { url: String, why: String },
-    #[error("cannot set up the S3 client for {url}")]
-    Client {
-        url: String,
-        #[source]
-        source: object_store::Error,
-    },
-}
-
-impl RemoteConfig {
-    /// Parses `s3://bucket[/prefix]`, with no endpoint or credentials and region
-    /// `us-east-1`.
-    ///
-    /// # Errors
-    /// Not an `s3://` URL, or the bucket name or prefix is not valid.
-    pub fn parse(url: &str) -> Result<RemoteConfig, RemoteConfigError> {
-        let bad = |why: &str| RemoteConfigError::Url {
-            url: url.into(),
-            why: why.into(),
-        };
-        let rest = url
-            .strip_prefix("s3://")
-            .ok_or_else(|| bad("it does not start with s3://"))?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let bucket_ok = (3..=63).contains(&bucket.len())
-            && bucket
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-            && !bucket.contains("..")
-            && !bucket.starts_with(['-', '.'])
-            && !bucket.ends_with(['-', '.']);
-        if !bucket_ok {
-            return Err(bad(
-                "the bucket name must be 3-63 lowercase letters, digits, '-' or '.'",
-            ));
-        }
-        let prefix = prefix.trim_matches('/');
-        if !prefix.is_empty() {
-            ObjectPath::parse(prefix).map_err(|e| bad(&format!("bad prefix: {e}")))?;
-        }
-        Ok(RemoteConfig {
-            bucket: bucket.into(),
-            prefix: prefix.into(),
-            endpoint: None,
-            access_key_id: None,
-            secret_access_key: None,
-            session_token: None,
-            region: "us-east-1".into(),
-        })
-    }
-
-    /// Parses `url` and takes the endpoint and credentials from the environment:
-    /// `THAW_S3_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-    /// `AWS_SESSION_TOKEN`, and `AWS_REGION` (default `us-east-1`).
-    ///
-    /// # Errors
-    /// As [`RemoteConfig::parse`].
-    pub fn from_env(url: &str) -> Result<RemoteConfig, RemoteConfigError> {
-        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
-        let mut config = RemoteConfig::parse(url)?;
-        config.endpoint = var("THAW_S3_ENDPOINT");
-        config.access_key_id = var("AWS_ACCESS_KEY_ID");
-        config.secret_access_key = var("AWS_SECRET_ACCESS_KEY");
-        config.session_token = var("AWS_SESSION_TOKEN");
-        if let Some(region) = var("AWS_REGION") {
-            config.region = region;
-        }
-        Ok(config)
-    }
-
-    /// `s3://bucket/prefix`.
-    pub fn url(&self) -> String {
-        match self.prefix.as_str() {
-            "" => format!("s3://{}", self.bucket),
-            prefix => format!("s3://{}/{prefix}", self.bucket),
-        }
-    }
-}
-
 /// A request to the remote failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
+    #[error(
+        "{endpoint} did not answer within {} ({step} {key}); THAW_S3_TIMEOUT sets the limit",
+        seconds(*limit)
+    )]
+    Timeout {
+        endpoint: String,
+        step: &'static str,
+        key: String,
+        limit: Duration,
+    },
+    #[error("cannot reach {endpoint} ({step} {key}): {cause}")]
+    Unreachable {
+        endpoint: String,
+        step: &'static str,
+        key: String,
+        cause: String,
+    },
     #[error("cannot {step} {key}")]
     Request {
         step: &'static str,
@@ -174,6 +83,9 @@ pub struct Remote {
     client: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
     url: String,
+    /// The server's URL, for messages.
+    endpoint: String,
+    request_timeout: Duration,
 }
 
 impl std::fmt::Debug for Remote {
@@ -189,9 +101,21 @@ impl Remote {
     /// # Errors
     /// The client cannot be built from `config`.
     pub fn new(config: &RemoteConfig) -> Result<Remote, RemoteConfigError> {
+        // The request's own deadline ([`Remote::within`]) bounds the whole of it;
+        // object_store's per-attempt timeout and retry window are set to the same
+        // limit so that no retry starts after it (by default they allow 3 minutes).
+        let options = ClientOptions::new()
+            .with_connect_timeout(config.connect_timeout)
+            .with_timeout(config.request_timeout);
+        let retry = RetryConfig {
+            retry_timeout: config.request_timeout,
+            ..RetryConfig::default()
+        };
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(&config.bucket)
-            .with_region(&config.region);
+            .with_region(&config.region)
+            .with_client_options(options)
+            .with_retry(retry);
         if let Some(endpoint) = &config.endpoint {
             builder = builder
                 .with_endpoint(endpoint)
@@ -216,10 +140,16 @@ impl Remote {
             url: config.url(),
             why: e.to_string(),
         })?;
+        let endpoint = match &config.endpoint {
+            Some(endpoint) => endpoint.clone(),
+            None => format!("https://s3.{}.amazonaws.com", config.region),
+        };
         Ok(Remote {
             client: Arc::new(client),
             prefix,
             url: config.url(),
+            endpoint,
+            request_timeout: config.request_timeout,
         })
     }
 
@@ -263,17 +193,72 @@ impl Remote {
         format!("s3://{bucket}/{key}")
     }
 
+    /// Runs `request` (`step` on `key`) within the request timeout.
+    async fn within<T>(
+        &self,
+        step: &'static str,
+        key: &ObjectPath,
+        request: impl Future<Output = Result<T, RemoteError>>,
+    ) -> Result<T, RemoteError> {
+        let timeout = || RemoteError::Timeout {
+            endpoint: self.endpoint.clone(),
+            step,
+            key: self.describe(key),
+            limit: self.request_timeout,
+        };
+        match tokio::time::timeout(self.request_timeout, request).await {
+            Err(_elapsed) => Err(timeout()),
+            Ok(Err(RemoteError::Request { source, step, key })) => match http_kind(&source) {
+                // object_store's own per-attempt timeout can fire on the same tick.
+                Some(HttpErrorKind::Timeout) => Err(timeout()),
+                // Its retries are spent: say so in a few words, not its whole chain.
+                Some(HttpErrorKind::Connect) => Err(RemoteError::Unreachable {
+                    endpoint: self.endpoint.clone(),
+                    step,
+                    key,
+                    cause: root_cause(&source),
+                }),
+                _ => Err(RemoteError::Request { source, step, key }),
+            },
+            Ok(result) => result,
+        }
+    }
+
+    fn request_err(
+        &self,
+        step: &'static str,
+        key: &ObjectPath,
+    ) -> impl Fn(object_store::Error) -> RemoteError + '_ {
+        let key = self.describe(key);
+        move |source| RemoteError::Request {
+            step,
+            key: key.clone(),
+            source: Box::new(source),
+        }
+    }
+
+    /// The objects under `dir`, one listing page at a time, each page within the
+    /// request timeout.
+    async fn list(&self, dir: &ObjectPath) -> Result<Vec<object_store::ObjectMeta>, RemoteError> {
+        let mut listing = self.client.list(Some(dir));
+        let mut metas = Vec::new();
+        let err = self.request_err("list", dir);
+        // The page's error goes through `within` too, to be classified.
+        while let Some(meta) = self
+            .within("list", dir, async {
+                listing.next().await.transpose().map_err(&err)
+            })
+            .await?
+        {
+            metas.push(meta);
+        }
+        Ok(metas)
+    }
+
     /// Every chunk the remote holds, with its stored size.
     async fn list_chunks(&self) -> Result<HashMap<ChunkId, u64>, RemoteError> {
-        let dir = self.chunks_dir();
-        let mut listing = self.client.list(Some(&dir));
         let mut chunks = HashMap::new();
-        while let Some(meta) = listing.next().await {
-            let meta = meta.map_err(|source| RemoteError::Request {
-                step: "list",
-                key: self.describe(&dir),
-                source: Box::new(source),
-            })?;
+        for meta in self.list(&self.chunks_dir()).await? {
             if let Some(id) = meta
                 .location
                 .filename()
@@ -285,52 +270,71 @@ impl Remote {
         Ok(chunks)
     }
 
-    /// The object at `key`, refused past `limit` bytes; `None` if absent.
+    /// The object at `key`, refused past `limit` bytes; `None` if absent. The
+    /// request and its body together get one request timeout.
     async fn get_capped(
         &self,
         key: &ObjectPath,
         limit: u64,
     ) -> Result<Option<Vec<u8>>, RemoteError> {
-        let request_err = |step, source| RemoteError::Request {
-            step,
-            key: self.describe(key),
-            source: Box::new(source),
-        };
-        let result = match self.client.get(key).await {
-            Ok(result) => result,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(request_err("get", e)),
-        };
-        let too_large = || RemoteError::TooLarge {
-            key: self.describe(key),
-            limit,
-        };
-        if result.meta.size > limit {
-            return Err(too_large());
-        }
-        let mut body = result.into_stream();
-        let mut bytes = Vec::new();
-        while let Some(piece) = body.next().await {
-            let piece = piece.map_err(|e| request_err("read", e))?;
-            if (bytes.len() + piece.len()) as u64 > limit {
+        self.within("get", key, async {
+            let result = match self.client.get(key).await {
+                Ok(result) => result,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(self.request_err("get", key)(e)),
+            };
+            let too_large = || RemoteError::TooLarge {
+                key: self.describe(key),
+                limit,
+            };
+            if result.meta.size > limit {
                 return Err(too_large());
             }
-            bytes.extend_from_slice(&piece);
-        }
-        Ok(Some(bytes))
+            let mut body = result.into_stream();
+            let mut bytes = Vec::new();
+            while let Some(piece) = body.next().await {
+                let piece = piece.map_err(self.request_err("read", key))?;
+                if (bytes.len() + piece.len()) as u64 > limit {
+                    return Err(too_large());
+                }
+                bytes.extend_from_slice(&piece);
+            }
+            Ok(Some(bytes))
+        })
+        .await
     }
 
     async fn put(&self, key: &ObjectPath, bytes: Vec<u8>) -> Result<(), RemoteError> {
-        self.client
-            .put(key, PutPayload::from(bytes))
-            .await
-            .map(drop)
-            .map_err(|source| RemoteError::Request {
-                step: "put",
-                key: self.describe(key),
-                source: Box::new(source),
-            })
+        self.within("put", key, async {
+            self.client
+                .put(key, PutPayload::from(bytes))
+                .await
+                .map(drop)
+                .map_err(self.request_err("put", key))
+        })
+        .await
     }
+}
+
+/// What kind of transport failure made object_store give up on `error`, if one did.
+fn http_kind(error: &object_store::Error) -> Option<HttpErrorKind> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(http) = e.downcast_ref::<HttpError>() {
+            return Some(http.kind());
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// The innermost error's message (`Connection refused (os error 111)`).
+fn root_cause(error: &object_store::Error) -> String {
+    let mut last: &(dyn std::error::Error + 'static) = error;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
 }
 
 /// What [`push`] did.
@@ -528,17 +532,7 @@ pub async fn fetch_manifest(remote: &Remote, name: &str) -> Result<Vec<u8>, Pull
 /// # Errors
 /// The listing request fails.
 pub async fn list_remote_manifests(remote: &Remote) -> Result<Vec<String>, RemoteError> {
-    let dir = remote.manifests_dir();
-    let metas: Vec<_> = remote
-        .client
-        .list(Some(&dir))
-        .try_collect()
-        .await
-        .map_err(|source| RemoteError::Request {
-            step: "list",
-            key: remote.describe(&dir),
-            source: Box::new(source),
-        })?;
+    let metas = remote.list(&remote.manifests_dir()).await?;
     let mut names: Vec<String> = metas
         .iter()
         .filter_map(|m| {
@@ -687,42 +681,5 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
             Ok(panic) => std::panic::resume_unwind(panic),
             Err(e) => panic!("blocking task cancelled: {e}"),
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_urls() {
-        let c = RemoteConfig::parse("s3://thaw-cache/ci/snapshots/").unwrap();
-        assert_eq!(
-            (c.bucket.as_str(), c.prefix.as_str()),
-            ("thaw-cache", "ci/snapshots")
-        );
-        assert_eq!(c.url(), "s3://thaw-cache/ci/snapshots");
-        let c = RemoteConfig::parse("s3://bucket").unwrap();
-        assert_eq!(
-            (c.bucket.as_str(), c.prefix.as_str(), c.region.as_str()),
-            ("bucket", "", "us-east-1")
-        );
-        for bad in [
-            "http://b/p",
-            "s3://",
-            "s3://UPPER/p",
-            "s3://ab",
-            "s3://b..c/../x",
-            "s3://bucket/a//b",
-        ] {
-            assert!(RemoteConfig::parse(bad).is_err(), "{bad} accepted");
-        }
-    }
-
-    #[test]
-    fn debug_hides_secrets() {
-        let mut c = RemoteConfig::parse("s3://bucket/p").unwrap();
-        c.secret_access_key = Some("hunter2".into());
-        assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

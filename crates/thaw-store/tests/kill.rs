@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{hash_file, noise, S3Server};
+use common::{hash_file, noise, S3Server, TestS3};
 use thaw_store::{
     export, import, pull_chunks, push, ChunkId, FileIndex, NoProgress, Remote, Store,
 };

@@ -1,11 +1,13 @@
-//! Remotes against a real S3 server (s3s-fs) started on 127.0.0.1.
+//! Remotes against real S3 servers started on 127.0.0.1: every test runs against
+//! s3s-fs, and with `--features garage` (scripts/test-garage.sh) against a
+//! three-node Garage cluster too.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 
-use common::{hash_file, noise, S3Server};
+use common::{hash_file, noise, S3Server, TestS3};
 use object_store::ObjectStoreExt;
 use thaw_store::{
     fetch_manifest, list_remote_manifests, pull_chunks, push, ChunkId, FileIndex, NoProgress,
@@ -13,6 +15,33 @@ use thaw_store::{
 };
 
 const CHUNK: usize = 64 << 10;
+
+/// `name::s3s_fs` runs test `name` against s3s-fs, and `name::garage` against a
+/// Garage cluster when the `garage` feature is on.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn s3s_fs() {
+                super::$name(&super::S3Server::start()).await
+            }
+
+            #[cfg(feature = "garage")]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn garage() {
+                super::$name(&super::common::Garage::start()).await
+            }
+        }
+    )*};
+}
+
+on_both!(
+    push_then_pull_into_a_fresh_store_gives_the_same_files,
+    a_second_push_sends_only_the_new_chunks,
+    a_damaged_chunk_in_the_bucket_is_refused_at_pull,
+    an_interrupted_pull_completes_on_retry,
+    push_with_a_missing_local_chunk_writes_no_remote_manifest
+);
 
 /// What thaw's manifest will roughly be: named file indexes.
 type Manifest = BTreeMap<String, FileIndex>;
@@ -24,9 +53,7 @@ fn ids_of(manifest: &Manifest) -> Vec<ChunkId> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn push_then_pull_into_a_fresh_store_gives_the_same_files() {
-    let server = S3Server::start();
+async fn push_then_pull_into_a_fresh_store_gives_the_same_files(server: &dyn TestS3) {
     server.create_bucket("thaw");
     let remote = server.remote("s3://thaw/ci/cache");
     let d = tempfile::tempdir().unwrap();
@@ -92,9 +119,7 @@ async fn push_then_pull_into_a_fresh_store_gives_the_same_files() {
     ));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_push_sends_only_the_new_chunks() {
-    let server = S3Server::start();
+async fn a_second_push_sends_only_the_new_chunks(server: &dyn TestS3) {
     server.create_bucket("thaw");
     let remote = server.remote("s3://thaw/p");
     let d = tempfile::tempdir().unwrap();
@@ -133,9 +158,7 @@ async fn a_second_push_sends_only_the_new_chunks() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_chunk_in_the_bucket_is_refused_at_pull() {
-    let server = S3Server::start();
+async fn a_damaged_chunk_in_the_bucket_is_refused_at_pull(server: &dyn TestS3) {
     server.create_bucket("thaw");
     let remote = server.remote("s3://thaw/x");
     let d = tempfile::tempdir().unwrap();
@@ -181,9 +204,7 @@ async fn a_damaged_chunk_in_the_bucket_is_refused_at_pull() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_interrupted_pull_completes_on_retry() {
-    let server = S3Server::start();
+async fn an_interrupted_pull_completes_on_retry(server: &dyn TestS3) {
     server.create_bucket("thaw");
     let remote = server.remote("s3://thaw");
     let d = tempfile::tempdir().unwrap();
@@ -213,9 +234,7 @@ async fn an_interrupted_pull_completes_on_retry() {
     assert_eq!(hash_file(&d.path().join("out")), hash_file(&src));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn push_with_a_missing_local_chunk_writes_no_remote_manifest() {
-    let server = S3Server::start();
+async fn push_with_a_missing_local_chunk_writes_no_remote_manifest(server: &dyn TestS3) {
     server.create_bucket("thaw");
     let remote = server.remote("s3://thaw/y");
     let d = tempfile::tempdir().unwrap();

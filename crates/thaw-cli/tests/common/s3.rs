@@ -1,10 +1,17 @@
-//! A real S3-compatible server (s3s-fs, installed by scripts/setup-s3.sh) on
-//! 127.0.0.1 for the store's end-to-end tests; killed on drop.
+//! Real S3-compatible servers for the store's end-to-end tests: s3s-fs
+//! (installed by scripts/setup-s3.sh) on 127.0.0.1, and a three-node Garage
+//! cluster (scripts/setup-garage.sh; the tests that use it need `--features
+//! garage`); killed on drop.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "../../../thaw-store/tests/common/garage.rs"]
+pub mod garage;
+
+pub use garage::Garage;
 
 pub const ACCESS_KEY: &str = "thaw-test-key";
 pub const SECRET_KEY: &str = "thaw-test-secret";
@@ -76,12 +83,7 @@ impl S3Server {
 
     /// The environment thaw reads the remote's endpoint and keys from.
     pub fn env(&self) -> Vec<(String, String)> {
-        vec![
-            ("THAW_S3_ENDPOINT".into(), self.endpoint.clone()),
-            ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
-            ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
-            ("AWS_REGION".into(), "us-east-1".into()),
-        ]
+        remote_env(&self.endpoint, ACCESS_KEY, SECRET_KEY)
     }
 
     /// The directory holding the objects of `prefix` in bucket `thaw`.
@@ -94,5 +96,26 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `THAW_S3_ENDPOINT`, the keys and the region.
+pub fn remote_env(endpoint: &str, key: &str, secret: &str) -> Vec<(String, String)> {
+    vec![
+        ("THAW_S3_ENDPOINT".into(), endpoint.into()),
+        ("AWS_ACCESS_KEY_ID".into(), key.into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), secret.into()),
+        ("AWS_REGION".into(), "us-east-1".into()),
+    ]
+}
+
+impl Garage {
+    /// The environment that sends thaw to node `n`'s S3 API.
+    pub fn env(&self, n: usize) -> Vec<(String, String)> {
+        remote_env(
+            &self.endpoint(n),
+            garage::GARAGE_ACCESS_KEY,
+            garage::GARAGE_SECRET_KEY,
+        )
     }
 }

@@ -1,6 +1,9 @@
-//! Test support: a real S3 server (s3s-fs) on 127.0.0.1, and test data.
+//! Test support: real S3 servers on 127.0.0.1 (s3s-fs; a three-node Garage
+//! cluster), and test data.
 
 #![allow(dead_code)] // each test file uses a different part
+
+pub mod garage;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -8,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use thaw_store::{Remote, RemoteConfig};
+
+pub use garage::Garage;
 
 pub const ACCESS_KEY: &str = "thaw-test-key";
 pub const SECRET_KEY: &str = "thaw-test-secret";
@@ -83,28 +88,67 @@ impl S3Server {
     pub fn create_bucket(&self, bucket: &str) {
         std::fs::create_dir(self.data.path().join("root").join(bucket)).unwrap();
     }
+}
 
-    pub fn config(&self, url: &str) -> RemoteConfig {
+impl TestS3 for S3Server {
+    fn endpoint(&self) -> String {
+        self.endpoint.clone()
+    }
+
+    fn keys(&self) -> (&'static str, &'static str) {
+        (ACCESS_KEY, SECRET_KEY)
+    }
+
+    fn create_bucket(&self, bucket: &str) {
+        S3Server::create_bucket(self, bucket);
+    }
+}
+
+impl TestS3 for Garage {
+    /// The first node's: a client talks to one node, which asks the others.
+    fn endpoint(&self) -> String {
+        Garage::endpoint(self, 0)
+    }
+
+    fn keys(&self) -> (&'static str, &'static str) {
+        (garage::GARAGE_ACCESS_KEY, garage::GARAGE_SECRET_KEY)
+    }
+
+    fn create_bucket(&self, bucket: &str) {
+        Garage::create_bucket(self, bucket);
+    }
+}
+
+/// What the remote tests need of a server, so each runs against s3s-fs and Garage.
+pub trait TestS3 {
+    fn endpoint(&self) -> String;
+    /// Access key id and secret.
+    fn keys(&self) -> (&'static str, &'static str);
+    fn create_bucket(&self, bucket: &str);
+
+    fn config(&self, url: &str) -> RemoteConfig {
+        let (key, secret) = self.keys();
         let mut config = RemoteConfig::parse(url).unwrap();
-        config.endpoint = Some(self.endpoint.clone());
-        config.access_key_id = Some(ACCESS_KEY.into());
-        config.secret_access_key = Some(SECRET_KEY.into());
+        config.endpoint = Some(self.endpoint());
+        config.access_key_id = Some(key.into());
+        config.secret_access_key = Some(secret.into());
         config
     }
 
-    pub fn remote(&self, url: &str) -> Remote {
+    fn remote(&self, url: &str) -> Remote {
         Remote::new(&self.config(url)).unwrap()
     }
 
     /// A plain object_store client on `bucket`, to tamper with objects.
-    pub fn raw_client(&self, bucket: &str) -> object_store::aws::AmazonS3 {
+    fn raw_client(&self, bucket: &str) -> object_store::aws::AmazonS3 {
+        let (key, secret) = self.keys();
         object_store::aws::AmazonS3Builder::new()
             .with_bucket_name(bucket)
             .with_region("us-east-1")
-            .with_endpoint(&self.endpoint)
+            .with_endpoint(self.endpoint())
             .with_allow_http(true)
-            .with_access_key_id(ACCESS_KEY)
-            .with_secret_access_key(SECRET_KEY)
+            .with_access_key_id(key)
+            .with_secret_access_key(secret)
             .build()
             .unwrap()
     }

@@ -257,7 +257,8 @@ fn a_full_disk_during_snapshot_restore_and_pull_leaves_nothing_half_written() {
         let r = env.run(&["restore", "s", "--name", "c"]);
         one_line_about(&r, &format!("materialize with {free} free"), FULL);
         d.clear_ballast();
-        assert!(!env.listed("s"));
+        // Still in the store only: listed as such, with no directory written out.
+        assert!(env.listed("s") && !env.listed_locally("s"));
         assert!(env.vm_dirs() == ["vm"], "{:?}", env.vm_dirs());
         assert!(
             temp_entries(env.path()).is_empty(),
@@ -370,7 +371,8 @@ fn a_read_only_home_refuses_writes_with_one_line_and_the_vm_keeps_running() {
     for args in [
         vec!["snapshot", "vm", "t"],
         vec!["restore", "evicted"],
-        vec!["rm", "s"],
+        // -r: "evicted" (in the store only) is a child of s.
+        vec!["rm", "-r", "s"],
         vec!["gc"],
         vec!["import", file.to_str().unwrap()],
     ] {

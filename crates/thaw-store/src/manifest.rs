@@ -143,6 +143,10 @@ impl Store {
         let mut names = Vec::new();
         for entry in entries {
             let entry = entry.at("list", &dir).map_err(io_err)?;
+            // A manifest is a regular file; anything else under its name is not one.
+            if !entry.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
             let file_name = entry.file_name();
             let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(".json")) else {
                 continue;

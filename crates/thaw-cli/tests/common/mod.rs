@@ -164,6 +164,15 @@ impl Env {
             .any(|s| s["tag"] == tag)
     }
 
+    /// Whether `tag` is listed with its directory here (not only in the store).
+    pub fn listed_locally(&self, tag: &str) -> bool {
+        self.json(&["snapshots"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["tag"] == tag && s["local"] != false)
+    }
+
     /// The VM's state as `thaw ls` gives it, or "absent".
     pub fn state_of(&self, vm: &str) -> String {
         self.json(&["ls"])

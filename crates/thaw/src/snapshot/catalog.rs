@@ -259,9 +259,11 @@ pub fn remove(
         order.push(tag.clone());
     }
     collect(tag, &all, &mut order);
-    // Refused, before anything is removed, while a restore reads any of them.
+    // Refused, before anything is removed, while a restore reads any of them (one in
+    // the store only has no directory a restore could be reading).
     let _locked = order
         .iter()
+        .filter(|t| home.snapshot_dir(t).is_dir())
         .map(|t| super::inuse::Removal::lock(home, t))
         .collect::<Result<Vec<_>, _>>()?;
     for t in &order {

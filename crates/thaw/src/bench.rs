@@ -10,6 +10,7 @@
 //! [`compare`] measures the same guest restored by the methods people use today and
 //! by thaw; [`density`] runs many clones at once and reports the memory they cost.
 
+mod bare;
 pub mod compare;
 pub mod density;
 mod libvirt;

@@ -535,7 +535,7 @@ async fn thaw_methods(
     }
     out.push(thaw);
     if cfg.wants("thaw-bare") {
-        out.push(bare_method(home, qemu, cfg, &tag0, mem, progress).await?);
+        out.push(super::bare::method(home, qemu, cfg, &tag0, mem, progress).await?);
     }
     for mode in [PoolMode::Paused, PoolMode::Running] {
         let pool = Pool::new(
@@ -602,75 +602,6 @@ async fn thaw_methods(
     let _ = catalog::remove(home, &tag0, false);
     Ok(out)
 }
-
-/// The mechanism thaw is built on and nothing more: a QEMU that maps the snapshot's RAM
-/// image private, loads its device state with `x-ignore-shared`, `cont`, and the agent
-/// answers `guest-ping` (then the profile's check). No snapshot check, the snapshot's
-/// own VM Generation ID, no clock set: what thaw's restore adds to it is the difference
-/// between this row and thaw's.
-async fn bare_method(
-    home: &Home,
-    qemu: &Qemu,
-    cfg: &CompareConfig,
-    tag: &SnapshotTag,
-    mem: u32,
-    progress: &mut dyn FnMut(&str),
-) -> Result<MethodReport, CompareError> {
-    let snap = crate::snapshot::Snapshot::open(home, tag)?;
-    let mut samples = Vec::new();
-    for i in 0..cfg.runs {
-        progress(&format!(
-            "{mem} MiB: bare mechanism: restore {}/{}",
-            i + 1,
-            cfg.runs
-        ));
-        let dir = home.root().join(format!("bare-{mem}-{i}"));
-        std::fs::create_dir_all(&dir).map_err(|e| CompareError::io("create", &dir, e))?;
-        let paths = crate::vm::VmPaths { dir: dir.clone() };
-        let name: VmName = format!("m{mem}-bare-{i}").parse().expect("valid name");
-        let t0 = Instant::now();
-        let prepared = crate::clone::prepare(
-            qemu,
-            &snap,
-            paths,
-            name,
-            true,
-            true,
-            crate::clone::Ports::Fresh,
-        )
-        .await;
-        let mut clone = match prepared {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e.into());
-            }
-        };
-        let measured = async {
-            clone.resume().await?;
-            let running_ms = crate::ms(t0.elapsed());
-            peer::wait_agent_ready(
-                Some(clone.qmp()),
-                &clone.paths,
-                &clone.paths.agent(),
-                &cfg.ready,
-                &clone.state.ports,
-            )
-            .await?;
-            Ok::<_, CompareError>(Sample {
-                running_ms: Some(running_ms),
-                ready_ms: crate::ms(t0.elapsed()),
-            })
-        }
-        .await;
-        clone.discard().await;
-        let _ = std::fs::remove_dir_all(&dir);
-        samples.push(measured?);
-    }
-    Ok(MethodReport::new("thaw-bare", BARE, mem).with_samples(&[], &samples))
-}
-
-const BARE: &str = "bare mechanism (map + agent ping)";
 
 /// Bytes allocated on disk under `dir` (a sparse RAM image counts what it holds).
 fn allocated(dir: &Path) -> u64 {

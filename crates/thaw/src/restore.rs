@@ -188,13 +188,21 @@ pub async fn restore_cancellable(
                     Some(r) => r,
                     // The pool ran out after all (another request took its clone): this
                     // clone claims its name and spawns, checked first like any other.
-                    None if all_pooled => match vm::create_dir(&home, &name) {
-                        Ok(_) => match snap.check(qemu.version, accel, false) {
-                            Ok(()) => restore_one(&home, &qemu, &snap, &name, &req, t0).await,
-                            Err(e) => Err(e.into()),
-                        },
-                        Err(e) => Err(CloneError::Claim(e)),
-                    },
+                    // A name claimed at the take is claimed here instead; one claimed
+                    // before the tasks started is this clone's already.
+                    None if all_pooled => {
+                        let claimed = match claim {
+                            Claim::Now => Ok(()),
+                            Claim::AtTake => vm::create_dir(&home, &name).map(drop),
+                        };
+                        match claimed {
+                            Ok(()) => match snap.check(qemu.version, accel, false) {
+                                Ok(()) => restore_one(&home, &qemu, &snap, &name, &req, t0).await,
+                                Err(e) => Err(e.into()),
+                            },
+                            Err(e) => Err(CloneError::Claim(e)),
+                        }
+                    }
                     None => restore_one(&home, &qemu, &snap, &name, &req, t0).await,
                 }
             };

@@ -943,7 +943,7 @@ async fn run(cli: Cli, interrupt: &Interrupt) -> Result<ExitCode> {
         }
         Command::Screenshot { name, file } => {
             let file = std::path::absolute(&file)?;
-            let shot = thaw::display::screenshot(&home, &name, &file).await?;
+            let shot = thaw::screen::screenshot(&home, &name, &file).await?;
             emit(json, &shot, |s| {
                 format!(
                     "wrote {} ({}x{}, {} KiB)",
@@ -955,13 +955,13 @@ async fn run(cli: Cli, interrupt: &Interrupt) -> Result<ExitCode> {
             })?;
         }
         Command::Type { name, text } => {
-            let sent = thaw::display::type_text(&home, &name, &text).await?;
+            let sent = thaw::screen::type_text(&home, &name, &text).await?;
             emit(json, &sent, |s| {
                 format!("typed {} keys into {}", s.keys, s.name)
             })?;
         }
         Command::Key { name, combos } => {
-            let sent = thaw::display::send_keys(&home, &name, &combos).await?;
+            let sent = thaw::screen::send_keys(&home, &name, &combos).await?;
             emit(json, &sent, |s| {
                 format!("pressed {} keys in {}", s.keys, s.name)
             })?;

@@ -181,18 +181,13 @@ impl HttpStatus for thaw::display::DisplayError {
     fn status(&self) -> StatusCode {
         use thaw::display::DisplayError as E;
         match self {
-            E::PortInUse(_) | E::VmHasNoDisplay(_) => CONFLICT,
+            E::PortInUse(_) => CONFLICT,
             E::PortRange(_)
             | E::NoDisplay
             | E::PasswordNeeded
             | E::PasswordUnused
-            | E::PasswordTooLong
-            | E::Untypable(_)
-            | E::UnknownKey(_)
-            | E::NoKeys
-            | E::TooLong => BAD,
-            E::Vm(e) => e.status(),
-            _ => FAILED,
+            | E::PasswordTooLong => BAD,
+            E::FreePort(_) => FAILED,
         }
     }
 }

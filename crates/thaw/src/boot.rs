@@ -103,7 +103,7 @@ pub async fn boot_cancellable(
         return Err(BootError::NoNet);
     }
     for f in &req.forwards {
-        if f.host != 0 && !ready::port_is_free(f.host) {
+        if f.host != 0 && !crate::ports::is_free(f.host) {
             return Err(BootError::PortInUse(f.host));
         }
     }
@@ -187,7 +187,7 @@ async fn boot_in(
         .iter()
         .map(|f| {
             let host = match f.host {
-                0 => ready::free_port().map_err(|e| vm_io("pick a port for", &paths.dir, e))?,
+                0 => crate::ports::free().map_err(|e| vm_io("pick a port for", &paths.dir, e))?,
                 h => h,
             };
             Ok(PortForward {

@@ -267,7 +267,8 @@ pub async fn prepare(
             .iter()
             .flat_map(|n| n.guest_ports.iter())
             .map(|&guest| {
-                let host = ready::free_port().map_err(|e| io("pick a port for", &paths.dir, e))?;
+                let host =
+                    crate::ports::free().map_err(|e| io("pick a port for", &paths.dir, e))?;
                 Ok(PortForward { host, guest })
             })
             .collect::<Result<Vec<_>, VmError>>()?,

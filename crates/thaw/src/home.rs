@@ -158,6 +158,14 @@ impl Home {
     }
 }
 
+/// The snapshot a snapshot was taken on top of (a snapshot of a restored clone).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ParentRef {
+    pub tag: SnapshotTag,
+    /// BLAKE3 of the parent's manifest.json when the child was taken.
+    pub manifest_blake3: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

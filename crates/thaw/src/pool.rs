@@ -642,7 +642,7 @@ mod tests {
             "warm_ports connected more than {WARM_EXCHANGES} times"
         );
         let closed = [crate::spec::PortForward {
-            host: crate::ready::free_port().unwrap(),
+            host: crate::ports::free().unwrap(),
             guest: 80,
         }];
         assert!(warm_ports(&closed, Duration::from_millis(100))

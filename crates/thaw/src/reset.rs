@@ -21,8 +21,9 @@ use crate::cancel::{CancellationToken, Interrupted};
 use crate::clone::{self, CloneError, CloneReport, FinishOptions, Ports, Prepared};
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::pool::Pool;
+use crate::ports;
 use crate::qemu::Qemu;
-use crate::ready::{free_port, ReadySpec};
+use crate::ready::ReadySpec;
 use crate::snapshot::{Snapshot, SnapshotCheckError};
 use crate::spec::PortForward;
 use crate::vm::{self, Origin, VmError, VmPaths, VmState};
@@ -207,7 +208,7 @@ fn keep_ports(old: &[PortForward], snap: &Snapshot) -> Result<Vec<PortForward>, 
             Some(f) => Ok(*f),
             None => Ok(PortForward {
                 guest,
-                host: free_port().map_err(|source| VmError::Io {
+                host: ports::free().map_err(|source| VmError::Io {
                     step: "pick a port for",
                     path: snap.dir.clone(),
                     source,

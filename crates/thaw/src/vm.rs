@@ -42,7 +42,7 @@ pub struct VmState {
     /// The snapshot this VM's state last came from or went into: the parent of the
     /// next snapshot taken of it.
     #[serde(default)]
-    pub lineage: Option<crate::snapshot::ParentRef>,
+    pub lineage: Option<crate::home::ParentRef>,
     /// The ports this VM's display listens on, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vnc: Option<crate::display::VncPorts>,
@@ -522,7 +522,7 @@ mod tests {
                 host: 4000,
                 guest: 80,
             }],
-            lineage: Some(crate::snapshot::ParentRef {
+            lineage: Some(crate::home::ParentRef {
                 tag: "base".parse().unwrap(),
                 manifest_blake3: "ab".into(),
             }),

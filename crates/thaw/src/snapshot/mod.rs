@@ -85,13 +85,7 @@ pub enum Memory {
     },
 }
 
-/// The snapshot a snapshot was taken on top of (a snapshot of a restored clone).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ParentRef {
-    pub tag: SnapshotTag,
-    /// BLAKE3 of the parent's manifest.json when the child was taken.
-    pub manifest_blake3: String,
-}
+pub use crate::home::ParentRef;
 
 /// What is persisted about a snapshot (`manifest.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,8 +1,9 @@
 //! thawd: thaw's operations as an HTTP/JSON API on a Unix socket, with state that
 //! survives the daemon.
 //!
-//! The daemon is a thin shell, like the CLI: handlers turn requests into calls to
-//! [`thaw::ops`] and the warm [`thaw::pool::Pool`], and results into JSON. What it adds
+//! The daemon is a thin shell, like the CLI: handlers turn requests into calls to the
+//! library's operations ([`thaw::boot`], [`thaw::restore`], [`thaw::control`], …) and
+//! the warm [`thaw::pool::Pool`], and results into JSON. What it adds
 //! is what a long-running process can: a warm pool, a limit on how many VMs run, and a
 //! SQLite database (`$THAW_HOME/thawd.db`) from which a restarted daemon picks up the
 //! VMs and pool configurations of the previous one. See `docs/api.md`.

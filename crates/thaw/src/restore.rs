@@ -108,26 +108,7 @@ pub async fn restore_cancellable(
     let accel = req.accel.unwrap_or_else(Accel::detect);
     // A pool's clones have new identities and run: not for these requests.
     let poolable = !req.keep_vmgenid && !req.paused;
-    // Clones the pool has ready were checked when the pool was configured and loaded
-    // their state when prepared; the snapshot's files never change. Reading and
-    // checking it again (its device state is hashed) is most of a pooled restore's
-    // own time; that it is still there is looked at.
-    let pooled_snapshot = (poolable && !req.verify && home.snapshot_dir(&req.tag).is_dir())
-        .then(|| pool.and_then(|p| p.snapshot_if_ready(&req.tag, req.count)))
-        .flatten();
-    let all_pooled = pooled_snapshot.is_some();
-    // Held until the clones run: the snapshot cannot be removed under them.
-    let (snap, _in_use) = match pooled_snapshot {
-        Some(snap) => (snap, InUse::hold(home, &req.tag)?),
-        None => {
-            // A snapshot that is only in the store (pulled, evicted) is written out once.
-            crate::store::ensure_materialized(home, &req.tag, &mut crate::store::NoProgress)?;
-            let in_use = InUse::hold(home, &req.tag)?;
-            let snap = Snapshot::open(home, &req.tag)?;
-            snap.check(qemu.version, accel, req.verify)?;
-            (Arc::new(snap), in_use)
-        }
-    };
+    let (snap, all_pooled, _in_use) = open_checked(home, qemu, req, pool, poolable, accel)?;
     let check_ms = if all_pooled {
         0.0
     } else {
@@ -175,37 +156,20 @@ pub async fn restore_cancellable(
         let pool = pool.cloned();
         let cancel = cancel.clone();
         tasks.spawn(async move {
-            let pooled = match &pool {
-                Some(pool) if poolable => {
-                    let claimed = claim == Claim::Now;
-                    pool.take(&req.tag, &name, claimed, &req.finish_options(), t0)
-                        .await
-                }
-                _ => None,
-            };
-            let spawned = async {
-                match pooled {
-                    Some(r) => r,
-                    // The pool ran out after all (another request took its clone): this
-                    // clone claims its name and spawns, checked first like any other.
-                    // A name claimed at the take is claimed here instead; one claimed
-                    // before the tasks started is this clone's already.
-                    None if all_pooled => {
-                        let claimed = match claim {
-                            Claim::Now => Ok(()),
-                            Claim::AtTake => vm::create_dir(&home, &name).map(drop),
-                        };
-                        match claimed {
-                            Ok(()) => match snap.check(qemu.version, accel, false) {
-                                Ok(()) => restore_one(&home, &qemu, &snap, &name, &req, t0).await,
-                                Err(e) => Err(e.into()),
-                            },
-                            Err(e) => Err(CloneError::Claim(e)),
-                        }
-                    }
-                    None => restore_one(&home, &qemu, &snap, &name, &req, t0).await,
-                }
-            };
+            let spawned = one_clone(
+                &home,
+                &qemu,
+                &snap,
+                &name,
+                &req,
+                Source {
+                    pool: pool.as_ref().filter(|_| poolable),
+                    claim,
+                    all_pooled,
+                    accel,
+                },
+                t0,
+            );
             // Interrupted: the clone's name is held (claimed before the tasks start),
             // and the rollback below discards it. Names claimed at a pool's take are
             // held only once taken: those requests are rolled back when all are in.
@@ -264,6 +228,81 @@ pub async fn restore_cancellable(
             r
         })
         .collect())
+}
+
+/// The snapshot, held against removal until the clones run ([`InUse`]), and checked
+/// unless the pool has every clone of the request ready (then `true`).
+fn open_checked(
+    home: &Home,
+    qemu: &Qemu,
+    req: &RestoreRequest,
+    pool: Option<&Arc<Pool>>,
+    poolable: bool,
+    accel: Accel,
+) -> Result<(Arc<Snapshot>, bool, InUse), RestoreError> {
+    // Clones the pool has ready were checked when the pool was configured and loaded
+    // their state when prepared; the snapshot's files never change. Reading and
+    // checking it again (its device state is hashed) is most of a pooled restore's
+    // own time; that it is still there is looked at.
+    let pooled_snapshot = (poolable && !req.verify && home.snapshot_dir(&req.tag).is_dir())
+        .then(|| pool.and_then(|p| p.snapshot_if_ready(&req.tag, req.count)))
+        .flatten();
+    let all_pooled = pooled_snapshot.is_some();
+    // Held until the clones run: the snapshot cannot be removed under them.
+    let (snap, in_use) = match pooled_snapshot {
+        Some(snap) => (snap, InUse::hold(home, &req.tag)?),
+        None => {
+            // A snapshot that is only in the store (pulled, evicted) is written out once.
+            crate::store::ensure_materialized(home, &req.tag, &mut crate::store::NoProgress)?;
+            let in_use = InUse::hold(home, &req.tag)?;
+            let snap = Snapshot::open(home, &req.tag)?;
+            snap.check(qemu.version, accel, req.verify)?;
+            (Arc::new(snap), in_use)
+        }
+    };
+    Ok((snap, all_pooled, in_use))
+}
+
+/// Where a clone of a request comes from.
+struct Source<'a> {
+    /// The warm pool to take it from, for a request a pool may serve.
+    pool: Option<&'a Arc<Pool>>,
+    claim: Claim,
+    /// The request was checked against the pool's snapshot only (see
+    /// [`restore_cancellable`]): a clone that spawns after all is checked first.
+    all_pooled: bool,
+    accel: Accel,
+}
+
+/// One clone of a request: taken from the pool while it has one, else spawned.
+async fn one_clone(
+    home: &Home,
+    qemu: &Qemu,
+    snap: &Snapshot,
+    name: &VmName,
+    req: &RestoreRequest,
+    from: Source<'_>,
+    t0: Instant,
+) -> Result<CloneReport, CloneError> {
+    if let Some(pool) = from.pool {
+        let claimed = from.claim == Claim::Now;
+        let taken = pool
+            .take(&req.tag, name, claimed, &req.finish_options(), t0)
+            .await;
+        if let Some(r) = taken {
+            return r;
+        }
+    }
+    if from.all_pooled {
+        // The pool ran out after all (another request took its clone): this clone
+        // spawns, checked first like any other. A name claimed at the take is claimed
+        // here instead; one claimed before the tasks started is this clone's already.
+        if from.claim == Claim::AtTake {
+            vm::create_dir(home, name).map_err(CloneError::Claim)?;
+        }
+        snap.check(qemu.version, from.accel, false)?;
+    }
+    restore_one(home, qemu, snap, name, req, t0).await
 }
 
 /// When a clone's name is claimed (its directory made).

@@ -84,7 +84,7 @@ fn recipe() -> String {
         h.update(part.as_bytes());
         h.update(b"\0");
     }
-    rootfs::fingerprint(&mut h);
+    super::recipe::fingerprint(&mut h);
     h.finalize().to_hex().to_string()
 }
 
@@ -201,7 +201,10 @@ fn build_into(
     rootfs::install_modules(&root, &modules_dir)?;
     rootfs::trim(&root)?;
 
-    progress(&format!("making the {} disk image", rootfs::DISK_SIZE));
+    progress(&format!(
+        "making the {} disk image",
+        super::recipe::DISK_SIZE
+    ));
     let out = scratch.join("out");
     fs::create_dir_all(&out).map_err(io_err("create the output directory", &out))?;
     let disk = out.join(DISK_FILE);
@@ -222,7 +225,7 @@ fn build_into(
         recipe: recipe(),
         kernel_package: pkg.name,
         kernel_version: pkg.version,
-        suite: rootfs::SUITE.to_owned(),
+        suite: super::recipe::SUITE.to_owned(),
         mirror,
         cmdline: CMDLINE.to_owned(),
         kernel: FileRecord::new(KERNEL_FILE, &kernel),

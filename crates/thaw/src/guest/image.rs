@@ -277,7 +277,7 @@ fn recipe() -> String {
         add(&format!("{mode:o}"));
         add(&text);
     }
-    rootfs::fingerprint(&mut h);
+    super::recipe::fingerprint(&mut h);
     h.finalize().to_hex().to_string()
 }
 
@@ -428,7 +428,7 @@ fn build_into(
         recipe: recipe(),
         kernel_package: pkg.name,
         kernel_version: pkg.version,
-        suite: rootfs::SUITE.to_owned(),
+        suite: super::recipe::SUITE.to_owned(),
         mirror,
         cmdline: CMDLINE.to_owned(),
         disk: super::debian::file_record(DISK_FILE, &disk)?,

@@ -26,6 +26,7 @@ mod image;
 mod initramfs;
 mod kernel;
 mod modules;
+mod recipe;
 mod rootfs;
 
 pub use debian::{build_debian_guest, debian_guest, ensure_debian_guest, DiskGuest};

@@ -329,99 +329,148 @@ impl Snapshot {
         verify: bool,
     ) -> Result<(), SnapshotCheckError> {
         let m = &self.manifest;
-        let tag = || m.tag.clone();
-        let entry = |file: &str| {
-            m.files
-                .get(file)
-                .ok_or_else(|| SnapshotCheckError::ManifestCorrupt {
-                    tag: tag(),
-                    why: format!("no entry for {file}"),
-                })
-        };
-        let size_of = |file: &str| -> Result<u64, SnapshotCheckError> {
-            match std::fs::metadata(self.dir.join(file)) {
-                Ok(meta) => Ok(meta.len()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    Err(SnapshotCheckError::FileMissing {
-                        tag: tag(),
-                        file: file.to_owned(),
-                    })
-                }
-                Err(source) => Err(SnapshotCheckError::Io {
-                    path: self.dir.join(file),
-                    source,
-                }),
-            }
-        };
-        let sized = |file: &str| -> Result<&FileEntry, SnapshotCheckError> {
-            let e = entry(file)?;
-            let found = size_of(file)?;
-            if found != e.size {
-                return Err(SnapshotCheckError::FileSize {
-                    tag: tag(),
-                    file: file.to_owned(),
-                    found,
-                    expected: e.size,
-                });
-            }
-            Ok(e)
-        };
-        let hash = |file: &str, exclude: Option<(u64, u64)>| {
-            let path = self.dir.join(file);
-            fsutil::content_hash(&path, exclude)
-                .map_err(|source| SnapshotCheckError::Io { path, source })
-        };
-        let expected_ram = m.spec.memory_bytes();
         // The cheap checks first, so that a bad snapshot costs no hashing.
-        let state = match &m.memory {
-            Memory::Raw => {
-                let state = sized(STATE_FILE)?;
-                let ram = entry(RAM_FILE)?;
-                let found = size_of(RAM_FILE)?;
-                if found != expected_ram || ram.size != expected_ram {
-                    return Err(SnapshotCheckError::RamSize {
-                        tag: tag(),
-                        found,
-                        expected: expected_ram,
-                    });
-                }
-                (STATE_FILE, None, state.blake3.clone())
-            }
-            Memory::Mapped {
-                offset,
-                len,
-                state_blake3,
-            } => {
-                let e = sized(MEMORY_FILE)?;
-                if *len != expected_ram || offset + len > e.size {
-                    return Err(SnapshotCheckError::RamSize {
-                        tag: tag(),
-                        found: *len,
-                        expected: expected_ram,
-                    });
-                }
-                (MEMORY_FILE, Some((*offset, *len)), state_blake3.clone())
-            }
-        };
+        let (state_file, exclude, state_hash) = self.check_memory_files()?;
         if m.qemu_version != qemu {
             return Err(SnapshotCheckError::QemuMismatch {
-                tag: tag(),
+                tag: self.tag(),
                 snapshot: m.qemu_version,
                 running: qemu,
             });
         }
         if m.accel != accel {
             return Err(SnapshotCheckError::AccelMismatch {
-                tag: tag(),
+                tag: self.tag(),
                 snapshot: m.accel,
                 running: accel,
             });
         }
         // The guest's files as this machine has them (see `guestref`).
         let local = crate::guestref::resolve(&self.dir, &m.spec);
+        self.check_guest_files(&local)?;
+        for i in 0..m.disks.len() {
+            self.check_disk(&local, i, verify)?;
+        }
+        // The files the layers make QEMU open: exactly thaw's chain (a layer from
+        // elsewhere could name any host file).
+        confine::check_layers(&self.dir, m)?;
+        if self.hash(state_file, exclude)? != state_hash {
+            return Err(SnapshotCheckError::StateHash {
+                tag: self.tag(),
+                file: state_file.to_owned(),
+            });
+        }
+        if verify {
+            let whole = match m.memory {
+                Memory::Raw => RAM_FILE,
+                Memory::Mapped { .. } => MEMORY_FILE,
+            };
+            if self.hash(whole, None)? != self.entry(whole)?.blake3 {
+                return Err(SnapshotCheckError::FileHash {
+                    tag: self.tag(),
+                    file: whole.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn tag(&self) -> SnapshotTag {
+        self.manifest.tag.clone()
+    }
+
+    fn entry(&self, file: &str) -> Result<&FileEntry, SnapshotCheckError> {
+        self.manifest
+            .files
+            .get(file)
+            .ok_or_else(|| SnapshotCheckError::ManifestCorrupt {
+                tag: self.tag(),
+                why: format!("no entry for {file}"),
+            })
+    }
+
+    fn size_of(&self, file: &str) -> Result<u64, SnapshotCheckError> {
+        match std::fs::metadata(self.dir.join(file)) {
+            Ok(meta) => Ok(meta.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(SnapshotCheckError::FileMissing {
+                    tag: self.tag(),
+                    file: file.to_owned(),
+                })
+            }
+            Err(source) => Err(SnapshotCheckError::Io {
+                path: self.dir.join(file),
+                source,
+            }),
+        }
+    }
+
+    /// The manifest's entry for `file`, which must have the size it says.
+    fn sized(&self, file: &str) -> Result<&FileEntry, SnapshotCheckError> {
+        let e = self.entry(file)?;
+        let found = self.size_of(file)?;
+        if found != e.size {
+            return Err(SnapshotCheckError::FileSize {
+                tag: self.tag(),
+                file: file.to_owned(),
+                found,
+                expected: e.size,
+            });
+        }
+        Ok(e)
+    }
+
+    fn hash(&self, file: &str, exclude: Option<(u64, u64)>) -> Result<String, SnapshotCheckError> {
+        let path = self.dir.join(file);
+        fsutil::content_hash(&path, exclude)
+            .map_err(|source| SnapshotCheckError::Io { path, source })
+    }
+
+    /// The RAM and device state files' sizes; returns where the device state's hash is
+    /// ([`StateHash`]).
+    fn check_memory_files(&self) -> Result<StateHash, SnapshotCheckError> {
+        let expected_ram = self.manifest.spec.memory_bytes();
+        match &self.manifest.memory {
+            Memory::Raw => {
+                let state = self.sized(STATE_FILE)?;
+                let ram = self.entry(RAM_FILE)?;
+                let found = self.size_of(RAM_FILE)?;
+                if found != expected_ram || ram.size != expected_ram {
+                    return Err(SnapshotCheckError::RamSize {
+                        tag: self.tag(),
+                        found,
+                        expected: expected_ram,
+                    });
+                }
+                Ok((STATE_FILE, None, state.blake3.clone()))
+            }
+            Memory::Mapped {
+                offset,
+                len,
+                state_blake3,
+            } => {
+                let e = self.sized(MEMORY_FILE)?;
+                if *len != expected_ram || offset + len > e.size {
+                    return Err(SnapshotCheckError::RamSize {
+                        tag: self.tag(),
+                        found: *len,
+                        expected: expected_ram,
+                    });
+                }
+                Ok((MEMORY_FILE, Some((*offset, *len)), state_blake3.clone()))
+            }
+        }
+    }
+
+    /// The kernel, initrd and firmware the machine starts from are here.
+    fn check_guest_files(
+        &self,
+        local: &crate::spec::MachineSpec,
+    ) -> Result<(), SnapshotCheckError> {
+        let m = &self.manifest;
         if let Some(kernel) = local.kernel.as_ref().filter(|k| !k.is_file()) {
             return Err(SnapshotCheckError::GuestFileMissing {
-                tag: tag(),
+                tag: self.tag(),
                 what: "kernel",
                 path: kernel.clone(),
             });
@@ -431,98 +480,93 @@ impl Snapshot {
             crate::firmware::check_snapshot(&m.spec.firmware, &self.dir, vars)
         {
             return Err(SnapshotCheckError::GuestFileMissing {
-                tag: tag(),
+                tag: self.tag(),
                 what,
                 path,
             });
         }
         if let Some(initrd) = local.initrd.as_ref().filter(|p| !p.is_file()) {
             return Err(SnapshotCheckError::GuestFileMissing {
-                tag: tag(),
+                tag: self.tag(),
                 what: "initrd",
                 path: initrd.clone(),
             });
         }
-        for (i, disk) in m.disks.iter().enumerate() {
-            let b = &disk.base;
-            let path = local
-                .disks
-                .get(i)
-                .map(|d| d.base.clone())
-                .unwrap_or(b.path.clone());
-            let changed = |why: String| SnapshotCheckError::BaseChanged {
-                tag: tag(),
-                path: path.clone(),
-                why,
-            };
-            // A base that came with the snapshot from a store is a copy named by its
-            // hash: its content is the snapshot's, its mtime is its own.
-            let relocated = path != b.path;
-            if relocated && path.file_name().and_then(|n| n.to_str()) != Some(b.blake3.as_str()) {
-                return Err(changed(
-                    "it is not the base the snapshot was taken on".into(),
-                ));
-            }
-            match crate::disk::stat(&path) {
-                Err(_) => return Err(changed("it is missing".into())),
-                Ok((size, _)) if size != b.size => {
-                    return Err(changed(format!("{size} bytes, was {}", b.size)))
-                }
-                Ok((_, mtime)) if mtime != b.mtime_ns && !relocated => {
-                    return Err(changed("modified after the snapshot".into()))
-                }
-                Ok(_) => {}
-            }
-            if verify && fsutil::hash_file(&path).ok().as_deref() != Some(b.blake3.as_str()) {
-                return Err(changed("its BLAKE3 differs".into()));
-            }
-            if relocated {
-                confine::check_stored_base(m, i, &path)?;
-            }
-            let files = (0..disk.layers)
-                .map(|k| layer_file(i, k))
-                .chain([template_file(i)]);
-            for file in files {
-                let e = m.files.get(&file);
-                let size = std::fs::metadata(self.dir.join(&file))
-                    .map(|md| md.len())
-                    .ok();
-                let intact = match (e, size) {
-                    (Some(e), Some(sz)) => {
-                        e.size == sz && (!verify || hash(&file, None)? == e.blake3)
-                    }
-                    _ => false,
-                };
-                if !intact {
-                    return Err(SnapshotCheckError::LayerChanged { tag: tag(), file });
-                }
-            }
+        Ok(())
+    }
+
+    /// Disk `i`'s base is the one the snapshot was taken on, and its layers are intact.
+    fn check_disk(
+        &self,
+        local: &crate::spec::MachineSpec,
+        i: usize,
+        verify: bool,
+    ) -> Result<(), SnapshotCheckError> {
+        let m = &self.manifest;
+        let disk = &m.disks[i];
+        let b = &disk.base;
+        let path = local
+            .disks
+            .get(i)
+            .map(|d| d.base.clone())
+            .unwrap_or(b.path.clone());
+        let changed = |why: String| SnapshotCheckError::BaseChanged {
+            tag: self.tag(),
+            path: path.clone(),
+            why,
+        };
+        // A base that came with the snapshot from a store is a copy named by its
+        // hash: its content is the snapshot's, its mtime is its own.
+        let relocated = path != b.path;
+        if relocated && path.file_name().and_then(|n| n.to_str()) != Some(b.blake3.as_str()) {
+            return Err(changed(
+                "it is not the base the snapshot was taken on".into(),
+            ));
         }
-        // The files the layers make QEMU open: exactly thaw's chain (a layer from
-        // elsewhere could name any host file).
-        confine::check_layers(&self.dir, m)?;
-        let (state_file, exclude, state_hash) = state;
-        if hash(state_file, exclude)? != state_hash {
-            return Err(SnapshotCheckError::StateHash {
-                tag: tag(),
-                file: state_file.to_owned(),
-            });
+        match crate::disk::stat(&path) {
+            Err(_) => return Err(changed("it is missing".into())),
+            Ok((size, _)) if size != b.size => {
+                return Err(changed(format!("{size} bytes, was {}", b.size)))
+            }
+            Ok((_, mtime)) if mtime != b.mtime_ns && !relocated => {
+                return Err(changed("modified after the snapshot".into()))
+            }
+            Ok(_) => {}
         }
-        if verify {
-            let whole = match m.memory {
-                Memory::Raw => RAM_FILE,
-                Memory::Mapped { .. } => MEMORY_FILE,
+        if verify && fsutil::hash_file(&path).ok().as_deref() != Some(b.blake3.as_str()) {
+            return Err(changed("its BLAKE3 differs".into()));
+        }
+        if relocated {
+            confine::check_stored_base(m, i, &path)?;
+        }
+        let files = (0..disk.layers)
+            .map(|k| layer_file(i, k))
+            .chain([template_file(i)]);
+        for file in files {
+            let e = m.files.get(&file);
+            let size = std::fs::metadata(self.dir.join(&file))
+                .map(|md| md.len())
+                .ok();
+            let intact = match (e, size) {
+                (Some(e), Some(sz)) => {
+                    e.size == sz && (!verify || self.hash(&file, None)? == e.blake3)
+                }
+                _ => false,
             };
-            if hash(whole, None)? != entry(whole)?.blake3 {
-                return Err(SnapshotCheckError::FileHash {
-                    tag: tag(),
-                    file: whole.to_owned(),
+            if !intact {
+                return Err(SnapshotCheckError::LayerChanged {
+                    tag: self.tag(),
+                    file,
                 });
             }
         }
         Ok(())
     }
 }
+
+/// The file holding a snapshot's device state, the range of it to leave out of its
+/// hash (the RAM, in a mapped memory file), and the hash.
+type StateHash = (&'static str, Option<(u64, u64)>, String);
 
 /// Parses and checks the bytes of a `manifest.json` that should describe `tag`: the
 /// format name, the major version, the checksum (format 2.1 and later, or whenever one

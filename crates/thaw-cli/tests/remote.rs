@@ -67,6 +67,42 @@ fn an_s3_timeout_that_is_not_a_number_is_refused_in_one_line() {
     }
 }
 
+/// With no credentials anywhere, push and pull say in one line which variables to
+/// set, before any network call: the endpoint (a listener that counts connections)
+/// sees none.
+#[test]
+fn s3_with_no_credentials_fails_in_one_line_without_a_network_call() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    listener.set_nonblocking(true).unwrap();
+    let env = Env::new()
+        .with_env("THAW_S3_ENDPOINT", &endpoint)
+        // Deterministic on any host: no instance metadata service as a last resort.
+        .with_env("AWS_EC2_METADATA_DISABLED", "true");
+    for args in [["push", "s", "s3://thaw/x"], ["pull", "t", "s3://thaw/x"]] {
+        let mut cmd = env.command(&args);
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("AWS_")) {
+            if k != "AWS_EC2_METADATA_DISABLED" {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "thaw {args:?} succeeded");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line: {stderr}");
+        assert!(
+            lines[0].contains("no S3 credentials for s3://thaw/x: set AWS_ACCESS_KEY_ID")
+                && lines[0].contains("AWS_WEB_IDENTITY_TOKEN_FILE"),
+            "{stderr}"
+        );
+    }
+    assert!(
+        listener.accept().is_err(),
+        "the endpoint was contacted without credentials"
+    );
+}
+
 /// Chunk files in a home's store.
 #[cfg(feature = "garage")]
 fn stored_chunks(env: &Env) -> usize {

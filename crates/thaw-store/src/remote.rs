@@ -40,7 +40,7 @@ use crate::manifest::{
 use crate::store::{ChunkError, ChunkWriter};
 use crate::{ChunkId, Progress, Store};
 use config::seconds;
-pub use config::{RemoteConfig, RemoteConfigError};
+pub use config::{CredentialSource, RemoteConfig, RemoteConfigError};
 
 /// Uploads or downloads in flight at once.
 const PARALLEL_TRANSFERS: usize = 8;
@@ -75,6 +75,40 @@ pub enum RemoteError {
     },
     #[error("{key} is larger than the {limit}-byte limit")]
     TooLarge { key: String, limit: u64 },
+}
+
+/// The builder set to take its credentials from `source` (static keys are set apart).
+fn with_credentials(builder: AmazonS3Builder, source: &CredentialSource) -> AmazonS3Builder {
+    use object_store::aws::AmazonS3ConfigKey as Key;
+    let set = |b: AmazonS3Builder, key: Key, value: &Option<String>| match value {
+        Some(v) => b.with_config(key, v),
+        None => b,
+    };
+    match source {
+        CredentialSource::Keys | CredentialSource::InstanceMetadata => builder,
+        CredentialSource::Anonymous => builder.with_skip_signature(true),
+        CredentialSource::WebIdentity {
+            token_file,
+            role_arn,
+            session_name,
+            sts_endpoint,
+        } => {
+            let b = builder
+                .with_config(Key::WebIdentityTokenFile, token_file)
+                .with_config(Key::RoleArn, role_arn);
+            let b = set(b, Key::RoleSessionName, session_name);
+            set(b, Key::StsEndpoint, sts_endpoint)
+        }
+        CredentialSource::Container {
+            relative_uri,
+            full_uri,
+            token_file,
+        } => {
+            let b = set(builder, Key::ContainerCredentialsRelativeUri, relative_uri);
+            let b = set(b, Key::ContainerCredentialsFullUri, full_uri);
+            set(b, Key::ContainerAuthorizationTokenFile, token_file)
+        }
+    }
 }
 
 /// A bucket and prefix on an S3-compatible server.
@@ -130,6 +164,7 @@ impl Remote {
         if let Some(token) = &config.session_token {
             builder = builder.with_token(token);
         }
+        builder = with_credentials(builder, &config.credentials);
         let client = builder
             .build()
             .map_err(|source| RemoteConfigError::Client {

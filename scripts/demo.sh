@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The demo, from a fresh Debian bookworm machine (as root): installs what is missing,
-# builds thaw, boots the default guest, snapshots it, restores three clones, runs a
-# command in each, and prints the cold-boot vs restore timing table.
+# The demo, from a fresh Debian bookworm machine (as root): installs what thaw needs
+# (scripts/setup.sh: not the test tools), builds thaw, boots the default guest,
+# snapshots it, restores three clones, runs a command in each, and prints the cold-boot
+# vs restore timing table. Its VMs and snapshots live in a temporary $THAW_HOME that is
+# removed at the end (set THAW_HOME to keep them); the built guest stays in
+# ~/.cache/thaw, so that a second run starts at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,8 +12,16 @@ bash scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --quiet
 thaw=./target/release/thaw
-export THAW_HOME="${THAW_HOME:-$(mktemp -d /tmp/thaw-demo.XXXXXX)}"
-trap '$thaw stop --all >/dev/null 2>&1 || true' EXIT
+if [ -z "${THAW_HOME:-}" ]; then
+  THAW_HOME="$(mktemp -d /tmp/thaw-demo.XXXXXX)"
+  remove_home=1
+fi
+export THAW_HOME
+cleanup() {
+  $thaw stop --all >/dev/null 2>&1 || true
+  if [ "${remove_home:-0}" = 1 ]; then rm -rf "$THAW_HOME"; fi
+}
+trap cleanup EXIT
 
 $thaw guest build
 echo "== boot"

@@ -3,7 +3,7 @@
 # store the Garage tests start as a three-node cluster on loopback or in network
 # namespaces. Idempotent: does nothing when `garage` is already on PATH or in
 # ~/.cargo/bin. Builds from crates.io with cargo: ~45 min on 2 shared cores here,
-# which is why scripts/setup.sh does not call it (scripts/test-garage.sh does).
+# which is why scripts/setup-test.sh does not call it (scripts/test-garage.sh does).
 set -euo pipefail
 
 version=2.5.0

@@ -2,7 +2,7 @@
 # The remote tests against a three-node Garage cluster: installs Garage if it is
 # missing (scripts/setup-garage.sh), then runs, with `--features garage`, the
 # store's remote tests against it (and s3s-fs), the two-host test through it, and
-# a pull that loses a node. Needs what scripts/setup.sh installs (QEMU, the guest,
+# a pull that loses a node. Needs what scripts/setup-test.sh installs (QEMU, the guest,
 # s3s-fs) and root (network namespaces). Not part of scripts/test.sh: building
 # Garage takes longer than the CI budget allows (see docs/store.md).
 set -euo pipefail

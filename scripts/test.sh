@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/setup.sh
+bash scripts/setup-test.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
 echo "== cargo fmt --check"

@@ -86,7 +86,7 @@ fn vnc_capture(port: u16, out: &Path) -> Pixels {
     let run = Command::new("python3")
         .args(["-W", "ignore", "-c", &script])
         .output()
-        .expect("run python3 (install it with scripts/setup.sh)");
+        .expect("run python3 (install it with scripts/setup-test.sh)");
     assert!(
         run.status.success(),
         "vncdotool could not capture 127.0.0.1:{port}: {}",
@@ -102,7 +102,7 @@ fn require_vncdotool() {
         .is_ok_and(|o| o.status.success());
     assert!(
         ok,
-        "vncdotool is missing: run scripts/setup.sh (pip install vncdotool)"
+        "vncdotool is missing: run scripts/setup-test.sh (pip install vncdotool)"
     );
 }
 

@@ -14,7 +14,7 @@ fn build_image(env: &Env) {
     let build = env.run(&["guest", "build", "--profile", "debian-bios"]);
     assert_eq!(
         build.code, 0,
-        "building the firmware-booted debian image failed (run scripts/setup.sh): {}",
+        "building the firmware-booted debian image failed (run scripts/setup.sh --images): {}",
         build.stderr
     );
 }

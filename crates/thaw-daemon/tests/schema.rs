@@ -1,6 +1,6 @@
 //! The live daemon against its own description, and against names that are not names.
 //!
-//! - schemathesis (PyPI; `scripts/setup.sh` installs it) generates requests from
+//! - schemathesis (PyPI; `scripts/setup-test.sh` installs it) generates requests from
 //!   docs/openapi.json — valid and invalid — and checks that every answer matches the
 //!   document and none is a 5xx. The daemon speaks HTTP on a Unix socket only, so the
 //!   test puts a small TCP → Unix socket forwarder in front of it. It runs with
@@ -53,7 +53,9 @@ fn schemathesis() -> PathBuf {
         .map(|d| d.join("schemathesis"))
         .find(|p| p.is_file());
     found.unwrap_or_else(|| {
-        panic!("schemathesis is not installed: run scripts/setup.sh (pip install schemathesis)")
+        panic!(
+            "schemathesis is not installed: run scripts/setup-test.sh (pip install schemathesis)"
+        )
     })
 }
 

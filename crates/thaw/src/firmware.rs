@@ -98,7 +98,7 @@ pub struct Ovmf {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirmwareError {
-    #[error("UEFI firmware not found ({} is missing): install the Debian package ovmf (scripts/setup.sh), or set {OVMF_DIR_ENV}", .0.display())]
+    #[error("UEFI firmware not found ({} is missing): install the Debian package ovmf (scripts/setup.sh --images), or set {OVMF_DIR_ENV}", .0.display())]
     OvmfMissing(PathBuf),
     #[error("could not {step} {path}")]
     Io {

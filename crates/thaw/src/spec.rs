@@ -127,7 +127,9 @@ pub enum SpecError {
     InitrdWithoutKernel,
     #[error("nothing to boot: give a --kernel, or a --disk whose bootloader the firmware starts")]
     NothingToBoot,
-    #[error("UEFI firmware {0} not found: install the Debian package ovmf (scripts/setup.sh)")]
+    #[error(
+        "UEFI firmware {0} not found: install the Debian package ovmf (scripts/setup.sh --images)"
+    )]
     FirmwareMissing(PathBuf),
 }
 

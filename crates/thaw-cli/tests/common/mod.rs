@@ -303,7 +303,7 @@ pub fn ext4_image(dir: &Path, name: &str) -> PathBuf {
         .unwrap();
     assert!(
         st.success(),
-        "mkfs.ext4 (e2fsprogs, scripts/setup.sh) failed"
+        "mkfs.ext4 (e2fsprogs, scripts/setup.sh --images) failed"
     );
     base
 }

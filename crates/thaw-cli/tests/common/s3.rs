@@ -32,7 +32,9 @@ fn find_s3s_fs() -> PathBuf {
         .chain(in_cargo_home)
         .find(|p| p.is_file())
         .unwrap_or_else(|| {
-            panic!("s3s-fs is not installed: run scripts/setup.sh (it runs scripts/setup-s3.sh)")
+            panic!(
+                "s3s-fs is not installed: run scripts/setup-test.sh (it runs scripts/setup-s3.sh)"
+            )
         })
 }
 

@@ -4,7 +4,9 @@
 //! The cache key is a BLAKE3 over everything that decides the booted state: the
 //! kernel, initrd and base disks *by content*, the machine (type, memory, vCPUs,
 //! command line, disks' formats and modes, forwarded guest ports), the QEMU version,
-//! the accelerator, the snapshot format's major version and the readiness condition.
+//! the accelerator (under KVM also the host's CPU model: a KVM guest's CPU state does
+//! not move to another model), the snapshot format's major version and the readiness
+//! condition.
 //! A changed input is a new key, so a stale snapshot is never used. The snapshot is
 //! tagged `up-<first 16 hex digits of the key>`.
 //!
@@ -121,7 +123,7 @@ pub fn key(req: &BootRequest, qemu: &Qemu, cache: &Path) -> Result<String, UpErr
             }))
         })
         .collect::<Result<Vec<_>, UpError>>()?;
-    let inputs = serde_json::json!({
+    let mut inputs = serde_json::json!({
         "format": crate::snapshot::FORMAT_VERSION.major,
         "qemu": qemu.version.to_string(),
         "accel": s.accel,
@@ -142,9 +144,25 @@ pub fn key(req: &BootRequest, qemu: &Qemu, cache: &Path) -> Result<String, UpErr
             "serial": req.ready.serial,
         },
     });
+    // Only under KVM: TCG emulates the same CPU on any host (and keys made before this
+    // field stay the same).
+    if s.accel == crate::accel::Accel::Kvm {
+        inputs["host_cpu"] = host_cpu_model().into();
+    }
     Ok(blake3::hash(inputs.to_string().as_bytes())
         .to_hex()
         .to_string())
+}
+
+/// The host CPU's model name (`/proc/cpuinfo`), empty when it cannot be read.
+fn host_cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|rest| rest.split_once(':'))
+        .map(|(_, name)| name.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// The snapshot tag of a key.

@@ -1,4 +1,5 @@
-//! Serving the API's connections: HTTP/1.1 on the Unix socket, with a deadline for
+//! Serving the API's connections: HTTP/1.1 on the Unix socket and, when asked, on TCP
+//! (with TLS, [`crate::tls`]; tokens are the TCP router's, [`crate::auth`]), with a deadline for
 //! every request head, and JSON error bodies also on the answers HTTP itself makes.
 //!
 //! - **Deadlines.** A connection must send a whole request head within
@@ -23,50 +24,133 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::UnixListener;
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio_rustls::TlsAcceptor;
 
 /// How long a request's body may take to arrive; a request extension read by the
 /// JSON extractor.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BodyTimeout(pub Duration);
 
-/// Serves `router` on `listener` until `shutdown` completes, then waits for the open
-/// connections to finish the requests they are in (idle ones are closed at once).
+/// Where connections come from: the Unix socket, or TCP (with TLS when an acceptor is
+/// given). Each has its own router (the TCP one checks tokens).
+pub(crate) enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener, Option<TlsAcceptor>),
+}
+
+impl Listener {
+    /// The next connection, as a stream that is not yet through its TLS handshake.
+    async fn accept(&self) -> io::Result<Accepted> {
+        Ok(match self {
+            Listener::Unix(l) => Accepted::Unix(l.accept().await?.0),
+            Listener::Tcp(l, tls) => {
+                let (stream, _) = l.accept().await?;
+                let _ = stream.set_nodelay(true);
+                Accepted::Tcp(stream, tls.clone())
+            }
+        })
+    }
+}
+
+enum Accepted {
+    Unix(UnixStream),
+    Tcp(TcpStream, Option<TlsAcceptor>),
+}
+
+/// Serves each listener with its router until `shutdown` completes, then waits for the
+/// open connections to finish the requests they are in (idle ones are closed at once).
 pub(crate) async fn serve(
-    listener: UnixListener,
-    router: axum::Router,
+    listeners: Vec<(Listener, axum::Router)>,
     header_timeout: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let router = router.layer(axum::Extension(BodyTimeout(header_timeout)));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
+    let listeners: Vec<_> = listeners
+        .into_iter()
+        .map(|(l, router)| {
+            (
+                l,
+                router.layer(axum::Extension(BodyTimeout(header_timeout))),
+            )
+        })
+        .collect();
     loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    accept_failed(e).await;
-                    continue;
-                }
-            },
+        let accepts = listeners
+            .iter()
+            .map(|(l, router)| Box::pin(async move { (l.accept().await, router) }));
+        let (accepted, router) = tokio::select! {
+            (first, _, _) = futures_select_all(accepts) => first,
             () = &mut shutdown => break,
         };
-        let io = TokioIo::new(JsonErrors::new(stream));
+        let accepted = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                accept_failed(e).await;
+                continue;
+            }
+        };
         let service = TowerToHyperService::new(router.clone());
-        let conn = graceful.watch(builder.serve_connection(io, service));
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let served = match accepted {
+                Accepted::Unix(stream) => {
+                    let io = TokioIo::new(JsonErrors::new(stream));
+                    watcher.watch(builder.serve_connection(io, service)).await
+                }
+                Accepted::Tcp(stream, None) => {
+                    let io = TokioIo::new(JsonErrors::new(stream));
+                    watcher.watch(builder.serve_connection(io, service)).await
+                }
+                Accepted::Tcp(stream, Some(tls)) => {
+                    // The handshake has the request head's deadline: a client that
+                    // opens a connection and says nothing is closed like any other.
+                    let stream =
+                        match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!("TLS handshake failed: {e}");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!("TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let io = TokioIo::new(JsonErrors::new(stream));
+                    watcher.watch(builder.serve_connection(io, service)).await
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!("connection ended: {e}");
             }
         });
     }
-    drop(listener);
+    drop(listeners);
     graceful.shutdown().await;
+}
+
+/// The first of several futures to complete (they are all accept loops' next accept:
+/// cancelling the others loses nothing).
+async fn futures_select_all<F: std::future::Future + Unpin>(
+    futures: impl IntoIterator<Item = F>,
+) -> (F::Output, usize, ()) {
+    let mut futures: Vec<F> = futures.into_iter().collect();
+    std::future::poll_fn(move |cx| {
+        for (i, f) in futures.iter_mut().enumerate() {
+            if let Poll::Ready(out) = Pin::new(f).poll(cx) {
+                return Poll::Ready((out, i, ()));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Out of file descriptors (say): wait a moment for connections to close, as hyper's

@@ -1,5 +1,5 @@
-//! thawd: thaw's operations as an HTTP/JSON API on a Unix socket, with state that
-//! survives the daemon.
+//! thawd: thaw's operations as an HTTP/JSON API on a Unix socket (and, when asked, on
+//! TCP with TLS and bearer tokens: [`TcpConfig`]), with state that survives the daemon.
 //!
 //! The daemon is a thin shell, like the CLI: handlers turn requests into calls to the
 //! library's operations ([`thaw::boot`], [`thaw::restore`], [`thaw::control`], …) and
@@ -11,6 +11,7 @@
 //! [`serve`] runs the daemon; [`client::Client`] talks to one.
 
 mod api;
+mod auth;
 pub mod bench;
 pub mod client;
 mod conn;
@@ -21,6 +22,8 @@ pub mod keeper;
 mod reaper;
 mod recover;
 mod socket;
+pub mod tls;
+pub mod tokens;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -54,6 +57,39 @@ pub struct ServeConfig {
     /// connect, or from the previous answer on a kept-alive connection) or a body;
     /// one that takes longer is closed (a body: 408).
     pub header_timeout: std::time::Duration,
+    /// Also listen on TCP.
+    pub tcp: Option<TcpConfig>,
+}
+
+/// The TCP listener: an address, TLS, and the tokens every request but `/healthz`
+/// must carry.
+#[derive(Debug, Clone)]
+pub struct TcpConfig {
+    pub listen: std::net::SocketAddr,
+    /// The certificate chain and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The tokens file (`NAME:SHA256HEX` lines).
+    pub tokens: Option<PathBuf>,
+    /// Allow what is refused otherwise: no TLS on an address other than loopback, and
+    /// no tokens at all.
+    pub insecure: bool,
+}
+
+impl TcpConfig {
+    /// Refuses a listener anyone could use unknowingly: plain HTTP beyond loopback, or
+    /// no tokens, unless `insecure`.
+    fn check(&self) -> Result<(), ServeError> {
+        if self.insecure {
+            return Ok(());
+        }
+        if self.tls.is_none() && !self.listen.ip().is_loopback() {
+            return Err(ServeError::PlainTcp(self.listen));
+        }
+        if self.tokens.is_none() {
+            return Err(ServeError::NoTokens(self.listen));
+        }
+        Ok(())
+    }
 }
 
 impl ServeConfig {
@@ -63,6 +99,7 @@ impl ServeConfig {
             home,
             max_vms: 64,
             header_timeout: std::time::Duration::from_secs(30),
+            tcp: None,
         }
     }
 }
@@ -85,6 +122,22 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0} is not a loopback address: give --tls-cert and --tls-key (or --insecure to serve plain HTTP there)")]
+    PlainTcp(std::net::SocketAddr),
+    #[error(
+        "listening on {0} needs --tokens FILE (or --insecure to let anyone who reaches it in)"
+    )]
+    NoTokens(std::net::SocketAddr),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Tokens(#[from] tokens::TokensError),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -101,6 +154,11 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // The TCP listener's files and address first: a bad one starts nothing.
+    let tcp = match &config.tcp {
+        Some(t) => Some(tcp_listener(t).await?),
+        None => None,
+    };
     let home = config.home;
     home.ensure().map_err(|source| ServeError::Io {
         step: "create",
@@ -164,13 +222,16 @@ pub async fn serve(
     let served = match socket::bind(&config.socket) {
         Ok((listener, socket)) => {
             tracing::info!(socket = %config.socket.display(), pid = std::process::id(), "listening");
-            conn::serve(
-                listener,
-                api::router(daemon),
-                config.header_timeout,
-                shutdown,
-            )
-            .await;
+            let router = api::router(daemon).route(auth::HEALTHZ, axum::routing::get(healthz));
+            let mut listeners = vec![(conn::Listener::Unix(listener), router.clone())];
+            if let Some((listener, tls, tokens)) = tcp {
+                let router = match tokens {
+                    Some(tokens) => auth::require_tokens(router, tokens),
+                    None => router,
+                };
+                listeners.push((conn::Listener::Tcp(listener, tls), router));
+            }
+            conn::serve(listeners, config.header_timeout, shutdown).await;
             drop(socket);
             Ok(())
         }
@@ -179,4 +240,37 @@ pub async fn serve(
     tracing::info!("shutting down: ending the pool's processes; VMs keep running");
     pool.shutdown().await;
     served
+}
+
+/// `GET /healthz`: the daemon answers (no token needed, for load balancers).
+async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "ok": true }))
+}
+
+type TcpParts = (
+    tokio::net::TcpListener,
+    Option<tokio_rustls::TlsAcceptor>,
+    Option<Arc<tokens::Tokens>>,
+);
+
+/// Checks the TCP configuration, reads its certificate, key and tokens, and binds.
+async fn tcp_listener(t: &TcpConfig) -> Result<TcpParts, ServeError> {
+    t.check()?;
+    let tls = match &t.tls {
+        Some((cert, key)) => Some(tls::acceptor(cert, key)?),
+        None => None,
+    };
+    let tokens = match &t.tokens {
+        Some(path) => Some(Arc::new(tokens::Tokens::load(path)?)),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(t.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: t.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().unwrap_or(t.listen);
+    tracing::info!(%addr, tls = tls.is_some(), tokens = tokens.is_some(), "listening on TCP");
+    Ok((listener, tls, tokens))
 }

@@ -10,7 +10,6 @@
 //! [`serve`] runs the daemon; [`client::Client`] talks to one.
 
 mod api;
-pub mod bench;
 pub mod client;
 mod conn;
 mod db;
@@ -32,7 +31,7 @@ use thaw::{Accel, Home};
 
 #[doc(hidden)]
 pub use api::check_request_body;
-pub use db::DbError;
+pub use db::{DbError, DB_FILE};
 pub use error::one_line;
 
 /// The default socket: `$THAW_HOME/thawd.sock`.

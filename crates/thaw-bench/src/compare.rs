@@ -330,26 +330,13 @@ async fn thaw_methods(
     }
     let _ = control::stop(home, &source).await;
     let tag0 = tag(0);
-    let restore_req = |name: VmName| RestoreRequest {
-        tag: tag0.clone(),
-        count: 1,
-        name: Some(name),
-        accel: Some(cfg.accel),
-        verify: false,
-        timeout: Duration::from_secs(120),
-        keep_vmgenid: false,
-        ready: cfg.ready.clone(),
-        exec_after: None,
-        paused: false,
-        vnc_password: None,
-    };
     let mut out = Vec::new();
     let mut samples = Vec::new();
     let mut breakdowns = Vec::new();
     for i in 0..cfg.runs * u32::from(cfg.wants("thaw")) {
         progress(&format!("{mem} MiB: thaw: restore {}/{}", i + 1, cfg.runs));
         let name: VmName = format!("m{mem}-clone-{i}").parse().expect("valid name");
-        let r = restore::restore(home, qemu, &restore_req(name)).await?;
+        let r = restore::restore(home, qemu, &restore_req(cfg, &tag0, name)).await?;
         samples.push(Sample {
             running_ms: Some(r[0].restore_ms),
             ready_ms: r[0].ready_ms,
@@ -368,53 +355,7 @@ async fn thaw_methods(
         out.push(bare::method(home, qemu, cfg.runs, &cfg.ready, &tag0, mem, progress).await?);
     }
     for mode in [PoolMode::Paused, PoolMode::Running] {
-        let pool = Pool::new(
-            home.clone(),
-            qemu.clone(),
-            cfg.accel,
-            None,
-            Orphans::DieWithOwner,
-        );
-        let pc = PoolConfig {
-            size: cfg.pool_size,
-            mode,
-            warm_ports: cfg.warm_ports,
-        };
-        let (id, label) = match mode {
-            PoolMode::Paused => ("thaw-pool-paused", "thaw, paused pool"),
-            PoolMode::Running => ("thaw-pool-running", "thaw, running pool"),
-        };
-        if !cfg.wants(id) {
-            continue;
-        }
-        pool.configure(&tag0, pc)?;
-        let mut samples = Vec::new();
-        let mut from_pool = 0;
-        let result = async {
-            for i in 0..cfg.runs {
-                progress(&format!(
-                    "{mem} MiB: {label}: restore {}/{}",
-                    i + 1,
-                    cfg.runs
-                ));
-                wait_pool_full(&pool).await?;
-                let name: VmName = format!("m{mem}-{id}-{i}").parse().expect("valid name");
-                let r = restore::restore_from(home, qemu, &restore_req(name), Some(&pool)).await?;
-                from_pool += u32::from(r[0].breakdown.source == "pool");
-                samples.push(Sample {
-                    running_ms: Some(r[0].restore_ms),
-                    ready_ms: r[0].ready_ms,
-                });
-                let _ = control::stop(home, &r[0].name).await;
-            }
-            Ok::<_, CompareError>(())
-        }
-        .await;
-        pool.shutdown().await;
-        result?;
-        let mut m = MethodReport::new(id, label, mem).with_samples(&[], &samples);
-        m.detail = Some(serde_json::json!({ "from_pool": from_pool, "pool_size": cfg.pool_size }));
-        out.push(m);
+        out.extend(pooled(home, qemu, cfg, (&tag0, mem), mode, progress).await?);
     }
     for ext in external.iter().filter(|_| cfg.wants("thawd-pool-running")) {
         match ext.run(home, &tag0, mem, cfg.runs, progress).await {
@@ -431,6 +372,83 @@ async fn thaw_methods(
     }
     let _ = catalog::remove(home, &tag0, false);
     Ok(out)
+}
+
+/// Restores of `tag0` from a warm pool in `mode`, each from a full pool (`None` when
+/// the method was not asked for).
+async fn pooled(
+    home: &Home,
+    qemu: &Qemu,
+    cfg: &CompareConfig,
+    (tag0, mem): (&SnapshotTag, u32),
+    mode: PoolMode,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Option<MethodReport>, CompareError> {
+    let (id, label) = match mode {
+        PoolMode::Paused => ("thaw-pool-paused", "thaw, paused pool"),
+        PoolMode::Running => ("thaw-pool-running", "thaw, running pool"),
+    };
+    if !cfg.wants(id) {
+        return Ok(None);
+    }
+    let pool = Pool::new(
+        home.clone(),
+        qemu.clone(),
+        cfg.accel,
+        None,
+        Orphans::DieWithOwner,
+    );
+    let pc = PoolConfig {
+        size: cfg.pool_size,
+        mode,
+        warm_ports: cfg.warm_ports,
+    };
+    pool.configure(tag0, pc)?;
+    let mut samples = Vec::new();
+    let mut from_pool = 0;
+    let result = async {
+        for i in 0..cfg.runs {
+            progress(&format!(
+                "{mem} MiB: {label}: restore {}/{}",
+                i + 1,
+                cfg.runs
+            ));
+            wait_pool_full(&pool).await?;
+            let name: VmName = format!("m{mem}-{id}-{i}").parse().expect("valid name");
+            let r = restore::restore_from(home, qemu, &restore_req(cfg, tag0, name), Some(&pool))
+                .await?;
+            from_pool += u32::from(r[0].breakdown.source == "pool");
+            samples.push(Sample {
+                running_ms: Some(r[0].restore_ms),
+                ready_ms: r[0].ready_ms,
+            });
+            let _ = control::stop(home, &r[0].name).await;
+        }
+        Ok::<_, CompareError>(())
+    }
+    .await;
+    pool.shutdown().await;
+    result?;
+    let mut m = MethodReport::new(id, label, mem).with_samples(&[], &samples);
+    m.detail = Some(serde_json::json!({ "from_pool": from_pool, "pool_size": cfg.pool_size }));
+    Ok(Some(m))
+}
+
+/// One restore of `tag` as the thaw methods make it.
+fn restore_req(cfg: &CompareConfig, tag: &SnapshotTag, name: VmName) -> RestoreRequest {
+    RestoreRequest {
+        tag: tag.clone(),
+        count: 1,
+        name: Some(name),
+        accel: Some(cfg.accel),
+        verify: false,
+        timeout: Duration::from_secs(120),
+        keep_vmgenid: false,
+        ready: cfg.ready.clone(),
+        exec_after: None,
+        paused: false,
+        vnc_password: None,
+    }
 }
 
 /// Bytes allocated on disk under `dir` (a sparse RAM image counts what it holds).

@@ -292,7 +292,7 @@ impl Size<'_> {
             pool.shutdown().await;
         }
         let (restores, resets) = (restores?, resets?);
-        let (materialize_ms, stored) = self.from_the_store(progress).await?;
+        let (materialize_ms, stored) = self.restores_from_the_store(progress).await?;
         let _ = catalog::remove(home, &self.tag(0), false);
         let cold_boot_ms = Stats::of(&cold);
         let ready_ms = Stats::of(&restores.ready);
@@ -450,7 +450,7 @@ impl Size<'_> {
 
     /// From the store: the snapshot's files go, then are written out of the store
     /// once (timed), then restored from like any directory.
-    async fn from_the_store(
+    async fn restores_from_the_store(
         &self,
         progress: &mut dyn FnMut(&str),
     ) -> Result<(f64, Restores), BenchError> {

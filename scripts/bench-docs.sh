@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release -q -p thaw-cli -p thaw-daemon
+# thaw bench runs thaw-bench from beside thaw: build both.
+cargo build --release -q -p thaw-cli -p thaw-daemon -p thaw-bench
 thaw=./target/release/thaw
 "$thaw" bench --compare --runs "${RUNS:-10}" --memory 256 --memory 1024 --memory 4096 \
   --chart docs/bench-ready.png --json > docs/bench-compare.json.new

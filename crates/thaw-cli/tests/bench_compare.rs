@@ -81,7 +81,7 @@ fn compare_runs_every_method_on_one_guest_and_cleans_up() {
     ]);
     assert_eq!(
         r.code, 0,
-        "bench --compare failed (what it needs comes from scripts/setup.sh): {}{}",
+        "bench --compare failed (what it needs comes from scripts/setup-test.sh): {}{}",
         r.stderr, r.stdout
     );
     let r = r.json();

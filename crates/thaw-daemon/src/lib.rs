@@ -12,7 +12,6 @@
 
 mod api;
 mod auth;
-pub mod bench;
 pub mod client;
 mod conn;
 mod db;
@@ -36,7 +35,7 @@ use thaw::{Accel, Home};
 
 #[doc(hidden)]
 pub use api::check_request_body;
-pub use db::DbError;
+pub use db::{DbError, DB_FILE};
 pub use error::one_line;
 
 /// The default socket: `$THAW_HOME/thawd.sock`.

@@ -15,7 +15,6 @@
 
 pub mod accel;
 pub mod agent;
-pub mod bench;
 pub mod boot;
 pub mod cancel;
 pub mod clone;
@@ -51,7 +50,7 @@ pub use spec::MachineSpec;
 pub use thaw_qmp::QemuVersion;
 
 /// Milliseconds, rounded to the microsecond (how every report gives durations).
-pub(crate) fn ms(d: std::time::Duration) -> f64 {
+pub fn ms(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 

@@ -235,9 +235,6 @@ pub async fn wait_serial(console: &Path, regex: &str, timeout: Duration) -> Resu
     }
 }
 
-/// Until the benchmark moves to its own crate: its callers still name this.
-pub use crate::ports::free as free_port;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,12 +20,12 @@ use serde_json::json;
 use thaw_qmp::Qmp;
 use uuid::Uuid;
 
-use super::compare::{CompareError, Sample};
-use crate::agent::Agent;
-use crate::qemu::Qemu;
-use crate::ready::{self, ReadySpec};
-use crate::spec::{Launch, MachineSpec, PortForward};
-use crate::vm::VmPaths;
+use crate::method::{CompareError, MethodReport, Sample};
+use thaw::agent::Agent;
+use thaw::qemu::Qemu;
+use thaw::ready::{self, ReadySpec};
+use thaw::spec::{Launch, MachineSpec, PortForward};
+use thaw::vm::VmPaths;
 
 /// How long a peer VM may take to boot or to be restored and answer.
 const TIMEOUT: Duration = Duration::from_secs(300);
@@ -107,14 +107,14 @@ impl PeerVm {
                 other => {
                     return Err(CompareError::Peer(format!(
                         "QEMU is {other} instead of running: {}",
-                        crate::vm::last_log_line(&self.paths.qemu_log())
+                        thaw::vm::last_log_line(&self.paths.qemu_log())
                     )))
                 }
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(CompareError::Peer(format!(
                     "QEMU exited ({status}): {}",
-                    crate::vm::last_log_line(&self.paths.qemu_log())
+                    thaw::vm::last_log_line(&self.paths.qemu_log())
                 )));
             }
             if Instant::now() > deadline {
@@ -188,7 +188,7 @@ pub async fn spawn(qemu: &Qemu, l: &PeerLaunch<'_>) -> Result<PeerVm, CompareErr
         .flat_map(|n| n.guest_ports.iter())
         .map(|&guest| {
             Ok(PortForward {
-                host: ready::free_port().map_err(|e| CompareError::io("pick a port", l.dir, e))?,
+                host: thaw::ports::free().map_err(|e| CompareError::io("pick a port", l.dir, e))?,
                 guest,
             })
         })
@@ -199,7 +199,7 @@ pub async fn spawn(qemu: &Qemu, l: &PeerLaunch<'_>) -> Result<PeerVm, CompareErr
     let log2 = log
         .try_clone()
         .map_err(|e| CompareError::io("open", &paths.qemu_log(), e))?;
-    let console = crate::console::start_keeper(&paths.console())
+    let console = thaw::console::start_keeper(&paths.console())
         .map_err(|e| CompareError::io("start the console keeper for", &paths.console(), e))?;
     let mut child = Command::new(&qemu.binary)
         .args(&argv)
@@ -213,7 +213,7 @@ pub async fn spawn(qemu: &Qemu, l: &PeerLaunch<'_>) -> Result<PeerVm, CompareErr
         if let Ok(Some(status)) = child.try_wait() {
             return Err(CompareError::Peer(format!(
                 "QEMU exited ({status}): {}",
-                crate::vm::last_log_line(&paths.qemu_log())
+                thaw::vm::last_log_line(&paths.qemu_log())
             )));
         }
         if let Ok(q) = Qmp::connect(&paths.qmp()).await {
@@ -328,7 +328,7 @@ pub async fn savevm(vm: &PeerVm) -> Result<f64, CompareError> {
     if !printed.is_empty() {
         return Err(CompareError::Peer(format!("savevm: {printed}")));
     }
-    Ok(crate::ms(t.elapsed()))
+    Ok(thaw::ms(t.elapsed()))
 }
 
 /// Migrates the running source into `file` through `compressor` and waits for it to
@@ -370,14 +370,14 @@ pub async fn migrate_to_file(
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let save_ms = crate::ms(t.elapsed());
+    let save_ms = thaw::ms(t.elapsed());
     let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     Ok((save_ms, size))
 }
 
 /// Resumes the source after a save.
 pub async fn resume(vm: &PeerVm) -> Result<(), CompareError> {
-    crate::migration::resume_after(&vm.qmp).await?;
+    thaw::migration::resume_after(&vm.qmp).await?;
     Ok(())
 }
 
@@ -429,11 +429,134 @@ pub async fn restore_incoming(
 
 async fn measure(vm: &mut PeerVm, t0: Instant, ready: &ReadySpec) -> Result<Sample, CompareError> {
     vm.wait_running().await?;
-    let running = crate::ms(t0.elapsed());
+    let running = thaw::ms(t0.elapsed());
     vm.wait_ready(ready).await?;
-    let ready_ms = crate::ms(t0.elapsed());
+    let ready_ms = thaw::ms(t0.elapsed());
     Ok(Sample {
         running_ms: Some(running),
         ready_ms,
     })
+}
+
+/// savevm, exec:gzip and exec:zstd on one source VM (see the module's doc); a method
+/// that fails is reported as failed, with why.
+pub async fn methods(
+    qemu: &Qemu,
+    runs: u32,
+    ready: &ReadySpec,
+    spec: &MachineSpec,
+    dir: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Vec<MethodReport> {
+    let mem = spec.memory_mib;
+    let labels = [
+        ("exec-gzip", "migrate to gzip, -incoming exec"),
+        ("exec-zstd", "migrate to zstd, -incoming exec"),
+        ("savevm", "QEMU savevm / -loadvm (qcow2)"),
+    ];
+    match methods_in(qemu, runs, ready, spec, dir, progress).await {
+        Ok(v) => v,
+        Err(e) => labels
+            .iter()
+            .map(|(id, label)| MethodReport::failed(id, label, mem, &e))
+            .collect(),
+    }
+}
+
+async fn methods_in(
+    qemu: &Qemu,
+    runs: u32,
+    ready: &ReadySpec,
+    spec: &MachineSpec,
+    dir: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<MethodReport>, CompareError> {
+    let mem = spec.memory_mib;
+    let src_dir = dir.join("source");
+    std::fs::create_dir_all(&src_dir).map_err(|e| CompareError::io("create", &src_dir, e))?;
+    let mut overlays = Vec::new();
+    for (i, d) in spec.disks.iter().enumerate() {
+        let o = src_dir.join(format!("disk{i}.qcow2"));
+        thaw::disk::create_overlay(&d.base, d.format, &o)?;
+        overlays.push(o);
+    }
+    let vmstate = src_dir.join("vmstate.qcow2");
+    create_vmstate(&vmstate, mem)?;
+    progress(&format!("{mem} MiB: peers: booting the source VM"));
+    let mut source = spawn(
+        qemu,
+        &PeerLaunch {
+            spec,
+            dir: &src_dir,
+            disk_overlays: &overlays,
+            vmstate: Some(&vmstate),
+            loadvm: false,
+            incoming: None,
+        },
+    )
+    .await?;
+    source.wait_ready(ready).await?;
+    let mut out = Vec::new();
+    for (c, id, label) in [
+        (
+            Compressor::Gzip,
+            "exec-gzip",
+            "migrate to gzip, -incoming exec",
+        ),
+        (
+            Compressor::Zstd,
+            "exec-zstd",
+            "migrate to zstd, -incoming exec",
+        ),
+    ] {
+        let file = dir.join(format!("state.{}", c.program()));
+        let saved = dir.join(format!("saved-{}", c.program()));
+        let mut saves = Vec::new();
+        let mut bytes = 0;
+        for i in 0..runs {
+            progress(&format!("{mem} MiB: {label}: save {}/{}", i + 1, runs));
+            let (ms, b) = migrate_to_file(&source, c, &file).await?;
+            // The disks as they were at the save, for every restore of it.
+            copy_overlays(&overlays, &saved)?;
+            resume(&source).await?;
+            saves.push(ms);
+            bytes = b;
+        }
+        let saved_overlays: Vec<PathBuf> = overlays
+            .iter()
+            .map(|o| saved.join(o.file_name().expect("a file")))
+            .collect();
+        let mut samples = Vec::new();
+        for i in 0..runs {
+            progress(&format!("{mem} MiB: {label}: restore {}/{}", i + 1, runs));
+            let run_dir = dir.join(format!("{id}-{i}"));
+            let fresh = copy_overlays(&saved_overlays, &run_dir.join("disks"))?;
+            samples.push(restore_incoming(qemu, spec, &run_dir, c, &file, &fresh, ready).await?);
+            let _ = std::fs::remove_dir_all(&run_dir);
+        }
+        let _ = std::fs::remove_file(&file);
+        let mut m = MethodReport::new(id, label, mem).with_samples(&saves, &samples);
+        m.save_bytes = Some(bytes);
+        out.push(m);
+    }
+    let mut saves = Vec::new();
+    for i in 0..runs {
+        progress(&format!("{mem} MiB: savevm: save {}/{}", i + 1, runs));
+        saves.push(savevm(&source).await?);
+    }
+    source.quit().await;
+    let bytes = std::fs::metadata(&vmstate).map(|m| m.len()).unwrap_or(0);
+    let mut samples = Vec::new();
+    for i in 0..runs {
+        progress(&format!("{mem} MiB: -loadvm: restore {}/{}", i + 1, runs));
+        let run_dir = dir.join(format!("loadvm-{i}"));
+        // -loadvm reverts the images to the snapshot: every run starts from it.
+        samples.push(restore_loadvm(qemu, spec, &run_dir, &vmstate, &overlays, ready).await?);
+        let _ = std::fs::remove_dir_all(&run_dir);
+    }
+    let mut m = MethodReport::new("savevm", "QEMU savevm / -loadvm (qcow2)", mem)
+        .with_samples(&saves, &samples);
+    m.save_bytes = Some(bytes);
+    out.push(m);
+    Ok(out)
 }

@@ -15,18 +15,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::compare::{CompareError, Sample};
-use super::peer::wait_agent_ready;
-use crate::qemu::Qemu;
-use crate::ready::{self, ReadySpec};
-use crate::spec::{MachineSpec, PortForward};
-use crate::vm::VmPaths;
+use crate::method::{CompareError, MethodReport, Sample};
+use crate::peer::{copy_overlays, wait_agent_ready};
+use thaw::qemu::Qemu;
+use thaw::ready::ReadySpec;
+use thaw::spec::{MachineSpec, PortForward};
+use thaw::vm::VmPaths;
 
 const URI: &str = "qemu:///system";
 
 /// What the benchmark tells a user to install when libvirt is missing.
 pub const MISSING: &str =
-    "virsh or libvirtd is missing: install libvirt-daemon-system and libvirt-clients (scripts/setup.sh)";
+    "virsh or libvirtd is missing: install libvirt-daemon-system and libvirt-clients (scripts/setup-test.sh)";
 
 /// libvirt daemons the benchmark started (ended when dropped), or none if they ran.
 pub struct Daemons {
@@ -206,7 +206,7 @@ pub fn domain_xml(
         args.extend(["-netdev".into(), netdev, "-device".into()]);
         args.push(format!(
             "virtio-net-pci,netdev=thawnet,mac={},bus=pci.0,addr=0x11",
-            crate::spec::GUEST_MAC
+            thaw::spec::GUEST_MAC
         ));
     }
     x.push_str("</devices>\n<qemu:commandline>\n");
@@ -244,7 +244,7 @@ pub async fn boot(
         .flat_map(|n| n.guest_ports.iter())
         .map(|&guest| {
             Ok(PortForward {
-                host: ready::free_port().map_err(|e| CompareError::io("pick a port", dir, e))?,
+                host: thaw::ports::free().map_err(|e| CompareError::io("pick a port", dir, e))?,
                 guest,
             })
         })
@@ -283,7 +283,7 @@ impl Domain {
             virsh(&["save", &self.name, &file.to_string_lossy()])?,
             "virsh save",
         )?;
-        let ms = crate::ms(t.elapsed());
+        let ms = thaw::ms(t.elapsed());
         Ok((ms, std::fs::metadata(file).map(|m| m.len()).unwrap_or(0)))
     }
 
@@ -295,11 +295,11 @@ impl Domain {
             virsh(&["restore", &file.to_string_lossy()])?,
             "virsh restore",
         )?;
-        let running_ms = crate::ms(t0.elapsed());
+        let running_ms = thaw::ms(t0.elapsed());
         self.wait_ready(ready).await?;
         Ok(Sample {
             running_ms: Some(running_ms),
-            ready_ms: crate::ms(t0.elapsed()),
+            ready_ms: thaw::ms(t0.elapsed()),
         })
     }
 
@@ -312,4 +312,52 @@ impl Domain {
     pub fn exists(&self) -> bool {
         virsh(&["domstate", &self.name]).is_ok_and(|o| o.status.success())
     }
+}
+
+/// What the table calls the method.
+pub const LABEL: &str = "libvirt virsh save / restore";
+
+/// `virsh save` and `virsh restore` of one domain, `runs` times.
+pub async fn method(
+    qemu: &Qemu,
+    runs: u32,
+    ready: &ReadySpec,
+    spec: &MachineSpec,
+    dir: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<MethodReport, CompareError> {
+    let mem = spec.memory_mib;
+    std::fs::create_dir_all(dir).map_err(|e| CompareError::io("create", dir, e))?;
+    let mut overlays = Vec::new();
+    for (i, d) in spec.disks.iter().enumerate() {
+        let o = dir.join(format!("disk{i}.qcow2"));
+        thaw::disk::create_overlay(&d.base, d.format, &o)?;
+        overlays.push(o);
+    }
+    progress(&format!("{mem} MiB: libvirt: booting the domain"));
+    let domain = boot(qemu, spec, dir, &overlays, ready).await?;
+    let file = dir.join("domain.save");
+    let saved = dir.join("saved");
+    let (mut saves, mut samples, mut bytes) = (Vec::new(), Vec::new(), 0);
+    for i in 0..runs {
+        progress(&format!("{mem} MiB: libvirt: save {}/{}", i + 1, runs));
+        let (ms, b) = domain.save(&file)?;
+        saves.push(ms);
+        bytes = b;
+        copy_overlays(&overlays, &saved)?;
+        progress(&format!("{mem} MiB: libvirt: restore {}/{}", i + 1, runs));
+        samples.push(domain.restore(&file, ready).await?);
+        if i + 1 == runs {
+            domain.destroy();
+        }
+    }
+    if domain.exists() {
+        return Err(CompareError::Libvirt(format!(
+            "domain {} still exists after destroy",
+            domain.name
+        )));
+    }
+    let mut m = MethodReport::new("libvirt", LABEL, mem).with_samples(&saves, &samples);
+    m.save_bytes = Some(bytes);
+    Ok(m)
 }

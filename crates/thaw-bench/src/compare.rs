@@ -15,27 +15,24 @@
 //! Everything runs in a private home under `$THAW_HOME/bench-<pid>`, removed
 //! afterwards with every process the methods started, also when one fails.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{machine, round2, wait_pool_full, Machine, Stats};
-use crate::accel::Accel;
-use crate::boot::{self, BootRequest};
-use crate::control;
-use crate::home::{Home, SnapshotTag, VmName};
-use crate::pool::{Orphans, Pool, PoolConfig, PoolMode};
-use crate::qemu::Qemu;
-use crate::ready::ReadySpec;
-use crate::restore::{self, RestoreRequest};
-use crate::snapshot::{catalog, take};
-use crate::spec::{MachineSpec, PortForward};
+use thaw::boot::{self, BootRequest};
+use thaw::control;
+use thaw::pool::{Orphans, Pool, PoolConfig, PoolMode};
+use thaw::qemu::Qemu;
+use thaw::ready::ReadySpec;
+use thaw::restore::{self, RestoreRequest};
+use thaw::snapshot::{catalog, take};
+use thaw::spec::{MachineSpec, PortForward};
+use thaw::{Accel, Home, SnapshotTag, VmName};
 
-use super::libvirt;
-use super::peer::{self, Compressor};
+pub use crate::method::{CompareError, ExternalMethod, ExternalRun, MethodReport, Sample};
+use crate::sample::{loadavg, machine, ready_label, round2, wait_pool_full, Machine, Stats};
+use crate::{bare, libvirt, peer};
 
 #[derive(Debug, Clone)]
 pub struct CompareConfig {
@@ -80,90 +77,6 @@ impl CompareConfig {
     }
 }
 
-/// One restore: request → vCPUs running (when the method shows it), → ready.
-#[derive(Debug, Clone, Copy)]
-pub struct Sample {
-    pub running_ms: Option<f64>,
-    pub ready_ms: f64,
-}
-
-/// One method's figures at one RAM size.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MethodReport {
-    /// Stable id: cold-boot, savevm, exec-gzip, exec-zstd, libvirt, thaw-bare, thaw,
-    /// thaw-pool-paused, thaw-pool-running, thawd-pool-running.
-    pub method: String,
-    /// What the table calls it.
-    pub label: String,
-    pub memory_mib: u32,
-    /// Saves measured, and restores measured.
-    pub saves: u32,
-    pub restores: u32,
-    /// Save (request → state on disk; the VM keeps running where the method allows).
-    pub save_ms: Option<Stats>,
-    /// Bytes the save wrote (for thaw: device state + RAM image as allocated on disk).
-    pub save_bytes: Option<u64>,
-    /// Restore request → vCPUs running.
-    pub running_ms: Option<Stats>,
-    /// Restore request → ready.
-    pub ready_ms: Stats,
-    /// Median ready / thaw's (no pool) median ready.
-    pub ready_vs_thaw: Option<f64>,
-    /// Median ready / thaw's running pool's median ready.
-    pub ready_vs_pool: Option<f64>,
-    /// Median running / thaw's (no pool) median running.
-    pub running_vs_thaw: Option<f64>,
-    /// Method-specific figures (e.g. where the daemon's time goes).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<serde_json::Value>,
-    /// Why the method could not run (then its figures are empty).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl MethodReport {
-    pub fn new(method: &str, label: &str, memory_mib: u32) -> MethodReport {
-        MethodReport {
-            method: method.into(),
-            label: label.into(),
-            memory_mib,
-            saves: 0,
-            restores: 0,
-            save_ms: None,
-            save_bytes: None,
-            running_ms: None,
-            ready_ms: Stats::of(&[]),
-            ready_vs_thaw: None,
-            ready_vs_pool: None,
-            running_vs_thaw: None,
-            detail: None,
-            error: None,
-        }
-    }
-
-    /// Fills the figures from the samples.
-    pub fn with_samples(mut self, saves: &[f64], samples: &[Sample]) -> MethodReport {
-        self.saves = saves.len() as u32;
-        self.restores = samples.len() as u32;
-        if !saves.is_empty() {
-            self.save_ms = Some(Stats::of(saves));
-        }
-        let running: Vec<f64> = samples.iter().filter_map(|s| s.running_ms).collect();
-        if !running.is_empty() {
-            self.running_ms = Some(Stats::of(&running));
-        }
-        let ready: Vec<f64> = samples.iter().map(|s| s.ready_ms).collect();
-        self.ready_ms = Stats::of(&ready);
-        self
-    }
-
-    fn failed(method: &str, label: &str, memory_mib: u32, e: &dyn std::error::Error) -> Self {
-        let mut r = MethodReport::new(method, label, memory_mib);
-        r.error = Some(crate::one_line(e));
-        r
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SizeComparison {
     pub memory_mib: u32,
@@ -191,79 +104,6 @@ pub struct CompareReport {
     pub seconds: f64,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum CompareError {
-    #[error("runs must be at least 1 and at least one RAM size given")]
-    Runs,
-    #[error("could not {step} {path}")]
-    Io {
-        step: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Peer(String),
-    #[error("libvirt: {0}")]
-    Libvirt(String),
-    #[error("{0} is missing: install it (scripts/setup.sh)")]
-    Missing(&'static str),
-    #[error("QMP failed")]
-    Qmp(#[from] thaw_qmp::QmpError),
-    #[error("resuming after the save failed")]
-    Migration(#[from] crate::migration::MigrationError),
-    #[error("the guest agent did not answer")]
-    Agent(#[from] crate::agent::AgentError),
-    #[error(transparent)]
-    Ready(#[from] crate::ready::ReadyError),
-    #[error("cold boot failed")]
-    Boot(#[from] boot::BootError),
-    #[error("snapshot failed")]
-    Snapshot(#[from] take::SnapshotError),
-    #[error("restore failed")]
-    Restore(#[from] restore::RestoreError),
-    #[error(transparent)]
-    Bench(#[from] super::BenchError),
-    #[error(transparent)]
-    PoolConfig(#[from] crate::pool::PoolError),
-    #[error(transparent)]
-    Disk(#[from] crate::disk::DiskError),
-    #[error("{0}")]
-    External(String),
-    #[error(transparent)]
-    SnapshotCheck(#[from] crate::snapshot::SnapshotCheckError),
-    #[error("the bare restore failed")]
-    Clone(#[from] crate::clone::CloneError),
-    #[error("unknown method {0:?} (see thaw bench --help)")]
-    UnknownMethod(String),
-}
-
-impl CompareError {
-    pub(crate) fn io(step: &'static str, path: &Path, source: std::io::Error) -> CompareError {
-        CompareError::Io {
-            step,
-            path: path.to_owned(),
-            source,
-        }
-    }
-}
-
-/// A boxed future of an [`ExternalMethod`].
-pub type ExternalRun<'a> = Pin<Box<dyn Future<Output = Result<MethodReport, String>> + 'a>>;
-
-/// A method the caller measures on thaw's snapshot (the daemon lives in another crate).
-pub trait ExternalMethod {
-    /// Runs `runs` restores of `tag` in `home` (no VM runs there) and reports them.
-    fn run<'a>(
-        &'a self,
-        home: &'a Home,
-        tag: &'a SnapshotTag,
-        memory_mib: u32,
-        runs: u32,
-        progress: &'a mut dyn FnMut(&str),
-    ) -> ExternalRun<'a>;
-}
-
 /// The programs the peer methods need, checked before anything starts.
 fn check_tools() -> Result<(), CompareError> {
     for (tool, what) in [
@@ -286,16 +126,6 @@ fn which(tool: &str) -> Option<PathBuf> {
         .chain(["/usr/sbin".into(), "/sbin".into()])
         .map(|d| d.join(tool))
         .find(|p| p.is_file())
-}
-
-pub fn loadavg() -> [f64; 3] {
-    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let mut it = s.split_whitespace().map(|v| v.parse().unwrap_or(f64::NAN));
-    [
-        it.next().unwrap_or(f64::NAN),
-        it.next().unwrap_or(f64::NAN),
-        it.next().unwrap_or(f64::NAN),
-    ]
 }
 
 /// Runs the comparison. `progress` gets one line per step.
@@ -338,7 +168,7 @@ pub async fn run(
         Ok::<_, CompareError>(sizes)
     }
     .await;
-    for name in crate::vm::list_names(&bench_home) {
+    for name in thaw::vm::list_names(&bench_home) {
         let _ = control::stop(&bench_home, &name).await;
     }
     let _ = std::fs::remove_dir_all(bench_home.root());
@@ -359,7 +189,7 @@ pub async fn run(
         runs: cfg.runs,
         cold_runs: cfg.cold_runs,
         guest: cfg.guest_name.clone(),
-        ready: super::ready_label(&cfg.ready),
+        ready: ready_label(&cfg.ready),
         pool_size: cfg.pool_size,
         memory_mib: sizes[0].memory_mib,
         methods: sizes[0].methods.clone(),
@@ -398,15 +228,16 @@ async fn run_size(
         .any(|m| cfg.wants(m))
     {
         let dir = home.root().join(format!("peer-{mem}"));
-        let peers = peer_methods(qemu, cfg, &spec_with_ports, &dir, progress).await;
+        let peers =
+            peer::methods(qemu, cfg.runs, &cfg.ready, &spec_with_ports, &dir, progress).await;
         let _ = std::fs::remove_dir_all(&dir);
         methods.extend(peers);
     }
     if cfg.wants("libvirt") {
         let dir = home.root().join(format!("libvirt-{mem}"));
-        let lv = libvirt_method(qemu, cfg, &spec_with_ports, &dir, progress)
+        let lv = libvirt::method(qemu, cfg.runs, &cfg.ready, &spec_with_ports, &dir, progress)
             .await
-            .unwrap_or_else(|e| MethodReport::failed("libvirt", LIBVIRT, mem, &e));
+            .unwrap_or_else(|e| MethodReport::failed("libvirt", libvirt::LABEL, mem, &e));
         let _ = std::fs::remove_dir_all(&dir);
         methods.push(lv);
     }
@@ -425,8 +256,6 @@ async fn run_size(
         methods,
     })
 }
-
-const LIBVIRT: &str = "libvirt virsh save / restore";
 
 fn ratios(methods: &mut [MethodReport]) {
     let median_of = |id: &str, f: fn(&MethodReport) -> Option<f64>| {
@@ -474,7 +303,7 @@ async fn thaw_methods(
             forwards: cfg.forwards.clone(),
             ready: cfg.ready.clone(),
             timeout: Duration::from_secs(300),
-            vnc: crate::display::VncRequest::default(),
+            vnc: thaw::display::VncRequest::default(),
         },
     )
     .await?;
@@ -493,7 +322,7 @@ async fn thaw_methods(
             },
         )
         .await?;
-        saves.push(crate::ms(t.elapsed()));
+        saves.push(thaw::ms(t.elapsed()));
         save_bytes = r.state_bytes + allocated(&home.snapshot_dir(&tag(i)));
         if i > 0 {
             let _ = catalog::remove(home, &tag(i), false);
@@ -501,26 +330,13 @@ async fn thaw_methods(
     }
     let _ = control::stop(home, &source).await;
     let tag0 = tag(0);
-    let restore_req = |name: VmName| RestoreRequest {
-        tag: tag0.clone(),
-        count: 1,
-        name: Some(name),
-        accel: Some(cfg.accel),
-        verify: false,
-        timeout: Duration::from_secs(120),
-        keep_vmgenid: false,
-        ready: cfg.ready.clone(),
-        exec_after: None,
-        paused: false,
-        vnc_password: None,
-    };
     let mut out = Vec::new();
     let mut samples = Vec::new();
     let mut breakdowns = Vec::new();
     for i in 0..cfg.runs * u32::from(cfg.wants("thaw")) {
         progress(&format!("{mem} MiB: thaw: restore {}/{}", i + 1, cfg.runs));
         let name: VmName = format!("m{mem}-clone-{i}").parse().expect("valid name");
-        let r = restore::restore(home, qemu, &restore_req(name)).await?;
+        let r = restore::restore(home, qemu, &restore_req(cfg, &tag0, name)).await?;
         samples.push(Sample {
             running_ms: Some(r[0].restore_ms),
             ready_ms: r[0].ready_ms,
@@ -531,60 +347,15 @@ async fn thaw_methods(
     let mut thaw = MethodReport::new("thaw", "thaw, no pool", mem).with_samples(&saves, &samples);
     thaw.save_bytes = Some(save_bytes);
     if !breakdowns.is_empty() {
-        thaw.detail = Some(serde_json::json!({ "breakdown": super::breakdown_stats(&breakdowns) }));
+        thaw.detail =
+            Some(serde_json::json!({ "breakdown": crate::sample::breakdown_stats(&breakdowns) }));
     }
     out.push(thaw);
     if cfg.wants("thaw-bare") {
-        out.push(super::bare::method(home, qemu, cfg, &tag0, mem, progress).await?);
+        out.push(bare::method(home, qemu, cfg.runs, &cfg.ready, &tag0, mem, progress).await?);
     }
     for mode in [PoolMode::Paused, PoolMode::Running] {
-        let pool = Pool::new(
-            home.clone(),
-            qemu.clone(),
-            cfg.accel,
-            None,
-            Orphans::DieWithOwner,
-        );
-        let pc = PoolConfig {
-            size: cfg.pool_size,
-            mode,
-            warm_ports: cfg.warm_ports,
-        };
-        let (id, label) = match mode {
-            PoolMode::Paused => ("thaw-pool-paused", "thaw, paused pool"),
-            PoolMode::Running => ("thaw-pool-running", "thaw, running pool"),
-        };
-        if !cfg.wants(id) {
-            continue;
-        }
-        pool.configure(&tag0, pc)?;
-        let mut samples = Vec::new();
-        let mut from_pool = 0;
-        let result = async {
-            for i in 0..cfg.runs {
-                progress(&format!(
-                    "{mem} MiB: {label}: restore {}/{}",
-                    i + 1,
-                    cfg.runs
-                ));
-                wait_pool_full(&pool).await?;
-                let name: VmName = format!("m{mem}-{id}-{i}").parse().expect("valid name");
-                let r = restore::restore_from(home, qemu, &restore_req(name), Some(&pool)).await?;
-                from_pool += u32::from(r[0].breakdown.source == "pool");
-                samples.push(Sample {
-                    running_ms: Some(r[0].restore_ms),
-                    ready_ms: r[0].ready_ms,
-                });
-                let _ = control::stop(home, &r[0].name).await;
-            }
-            Ok::<_, CompareError>(())
-        }
-        .await;
-        pool.shutdown().await;
-        result?;
-        let mut m = MethodReport::new(id, label, mem).with_samples(&[], &samples);
-        m.detail = Some(serde_json::json!({ "from_pool": from_pool, "pool_size": cfg.pool_size }));
-        out.push(m);
+        out.extend(pooled(home, qemu, cfg, (&tag0, mem), mode, progress).await?);
     }
     for ext in external.iter().filter(|_| cfg.wants("thawd-pool-running")) {
         match ext.run(home, &tag0, mem, cfg.runs, progress).await {
@@ -595,12 +366,89 @@ async fn thaw_methods(
                 out.push(m);
             }
         }
-        for name in crate::vm::list_names(home) {
+        for name in thaw::vm::list_names(home) {
             let _ = control::stop(home, &name).await;
         }
     }
     let _ = catalog::remove(home, &tag0, false);
     Ok(out)
+}
+
+/// Restores of `tag0` from a warm pool in `mode`, each from a full pool (`None` when
+/// the method was not asked for).
+async fn pooled(
+    home: &Home,
+    qemu: &Qemu,
+    cfg: &CompareConfig,
+    (tag0, mem): (&SnapshotTag, u32),
+    mode: PoolMode,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Option<MethodReport>, CompareError> {
+    let (id, label) = match mode {
+        PoolMode::Paused => ("thaw-pool-paused", "thaw, paused pool"),
+        PoolMode::Running => ("thaw-pool-running", "thaw, running pool"),
+    };
+    if !cfg.wants(id) {
+        return Ok(None);
+    }
+    let pool = Pool::new(
+        home.clone(),
+        qemu.clone(),
+        cfg.accel,
+        None,
+        Orphans::DieWithOwner,
+    );
+    let pc = PoolConfig {
+        size: cfg.pool_size,
+        mode,
+        warm_ports: cfg.warm_ports,
+    };
+    pool.configure(tag0, pc)?;
+    let mut samples = Vec::new();
+    let mut from_pool = 0;
+    let result = async {
+        for i in 0..cfg.runs {
+            progress(&format!(
+                "{mem} MiB: {label}: restore {}/{}",
+                i + 1,
+                cfg.runs
+            ));
+            wait_pool_full(&pool).await?;
+            let name: VmName = format!("m{mem}-{id}-{i}").parse().expect("valid name");
+            let r = restore::restore_from(home, qemu, &restore_req(cfg, tag0, name), Some(&pool))
+                .await?;
+            from_pool += u32::from(r[0].breakdown.source == "pool");
+            samples.push(Sample {
+                running_ms: Some(r[0].restore_ms),
+                ready_ms: r[0].ready_ms,
+            });
+            let _ = control::stop(home, &r[0].name).await;
+        }
+        Ok::<_, CompareError>(())
+    }
+    .await;
+    pool.shutdown().await;
+    result?;
+    let mut m = MethodReport::new(id, label, mem).with_samples(&[], &samples);
+    m.detail = Some(serde_json::json!({ "from_pool": from_pool, "pool_size": cfg.pool_size }));
+    Ok(Some(m))
+}
+
+/// One restore of `tag` as the thaw methods make it.
+fn restore_req(cfg: &CompareConfig, tag: &SnapshotTag, name: VmName) -> RestoreRequest {
+    RestoreRequest {
+        tag: tag.clone(),
+        count: 1,
+        name: Some(name),
+        accel: Some(cfg.accel),
+        verify: false,
+        timeout: Duration::from_secs(120),
+        keep_vmgenid: false,
+        ready: cfg.ready.clone(),
+        exec_after: None,
+        paused: false,
+        vnc_password: None,
+    }
 }
 
 /// Bytes allocated on disk under `dir` (a sparse RAM image counts what it holds).
@@ -640,7 +488,7 @@ async fn cold_boot(
                 forwards: cfg.forwards.clone(),
                 ready: cfg.ready.clone(),
                 timeout: Duration::from_secs(300),
-                vnc: crate::display::VncRequest::default(),
+                vnc: thaw::display::VncRequest::default(),
             },
         )
         .await?;
@@ -651,185 +499,6 @@ async fn cold_boot(
         let _ = control::stop(home, &name).await;
     }
     Ok(MethodReport::new("cold-boot", "cold boot", mem).with_samples(&[], &samples))
-}
-
-/// savevm, exec:gzip and exec:zstd on one source VM (see `peer`).
-async fn peer_methods(
-    qemu: &Qemu,
-    cfg: &CompareConfig,
-    spec: &MachineSpec,
-    dir: &Path,
-    progress: &mut dyn FnMut(&str),
-) -> Vec<MethodReport> {
-    let mem = spec.memory_mib;
-    let labels = [
-        ("exec-gzip", "migrate to gzip, -incoming exec"),
-        ("exec-zstd", "migrate to zstd, -incoming exec"),
-        ("savevm", "QEMU savevm / -loadvm (qcow2)"),
-    ];
-    match peer_methods_in(qemu, cfg, spec, dir, progress).await {
-        Ok(v) => v,
-        Err(e) => labels
-            .iter()
-            .map(|(id, label)| MethodReport::failed(id, label, mem, &e))
-            .collect(),
-    }
-}
-
-async fn peer_methods_in(
-    qemu: &Qemu,
-    cfg: &CompareConfig,
-    spec: &MachineSpec,
-    dir: &Path,
-    progress: &mut dyn FnMut(&str),
-) -> Result<Vec<MethodReport>, CompareError> {
-    let mem = spec.memory_mib;
-    let src_dir = dir.join("source");
-    std::fs::create_dir_all(&src_dir).map_err(|e| CompareError::io("create", &src_dir, e))?;
-    let mut overlays = Vec::new();
-    for (i, d) in spec.disks.iter().enumerate() {
-        let o = src_dir.join(format!("disk{i}.qcow2"));
-        crate::disk::create_overlay(&d.base, d.format, &o)?;
-        overlays.push(o);
-    }
-    let vmstate = src_dir.join("vmstate.qcow2");
-    peer::create_vmstate(&vmstate, mem)?;
-    progress(&format!("{mem} MiB: peers: booting the source VM"));
-    let mut source = peer::spawn(
-        qemu,
-        &peer::PeerLaunch {
-            spec,
-            dir: &src_dir,
-            disk_overlays: &overlays,
-            vmstate: Some(&vmstate),
-            loadvm: false,
-            incoming: None,
-        },
-    )
-    .await?;
-    source.wait_ready(&cfg.ready).await?;
-    let mut out = Vec::new();
-    for (c, id, label) in [
-        (
-            Compressor::Gzip,
-            "exec-gzip",
-            "migrate to gzip, -incoming exec",
-        ),
-        (
-            Compressor::Zstd,
-            "exec-zstd",
-            "migrate to zstd, -incoming exec",
-        ),
-    ] {
-        let file = dir.join(format!("state.{}", c.program()));
-        let saved = dir.join(format!("saved-{}", c.program()));
-        let mut saves = Vec::new();
-        let mut bytes = 0;
-        for i in 0..cfg.runs {
-            progress(&format!("{mem} MiB: {label}: save {}/{}", i + 1, cfg.runs));
-            let (ms, b) = peer::migrate_to_file(&source, c, &file).await?;
-            // The disks as they were at the save, for every restore of it.
-            peer::copy_overlays(&overlays, &saved)?;
-            peer::resume(&source).await?;
-            saves.push(ms);
-            bytes = b;
-        }
-        let saved_overlays: Vec<PathBuf> = overlays
-            .iter()
-            .map(|o| saved.join(o.file_name().expect("a file")))
-            .collect();
-        let mut samples = Vec::new();
-        for i in 0..cfg.runs {
-            progress(&format!(
-                "{mem} MiB: {label}: restore {}/{}",
-                i + 1,
-                cfg.runs
-            ));
-            let run_dir = dir.join(format!("{id}-{i}"));
-            let fresh = peer::copy_overlays(&saved_overlays, &run_dir.join("disks"))?;
-            samples.push(
-                peer::restore_incoming(qemu, spec, &run_dir, c, &file, &fresh, &cfg.ready).await?,
-            );
-            let _ = std::fs::remove_dir_all(&run_dir);
-        }
-        let _ = std::fs::remove_file(&file);
-        let mut m = MethodReport::new(id, label, mem).with_samples(&saves, &samples);
-        m.save_bytes = Some(bytes);
-        out.push(m);
-    }
-    let mut saves = Vec::new();
-    for i in 0..cfg.runs {
-        progress(&format!("{mem} MiB: savevm: save {}/{}", i + 1, cfg.runs));
-        saves.push(peer::savevm(&source).await?);
-    }
-    source.quit().await;
-    let bytes = std::fs::metadata(&vmstate).map(|m| m.len()).unwrap_or(0);
-    let mut samples = Vec::new();
-    for i in 0..cfg.runs {
-        progress(&format!(
-            "{mem} MiB: -loadvm: restore {}/{}",
-            i + 1,
-            cfg.runs
-        ));
-        let run_dir = dir.join(format!("loadvm-{i}"));
-        // -loadvm reverts the images to the snapshot: every run starts from it.
-        samples.push(
-            peer::restore_loadvm(qemu, spec, &run_dir, &vmstate, &overlays, &cfg.ready).await?,
-        );
-        let _ = std::fs::remove_dir_all(&run_dir);
-    }
-    let mut m = MethodReport::new("savevm", "QEMU savevm / -loadvm (qcow2)", mem)
-        .with_samples(&saves, &samples);
-    m.save_bytes = Some(bytes);
-    out.push(m);
-    Ok(out)
-}
-
-async fn libvirt_method(
-    qemu: &Qemu,
-    cfg: &CompareConfig,
-    spec: &MachineSpec,
-    dir: &Path,
-    progress: &mut dyn FnMut(&str),
-) -> Result<MethodReport, CompareError> {
-    let mem = spec.memory_mib;
-    std::fs::create_dir_all(dir).map_err(|e| CompareError::io("create", dir, e))?;
-    let mut overlays = Vec::new();
-    for (i, d) in spec.disks.iter().enumerate() {
-        let o = dir.join(format!("disk{i}.qcow2"));
-        crate::disk::create_overlay(&d.base, d.format, &o)?;
-        overlays.push(o);
-    }
-    progress(&format!("{mem} MiB: libvirt: booting the domain"));
-    let domain = libvirt::boot(qemu, spec, dir, &overlays, &cfg.ready).await?;
-    let file = dir.join("domain.save");
-    let saved = dir.join("saved");
-    let (mut saves, mut samples, mut bytes) = (Vec::new(), Vec::new(), 0);
-    for i in 0..cfg.runs {
-        progress(&format!("{mem} MiB: libvirt: save {}/{}", i + 1, cfg.runs));
-        let (ms, b) = domain.save(&file)?;
-        saves.push(ms);
-        bytes = b;
-        peer::copy_overlays(&overlays, &saved)?;
-        progress(&format!(
-            "{mem} MiB: libvirt: restore {}/{}",
-            i + 1,
-            cfg.runs
-        ));
-        samples.push(domain.restore(&file, &cfg.ready).await?);
-        if i + 1 == cfg.runs {
-            domain.destroy();
-        }
-    }
-    if domain.exists() {
-        return Err(CompareError::Libvirt(format!(
-            "domain {} still exists after destroy",
-            domain.name
-        )));
-    }
-    let mut m = MethodReport::new("libvirt", LIBVIRT, mem).with_samples(&saves, &samples);
-    m.save_bytes = Some(bytes);
-    Ok(m)
 }
 
 impl CompareReport {

@@ -8,18 +8,18 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{machine, round2, Machine, Stats};
-use crate::accel::Accel;
-use crate::agent::Agent;
-use crate::boot::{self, BootRequest};
-use crate::control;
-use crate::home::{Home, SnapshotTag, VmName};
-use crate::qemu::Qemu;
-use crate::ready::ReadySpec;
-use crate::restore::{self, RestoreRequest};
-use crate::snapshot::take;
-use crate::spec::{MachineSpec, PortForward};
-use crate::vm::{VmPaths, VmState};
+use thaw::agent::Agent;
+use thaw::boot::{self, BootRequest};
+use thaw::control;
+use thaw::qemu::Qemu;
+use thaw::ready::ReadySpec;
+use thaw::restore::{self, RestoreRequest};
+use thaw::snapshot::take;
+use thaw::spec::{MachineSpec, PortForward};
+use thaw::vm::{VmPaths, VmState};
+use thaw::{Accel, Home, SnapshotTag, VmName};
+
+use crate::sample::{loadavg, machine, round2, Machine, Stats};
 
 #[derive(Debug, Clone)]
 pub struct DensityConfig {
@@ -127,7 +127,7 @@ pub async fn run(
         return Err(DensityError::Clones);
     }
     let started = Instant::now();
-    let load_before = super::compare::loadavg();
+    let load_before = loadavg();
     let bench_home = Home::new(home.root().join(format!("bench-{}", std::process::id())));
     bench_home.ensure()?;
     let qemu = &Qemu {
@@ -136,7 +136,7 @@ pub async fn run(
     };
     let result = run_in(&bench_home, qemu, cfg, progress).await;
     progress("stopping the clones");
-    for name in crate::vm::list_names(&bench_home) {
+    for name in thaw::vm::list_names(&bench_home) {
         let _ = control::stop(&bench_home, &name).await;
     }
     let _ = std::fs::remove_dir_all(bench_home.root());
@@ -165,7 +165,7 @@ async fn run_in(
             forwards: cfg.forwards.clone(),
             ready: cfg.ready.clone(),
             timeout: Duration::from_secs(300),
-            vnc: crate::display::VncRequest::default(),
+            vnc: thaw::display::VncRequest::default(),
         },
     )
     .await?;
@@ -217,7 +217,7 @@ async fn run_in(
         started += count;
     }
     progress("checking that every clone's agent answers");
-    let names: Vec<VmName> = crate::vm::list_names(home);
+    let names: Vec<VmName> = thaw::vm::list_names(home);
     let mut answered = 0;
     let (mut pss, mut rss, mut anon) = (Vec::new(), Vec::new(), Vec::new());
     let mut tb_size_mib = None;
@@ -250,7 +250,7 @@ async fn run_in(
     Ok(DensityReport {
         machine: machine(qemu, cfg.accel),
         load_before: [0.0; 3],
-        load_after: super::compare::loadavg(),
+        load_after: loadavg(),
         guest: cfg.guest_name.clone(),
         memory_mib: cfg.spec.memory_mib,
         clones: names.len() as u32,

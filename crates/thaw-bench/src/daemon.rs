@@ -16,11 +16,11 @@ use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use thaw::bench::compare::{ExternalMethod, ExternalRun, MethodReport, Sample};
-use thaw::bench::Stats;
 use thaw::{Home, SnapshotTag};
+use thaw_daemon::client::Client;
 
-use crate::client::Client;
+use crate::method::{ExternalMethod, ExternalRun, MethodReport, Sample};
+use crate::sample::Stats;
 
 /// The daemon method of the comparison.
 #[derive(Debug, Clone, Default)]
@@ -44,10 +44,6 @@ struct Timed {
     server: Vec<(String, f64)>,
 }
 
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
-}
-
 async fn timed(socket: &Path, method: &str, path: &str, body: Value) -> Result<Timed, String> {
     let payload = Bytes::from(serde_json::to_vec(&body).expect("JSON serializes"));
     let req = Request::builder()
@@ -61,7 +57,7 @@ async fn timed(socket: &Path, method: &str, path: &str, body: Value) -> Result<T
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|e| format!("connect to {}: {e}", socket.display()))?;
-    let connect_ms = ms(t0.elapsed());
+    let connect_ms = thaw::ms(t0.elapsed());
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
@@ -80,7 +76,7 @@ async fn timed(socket: &Path, method: &str, path: &str, body: Value) -> Result<T
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    let total_ms = ms(t0.elapsed());
+    let total_ms = thaw::ms(t0.elapsed());
     drop(sender);
     let _ = conn.await;
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -111,7 +107,7 @@ async fn wait_pool_full(client: &Client, tag: &SnapshotTag) -> Result<(), String
         let (_, pools) = client
             .request("GET", "/v1/pools", None)
             .await
-            .map_err(|e| crate::one_line(&e))?;
+            .map_err(|e| thaw_daemon::one_line(&e))?;
         let pool = pools
             .as_array()
             .and_then(|a| a.iter().find(|p| p["tag"] == tag.as_str()).cloned())
@@ -152,8 +148,8 @@ impl DaemonRestores {
             t + Duration::from_secs(60),
         )
         .await
-        .map_err(|e| crate::one_line(&e))?;
-        Ok(Some(ms(t.elapsed())))
+        .map_err(|e| thaw_daemon::one_line(&e))?;
+        Ok(Some(thaw::ms(t.elapsed())))
     }
 
     async fn measure(
@@ -183,7 +179,7 @@ impl DaemonRestores {
                 Some(json!({"size": 1, "mode": "running", "warm_ports": self.warm_ports})),
             )
             .await
-            .map_err(|e| crate::one_line(&e))?;
+            .map_err(|e| thaw_daemon::one_line(&e))?;
         if status != 200 {
             return Err(format!("PUT {pool_path} answered {status}: {body}"));
         }
@@ -211,7 +207,7 @@ impl DaemonRestores {
             let clone = &t.body[0];
             let client_ready_ms = self.client_ready(home, &name, clone).await?;
             if client_ready_ms.is_some() {
-                t.total_ms = ms(t0.elapsed());
+                t.total_ms = thaw::ms(t0.elapsed());
             }
             let restore_ms = clone["restore_ms"].as_f64().unwrap_or(f64::NAN);
             let ready_ms = clone["ready_ms"].as_f64().unwrap_or(f64::NAN);
@@ -248,7 +244,7 @@ impl DaemonRestores {
             let (status, body) = client
                 .request("DELETE", &format!("/v1/vms/{name}"), None)
                 .await
-                .map_err(|e| crate::one_line(&e))?;
+                .map_err(|e| thaw_daemon::one_line(&e))?;
             if status != 200 {
                 return Err(format!("DELETE /v1/vms/{name} answered {status}: {body}"));
             }
@@ -291,10 +287,10 @@ impl ExternalMethod for DaemonRestores {
         progress: &'a mut dyn FnMut(&str),
     ) -> ExternalRun<'a> {
         Box::pin(async move {
-            let config = crate::ServeConfig::new(home.clone());
+            let config = thaw_daemon::ServeConfig::new(home.clone());
             let socket = config.socket.clone();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let serve = crate::serve(config, async move {
+            let serve = thaw_daemon::serve(config, async move {
                 let _ = stopped.await;
             });
             let measure = async {
@@ -305,9 +301,9 @@ impl ExternalMethod for DaemonRestores {
                 r
             };
             let (served, measured) = tokio::join!(serve, measure);
-            let _ = std::fs::remove_file(home.root().join(crate::db::DB_FILE));
+            let _ = std::fs::remove_file(home.root().join(thaw_daemon::DB_FILE));
             match (served, measured) {
-                (Err(e), _) => Err(format!("thawd: {}", crate::one_line(&e))),
+                (Err(e), _) => Err(format!("thawd: {}", thaw_daemon::one_line(&e))),
                 (Ok(()), m) => m,
             }
         })

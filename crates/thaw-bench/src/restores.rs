@@ -7,30 +7,27 @@
 //! agent answers). Everything runs in a private home under `$THAW_HOME/bench-<pid>`
 //! that is removed afterwards.
 //!
-//! [`compare`] measures the same guest restored by the methods people use today and
-//! by thaw; [`density`] runs many clones at once and reports the memory they cost.
-
-mod bare;
-pub mod compare;
-pub mod density;
-mod libvirt;
-mod peer;
+//! [`crate::compare`] measures the same guest restored by the methods people use today and
+//! by thaw; [`crate::density`] runs many clones at once and reports the memory they cost.
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::accel::Accel;
-use crate::boot::{self, BootRequest};
-use crate::control;
-use crate::home::{Home, SnapshotTag, VmName};
-use crate::pool::{Orphans, Pool, PoolConfig};
-use crate::qemu::Qemu;
-use crate::ready::ReadySpec;
-use crate::reset::{self, ResetRequest};
-use crate::restore::{self, RestoreRequest};
-use crate::snapshot::{catalog, take};
-use crate::spec::{MachineSpec, PortForward};
+use thaw::boot::{self, BootRequest};
+use thaw::control;
+use thaw::pool::{Orphans, Pool, PoolConfig};
+use thaw::qemu::Qemu;
+use thaw::ready::ReadySpec;
+use thaw::reset::{self, ResetRequest};
+use thaw::restore::{self, RestoreRequest};
+use thaw::snapshot::{catalog, take};
+use thaw::spec::{MachineSpec, PortForward};
+use thaw::{Accel, Home, SnapshotTag, VmName};
+
+use crate::sample::{
+    breakdown_stats, machine, ready_label, round2, wait_pool_full, Machine, PoolFillError, Stats,
+};
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -51,40 +48,6 @@ pub struct BenchConfig {
     pub accel: Accel,
     /// Take restores from a warm pool of this size and mode.
     pub pool: Option<PoolConfig>,
-}
-
-/// Minimum, median and maximum of a sample, in milliseconds. An empty sample has
-/// NaN everywhere, written as JSON null (and read back from it).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-pub struct Stats {
-    #[serde(deserialize_with = "nan_if_null")]
-    pub min: f64,
-    #[serde(deserialize_with = "nan_if_null")]
-    pub median: f64,
-    #[serde(deserialize_with = "nan_if_null")]
-    pub max: f64,
-}
-
-fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
-}
-
-impl Stats {
-    pub fn of(samples: &[f64]) -> Stats {
-        let mut s = samples.to_vec();
-        s.sort_by(|a, b| a.total_cmp(b));
-        let n = s.len();
-        let median = match n {
-            0 => f64::NAN,
-            _ if n % 2 == 1 => s[n / 2],
-            _ => (s[n / 2 - 1] + s[n / 2]) / 2.0,
-        };
-        Stats {
-            min: s.first().copied().unwrap_or(f64::NAN),
-            median,
-            max: s.last().copied().unwrap_or(f64::NAN),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -125,16 +88,6 @@ pub struct SizeReport {
     pub breakdown_median_ms: std::collections::BTreeMap<String, f64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Machine {
-    pub cpu: String,
-    pub cores: usize,
-    pub memory_gib: u64,
-    pub kernel: String,
-    pub qemu: String,
-    pub accel: Accel,
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub machine: Machine,
@@ -173,13 +126,13 @@ pub enum BenchError {
     #[error("reset failed")]
     Reset(#[from] reset::ResetError),
     #[error("the store failed")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] thaw::store::StoreError),
     #[error("could not create the benchmark's directory")]
     Io(#[from] std::io::Error),
-    #[error("the warm pool did not fill: {0}")]
-    Pool(String),
     #[error(transparent)]
-    PoolConfig(#[from] crate::pool::PoolError),
+    Pool(#[from] PoolFillError),
+    #[error(transparent)]
+    PoolConfig(#[from] thaw::pool::PoolError),
 }
 
 /// Runs the benchmark. `progress` gets one line per step.
@@ -195,7 +148,7 @@ pub async fn run(
     let bench_home = Home::new(home.root().join(format!("bench-{}", std::process::id())));
     bench_home.ensure()?;
     let result = run_in(&bench_home, qemu, cfg, progress).await;
-    for name in crate::vm::list_names(&bench_home) {
+    for name in thaw::vm::list_names(&bench_home) {
         let _ = control::stop(&bench_home, &name).await;
     }
     let _ = std::fs::remove_dir_all(bench_home.root());
@@ -243,34 +196,167 @@ async fn run_in(
 ) -> Result<Vec<SizeReport>, BenchError> {
     let mut sizes = Vec::new();
     for &mem in &cfg.memory_mib {
+        let size = Size {
+            home,
+            qemu,
+            cfg,
+            mem,
+        };
+        sizes.push(size.measure(progress).await?);
+    }
+    Ok(sizes)
+}
+
+/// One RAM size's measurements, in the benchmark's home.
+struct Size<'a> {
+    home: &'a Home,
+    qemu: &'a Qemu,
+    cfg: &'a BenchConfig,
+    mem: u32,
+}
+
+/// Restores of one snapshot: request → running, → ready, and where the time went.
+#[derive(Default)]
+struct Restores {
+    running: Vec<f64>,
+    ready: Vec<f64>,
+    from_pool: u32,
+    breakdowns: Vec<serde_json::Value>,
+    /// Restores that started a QEMU (none come from a pool): the baseline for the
+    /// restores from the store.
+    plain: Vec<f64>,
+}
+
+/// `thaw reset` of one clone against stopping it and restoring it under its name.
+#[derive(Default)]
+struct Resets {
+    running: Vec<f64>,
+    ready: Vec<f64>,
+    from_pool: u32,
+    stop_restore: Vec<f64>,
+}
+
+impl Size<'_> {
+    fn name(&self, kind: &str, i: u32) -> VmName {
+        format!("m{}-{kind}-{i}", self.mem)
+            .parse()
+            .expect("valid name")
+    }
+
+    fn tag(&self, i: u32) -> SnapshotTag {
+        format!("m{}-snap-{i}", self.mem)
+            .parse()
+            .expect("valid tag")
+    }
+
+    fn restore_as(&self, name: VmName) -> RestoreRequest {
+        RestoreRequest {
+            tag: self.tag(0),
+            count: 1,
+            name: Some(name),
+            accel: Some(self.cfg.accel),
+            verify: false,
+            timeout: Duration::from_secs(60),
+            keep_vmgenid: false,
+            ready: self.cfg.ready.clone(),
+            exec_after: None,
+            paused: false,
+            vnc_password: None,
+        }
+    }
+
+    async fn measure(&self, progress: &mut dyn FnMut(&str)) -> Result<SizeReport, BenchError> {
+        let (home, cfg) = (self.home, self.cfg);
+        let cold = self.cold_boots(progress).await?;
+        let pause = self.snapshots(progress).await?;
+        let pool = match cfg.pool {
+            Some(pc) => {
+                let pool = Pool::new(
+                    home.clone(),
+                    self.qemu.clone(),
+                    cfg.accel,
+                    None,
+                    Orphans::DieWithOwner,
+                );
+                pool.configure(&self.tag(0), pc)?;
+                Some((pool, pc))
+            }
+            None => None,
+        };
+        let restores = self.restores(pool.as_ref(), progress).await;
+        let resets = match &restores {
+            Ok(_) => self.resets(pool.as_ref().map(|(p, _)| p), progress).await,
+            Err(_) => Ok(Resets::default()),
+        };
+        if let Some((pool, _)) = pool {
+            pool.shutdown().await;
+        }
+        let (restores, resets) = (restores?, resets?);
+        let (materialize_ms, stored) = self.restores_from_the_store(progress).await?;
+        let _ = catalog::remove(home, &self.tag(0), false);
+        let cold_boot_ms = Stats::of(&cold);
+        let ready_ms = Stats::of(&restores.ready);
+        let reset_ready_ms = Stats::of(&resets.ready);
+        let stop_restore_ms = Stats::of(&resets.stop_restore);
+        let store_restore_ms = Stats::of(&stored.running);
+        Ok(SizeReport {
+            memory_mib: self.mem,
+            cold_boot_ms,
+            pause_ms: Stats::of(&pause),
+            restore_ms: Stats::of(&restores.running),
+            ready_ms,
+            cold_to_ready_ratio: round2(cold_boot_ms.median / ready_ms.median),
+            from_pool: restores.from_pool,
+            reset_ms: Stats::of(&resets.running),
+            reset_ready_ms,
+            stop_restore_ms,
+            stop_restore_to_reset_ratio: round2(stop_restore_ms.median / reset_ready_ms.median),
+            resets_from_pool: resets.from_pool,
+            materialize_ms,
+            store_restore_ms,
+            store_ready_ms: Stats::of(&stored.ready),
+            store_to_plain_restore_ratio: round2(
+                store_restore_ms.median / Stats::of(&restores.plain).median,
+            ),
+            breakdown_median_ms: breakdown_stats(&restores.breakdowns)
+                .into_iter()
+                .map(|(k, s)| (k, s.median))
+                .collect(),
+        })
+    }
+
+    /// Cold boots; the first VM keeps running (the snapshots' source).
+    async fn cold_boots(&self, progress: &mut dyn FnMut(&str)) -> Result<Vec<f64>, BenchError> {
+        let (cfg, mem) = (self.cfg, self.mem);
         let spec = MachineSpec {
             memory_mib: mem,
             ..cfg.spec.clone()
         };
-        let name = |kind: &str, i: u32| -> VmName {
-            format!("m{mem}-{kind}-{i}").parse().expect("valid name")
-        };
-        let tag =
-            |i: u32| -> SnapshotTag { format!("m{mem}-snap-{i}").parse().expect("valid tag") };
-
         let mut cold = Vec::new();
         for i in 0..cfg.cold_runs {
             progress(&format!("{mem} MiB: cold boot {}/{}", i + 1, cfg.cold_runs));
             let req = BootRequest {
-                name: name("cold", i),
+                name: self.name("cold", i),
                 spec: spec.clone(),
                 forwards: cfg.forwards.clone(),
                 ready: cfg.ready.clone(),
                 timeout: Duration::from_secs(300),
-                vnc: crate::display::VncRequest::default(),
+                vnc: thaw::display::VncRequest::default(),
             };
-            let r = boot::boot(home, qemu, &req).await?;
+            let r = boot::boot(self.home, self.qemu, &req).await?;
             cold.push(r.boot_ms);
             if i > 0 {
-                let _ = control::stop(home, &req.name).await;
+                let _ = control::stop(self.home, &req.name).await;
             }
         }
-        let source = name("cold", 0);
+        Ok(cold)
+    }
+
+    /// Snapshots of the running source (their pause times); the first is kept, the
+    /// source ends.
+    async fn snapshots(&self, progress: &mut dyn FnMut(&str)) -> Result<Vec<f64>, BenchError> {
+        let (home, cfg, mem) = (self.home, self.cfg, self.mem);
+        let source = self.name("cold", 0);
         let mut pause = Vec::new();
         for i in 0..cfg.cold_runs {
             progress(&format!("{mem} MiB: snapshot {}/{}", i + 1, cfg.cold_runs));
@@ -278,38 +364,30 @@ async fn run_in(
                 home,
                 &take::SnapshotRequest {
                     name: source.clone(),
-                    tag: tag(i),
+                    tag: self.tag(i),
                     stop: false,
                 },
             )
             .await?;
             pause.push(r.pause_ms);
             if i > 0 {
-                let _ = catalog::remove(home, &tag(i), false);
+                let _ = catalog::remove(home, &self.tag(i), false);
             }
         }
         let _ = control::stop(home, &source).await;
-        let (mut restore, mut ready, mut from_pool) = (Vec::new(), Vec::new(), 0);
-        let mut breakdowns = Vec::new();
-        // Restores that started a QEMU (none come from a pool): the baseline for the
-        // restores from the store.
-        let mut plain = Vec::new();
-        let pool = match cfg.pool {
-            Some(pc) => {
-                let pool = Pool::new(
-                    home.clone(),
-                    qemu.clone(),
-                    cfg.accel,
-                    None,
-                    Orphans::DieWithOwner,
-                );
-                pool.configure(&tag(0), pc)?;
-                Some((pool, pc))
-            }
-            None => None,
-        };
+        Ok(pause)
+    }
+
+    /// Restores of the first snapshot, each from a full pool when there is one.
+    async fn restores(
+        &self,
+        pool: Option<&(std::sync::Arc<Pool>, PoolConfig)>,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Restores, BenchError> {
+        let (home, cfg, mem) = (self.home, self.cfg, self.mem);
+        let mut out = Restores::default();
         for i in 0..cfg.runs {
-            if let Some((pool, pc)) = &pool {
+            if let Some((pool, pc)) = pool {
                 // Every restore is taken from a full pool.
                 progress(&format!(
                     "{mem} MiB: filling the pool ({} {:?})",
@@ -318,50 +396,33 @@ async fn run_in(
                 wait_pool_full(pool).await?;
             }
             progress(&format!("{mem} MiB: restore {}/{}", i + 1, cfg.runs));
-            let req = RestoreRequest {
-                tag: tag(0),
-                count: 1,
-                name: Some(name("clone", i)),
-                accel: Some(cfg.accel),
-                verify: false,
-                timeout: Duration::from_secs(60),
-                keep_vmgenid: false,
-                ready: cfg.ready.clone(),
-                exec_after: None,
-                paused: false,
-                vnc_password: None,
-            };
-            let r = restore::restore_from(home, qemu, &req, pool.as_ref().map(|(p, _)| p)).await?;
-            restore.push(r[0].restore_ms);
-            ready.push(r[0].ready_ms);
-            breakdowns.push(serde_json::to_value(&r[0].breakdown).unwrap_or_default());
+            let req = self.restore_as(self.name("clone", i));
+            let r = restore::restore_from(home, self.qemu, &req, pool.map(|(p, _)| p)).await?;
+            out.running.push(r[0].restore_ms);
+            out.ready.push(r[0].ready_ms);
+            out.breakdowns
+                .push(serde_json::to_value(&r[0].breakdown).unwrap_or_default());
             if r[0].breakdown.source == "spawn" {
-                plain.push(r[0].restore_ms);
+                out.plain.push(r[0].restore_ms);
             }
-            from_pool += u32::from(r[0].breakdown.source == "pool");
+            out.from_pool += u32::from(r[0].breakdown.source == "pool");
             let _ = control::stop(home, &r[0].name).await;
         }
-        // Reset against stop + restore, on one clone, the same number of times.
-        let target = name("reset", 0);
-        let restore_as = |name: VmName| RestoreRequest {
-            tag: tag(0),
-            count: 1,
-            name: Some(name),
-            accel: Some(cfg.accel),
-            verify: false,
-            timeout: Duration::from_secs(60),
-            keep_vmgenid: false,
-            ready: cfg.ready.clone(),
-            exec_after: None,
-            paused: false,
-            vnc_password: None,
-        };
-        restore::restore(home, qemu, &restore_as(target.clone())).await?;
-        let (mut reset_run, mut reset_ready, mut stop_restore) =
-            (Vec::new(), Vec::new(), Vec::new());
-        let mut resets_from_pool = 0;
+        Ok(out)
+    }
+
+    /// Reset against stop + restore, on one clone, the same number of times.
+    async fn resets(
+        &self,
+        pool: Option<&std::sync::Arc<Pool>>,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Resets, BenchError> {
+        let (home, qemu, cfg, mem) = (self.home, self.qemu, self.cfg, self.mem);
+        let target = self.name("reset", 0);
+        restore::restore(home, qemu, &self.restore_as(target.clone())).await?;
+        let mut out = Resets::default();
         for i in 0..cfg.runs {
-            if let Some((pool, _)) = &pool {
+            if let Some(pool) = pool {
                 wait_pool_full(pool).await?;
             }
             progress(&format!("{mem} MiB: reset {}/{}", i + 1, cfg.runs));
@@ -371,149 +432,48 @@ async fn run_in(
                 timeout: Duration::from_secs(60),
                 accel: Some(cfg.accel),
             };
-            let r = reset::reset(home, qemu, &req, pool.as_ref().map(|(p, _)| p)).await?;
-            reset_run.push(r.clone.restore_ms);
-            reset_ready.push(r.clone.ready_ms);
-            resets_from_pool += u32::from(r.clone.breakdown.source == "pool");
+            let r = reset::reset(home, qemu, &req, pool).await?;
+            out.running.push(r.clone.restore_ms);
+            out.ready.push(r.clone.ready_ms);
+            out.from_pool += u32::from(r.clone.breakdown.source == "pool");
         }
         for i in 0..cfg.runs {
             progress(&format!("{mem} MiB: stop + restore {}/{}", i + 1, cfg.runs));
             let t = std::time::Instant::now();
             let _ = control::stop(home, &target).await;
-            restore::restore(home, qemu, &restore_as(target.clone())).await?;
-            stop_restore.push(crate::ms(t.elapsed()));
+            restore::restore(home, qemu, &self.restore_as(target.clone())).await?;
+            out.stop_restore.push(thaw::ms(t.elapsed()));
         }
         let _ = control::stop(home, &target).await;
-        if let Some((pool, _)) = pool {
-            pool.shutdown().await;
-        }
-        // From the store: the snapshot's files go, then are written out of the store
-        // once, then restored from like any directory.
+        Ok(out)
+    }
+
+    /// From the store: the snapshot's files go, then are written out of the store
+    /// once (timed), then restored from like any directory.
+    async fn restores_from_the_store(
+        &self,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(f64, Restores), BenchError> {
+        let (home, cfg, mem) = (self.home, self.cfg, self.mem);
         progress(&format!("{mem} MiB: evict and write out from the store"));
-        crate::store::evict(home, &tag(0))?;
+        thaw::store::evict(home, &self.tag(0))?;
         let t = std::time::Instant::now();
-        crate::store::ensure_materialized(home, &tag(0), &mut crate::store::NoProgress)?;
-        let materialize_ms = crate::ms(t.elapsed());
-        let (mut store_restore, mut store_ready) = (Vec::new(), Vec::new());
+        thaw::store::ensure_materialized(home, &self.tag(0), &mut thaw::store::NoProgress)?;
+        let materialize_ms = thaw::ms(t.elapsed());
+        let mut out = Restores::default();
         for i in 0..cfg.runs {
             progress(&format!(
                 "{mem} MiB: restore from the store {}/{}",
                 i + 1,
                 cfg.runs
             ));
-            let r = restore::restore(home, qemu, &restore_as(name("stored", i))).await?;
-            store_restore.push(r[0].restore_ms);
-            store_ready.push(r[0].ready_ms);
+            let req = self.restore_as(self.name("stored", i));
+            let r = restore::restore(home, self.qemu, &req).await?;
+            out.running.push(r[0].restore_ms);
+            out.ready.push(r[0].ready_ms);
             let _ = control::stop(home, &r[0].name).await;
         }
-        let _ = catalog::remove(home, &tag(0), false);
-        let cold_boot_ms = Stats::of(&cold);
-        let ready_ms = Stats::of(&ready);
-        let plain_restore = Stats::of(&plain);
-        sizes.push(SizeReport {
-            memory_mib: mem,
-            cold_boot_ms,
-            pause_ms: Stats::of(&pause),
-            restore_ms: Stats::of(&restore),
-            ready_ms,
-            cold_to_ready_ratio: round2(cold_boot_ms.median / ready_ms.median),
-            from_pool,
-            reset_ms: Stats::of(&reset_run),
-            reset_ready_ms: Stats::of(&reset_ready),
-            stop_restore_ms: Stats::of(&stop_restore),
-            stop_restore_to_reset_ratio: round2(
-                Stats::of(&stop_restore).median / Stats::of(&reset_ready).median,
-            ),
-            resets_from_pool,
-            materialize_ms,
-            store_restore_ms: Stats::of(&store_restore),
-            store_ready_ms: Stats::of(&store_ready),
-            store_to_plain_restore_ratio: round2(
-                Stats::of(&store_restore).median / plain_restore.median,
-            ),
-            breakdown_median_ms: breakdown_stats(&breakdowns)
-                .into_iter()
-                .map(|(k, s)| (k, s.median))
-                .collect(),
-        });
-    }
-    Ok(sizes)
-}
-
-/// Min / median / max of each `*_ms` part of restore breakdowns (as JSON objects).
-pub(crate) fn breakdown_stats(
-    breakdowns: &[serde_json::Value],
-) -> std::collections::BTreeMap<String, Stats> {
-    let mut parts = std::collections::BTreeMap::new();
-    for b in breakdowns {
-        for (k, v) in b.as_object().into_iter().flatten() {
-            if let (true, Some(v)) = (k.ends_with("_ms"), v.as_f64()) {
-                parts.entry(k.clone()).or_insert_with(Vec::new).push(v);
-            }
-        }
-    }
-    parts.into_iter().map(|(k, v)| (k, Stats::of(&v))).collect()
-}
-
-/// What "ready" means for `ready`, as the reports say it.
-pub(crate) fn ready_label(ready: &ReadySpec) -> String {
-    match (ready.port, ready.redis_ping) {
-        (Some(p), true) => format!("agent + redis PING on guest port {p}"),
-        (Some(p), false) => format!("agent + guest port {p}"),
-        _ => "agent".into(),
-    }
-}
-
-/// Waits until every configured pool is full; fails if preparing clones keeps failing.
-pub(crate) async fn wait_pool_full(pool: &std::sync::Arc<Pool>) -> Result<(), BenchError> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    loop {
-        let status = pool.status();
-        if status.iter().all(|s| s.ready == s.size) {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            let why = status
-                .iter()
-                .find_map(|s| s.last_error.clone())
-                .unwrap_or_else(|| "timed out".into());
-            return Err(BenchError::Pool(why));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-pub(crate) fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
-}
-
-pub(crate) fn machine(qemu: &Qemu, accel: Accel) -> Machine {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_owned())
-        .unwrap_or_else(|| "unknown".into());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_kib: u64 = meminfo
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    Machine {
-        cpu,
-        cores: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        memory_gib: (mem_kib + (1 << 19)) >> 20,
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .to_owned(),
-        qemu: qemu.version.to_string(),
-        accel,
+        Ok((materialize_ms, out))
     }
 }
 
@@ -596,24 +556,5 @@ impl BenchReport {
             ));
         }
         s
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stats_take_min_median_max() {
-        assert_eq!(
-            Stats::of(&[5.0, 1.0, 3.0]),
-            Stats {
-                min: 1.0,
-                median: 3.0,
-                max: 5.0
-            }
-        );
-        assert_eq!(Stats::of(&[4.0, 1.0, 3.0, 2.0]).median, 2.5);
-        assert!(Stats::of(&[]).median.is_nan());
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use thaw::bench::compare::{CompareReport, MethodReport};
+use thaw_bench::compare::{CompareReport, MethodReport};
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 const SIZE: (u32, u32) = (1200, 640);
@@ -51,7 +51,7 @@ fn register_font() -> Result<()> {
         .unwrap_or_else(|| FONT.into());
     let bytes = std::fs::read(&path).with_context(|| {
         format!(
-            "the charts need the font {} (install fonts-dejavu-core: scripts/setup.sh, or set THAW_FONT)",
+            "the charts need the font {} (install fonts-dejavu-core: scripts/setup-test.sh, or set THAW_FONT)",
             path.display()
         )
     })?;

@@ -3,45 +3,48 @@
 
 use std::time::Instant;
 
-use super::compare::{CompareConfig, CompareError, MethodReport, Sample};
-use super::peer;
-use crate::home::{Home, SnapshotTag, VmName};
-use crate::qemu::Qemu;
+use thaw::qemu::Qemu;
+use thaw::ready::ReadySpec;
+use thaw::{Home, SnapshotTag, VmName};
+
+use crate::method::{CompareError, MethodReport, Sample};
+use crate::peer;
 
 /// The mechanism thaw is built on and nothing more: a QEMU that maps the snapshot's RAM
 /// image private, loads its device state with `x-ignore-shared`, `cont`, and the agent
 /// answers `guest-ping` (then the profile's check). No snapshot check, the snapshot's
 /// own VM Generation ID, no clock set: what thaw's restore adds to it is the difference
 /// between this row and thaw's.
-pub(super) async fn method(
+pub async fn method(
     home: &Home,
     qemu: &Qemu,
-    cfg: &CompareConfig,
+    runs: u32,
+    ready: &ReadySpec,
     tag: &SnapshotTag,
     mem: u32,
     progress: &mut dyn FnMut(&str),
 ) -> Result<MethodReport, CompareError> {
-    let snap = crate::snapshot::Snapshot::open(home, tag)?;
+    let snap = thaw::snapshot::Snapshot::open(home, tag)?;
     let mut samples = Vec::new();
-    for i in 0..cfg.runs {
+    for i in 0..runs {
         progress(&format!(
             "{mem} MiB: bare mechanism: restore {}/{}",
             i + 1,
-            cfg.runs
+            runs
         ));
         let dir = home.root().join(format!("bare-{mem}-{i}"));
         std::fs::create_dir_all(&dir).map_err(|e| CompareError::io("create", &dir, e))?;
-        let paths = crate::vm::VmPaths { dir: dir.clone() };
+        let paths = thaw::vm::VmPaths { dir: dir.clone() };
         let name: VmName = format!("m{mem}-bare-{i}").parse().expect("valid name");
         let t0 = Instant::now();
-        let prepared = crate::clone::prepare(
+        let prepared = thaw::clone::prepare(
             qemu,
             &snap,
             paths,
             name,
             true,
             true,
-            crate::clone::Ports::Fresh,
+            thaw::clone::Ports::Fresh,
         )
         .await;
         let mut clone = match prepared {
@@ -53,18 +56,18 @@ pub(super) async fn method(
         };
         let measured = async {
             clone.resume().await?;
-            let running_ms = crate::ms(t0.elapsed());
+            let running_ms = thaw::ms(t0.elapsed());
             peer::wait_agent_ready(
                 Some(clone.qmp()),
                 &clone.paths,
                 &clone.paths.agent(),
-                &cfg.ready,
+                ready,
                 &clone.state.ports,
             )
             .await?;
             Ok::<_, CompareError>(Sample {
                 running_ms: Some(running_ms),
-                ready_ms: crate::ms(t0.elapsed()),
+                ready_ms: thaw::ms(t0.elapsed()),
             })
         }
         .await;

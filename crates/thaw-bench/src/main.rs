@@ -1,0 +1,129 @@
+//! `thaw-bench`: the benchmarks `thaw bench` runs (the `thaw` command execs this
+//! binary, found next to it or on PATH, with its arguments). Parse, run, print; the
+//! measurements live in the `thaw_bench` library.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+use serde::Serialize;
+use tokio::signal::unix::{signal, SignalKind};
+
+mod args;
+mod chart;
+mod profile;
+
+fn main() -> ExitCode {
+    thaw::fsutil::private_umask();
+    let args = match args::BenchArgs::try_parse() {
+        Ok(args) => args,
+        Err(e) if e.use_stderr() => {
+            eprintln!("thaw: {} (see --help)", usage_error_line(&e.to_string()));
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            let _ = e.print(); // --help, --version
+            return ExitCode::SUCCESS;
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("THAW_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let json = args.json;
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = runtime.block_on(async {
+        // SIGINT or SIGTERM ends the benchmark at once with 128 + the signal's number,
+        // as `thaw` ends its other commands: its QEMUs die with it (PR_SET_PDEATHSIG),
+        // and a benchmark's home holds nothing worth finishing.
+        let (mut int, mut term) = match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(int), Ok(term)) => (int, term),
+            (Err(e), _) | (_, Err(e)) => {
+                return Err(anyhow::Error::new(e).context("could not handle signals"))
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = int.recv() => std::process::exit(130),
+            _ = term.recv() => std::process::exit(143),
+            r = args::run(args) => r,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away: nobody reads the answer; end quietly.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line: the error and its causes.
+            let line = format!("{err:#}");
+            if json {
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "{}",
+                    serde_json::json!({ "error": line })
+                );
+            }
+            eprintln!("thaw: error: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints `value` as JSON, or as the text `human` gives.
+fn emit<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T) -> String) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, value)?;
+        writeln!(out)?;
+    } else {
+        let text = human(value);
+        if !text.is_empty() {
+            writeln!(out, "{text}")?;
+        }
+    }
+    Ok(())
+}
+
+/// One line of progress on stderr (not under --json unless stderr is a terminal).
+fn progress(json: bool) -> impl FnMut(&str) {
+    move |line: &str| {
+        if !json || std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprintln!("thaw: {line}");
+        }
+    }
+}
+
+/// One line, like every other error: clap's first line minus its prefix, with the
+/// indented lines that follow it, up to the blank line before the usage.
+fn usage_error_line(text: &str) -> String {
+    let mut lines = text.lines();
+    let first = lines
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ");
+    let named: Vec<&str> = lines
+        .take_while(|l| l.starts_with(' '))
+        .map(str::trim)
+        .collect();
+    match named.as_slice() {
+        [] => first.to_owned(),
+        _ => format!("{} {}", first, named.join(", ")),
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            || e.downcast_ref::<serde_json::Error>()
+                .and_then(|e| e.io_error_kind())
+                == Some(std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,6 +1,7 @@
 //! Operations on VMs that exist: run a command in one, list them with their real
 //! state, stop, resume.
 
+use crate::fsutil::Context;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -163,11 +164,9 @@ pub async fn stop(home: &Home, name: &VmName) -> Result<(), VmError> {
             }
         }
     }
-    std::fs::remove_dir_all(&dir).map_err(|source| VmError::Io {
-        step: "remove",
-        path: dir.clone(),
-        source,
-    })
+    std::fs::remove_dir_all(&dir)
+        .at("remove", &dir)
+        .map_err(VmError::from)
 }
 
 /// Pauses a running VM's vCPUs (QMP `stop`); `resume` continues it. Its screen, memory

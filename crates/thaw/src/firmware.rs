@@ -13,6 +13,7 @@
 //! - every clone gets its own copy ([`vars_for_clone`]), so what one clone writes no
 //!   other clone and not the snapshot sees.
 
+use crate::fsutil::IoError;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -100,13 +101,8 @@ pub struct Ovmf {
 pub enum FirmwareError {
     #[error("UEFI firmware not found ({} is missing): install the Debian package ovmf (scripts/setup.sh), or set {OVMF_DIR_ENV}", .0.display())]
     OvmfMissing(PathBuf),
-    #[error("could not {step} {path}")]
-    Io {
-        step: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// Finds OVMF in `$THAW_OVMF_DIR` or [`OVMF_DIR`].
@@ -152,10 +148,12 @@ pub fn vars_for_boot(firmware: &Firmware, vm_dir: &Path) -> Result<(), FirmwareE
     }
     let ovmf = ovmf()?;
     let dest = vars_file(vm_dir);
-    copy_writable(&ovmf.vars_template, &dest).map_err(|source| FirmwareError::Io {
-        step: "copy OVMF's variable store to",
-        path: dest,
-        source,
+    copy_writable(&ovmf.vars_template, &dest).map_err(|source| {
+        FirmwareError::Io(crate::fsutil::IoError::new(
+            "copy OVMF's variable store to",
+            dest,
+            source,
+        ))
     })
 }
 

@@ -22,6 +22,7 @@
 //! `MappedRamHeader { version: u32, page_size: u64, bitmap_offset: u64, pages_offset:
 //! u64 }`; the next block's header follows its pages region.
 
+use crate::fsutil::IoError;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -54,13 +55,8 @@ pub struct RamRegion {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MappedError {
-    #[error("could not {step} {path}")]
-    Io {
-        step: &'static str,
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("{path} is not a mapped-ram migration file: {why}")]
     Format {
         path: std::path::PathBuf,
@@ -79,11 +75,7 @@ fn be32(b: &[u8]) -> u32 {
 /// Reads the RAM block layout of a mapped-ram migration file.
 pub fn blocks(path: &Path) -> Result<Vec<Block>, MappedError> {
     let io = |step| {
-        move |source| MappedError::Io {
-            step,
-            path: path.to_owned(),
-            source,
-        }
+        move |source| MappedError::Io(crate::fsutil::IoError::new(step, path.to_owned(), source))
     };
     let f = File::open(path).map_err(io("open"))?;
     let file_len = f.metadata().map_err(io("read"))?.len();
@@ -231,11 +223,7 @@ fn read_at_most(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize>
 /// restore loads none of the main block's pages. Returns the main block's region.
 pub fn seal(path: &Path) -> Result<RamRegion, MappedError> {
     let io = |step| {
-        move |source| MappedError::Io {
-            step,
-            path: path.to_owned(),
-            source,
-        }
+        move |source| MappedError::Io(crate::fsutil::IoError::new(step, path.to_owned(), source))
     };
     let main = blocks(path)?
         .into_iter()

@@ -18,6 +18,7 @@
 //! ends the pooled processes never taken when the owner dies is the owner's choice
 //! ([`Orphans`]).
 
+use crate::fsutil::Context;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -458,11 +459,9 @@ impl Pool {
         let paths = VmPaths {
             dir: Pool::dir(&self.home).join(id.as_str()),
         };
-        std::fs::create_dir_all(&paths.dir).map_err(|source| crate::vm::VmError::Io {
-            step: "create",
-            path: paths.dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&paths.dir)
+            .at("create", &paths.dir)
+            .map_err(crate::vm::VmError::from)?;
         let snap = Arc::new(Snapshot::open(&self.home, tag)?);
         if let Some(slot) = self.slots.lock().expect("pool lock").get_mut(tag) {
             slot.snapshot = Some(snap.clone());

@@ -11,6 +11,7 @@
 //! An interrupt ([`reset_cancellable`]) before the VM's QEMU is killed discards the
 //! clone and leaves the VM as it was; from the kill on, the reset finishes.
 
+use crate::fsutil::Context;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -123,11 +124,9 @@ pub async fn reset_cancellable(
         None => {
             let dir = side_dir(home);
             let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).map_err(|source| VmError::Io {
-                step: "create",
-                path: dir.clone(),
-                source,
-            })?;
+            std::fs::create_dir_all(&dir)
+                .at("create", &dir)
+                .map_err(VmError::from)?;
             side = Some(dir.clone());
             let paths = VmPaths { dir: dir.clone() };
             match clone::prepare(
@@ -207,11 +206,7 @@ fn keep_ports(old: &[PortForward], snap: &Snapshot) -> Result<Vec<PortForward>, 
             Some(f) => Ok(*f),
             None => Ok(PortForward {
                 guest,
-                host: free_port().map_err(|source| VmError::Io {
-                    step: "pick a port for",
-                    path: snap.dir.clone(),
-                    source,
-                })?,
+                host: free_port().at("pick a port for", &snap.dir)?,
             }),
         })
         .collect()
@@ -240,11 +235,9 @@ async fn take_over(
         old.name,
         std::process::id()
     ));
-    std::fs::rename(&dir, &doomed).map_err(|source| VmError::Io {
-        step: "move aside",
-        path: dir.clone(),
-        source,
-    })?;
+    std::fs::rename(&dir, &doomed)
+        .at("move aside", &dir)
+        .map_err(VmError::from)?;
     prepared.claim_name(home, &old.name, false)?;
     // The old VM's files (its RAM file, disks, logs) go now; nothing runs from them.
     let _ = std::fs::remove_dir_all(&doomed);

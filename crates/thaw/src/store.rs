@@ -15,6 +15,7 @@
 //! it like any other. Guest files are materialized into `$THAW_HOME/files/<blake3>`,
 //! and the snapshot's `guest/` links point there (see `guestref`).
 
+use crate::fsutil::{Context, FileLock, IoError, LockMode};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -81,13 +82,8 @@ pub enum StoreError {
     Exists(SnapshotTag),
     #[error(transparent)]
     Check(#[from] SnapshotCheckError),
-    #[error("could not {step} {path}")]
-    Io {
-        step: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("pushing {tag} failed")]
     Push {
         tag: String,
@@ -138,11 +134,6 @@ boxed_from!(
     Verify(thaw_store::VerifyError)
 );
 
-fn io(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
-    let path = path.to_owned();
-    move |source| StoreError::Io { step, path, source }
-}
-
 /// The home's store.
 pub fn open(home: &Home) -> Result<Store, StoreError> {
     Ok(Store::open(home.root().join("store"))?)
@@ -153,32 +144,10 @@ pub fn files_dir(home: &Home) -> PathBuf {
     home.root().join("files")
 }
 
-/// A lock on the store: shared while chunks are added and then named (so that no gc
-/// removes them in between), exclusive for gc.
-pub struct StoreLock(#[allow(dead_code)] std::fs::File);
-
-fn lock(home: &Home, exclusive: bool) -> Result<StoreLock, StoreError> {
-    let dir = home.root().join("store");
-    std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-    let path = dir.join(".thaw.lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io("open", &path))?;
-    let op = if exclusive {
-        rustix::fs::FlockOperation::LockExclusive
-    } else {
-        rustix::fs::FlockOperation::LockShared
-    };
-    rustix::fs::flock(&f, op).map_err(|e| io("lock", &path)(e.into()))?;
-    Ok(StoreLock(f))
-}
-
-/// Holds the store against gc while a snapshot's chunks are added and named.
-pub fn lock_shared(home: &Home) -> Result<StoreLock, StoreError> {
-    lock(home, false)
+/// Holds the store against gc while a snapshot's chunks are added and named: the
+/// store's one lock ([`Store::lock`]), shared; gc takes it exclusively.
+pub fn lock_shared(store: &Store) -> Result<FileLock, StoreError> {
+    Ok(store.lock(LockMode::Shared)?)
 }
 
 /// The stored record of `tag`, if the store has one.
@@ -248,7 +217,7 @@ pub fn ingest(
     progress: &mut dyn Progress,
 ) -> Result<StoredSnapshot, StoreError> {
     let mpath = dir.join(snapshot::MANIFEST_FILE);
-    let manifest = std::fs::read_to_string(&mpath).map_err(io("read", &mpath))?;
+    let manifest = std::fs::read_to_string(&mpath).at("read", &mpath)?;
     let m: snapshot::Manifest =
         serde_json::from_str(&manifest).map_err(|e| StoreError::Corrupt {
             tag: dir.display().to_string(),
@@ -263,7 +232,7 @@ pub fn ingest(
             }
         })
     };
-    for rel in files_under(dir).map_err(io("list", dir))? {
+    for rel in files_under(dir).at("list", dir)? {
         let known = parent.and_then(|(p, ps)| {
             let same = p.manifest.files.contains_key(&rel)
                 && p.manifest.files.get(&rel) == m.files.get(&rel);
@@ -319,7 +288,7 @@ pub fn ensure(
     progress: &mut dyn Progress,
 ) -> Result<StoredSnapshot, StoreError> {
     let store = open(home)?;
-    let _lock = lock_shared(home)?;
+    let _lock = lock_shared(&store)?;
     if let Some(s) = get(&store, tag.as_str())? {
         return Ok(s);
     }
@@ -367,14 +336,14 @@ pub fn materialize(
     // file the record makes QEMU open (see `snapshot::confine`).
     let m = snapshot::parse_manifest_bytes(tag, s.manifest.as_bytes())?;
     confine::check_record(&m, s.files.keys().map(String::as_str))?;
-    home.ensure().map_err(io("create", home.root()))?;
+    home.ensure().at("create", home.root())?;
     snapshot::remove_stale_temp_dirs(home);
     let tmp = snapshot::temp_dir(home, tag);
     let result = (|| {
-        std::fs::create_dir_all(tmp.join("disks")).map_err(io("create", &tmp))?;
-        std::fs::create_dir_all(tmp.join(guestref::DIR)).map_err(io("create", &tmp))?;
+        std::fs::create_dir_all(tmp.join("disks")).at("create", &tmp)?;
+        std::fs::create_dir_all(tmp.join(guestref::DIR)).at("create", &tmp)?;
         let files = files_dir(home);
-        std::fs::create_dir_all(&files).map_err(io("create", &files))?;
+        std::fs::create_dir_all(&files).at("create", &files)?;
         for (rel, index) in &s.files {
             let write = |dest: &Path, progress: &mut dyn Progress| {
                 tokio::task::block_in_place(|| store.materialize(index, dest, progress)).map_err(
@@ -402,8 +371,7 @@ pub fn materialize(
                     if !file.is_file() {
                         write(&file, progress)?;
                     }
-                    std::os::unix::fs::symlink(&file, tmp.join(rel))
-                        .map_err(io("link", &tmp.join(rel)))?;
+                    std::os::unix::fs::symlink(&file, tmp.join(rel)).at("link", &tmp.join(rel))?;
                 }
                 None => {
                     if rel.contains("..") || rel.starts_with('/') {
@@ -422,14 +390,12 @@ pub fn materialize(
             confine::check_stored_base(&m, i, &guestref::base(&tmp, i))?;
         }
         let mpath = tmp.join(snapshot::MANIFEST_FILE);
-        fsutil::write_atomic(&mpath, s.manifest.as_bytes()).map_err(io("write", &mpath))?;
-        fsutil::fsync_dir(&tmp.join("disks")).map_err(io("sync", &tmp))?;
-        fsutil::fsync_dir(&tmp).map_err(io("sync", &tmp))?;
+        fsutil::write_atomic(&mpath, s.manifest.as_bytes())?;
+        fsutil::fsync_dir(&tmp.join("disks"))?;
+        fsutil::fsync_dir(&tmp)?;
         catalog::publish(home, &tmp, tag).map_err(|e| match e {
             catalog::PublishError::Exists(tag) => StoreError::Exists(tag),
-            catalog::PublishError::Io { path, source } => {
-                io("publish the snapshot as", &path)(source)
-            }
+            catalog::PublishError::Io(e) => StoreError::Io(e),
         })
     })();
     if result.is_err() {
@@ -447,8 +413,8 @@ pub fn evict(home: &Home, tag: &SnapshotTag) -> Result<StoredSnapshot, StoreErro
     let doomed = home
         .snapshots_dir()
         .join(format!(".tmp-evict-{tag}-{}", std::process::id()));
-    std::fs::rename(&dir, &doomed).map_err(io("move aside", &dir))?;
-    std::fs::remove_dir_all(&doomed).map_err(io("remove", &doomed))?;
+    std::fs::rename(&dir, &doomed).at("move aside", &dir)?;
+    std::fs::remove_dir_all(&doomed).at("remove", &doomed)?;
     Ok(s)
 }
 
@@ -545,7 +511,7 @@ pub async fn pull(
         why: e.to_string(),
     })?;
     let store = open(home)?;
-    let _lock = lock_shared(home)?;
+    let _lock = lock_shared(&store)?;
     let r = thaw_store::pull_chunks(&store, remote, &s.chunk_ids(), progress)
         .await
         .map_err(pull_err)?;
@@ -586,7 +552,7 @@ pub fn import(
     progress: &mut dyn Progress,
 ) -> Result<SnapshotTag, StoreError> {
     let store = open(home)?;
-    let _lock = lock_shared(home)?;
+    let _lock = lock_shared(&store)?;
     let imported = tokio::task::block_in_place(|| thaw_store::import(&store, file, progress))
         .map_err(|source| StoreError::Import {
             path: file.to_owned(),
@@ -653,7 +619,7 @@ pub struct GcReport {
 /// snapshots in the store only.
 pub fn gc(home: &Home) -> Result<GcReport, StoreError> {
     let store = open(home)?;
-    let _lock = lock(home, true)?;
+    let held = store.lock(LockMode::Exclusive)?;
     let mut live = HashSet::new();
     for name in store
         .list_manifests()
@@ -666,7 +632,7 @@ pub fn gc(home: &Home) -> Result<GcReport, StoreError> {
             live.extend(s.chunk_ids());
         }
     }
-    let r = tokio::task::block_in_place(|| store.gc(&live))?;
+    let r = tokio::task::block_in_place(|| store.gc_locked(&held, &live))?;
     Ok(GcReport {
         chunks_removed: r.removed,
         bytes_freed: r.freed_bytes,

@@ -16,6 +16,7 @@
 //! (read-only: VMs run on overlays of it) and `guest.json`, built under a lock and renamed
 //! into place like the default guest.
 
+use crate::fsutil::Context;
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -25,9 +26,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    build_atomically, guests_dir, initramfs, io_err, kernel, lock, modules, read_json, rootfs,
-    sync_dir, unreadable, write_synced, FileRecord, GuestBuildError, INITRD_FILE, KERNEL_FILE,
-    MANIFEST_FILE,
+    build_atomically, guests_dir, initramfs, kernel, lock, modules, read_json, rootfs, sync_dir,
+    unreadable, write_synced, FileRecord, GuestBuildError, INITRD_FILE, KERNEL_FILE, MANIFEST_FILE,
 };
 
 const NAME: &str = "debian";
@@ -177,7 +177,7 @@ fn build_into(
     let mut apt = kernel::Apt::new();
     let pkg = apt.resolve(progress)?;
     let deb_dir = scratch.join("deb");
-    fs::create_dir_all(&deb_dir).map_err(io_err("create the download directory", &deb_dir))?;
+    fs::create_dir_all(&deb_dir).at("create the download directory", &deb_dir)?;
     let deb = apt.download(&pkg, &deb_dir, progress)?;
     progress(&format!("unpacking {}", pkg.name));
     let kernel_root = scratch.join("kernel");
@@ -187,7 +187,7 @@ fn build_into(
     modules::install(&mut tree, &mods);
     let initrd = tree
         .write_to(Vec::new())
-        .map_err(io_err("write the initramfs", Path::new(INITRD_FILE)))?;
+        .at("write the initramfs", Path::new(INITRD_FILE))?;
 
     let root = scratch.join("rootfs");
     let mirror = rootfs::mirror();
@@ -203,18 +203,18 @@ fn build_into(
 
     progress(&format!("making the {} disk image", rootfs::DISK_SIZE));
     let out = scratch.join("out");
-    fs::create_dir_all(&out).map_err(io_err("create the output directory", &out))?;
+    fs::create_dir_all(&out).at("create the output directory", &out)?;
     let disk = out.join(DISK_FILE);
     let raw = scratch.join("disk.raw");
     rootfs::make_image(&root, &raw, &disk)?;
     let _ = fs::remove_file(&raw);
     fs::File::open(&disk)
         .and_then(|f| f.sync_all())
-        .map_err(io_err("sync the disk image", &disk))?;
+        .at("sync the disk image", &disk)?;
     fs::set_permissions(&disk, fs::Permissions::from_mode(0o444))
-        .map_err(io_err("make the disk image read-only", &disk))?;
+        .at("make the disk image read-only", &disk)?;
 
-    let kernel = fs::read(&vmlinuz).map_err(io_err("read the unpacked kernel", &vmlinuz))?;
+    let kernel = fs::read(&vmlinuz).at("read the unpacked kernel", &vmlinuz)?;
     write_synced(&out.join(KERNEL_FILE), &kernel, "write the kernel")?;
     write_synced(&out.join(INITRD_FILE), &initrd, "write the initramfs")?;
     let manifest = DebianManifest {
@@ -238,8 +238,8 @@ fn build_into(
 /// A [`FileRecord`] of a file too big to read into memory at once.
 pub(crate) fn file_record(name: &str, path: &Path) -> Result<FileRecord, GuestBuildError> {
     let mut hasher = blake3::Hasher::new();
-    let mut file = fs::File::open(path).map_err(io_err("hash the disk image", path))?;
-    let size = io::copy(&mut file, &mut hasher).map_err(io_err("hash the disk image", path))?;
+    let mut file = fs::File::open(path).at("hash the disk image", path)?;
+    let size = io::copy(&mut file, &mut hasher).at("hash the disk image", path)?;
     Ok(FileRecord {
         name: name.to_owned(),
         size,

@@ -2,6 +2,7 @@
 //! `/init` script; for the default guest also Debian's qemu-ga with the shared libraries it
 //! loads.
 
+use crate::fsutil::Context;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -120,11 +121,7 @@ pub(crate) fn collect(progress: &mut dyn FnMut(&str)) -> Result<Tree, GuestBuild
     for lib in &libs {
         // ldd prints the path the loader searches (e.g. /lib/x86_64-linux-gnu/libc.so.6);
         // the file there is often a symlink, so store the resolved contents under that name.
-        let data = std::fs::read(lib).map_err(|source| GuestBuildError::Io {
-            step: "read a shared library of qemu-ga",
-            path: lib.clone(),
-            source,
-        })?;
+        let data = std::fs::read(lib).at("read a shared library of qemu-ga", &lib)?;
         tree.file(&lib.to_string_lossy(), 0o755, data);
     }
     Ok(tree)
@@ -163,11 +160,7 @@ fn read(path: &str, package: &'static str, step: &'static str) -> Result<Vec<u8>
                 package,
             }
         } else {
-            GuestBuildError::Io {
-                step,
-                path: path.into(),
-                source,
-            }
+            GuestBuildError::Io(crate::fsutil::IoError::new(step, path, source))
         }
     })
 }

@@ -1,8 +1,9 @@
 //! The snapshots of a home: listing them (as a tree of parents and children) and
 //! removing them.
 
+use crate::fsutil::{Context, IoError};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -210,12 +211,8 @@ pub enum RemoveSnapshotError {
         tag: SnapshotTag,
         children: Vec<SnapshotTag>,
     },
-    #[error("could not remove {path}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("could not remove the snapshot from the store")]
     Store(#[source] Box<crate::store::StoreError>),
     /// Being restored (or gone meanwhile).
@@ -286,13 +283,9 @@ fn remove_dir(home: &Home, tag: &SnapshotTag) -> Result<(), RemoveSnapshotError>
     let doomed = home
         .snapshots_dir()
         .join(format!(".tmp-rm-{tag}-{}", std::process::id()));
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| RemoveSnapshotError::Io { path, source }
-    };
-    std::fs::rename(&dir, &doomed).map_err(io(&dir))?;
-    fsutil::fsync_dir(&home.snapshots_dir()).map_err(io(&home.snapshots_dir()))?;
-    std::fs::remove_dir_all(&doomed).map_err(io(&doomed))
+    std::fs::rename(&dir, &doomed).at("remove", &dir)?;
+    fsutil::fsync_dir(&home.snapshots_dir())?;
+    Ok(std::fs::remove_dir_all(&doomed).at("remove", &doomed)?)
 }
 
 /// [`publish`] failed; the temporary directory is left for the caller.
@@ -300,12 +293,8 @@ fn remove_dir(home: &Home, tag: &SnapshotTag) -> Result<(), RemoveSnapshotError>
 pub enum PublishError {
     #[error("a snapshot named {0} already exists")]
     Exists(SnapshotTag),
-    #[error("could not publish the snapshot as {path}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// Publishes the snapshot written in `tmp` as `tag`, whose name must be free, in one
@@ -315,10 +304,7 @@ pub enum PublishError {
 pub fn publish(home: &Home, tmp: &Path, tag: &SnapshotTag) -> Result<(), PublishError> {
     use rustix::fs::{renameat_with, RenameFlags, CWD};
     let dest = home.snapshot_dir(tag);
-    let io = |source| PublishError::Io {
-        path: dest.clone(),
-        source,
-    };
+    let io = |source| PublishError::Io(IoError::new("publish the snapshot as", &dest, source));
     match renameat_with(CWD, tmp, CWD, &dest, RenameFlags::NOREPLACE) {
         Ok(()) => {}
         Err(rustix::io::Errno::EXIST | rustix::io::Errno::NOTEMPTY) => {
@@ -337,7 +323,7 @@ pub fn publish(home: &Home, tmp: &Path, tag: &SnapshotTag) -> Result<(), Publish
         }
         Err(e) => return Err(io(e.into())),
     }
-    fsutil::fsync_dir(&home.snapshots_dir()).map_err(io)
+    Ok(fsutil::fsync_dir(&home.snapshots_dir())?)
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@
 //! is abandoned, the VM runs on); from the pause on, the snapshot is finished — with
 //! `--stop`, the VM ends only into a published snapshot.
 
+use crate::fsutil::{Context, FileLock, IoError, LockMode};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -95,13 +96,8 @@ pub enum SnapshotError {
         disk: usize,
         path: PathBuf,
     },
-    #[error("could not {step} {path}")]
-    Io {
-        step: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("could not pause, freeze or resume the VM")]
     Qmp(#[from] thaw_qmp::QmpError),
     #[error("saving the VM failed")]
@@ -134,11 +130,6 @@ fn free_bytes(path: &Path) -> Option<u64> {
     Some(s.f_bavail.saturating_mul(s.f_frsize))
 }
 
-fn io_err(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
-    let path = path.to_owned();
-    move |source| SnapshotError::Io { step, path, source }
-}
-
 /// How RAM gets into the snapshot (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Method {
@@ -157,24 +148,12 @@ struct Disk {
     next: Option<PathBuf>,
 }
 
-/// Held by a snapshot for as long as it runs: an exclusive `flock` on
+/// Takes the VM's snapshot lock, held by a snapshot for as long as it runs: an exclusive `flock` on
 /// `vms/<name>/snapshot.lock`, which the kernel drops when the process dies. So a
 /// second snapshot of the VM is refused, and a migration found running while nobody
-/// holds it was left by a killed snapshot.
-pub struct OwnerLock(#[allow(dead_code)] std::fs::File);
-
-/// Takes the VM's snapshot lock, or `None` if a live process holds it.
-pub fn try_lock_owner(paths: &vm::VmPaths) -> std::io::Result<Option<OwnerLock>> {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(paths.dir.join("snapshot.lock"))?;
-    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(Some(OwnerLock(f))),
-        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+/// holds it was left by a killed snapshot. `None` if a live process holds it.
+pub fn try_lock_owner(paths: &vm::VmPaths) -> Result<Option<FileLock>, IoError> {
+    FileLock::try_acquire(&paths.dir.join("snapshot.lock"), LockMode::Exclusive)
 }
 
 /// Cancels the live migration of a snapshot that was killed (see
@@ -214,17 +193,16 @@ pub async fn take_cancellable(
 ) -> Result<SnapshotReport, SnapshotError> {
     let t0 = Instant::now();
     let state = VmState::load_running(home, &req.name)?;
-    let _owner = try_lock_owner(&state.paths(home))
-        .map_err(io_err("lock", &state.paths(home).dir))?
-        .ok_or_else(|| SnapshotError::Busy(req.name.clone()))?;
-    home.ensure().map_err(io_err("create", home.root()))?;
+    let _owner =
+        try_lock_owner(&state.paths(home))?.ok_or_else(|| SnapshotError::Busy(req.name.clone()))?;
+    home.ensure().at("create", home.root())?;
     let dest = home.snapshot_dir(&req.tag);
     if dest.exists() {
         return Err(SnapshotError::TagExists(req.tag.clone()));
     }
     snapshot::remove_stale_temp_dirs(home);
     let tmp = snapshot::temp_dir(home, &req.tag);
-    std::fs::create_dir(&tmp).map_err(io_err("create", &tmp))?;
+    std::fs::create_dir(&tmp).at("create", &tmp)?;
     let qmp = Qmp::connect(&state.paths(home).qmp())
         .await
         .map_err(VmError::from)?;
@@ -432,7 +410,7 @@ async fn take_into(
             let saved = live.complete().await?;
             // The UEFI variables, as the pflash device wrote them up to the pause.
             crate::firmware::vars_into_snapshot(&state.paths(home).dir, tmp, req.stop)
-                .map_err(io_err("keep the UEFI variables in", tmp))?;
+                .at("keep the UEFI variables in", tmp)?;
             test_hang("state-saved", cancel).await;
             if req.stop {
                 end(qmp, state).await;
@@ -451,17 +429,16 @@ async fn take_into(
             let state_path = tmp.join(snapshot::STATE_FILE);
             migration::save(qmp, &state_path).await?;
             crate::firmware::vars_into_snapshot(&state.paths(home).dir, tmp, req.stop)
-                .map_err(io_err("keep the UEFI variables in", tmp))?;
+                .at("keep the UEFI variables in", tmp)?;
             test_hang("state-saved", cancel).await;
             let ram_path = tmp.join(snapshot::RAM_FILE);
             if method == Method::Moved {
                 end(qmp, state).await;
-                std::fs::rename(&state.ram, &ram_path)
-                    .map_err(io_err("move the RAM file to", &ram_path))?;
+                std::fs::rename(&state.ram, &ram_path).at("move the RAM file to", &ram_path)?;
                 ram_copy = "moved";
             } else {
                 let how = fsutil::copy_sparse(&state.ram, &ram_path)
-                    .map_err(io_err("copy the RAM file to", &ram_path))?;
+                    .at("copy the RAM file to", &ram_path)?;
                 qmp.execute("cont", None).await?;
                 ram_copy = match how {
                     CopyMethod::Reflink => "reflink",
@@ -485,11 +462,9 @@ async fn take_into(
     let mut files = std::collections::BTreeMap::new();
     let entry = |file: &str, exclude| -> Result<FileEntry, SnapshotError> {
         let path = tmp.join(file);
-        snapshot::sync_file(&path).map_err(io_err("sync", &path))?;
-        let size = std::fs::metadata(&path)
-            .map_err(io_err("read", &path))?
-            .len();
-        let blake3 = fsutil::content_hash(&path, exclude).map_err(io_err("hash", &path))?;
+        snapshot::sync_file(&path).at("sync", &path)?;
+        let size = std::fs::metadata(&path).at("read", &path)?.len();
+        let blake3 = fsutil::content_hash(&path, exclude).at("hash", &path)?;
         Ok(FileEntry { size, blake3 })
     };
     let (memory, state_bytes) = match method {
@@ -502,7 +477,7 @@ async fn take_into(
             let outside = |from, to| fsutil::data_bytes_in(&path, from, to);
             let state_bytes = outside(0, region.offset)
                 .and_then(|a| Ok(a + outside(region.offset + region.len, whole.size)?))
-                .map_err(io_err("read", &path))?;
+                .at("read", &path)?;
             files.insert(snapshot::MEMORY_FILE.to_owned(), whole);
             let memory = Memory::Mapped {
                 offset: region.offset,
@@ -539,7 +514,7 @@ async fn take_into(
     } else {
         crate::guestref::link_spec(tmp, &state.spec)
     }
-    .map_err(io_err("link the guest files into", tmp))?;
+    .at("link the guest files into", tmp)?;
     let chains = chain_disks(state, disks, tmp, parent.as_ref(), &mut files)?;
     let manifest = Manifest {
         format: snapshot::FORMAT_NAME.into(),
@@ -559,12 +534,12 @@ async fn take_into(
     };
     let mpath = tmp.join(snapshot::MANIFEST_FILE);
     let bytes = manifest.to_bytes();
-    fsutil::write_atomic(&mpath, &bytes).map_err(io_err("write", &mpath))?;
-    fsutil::fsync_dir(tmp).map_err(io_err("sync", tmp))?;
+    fsutil::write_atomic(&mpath, &bytes)?;
+    fsutil::fsync_dir(tmp)?;
     test_hang("manifest-written", cancel).await;
     // Into the store too (chunks shared with the parent and every other snapshot).
     let store = crate::store::open(home)?;
-    let _held = crate::store::lock_shared(home)?;
+    let _held = crate::store::lock_shared(&store)?;
     let stored_before = store.stored_bytes().unwrap_or(0);
     let parent_stored = match &parent {
         Some(p) => crate::store::get(&store, p.manifest.tag.as_str())?.map(|s| (p, s)),
@@ -580,15 +555,13 @@ async fn take_into(
     // is told so (a plain rename failed with "Directory not empty").
     crate::snapshot::catalog::publish(home, tmp, &req.tag).map_err(|e| match e {
         crate::snapshot::catalog::PublishError::Exists(tag) => SnapshotError::TagExists(tag),
-        crate::snapshot::catalog::PublishError::Io { path, source } => {
-            io_err("publish the snapshot as", &path)(source)
-        }
+        crate::snapshot::catalog::PublishError::Io(e) => SnapshotError::Io(e),
     })?;
     // A snapshot whose record cannot be written (a full disk) is taken back: it failed,
     // so it must not stay listed. Killed here instead, the snapshot is whole and listed
     // without a record, which push and export add again (`store::ensure`).
     let named = fsutil::fsync_dir(&home.snapshots_dir())
-        .map_err(io_err("sync", &home.snapshots_dir()))
+        .map_err(SnapshotError::from)
         .and_then(|()| Ok(crate::store::name(&store, &req.tag, &stored)?));
     if let Err(e) = named {
         if std::fs::rename(dest, tmp).is_ok() {
@@ -674,12 +647,11 @@ fn chain_disks(
         return Ok(Vec::new());
     }
     let dir = tmp.join("disks");
-    std::fs::create_dir(&dir).map_err(io_err("create", &dir))?;
+    std::fs::create_dir(&dir).at("create", &dir)?;
     let mut chains = Vec::new();
     for (i, (d, spec)) in disks.iter().zip(&state.spec.disks).enumerate() {
         let from = d.top.parent().expect("a layer lives in a directory");
-        disk::link_chain(from, &dir, i, d.k + 1)
-            .map_err(io_err("link the disk layers into", &dir))?;
+        disk::link_chain(from, &dir, i, d.k + 1).at("link the disk layers into", &dir)?;
         let template = tmp.join(snapshot::template_file(i));
         disk::create_layer_on(i, d.k, d.virtual_size, &template)?;
         for k in 0..=d.k {
@@ -692,24 +664,19 @@ fn chain_disks(
                 Some(e) => e.clone(),
                 None => {
                     let path = tmp.join(&file);
-                    snapshot::sync_file(&path).map_err(io_err("sync", &path))?;
-                    let size = std::fs::metadata(&path)
-                        .map_err(io_err("read", &path))?
-                        .len();
-                    let blake3 =
-                        fsutil::content_hash(&path, None).map_err(io_err("hash", &path))?;
+                    snapshot::sync_file(&path).at("sync", &path)?;
+                    let size = std::fs::metadata(&path).at("read", &path)?.len();
+                    let blake3 = fsutil::content_hash(&path, None).at("hash", &path)?;
                     FileEntry { size, blake3 }
                 }
             };
             files.insert(file, e);
         }
-        snapshot::sync_file(&template).map_err(io_err("sync", &template))?;
-        let size = std::fs::metadata(&template)
-            .map_err(io_err("read", &template))?
-            .len();
-        let blake3 = fsutil::content_hash(&template, None).map_err(io_err("hash", &template))?;
+        snapshot::sync_file(&template).at("sync", &template)?;
+        let size = std::fs::metadata(&template).at("read", &template)?.len();
+        let blake3 = fsutil::content_hash(&template, None).at("hash", &template)?;
         files.insert(snapshot::template_file(i), FileEntry { size, blake3 });
-        let (size, mtime_ns) = disk::stat(&spec.base).map_err(io_err("read", &spec.base))?;
+        let (size, mtime_ns) = disk::stat(&spec.base).at("read", &spec.base)?;
         let inherited = parent
             .and_then(|p| p.manifest.disks.get(i))
             .map(|c| c.base.clone())
@@ -720,7 +687,7 @@ fn chain_disks(
                 path: spec.base.clone(),
                 size,
                 mtime_ns,
-                blake3: fsutil::hash_file(&spec.base).map_err(io_err("hash", &spec.base))?,
+                blake3: fsutil::hash_file(&spec.base).at("hash", &spec.base)?,
             },
         };
         chains.push(DiskChain {
@@ -729,7 +696,7 @@ fn chain_disks(
             layers: d.k + 1,
         });
     }
-    fsutil::fsync_dir(&dir).map_err(io_err("sync", &dir))?;
+    fsutil::fsync_dir(&dir)?;
     Ok(chains)
 }
 

@@ -16,6 +16,7 @@
 //! and the snapshot's `guest/` links point there (see `guestref`).
 
 use crate::fsutil::{Context, FileLock, IoError, LockMode};
+use crate::record::{DecodeError, Record};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -35,6 +36,15 @@ pub struct StoredSnapshot {
     /// Every file of the snapshot directory by its relative path, and each guest file
     /// as `guest/<name>`.
     pub files: BTreeMap<String, FileIndex>,
+}
+
+/// Kept by the store as the manifest named after the tag (capped there), pushed and
+/// exported as is; version 1 is the unversioned record of before.
+impl Record for StoredSnapshot {
+    const KIND: &'static str = "store record";
+    const VERSION: u32 = 1;
+    const MAX_BYTES: u64 = thaw_store::MAX_MANIFEST_BYTES;
+    const PRETTY: bool = false;
 }
 
 impl StoredSnapshot {
@@ -78,6 +88,8 @@ pub enum StoreError {
     },
     #[error("the store's record of {tag} is corrupt ({why})")]
     Corrupt { tag: String, why: String },
+    #[error("the store's record of {tag} has format version {found}, newer than this thaw reads: upgrade thaw")]
+    NewerRecord { tag: String, found: u32 },
     #[error("a snapshot tagged {0} already exists here")]
     Exists(SnapshotTag),
     #[error(transparent)]
@@ -153,12 +165,7 @@ pub fn lock_shared(store: &Store) -> Result<FileLock, StoreError> {
 /// The stored record of `tag`, if the store has one.
 pub fn get(store: &Store, tag: &str) -> Result<Option<StoredSnapshot>, StoreError> {
     match store.get_manifest(tag) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt {
-                tag: tag.into(),
-                why: e.to_string(),
-            }),
+        Ok(bytes) => decode(tag, &bytes).map(Some),
         Err(thaw_store::ManifestError::NotFound { .. }) => Ok(None),
         Err(source) => Err(StoreError::Manifest {
             tag: tag.into(),
@@ -167,8 +174,22 @@ pub fn get(store: &Store, tag: &str) -> Result<Option<StoredSnapshot>, StoreErro
     }
 }
 
+/// The record of `tag` from its bytes (the store's, a remote's, an archive's).
+fn decode(tag: &str, bytes: &[u8]) -> Result<StoredSnapshot, StoreError> {
+    StoredSnapshot::from_bytes(bytes).map_err(|e| match e {
+        DecodeError::Newer { found } => StoreError::NewerRecord {
+            tag: tag.into(),
+            found,
+        },
+        DecodeError::Corrupt(why) => StoreError::Corrupt {
+            tag: tag.into(),
+            why,
+        },
+    })
+}
+
 fn put(store: &Store, tag: &str, s: &StoredSnapshot) -> Result<(), StoreError> {
-    let bytes = serde_json::to_vec(s).expect("serializes");
+    let bytes = s.to_bytes();
     store
         .put_manifest(tag, &bytes)
         .map_err(|source| StoreError::Manifest {
@@ -506,10 +527,7 @@ pub async fn pull(
     let bytes = thaw_store::fetch_manifest(remote, tag.as_str())
         .await
         .map_err(pull_err)?;
-    let s: StoredSnapshot = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-        tag: tag.to_string(),
-        why: e.to_string(),
-    })?;
+    let s = decode(tag.as_str(), &bytes)?;
     let store = open(home)?;
     let _lock = lock_shared(&store)?;
     let r = thaw_store::pull_chunks(&store, remote, &s.chunk_ids(), progress)
@@ -534,7 +552,7 @@ pub fn export(
 ) -> Result<thaw_store::ExportReport, StoreError> {
     let s = ensure(home, tag, progress)?;
     let store = open(home)?;
-    let bytes = serde_json::to_vec(&s).expect("serializes");
+    let bytes = s.to_bytes();
     tokio::task::block_in_place(|| {
         thaw_store::export(&store, tag.as_str(), &bytes, &s.chunk_ids(), file, progress)
     })
@@ -566,11 +584,7 @@ pub fn import(
                 tag: imported.manifest_name.clone(),
                 why: e.to_string(),
             })?;
-    let s: StoredSnapshot =
-        serde_json::from_slice(&imported.manifest).map_err(|e| StoreError::Corrupt {
-            tag: tag.to_string(),
-            why: e.to_string(),
-        })?;
+    let s = decode(tag.as_str(), &imported.manifest)?;
     adopt(home, &store, &tag, &s, progress)?;
     Ok(tag)
 }

@@ -7,6 +7,7 @@
 //! can end it.
 
 use crate::fsutil::{Context, IoError};
+use crate::record::{Record, RecordError};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -106,6 +107,8 @@ pub enum VmError {
     NotRunning(VmName),
     #[error(transparent)]
     Io(#[from] IoError),
+    #[error(transparent)]
+    Record(crate::record::RecordError),
     #[error("the record of VM {name} is unreadable ({path})")]
     BadRecord { name: VmName, path: PathBuf },
     #[error("could not start {binary}")]
@@ -120,6 +123,15 @@ pub enum VmError {
     QmpTimeout(Duration),
     #[error(transparent)]
     Qmp(#[from] thaw_qmp::QmpError),
+}
+
+/// `vms/<name>/vm.json`: version 1 is the unversioned record of before. Not synced
+/// (see [`VmState::save_in`]).
+impl Record for VmState {
+    const KIND: &'static str = "VM record";
+    const VERSION: u32 = 1;
+    const MAX_BYTES: u64 = 1 << 20;
+    const SYNCED: bool = false;
 }
 
 /// Claims the directory for a new VM; fails if the name is taken.
@@ -279,24 +291,25 @@ impl VmState {
     }
 
     fn load_named(paths: &VmPaths, name: &VmName) -> Result<VmState, VmError> {
-        let bytes = match fsutil::read_file_capped(&paths.record(), 1 << 20) {
-            Ok(b) => b,
-            Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => {
-                return Err(if paths.dir.exists() {
-                    VmError::BadRecord {
-                        name: name.clone(),
-                        path: paths.record(),
-                    }
-                } else {
-                    VmError::NotFound(name.clone())
+        match <VmState as Record>::read_from(&paths.record()) {
+            Ok(state) => Ok(state),
+            Err(e) if e.is_not_found() => Err(if paths.dir.exists() {
+                VmError::BadRecord {
+                    name: name.clone(),
+                    path: paths.record(),
+                }
+            } else {
+                VmError::NotFound(name.clone())
+            }),
+            Err(RecordError::Io(e)) => Err(e.into()),
+            Err(e @ RecordError::Newer { .. }) => Err(VmError::Record(e)),
+            Err(RecordError::TooLarge { .. } | RecordError::Corrupt { .. }) => {
+                Err(VmError::BadRecord {
+                    name: name.clone(),
+                    path: paths.record(),
                 })
             }
-            Err(e) => return Err(e.into()),
-        };
-        serde_json::from_slice(&bytes).map_err(|_| VmError::BadRecord {
-            name: name.clone(),
-            path: paths.record(),
-        })
+        }
     }
 
     pub fn save(&self, home: &Home) -> Result<(), VmError> {
@@ -311,7 +324,7 @@ impl VmState {
     /// that process too. The two syncs cost about a millisecond on the restore path.
     pub fn save_in(&self, paths: &VmPaths) -> Result<(), VmError> {
         let path = paths.record();
-        Ok(fsutil::write_atomic_unsynced(&path, &self.to_bytes())?)
+        Ok(self.write_to(&path)?)
     }
 
     /// Writes the record into `paths` in place (over the old one, not beside it):
@@ -323,10 +336,6 @@ impl VmState {
     pub fn prepare_in(&self, paths: &VmPaths) -> Result<(), VmError> {
         let path = paths.record();
         Ok(fsutil::overwrite(&path, &self.to_bytes()).at("write", &path)?)
-    }
-
-    fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec_pretty(self).expect("serializes")
     }
 
     /// Loads a VM's record and checks that its QEMU is alive.
@@ -518,6 +527,26 @@ mod tests {
         let j = serde_json::to_string(&s).unwrap();
         assert!(j.contains("\"kind\":\"restored\""));
         assert_eq!(serde_json::from_str::<VmState>(&j).unwrap(), s);
+        crate::record::tests::round_trip(&s);
+    }
+
+    #[test]
+    fn a_record_of_a_newer_thaw_is_refused_not_called_unreadable() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = VmPaths {
+            dir: d.path().to_owned(),
+        };
+        std::fs::write(paths.record(), br#"{"record_version": 99}"#).unwrap();
+        let err = VmState::load_in(&paths).unwrap_err();
+        assert!(
+            matches!(err, VmError::Record(RecordError::Newer { found: 99, .. })),
+            "{err:?}"
+        );
+        std::fs::write(paths.record(), b"{}").unwrap();
+        assert!(matches!(
+            VmState::load_in(&paths),
+            Err(VmError::BadRecord { .. })
+        ));
     }
 
     #[test]

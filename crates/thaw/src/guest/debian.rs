@@ -17,6 +17,7 @@
 //! into place like the default guest.
 
 use crate::fsutil::Context;
+use crate::record::Record;
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -26,8 +27,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    build_atomically, guests_dir, initramfs, kernel, lock, modules, read_json, rootfs, sync_dir,
-    unreadable, write_synced, FileRecord, GuestBuildError, INITRD_FILE, KERNEL_FILE, MANIFEST_FILE,
+    build_atomically, guests_dir, initramfs, kernel, lock, modules, rootfs, sync_dir, unreadable,
+    write_synced, FileRecord, GuestBuildError, INITRD_FILE, KERNEL_FILE, MANIFEST_FILE,
 };
 
 const NAME: &str = "debian";
@@ -72,6 +73,12 @@ struct DebianManifest {
     disk: FileRecord,
 }
 
+impl Record for DebianManifest {
+    const KIND: &'static str = "guest manifest";
+    const VERSION: u32 = 1;
+    const MAX_BYTES: u64 = super::MANIFEST_MAX_BYTES;
+}
+
 fn dir(cache: &Path) -> PathBuf {
     guests_dir(cache).join(NAME)
 }
@@ -92,7 +99,7 @@ fn recipe() -> String {
 /// version of the recipe), else None.
 pub fn debian_guest(cache: &Path) -> Option<DiskGuest> {
     let dir = std::path::absolute(dir(cache)).ok()?;
-    let manifest: DebianManifest = read_json(&dir.join(MANIFEST_FILE))?;
+    let manifest = DebianManifest::read_from(&dir.join(MANIFEST_FILE)).ok()?;
     if manifest.format != MANIFEST_FORMAT || manifest.recipe != recipe() {
         return None;
     }
@@ -229,9 +236,7 @@ fn build_into(
         initrd: FileRecord::new(INITRD_FILE, &initrd),
         disk: file_record(DISK_FILE, &disk)?,
     };
-    let mut json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
-    json.push(b'\n');
-    write_synced(&out.join(MANIFEST_FILE), &json, "write guest.json")?;
+    manifest.write_to(&out.join(MANIFEST_FILE))?;
     sync_dir(&out)
 }
 
@@ -275,6 +280,12 @@ mod tests {
         )
         .unwrap();
         manifest
+    }
+
+    #[test]
+    fn debian_manifest_round_trips() {
+        let cache = tempfile::tempdir().unwrap();
+        crate::record::tests::round_trip(&fake_guest(cache.path()));
     }
 
     #[test]

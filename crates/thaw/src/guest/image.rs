@@ -28,6 +28,7 @@
 //! and `guest.json`, built under a lock and renamed into place like the other guests.
 
 use crate::fsutil::Context;
+use crate::record::Record;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -37,8 +38,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    build_atomically, guests_dir, initramfs, kernel, lock, modules, read_json, rootfs, sync_dir,
-    unreadable, write_synced, FileRecord, GuestBuildError, MANIFEST_FILE,
+    build_atomically, guests_dir, initramfs, kernel, lock, modules, rootfs, sync_dir, unreadable,
+    write_synced, FileRecord, GuestBuildError, MANIFEST_FILE,
 };
 
 const NAME: &str = "debian-firmware";
@@ -248,6 +249,12 @@ struct ImageManifest {
     disk: FileRecord,
 }
 
+impl Record for ImageManifest {
+    const KIND: &'static str = "guest manifest";
+    const VERSION: u32 = 1;
+    const MAX_BYTES: u64 = super::MANIFEST_MAX_BYTES;
+}
+
 fn dir(cache: &Path) -> PathBuf {
     guests_dir(cache).join(NAME)
 }
@@ -286,7 +293,7 @@ fn recipe() -> String {
 /// else None.
 pub fn firmware_guest(cache: &Path) -> Option<FirmwareGuest> {
     let dir = std::path::absolute(dir(cache)).ok()?;
-    let manifest: ImageManifest = read_json(&dir.join(MANIFEST_FILE))?;
+    let manifest = ImageManifest::read_from(&dir.join(MANIFEST_FILE)).ok()?;
     if manifest.format != MANIFEST_FORMAT || manifest.recipe != recipe() {
         return None;
     }
@@ -434,9 +441,7 @@ fn build_into(
         cmdline: CMDLINE.to_owned(),
         disk: super::debian::file_record(DISK_FILE, &disk)?,
     };
-    let mut json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
-    json.push(b'\n');
-    write_synced(&out.join(MANIFEST_FILE), &json, "write guest.json")?;
+    manifest.write_to(&out.join(MANIFEST_FILE))?;
     sync_dir(&out)
 }
 
@@ -776,6 +781,7 @@ mod tests {
             cmdline: CMDLINE.into(),
             disk: FileRecord::new(DISK_FILE, b"qcow2"),
         };
+        crate::record::tests::round_trip(&m);
         fs::write(d.join(MANIFEST_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
         let g = firmware_guest(cache.path()).unwrap();
         assert_eq!(g.disk, std::path::absolute(&d).unwrap().join(DISK_FILE));

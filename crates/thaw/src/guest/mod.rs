@@ -32,9 +32,10 @@ pub use debian::{build_debian_guest, debian_guest, ensure_debian_guest, DiskGues
 pub use image::{build_firmware_guest, ensure_firmware_guest, firmware_guest, FirmwareGuest};
 
 use crate::fsutil::{Context, FileLock, IoError, LockMode};
+use crate::record::Record;
 use std::ffi::OsString;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -57,7 +58,7 @@ const RECIPE_VERSION: u32 = 3;
 const MODULES: &[&str] = &["virtio_blk", "virtio_net"];
 const MANIFEST_FORMAT: u32 = 1;
 /// guest.json is a few hundred bytes; anything much larger is not one of ours.
-const MANIFEST_MAX_BYTES: u64 = 64 * 1024;
+pub(crate) const MANIFEST_MAX_BYTES: u64 = 64 * 1024;
 
 const KERNEL_FILE: &str = "vmlinuz";
 const INITRD_FILE: &str = "initrd.cpio";
@@ -161,6 +162,12 @@ struct GuestManifest {
     initrd: FileRecord,
 }
 
+impl Record for GuestManifest {
+    const KIND: &'static str = "guest manifest";
+    const VERSION: u32 = 1;
+    const MAX_BYTES: u64 = MANIFEST_MAX_BYTES;
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct FileRecord {
     name: String,
@@ -212,7 +219,7 @@ fn default_dir(cache: &Path) -> PathBuf {
 pub fn default_guest(cache: &Path) -> Option<GuestImage> {
     // Absolute, so that the paths still hold for a QEMU started in another directory.
     let dir = std::path::absolute(default_dir(cache)).ok()?;
-    let manifest: GuestManifest = read_json(&dir.join(MANIFEST_FILE))?;
+    let manifest = GuestManifest::read_from(&dir.join(MANIFEST_FILE)).ok()?;
     if manifest.format != MANIFEST_FORMAT || manifest.recipe != recipe(CMDLINE) {
         return None;
     }
@@ -228,16 +235,6 @@ pub fn default_guest(cache: &Path) -> Option<GuestImage> {
         initrd,
         cmdline: manifest.cmdline,
     })
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
-    let mut text = String::new();
-    File::open(path)
-        .ok()?
-        .take(MANIFEST_MAX_BYTES)
-        .read_to_string(&mut text)
-        .ok()?;
-    serde_json::from_str(&text).ok()
 }
 
 /// BLAKE3 of the recipe version, the init script and the command line: a cached guest
@@ -463,9 +460,7 @@ fn build_into(scratch: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), Gues
         kernel: FileRecord::new(KERNEL_FILE, &kernel),
         initrd: FileRecord::new(INITRD_FILE, &initrd),
     };
-    let mut json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
-    json.push(b'\n');
-    write_synced(&out.join(MANIFEST_FILE), &json, "write guest.json")?;
+    manifest.write_to(&out.join(MANIFEST_FILE))?;
     sync_dir(&out)
 }
 
@@ -591,6 +586,12 @@ mod tests {
         )
         .unwrap();
         manifest
+    }
+
+    #[test]
+    fn guest_manifest_round_trips() {
+        let cache = tempfile::tempdir().unwrap();
+        crate::record::tests::round_trip(&fake_guest(cache.path()));
     }
 
     #[test]

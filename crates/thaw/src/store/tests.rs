@@ -77,3 +77,41 @@ fn a_guest_file_hash_that_is_a_path_is_refused() {
     assert!(!home.snapshot_dir(&tag).exists(), "nothing was published");
     assert_eq!(std::fs::read(&victim).unwrap(), b"host secret");
 }
+
+fn sample_record() -> StoredSnapshot {
+    let id = ChunkId::from(blake3::hash(b"chunk"));
+    StoredSnapshot {
+        manifest: "{\"format\": \"thaw-snapshot\"}".into(),
+        files: BTreeMap::from([(
+            "ram".to_owned(),
+            FileIndex {
+                size: 3 << 20,
+                chunk_size: 1 << 20,
+                blake3: "ab".repeat(32),
+                chunks: vec![Some(id), None, Some(id)],
+            },
+        )]),
+    }
+}
+
+#[test]
+fn stored_record_round_trips_and_reads_todays_unversioned_bytes() {
+    let s = sample_record();
+    crate::record::tests::round_trip(&s);
+    assert_eq!(decode("t", &s.to_bytes()).unwrap(), s);
+    // What thaw wrote before records had a version.
+    let before = serde_json::to_vec(&s).unwrap();
+    assert_eq!(decode("t", &before).unwrap(), s);
+}
+
+#[test]
+fn a_stored_record_of_a_newer_thaw_is_refused_in_one_line() {
+    let mut v = serde_json::to_value(sample_record()).unwrap();
+    v["record_version"] = 2.into();
+    let err = decode("base", &serde_json::to_vec(&v).unwrap()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::NewerRecord { found: 2, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("upgrade thaw"), "{err}");
+}

@@ -23,9 +23,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 pub use thaw_store::{ChunkId, FileIndex, NoProgress, Progress, Remote, Store};
 
-use crate::fsutil;
 use crate::guestref;
 use crate::home::{Home, SnapshotTag};
+use crate::snapshot::staging::{self, Staging};
 use crate::snapshot::{self, catalog, confine, Snapshot, SnapshotCheckError};
 
 /// What the store keeps about a snapshot (the store manifest named after its tag).
@@ -358,71 +358,62 @@ pub fn materialize(
     let m = snapshot::parse_manifest_bytes(tag, s.manifest.as_bytes())?;
     confine::check_record(&m, s.files.keys().map(String::as_str))?;
     home.ensure().at("create", home.root())?;
-    snapshot::remove_stale_temp_dirs(home);
-    let tmp = snapshot::temp_dir(home, tag);
-    let result = (|| {
-        std::fs::create_dir_all(tmp.join("disks")).at("create", &tmp)?;
-        std::fs::create_dir_all(tmp.join(guestref::DIR)).at("create", &tmp)?;
-        let files = files_dir(home);
-        std::fs::create_dir_all(&files).at("create", &files)?;
-        for (rel, index) in &s.files {
-            let write = |dest: &Path, progress: &mut dyn Progress| {
-                tokio::task::block_in_place(|| store.materialize(index, dest, progress)).map_err(
-                    |source| StoreError::Materialize {
-                        path: dest.to_owned(),
-                        source: Box::new(source),
-                    },
-                )
-            };
-            match rel.strip_prefix("guest/") {
-                Some(name) => {
-                    // Guest files are shared by every snapshot that needs them; the
-                    // file name is the content's BLAKE3 (the base disks' identity).
-                    // The hash becomes a file name under files/: it must be one (64
-                    // hex digits). A record from a pull or an import is not trusted,
-                    // and a "hash" like "../../../../etc/passwd" padded to 64
-                    // characters named a file outside $THAW_HOME.
-                    if name.contains('/') || !is_blake3_hex(&index.blake3) {
-                        return Err(StoreError::Corrupt {
-                            tag: tag.to_string(),
-                            why: format!("bad guest file entry {rel}"),
-                        });
-                    }
-                    let file = files.join(&index.blake3);
-                    if !file.is_file() {
-                        write(&file, progress)?;
-                    }
-                    std::os::unix::fs::symlink(&file, tmp.join(rel)).at("link", &tmp.join(rel))?;
+    let mut staging = Staging::new(home, tag)?;
+    let tmp = staging.dir().to_owned();
+    std::fs::create_dir_all(tmp.join("disks")).at("create", &tmp)?;
+    std::fs::create_dir_all(tmp.join(guestref::DIR)).at("create", &tmp)?;
+    let files = files_dir(home);
+    std::fs::create_dir_all(&files).at("create", &files)?;
+    for (rel, index) in &s.files {
+        let write = |dest: &Path, progress: &mut dyn Progress| {
+            tokio::task::block_in_place(|| store.materialize(index, dest, progress)).map_err(
+                |source| StoreError::Materialize {
+                    path: dest.to_owned(),
+                    source: Box::new(source),
+                },
+            )
+        };
+        match rel.strip_prefix("guest/") {
+            Some(name) => {
+                // Guest files are shared by every snapshot that needs them; the
+                // file name is the content's BLAKE3 (the base disks' identity).
+                // The hash becomes a file name under files/: it must be one (64
+                // hex digits). A record from a pull or an import is not trusted,
+                // and a "hash" like "../../../../etc/passwd" padded to 64
+                // characters named a file outside $THAW_HOME.
+                if name.contains('/') || !is_blake3_hex(&index.blake3) {
+                    return Err(StoreError::Corrupt {
+                        tag: tag.to_string(),
+                        why: format!("bad guest file entry {rel}"),
+                    });
                 }
-                None => {
-                    if rel.contains("..") || rel.starts_with('/') {
-                        return Err(StoreError::Corrupt {
-                            tag: tag.to_string(),
-                            why: format!("bad file entry {rel}"),
-                        });
-                    }
-                    write(&tmp.join(rel), progress)?;
+                let file = files.join(&index.blake3);
+                if !file.is_file() {
+                    write(&file, progress)?;
                 }
+                std::os::unix::fs::symlink(&file, tmp.join(rel)).at("link", &tmp.join(rel))?;
+            }
+            None => {
+                if rel.contains("..") || rel.starts_with('/') {
+                    return Err(StoreError::Corrupt {
+                        tag: tag.to_string(),
+                        why: format!("bad file entry {rel}"),
+                    });
+                }
+                write(&tmp.join(rel), progress)?;
             }
         }
-        // The layers' headers, and any qcow2 base, name only thaw's own chain.
-        confine::check_layers(&tmp, &m)?;
-        for i in 0..m.spec.disks.len() {
-            confine::check_stored_base(&m, i, &guestref::base(&tmp, i))?;
-        }
-        let mpath = tmp.join(snapshot::MANIFEST_FILE);
-        fsutil::write_atomic(&mpath, s.manifest.as_bytes())?;
-        fsutil::fsync_dir(&tmp.join("disks"))?;
-        fsutil::fsync_dir(&tmp)?;
-        catalog::publish(home, &tmp, tag).map_err(|e| match e {
-            catalog::PublishError::Exists(tag) => StoreError::Exists(tag),
-            catalog::PublishError::Io(e) => StoreError::Io(e),
-        })
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
     }
-    result
+    // The layers' headers, and any qcow2 base, name only thaw's own chain.
+    confine::check_layers(&tmp, &m)?;
+    for i in 0..m.spec.disks.len() {
+        confine::check_stored_base(&m, i, &guestref::base(&tmp, i))?;
+    }
+    staging.seal(s.manifest.as_bytes())?;
+    staging.publish().map_err(|e| match e {
+        catalog::PublishError::Exists(tag) => StoreError::Exists(tag),
+        catalog::PublishError::Io(e) => StoreError::Io(e),
+    })
 }
 
 /// Removes the materialized files of a snapshot that is in the store, keeping the
@@ -430,12 +421,7 @@ pub fn materialize(
 /// for freeing disk space.)
 pub fn evict(home: &Home, tag: &SnapshotTag) -> Result<StoredSnapshot, StoreError> {
     let s = ensure(home, tag, &mut NoProgress)?;
-    let dir = home.snapshot_dir(tag);
-    let doomed = home
-        .snapshots_dir()
-        .join(format!(".tmp-evict-{tag}-{}", std::process::id()));
-    std::fs::rename(&dir, &doomed).at("move aside", &dir)?;
-    std::fs::remove_dir_all(&doomed).at("remove", &doomed)?;
+    staging::remove(home, tag)?;
     Ok(s)
 }
 

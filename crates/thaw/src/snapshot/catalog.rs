@@ -1,7 +1,7 @@
 //! The snapshots of a home: listing them (as a tree of parents and children) and
 //! removing them.
 
-use crate::fsutil::{Context, IoError};
+use crate::fsutil::IoError;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -267,27 +267,13 @@ pub fn remove(
         // The store's record first: a crash in between leaves a directory without a
         // record, which the next push re-adds, never a record of a removed snapshot.
         crate::store::forget(home, t).map_err(|e| RemoveSnapshotError::Store(Box::new(e)))?;
-        remove_dir(home, t)?;
+        // In the store only, it has no directory: forgetting its record removed it.
+        super::staging::remove(home, t)?;
     }
     Ok(order)
 }
 
 /// Removes a snapshot's directory (not its record in the store).
-fn remove_dir(home: &Home, tag: &SnapshotTag) -> Result<(), RemoveSnapshotError> {
-    let dir = home.snapshot_dir(tag);
-    if !dir.is_dir() {
-        // In the store only: forgetting its record removed it.
-        return Ok(());
-    }
-    // Rename first so a crash half-way never leaves a half-removed snapshot visible.
-    let doomed = home
-        .snapshots_dir()
-        .join(format!(".tmp-rm-{tag}-{}", std::process::id()));
-    std::fs::rename(&dir, &doomed).at("remove", &dir)?;
-    fsutil::fsync_dir(&home.snapshots_dir())?;
-    Ok(std::fs::remove_dir_all(&doomed).at("remove", &doomed)?)
-}
-
 /// [`publish`] failed; the temporary directory is left for the caller.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {

@@ -39,6 +39,7 @@ use crate::spec::MachineSpec;
 pub mod catalog;
 pub mod confine;
 pub mod inuse;
+pub mod staging;
 pub mod take;
 
 /// The `format` field of every manifest.

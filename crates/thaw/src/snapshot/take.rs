@@ -44,6 +44,7 @@ use crate::home::{Home, SnapshotTag, VmName};
 use crate::mapped::{self, MappedError};
 use crate::migration::{self, LiveSave, MigrationError};
 use crate::ms;
+use crate::snapshot::staging::Staging;
 use crate::snapshot::{self, DiskChain, FileEntry, Manifest, Memory, ParentRef, Snapshot};
 use crate::vm::{self, VmError, VmState};
 
@@ -196,13 +197,10 @@ pub async fn take_cancellable(
     let _owner =
         try_lock_owner(&state.paths(home))?.ok_or_else(|| SnapshotError::Busy(req.name.clone()))?;
     home.ensure().at("create", home.root())?;
-    let dest = home.snapshot_dir(&req.tag);
-    if dest.exists() {
+    if home.snapshot_dir(&req.tag).exists() {
         return Err(SnapshotError::TagExists(req.tag.clone()));
     }
-    snapshot::remove_stale_temp_dirs(home);
-    let tmp = snapshot::temp_dir(home, &req.tag);
-    std::fs::create_dir(&tmp).at("create", &tmp)?;
+    let mut staging = Staging::new(home, &req.tag)?;
     let qmp = Qmp::connect(&state.paths(home).qmp())
         .await
         .map_err(VmError::from)?;
@@ -218,11 +216,11 @@ pub async fn take_cancellable(
             qmp: &qmp,
             cancel,
         };
-        take_into(&at, &disks, &tmp, &dest, t0).await
+        take_into(&at, &disks, &mut staging, t0).await
     }
     .await;
     // Measured before the temporary files go, which frees the space again.
-    let result = result.map_err(|e| match (&e, free_bytes(&tmp)) {
+    let result = result.map_err(|e| match (&e, free_bytes(staging.dir())) {
         (SnapshotError::Migration(_), Some(free)) if free < NEARLY_FULL => {
             SnapshotError::DiskFull {
                 path: home.snapshots_dir(),
@@ -232,8 +230,8 @@ pub async fn take_cancellable(
         }
         _ => e,
     });
+    drop(staging); // removes what was written unless it was published
     if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
         if !req.stop {
             // Leave the VM as we found it: running (on whichever layer QEMU uses).
             let _ = migration::cancel_pending(&qmp).await;
@@ -357,13 +355,115 @@ impl Taking<'_> {
     }
 }
 
+/// The snapshot from the pause on: saves the state and RAM into `staging`, records
+/// and hashes the files, seals the manifest, stores and publishes it.
 async fn take_into(
     at: &Taking<'_>,
     disks: &[Disk],
-    tmp: &Path,
-    dest: &Path,
+    staging: &mut Staging,
     t0: Instant,
 ) -> Result<SnapshotReport, SnapshotError> {
+    let (home, req, state) = (at.home, at.req, at.state);
+    let method = choose_method(at).await?;
+    let mut events = at.qmp.events();
+    let saved = save_state(at, method, disks, staging.dir()).await?;
+    let pause = if req.stop {
+        ms(saved.paused_at.elapsed())
+    } else {
+        pause_from_events(&mut events).unwrap_or_else(|| ms(saved.paused_at.elapsed()))
+    };
+    if !req.stop && !disks.is_empty() {
+        // The record says which layer the VM writes now.
+        saved.moved.save(home)?;
+    }
+    test_hang("ram-copied", at.cancel).await;
+
+    // Outside the pause: complete the files, hash, write the manifest, publish.
+    let (mut files, memory, state_bytes) = record_files(method, staging.dir())?;
+    // The parent, if it is still the snapshot this VM came from (a tag can be reused).
+    let parent = state.lineage.as_ref().and_then(|l| {
+        Snapshot::open(home, &l.tag)
+            .ok()
+            .filter(|p| p.manifest_blake3 == l.manifest_blake3)
+    });
+    let tmp = staging.dir();
+    let vm_dir = state.paths(home).dir;
+    if vm_dir.join(crate::guestref::DIR).is_dir() {
+        crate::guestref::copy_links(&vm_dir, tmp)
+    } else {
+        crate::guestref::link_spec(tmp, &state.spec)
+    }
+    .at("link the guest files into", tmp)?;
+    let chains = chain_disks(state, disks, tmp, parent.as_ref(), &mut files)?;
+    let manifest = Manifest {
+        format: snapshot::FORMAT_NAME.into(),
+        version: snapshot::FORMAT_VERSION,
+        tag: req.tag.clone(),
+        created_unix_ms: vm::now_ms(),
+        qemu_version: state.qemu_version,
+        accel: state.spec.accel,
+        spec: state.spec.clone(),
+        vmgenid: state.vmgenid,
+        source_vm: state.name.clone(),
+        parent: state.lineage.clone(),
+        memory,
+        files,
+        disks: chains,
+        checksum: None,
+    };
+    let bytes = manifest.to_bytes();
+    staging.seal(&bytes)?;
+    test_hang("manifest-written", at.cancel).await;
+    let (stored_before, stored_bytes) = store_and_publish(at, staging, parent.as_ref())?;
+    test_hang("published", at.cancel).await;
+    after_publish(at, &bytes);
+    tracing::info!(tag = %req.tag, vm = %req.name, method = saved.ram_copy, "snapshot written");
+    Ok(SnapshotReport {
+        tag: req.tag.clone(),
+        parent: manifest.parent.map(|p| p.tag),
+        pause_ms: pause,
+        total_ms: ms(t0.elapsed()),
+        state_bytes,
+        ram_bytes: state.spec.memory_bytes(),
+        ram_copy: saved.ram_copy.into(),
+        stored_added_bytes: stored_bytes.saturating_sub(stored_before),
+        store_bytes: stored_bytes,
+    })
+}
+
+/// How this VM's RAM gets into the snapshot.
+async fn choose_method(at: &Taking<'_>) -> Result<Method, SnapshotError> {
+    let mapped_ram = migration::has_mapped_ram(at.qmp).await?;
+    Ok(match (at.state.ram_shared, at.req.stop, mapped_ram) {
+        (true, true, _) => Method::Moved,
+        (_, _, true) => Method::Mapped,
+        (true, false, false) => Method::Copied,
+        (false, _, false) => {
+            return Err(SnapshotError::CloneNeedsMappedRam {
+                name: at.state.name.clone(),
+                qemu: at.state.qemu_version,
+            })
+        }
+    })
+}
+
+/// What [`save_state`] did.
+struct Saved {
+    paused_at: Instant,
+    /// How the RAM got into the snapshot, for the report.
+    ram_copy: &'static str,
+    /// The VM's record as it should now be saved (see [`freeze_disks`]).
+    moved: VmState,
+}
+
+/// Pauses the VM, freezes its disks, saves its device state and RAM into `tmp`, then
+/// ends it (`stop`) or lets it run on.
+async fn save_state(
+    at: &Taking<'_>,
+    method: Method,
+    disks: &[Disk],
+    tmp: &Path,
+) -> Result<Saved, SnapshotError> {
     let Taking {
         home,
         req,
@@ -371,22 +471,6 @@ async fn take_into(
         qmp,
         cancel,
     } = *at;
-    let mapped_ram = migration::has_mapped_ram(qmp).await?;
-    let method = match (state.ram_shared, req.stop, mapped_ram) {
-        (true, true, _) => Method::Moved,
-        (_, _, true) => Method::Mapped,
-        (true, false, false) => Method::Copied,
-        (false, _, false) => {
-            return Err(SnapshotError::CloneNeedsMappedRam {
-                name: state.name.clone(),
-                qemu: state.qemu_version,
-            })
-        }
-    };
-    let mut events = qmp.events();
-    let paused_at;
-    let ram_copy;
-    let moved;
     match method {
         Method::Mapped => {
             let path = tmp.join(snapshot::MEMORY_FILE);
@@ -404,9 +488,9 @@ async fn take_into(
                 r = live.wait_paused() => r?,
                 _ = cancel.cancelled(), if !req.stop => at.unless_interrupted()?,
             }
-            paused_at = Instant::now();
+            let paused_at = Instant::now();
             test_hang("paused", cancel).await;
-            moved = freeze_disks(qmp, state, disks).await?;
+            let moved = freeze_disks(qmp, state, disks).await?;
             let saved = live.complete().await?;
             // The UEFI variables, as the pflash device wrote them up to the pause.
             crate::firmware::vars_into_snapshot(&state.paths(home).dir, tmp, req.stop)
@@ -418,47 +502,52 @@ async fn take_into(
                 migration::resume_after(qmp).await?;
             }
             saved.close().await;
-            ram_copy = "mapped-ram";
+            Ok(Saved {
+                paused_at,
+                ram_copy: "mapped-ram",
+                moved,
+            })
         }
         Method::Moved | Method::Copied => {
             at.unless_interrupted()?;
             qmp.execute("stop", None).await?;
-            paused_at = Instant::now();
+            let paused_at = Instant::now();
             test_hang("paused", cancel).await;
-            moved = freeze_disks(qmp, state, disks).await?;
+            let moved = freeze_disks(qmp, state, disks).await?;
             let state_path = tmp.join(snapshot::STATE_FILE);
             migration::save(qmp, &state_path).await?;
             crate::firmware::vars_into_snapshot(&state.paths(home).dir, tmp, req.stop)
                 .at("keep the UEFI variables in", tmp)?;
             test_hang("state-saved", cancel).await;
             let ram_path = tmp.join(snapshot::RAM_FILE);
-            if method == Method::Moved {
+            let ram_copy = if method == Method::Moved {
                 end(qmp, state).await;
                 std::fs::rename(&state.ram, &ram_path).at("move the RAM file to", &ram_path)?;
-                ram_copy = "moved";
+                "moved"
             } else {
                 let how = fsutil::copy_sparse(&state.ram, &ram_path)
                     .at("copy the RAM file to", &ram_path)?;
                 qmp.execute("cont", None).await?;
-                ram_copy = match how {
+                match how {
                     CopyMethod::Reflink => "reflink",
                     CopyMethod::Sparse => "sparse-copy",
-                };
-            }
+                }
+            };
+            Ok(Saved {
+                paused_at,
+                ram_copy,
+                moved,
+            })
         }
     }
-    let pause = if req.stop {
-        ms(paused_at.elapsed())
-    } else {
-        pause_from_events(&mut events).unwrap_or_else(|| ms(paused_at.elapsed()))
-    };
-    if !req.stop && !disks.is_empty() {
-        // The record says which layer the VM writes now.
-        moved.save(home)?;
-    }
-    test_hang("ram-copied", cancel).await;
+}
 
-    // Outside the pause: complete the files, hash, write the manifest, publish.
+/// Syncs and hashes the memory files (and the UEFI variables) in `tmp`: their
+/// manifest entries, how the memory is laid out, and the device state's size.
+fn record_files(
+    method: Method,
+    tmp: &Path,
+) -> Result<(std::collections::BTreeMap<String, FileEntry>, Memory, u64), SnapshotError> {
     let mut files = std::collections::BTreeMap::new();
     let entry = |file: &str, exclude| -> Result<FileEntry, SnapshotError> {
         let path = tmp.join(file);
@@ -502,107 +591,69 @@ async fn take_into(
             files.insert((*f).to_owned(), entry(f, None)?);
         }
     }
-    // The parent, if it is still the snapshot this VM came from (a tag can be reused).
-    let parent = state.lineage.as_ref().and_then(|l| {
-        Snapshot::open(home, &l.tag)
-            .ok()
-            .filter(|p| p.manifest_blake3 == l.manifest_blake3)
-    });
-    let vm_dir = state.paths(home).dir;
-    if vm_dir.join(crate::guestref::DIR).is_dir() {
-        crate::guestref::copy_links(&vm_dir, tmp)
-    } else {
-        crate::guestref::link_spec(tmp, &state.spec)
-    }
-    .at("link the guest files into", tmp)?;
-    let chains = chain_disks(state, disks, tmp, parent.as_ref(), &mut files)?;
-    let manifest = Manifest {
-        format: snapshot::FORMAT_NAME.into(),
-        version: snapshot::FORMAT_VERSION,
-        tag: req.tag.clone(),
-        created_unix_ms: vm::now_ms(),
-        qemu_version: state.qemu_version,
-        accel: state.spec.accel,
-        spec: state.spec.clone(),
-        vmgenid: state.vmgenid,
-        source_vm: state.name.clone(),
-        parent: state.lineage.clone(),
-        memory,
-        files,
-        disks: chains,
-        checksum: None,
-    };
-    let mpath = tmp.join(snapshot::MANIFEST_FILE);
-    let bytes = manifest.to_bytes();
-    fsutil::write_atomic(&mpath, &bytes)?;
-    fsutil::fsync_dir(tmp)?;
-    test_hang("manifest-written", cancel).await;
-    // Into the store too (chunks shared with the parent and every other snapshot).
-    let store = crate::store::open(home)?;
-    let _held = crate::store::lock_shared(&store)?;
+    Ok((files, memory, state_bytes))
+}
+
+/// Adds the sealed snapshot to the store (chunks shared with the parent and every
+/// other snapshot), publishes it and names its record. Returns the store's size
+/// before and after.
+fn store_and_publish(
+    at: &Taking<'_>,
+    staging: &mut Staging,
+    parent: Option<&Snapshot>,
+) -> Result<(u64, u64), SnapshotError> {
+    let store = crate::store::open(at.home)?;
+    let held = crate::store::lock_shared(&store)?;
     let stored_before = store.stored_bytes().unwrap_or(0);
-    let parent_stored = match &parent {
+    let parent_stored = match parent {
         Some(p) => crate::store::get(&store, p.manifest.tag.as_str())?.map(|s| (p, s)),
         None => None,
     };
     let stored = crate::store::ingest(
         &store,
-        tmp,
+        staging.dir(),
         parent_stored.as_ref().map(|(p, s)| (*p, s)),
         &mut crate::store::NoProgress,
     )?;
     // The name is claimed without replacing: the loser of two snapshots of one tag
     // is told so (a plain rename failed with "Directory not empty").
-    crate::snapshot::catalog::publish(home, tmp, &req.tag).map_err(|e| match e {
+    staging.publish().map_err(|e| match e {
         crate::snapshot::catalog::PublishError::Exists(tag) => SnapshotError::TagExists(tag),
         crate::snapshot::catalog::PublishError::Io(e) => SnapshotError::Io(e),
     })?;
     // A snapshot whose record cannot be written (a full disk) is taken back: it failed,
     // so it must not stay listed. Killed here instead, the snapshot is whole and listed
     // without a record, which push and export add again (`store::ensure`).
-    let named = fsutil::fsync_dir(&home.snapshots_dir())
-        .map_err(SnapshotError::from)
-        .and_then(|()| Ok(crate::store::name(&store, &req.tag, &stored)?));
-    if let Err(e) = named {
-        if std::fs::rename(dest, tmp).is_ok() {
-            let _ = fsutil::fsync_dir(&home.snapshots_dir());
-        }
-        return Err(e);
+    if let Err(e) = crate::store::name(&store, &at.req.tag, &stored) {
+        staging.take_back();
+        return Err(e.into());
     }
-    drop(_held);
-    let stored_bytes = store.stored_bytes().unwrap_or(0);
-    test_hang("published", cancel).await;
+    drop(held);
+    Ok((stored_before, store.stored_bytes().unwrap_or(0)))
+}
+
+/// After publishing: a VM that ends is removed; one that runs on now descends from
+/// the snapshot whose manifest is `manifest`.
+fn after_publish(at: &Taking<'_>, manifest: &[u8]) {
+    let (home, req, state) = (at.home, at.req, at.state);
     let paths = state.paths(home);
     if req.stop {
         let _ = std::fs::remove_dir_all(&paths.dir);
-    } else {
-        // The VM now descends from this snapshot; its record already names its layers.
-        // The snapshot is whole whatever happens here: a record that cannot be updated
-        // (a full disk) only costs the next snapshot of this VM its parent link, so it
-        // is not an error of this one.
-        let lineage = ParentRef {
-            tag: req.tag.clone(),
-            manifest_blake3: blake3::hash(&bytes).to_hex().to_string(),
-        };
-        if let Err(e) = VmState::load(home, &state.name).and_then(|mut now| {
-            now.lineage = Some(lineage);
-            now.save(home)
-        }) {
-            tracing::warn!(vm = %state.name, "snapshot {} written, but the VM's record could not name it as its parent: {}", req.tag, crate::one_line(&e));
-        }
+        return;
     }
-    tracing::info!(tag = %req.tag, vm = %req.name, method = ram_copy, "snapshot written");
-    Ok(SnapshotReport {
+    // The VM's record already names its layers. The snapshot is whole whatever
+    // happens here: a record that cannot be updated (a full disk) only costs the next
+    // snapshot of this VM its parent link, so it is not an error of this one.
+    let lineage = ParentRef {
         tag: req.tag.clone(),
-        parent: manifest.parent.map(|p| p.tag),
-        pause_ms: pause,
-        total_ms: ms(t0.elapsed()),
-        state_bytes,
-        ram_bytes: state.spec.memory_bytes(),
-        ram_copy: ram_copy.into(),
-        stored_added_bytes: stored_bytes.saturating_sub(stored_before),
-        store_bytes: stored_bytes,
-    })
+        manifest_blake3: blake3::hash(manifest).to_hex().to_string(),
+    };
+    if let Err(e) = VmState::load(home, &state.name).and_then(|mut now| {
+        now.lineage = Some(lineage);
+        now.save(home)
+    }) {
+        tracing::warn!(vm = %state.name, "snapshot {} written, but the VM's record could not name it as its parent: {}", req.tag, crate::one_line(&e));
+    }
 }
 
 /// Ends the VM whose state was just saved.

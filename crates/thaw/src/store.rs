@@ -151,6 +151,20 @@ pub fn open(home: &Home) -> Result<Store, StoreError> {
     Ok(Store::open(home.root().join("store"))?)
 }
 
+/// Runs `f`, a long file-system step of the store (ingest, write-out, gc, ...), from
+/// whatever called it: on a multi-threaded tokio runtime through `block_in_place`, so
+/// that the worker's other tasks move to other workers meanwhile; on a current-thread
+/// runtime (where `block_in_place` panics, and there is no other worker) or outside
+/// any runtime, directly. Not `spawn_blocking`: the steps borrow the caller's
+/// progress reporter, which is neither `Send` nor `'static`.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Where guest files that came from the store live: `$THAW_HOME/files/<blake3>`.
 pub fn files_dir(home: &Home) -> PathBuf {
     home.root().join("files")
@@ -246,11 +260,9 @@ pub fn ingest(
         })?;
     let mut files = BTreeMap::new();
     let ingest = |path: &Path, progress: &mut dyn Progress| {
-        tokio::task::block_in_place(|| store.ingest(path, progress)).map_err(|source| {
-            StoreError::Ingest {
-                path: path.to_owned(),
-                source: Box::new(source),
-            }
+        blocking(|| store.ingest(path, progress)).map_err(|source| StoreError::Ingest {
+            path: path.to_owned(),
+            source: Box::new(source),
         })
     };
     for rel in files_under(dir).at("list", dir)? {
@@ -366,12 +378,12 @@ pub fn materialize(
     std::fs::create_dir_all(&files).at("create", &files)?;
     for (rel, index) in &s.files {
         let write = |dest: &Path, progress: &mut dyn Progress| {
-            tokio::task::block_in_place(|| store.materialize(index, dest, progress)).map_err(
-                |source| StoreError::Materialize {
+            blocking(|| store.materialize(index, dest, progress)).map_err(|source| {
+                StoreError::Materialize {
                     path: dest.to_owned(),
                     source: Box::new(source),
-                },
-            )
+                }
+            })
         };
         match rel.strip_prefix("guest/") {
             Some(name) => {
@@ -539,13 +551,11 @@ pub fn export(
     let s = ensure(home, tag, progress)?;
     let store = open(home)?;
     let bytes = s.to_bytes();
-    tokio::task::block_in_place(|| {
-        thaw_store::export(&store, tag.as_str(), &bytes, &s.chunk_ids(), file, progress)
-    })
-    .map_err(|source| StoreError::Export {
-        tag: tag.to_string(),
-        source: Box::new(source),
-    })
+    blocking(|| thaw_store::export(&store, tag.as_str(), &bytes, &s.chunk_ids(), file, progress))
+        .map_err(|source| StoreError::Export {
+            tag: tag.to_string(),
+            source: Box::new(source),
+        })
 }
 
 /// Reads a file [`export`] wrote: every chunk is checked before it enters the store,
@@ -557,11 +567,12 @@ pub fn import(
 ) -> Result<SnapshotTag, StoreError> {
     let store = open(home)?;
     let _lock = lock_shared(&store)?;
-    let imported = tokio::task::block_in_place(|| thaw_store::import(&store, file, progress))
-        .map_err(|source| StoreError::Import {
+    let imported = blocking(|| thaw_store::import(&store, file, progress)).map_err(|source| {
+        StoreError::Import {
             path: file.to_owned(),
             source: Box::new(source),
-        })?;
+        }
+    })?;
     let tag: SnapshotTag =
         imported
             .manifest_name
@@ -632,7 +643,7 @@ pub fn gc(home: &Home) -> Result<GcReport, StoreError> {
             live.extend(s.chunk_ids());
         }
     }
-    let r = tokio::task::block_in_place(|| store.gc_locked(&held, &live))?;
+    let r = blocking(|| store.gc_locked(&held, &live))?;
     Ok(GcReport {
         chunks_removed: r.removed,
         bytes_freed: r.freed_bytes,
@@ -652,7 +663,7 @@ pub struct VerifyReport {
 /// Re-hashes every chunk and names what is damaged, and which snapshots need it.
 pub fn verify(home: &Home, progress: &mut dyn Progress) -> Result<VerifyReport, StoreError> {
     let store = open(home)?;
-    let r = tokio::task::block_in_place(|| store.verify(progress))?;
+    let r = blocking(|| store.verify(progress))?;
     let bad: HashSet<ChunkId> = r.damaged.iter().map(|(id, _)| *id).collect();
     let mut affected = Vec::new();
     for name in store

@@ -115,3 +115,78 @@ fn a_stored_record_of_a_newer_thaw_is_refused_in_one_line() {
     );
     assert!(err.to_string().contains("upgrade thaw"), "{err}");
 }
+
+/// A small snapshot written by hand (no disks; the kernel is /bin/sh).
+fn write_snapshot(home: &Home, tag: &SnapshotTag) {
+    let dir = home.snapshot_dir(tag);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(snapshot::STATE_FILE), b"device state").unwrap();
+    let ram = std::fs::File::create(dir.join(snapshot::RAM_FILE)).unwrap();
+    ram.set_len(4 << 20).unwrap();
+    let mut files = BTreeMap::new();
+    for f in [snapshot::STATE_FILE, snapshot::RAM_FILE] {
+        let p = dir.join(f);
+        files.insert(
+            f.to_owned(),
+            snapshot::FileEntry {
+                size: std::fs::metadata(&p).unwrap().len(),
+                blake3: crate::fsutil::content_hash(&p, None).unwrap(),
+            },
+        );
+    }
+    let m = Manifest {
+        format: snapshot::FORMAT_NAME.into(),
+        version: snapshot::FORMAT_VERSION,
+        tag: tag.clone(),
+        created_unix_ms: 5,
+        qemu_version: "10.0.2".parse().unwrap(),
+        accel: crate::Accel::Tcg,
+        spec: crate::MachineSpec {
+            machine: "pc".into(),
+            memory_mib: 4,
+            cpus: 1,
+            kernel: Some("/bin/sh".into()),
+            initrd: None,
+            cmdline: String::new(),
+            accel: crate::Accel::Tcg,
+            firmware: Default::default(),
+            display: None,
+            disks: vec![],
+            net: None,
+        },
+        vmgenid: uuid::Uuid::nil(),
+        source_vm: "web".parse().unwrap(),
+        parent: None,
+        memory: Memory::Raw,
+        files,
+        disks: vec![],
+        checksum: None,
+    };
+    std::fs::write(dir.join(snapshot::MANIFEST_FILE), m.to_bytes()).unwrap();
+}
+
+/// The store's steps run on a current-thread runtime too: `block_in_place` panicked
+/// there ("can call blocking only when running on the multi-threaded runtime"). A
+/// snapshot is stored, evicted, written out again and the store collected, in one.
+#[tokio::test(flavor = "current_thread")]
+async fn store_steps_work_on_a_current_thread_runtime() {
+    let d = tempfile::tempdir().unwrap();
+    let home = Home::new(d.path().join("home"));
+    home.ensure().unwrap();
+    let tag: SnapshotTag = "base".parse().unwrap();
+    write_snapshot(&home, &tag);
+    let store = open(&home).unwrap();
+    let s = ingest(&store, &home.snapshot_dir(&tag), None, &mut NoProgress).unwrap();
+    name(&store, &tag, &s).unwrap();
+    assert_eq!(evict(&home, &tag).unwrap(), s);
+    assert!(!home.snapshot_dir(&tag).exists());
+    assert!(ensure_materialized(&home, &tag, &mut NoProgress).unwrap());
+    let back = Snapshot::open(&home, &tag).unwrap();
+    assert_eq!(
+        std::fs::read(back.dir.join(snapshot::STATE_FILE)).unwrap(),
+        b"device state"
+    );
+    assert_eq!(gc(&home).unwrap().chunks_removed, 0);
+    let report = verify(&home, &mut NoProgress).unwrap();
+    assert!(report.damaged.is_empty(), "{:?}", report.damaged);
+}

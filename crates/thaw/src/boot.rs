@@ -5,7 +5,6 @@
 //! the error to point at. An interrupted boot ([`boot_cancellable`]) is a failed one:
 //! the half-booted VM is stopped and removed.
 
-use crate::fsutil::Context;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,7 @@ use crate::cancel::{CancellationToken, Interrupted};
 use crate::disk::{self, DiskError};
 use crate::display::{self, DisplayError, VncPorts, VncRequest};
 use crate::firmware::{self, FirmwareError};
+use crate::fsutil::Context;
 use crate::guestref;
 use crate::home::{Home, VmName};
 use crate::ms;

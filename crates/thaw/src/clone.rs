@@ -3,7 +3,6 @@
 //! (vCPUs still paused); [`Prepared::finish`] resumes it, resynchronises the guest
 //! agent, sets the guest clock from the host and runs the readiness checks.
 
-use crate::fsutil::Context;
 use std::path::PathBuf;
 use std::process::Child;
 use std::sync::Arc;
@@ -17,6 +16,7 @@ use uuid::Uuid;
 
 use crate::agent::Agent;
 use crate::agent::AgentError;
+use crate::fsutil::Context;
 use crate::guestref;
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::migration;

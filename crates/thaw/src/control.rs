@@ -1,13 +1,13 @@
 //! Operations on VMs that exist: run a command in one, list them with their real
 //! state, stop, resume.
 
-use crate::fsutil::Context;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thaw_qmp::Qmp;
 
 use crate::agent::{Agent, AgentError, ExecOutput};
+use crate::fsutil::Context;
 use crate::home::{Home, VmName};
 use crate::migration::{self, MigrationError};
 use crate::spec::PortForward;

@@ -13,12 +13,12 @@
 //! - every clone gets its own copy ([`vars_for_clone`]), so what one clone writes no
 //!   other clone and not the snapshot sees.
 
-use crate::fsutil::IoError;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
+use crate::fsutil::IoError;
 
 /// The UEFI variable store in a VM's directory and in a snapshot.
 pub const VARS_FILE: &str = "efivars.fd";
@@ -149,11 +149,7 @@ pub fn vars_for_boot(firmware: &Firmware, vm_dir: &Path) -> Result<(), FirmwareE
     let ovmf = ovmf()?;
     let dest = vars_file(vm_dir);
     copy_writable(&ovmf.vars_template, &dest).map_err(|source| {
-        FirmwareError::Io(crate::fsutil::IoError::new(
-            "copy OVMF's variable store to",
-            dest,
-            source,
-        ))
+        FirmwareError::Io(IoError::new("copy OVMF's variable store to", dest, source))
     })
 }
 

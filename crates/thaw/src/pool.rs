@@ -18,7 +18,6 @@
 //! ends the pooled processes never taken when the owner dies is the owner's choice
 //! ([`Orphans`]).
 
-use crate::fsutil::Context;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::accel::Accel;
 use crate::clone::{self, CloneError, CloneReport, FinishOptions, Prepared};
+use crate::fsutil::Context;
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::qemu::Qemu;
 use crate::snapshot::{Snapshot, SnapshotCheckError};

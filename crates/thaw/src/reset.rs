@@ -11,7 +11,6 @@
 //! An interrupt ([`reset_cancellable`]) before the VM's QEMU is killed discards the
 //! clone and leaves the VM as it was; from the kill on, the reset finishes.
 
-use crate::fsutil::Context;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::accel::Accel;
 use crate::cancel::{CancellationToken, Interrupted};
 use crate::clone::{self, CloneError, CloneReport, FinishOptions, Ports, Prepared};
+use crate::fsutil::Context;
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::pool::Pool;
 use crate::qemu::Qemu;

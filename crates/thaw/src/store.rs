@@ -15,16 +15,16 @@
 //! it like any other. Guest files are materialized into `$THAW_HOME/files/<blake3>`,
 //! and the snapshot's `guest/` links point there (see `guestref`).
 
-use crate::fsutil::{Context, FileLock, IoError, LockMode};
-use crate::record::{DecodeError, Record};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 pub use thaw_store::{ChunkId, FileIndex, NoProgress, Progress, Remote, Store};
 
+use crate::fsutil::{Context, FileLock, IoError, LockMode};
 use crate::guestref;
 use crate::home::{Home, SnapshotTag};
+use crate::record::{DecodeError, Record};
 use crate::snapshot::staging::{self, Staging};
 use crate::snapshot::{self, catalog, confine, Snapshot, SnapshotCheckError};
 

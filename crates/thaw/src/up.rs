@@ -11,7 +11,6 @@
 //! Two `up`s with the same key at once boot once: the second waits on a lock file
 //! (`$THAW_HOME/locks/<tag>.lock`) and then restores what the first made.
 
-use crate::fsutil::{Context, FileLock, IoError, LockMode};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
@@ -20,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::boot::{self, BootError, BootRequest};
 use crate::fsutil;
+use crate::fsutil::{Context, FileLock, IoError, LockMode};
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::qemu::Qemu;
 use crate::restore::{self, RestoreError, RestoreRequest};

@@ -6,8 +6,6 @@
 //! thaw afterwards (a crash, kill -9), `thaw ls` can find the process and `thaw stop`
 //! can end it.
 
-use crate::fsutil::{Context, IoError};
-use crate::record::{Record, RecordError};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,8 +15,10 @@ use thaw_qmp::{QemuVersion, Qmp};
 use uuid::Uuid;
 
 use crate::fsutil;
+use crate::fsutil::{Context, IoError};
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::qemu::Qemu;
+use crate::record::{Record, RecordError};
 use crate::spec::{Launch, MachineSpec, PortForward};
 
 /// What is persisted about a VM (`vms/<name>/vm.json`).

@@ -16,8 +16,6 @@
 //! (read-only: VMs run on overlays of it) and `guest.json`, built under a lock and renamed
 //! into place like the default guest.
 
-use crate::fsutil::Context;
-use crate::record::Record;
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -30,6 +28,8 @@ use super::{
     build_atomically, guests_dir, initramfs, kernel, lock, modules, rootfs, sync_dir, unreadable,
     write_synced, FileRecord, GuestBuildError, INITRD_FILE, KERNEL_FILE, MANIFEST_FILE,
 };
+use crate::fsutil::Context;
+use crate::record::Record;
 
 const NAME: &str = "debian";
 /// `net.ifnames=0` names the NIC `eth0` as in the default guest; `quiet` keeps systemd's

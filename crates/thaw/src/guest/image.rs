@@ -27,8 +27,6 @@
 //! Built images live in `<cache>/guests/debian-firmware/` as `disk.qcow2` (read-only)
 //! and `guest.json`, built under a lock and renamed into place like the other guests.
 
-use crate::fsutil::Context;
-use crate::record::Record;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -41,6 +39,8 @@ use super::{
     build_atomically, guests_dir, initramfs, kernel, lock, modules, rootfs, sync_dir, unreadable,
     write_synced, FileRecord, GuestBuildError, MANIFEST_FILE,
 };
+use crate::fsutil::Context;
+use crate::record::Record;
 
 const NAME: &str = "debian-firmware";
 /// Bump when the image changes in a way [`recipe`] does not see.

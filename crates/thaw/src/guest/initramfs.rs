@@ -2,7 +2,6 @@
 //! `/init` script; for the default guest also Debian's qemu-ga with the shared libraries it
 //! loads.
 
-use crate::fsutil::Context;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -10,6 +9,7 @@ use std::process::Command;
 
 use super::cpio::NewcWriter;
 use super::{command_error_line, GuestBuildError};
+use crate::fsutil::Context;
 
 /// PID 1 of the guest; see `init.sh` for what it does and why.
 pub(crate) const INIT_SCRIPT: &str = include_str!("init.sh");
@@ -121,7 +121,7 @@ pub(crate) fn collect(progress: &mut dyn FnMut(&str)) -> Result<Tree, GuestBuild
     for lib in &libs {
         // ldd prints the path the loader searches (e.g. /lib/x86_64-linux-gnu/libc.so.6);
         // the file there is often a symlink, so store the resolved contents under that name.
-        let data = std::fs::read(lib).at("read a shared library of qemu-ga", &lib)?;
+        let data = std::fs::read(lib).at("read a shared library of qemu-ga", lib)?;
         tree.file(&lib.to_string_lossy(), 0o755, data);
     }
     Ok(tree)

@@ -31,8 +31,6 @@ mod rootfs;
 pub use debian::{build_debian_guest, debian_guest, ensure_debian_guest, DiskGuest};
 pub use image::{build_firmware_guest, ensure_firmware_guest, firmware_guest, FirmwareGuest};
 
-use crate::fsutil::{Context, FileLock, IoError, LockMode};
-use crate::record::Record;
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -40,6 +38,9 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{Context, FileLock, IoError, LockMode};
+use crate::record::Record;
 
 /// The line the guest's init prints on the serial console once the agent is started.
 pub const READY_LINE: &str = "THAW-GUEST-READY";
@@ -304,7 +305,7 @@ fn build_locked(
 }
 
 fn unreadable(dir: &Path) -> GuestBuildError {
-    GuestBuildError::Io(crate::fsutil::IoError::new(
+    GuestBuildError::Io(IoError::new(
         "read back the built guest",
         dir.to_owned(),
         io::Error::new(io::ErrorKind::InvalidData, "guest.json is unreadable"),

@@ -6,7 +6,6 @@
 //! with `xz` (busybox's `insmod` loads plain ELF only), and ordered by the `depends=` field
 //! of each module's `.modinfo` section: every module comes after the ones it needs.
 
-use crate::fsutil::Context;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,6 +13,7 @@ use std::process::Command;
 
 use super::initramfs::Tree;
 use super::{command_error_line, spawn_error, GuestBuildError};
+use crate::fsutil::Context;
 
 /// Where the modules go in the initramfs, as `<name>.ko`.
 pub(crate) const DIR: &str = "lib/modules";

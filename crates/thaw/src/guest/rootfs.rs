@@ -10,7 +10,6 @@
 //! Building needs root: debootstrap unpacks packages as root and runs their maintainer
 //! scripts in a chroot, and thaw runs `depmod`, `systemctl enable` and `passwd` there too.
 
-use crate::fsutil::Context;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -18,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use super::{command_error_line, spawn_error, GuestBuildError, READY_LINE};
+use crate::fsutil::Context;
 
 pub(crate) const SUITE: &str = "bookworm";
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";

@@ -1,7 +1,6 @@
 //! The snapshots of a home: listing them (as a tree of parents and children) and
 //! removing them.
 
-use crate::fsutil::IoError;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -9,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::accel::Accel;
 use crate::fsutil;
+use crate::fsutil::IoError;
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::snapshot::{self, Memory, Snapshot};
 

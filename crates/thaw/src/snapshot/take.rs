@@ -29,7 +29,6 @@
 //! is abandoned, the VM runs on); from the pause on, the snapshot is finished — with
 //! `--stop`, the VM ends only into a published snapshot.
 
-use crate::fsutil::{Context, FileLock, IoError, LockMode};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -40,6 +39,7 @@ use thaw_qmp::{QemuVersion, Qmp};
 use crate::cancel::{test_hang, CancellationToken, Interrupted};
 use crate::disk::{self, DiskError};
 use crate::fsutil::{self, CopyMethod};
+use crate::fsutil::{Context, FileLock, IoError, LockMode};
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::mapped::{self, MappedError};
 use crate::migration::{self, LiveSave, MigrationError};
@@ -231,16 +231,14 @@ pub async fn take_cancellable(
         _ => e,
     });
     drop(staging); // removes what was written unless it was published
-    if result.is_err() {
-        if !req.stop {
-            // Leave the VM as we found it: running (on whichever layer QEMU uses).
-            let _ = migration::cancel_pending(&qmp).await;
-            let _ = qmp.execute("cont", None).await;
-            let used = tops(&qmp).await.unwrap_or_default();
-            for next in disks.iter().filter_map(|d| d.next.as_ref()) {
-                if !used.contains(next) {
-                    let _ = std::fs::remove_file(next);
-                }
+    if result.is_err() && !req.stop {
+        // Leave the VM as we found it: running (on whichever layer QEMU uses).
+        let _ = migration::cancel_pending(&qmp).await;
+        let _ = qmp.execute("cont", None).await;
+        let used = tops(&qmp).await.unwrap_or_default();
+        for next in disks.iter().filter_map(|d| d.next.as_ref()) {
+            if !used.contains(next) {
+                let _ = std::fs::remove_file(next);
             }
         }
     }

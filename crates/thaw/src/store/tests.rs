@@ -28,34 +28,11 @@ fn a_guest_file_hash_that_is_a_path_is_refused() {
     );
 
     let tag: SnapshotTag = "evil".parse().unwrap();
-    let manifest = Manifest {
-        format: crate::snapshot::FORMAT_NAME.into(),
-        version: FormatVersion { major: 2, minor: 0 },
-        tag: tag.clone(),
-        created_unix_ms: 1,
-        qemu_version: "10.0.2".parse().unwrap(),
-        accel: crate::Accel::Tcg,
-        spec: crate::MachineSpec {
-            machine: "pc".into(),
-            memory_mib: 16,
-            cpus: 1,
-            kernel: Some("/k".into()),
-            initrd: None,
-            cmdline: String::new(),
-            accel: crate::Accel::Tcg,
-            firmware: Default::default(),
-            display: None,
-            disks: vec![],
-            net: None,
-        },
-        vmgenid: uuid::Uuid::nil(),
-        source_vm: "web".parse().unwrap(),
-        parent: None,
-        memory: Memory::Raw,
-        files: BTreeMap::new(),
-        disks: vec![],
-        checksum: None,
-    };
+    let mut manifest = test_manifest(&tag, BTreeMap::new());
+    manifest.version = FormatVersion { major: 2, minor: 0 };
+    manifest.created_unix_ms = 1;
+    manifest.spec.memory_mib = 16;
+    manifest.spec.kernel = Some("/k".into());
     let record = StoredSnapshot {
         manifest: String::from_utf8(manifest.to_bytes()).unwrap(),
         files: BTreeMap::from([(
@@ -116,25 +93,9 @@ fn a_stored_record_of_a_newer_thaw_is_refused_in_one_line() {
     assert!(err.to_string().contains("upgrade thaw"), "{err}");
 }
 
-/// A small snapshot written by hand (no disks; the kernel is /bin/sh).
-fn write_snapshot(home: &Home, tag: &SnapshotTag) {
-    let dir = home.snapshot_dir(tag);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join(snapshot::STATE_FILE), b"device state").unwrap();
-    let ram = std::fs::File::create(dir.join(snapshot::RAM_FILE)).unwrap();
-    ram.set_len(4 << 20).unwrap();
-    let mut files = BTreeMap::new();
-    for f in [snapshot::STATE_FILE, snapshot::RAM_FILE] {
-        let p = dir.join(f);
-        files.insert(
-            f.to_owned(),
-            snapshot::FileEntry {
-                size: std::fs::metadata(&p).unwrap().len(),
-                blake3: crate::fsutil::content_hash(&p, None).unwrap(),
-            },
-        );
-    }
-    let m = Manifest {
+/// A manifest of a machine without disks whose kernel is /bin/sh.
+fn test_manifest(tag: &SnapshotTag, files: BTreeMap<String, snapshot::FileEntry>) -> Manifest {
+    Manifest {
         format: snapshot::FORMAT_NAME.into(),
         version: snapshot::FORMAT_VERSION,
         tag: tag.clone(),
@@ -161,7 +122,28 @@ fn write_snapshot(home: &Home, tag: &SnapshotTag) {
         files,
         disks: vec![],
         checksum: None,
-    };
+    }
+}
+
+/// A small snapshot written by hand (no disks; the kernel is /bin/sh).
+fn write_snapshot(home: &Home, tag: &SnapshotTag) {
+    let dir = home.snapshot_dir(tag);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(snapshot::STATE_FILE), b"device state").unwrap();
+    let ram = std::fs::File::create(dir.join(snapshot::RAM_FILE)).unwrap();
+    ram.set_len(4 << 20).unwrap();
+    let mut files = BTreeMap::new();
+    for f in [snapshot::STATE_FILE, snapshot::RAM_FILE] {
+        let p = dir.join(f);
+        files.insert(
+            f.to_owned(),
+            snapshot::FileEntry {
+                size: std::fs::metadata(&p).unwrap().len(),
+                blake3: crate::fsutil::content_hash(&p, None).unwrap(),
+            },
+        );
+    }
+    let m = test_manifest(tag, files);
     std::fs::write(dir.join(snapshot::MANIFEST_FILE), m.to_bytes()).unwrap();
 }
 

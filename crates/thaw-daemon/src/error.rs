@@ -308,12 +308,12 @@ mod tests {
 
     #[test]
     fn causes_are_said_once_on_one_line() {
-        let e = VmError::Io {
-            step: "create",
-            path: "/h/vms/x".into(),
-            source: std::io::Error::other("disk full"),
-        };
-        assert_eq!(one_line(&e), "could not create /h/vms/x: disk full");
+        let e = VmError::Io(thaw::fsutil::IoError::new(
+            "create",
+            "/h/vms/x",
+            std::io::Error::other("disk full"),
+        ));
+        assert_eq!(one_line(&e), "cannot create /h/vms/x: disk full");
         let e = BootError::Exited {
             why: "bad kernel".into(),
             console: thaw::boot::ConsoleNote {

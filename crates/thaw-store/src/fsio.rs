@@ -1,5 +1,6 @@
-//! File-system steps every writer shares: atomic writes, directory fsync, capped
-//! reads, temp-file names, and the store lock.
+//! File-system steps every writer in thaw shares (this crate and the `thaw`
+//! library): [`IoError`] with [`Context::at`], atomic writes, directory fsync,
+//! capped reads, temp-file names, and [`FileLock`].
 //!
 //! Every file the store creates is first written under a temp name
 //! (`.tmp-<pid>-<seq>-<final name>`) in the directory it ends up in, synced,
@@ -28,7 +29,8 @@ pub struct IoError {
 }
 
 impl IoError {
-    pub(crate) fn new(step: &'static str, path: impl Into<PathBuf>, source: io::Error) -> IoError {
+    /// An error of `step` on `path`.
+    pub fn new(step: &'static str, path: impl Into<PathBuf>, source: io::Error) -> IoError {
         IoError {
             step,
             path: path.into(),
@@ -38,7 +40,8 @@ impl IoError {
 }
 
 /// Attaches a step and a path to an `io::Result`.
-pub(crate) trait Context<T> {
+pub trait Context<T> {
+    /// `Err(e)` becomes `Err(IoError { step, path, source: e })`.
     fn at(self, step: &'static str, path: &Path) -> Result<T, IoError>;
 }
 
@@ -57,7 +60,7 @@ static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// A fresh temp path beside `path`, unique within this process and across
 /// processes (the pid is part of the name, which is also how staleness is judged).
-pub(crate) fn temp_path_for(path: &Path) -> PathBuf {
+pub fn temp_path_for(path: &Path) -> PathBuf {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -68,13 +71,13 @@ pub(crate) fn temp_path_for(path: &Path) -> PathBuf {
 }
 
 /// Whether a directory entry name is one of our temp files.
-pub(crate) fn is_temp_name(name: &str) -> bool {
+pub fn is_temp_name(name: &str) -> bool {
     name.starts_with(TEMP_PREFIX)
 }
 
 /// Whether the temp file at `path` (named by [`temp_path_for`]) belongs to no
 /// live writer: its process is gone, or it is older than a day.
-pub(crate) fn is_stale_temp(path: &Path) -> bool {
+pub fn is_stale_temp(path: &Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let pid = name
         .strip_prefix(TEMP_PREFIX)
@@ -100,16 +103,39 @@ pub(crate) fn is_stale_temp(path: &Path) -> bool {
 
 /// Writes `bytes` to `path` atomically: a temp file beside it, `sync_all`,
 /// `rename`, then an fsync of the directory so the rename itself is durable.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
-    write_atomic_with(path, |f| f.write_all(bytes))?;
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
+    replace(path, Durability::Synced, |f| f.write_all(bytes))?;
     fsync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 /// Like [`write_atomic`] but without the directory fsync, for callers that
 /// write many files into one directory and sync it once at the end; and with
 /// the contents produced by `fill`.
-pub(crate) fn write_atomic_with(
+pub fn write_atomic_with(
     path: &Path,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> Result<(), IoError> {
+    replace(path, Durability::Synced, fill)
+}
+
+/// [`write_atomic`] without any sync: atomic against a crash of this process (a
+/// reader sees the old file or the new one, whole), not against a crash of the
+/// host. For state rewritten on hot paths that a host crash makes moot anyway
+/// (a VM's record: its QEMU dies with the host).
+pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
+    replace(path, Durability::Unsynced, |f| f.write_all(bytes))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    Synced,
+    Unsynced,
+}
+
+/// The one atomic replace: temp file beside `path`, filled, (synced,) renamed.
+fn replace(
+    path: &Path,
+    durability: Durability,
     fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> Result<(), IoError> {
     let tmp = temp_path_for(path);
@@ -118,7 +144,9 @@ pub(crate) fn write_atomic_with(
         fill(&mut f).at("write", &tmp)?;
         // Data must be on disk before the rename makes the name visible:
         // otherwise a crash could leave a complete-looking name with no data.
-        f.sync_all().at("sync_all", &tmp)?;
+        if durability == Durability::Synced {
+            f.sync_all().at("sync_all", &tmp)?;
+        }
         std::fs::rename(&tmp, path).at("rename into place", path)
     })();
     if result.is_err() {
@@ -128,14 +156,14 @@ pub(crate) fn write_atomic_with(
 }
 
 /// Makes a directory's entries (creations, renames, removals) durable.
-pub(crate) fn fsync_dir(dir: &Path) -> Result<(), IoError> {
+pub fn fsync_dir(dir: &Path) -> Result<(), IoError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .at("fsync directory", dir)
 }
 
 /// Creates `dir` if missing and, if it was created, makes that durable in its parent.
-pub(crate) fn ensure_dir(dir: &Path) -> Result<(), IoError> {
+pub fn ensure_dir(dir: &Path) -> Result<(), IoError> {
     match std::fs::create_dir(dir) {
         Ok(()) => fsync_dir(dir.parent().unwrap_or(Path::new("."))),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
@@ -144,14 +172,20 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<(), IoError> {
 }
 
 /// Reads at most `cap` bytes from `reader`; more is an error, not a truncation.
-pub(crate) fn read_capped(reader: impl Read, cap: u64) -> io::Result<Vec<u8>> {
+pub fn read_capped(reader: impl Read, cap: u64) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     read_capped_into(reader, cap, &mut bytes)?;
     Ok(bytes)
 }
 
+/// Reads the file at `path`, refusing one larger than `cap` bytes.
+pub fn read_file_capped(path: &Path, cap: u64) -> Result<Vec<u8>, IoError> {
+    let f = File::open(path).at("open", path)?;
+    read_capped(f, cap).at("read", path)
+}
+
 /// [`read_capped`] appending to `bytes`.
-pub(crate) fn read_capped_into(reader: impl Read, cap: u64, bytes: &mut Vec<u8>) -> io::Result<()> {
+pub fn read_capped_into(reader: impl Read, cap: u64, bytes: &mut Vec<u8>) -> io::Result<()> {
     let before = bytes.len();
     reader.take(cap + 1).read_to_end(bytes)?;
     if (bytes.len() - before) as u64 > cap {
@@ -163,34 +197,79 @@ pub(crate) fn read_capped_into(reader: impl Read, cap: u64, bytes: &mut Vec<u8>)
     Ok(())
 }
 
-/// An advisory lock on the store's `lock` file, held until dropped. Writers take
-/// it shared, `gc` exclusive, so `gc` never removes a chunk that an ingest,
-/// pull or import in flight has just decided it need not write.
-#[derive(Debug)]
-pub(crate) struct StoreLock {
-    _file: File,
+/// How a [`FileLock`] is held: many shared holders, or one exclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    Shared,
+    Exclusive,
 }
 
-impl StoreLock {
-    pub(crate) fn shared(path: &Path) -> Result<StoreLock, IoError> {
-        StoreLock::take(path, FlockOperation::LockShared)
+/// An advisory `flock` on a file or directory, held until dropped; the kernel
+/// drops it when the process dies, so a lock is never left behind by a crash.
+///
+/// thaw's locks are all of this one kind: the store lock (writers shared, `gc`
+/// exclusive, so `gc` never removes a chunk an ingest in flight has just decided
+/// it need not write), a VM's snapshot lock, a snapshot directory held by a
+/// restore or a removal, the `up` key locks and the guest cache lock.
+#[derive(Debug)]
+pub struct FileLock {
+    file: File,
+}
+
+impl FileLock {
+    /// Opens (creating it if missing) the lock file at `path` and waits for the lock.
+    pub fn acquire(path: &Path, mode: LockMode) -> Result<FileLock, IoError> {
+        FileLock::wait_on(open_lock_file(path)?, path, mode)
     }
 
-    pub(crate) fn exclusive(path: &Path) -> Result<StoreLock, IoError> {
-        StoreLock::take(path, FlockOperation::LockExclusive)
+    /// Like [`FileLock::acquire`], but `None` at once if another holder conflicts.
+    pub fn try_acquire(path: &Path, mode: LockMode) -> Result<Option<FileLock>, IoError> {
+        FileLock::try_on(open_lock_file(path)?, path, mode)
     }
 
-    fn take(path: &Path, op: FlockOperation) -> Result<StoreLock, IoError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .at("open lock file", path)?;
-        rustix::fs::flock(&file, op).at("lock", path)?;
-        Ok(StoreLock { _file: file })
+    /// Waits for the lock on `file`, already open (a directory, say); `path`
+    /// names it in errors.
+    pub fn wait_on(file: File, path: &Path, mode: LockMode) -> Result<FileLock, IoError> {
+        let op = match mode {
+            LockMode::Shared => FlockOperation::LockShared,
+            LockMode::Exclusive => FlockOperation::LockExclusive,
+        };
+        loop {
+            match rustix::fs::flock(&file, op) {
+                Ok(()) => return Ok(FileLock { file }),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(IoError::new("lock", path, e.into())),
+            }
+        }
     }
+
+    /// Takes the lock on `file` if no other holder conflicts, else `None`.
+    pub fn try_on(file: File, path: &Path, mode: LockMode) -> Result<Option<FileLock>, IoError> {
+        let op = match mode {
+            LockMode::Shared => FlockOperation::NonBlockingLockShared,
+            LockMode::Exclusive => FlockOperation::NonBlockingLockExclusive,
+        };
+        match rustix::fs::flock(&file, op) {
+            Ok(()) => Ok(Some(FileLock { file })),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(IoError::new("lock", path, e.into())),
+        }
+    }
+
+    /// The locked file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+fn open_lock_file(path: &Path) -> Result<File, IoError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .at("open lock file", path)
 }
 
 #[cfg(test)]
@@ -218,6 +297,67 @@ mod tests {
         let dead = d.path().join(".tmp-99999999-0-x");
         std::fs::write(&dead, b"").unwrap();
         assert!(is_stale_temp(&dead));
+    }
+
+    #[test]
+    fn unsynced_atomic_write_replaces_whole_file_and_leaves_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        write_atomic_unsynced(&p, b"one").unwrap();
+        write_atomic_unsynced(&p, b"two!").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two!");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn failed_atomic_write_leaves_old_file_and_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.json");
+        write_atomic(&p, b"old").unwrap();
+        let err = write_atomic_with(&p, |_| Err(io::Error::other("disk on fire"))).unwrap_err();
+        assert_eq!(err.step, "write");
+        assert_eq!(std::fs::read(&p).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn io_error_names_step_and_path() {
+        let d = tempfile::tempdir().unwrap();
+        let missing = d.path().join("nope");
+        let err = read_file_capped(&missing, 10).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("cannot open {}", missing.display())
+        );
+        assert_eq!(err.source.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn file_lock_excludes_and_shares() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("lock");
+        let a = FileLock::acquire(&p, LockMode::Shared).unwrap();
+        let b = FileLock::try_acquire(&p, LockMode::Shared).unwrap();
+        assert!(b.is_some(), "two shared holders");
+        assert!(FileLock::try_acquire(&p, LockMode::Exclusive)
+            .unwrap()
+            .is_none());
+        drop((a, b));
+        let x = FileLock::try_acquire(&p, LockMode::Exclusive).unwrap();
+        assert!(x.is_some(), "free once the shared holders are gone");
+        assert!(FileLock::try_acquire(&p, LockMode::Shared)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn capped_file_read_refuses_more() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(&p, [0u8; 11]).unwrap();
+        assert_eq!(read_file_capped(&p, 11).unwrap().len(), 11);
+        let err = read_file_capped(&p, 10).unwrap_err();
+        assert_eq!(err.step, "read");
     }
 
     #[test]

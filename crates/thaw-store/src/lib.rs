@@ -35,7 +35,7 @@
 
 mod archive;
 mod chunk;
-mod fsio;
+pub mod fsio;
 mod id;
 mod manifest;
 mod progress;

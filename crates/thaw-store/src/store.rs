@@ -11,7 +11,7 @@ use std::sync::{mpsc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::{self, ChunkDefect, Codec, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
-use crate::fsio::{self, Context, IoError, StoreLock};
+use crate::fsio::{self, Context, FileLock, IoError, LockMode};
 use crate::{ChunkId, Progress};
 
 const FORMAT_FILE: &str = "store.json";
@@ -578,7 +578,32 @@ impl Store {
     /// # Errors
     /// A directory cannot be listed or a file cannot be removed.
     pub fn gc(&self, live: &HashSet<ChunkId>) -> Result<GcReport, GcError> {
-        let _lock = StoreLock::exclusive(&self.lock_path()).map_err(GcError)?;
+        let held = self.lock(LockMode::Exclusive).map_err(GcError)?;
+        self.gc_locked(&held, live)
+    }
+
+    /// The store's one lock: held shared by every writer (each ingest, pull or
+    /// import takes it for its chunks; a caller that names the chunks in a
+    /// manifest afterwards holds it across both, so no gc runs in between) and
+    /// exclusive by gc. Shared holders never wait for each other.
+    ///
+    /// # Errors
+    /// The lock file cannot be opened or locked.
+    pub fn lock(&self, mode: LockMode) -> Result<FileLock, IoError> {
+        FileLock::acquire(&self.lock_path(), mode)
+    }
+
+    /// [`Store::gc`] for a caller that already holds the store lock exclusively
+    /// (taken with [`Store::lock`]), so that it computes `live` from its
+    /// manifests with no writer in between.
+    ///
+    /// # Errors
+    /// As [`Store::gc`].
+    pub fn gc_locked(
+        &self,
+        _held: &FileLock,
+        live: &HashSet<ChunkId>,
+    ) -> Result<GcReport, GcError> {
         let mut report = GcReport::default();
         let mut touched = Vec::new();
         for file in self.chunk_files().map_err(GcError)? {
@@ -707,7 +732,7 @@ fn hash_zeros(hasher: &mut blake3::Hasher, mut len: u64) {
 /// only then does the operation report success.
 pub(crate) struct ChunkWriter {
     store: Store,
-    _lock: StoreLock,
+    _lock: FileLock,
     touched: Mutex<[bool; 256]>,
 }
 
@@ -715,7 +740,7 @@ impl ChunkWriter {
     pub(crate) fn new(store: &Store) -> Result<ChunkWriter, IoError> {
         Ok(ChunkWriter {
             store: store.clone(),
-            _lock: StoreLock::shared(&store.lock_path())?,
+            _lock: store.lock(LockMode::Shared)?,
             touched: Mutex::new([false; 256]),
         })
     }

@@ -16,6 +16,7 @@ use crate::cancel::{CancellationToken, Interrupted};
 use crate::disk::{self, DiskError};
 use crate::display::{self, DisplayError, VncPorts, VncRequest};
 use crate::firmware::{self, FirmwareError};
+use crate::fsutil::Context;
 use crate::guestref;
 use crate::home::{Home, VmName};
 use crate::ms;
@@ -187,7 +188,9 @@ async fn boot_in(
         .iter()
         .map(|f| {
             let host = match f.host {
-                0 => crate::ports::free().map_err(|e| vm_io("pick a port for", &paths.dir, e))?,
+                0 => crate::ports::free()
+                    .at("pick a port for", &paths.dir)
+                    .map_err(VmError::from)?,
                 h => h,
             };
             Ok(PortForward {
@@ -264,23 +267,18 @@ async fn boot_in(
     })
 }
 
-fn vm_io(step: &'static str, path: &std::path::Path, source: std::io::Error) -> VmError {
-    VmError::Io {
-        step,
-        path: path.to_owned(),
-        source,
-    }
-}
-
 /// Creates layer 0 of each disk: a qcow2 overlay on its base image.
 /// Also links the guest's files into the VM's `guest/` directory (see `guestref`).
 fn create_overlays(spec: &MachineSpec, paths: &VmPaths) -> Result<Vec<PathBuf>, BootError> {
     guestref::link_spec(&paths.dir, spec)
-        .map_err(|e| vm_io("link the guest files into", &paths.dir, e))?;
+        .at("link the guest files into", &paths.dir)
+        .map_err(VmError::from)?;
     if spec.disks.is_empty() {
         return Ok(Vec::new());
     }
-    std::fs::create_dir_all(paths.disks()).map_err(|e| vm_io("create", &paths.disks(), e))?;
+    std::fs::create_dir_all(paths.disks())
+        .at("create", &paths.disks())
+        .map_err(VmError::from)?;
     let mut overlays = Vec::new();
     for (i, d) in spec.disks.iter().enumerate() {
         let overlay = paths.disk_layer(i, 0);

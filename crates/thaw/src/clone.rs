@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::agent::Agent;
 use crate::agent::AgentError;
+use crate::fsutil::Context;
 use crate::guestref;
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::migration;
@@ -218,14 +219,6 @@ pub struct Prepared {
     pub breakdown: Breakdown,
 }
 
-fn io(step: &'static str, path: &std::path::Path, source: std::io::Error) -> VmError {
-    VmError::Io {
-        step,
-        path: path.to_owned(),
-        source,
-    }
-}
-
 /// Which host ports a clone's forwards get when it starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ports {
@@ -253,7 +246,8 @@ pub async fn prepare(
     // The guest's files on this machine: those the snapshot's links point to.
     let spec = &guestref::resolve(&snap.dir, &snap.manifest.spec);
     guestref::copy_links(&snap.dir, &paths.dir)
-        .map_err(|e| io("link the guest files into", &paths.dir, e))?;
+        .at("link the guest files into", &paths.dir)
+        .map_err(VmError::from)?;
     let vmgenid = if keep_vmgenid {
         snap.manifest.vmgenid
     } else {
@@ -267,8 +261,9 @@ pub async fn prepare(
             .iter()
             .flat_map(|n| n.guest_ports.iter())
             .map(|&guest| {
-                let host =
-                    crate::ports::free().map_err(|e| io("pick a port for", &paths.dir, e))?;
+                let host = crate::ports::free()
+                    .at("pick a port for", &paths.dir)
+                    .map_err(VmError::from)?;
                 Ok(PortForward { host, guest })
             })
             .collect::<Result<Vec<_>, VmError>>()?,
@@ -276,9 +271,11 @@ pub async fn prepare(
     };
     let overlays = clone_disks(snap, &paths)?;
     crate::firmware::vars_for_clone(&snap.dir, &paths.dir)
-        .map_err(|e| io("copy the UEFI variables for", &paths.dir, e))?;
+        .at("copy the UEFI variables for", &paths.dir)
+        .map_err(VmError::from)?;
     let vnc = crate::display::ports_for_clone(spec.display.as_ref())
-        .map_err(|e| io("pick a VNC port for", &paths.dir, e))?;
+        .at("pick a VNC port for", &paths.dir)
+        .map_err(VmError::from)?;
     let efivars = crate::firmware::vars_file(&paths.dir);
     let display_name = name.to_string();
     let launch = Launch {
@@ -355,16 +352,20 @@ fn clone_disks(snap: &Snapshot, paths: &VmPaths) -> Result<Vec<PathBuf>, VmError
         return Ok(Vec::new());
     }
     let dir = paths.disks();
-    std::fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
+    std::fs::create_dir_all(&dir)
+        .at("create", &dir)
+        .map_err(VmError::from)?;
     let from = snap.dir.join("disks");
     let mut tops = Vec::new();
     for (i, d) in disks.iter().enumerate() {
         crate::disk::link_chain(&from, &dir, i, d.layers)
-            .map_err(|e| io("link the disk layers into", &dir, e))?;
+            .at("link the disk layers into", &dir)
+            .map_err(VmError::from)?;
         // A copy of the snapshot's empty template: no qemu-img on the restore path.
         let top = paths.disk_layer(i, d.layers);
         std::fs::copy(snap.dir.join(snapshot::template_file(i)), &top)
-            .map_err(|e| io("create the disk overlay", &top, e))?;
+            .at("create the disk overlay", &top)
+            .map_err(VmError::from)?;
         tops.push(top);
     }
     Ok(tops)

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use thaw_qmp::Qmp;
 
 use crate::agent::{Agent, AgentError, ExecOutput};
+use crate::fsutil::Context;
 use crate::home::{Home, VmName};
 use crate::migration::{self, MigrationError};
 use crate::spec::PortForward;
@@ -163,11 +164,9 @@ pub async fn stop(home: &Home, name: &VmName) -> Result<(), VmError> {
             }
         }
     }
-    std::fs::remove_dir_all(&dir).map_err(|source| VmError::Io {
-        step: "remove",
-        path: dir.clone(),
-        source,
-    })
+    std::fs::remove_dir_all(&dir)
+        .at("remove", &dir)
+        .map_err(VmError::from)
 }
 
 /// Pauses a running VM's vCPUs (QMP `stop`); `resume` continues it. Its screen, memory

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
+use crate::fsutil::IoError;
 
 /// The UEFI variable store in a VM's directory and in a snapshot.
 pub const VARS_FILE: &str = "efivars.fd";
@@ -100,13 +101,8 @@ pub struct Ovmf {
 pub enum FirmwareError {
     #[error("UEFI firmware not found ({} is missing): install the Debian package ovmf (scripts/setup.sh --images), or set {OVMF_DIR_ENV}", .0.display())]
     OvmfMissing(PathBuf),
-    #[error("could not {step} {path}")]
-    Io {
-        step: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// Finds OVMF in `$THAW_OVMF_DIR` or [`OVMF_DIR`].
@@ -152,10 +148,8 @@ pub fn vars_for_boot(firmware: &Firmware, vm_dir: &Path) -> Result<(), FirmwareE
     }
     let ovmf = ovmf()?;
     let dest = vars_file(vm_dir);
-    copy_writable(&ovmf.vars_template, &dest).map_err(|source| FirmwareError::Io {
-        step: "copy OVMF's variable store to",
-        path: dest,
-        source,
+    copy_writable(&ovmf.vars_template, &dest).map_err(|source| {
+        FirmwareError::Io(IoError::new("copy OVMF's variable store to", dest, source))
     })
 }
 

@@ -1,10 +1,16 @@
-//! File helpers: atomic writes, directory fsync, sparse-aware copies and hashing.
+//! File helpers: sparse-aware copies and hashing, and (from `thaw_store::fsio`, their
+//! one home) atomic writes, directory fsync, capped reads, file locks and [`IoError`].
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use rustix::fs::SeekFrom;
+
+pub use thaw_store::fsio::{
+    fsync_dir, read_file_capped, write_atomic, write_atomic_unsynced, Context, FileLock, IoError,
+    LockMode,
+};
 
 /// Makes everything this process creates from now on private to its user: files
 /// 0600, directories 0700 (umask 077). thaw's state is guest RAM, disks and sockets
@@ -13,44 +19,6 @@ use rustix::fs::SeekFrom;
 /// sockets are private too. Called first thing by the `thaw` and `thawd` binaries.
 pub fn private_umask() {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file beside it, `sync_all`,
-/// `rename`, then `fsync` of the directory so the rename itself is durable.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        fsync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// [`write_atomic`] without the syncs: atomic against a crash of this process (the
-/// file is whole, old or new), not against a crash of the host.
-pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Writes `bytes` over the file at `path` (made if missing) from its start and cuts
@@ -65,25 +33,6 @@ pub fn overwrite(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .open(path)?;
     f.write_all_at(bytes, 0)?;
     f.set_len(bytes.len() as u64)
-}
-
-/// Makes a directory's entries (creations, renames) durable.
-pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Reads at most `cap` bytes of a file; a longer file is an error, not a truncation.
-pub fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
-    let f = File::open(path)?;
-    let mut bytes = Vec::new();
-    f.take(cap + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > cap {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {cap} bytes"),
-        ));
-    }
-    Ok(bytes)
 }
 
 /// How [`copy_sparse`] copied.
@@ -242,21 +191,7 @@ pub fn allocated_bytes(path: &Path) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Seek, SeekFrom as StdSeek};
-
-    #[test]
-    fn atomic_write_replaces_whole_file() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("m.json");
-        write_atomic(&p, b"one").unwrap();
-        write_atomic(&p, b"two!").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"two!");
-        assert_eq!(
-            std::fs::read_dir(d.path()).unwrap().count(),
-            1,
-            "no temp file left"
-        );
-    }
+    use std::io::{Seek, SeekFrom as StdSeek, Write};
 
     #[test]
     fn sparse_copy_keeps_data_and_holes() {
@@ -310,15 +245,6 @@ mod tests {
             content_hash(&a, Some((8192, 4096))).unwrap(),
             content_hash(&b, Some((8192, 4096))).unwrap()
         );
-    }
-
-    #[test]
-    fn capped_read_refuses_large_files() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("big");
-        std::fs::write(&p, vec![b'x'; 100]).unwrap();
-        assert_eq!(read_capped(&p, 100).unwrap().len(), 100);
-        assert!(read_capped(&p, 99).is_err());
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub mod ports;
 pub mod qcow2;
 pub mod qemu;
 pub mod ready;
+pub mod record;
 pub mod reset;
 pub mod restore;
 pub mod screen;

@@ -29,6 +29,8 @@ use std::path::Path;
 use rustix::fs::{FallocateFlags, SeekFrom};
 use serde::{Deserialize, Serialize};
 
+use crate::fsutil::IoError;
+
 /// The id of the guest's main RAM block: the memory backend thaw names `ram0`.
 pub const MAIN_BLOCK: &str = "ram0";
 
@@ -54,13 +56,8 @@ pub struct RamRegion {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MappedError {
-    #[error("could not {step} {path}")]
-    Io {
-        step: &'static str,
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("{path} is not a mapped-ram migration file: {why}")]
     Format {
         path: std::path::PathBuf,
@@ -78,13 +75,7 @@ fn be32(b: &[u8]) -> u32 {
 
 /// Reads the RAM block layout of a mapped-ram migration file.
 pub fn blocks(path: &Path) -> Result<Vec<Block>, MappedError> {
-    let io = |step| {
-        move |source| MappedError::Io {
-            step,
-            path: path.to_owned(),
-            source,
-        }
-    };
+    let io = |step| move |source| MappedError::Io(IoError::new(step, path.to_owned(), source));
     let f = File::open(path).map_err(io("open"))?;
     let file_len = f.metadata().map_err(io("read"))?.len();
     parse_blocks(file_len, &mut |buf, at| read_at_most(&f, buf, at)).map_err(|e| match e {
@@ -230,13 +221,7 @@ fn read_at_most(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize>
 /// of the main block does not mark are punched out, then that bitmap is zeroed so a
 /// restore loads none of the main block's pages. Returns the main block's region.
 pub fn seal(path: &Path) -> Result<RamRegion, MappedError> {
-    let io = |step| {
-        move |source| MappedError::Io {
-            step,
-            path: path.to_owned(),
-            source,
-        }
-    };
+    let io = |step| move |source| MappedError::Io(IoError::new(step, path.to_owned(), source));
     let main = blocks(path)?
         .into_iter()
         .find(|b| b.id == MAIN_BLOCK)

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::accel::Accel;
 use crate::clone::{self, CloneError, CloneReport, FinishOptions, Prepared};
+use crate::fsutil::Context;
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::qemu::Qemu;
 use crate::snapshot::{Snapshot, SnapshotCheckError};
@@ -458,11 +459,9 @@ impl Pool {
         let paths = VmPaths {
             dir: Pool::dir(&self.home).join(id.as_str()),
         };
-        std::fs::create_dir_all(&paths.dir).map_err(|source| crate::vm::VmError::Io {
-            step: "create",
-            path: paths.dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&paths.dir)
+            .at("create", &paths.dir)
+            .map_err(crate::vm::VmError::from)?;
         let snap = Arc::new(Snapshot::open(&self.home, tag)?);
         if let Some(slot) = self.slots.lock().expect("pool lock").get_mut(tag) {
             slot.snapshot = Some(snap.clone());

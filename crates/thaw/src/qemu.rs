@@ -11,7 +11,7 @@ use std::time::UNIX_EPOCH;
 use serde::{Deserialize, Serialize};
 use thaw_qmp::QemuVersion;
 
-use crate::fsutil;
+use crate::record::Record;
 
 /// Finding or probing QEMU failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,12 +47,20 @@ pub struct Qemu {
     pub tcg_tb_size_mib: Option<u32>,
 }
 
-#[derive(Serialize, Deserialize)]
+/// `$THAW_CACHE/qemu-version.json`: the version of the QEMU binary last probed, kept
+/// while the binary's path, size and mtime stay the same.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct VersionCache {
     binary: PathBuf,
     size: u64,
     mtime_ns: u128,
     version: QemuVersion,
+}
+
+impl Record for VersionCache {
+    const KIND: &'static str = "QEMU version cache";
+    const VERSION: u32 = 1;
+    const MAX_BYTES: u64 = 64 * 1024;
 }
 
 impl Qemu {
@@ -68,15 +76,14 @@ impl Qemu {
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let cache_path = cache_dir.join("qemu-version.json");
-        if let Ok(bytes) = std::fs::read(&cache_path) {
-            if let Ok(c) = serde_json::from_slice::<VersionCache>(&bytes) {
-                if c.binary == binary && c.size == meta.len() && c.mtime_ns == mtime_ns {
-                    return Ok(Qemu {
-                        binary,
-                        version: c.version,
-                        tcg_tb_size_mib: tb_size_from_env(),
-                    });
-                }
+        // A cache that cannot be read (missing, damaged, newer) only costs a probe.
+        if let Ok(c) = VersionCache::read_from(&cache_path) {
+            if c.binary == binary && c.size == meta.len() && c.mtime_ns == mtime_ns {
+                return Ok(Qemu {
+                    binary,
+                    version: c.version,
+                    tcg_tb_size_mib: tb_size_from_env(),
+                });
             }
         }
         let version = probe_version(&binary)?;
@@ -88,10 +95,7 @@ impl Qemu {
         };
         // A cache that cannot be written only costs a probe next time.
         if std::fs::create_dir_all(cache_dir).is_ok() {
-            let _ = fsutil::write_atomic(
-                &cache_path,
-                &serde_json::to_vec(&cache).expect("serializes"),
-            );
+            let _ = cache.write_to(&cache_path);
         }
         Ok(Qemu {
             binary,
@@ -159,6 +163,16 @@ mod tests {
             "7.2.15"
         );
         assert!(parse_version_output("nothing here").is_none());
+    }
+
+    #[test]
+    fn version_cache_round_trips() {
+        crate::record::tests::round_trip(&VersionCache {
+            binary: "/usr/bin/qemu-system-x86_64".into(),
+            size: 123_456,
+            mtime_ns: 1_765_000_000_123_456_789,
+            version: parse_version_output("QEMU emulator version 10.0.2").unwrap(),
+        });
     }
 
     #[test]

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::accel::Accel;
 use crate::cancel::{CancellationToken, Interrupted};
 use crate::clone::{self, CloneError, CloneReport, FinishOptions, Ports, Prepared};
+use crate::fsutil::Context;
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::pool::Pool;
 use crate::ports;
@@ -124,11 +125,9 @@ pub async fn reset_cancellable(
         None => {
             let dir = side_dir(home);
             let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).map_err(|source| VmError::Io {
-                step: "create",
-                path: dir.clone(),
-                source,
-            })?;
+            std::fs::create_dir_all(&dir)
+                .at("create", &dir)
+                .map_err(VmError::from)?;
             side = Some(dir.clone());
             let paths = VmPaths { dir: dir.clone() };
             match clone::prepare(
@@ -208,11 +207,7 @@ fn keep_ports(old: &[PortForward], snap: &Snapshot) -> Result<Vec<PortForward>, 
             Some(f) => Ok(*f),
             None => Ok(PortForward {
                 guest,
-                host: ports::free().map_err(|source| VmError::Io {
-                    step: "pick a port for",
-                    path: snap.dir.clone(),
-                    source,
-                })?,
+                host: ports::free().at("pick a port for", &snap.dir)?,
             }),
         })
         .collect()
@@ -241,11 +236,9 @@ async fn take_over(
         old.name,
         std::process::id()
     ));
-    std::fs::rename(&dir, &doomed).map_err(|source| VmError::Io {
-        step: "move aside",
-        path: dir.clone(),
-        source,
-    })?;
+    std::fs::rename(&dir, &doomed)
+        .at("move aside", &dir)
+        .map_err(VmError::from)?;
     prepared.claim_name(home, &old.name, false)?;
     // The old VM's files (its RAM file, disks, logs) go now; nothing runs from them.
     let _ = std::fs::remove_dir_all(&doomed);

@@ -324,7 +324,7 @@ impl Claim {
         match std::fs::symlink_metadata(&dir) {
             Ok(_) => Err(VmError::Exists(name.clone())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(VmError::io("look up", &dir)(e)),
+            Err(e) => Err(crate::fsutil::IoError::new("look up", &dir, e).into()),
         }
     }
 }
@@ -361,11 +361,11 @@ fn pick_names(
                     Ok(n) => n,
                     Err(e) => {
                         release(&claimed);
-                        return Err(VmError::Io {
-                            step: "name a clone",
-                            path: home.vms_dir(),
-                            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-                        }
+                        return Err(VmError::Io(crate::fsutil::IoError::new(
+                            "name a clone",
+                            home.vms_dir(),
+                            std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+                        ))
                         .into());
                     }
                 };

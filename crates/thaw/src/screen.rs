@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thaw_qmp::Qmp;
 
+use crate::fsutil::{Context, IoError};
 use crate::home::{Home, VmName};
 use crate::vm::{VmError, VmState};
 
@@ -52,13 +53,8 @@ pub enum ScreenError {
     Vm(#[from] VmError),
     #[error("QEMU refused the display command")]
     Qmp(#[from] thaw_qmp::QmpError),
-    #[error("could not {step} {path}")]
-    Io {
-        step: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("QEMU wrote a screenshot that is not a PNG image ({0})")]
     NotPng(PathBuf),
 }
@@ -92,17 +88,9 @@ pub async fn screenshot(
             Some(serde_json::json!({ "filename": tmp, "format": "png" })),
         )
         .await?;
-        let bytes = std::fs::read(&tmp).map_err(|source| ScreenError::Io {
-            step: "read the screenshot",
-            path: tmp.clone(),
-            source,
-        })?;
+        let bytes = std::fs::read(&tmp).at("read the screenshot", &tmp)?;
         let (width, height) = png_size(&bytes).ok_or_else(|| ScreenError::NotPng(tmp.clone()))?;
-        move_file(&tmp, dest).map_err(|source| ScreenError::Io {
-            step: "write the screenshot to",
-            path: dest.to_owned(),
-            source,
-        })?;
+        move_file(&tmp, dest).at("write the screenshot to", dest)?;
         Ok(Screenshot {
             name: name.clone(),
             file: dest.to_owned(),

@@ -21,9 +21,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 pub use thaw_store::{ChunkId, FileIndex, NoProgress, Progress, Remote, Store};
 
-use crate::fsutil;
+use crate::fsutil::{Context, FileLock, IoError, LockMode};
 use crate::guestref;
 use crate::home::{Home, SnapshotTag};
+use crate::record::{DecodeError, Record};
+use crate::snapshot::staging::{self, Staging};
 use crate::snapshot::{self, catalog, confine, Snapshot, SnapshotCheckError};
 
 /// What the store keeps about a snapshot (the store manifest named after its tag).
@@ -34,6 +36,15 @@ pub struct StoredSnapshot {
     /// Every file of the snapshot directory by its relative path, and each guest file
     /// as `guest/<name>`.
     pub files: BTreeMap<String, FileIndex>,
+}
+
+/// Kept by the store as the manifest named after the tag (capped there), pushed and
+/// exported as is; version 1 is the unversioned record of before.
+impl Record for StoredSnapshot {
+    const KIND: &'static str = "store record";
+    const VERSION: u32 = 1;
+    const MAX_BYTES: u64 = thaw_store::MAX_MANIFEST_BYTES;
+    const PRETTY: bool = false;
 }
 
 impl StoredSnapshot {
@@ -77,17 +88,14 @@ pub enum StoreError {
     },
     #[error("the store's record of {tag} is corrupt ({why})")]
     Corrupt { tag: String, why: String },
+    #[error("the store's record of {tag} has format version {found}, newer than this thaw reads: upgrade thaw")]
+    NewerRecord { tag: String, found: u32 },
     #[error("a snapshot tagged {0} already exists here")]
     Exists(SnapshotTag),
     #[error(transparent)]
     Check(#[from] SnapshotCheckError),
-    #[error("could not {step} {path}")]
-    Io {
-        step: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("pushing {tag} failed")]
     Push {
         tag: String,
@@ -138,14 +146,23 @@ boxed_from!(
     Verify(thaw_store::VerifyError)
 );
 
-fn io(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
-    let path = path.to_owned();
-    move |source| StoreError::Io { step, path, source }
-}
-
 /// The home's store.
 pub fn open(home: &Home) -> Result<Store, StoreError> {
     Ok(Store::open(home.root().join("store"))?)
+}
+
+/// Runs `f`, a long file-system step of the store (ingest, write-out, gc, ...), from
+/// whatever called it: on a multi-threaded tokio runtime through `block_in_place`, so
+/// that the worker's other tasks move to other workers meanwhile; on a current-thread
+/// runtime (where `block_in_place` panics, and there is no other worker) or outside
+/// any runtime, directly. Not `spawn_blocking`: the steps borrow the caller's
+/// progress reporter, which is neither `Send` nor `'static`.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// Where guest files that came from the store live: `$THAW_HOME/files/<blake3>`.
@@ -153,43 +170,16 @@ pub fn files_dir(home: &Home) -> PathBuf {
     home.root().join("files")
 }
 
-/// A lock on the store: shared while chunks are added and then named (so that no gc
-/// removes them in between), exclusive for gc.
-pub struct StoreLock(#[allow(dead_code)] std::fs::File);
-
-fn lock(home: &Home, exclusive: bool) -> Result<StoreLock, StoreError> {
-    let dir = home.root().join("store");
-    std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-    let path = dir.join(".thaw.lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io("open", &path))?;
-    let op = if exclusive {
-        rustix::fs::FlockOperation::LockExclusive
-    } else {
-        rustix::fs::FlockOperation::LockShared
-    };
-    rustix::fs::flock(&f, op).map_err(|e| io("lock", &path)(e.into()))?;
-    Ok(StoreLock(f))
-}
-
-/// Holds the store against gc while a snapshot's chunks are added and named.
-pub fn lock_shared(home: &Home) -> Result<StoreLock, StoreError> {
-    lock(home, false)
+/// Holds the store against gc while a snapshot's chunks are added and named: the
+/// store's one lock ([`Store::lock`]), shared; gc takes it exclusively.
+pub fn lock_shared(store: &Store) -> Result<FileLock, StoreError> {
+    Ok(store.lock(LockMode::Shared)?)
 }
 
 /// The stored record of `tag`, if the store has one.
 pub fn get(store: &Store, tag: &str) -> Result<Option<StoredSnapshot>, StoreError> {
     match store.get_manifest(tag) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt {
-                tag: tag.into(),
-                why: e.to_string(),
-            }),
+        Ok(bytes) => decode(tag, &bytes).map(Some),
         Err(thaw_store::ManifestError::NotFound { .. }) => Ok(None),
         Err(source) => Err(StoreError::Manifest {
             tag: tag.into(),
@@ -198,8 +188,22 @@ pub fn get(store: &Store, tag: &str) -> Result<Option<StoredSnapshot>, StoreErro
     }
 }
 
+/// The record of `tag` from its bytes (the store's, a remote's, an archive's).
+fn decode(tag: &str, bytes: &[u8]) -> Result<StoredSnapshot, StoreError> {
+    StoredSnapshot::from_bytes(bytes).map_err(|e| match e {
+        DecodeError::Newer { found } => StoreError::NewerRecord {
+            tag: tag.into(),
+            found,
+        },
+        DecodeError::Corrupt(why) => StoreError::Corrupt {
+            tag: tag.into(),
+            why,
+        },
+    })
+}
+
 fn put(store: &Store, tag: &str, s: &StoredSnapshot) -> Result<(), StoreError> {
-    let bytes = serde_json::to_vec(s).expect("serializes");
+    let bytes = s.to_bytes();
     store
         .put_manifest(tag, &bytes)
         .map_err(|source| StoreError::Manifest {
@@ -248,7 +252,7 @@ pub fn ingest(
     progress: &mut dyn Progress,
 ) -> Result<StoredSnapshot, StoreError> {
     let mpath = dir.join(snapshot::MANIFEST_FILE);
-    let manifest = std::fs::read_to_string(&mpath).map_err(io("read", &mpath))?;
+    let manifest = std::fs::read_to_string(&mpath).at("read", &mpath)?;
     let m: snapshot::Manifest =
         serde_json::from_str(&manifest).map_err(|e| StoreError::Corrupt {
             tag: dir.display().to_string(),
@@ -256,14 +260,12 @@ pub fn ingest(
         })?;
     let mut files = BTreeMap::new();
     let ingest = |path: &Path, progress: &mut dyn Progress| {
-        tokio::task::block_in_place(|| store.ingest(path, progress)).map_err(|source| {
-            StoreError::Ingest {
-                path: path.to_owned(),
-                source: Box::new(source),
-            }
+        blocking(|| store.ingest(path, progress)).map_err(|source| StoreError::Ingest {
+            path: path.to_owned(),
+            source: Box::new(source),
         })
     };
-    for rel in files_under(dir).map_err(io("list", dir))? {
+    for rel in files_under(dir).at("list", dir)? {
         let known = parent.and_then(|(p, ps)| {
             let same = p.manifest.files.contains_key(&rel)
                 && p.manifest.files.get(&rel) == m.files.get(&rel);
@@ -319,7 +321,7 @@ pub fn ensure(
     progress: &mut dyn Progress,
 ) -> Result<StoredSnapshot, StoreError> {
     let store = open(home)?;
-    let _lock = lock_shared(home)?;
+    let _lock = lock_shared(&store)?;
     if let Some(s) = get(&store, tag.as_str())? {
         return Ok(s);
     }
@@ -367,75 +369,63 @@ pub fn materialize(
     // file the record makes QEMU open (see `snapshot::confine`).
     let m = snapshot::parse_manifest_bytes(tag, s.manifest.as_bytes())?;
     confine::check_record(&m, s.files.keys().map(String::as_str))?;
-    home.ensure().map_err(io("create", home.root()))?;
-    snapshot::remove_stale_temp_dirs(home);
-    let tmp = snapshot::temp_dir(home, tag);
-    let result = (|| {
-        std::fs::create_dir_all(tmp.join("disks")).map_err(io("create", &tmp))?;
-        std::fs::create_dir_all(tmp.join(guestref::DIR)).map_err(io("create", &tmp))?;
-        let files = files_dir(home);
-        std::fs::create_dir_all(&files).map_err(io("create", &files))?;
-        for (rel, index) in &s.files {
-            let write = |dest: &Path, progress: &mut dyn Progress| {
-                tokio::task::block_in_place(|| store.materialize(index, dest, progress)).map_err(
-                    |source| StoreError::Materialize {
-                        path: dest.to_owned(),
-                        source: Box::new(source),
-                    },
-                )
-            };
-            match rel.strip_prefix("guest/") {
-                Some(name) => {
-                    // Guest files are shared by every snapshot that needs them; the
-                    // file name is the content's BLAKE3 (the base disks' identity).
-                    // The hash becomes a file name under files/: it must be one (64
-                    // hex digits). A record from a pull or an import is not trusted,
-                    // and a "hash" like "../../../../etc/passwd" padded to 64
-                    // characters named a file outside $THAW_HOME.
-                    if name.contains('/') || !is_blake3_hex(&index.blake3) {
-                        return Err(StoreError::Corrupt {
-                            tag: tag.to_string(),
-                            why: format!("bad guest file entry {rel}"),
-                        });
-                    }
-                    let file = files.join(&index.blake3);
-                    if !file.is_file() {
-                        write(&file, progress)?;
-                    }
-                    std::os::unix::fs::symlink(&file, tmp.join(rel))
-                        .map_err(io("link", &tmp.join(rel)))?;
+    home.ensure().at("create", home.root())?;
+    let mut staging = Staging::new(home, tag)?;
+    let tmp = staging.dir().to_owned();
+    std::fs::create_dir_all(tmp.join("disks")).at("create", &tmp)?;
+    std::fs::create_dir_all(tmp.join(guestref::DIR)).at("create", &tmp)?;
+    let files = files_dir(home);
+    std::fs::create_dir_all(&files).at("create", &files)?;
+    for (rel, index) in &s.files {
+        let write = |dest: &Path, progress: &mut dyn Progress| {
+            blocking(|| store.materialize(index, dest, progress)).map_err(|source| {
+                StoreError::Materialize {
+                    path: dest.to_owned(),
+                    source: Box::new(source),
                 }
-                None => {
-                    if rel.contains("..") || rel.starts_with('/') {
-                        return Err(StoreError::Corrupt {
-                            tag: tag.to_string(),
-                            why: format!("bad file entry {rel}"),
-                        });
-                    }
-                    write(&tmp.join(rel), progress)?;
+            })
+        };
+        match rel.strip_prefix("guest/") {
+            Some(name) => {
+                // Guest files are shared by every snapshot that needs them; the
+                // file name is the content's BLAKE3 (the base disks' identity).
+                // The hash becomes a file name under files/: it must be one (64
+                // hex digits). A record from a pull or an import is not trusted,
+                // and a "hash" like "../../../../etc/passwd" padded to 64
+                // characters named a file outside $THAW_HOME.
+                if name.contains('/') || !is_blake3_hex(&index.blake3) {
+                    return Err(StoreError::Corrupt {
+                        tag: tag.to_string(),
+                        why: format!("bad guest file entry {rel}"),
+                    });
                 }
+                let file = files.join(&index.blake3);
+                if !file.is_file() {
+                    write(&file, progress)?;
+                }
+                std::os::unix::fs::symlink(&file, tmp.join(rel)).at("link", &tmp.join(rel))?;
+            }
+            None => {
+                if rel.contains("..") || rel.starts_with('/') {
+                    return Err(StoreError::Corrupt {
+                        tag: tag.to_string(),
+                        why: format!("bad file entry {rel}"),
+                    });
+                }
+                write(&tmp.join(rel), progress)?;
             }
         }
-        // The layers' headers, and any qcow2 base, name only thaw's own chain.
-        confine::check_layers(&tmp, &m)?;
-        for i in 0..m.spec.disks.len() {
-            confine::check_stored_base(&m, i, &guestref::base(&tmp, i))?;
-        }
-        let mpath = tmp.join(snapshot::MANIFEST_FILE);
-        fsutil::write_atomic(&mpath, s.manifest.as_bytes()).map_err(io("write", &mpath))?;
-        fsutil::fsync_dir(&tmp.join("disks")).map_err(io("sync", &tmp))?;
-        fsutil::fsync_dir(&tmp).map_err(io("sync", &tmp))?;
-        catalog::publish(home, &tmp, tag).map_err(|e| match e {
-            catalog::PublishError::Exists(tag) => StoreError::Exists(tag),
-            catalog::PublishError::Io { path, source } => {
-                io("publish the snapshot as", &path)(source)
-            }
-        })
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
     }
-    result
+    // The layers' headers, and any qcow2 base, name only thaw's own chain.
+    confine::check_layers(&tmp, &m)?;
+    for i in 0..m.spec.disks.len() {
+        confine::check_stored_base(&m, i, &guestref::base(&tmp, i))?;
+    }
+    staging.seal(s.manifest.as_bytes())?;
+    staging.publish().map_err(|e| match e {
+        catalog::PublishError::Exists(tag) => StoreError::Exists(tag),
+        catalog::PublishError::Io(e) => StoreError::Io(e),
+    })
 }
 
 /// Removes the materialized files of a snapshot that is in the store, keeping the
@@ -443,12 +433,7 @@ pub fn materialize(
 /// for freeing disk space.)
 pub fn evict(home: &Home, tag: &SnapshotTag) -> Result<StoredSnapshot, StoreError> {
     let s = ensure(home, tag, &mut NoProgress)?;
-    let dir = home.snapshot_dir(tag);
-    let doomed = home
-        .snapshots_dir()
-        .join(format!(".tmp-evict-{tag}-{}", std::process::id()));
-    std::fs::rename(&dir, &doomed).map_err(io("move aside", &dir))?;
-    std::fs::remove_dir_all(&doomed).map_err(io("remove", &doomed))?;
+    staging::remove(home, tag)?;
     Ok(s)
 }
 
@@ -540,12 +525,9 @@ pub async fn pull(
     let bytes = thaw_store::fetch_manifest(remote, tag.as_str())
         .await
         .map_err(pull_err)?;
-    let s: StoredSnapshot = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-        tag: tag.to_string(),
-        why: e.to_string(),
-    })?;
+    let s = decode(tag.as_str(), &bytes)?;
     let store = open(home)?;
-    let _lock = lock_shared(home)?;
+    let _lock = lock_shared(&store)?;
     let r = thaw_store::pull_chunks(&store, remote, &s.chunk_ids(), progress)
         .await
         .map_err(pull_err)?;
@@ -568,14 +550,12 @@ pub fn export(
 ) -> Result<thaw_store::ExportReport, StoreError> {
     let s = ensure(home, tag, progress)?;
     let store = open(home)?;
-    let bytes = serde_json::to_vec(&s).expect("serializes");
-    tokio::task::block_in_place(|| {
-        thaw_store::export(&store, tag.as_str(), &bytes, &s.chunk_ids(), file, progress)
-    })
-    .map_err(|source| StoreError::Export {
-        tag: tag.to_string(),
-        source: Box::new(source),
-    })
+    let bytes = s.to_bytes();
+    blocking(|| thaw_store::export(&store, tag.as_str(), &bytes, &s.chunk_ids(), file, progress))
+        .map_err(|source| StoreError::Export {
+            tag: tag.to_string(),
+            source: Box::new(source),
+        })
 }
 
 /// Reads a file [`export`] wrote: every chunk is checked before it enters the store,
@@ -586,12 +566,13 @@ pub fn import(
     progress: &mut dyn Progress,
 ) -> Result<SnapshotTag, StoreError> {
     let store = open(home)?;
-    let _lock = lock_shared(home)?;
-    let imported = tokio::task::block_in_place(|| thaw_store::import(&store, file, progress))
-        .map_err(|source| StoreError::Import {
+    let _lock = lock_shared(&store)?;
+    let imported = blocking(|| thaw_store::import(&store, file, progress)).map_err(|source| {
+        StoreError::Import {
             path: file.to_owned(),
             source: Box::new(source),
-        })?;
+        }
+    })?;
     let tag: SnapshotTag =
         imported
             .manifest_name
@@ -600,11 +581,7 @@ pub fn import(
                 tag: imported.manifest_name.clone(),
                 why: e.to_string(),
             })?;
-    let s: StoredSnapshot =
-        serde_json::from_slice(&imported.manifest).map_err(|e| StoreError::Corrupt {
-            tag: tag.to_string(),
-            why: e.to_string(),
-        })?;
+    let s = decode(tag.as_str(), &imported.manifest)?;
     adopt(home, &store, &tag, &s, progress)?;
     Ok(tag)
 }
@@ -653,7 +630,7 @@ pub struct GcReport {
 /// snapshots in the store only.
 pub fn gc(home: &Home) -> Result<GcReport, StoreError> {
     let store = open(home)?;
-    let _lock = lock(home, true)?;
+    let held = store.lock(LockMode::Exclusive)?;
     let mut live = HashSet::new();
     for name in store
         .list_manifests()
@@ -666,7 +643,7 @@ pub fn gc(home: &Home) -> Result<GcReport, StoreError> {
             live.extend(s.chunk_ids());
         }
     }
-    let r = tokio::task::block_in_place(|| store.gc(&live))?;
+    let r = blocking(|| store.gc_locked(&held, &live))?;
     Ok(GcReport {
         chunks_removed: r.removed,
         bytes_freed: r.freed_bytes,
@@ -686,7 +663,7 @@ pub struct VerifyReport {
 /// Re-hashes every chunk and names what is damaged, and which snapshots need it.
 pub fn verify(home: &Home, progress: &mut dyn Progress) -> Result<VerifyReport, StoreError> {
     let store = open(home)?;
-    let r = tokio::task::block_in_place(|| store.verify(progress))?;
+    let r = blocking(|| store.verify(progress))?;
     let bad: HashSet<ChunkId> = r.damaged.iter().map(|(id, _)| *id).collect();
     let mut affected = Vec::new();
     for name in store

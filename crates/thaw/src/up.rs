@@ -14,13 +14,14 @@
 //! (`$THAW_HOME/locks/<tag>.lock`) and then restores what the first made.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use crate::boot::{self, BootError, BootRequest};
 use crate::fsutil;
+use crate::fsutil::{Context, FileLock, IoError, LockMode};
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::qemu::Qemu;
 use crate::restore::{self, RestoreError, RestoreRequest};
@@ -53,13 +54,8 @@ pub struct UpReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
-    #[error("could not {step} {path}")]
-    Io {
-        step: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error(transparent)]
     Boot(#[from] BootError),
     #[error(transparent)]
@@ -72,15 +68,10 @@ pub enum UpError {
     Spec(#[from] crate::spec::SpecError),
 }
 
-fn io(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> UpError {
-    let path = path.to_owned();
-    move |source| UpError::Io { step, path, source }
-}
-
 /// The BLAKE3 of a file, remembered by path, size and mtime in `$THAW_CACHE/hashes.json`
 /// (a base disk image is gigabytes; the key is computed on every `up`).
 fn content_blake3(cache: &Path, path: &Path) -> Result<String, UpError> {
-    let (size, mtime) = crate::disk::stat(path).map_err(io("read", path))?;
+    let (size, mtime) = crate::disk::stat(path).at("read", path)?;
     let file = cache.join("hashes.json");
     let mut known: BTreeMap<String, (u64, u128, String)> = std::fs::read(&file)
         .ok()
@@ -92,7 +83,7 @@ fn content_blake3(cache: &Path, path: &Path) -> Result<String, UpError> {
             return Ok(h.clone());
         }
     }
-    let h = fsutil::hash_file(path).map_err(io("hash", path))?;
+    let h = fsutil::hash_file(path).at("hash", path)?;
     known.insert(k, (size, mtime, h.clone()));
     if std::fs::create_dir_all(cache).is_ok() {
         let _ = fsutil::write_atomic(&file, &serde_json::to_vec(&known).expect("serializes"));
@@ -171,25 +162,14 @@ pub fn tag_of(key: &str) -> SnapshotTag {
 }
 
 /// Holds `$THAW_HOME/locks/<tag>.lock` exclusively until dropped.
-struct KeyLock(#[allow(dead_code)] std::fs::File);
-
-async fn lock_key(home: &Home, tag: &SnapshotTag) -> Result<KeyLock, UpError> {
+async fn lock_key(home: &Home, tag: &SnapshotTag) -> Result<FileLock, UpError> {
     let dir = home.root().join("locks");
-    std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+    std::fs::create_dir_all(&dir).at("create", &dir)?;
     let path = dir.join(format!("{tag}.lock"));
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io("open", &path))?;
-    let f = tokio::task::spawn_blocking(move || {
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map(|_| f)
-    })
-    .await
-    .expect("lock task")
-    .map_err(|e| io("lock", &path)(e.into()))?;
-    Ok(KeyLock(f))
+    let lock = tokio::task::spawn_blocking(move || FileLock::acquire(&path, LockMode::Exclusive))
+        .await
+        .expect("lock task")?;
+    Ok(lock)
 }
 
 /// Brings up a VM from the cache, the remote, or a cold boot (see the module docs).

@@ -25,10 +25,11 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    build_atomically, guests_dir, initramfs, io_err, kernel, lock, modules, read_json, rootfs,
-    sync_dir, unreadable, write_synced, FileRecord, GuestBuildError, INITRD_FILE, KERNEL_FILE,
-    MANIFEST_FILE,
+    build_atomically, guests_dir, initramfs, kernel, lock, modules, rootfs, sync_dir, unreadable,
+    write_synced, FileRecord, GuestBuildError, INITRD_FILE, KERNEL_FILE, MANIFEST_FILE,
 };
+use crate::fsutil::Context;
+use crate::record::Record;
 
 const NAME: &str = "debian";
 /// `net.ifnames=0` names the NIC `eth0` as in the default guest; `quiet` keeps systemd's
@@ -72,6 +73,12 @@ struct DebianManifest {
     disk: FileRecord,
 }
 
+impl Record for DebianManifest {
+    const KIND: &'static str = "guest manifest";
+    const VERSION: u32 = 1;
+    const MAX_BYTES: u64 = super::MANIFEST_MAX_BYTES;
+}
+
 fn dir(cache: &Path) -> PathBuf {
     guests_dir(cache).join(NAME)
 }
@@ -92,7 +99,7 @@ fn recipe() -> String {
 /// version of the recipe), else None.
 pub fn debian_guest(cache: &Path) -> Option<DiskGuest> {
     let dir = std::path::absolute(dir(cache)).ok()?;
-    let manifest: DebianManifest = read_json(&dir.join(MANIFEST_FILE))?;
+    let manifest = DebianManifest::read_from(&dir.join(MANIFEST_FILE)).ok()?;
     if manifest.format != MANIFEST_FORMAT || manifest.recipe != recipe() {
         return None;
     }
@@ -177,7 +184,7 @@ fn build_into(
     let mut apt = kernel::Apt::new();
     let pkg = apt.resolve(progress)?;
     let deb_dir = scratch.join("deb");
-    fs::create_dir_all(&deb_dir).map_err(io_err("create the download directory", &deb_dir))?;
+    fs::create_dir_all(&deb_dir).at("create the download directory", &deb_dir)?;
     let deb = apt.download(&pkg, &deb_dir, progress)?;
     progress(&format!("unpacking {}", pkg.name));
     let kernel_root = scratch.join("kernel");
@@ -187,7 +194,7 @@ fn build_into(
     modules::install(&mut tree, &mods);
     let initrd = tree
         .write_to(Vec::new())
-        .map_err(io_err("write the initramfs", Path::new(INITRD_FILE)))?;
+        .at("write the initramfs", Path::new(INITRD_FILE))?;
 
     let root = scratch.join("rootfs");
     let mirror = rootfs::mirror();
@@ -206,18 +213,18 @@ fn build_into(
         super::recipe::DISK_SIZE
     ));
     let out = scratch.join("out");
-    fs::create_dir_all(&out).map_err(io_err("create the output directory", &out))?;
+    fs::create_dir_all(&out).at("create the output directory", &out)?;
     let disk = out.join(DISK_FILE);
     let raw = scratch.join("disk.raw");
     rootfs::make_image(&root, &raw, &disk)?;
     let _ = fs::remove_file(&raw);
     fs::File::open(&disk)
         .and_then(|f| f.sync_all())
-        .map_err(io_err("sync the disk image", &disk))?;
+        .at("sync the disk image", &disk)?;
     fs::set_permissions(&disk, fs::Permissions::from_mode(0o444))
-        .map_err(io_err("make the disk image read-only", &disk))?;
+        .at("make the disk image read-only", &disk)?;
 
-    let kernel = fs::read(&vmlinuz).map_err(io_err("read the unpacked kernel", &vmlinuz))?;
+    let kernel = fs::read(&vmlinuz).at("read the unpacked kernel", &vmlinuz)?;
     write_synced(&out.join(KERNEL_FILE), &kernel, "write the kernel")?;
     write_synced(&out.join(INITRD_FILE), &initrd, "write the initramfs")?;
     let manifest = DebianManifest {
@@ -232,17 +239,15 @@ fn build_into(
         initrd: FileRecord::new(INITRD_FILE, &initrd),
         disk: file_record(DISK_FILE, &disk)?,
     };
-    let mut json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
-    json.push(b'\n');
-    write_synced(&out.join(MANIFEST_FILE), &json, "write guest.json")?;
+    manifest.write_to(&out.join(MANIFEST_FILE))?;
     sync_dir(&out)
 }
 
 /// A [`FileRecord`] of a file too big to read into memory at once.
 pub(crate) fn file_record(name: &str, path: &Path) -> Result<FileRecord, GuestBuildError> {
     let mut hasher = blake3::Hasher::new();
-    let mut file = fs::File::open(path).map_err(io_err("hash the disk image", path))?;
-    let size = io::copy(&mut file, &mut hasher).map_err(io_err("hash the disk image", path))?;
+    let mut file = fs::File::open(path).at("hash the disk image", path)?;
+    let size = io::copy(&mut file, &mut hasher).at("hash the disk image", path)?;
     Ok(FileRecord {
         name: name.to_owned(),
         size,
@@ -278,6 +283,12 @@ mod tests {
         )
         .unwrap();
         manifest
+    }
+
+    #[test]
+    fn debian_manifest_round_trips() {
+        let cache = tempfile::tempdir().unwrap();
+        crate::record::tests::round_trip(&fake_guest(cache.path()));
     }
 
     #[test]

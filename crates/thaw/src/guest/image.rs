@@ -36,9 +36,11 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    build_atomically, guests_dir, initramfs, io_err, kernel, lock, modules, read_json, rootfs,
-    sync_dir, unreadable, write_synced, FileRecord, GuestBuildError, MANIFEST_FILE,
+    build_atomically, guests_dir, initramfs, kernel, lock, modules, rootfs, sync_dir, unreadable,
+    write_synced, FileRecord, GuestBuildError, MANIFEST_FILE,
 };
+use crate::fsutil::Context;
+use crate::record::Record;
 
 const NAME: &str = "debian-firmware";
 /// Bump when the image changes in a way [`recipe`] does not see.
@@ -247,6 +249,12 @@ struct ImageManifest {
     disk: FileRecord,
 }
 
+impl Record for ImageManifest {
+    const KIND: &'static str = "guest manifest";
+    const VERSION: u32 = 1;
+    const MAX_BYTES: u64 = super::MANIFEST_MAX_BYTES;
+}
+
 fn dir(cache: &Path) -> PathBuf {
     guests_dir(cache).join(NAME)
 }
@@ -285,7 +293,7 @@ fn recipe() -> String {
 /// else None.
 pub fn firmware_guest(cache: &Path) -> Option<FirmwareGuest> {
     let dir = std::path::absolute(dir(cache)).ok()?;
-    let manifest: ImageManifest = read_json(&dir.join(MANIFEST_FILE))?;
+    let manifest = ImageManifest::read_from(&dir.join(MANIFEST_FILE)).ok()?;
     if manifest.format != MANIFEST_FORMAT || manifest.recipe != recipe() {
         return None;
     }
@@ -375,7 +383,7 @@ fn build_into(
     let mut apt = kernel::Apt::new();
     let pkg = apt.resolve_from(kernel::GENERIC_METAPACKAGE, progress)?;
     let deb_dir = scratch.join("deb");
-    fs::create_dir_all(&deb_dir).map_err(io_err("create the download directory", &deb_dir))?;
+    fs::create_dir_all(&deb_dir).at("create the download directory", &deb_dir)?;
     let deb = apt.download(&pkg, &deb_dir, progress)?;
     progress(&format!("unpacking {}", pkg.name));
     let kernel_root = scratch.join("kernel");
@@ -385,7 +393,7 @@ fn build_into(
     modules::install(&mut tree, &mods);
     let initrd = tree
         .write_to(Vec::new())
-        .map_err(io_err("write the initramfs", Path::new("initrd.img")))?;
+        .at("write the initramfs", Path::new("initrd.img"))?;
 
     let root = scratch.join("rootfs");
     let mirror = rootfs::mirror();
@@ -399,7 +407,7 @@ fn build_into(
     write_files(&root, &extra_files())?;
     install_modules(&root, &modules_dir, &pkg.name)?;
     let boot = root.join("boot");
-    fs::copy(&vmlinuz, boot.join("vmlinuz")).map_err(io_err("copy the kernel to", &boot))?;
+    fs::copy(&vmlinuz, boot.join("vmlinuz")).at("copy the kernel to", &boot)?;
     write_synced(&boot.join("initrd.img"), &initrd, "write the initramfs")?;
     rootfs::trim(&root)?;
 
@@ -407,7 +415,7 @@ fn build_into(
     let raw = scratch.join("disk.raw");
     make_disk(scratch, &root, &raw)?;
     let out = scratch.join("out");
-    fs::create_dir_all(&out).map_err(io_err("create the output directory", &out))?;
+    fs::create_dir_all(&out).at("create the output directory", &out)?;
     let disk = out.join(DISK_FILE);
     let output = rootfs::command("qemu-img")
         .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
@@ -419,9 +427,9 @@ fn build_into(
     let _ = fs::remove_file(&raw);
     fs::File::open(&disk)
         .and_then(|f| f.sync_all())
-        .map_err(io_err("sync the disk image", &disk))?;
+        .at("sync the disk image", &disk)?;
     fs::set_permissions(&disk, fs::Permissions::from_mode(0o444))
-        .map_err(io_err("make the disk image read-only", &disk))?;
+        .at("make the disk image read-only", &disk)?;
 
     let manifest = ImageManifest {
         format: MANIFEST_FORMAT,
@@ -433,9 +441,7 @@ fn build_into(
         cmdline: CMDLINE.to_owned(),
         disk: super::debian::file_record(DISK_FILE, &disk)?,
     };
-    let mut json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
-    json.push(b'\n');
-    write_synced(&out.join(MANIFEST_FILE), &json, "write guest.json")?;
+    manifest.write_to(&out.join(MANIFEST_FILE))?;
     sync_dir(&out)
 }
 
@@ -443,12 +449,12 @@ fn write_files(root: &Path, files: &[(&str, u32, String)]) -> Result<(), GuestBu
     for (path, mode, text) in files {
         let path = root.join(path);
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(io_err("create a directory in the guest", dir))?;
+            fs::create_dir_all(dir).at("create a directory in the guest", dir)?;
         }
         let _ = fs::remove_file(&path);
-        fs::write(&path, text).map_err(io_err("write a file of the guest", &path))?;
+        fs::write(&path, text).at("write a file of the guest", &path)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(*mode))
-            .map_err(io_err("set a file's mode in the guest", &path))?;
+            .at("set a file's mode in the guest", &path)?;
     }
     Ok(())
 }
@@ -464,10 +470,10 @@ fn install_modules(root: &Path, version_dir: &Path, package: &str) -> Result<(),
         .into_owned();
     let dest = root.join("lib/modules").join(&version);
     let kdir = dest.join("kernel/thaw");
-    fs::create_dir_all(&kdir).map_err(io_err("create a directory in the guest", &kdir))?;
+    fs::create_dir_all(&kdir).at("create a directory in the guest", &kdir)?;
     for m in modules::collect(version_dir, ROOTFS_MODULES, package)? {
         let path = kdir.join(format!("{}.ko", m.name));
-        fs::write(&path, &m.data).map_err(io_err("copy a module into the guest", &path))?;
+        fs::write(&path, &m.data).at("copy a module into the guest", &path)?;
     }
     for list in [
         "modules.builtin",
@@ -476,8 +482,7 @@ fn install_modules(root: &Path, version_dir: &Path, package: &str) -> Result<(),
     ] {
         let from = version_dir.join(list);
         if from.is_file() {
-            fs::copy(&from, dest.join(list))
-                .map_err(io_err("copy a module list into the guest", &from))?;
+            fs::copy(&from, dest.join(list)).at("copy a module list into the guest", &from)?;
         }
     }
     rootfs::in_chroot(
@@ -492,9 +497,9 @@ fn install_modules(root: &Path, version_dir: &Path, package: &str) -> Result<(),
 /// place by mkfs.ext4 at its offset), the ESP with GRUB for UEFI, and GRUB for BIOS in
 /// the MBR and the BIOS boot partition.
 fn make_disk(scratch: &Path, root: &Path, raw: &Path) -> Result<(), GuestBuildError> {
-    let file = fs::File::create(raw).map_err(io_err("create the disk image", raw))?;
+    let file = fs::File::create(raw).at("create the disk image", raw)?;
     file.set_len(DISK_SECTORS * SECTOR)
-        .map_err(io_err("size the disk image", raw))?;
+        .at("size the disk image", raw)?;
     drop(file);
     run_with_input(
         rootfs::command("sfdisk")
@@ -519,7 +524,7 @@ fn make_disk(scratch: &Path, root: &Path, raw: &Path) -> Result<(), GuestBuildEr
     // GRUB for UEFI, on a FAT file system copied into the ESP.
     let efi = scratch.join("BOOTX64.EFI");
     let early = scratch.join("grub-early.cfg");
-    fs::write(&early, GRUB_EARLY_CFG).map_err(io_err("write GRUB's first config", &early))?;
+    fs::write(&early, GRUB_EARLY_CFG).at("write GRUB's first config", &early)?;
     grub_mkimage("x86_64-efi", GRUB_EFI_DIR, &early, &efi, GRUB_EFI_MODULES)?;
     let esp = scratch.join("esp.img");
     let output = rootfs::command("mkfs.vfat")
@@ -548,8 +553,8 @@ fn make_disk(scratch: &Path, root: &Path, raw: &Path) -> Result<(), GuestBuildEr
     let core = scratch.join("core.img");
     grub_mkimage("i386-pc", GRUB_BIOS_DIR, &early, &core, GRUB_BIOS_MODULES)?;
     let boot_img = Path::new(GRUB_BIOS_DIR).join("boot.img");
-    let boot_img = fs::read(&boot_img).map_err(io_err("read GRUB's boot.img", &boot_img))?;
-    let core_img = fs::read(&core).map_err(io_err("read GRUB's core image", &core))?;
+    let boot_img = fs::read(&boot_img).at("read GRUB's boot.img", &boot_img)?;
+    let core_img = fs::read(&core).at("read GRUB's core image", &core)?;
     install_bios_grub(raw, &boot_img, &core_img)
 }
 
@@ -590,25 +595,25 @@ fn run_with_input(
         .take()
         .expect("stdin is piped")
         .write_all(input.as_bytes())
-        .map_err(io_err("write to", Path::new(program)))?;
+        .at("write to", Path::new(program))?;
     let output = child
         .wait_with_output()
-        .map_err(io_err("wait for", Path::new(program)))?;
+        .at("wait for", Path::new(program))?;
     rootfs::check(&output, step)
 }
 
 /// Copies the file `from` into `to` at byte `offset`, skipping all-zero blocks (the disk
 /// stays sparse).
 fn copy_into(from: &Path, to: &Path, offset: u64) -> Result<(), GuestBuildError> {
-    let mut input = fs::File::open(from).map_err(io_err("read", from))?;
+    let mut input = fs::File::open(from).at("read", from)?;
     let mut output = fs::OpenOptions::new()
         .write(true)
         .open(to)
-        .map_err(io_err("open the disk image", to))?;
+        .at("open the disk image", to)?;
     let mut buf = vec![0u8; 1 << 16];
     let mut at = offset;
     loop {
-        let n = input.read(&mut buf).map_err(io_err("read", from))?;
+        let n = input.read(&mut buf).at("read", from)?;
         if n == 0 {
             return Ok(());
         }
@@ -616,7 +621,7 @@ fn copy_into(from: &Path, to: &Path, offset: u64) -> Result<(), GuestBuildError>
             output
                 .seek(SeekFrom::Start(at))
                 .and_then(|_| output.write_all(&buf[..n]))
-                .map_err(io_err("write the disk image", to))?;
+                .at("write the disk image", to)?;
         }
         at += n as u64;
     }
@@ -639,10 +644,12 @@ const CORE_BLOCKLIST_START: usize = 0x1f4;
 /// gets boot.img (keeping the MBR's partition table) pointing at the core image, which
 /// goes to the BIOS boot partition with its block list pointing at its own second sector.
 fn install_bios_grub(raw: &Path, boot_img: &[u8], core_img: &[u8]) -> Result<(), GuestBuildError> {
-    let bad = |why: &str| GuestBuildError::Io {
-        step: "install GRUB for BIOS into",
-        path: raw.to_owned(),
-        source: io::Error::new(io::ErrorKind::InvalidData, why.to_owned()),
+    let bad = |why: &str| {
+        GuestBuildError::Io(crate::fsutil::IoError::new(
+            "install GRUB for BIOS into",
+            raw.to_owned(),
+            io::Error::new(io::ErrorKind::InvalidData, why.to_owned()),
+        ))
     };
     if boot_img.len() != SECTOR as usize {
         return Err(bad("GRUB's boot.img is not one sector"));
@@ -657,17 +664,17 @@ fn install_bios_grub(raw: &Path, boot_img: &[u8], core_img: &[u8]) -> Result<(),
         .read(true)
         .write(true)
         .open(raw)
-        .map_err(io_err("open the disk image", raw))?;
+        .at("open the disk image", raw)?;
     let mut mbr = vec![0u8; SECTOR as usize];
-    file.read_exact(&mut mbr)
-        .map_err(io_err("read the disk's MBR", raw))?;
+    file.read_exact(&mut mbr).at("read the disk's MBR", raw)?;
     let (mbr, core) = bios_boot_sectors(&mbr, boot_img, core_img);
     file.seek(SeekFrom::Start(0))
         .and_then(|_| file.write_all(&mbr))
         .and_then(|_| file.seek(SeekFrom::Start(BIOS_BOOT_START * SECTOR)))
         .and_then(|_| file.write_all(&core))
         .and_then(|_| file.sync_all())
-        .map_err(io_err("write GRUB for BIOS into", raw))
+        .at("write GRUB for BIOS into", raw)?;
+    Ok(())
 }
 
 /// The new MBR and the core image (padded to whole sectors) as [`install_bios_grub`]
@@ -774,6 +781,7 @@ mod tests {
             cmdline: CMDLINE.into(),
             disk: FileRecord::new(DISK_FILE, b"qcow2"),
         };
+        crate::record::tests::round_trip(&m);
         fs::write(d.join(MANIFEST_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
         let g = firmware_guest(cache.path()).unwrap();
         assert_eq!(g.disk, std::path::absolute(&d).unwrap().join(DISK_FILE));

@@ -9,6 +9,7 @@ use std::process::Command;
 
 use super::cpio::NewcWriter;
 use super::{command_error_line, GuestBuildError};
+use crate::fsutil::Context;
 
 /// PID 1 of the guest; see `init.sh` for what it does and why.
 pub(crate) const INIT_SCRIPT: &str = include_str!("init.sh");
@@ -120,11 +121,7 @@ pub(crate) fn collect(progress: &mut dyn FnMut(&str)) -> Result<Tree, GuestBuild
     for lib in &libs {
         // ldd prints the path the loader searches (e.g. /lib/x86_64-linux-gnu/libc.so.6);
         // the file there is often a symlink, so store the resolved contents under that name.
-        let data = std::fs::read(lib).map_err(|source| GuestBuildError::Io {
-            step: "read a shared library of qemu-ga",
-            path: lib.clone(),
-            source,
-        })?;
+        let data = std::fs::read(lib).at("read a shared library of qemu-ga", lib)?;
         tree.file(&lib.to_string_lossy(), 0o755, data);
     }
     Ok(tree)
@@ -163,11 +160,7 @@ fn read(path: &str, package: &'static str, step: &'static str) -> Result<Vec<u8>
                 package,
             }
         } else {
-            GuestBuildError::Io {
-                step,
-                path: path.into(),
-                source,
-            }
+            GuestBuildError::Io(crate::fsutil::IoError::new(step, path, source))
         }
     })
 }

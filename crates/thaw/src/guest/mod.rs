@@ -33,12 +33,15 @@ pub use debian::{build_debian_guest, debian_guest, ensure_debian_guest, DiskGues
 pub use image::{build_firmware_guest, ensure_firmware_guest, firmware_guest, FirmwareGuest};
 
 use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::{self, File};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{Context, FileLock, IoError, LockMode};
+use crate::record::Record;
 
 /// The line the guest's init prints on the serial console once the agent is started.
 pub const READY_LINE: &str = "THAW-GUEST-READY";
@@ -57,7 +60,7 @@ const RECIPE_VERSION: u32 = 3;
 const MODULES: &[&str] = &["virtio_blk", "virtio_net"];
 const MANIFEST_FORMAT: u32 = 1;
 /// guest.json is a few hundred bytes; anything much larger is not one of ours.
-const MANIFEST_MAX_BYTES: u64 = 64 * 1024;
+pub(crate) const MANIFEST_MAX_BYTES: u64 = 64 * 1024;
 
 const KERNEL_FILE: &str = "vmlinuz";
 const INITRD_FILE: &str = "initrd.cpio";
@@ -143,13 +146,8 @@ pub enum GuestBuildError {
         path.display()
     )]
     Mounted { path: PathBuf },
-    #[error("could not {step} at {}", path.display())]
-    Io {
-        step: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// What `guest.json` records about a built guest.
@@ -164,6 +162,12 @@ struct GuestManifest {
     cmdline: String,
     kernel: FileRecord,
     initrd: FileRecord,
+}
+
+impl Record for GuestManifest {
+    const KIND: &'static str = "guest manifest";
+    const VERSION: u32 = 1;
+    const MAX_BYTES: u64 = MANIFEST_MAX_BYTES;
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -217,7 +221,7 @@ fn default_dir(cache: &Path) -> PathBuf {
 pub fn default_guest(cache: &Path) -> Option<GuestImage> {
     // Absolute, so that the paths still hold for a QEMU started in another directory.
     let dir = std::path::absolute(default_dir(cache)).ok()?;
-    let manifest: GuestManifest = read_json(&dir.join(MANIFEST_FILE))?;
+    let manifest = GuestManifest::read_from(&dir.join(MANIFEST_FILE)).ok()?;
     if manifest.format != MANIFEST_FORMAT || manifest.recipe != recipe(CMDLINE) {
         return None;
     }
@@ -233,16 +237,6 @@ pub fn default_guest(cache: &Path) -> Option<GuestImage> {
         initrd,
         cmdline: manifest.cmdline,
     })
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
-    let mut text = String::new();
-    File::open(path)
-        .ok()?
-        .take(MANIFEST_MAX_BYTES)
-        .read_to_string(&mut text)
-        .ok()?;
-    serde_json::from_str(&text).ok()
 }
 
 /// BLAKE3 of the recipe version, the init script and the command line: a cached guest
@@ -292,24 +286,11 @@ pub fn ensure_default_guest(
 
 /// Takes the exclusive lock for building the guest `name`, blocking until whoever holds it
 /// is done. It is released when the returned file is closed, also when the process dies.
-fn lock(cache: &Path, name: &str) -> Result<File, GuestBuildError> {
+fn lock(cache: &Path, name: &str) -> Result<FileLock, GuestBuildError> {
     let guests = guests_dir(cache);
-    fs::create_dir_all(&guests).map_err(io_err("create the guest cache", &guests))?;
+    fs::create_dir_all(&guests).at("create the guest cache", &guests)?;
     let path = guests.join(format!("{name}.lock"));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io_err("open the guest cache lock", &path))?;
-    loop {
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive) {
-            Ok(()) => return Ok(file),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(io_err("lock the guest cache", &path)(e.into())),
-        }
-    }
+    Ok(FileLock::acquire(&path, LockMode::Exclusive)?)
 }
 
 /// Builds the default guest and reads it back. The caller holds the lock.
@@ -325,11 +306,11 @@ fn build_locked(
 }
 
 fn unreadable(dir: &Path) -> GuestBuildError {
-    GuestBuildError::Io {
-        step: "read back the built guest",
-        path: dir.to_owned(),
-        source: io::Error::new(io::ErrorKind::InvalidData, "guest.json is unreadable"),
-    }
+    GuestBuildError::Io(IoError::new(
+        "read back the built guest",
+        dir.to_owned(),
+        io::Error::new(io::ErrorKind::InvalidData, "guest.json is unreadable"),
+    ))
 }
 
 /// Runs `build` in a scratch directory `<cache>/guests/.<name>.build-<pid>/`, which must
@@ -344,21 +325,20 @@ fn build_atomically(
 ) -> Result<PathBuf, GuestBuildError> {
     let guests = guests_dir(cache);
     let prefix = format!(".{name}.build-");
-    fs::create_dir_all(&guests).map_err(io_err("create the guest cache", &guests))?;
+    fs::create_dir_all(&guests).at("create the guest cache", &guests)?;
     // Absolute, for the tools that run in other directories (chroot, debootstrap).
-    let guests =
-        std::path::absolute(&guests).map_err(io_err("resolve the guest cache", &guests))?;
+    let guests = std::path::absolute(&guests).at("resolve the guest cache", &guests)?;
     remove_stale_builds(&guests, &prefix)?;
     let scratch = guests.join(format!("{prefix}{}", std::process::id()));
-    fs::create_dir_all(&scratch).map_err(io_err("create the build directory", &scratch))?;
+    fs::create_dir_all(&scratch).at("create the build directory", &scratch)?;
     let built = build(&scratch, progress).and_then(|()| {
         let dest = guests.join(name);
         if dest.exists() {
             let old = scratch.join("old");
-            fs::rename(&dest, &old).map_err(io_err("move the previous guest away", &dest))?;
+            fs::rename(&dest, &old).at("move the previous guest away", &dest)?;
         }
         let out = scratch.join("out");
-        fs::rename(&out, &dest).map_err(io_err("move the built guest into place", &dest))?;
+        fs::rename(&out, &dest).at("move the built guest into place", &dest)?;
         sync_dir(&guests)?;
         Ok(dest)
     });
@@ -370,7 +350,7 @@ fn build_atomically(
 }
 
 fn remove_stale_builds(guests: &Path, prefix: &str) -> Result<(), GuestBuildError> {
-    let entries = fs::read_dir(guests).map_err(io_err("list the guest cache", guests))?;
+    let entries = fs::read_dir(guests).at("list the guest cache", guests)?;
     for entry in entries.filter_map(Result::ok) {
         if entry.file_name().to_string_lossy().starts_with(prefix) {
             remove_scratch(&entry.path())?;
@@ -389,10 +369,7 @@ fn remove_scratch(dir: &Path) -> Result<(), GuestBuildError> {
     let mounted = || {
         fs::read_to_string("/proc/self/mountinfo")
             .map(|info| mounts_under(&info, &abs))
-            .map_err(io_err(
-                "read the mount table",
-                Path::new("/proc/self/mountinfo"),
-            ))
+            .at("read the mount table", Path::new("/proc/self/mountinfo"))
     };
     let leftovers = mounted()?;
     if !leftovers.is_empty() {
@@ -407,7 +384,7 @@ fn remove_scratch(dir: &Path) -> Result<(), GuestBuildError> {
             return Err(GuestBuildError::Mounted { path: still });
         }
     }
-    fs::remove_dir_all(&abs).map_err(io_err("remove a build directory", &abs))
+    Ok(fs::remove_dir_all(&abs).at("remove a build directory", &abs)?)
 }
 
 /// The mount points in `mountinfo` (the format of /proc/self/mountinfo) at or under `dir`,
@@ -454,12 +431,12 @@ fn build_into(scratch: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), Gues
     let mut apt = kernel::Apt::new();
     let pkg = apt.resolve(progress)?;
     let deb_dir = scratch.join("deb");
-    fs::create_dir_all(&deb_dir).map_err(io_err("create the download directory", &deb_dir))?;
+    fs::create_dir_all(&deb_dir).at("create the download directory", &deb_dir)?;
     let deb = apt.download(&pkg, &deb_dir, progress)?;
     progress(&format!("unpacking {}", pkg.name));
     let root = scratch.join("root");
     let vmlinuz = kernel::extract(&pkg, &deb, &root)?;
-    let kernel = fs::read(&vmlinuz).map_err(io_err("read the unpacked kernel", &vmlinuz))?;
+    let kernel = fs::read(&vmlinuz).at("read the unpacked kernel", &vmlinuz)?;
     let mods = modules::collect(&kernel::modules_dir(&pkg, &root)?, MODULES, &pkg.name)?;
     modules::install(&mut tree, &mods);
 
@@ -470,10 +447,10 @@ fn build_into(scratch: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), Gues
     ));
     let initrd = tree
         .write_to(Vec::new())
-        .map_err(io_err("write the initramfs", Path::new(INITRD_FILE)))?;
+        .at("write the initramfs", Path::new(INITRD_FILE))?;
 
     let out = scratch.join("out");
-    fs::create_dir_all(&out).map_err(io_err("create the output directory", &out))?;
+    fs::create_dir_all(&out).at("create the output directory", &out)?;
     write_synced(&out.join(KERNEL_FILE), &kernel, "write the kernel")?;
     write_synced(&out.join(INITRD_FILE), &initrd, "write the initramfs")?;
     let manifest = GuestManifest {
@@ -485,28 +462,19 @@ fn build_into(scratch: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), Gues
         kernel: FileRecord::new(KERNEL_FILE, &kernel),
         initrd: FileRecord::new(INITRD_FILE, &initrd),
     };
-    let mut json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
-    json.push(b'\n');
-    write_synced(&out.join(MANIFEST_FILE), &json, "write guest.json")?;
+    manifest.write_to(&out.join(MANIFEST_FILE))?;
     sync_dir(&out)
 }
 
 fn write_synced(path: &Path, data: &[u8], step: &'static str) -> Result<(), GuestBuildError> {
-    let mut file = File::create(path).map_err(io_err(step, path))?;
-    file.write_all(data).map_err(io_err(step, path))?;
-    file.sync_all().map_err(io_err(step, path))
+    let mut file = File::create(path).at(step, path)?;
+    file.write_all(data).at(step, path)?;
+    Ok(file.sync_all().at(step, path)?)
 }
 
 /// fsync a directory so that the entries just created or renamed in it survive a crash.
 fn sync_dir(dir: &Path) -> Result<(), GuestBuildError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("sync the directory", dir))
-}
-
-fn io_err(step: &'static str, path: &Path) -> impl FnOnce(io::Error) -> GuestBuildError {
-    let path = path.to_owned();
-    move |source| GuestBuildError::Io { step, path, source }
+    Ok(crate::fsutil::fsync_dir(dir)?)
 }
 
 /// The error for a command that could not be started: a missing program is a missing
@@ -620,6 +588,12 @@ mod tests {
         )
         .unwrap();
         manifest
+    }
+
+    #[test]
+    fn guest_manifest_round_trips() {
+        let cache = tempfile::tempdir().unwrap();
+        crate::record::tests::round_trip(&fake_guest(cache.path()));
     }
 
     #[test]

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::initramfs::Tree;
-use super::{command_error_line, io_err, spawn_error, GuestBuildError};
+use super::{command_error_line, spawn_error, GuestBuildError};
+use crate::fsutil::Context;
 
 /// Where the modules go in the initramfs, as `<name>.ko`.
 pub(crate) const DIR: &str = "lib/modules";
@@ -56,7 +57,7 @@ pub(crate) fn collect(
         let deps =
             depends(&data).ok_or_else(|| GuestBuildError::BadModule { path: path.clone() })?;
         loaded.insert(name.to_owned(), data);
-        Ok(deps)
+        Ok::<_, GuestBuildError>(deps)
     })?;
     Ok(order
         .into_iter()
@@ -116,8 +117,8 @@ fn index(dir: &Path) -> Result<BTreeMap<String, PathBuf>, GuestBuildError> {
     let mut found = BTreeMap::new();
     let mut todo = vec![dir.to_owned()];
     while let Some(dir) = todo.pop() {
-        for entry in fs::read_dir(&dir).map_err(io_err("list the kernel's modules", &dir))? {
-            let entry = entry.map_err(io_err("list the kernel's modules", &dir))?;
+        for entry in fs::read_dir(&dir).at("list the kernel's modules", &dir)? {
+            let entry = entry.at("list the kernel's modules", &dir)?;
             let path = entry.path();
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 todo.push(path);
@@ -148,7 +149,7 @@ fn decompress(path: &Path) -> Result<Vec<u8>, GuestBuildError> {
     } else if name.ends_with(".gz") {
         "gzip"
     } else {
-        return fs::read(path).map_err(io_err("read a kernel module", path));
+        return Ok(fs::read(path).at("read a kernel module", path)?);
     };
     let output = Command::new(tool)
         .arg("-dc")

@@ -20,7 +20,8 @@ use super::recipe::{
     config_files, redis_conf, DEFAULT_MIRROR, DISK_SIZE, ENABLED, HWCLOCK_DIVERTED, MASKED,
     MASKED_GENERATORS, MIRROR_ENV, PACKAGES, SUITE, TRIMMED,
 };
-use super::{command_error_line, io_err, spawn_error, GuestBuildError};
+use super::{command_error_line, spawn_error, GuestBuildError};
+use crate::fsutil::Context;
 
 /// The tools a build runs, found before anything is downloaded: (program, package).
 pub(crate) const TOOLS: &[(&str, &str)] = &[
@@ -168,39 +169,37 @@ pub(crate) fn configure(root: &Path) -> Result<(), GuestBuildError> {
     for (path, mode, text) in config_files() {
         let path = root.join(path);
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(io_err("create a directory in the guest", dir))?;
+            fs::create_dir_all(dir).at("create a directory in the guest", dir)?;
         }
         // resolv.conf and machine-id may be symlinks or read-only files; replace them.
         let _ = fs::remove_file(&path);
-        fs::write(&path, text).map_err(io_err("write a file of the guest", &path))?;
+        fs::write(&path, text).at("write a file of the guest", &path)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-            .map_err(io_err("set a file's mode in the guest", &path))?;
+            .at("set a file's mode in the guest", &path)?;
     }
     let conf = root.join("etc/redis/redis.conf");
-    let text = fs::read_to_string(&conf).map_err(io_err("read redis.conf", &conf))?;
-    fs::write(&conf, redis_conf(&text)).map_err(io_err("write redis.conf", &conf))?;
+    let text = fs::read_to_string(&conf).at("read redis.conf", &conf)?;
+    fs::write(&conf, redis_conf(&text)).at("write redis.conf", &conf)?;
 
     let units = root.join("etc/systemd/system");
     for unit in MASKED {
         let link = units.join(unit);
         let _ = fs::remove_file(&link);
-        std::os::unix::fs::symlink("/dev/null", &link)
-            .map_err(io_err("mask a unit in the guest", &link))?;
+        std::os::unix::fs::symlink("/dev/null", &link).at("mask a unit in the guest", &link)?;
     }
     let generators = root.join("etc/systemd/system-generators");
-    fs::create_dir_all(&generators)
-        .map_err(io_err("create a directory in the guest", &generators))?;
+    fs::create_dir_all(&generators).at("create a directory in the guest", &generators)?;
     for generator in MASKED_GENERATORS {
         let link = generators.join(generator);
         let _ = fs::remove_file(&link);
         std::os::unix::fs::symlink("/dev/null", &link)
-            .map_err(io_err("mask a generator in the guest", &link))?;
+            .at("mask a generator in the guest", &link)?;
     }
     // multi-user, not graphical: there is no display manager to wait for.
     let default = units.join("default.target");
     let _ = fs::remove_file(&default);
     std::os::unix::fs::symlink("/lib/systemd/system/multi-user.target", &default)
-        .map_err(io_err("set the guest's default target", &default))?;
+        .at("set the guest's default target", &default)?;
     in_chroot(root, "enable units in the guest", "systemctl", &{
         let mut args = vec!["enable", "--quiet"];
         args.extend_from_slice(ENABLED);
@@ -268,7 +267,7 @@ pub(crate) fn trim(root: &Path) -> Result<(), GuestBuildError> {
 /// Removes the files under `dir`, keeping its directories.
 fn empty_files(dir: &Path) -> Result<(), GuestBuildError> {
     for entry in fs::read_dir(dir)
-        .map_err(io_err("list a directory of the guest", dir))?
+        .at("list a directory of the guest", dir)?
         .filter_map(Result::ok)
     {
         let path = entry.path();
@@ -282,13 +281,14 @@ fn empty_files(dir: &Path) -> Result<(), GuestBuildError> {
 }
 
 fn remove_any(path: &Path) -> Result<(), GuestBuildError> {
-    let meta = fs::symlink_metadata(path).map_err(io_err("trim the guest", path))?;
+    let meta = fs::symlink_metadata(path).at("trim the guest", path)?;
     if meta.is_dir() {
         fs::remove_dir_all(path)
     } else {
         fs::remove_file(path)
     }
-    .map_err(io_err("trim the guest", path))
+    .at("trim the guest", path)?;
+    Ok(())
 }
 
 /// Makes `qcow2` from the directory `root`: an ext4 file system of [`DISK_SIZE`] built
@@ -317,23 +317,20 @@ pub(crate) fn make_image(root: &Path, raw: &Path, qcow2: &Path) -> Result<(), Gu
 
 /// Copies a tree of directories, regular files and symlinks.
 fn copy_tree(from: &Path, to: &Path) -> Result<(), GuestBuildError> {
-    fs::create_dir_all(to).map_err(io_err("create a directory in the guest", to))?;
+    fs::create_dir_all(to).at("create a directory in the guest", to)?;
     for entry in fs::read_dir(from)
-        .map_err(io_err("list the kernel's modules", from))?
+        .at("list the kernel's modules", from)?
         .filter_map(Result::ok)
     {
         let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        let kind = entry
-            .file_type()
-            .map_err(io_err("list the kernel's modules", &src))?;
+        let kind = entry.file_type().at("list the kernel's modules", &src)?;
         if kind.is_dir() {
             copy_tree(&src, &dst)?;
         } else if kind.is_symlink() {
-            let target = fs::read_link(&src).map_err(io_err("read a symlink", &src))?;
-            std::os::unix::fs::symlink(target, &dst)
-                .map_err(io_err("copy a symlink into the guest", &dst))?;
+            let target = fs::read_link(&src).at("read a symlink", &src)?;
+            std::os::unix::fs::symlink(target, &dst).at("copy a symlink into the guest", &dst)?;
         } else {
-            fs::copy(&src, &dst).map_err(io_err("copy a module into the guest", &dst))?;
+            fs::copy(&src, &dst).at("copy a module into the guest", &dst)?;
         }
     }
     Ok(())

@@ -2,12 +2,13 @@
 //! removing them.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::accel::Accel;
 use crate::fsutil;
+use crate::fsutil::IoError;
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::snapshot::{self, Memory, Snapshot};
 
@@ -210,12 +211,8 @@ pub enum RemoveSnapshotError {
         tag: SnapshotTag,
         children: Vec<SnapshotTag>,
     },
-    #[error("could not remove {path}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("could not remove the snapshot from the store")]
     Store(#[source] Box<crate::store::StoreError>),
     /// Being restored (or gone meanwhile).
@@ -270,42 +267,20 @@ pub fn remove(
         // The store's record first: a crash in between leaves a directory without a
         // record, which the next push re-adds, never a record of a removed snapshot.
         crate::store::forget(home, t).map_err(|e| RemoveSnapshotError::Store(Box::new(e)))?;
-        remove_dir(home, t)?;
+        // In the store only, it has no directory: forgetting its record removed it.
+        super::staging::remove(home, t)?;
     }
     Ok(order)
 }
 
 /// Removes a snapshot's directory (not its record in the store).
-fn remove_dir(home: &Home, tag: &SnapshotTag) -> Result<(), RemoveSnapshotError> {
-    let dir = home.snapshot_dir(tag);
-    if !dir.is_dir() {
-        // In the store only: forgetting its record removed it.
-        return Ok(());
-    }
-    // Rename first so a crash half-way never leaves a half-removed snapshot visible.
-    let doomed = home
-        .snapshots_dir()
-        .join(format!(".tmp-rm-{tag}-{}", std::process::id()));
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| RemoveSnapshotError::Io { path, source }
-    };
-    std::fs::rename(&dir, &doomed).map_err(io(&dir))?;
-    fsutil::fsync_dir(&home.snapshots_dir()).map_err(io(&home.snapshots_dir()))?;
-    std::fs::remove_dir_all(&doomed).map_err(io(&doomed))
-}
-
 /// [`publish`] failed; the temporary directory is left for the caller.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("a snapshot named {0} already exists")]
     Exists(SnapshotTag),
-    #[error("could not publish the snapshot as {path}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// Publishes the snapshot written in `tmp` as `tag`, whose name must be free, in one
@@ -315,10 +290,7 @@ pub enum PublishError {
 pub fn publish(home: &Home, tmp: &Path, tag: &SnapshotTag) -> Result<(), PublishError> {
     use rustix::fs::{renameat_with, RenameFlags, CWD};
     let dest = home.snapshot_dir(tag);
-    let io = |source| PublishError::Io {
-        path: dest.clone(),
-        source,
-    };
+    let io = |source| PublishError::Io(IoError::new("publish the snapshot as", &dest, source));
     match renameat_with(CWD, tmp, CWD, &dest, RenameFlags::NOREPLACE) {
         Ok(()) => {}
         Err(rustix::io::Errno::EXIST | rustix::io::Errno::NOTEMPTY) => {
@@ -337,7 +309,7 @@ pub fn publish(home: &Home, tmp: &Path, tag: &SnapshotTag) -> Result<(), Publish
         }
         Err(e) => return Err(io(e.into())),
     }
-    fsutil::fsync_dir(&home.snapshots_dir()).map_err(io)
+    Ok(fsutil::fsync_dir(&home.snapshots_dir())?)
 }
 
 #[cfg(test)]

@@ -14,8 +14,7 @@
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 
-use rustix::fs::{flock, FlockOperation};
-use rustix::io::Errno;
+use crate::fsutil::{FileLock, LockMode};
 
 use crate::home::{Home, SnapshotTag};
 use crate::snapshot::SnapshotCheckError;
@@ -23,7 +22,7 @@ use crate::snapshot::SnapshotCheckError;
 /// A restore's hold on its snapshot; removal is refused until it is dropped.
 #[derive(Debug)]
 pub struct InUse {
-    _dir: File,
+    _dir: FileLock,
 }
 
 impl InUse {
@@ -40,8 +39,8 @@ impl InUse {
             source,
         };
         // A removal holds the lock only for a rename and a directory fsync.
-        flock(&dir, FlockOperation::LockShared).map_err(|e| io(e.into()))?;
-        let held = dir.metadata().map_err(io)?;
+        let dir = FileLock::wait_on(dir, &path, LockMode::Shared).map_err(|e| io(e.source))?;
+        let held = dir.file().metadata().map_err(io)?;
         match std::fs::metadata(&path) {
             Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) => {
                 Ok(InUse { _dir: dir })
@@ -59,7 +58,7 @@ impl InUse {
 /// until it is dropped.
 #[derive(Debug)]
 pub struct Removal {
-    _dir: File,
+    _dir: FileLock,
 }
 
 /// Why a snapshot cannot be locked for removal.
@@ -90,12 +89,12 @@ impl Removal {
             },
             _ => RemovalLockError::UnknownTag(tag.clone()),
         })?;
-        match flock(&dir, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(Removal { _dir: dir }),
-            Err(Errno::WOULDBLOCK) => Err(RemovalLockError::InUse(tag.clone())),
+        match FileLock::try_on(dir, &home.snapshot_dir(tag), LockMode::Exclusive) {
+            Ok(Some(dir)) => Ok(Removal { _dir: dir }),
+            Ok(None) => Err(RemovalLockError::InUse(tag.clone())),
             Err(e) => Err(RemovalLockError::Io {
                 tag: tag.clone(),
-                source: e.into(),
+                source: e.source,
             }),
         }
     }

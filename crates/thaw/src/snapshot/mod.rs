@@ -39,6 +39,7 @@ use crate::spec::MachineSpec;
 pub mod catalog;
 pub mod confine;
 pub mod inuse;
+pub mod staging;
 pub mod take;
 
 /// The `format` field of every manifest.
@@ -298,18 +299,23 @@ impl Snapshot {
             return Err(SnapshotCheckError::UnknownTag(tag.clone()));
         }
         let path = dir.join(MANIFEST_FILE);
-        let bytes = match fsutil::read_capped(&path, MANIFEST_MAX_BYTES) {
+        let bytes = match fsutil::read_file_capped(&path, MANIFEST_MAX_BYTES) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => {
                 return Err(SnapshotCheckError::ManifestMissing { tag: tag.clone() })
             }
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Err(e) if e.source.kind() == std::io::ErrorKind::InvalidData => {
                 return Err(SnapshotCheckError::ManifestCorrupt {
                     tag: tag.clone(),
-                    why: format!("{e}"),
+                    why: format!("{}", e.source),
                 })
             }
-            Err(source) => return Err(SnapshotCheckError::Io { path, source }),
+            Err(e) => {
+                return Err(SnapshotCheckError::Io {
+                    path,
+                    source: e.source,
+                })
+            }
         };
         let manifest = parse_manifest(tag, &bytes)?;
         Ok(Snapshot {

@@ -39,10 +39,12 @@ use thaw_qmp::{QemuVersion, Qmp};
 use crate::cancel::{test_hang, CancellationToken, Interrupted};
 use crate::disk::{self, DiskError};
 use crate::fsutil::{self, CopyMethod};
+use crate::fsutil::{Context, FileLock, IoError, LockMode};
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::mapped::{self, MappedError};
 use crate::migration::{self, LiveSave, MigrationError};
 use crate::ms;
+use crate::snapshot::staging::Staging;
 use crate::snapshot::{self, DiskChain, FileEntry, Manifest, Memory, ParentRef, Snapshot};
 use crate::vm::{self, VmError, VmState};
 
@@ -95,13 +97,8 @@ pub enum SnapshotError {
         disk: usize,
         path: PathBuf,
     },
-    #[error("could not {step} {path}")]
-    Io {
-        step: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("could not pause, freeze or resume the VM")]
     Qmp(#[from] thaw_qmp::QmpError),
     #[error("saving the VM failed")]
@@ -134,11 +131,6 @@ fn free_bytes(path: &Path) -> Option<u64> {
     Some(s.f_bavail.saturating_mul(s.f_frsize))
 }
 
-fn io_err(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
-    let path = path.to_owned();
-    move |source| SnapshotError::Io { step, path, source }
-}
-
 /// How RAM gets into the snapshot (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Method {
@@ -157,24 +149,12 @@ struct Disk {
     next: Option<PathBuf>,
 }
 
-/// Held by a snapshot for as long as it runs: an exclusive `flock` on
+/// Takes the VM's snapshot lock, held by a snapshot for as long as it runs: an exclusive `flock` on
 /// `vms/<name>/snapshot.lock`, which the kernel drops when the process dies. So a
 /// second snapshot of the VM is refused, and a migration found running while nobody
-/// holds it was left by a killed snapshot.
-pub struct OwnerLock(#[allow(dead_code)] std::fs::File);
-
-/// Takes the VM's snapshot lock, or `None` if a live process holds it.
-pub fn try_lock_owner(paths: &vm::VmPaths) -> std::io::Result<Option<OwnerLock>> {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(paths.dir.join("snapshot.lock"))?;
-    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(Some(OwnerLock(f))),
-        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+/// holds it was left by a killed snapshot. `None` if a live process holds it.
+pub fn try_lock_owner(paths: &vm::VmPaths) -> Result<Option<FileLock>, IoError> {
+    FileLock::try_acquire(&paths.dir.join("snapshot.lock"), LockMode::Exclusive)
 }
 
 /// Cancels the live migration of a snapshot that was killed (see
@@ -214,17 +194,13 @@ pub async fn take_cancellable(
 ) -> Result<SnapshotReport, SnapshotError> {
     let t0 = Instant::now();
     let state = VmState::load_running(home, &req.name)?;
-    let _owner = try_lock_owner(&state.paths(home))
-        .map_err(io_err("lock", &state.paths(home).dir))?
-        .ok_or_else(|| SnapshotError::Busy(req.name.clone()))?;
-    home.ensure().map_err(io_err("create", home.root()))?;
-    let dest = home.snapshot_dir(&req.tag);
-    if dest.exists() {
+    let _owner =
+        try_lock_owner(&state.paths(home))?.ok_or_else(|| SnapshotError::Busy(req.name.clone()))?;
+    home.ensure().at("create", home.root())?;
+    if home.snapshot_dir(&req.tag).exists() {
         return Err(SnapshotError::TagExists(req.tag.clone()));
     }
-    snapshot::remove_stale_temp_dirs(home);
-    let tmp = snapshot::temp_dir(home, &req.tag);
-    std::fs::create_dir(&tmp).map_err(io_err("create", &tmp))?;
+    let mut staging = Staging::new(home, &req.tag)?;
     let qmp = Qmp::connect(&state.paths(home).qmp())
         .await
         .map_err(VmError::from)?;
@@ -240,11 +216,11 @@ pub async fn take_cancellable(
             qmp: &qmp,
             cancel,
         };
-        take_into(&at, &disks, &tmp, &dest, t0).await
+        take_into(&at, &disks, &mut staging, t0).await
     }
     .await;
     // Measured before the temporary files go, which frees the space again.
-    let result = result.map_err(|e| match (&e, free_bytes(&tmp)) {
+    let result = result.map_err(|e| match (&e, free_bytes(staging.dir())) {
         (SnapshotError::Migration(_), Some(free)) if free < NEARLY_FULL => {
             SnapshotError::DiskFull {
                 path: home.snapshots_dir(),
@@ -254,17 +230,15 @@ pub async fn take_cancellable(
         }
         _ => e,
     });
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-        if !req.stop {
-            // Leave the VM as we found it: running (on whichever layer QEMU uses).
-            let _ = migration::cancel_pending(&qmp).await;
-            let _ = qmp.execute("cont", None).await;
-            let used = tops(&qmp).await.unwrap_or_default();
-            for next in disks.iter().filter_map(|d| d.next.as_ref()) {
-                if !used.contains(next) {
-                    let _ = std::fs::remove_file(next);
-                }
+    drop(staging); // removes what was written unless it was published
+    if result.is_err() && !req.stop {
+        // Leave the VM as we found it: running (on whichever layer QEMU uses).
+        let _ = migration::cancel_pending(&qmp).await;
+        let _ = qmp.execute("cont", None).await;
+        let used = tops(&qmp).await.unwrap_or_default();
+        for next in disks.iter().filter_map(|d| d.next.as_ref()) {
+            if !used.contains(next) {
+                let _ = std::fs::remove_file(next);
             }
         }
     }
@@ -379,13 +353,115 @@ impl Taking<'_> {
     }
 }
 
+/// The snapshot from the pause on: saves the state and RAM into `staging`, records
+/// and hashes the files, seals the manifest, stores and publishes it.
 async fn take_into(
     at: &Taking<'_>,
     disks: &[Disk],
-    tmp: &Path,
-    dest: &Path,
+    staging: &mut Staging,
     t0: Instant,
 ) -> Result<SnapshotReport, SnapshotError> {
+    let (home, req, state) = (at.home, at.req, at.state);
+    let method = choose_method(at).await?;
+    let mut events = at.qmp.events();
+    let saved = save_state(at, method, disks, staging.dir()).await?;
+    let pause = if req.stop {
+        ms(saved.paused_at.elapsed())
+    } else {
+        pause_from_events(&mut events).unwrap_or_else(|| ms(saved.paused_at.elapsed()))
+    };
+    if !req.stop && !disks.is_empty() {
+        // The record says which layer the VM writes now.
+        saved.moved.save(home)?;
+    }
+    test_hang("ram-copied", at.cancel).await;
+
+    // Outside the pause: complete the files, hash, write the manifest, publish.
+    let (mut files, memory, state_bytes) = record_files(method, staging.dir())?;
+    // The parent, if it is still the snapshot this VM came from (a tag can be reused).
+    let parent = state.lineage.as_ref().and_then(|l| {
+        Snapshot::open(home, &l.tag)
+            .ok()
+            .filter(|p| p.manifest_blake3 == l.manifest_blake3)
+    });
+    let tmp = staging.dir();
+    let vm_dir = state.paths(home).dir;
+    if vm_dir.join(crate::guestref::DIR).is_dir() {
+        crate::guestref::copy_links(&vm_dir, tmp)
+    } else {
+        crate::guestref::link_spec(tmp, &state.spec)
+    }
+    .at("link the guest files into", tmp)?;
+    let chains = chain_disks(state, disks, tmp, parent.as_ref(), &mut files)?;
+    let manifest = Manifest {
+        format: snapshot::FORMAT_NAME.into(),
+        version: snapshot::FORMAT_VERSION,
+        tag: req.tag.clone(),
+        created_unix_ms: vm::now_ms(),
+        qemu_version: state.qemu_version,
+        accel: state.spec.accel,
+        spec: state.spec.clone(),
+        vmgenid: state.vmgenid,
+        source_vm: state.name.clone(),
+        parent: state.lineage.clone(),
+        memory,
+        files,
+        disks: chains,
+        checksum: None,
+    };
+    let bytes = manifest.to_bytes();
+    staging.seal(&bytes)?;
+    test_hang("manifest-written", at.cancel).await;
+    let (stored_before, stored_bytes) = store_and_publish(at, staging, parent.as_ref())?;
+    test_hang("published", at.cancel).await;
+    after_publish(at, &bytes);
+    tracing::info!(tag = %req.tag, vm = %req.name, method = saved.ram_copy, "snapshot written");
+    Ok(SnapshotReport {
+        tag: req.tag.clone(),
+        parent: manifest.parent.map(|p| p.tag),
+        pause_ms: pause,
+        total_ms: ms(t0.elapsed()),
+        state_bytes,
+        ram_bytes: state.spec.memory_bytes(),
+        ram_copy: saved.ram_copy.into(),
+        stored_added_bytes: stored_bytes.saturating_sub(stored_before),
+        store_bytes: stored_bytes,
+    })
+}
+
+/// How this VM's RAM gets into the snapshot.
+async fn choose_method(at: &Taking<'_>) -> Result<Method, SnapshotError> {
+    let mapped_ram = migration::has_mapped_ram(at.qmp).await?;
+    Ok(match (at.state.ram_shared, at.req.stop, mapped_ram) {
+        (true, true, _) => Method::Moved,
+        (_, _, true) => Method::Mapped,
+        (true, false, false) => Method::Copied,
+        (false, _, false) => {
+            return Err(SnapshotError::CloneNeedsMappedRam {
+                name: at.state.name.clone(),
+                qemu: at.state.qemu_version,
+            })
+        }
+    })
+}
+
+/// What [`save_state`] did.
+struct Saved {
+    paused_at: Instant,
+    /// How the RAM got into the snapshot, for the report.
+    ram_copy: &'static str,
+    /// The VM's record as it should now be saved (see [`freeze_disks`]).
+    moved: VmState,
+}
+
+/// Pauses the VM, freezes its disks, saves its device state and RAM into `tmp`, then
+/// ends it (`stop`) or lets it run on.
+async fn save_state(
+    at: &Taking<'_>,
+    method: Method,
+    disks: &[Disk],
+    tmp: &Path,
+) -> Result<Saved, SnapshotError> {
     let Taking {
         home,
         req,
@@ -393,22 +469,6 @@ async fn take_into(
         qmp,
         cancel,
     } = *at;
-    let mapped_ram = migration::has_mapped_ram(qmp).await?;
-    let method = match (state.ram_shared, req.stop, mapped_ram) {
-        (true, true, _) => Method::Moved,
-        (_, _, true) => Method::Mapped,
-        (true, false, false) => Method::Copied,
-        (false, _, false) => {
-            return Err(SnapshotError::CloneNeedsMappedRam {
-                name: state.name.clone(),
-                qemu: state.qemu_version,
-            })
-        }
-    };
-    let mut events = qmp.events();
-    let paused_at;
-    let ram_copy;
-    let moved;
     match method {
         Method::Mapped => {
             let path = tmp.join(snapshot::MEMORY_FILE);
@@ -426,13 +486,13 @@ async fn take_into(
                 r = live.wait_paused() => r?,
                 _ = cancel.cancelled(), if !req.stop => at.unless_interrupted()?,
             }
-            paused_at = Instant::now();
+            let paused_at = Instant::now();
             test_hang("paused", cancel).await;
-            moved = freeze_disks(qmp, state, disks).await?;
+            let moved = freeze_disks(qmp, state, disks).await?;
             let saved = live.complete().await?;
             // The UEFI variables, as the pflash device wrote them up to the pause.
             crate::firmware::vars_into_snapshot(&state.paths(home).dir, tmp, req.stop)
-                .map_err(io_err("keep the UEFI variables in", tmp))?;
+                .at("keep the UEFI variables in", tmp)?;
             test_hang("state-saved", cancel).await;
             if req.stop {
                 end(qmp, state).await;
@@ -440,56 +500,58 @@ async fn take_into(
                 migration::resume_after(qmp).await?;
             }
             saved.close().await;
-            ram_copy = "mapped-ram";
+            Ok(Saved {
+                paused_at,
+                ram_copy: "mapped-ram",
+                moved,
+            })
         }
         Method::Moved | Method::Copied => {
             at.unless_interrupted()?;
             qmp.execute("stop", None).await?;
-            paused_at = Instant::now();
+            let paused_at = Instant::now();
             test_hang("paused", cancel).await;
-            moved = freeze_disks(qmp, state, disks).await?;
+            let moved = freeze_disks(qmp, state, disks).await?;
             let state_path = tmp.join(snapshot::STATE_FILE);
             migration::save(qmp, &state_path).await?;
             crate::firmware::vars_into_snapshot(&state.paths(home).dir, tmp, req.stop)
-                .map_err(io_err("keep the UEFI variables in", tmp))?;
+                .at("keep the UEFI variables in", tmp)?;
             test_hang("state-saved", cancel).await;
             let ram_path = tmp.join(snapshot::RAM_FILE);
-            if method == Method::Moved {
+            let ram_copy = if method == Method::Moved {
                 end(qmp, state).await;
-                std::fs::rename(&state.ram, &ram_path)
-                    .map_err(io_err("move the RAM file to", &ram_path))?;
-                ram_copy = "moved";
+                std::fs::rename(&state.ram, &ram_path).at("move the RAM file to", &ram_path)?;
+                "moved"
             } else {
                 let how = fsutil::copy_sparse(&state.ram, &ram_path)
-                    .map_err(io_err("copy the RAM file to", &ram_path))?;
+                    .at("copy the RAM file to", &ram_path)?;
                 qmp.execute("cont", None).await?;
-                ram_copy = match how {
+                match how {
                     CopyMethod::Reflink => "reflink",
                     CopyMethod::Sparse => "sparse-copy",
-                };
-            }
+                }
+            };
+            Ok(Saved {
+                paused_at,
+                ram_copy,
+                moved,
+            })
         }
     }
-    let pause = if req.stop {
-        ms(paused_at.elapsed())
-    } else {
-        pause_from_events(&mut events).unwrap_or_else(|| ms(paused_at.elapsed()))
-    };
-    if !req.stop && !disks.is_empty() {
-        // The record says which layer the VM writes now.
-        moved.save(home)?;
-    }
-    test_hang("ram-copied", cancel).await;
+}
 
-    // Outside the pause: complete the files, hash, write the manifest, publish.
+/// Syncs and hashes the memory files (and the UEFI variables) in `tmp`: their
+/// manifest entries, how the memory is laid out, and the device state's size.
+fn record_files(
+    method: Method,
+    tmp: &Path,
+) -> Result<(std::collections::BTreeMap<String, FileEntry>, Memory, u64), SnapshotError> {
     let mut files = std::collections::BTreeMap::new();
     let entry = |file: &str, exclude| -> Result<FileEntry, SnapshotError> {
         let path = tmp.join(file);
-        snapshot::sync_file(&path).map_err(io_err("sync", &path))?;
-        let size = std::fs::metadata(&path)
-            .map_err(io_err("read", &path))?
-            .len();
-        let blake3 = fsutil::content_hash(&path, exclude).map_err(io_err("hash", &path))?;
+        snapshot::sync_file(&path).at("sync", &path)?;
+        let size = std::fs::metadata(&path).at("read", &path)?.len();
+        let blake3 = fsutil::content_hash(&path, exclude).at("hash", &path)?;
         Ok(FileEntry { size, blake3 })
     };
     let (memory, state_bytes) = match method {
@@ -502,7 +564,7 @@ async fn take_into(
             let outside = |from, to| fsutil::data_bytes_in(&path, from, to);
             let state_bytes = outside(0, region.offset)
                 .and_then(|a| Ok(a + outside(region.offset + region.len, whole.size)?))
-                .map_err(io_err("read", &path))?;
+                .at("read", &path)?;
             files.insert(snapshot::MEMORY_FILE.to_owned(), whole);
             let memory = Memory::Mapped {
                 offset: region.offset,
@@ -527,109 +589,69 @@ async fn take_into(
             files.insert((*f).to_owned(), entry(f, None)?);
         }
     }
-    // The parent, if it is still the snapshot this VM came from (a tag can be reused).
-    let parent = state.lineage.as_ref().and_then(|l| {
-        Snapshot::open(home, &l.tag)
-            .ok()
-            .filter(|p| p.manifest_blake3 == l.manifest_blake3)
-    });
-    let vm_dir = state.paths(home).dir;
-    if vm_dir.join(crate::guestref::DIR).is_dir() {
-        crate::guestref::copy_links(&vm_dir, tmp)
-    } else {
-        crate::guestref::link_spec(tmp, &state.spec)
-    }
-    .map_err(io_err("link the guest files into", tmp))?;
-    let chains = chain_disks(state, disks, tmp, parent.as_ref(), &mut files)?;
-    let manifest = Manifest {
-        format: snapshot::FORMAT_NAME.into(),
-        version: snapshot::FORMAT_VERSION,
-        tag: req.tag.clone(),
-        created_unix_ms: vm::now_ms(),
-        qemu_version: state.qemu_version,
-        accel: state.spec.accel,
-        spec: state.spec.clone(),
-        vmgenid: state.vmgenid,
-        source_vm: state.name.clone(),
-        parent: state.lineage.clone(),
-        memory,
-        files,
-        disks: chains,
-        checksum: None,
-    };
-    let mpath = tmp.join(snapshot::MANIFEST_FILE);
-    let bytes = manifest.to_bytes();
-    fsutil::write_atomic(&mpath, &bytes).map_err(io_err("write", &mpath))?;
-    fsutil::fsync_dir(tmp).map_err(io_err("sync", tmp))?;
-    test_hang("manifest-written", cancel).await;
-    // Into the store too (chunks shared with the parent and every other snapshot).
-    let store = crate::store::open(home)?;
-    let _held = crate::store::lock_shared(home)?;
+    Ok((files, memory, state_bytes))
+}
+
+/// Adds the sealed snapshot to the store (chunks shared with the parent and every
+/// other snapshot), publishes it and names its record. Returns the store's size
+/// before and after.
+fn store_and_publish(
+    at: &Taking<'_>,
+    staging: &mut Staging,
+    parent: Option<&Snapshot>,
+) -> Result<(u64, u64), SnapshotError> {
+    let store = crate::store::open(at.home)?;
+    let held = crate::store::lock_shared(&store)?;
     let stored_before = store.stored_bytes().unwrap_or(0);
-    let parent_stored = match &parent {
+    let parent_stored = match parent {
         Some(p) => crate::store::get(&store, p.manifest.tag.as_str())?.map(|s| (p, s)),
         None => None,
     };
     let stored = crate::store::ingest(
         &store,
-        tmp,
+        staging.dir(),
         parent_stored.as_ref().map(|(p, s)| (*p, s)),
         &mut crate::store::NoProgress,
     )?;
     // The name is claimed without replacing: the loser of two snapshots of one tag
     // is told so (a plain rename failed with "Directory not empty").
-    crate::snapshot::catalog::publish(home, tmp, &req.tag).map_err(|e| match e {
+    staging.publish().map_err(|e| match e {
         crate::snapshot::catalog::PublishError::Exists(tag) => SnapshotError::TagExists(tag),
-        crate::snapshot::catalog::PublishError::Io { path, source } => {
-            io_err("publish the snapshot as", &path)(source)
-        }
+        crate::snapshot::catalog::PublishError::Io(e) => SnapshotError::Io(e),
     })?;
     // A snapshot whose record cannot be written (a full disk) is taken back: it failed,
     // so it must not stay listed. Killed here instead, the snapshot is whole and listed
     // without a record, which push and export add again (`store::ensure`).
-    let named = fsutil::fsync_dir(&home.snapshots_dir())
-        .map_err(io_err("sync", &home.snapshots_dir()))
-        .and_then(|()| Ok(crate::store::name(&store, &req.tag, &stored)?));
-    if let Err(e) = named {
-        if std::fs::rename(dest, tmp).is_ok() {
-            let _ = fsutil::fsync_dir(&home.snapshots_dir());
-        }
-        return Err(e);
+    if let Err(e) = crate::store::name(&store, &at.req.tag, &stored) {
+        staging.take_back();
+        return Err(e.into());
     }
-    drop(_held);
-    let stored_bytes = store.stored_bytes().unwrap_or(0);
-    test_hang("published", cancel).await;
+    drop(held);
+    Ok((stored_before, store.stored_bytes().unwrap_or(0)))
+}
+
+/// After publishing: a VM that ends is removed; one that runs on now descends from
+/// the snapshot whose manifest is `manifest`.
+fn after_publish(at: &Taking<'_>, manifest: &[u8]) {
+    let (home, req, state) = (at.home, at.req, at.state);
     let paths = state.paths(home);
     if req.stop {
         let _ = std::fs::remove_dir_all(&paths.dir);
-    } else {
-        // The VM now descends from this snapshot; its record already names its layers.
-        // The snapshot is whole whatever happens here: a record that cannot be updated
-        // (a full disk) only costs the next snapshot of this VM its parent link, so it
-        // is not an error of this one.
-        let lineage = ParentRef {
-            tag: req.tag.clone(),
-            manifest_blake3: blake3::hash(&bytes).to_hex().to_string(),
-        };
-        if let Err(e) = VmState::load(home, &state.name).and_then(|mut now| {
-            now.lineage = Some(lineage);
-            now.save(home)
-        }) {
-            tracing::warn!(vm = %state.name, "snapshot {} written, but the VM's record could not name it as its parent: {}", req.tag, crate::one_line(&e));
-        }
+        return;
     }
-    tracing::info!(tag = %req.tag, vm = %req.name, method = ram_copy, "snapshot written");
-    Ok(SnapshotReport {
+    // The VM's record already names its layers. The snapshot is whole whatever
+    // happens here: a record that cannot be updated (a full disk) only costs the next
+    // snapshot of this VM its parent link, so it is not an error of this one.
+    let lineage = ParentRef {
         tag: req.tag.clone(),
-        parent: manifest.parent.map(|p| p.tag),
-        pause_ms: pause,
-        total_ms: ms(t0.elapsed()),
-        state_bytes,
-        ram_bytes: state.spec.memory_bytes(),
-        ram_copy: ram_copy.into(),
-        stored_added_bytes: stored_bytes.saturating_sub(stored_before),
-        store_bytes: stored_bytes,
-    })
+        manifest_blake3: blake3::hash(manifest).to_hex().to_string(),
+    };
+    if let Err(e) = VmState::load(home, &state.name).and_then(|mut now| {
+        now.lineage = Some(lineage);
+        now.save(home)
+    }) {
+        tracing::warn!(vm = %state.name, "snapshot {} written, but the VM's record could not name it as its parent: {}", req.tag, crate::one_line(&e));
+    }
 }
 
 /// Ends the VM whose state was just saved.
@@ -674,12 +696,11 @@ fn chain_disks(
         return Ok(Vec::new());
     }
     let dir = tmp.join("disks");
-    std::fs::create_dir(&dir).map_err(io_err("create", &dir))?;
+    std::fs::create_dir(&dir).at("create", &dir)?;
     let mut chains = Vec::new();
     for (i, (d, spec)) in disks.iter().zip(&state.spec.disks).enumerate() {
         let from = d.top.parent().expect("a layer lives in a directory");
-        disk::link_chain(from, &dir, i, d.k + 1)
-            .map_err(io_err("link the disk layers into", &dir))?;
+        disk::link_chain(from, &dir, i, d.k + 1).at("link the disk layers into", &dir)?;
         let template = tmp.join(snapshot::template_file(i));
         disk::create_layer_on(i, d.k, d.virtual_size, &template)?;
         for k in 0..=d.k {
@@ -692,24 +713,19 @@ fn chain_disks(
                 Some(e) => e.clone(),
                 None => {
                     let path = tmp.join(&file);
-                    snapshot::sync_file(&path).map_err(io_err("sync", &path))?;
-                    let size = std::fs::metadata(&path)
-                        .map_err(io_err("read", &path))?
-                        .len();
-                    let blake3 =
-                        fsutil::content_hash(&path, None).map_err(io_err("hash", &path))?;
+                    snapshot::sync_file(&path).at("sync", &path)?;
+                    let size = std::fs::metadata(&path).at("read", &path)?.len();
+                    let blake3 = fsutil::content_hash(&path, None).at("hash", &path)?;
                     FileEntry { size, blake3 }
                 }
             };
             files.insert(file, e);
         }
-        snapshot::sync_file(&template).map_err(io_err("sync", &template))?;
-        let size = std::fs::metadata(&template)
-            .map_err(io_err("read", &template))?
-            .len();
-        let blake3 = fsutil::content_hash(&template, None).map_err(io_err("hash", &template))?;
+        snapshot::sync_file(&template).at("sync", &template)?;
+        let size = std::fs::metadata(&template).at("read", &template)?.len();
+        let blake3 = fsutil::content_hash(&template, None).at("hash", &template)?;
         files.insert(snapshot::template_file(i), FileEntry { size, blake3 });
-        let (size, mtime_ns) = disk::stat(&spec.base).map_err(io_err("read", &spec.base))?;
+        let (size, mtime_ns) = disk::stat(&spec.base).at("read", &spec.base)?;
         let inherited = parent
             .and_then(|p| p.manifest.disks.get(i))
             .map(|c| c.base.clone())
@@ -720,7 +736,7 @@ fn chain_disks(
                 path: spec.base.clone(),
                 size,
                 mtime_ns,
-                blake3: fsutil::hash_file(&spec.base).map_err(io_err("hash", &spec.base))?,
+                blake3: fsutil::hash_file(&spec.base).at("hash", &spec.base)?,
             },
         };
         chains.push(DiskChain {
@@ -729,7 +745,7 @@ fn chain_disks(
             layers: d.k + 1,
         });
     }
-    fsutil::fsync_dir(&dir).map_err(io_err("sync", &dir))?;
+    fsutil::fsync_dir(&dir)?;
     Ok(chains)
 }
 

@@ -80,7 +80,7 @@ fn stored_only(home: &Home) -> Vec<(SnapshotTag, Result<Snapshot, String>)> {
     if !home.root().join("store").is_dir() {
         return Vec::new();
     }
-    let Ok(store) = crate::store::open(home) else {
+    let Ok(store) = super::stored::open(home) else {
         return Vec::new();
     };
     let names = store.list_manifests().unwrap_or_default();
@@ -89,7 +89,7 @@ fn stored_only(home: &Home) -> Vec<(SnapshotTag, Result<Snapshot, String>)> {
         .filter_map(|name| name.parse::<SnapshotTag>().ok())
         .filter(|tag| !home.snapshot_dir(tag).is_dir())
         .map(|tag| {
-            let s = crate::store::get(&store, tag.as_str())
+            let s = super::stored::get(&store, tag.as_str())
                 .map_err(|e| crate::one_line(&e))
                 .and_then(|r| r.ok_or_else(|| "its record is gone".to_owned()))
                 .and_then(|r| {
@@ -214,7 +214,7 @@ pub enum RemoveSnapshotError {
     #[error(transparent)]
     Io(#[from] IoError),
     #[error("could not remove the snapshot from the store")]
-    Store(#[source] Box<crate::store::StoreError>),
+    Store(#[source] Box<super::stored::StoreError>),
     /// Being restored (or gone meanwhile).
     #[error(transparent)]
     Lock(#[from] super::inuse::RemovalLockError),
@@ -266,80 +266,9 @@ pub fn remove(
     for t in &order {
         // The store's record first: a crash in between leaves a directory without a
         // record, which the next push re-adds, never a record of a removed snapshot.
-        crate::store::forget(home, t).map_err(|e| RemoveSnapshotError::Store(Box::new(e)))?;
+        super::stored::forget(home, t).map_err(|e| RemoveSnapshotError::Store(Box::new(e)))?;
         // In the store only, it has no directory: forgetting its record removed it.
         super::staging::remove(home, t)?;
     }
     Ok(order)
-}
-
-/// Removes a snapshot's directory (not its record in the store).
-/// [`publish`] failed; the temporary directory is left for the caller.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("a snapshot named {0} already exists")]
-    Exists(SnapshotTag),
-    #[error(transparent)]
-    Io(#[from] IoError),
-}
-
-/// Publishes the snapshot written in `tmp` as `tag`, whose name must be free, in one
-/// step: `renameat2(RENAME_NOREPLACE)`, so of two snapshots (or imports) of one tag
-/// exactly one wins and the other learns the tag is taken, and whoever wins the name
-/// is the one who writes the store's record. Then the directory is synced.
-pub fn publish(home: &Home, tmp: &Path, tag: &SnapshotTag) -> Result<(), PublishError> {
-    use rustix::fs::{renameat_with, RenameFlags, CWD};
-    let dest = home.snapshot_dir(tag);
-    let io = |source| PublishError::Io(IoError::new("publish the snapshot as", &dest, source));
-    match renameat_with(CWD, tmp, CWD, &dest, RenameFlags::NOREPLACE) {
-        Ok(()) => {}
-        Err(rustix::io::Errno::EXIST | rustix::io::Errno::NOTEMPTY) => {
-            return Err(PublishError::Exists(tag.clone()))
-        }
-        // A filesystem without the flag: a plain rename still cannot replace a
-        // snapshot (a directory that is not empty).
-        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
-            match std::fs::rename(tmp, &dest) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTEMPTY.raw_os_error()) => {
-                    return Err(PublishError::Exists(tag.clone()))
-                }
-                Err(e) => return Err(io(e)),
-            }
-        }
-        Err(e) => return Err(io(e.into())),
-    }
-    Ok(fsutil::fsync_dir(&home.snapshots_dir())?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Two snapshots of one tag: the second used to be renamed over the first and fail
-    /// with "Directory not empty (os error 39)".
-    #[test]
-    fn publishing_a_taken_tag_says_it_exists_and_keeps_both() {
-        let d = tempfile::tempdir().unwrap();
-        let home = Home::new(d.path());
-        home.ensure().unwrap();
-        let tag: SnapshotTag = "t".parse().unwrap();
-        let (a, b) = (
-            home.snapshots_dir().join(".tmp-a"),
-            home.snapshots_dir().join(".tmp-b"),
-        );
-        for (dir, word) in [(&a, "first"), (&b, "second")] {
-            std::fs::create_dir(dir).unwrap();
-            std::fs::write(dir.join("marker"), word).unwrap();
-        }
-        publish(&home, &a, &tag).unwrap();
-        let err = publish(&home, &b, &tag).unwrap_err();
-        assert_eq!(err.to_string(), "a snapshot named t already exists");
-        let published = std::fs::read_to_string(home.snapshot_dir(&tag).join("marker"));
-        assert_eq!(published.unwrap(), "first");
-        assert!(
-            b.join("marker").is_file(),
-            "the loser's files are its own to remove"
-        );
-    }
 }

@@ -40,6 +40,7 @@ pub mod catalog;
 pub mod confine;
 pub mod inuse;
 pub mod staging;
+pub mod stored;
 pub mod take;
 
 /// The `format` field of every manifest.

@@ -4,7 +4,7 @@
 //! A snapshot is written into `snapshots/.tmp-<tag>-<pid>/` ([`Staging::new`]), its
 //! files are added there, the manifest is written last and the directory synced
 //! ([`Staging::seal`]), and it is published under its tag in one step
-//! ([`Staging::publish`]: `catalog::publish`'s rename that never replaces, then an
+//! ([`Staging::publish`]: [`publish`]'s rename that never replaces, then an
 //! fsync of `snapshots/`). A crash leaves either no snapshot or a whole one; a
 //! staging directory not published is removed when the [`Staging`] is dropped, and
 //! one whose writer died is removed by the next writer. A published snapshot is
@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 
 use crate::fsutil::{self, Context, IoError};
 use crate::home::{Home, SnapshotTag};
-use crate::snapshot::catalog::{self, PublishError};
 
 /// A snapshot directory being written; removed on drop unless published.
 #[derive(Debug)]
@@ -69,13 +68,13 @@ impl Staging {
     }
 
     /// Publishes the sealed directory as the snapshot `tag` (see
-    /// [`catalog::publish`]); from then on it is no longer removed on drop.
+    /// [`publish`]); from then on it is no longer removed on drop.
     ///
     /// # Errors
     /// The tag is taken ([`PublishError::Exists`]) or the rename or sync failed; the
     /// staging directory is then still removed on drop.
     pub fn publish(&mut self) -> Result<(), PublishError> {
-        catalog::publish(&self.home, &self.dir, &self.tag)?;
+        publish(&self.home, &self.dir, &self.tag)?;
         self.published = true;
         Ok(())
     }
@@ -117,6 +116,44 @@ pub fn remove(home: &Home, tag: &SnapshotTag) -> Result<(), IoError> {
     std::fs::rename(&dir, &doomed).at("remove", &dir)?;
     fsutil::fsync_dir(&home.snapshots_dir())?;
     std::fs::remove_dir_all(&doomed).at("remove", &doomed)
+}
+
+/// [`publish`] failed; the temporary directory is left for the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("a snapshot named {0} already exists")]
+    Exists(SnapshotTag),
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+/// Publishes the snapshot written in `tmp` as `tag`, whose name must be free, in one
+/// step: `renameat2(RENAME_NOREPLACE)`, so of two snapshots (or imports) of one tag
+/// exactly one wins and the other learns the tag is taken, and whoever wins the name
+/// is the one who writes the store's record. Then the directory is synced.
+pub fn publish(home: &Home, tmp: &Path, tag: &SnapshotTag) -> Result<(), PublishError> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    let dest = home.snapshot_dir(tag);
+    let io = |source| PublishError::Io(IoError::new("publish the snapshot as", &dest, source));
+    match renameat_with(CWD, tmp, CWD, &dest, RenameFlags::NOREPLACE) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::EXIST | rustix::io::Errno::NOTEMPTY) => {
+            return Err(PublishError::Exists(tag.clone()))
+        }
+        // A filesystem without the flag: a plain rename still cannot replace a
+        // snapshot (a directory that is not empty).
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+            match std::fs::rename(tmp, &dest) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTEMPTY.raw_os_error()) => {
+                    return Err(PublishError::Exists(tag.clone()))
+                }
+                Err(e) => return Err(io(e)),
+            }
+        }
+        Err(e) => return Err(io(e.into())),
+    }
+    Ok(fsutil::fsync_dir(&home.snapshots_dir())?)
 }
 
 #[cfg(test)]
@@ -190,5 +227,32 @@ mod tests {
         s.take_back();
         drop(s);
         assert!(entries(&home).is_empty(), "{:?}", entries(&home));
+    }
+
+    /// Two snapshots of one tag: the second used to be renamed over the first and fail
+    /// with "Directory not empty (os error 39)".
+    #[test]
+    fn publishing_a_taken_tag_says_it_exists_and_keeps_both() {
+        let d = tempfile::tempdir().unwrap();
+        let home = Home::new(d.path());
+        home.ensure().unwrap();
+        let tag: SnapshotTag = "t".parse().unwrap();
+        let (a, b) = (
+            home.snapshots_dir().join(".tmp-a"),
+            home.snapshots_dir().join(".tmp-b"),
+        );
+        for (dir, word) in [(&a, "first"), (&b, "second")] {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::write(dir.join("marker"), word).unwrap();
+        }
+        publish(&home, &a, &tag).unwrap();
+        let err = publish(&home, &b, &tag).unwrap_err();
+        assert_eq!(err.to_string(), "a snapshot named t already exists");
+        let published = std::fs::read_to_string(home.snapshot_dir(&tag).join("marker"));
+        assert_eq!(published.unwrap(), "first");
+        assert!(
+            b.join("marker").is_file(),
+            "the loser's files are its own to remove"
+        );
     }
 }

@@ -108,7 +108,7 @@ pub enum SnapshotError {
     #[error("could not prepare the disk layers")]
     Disk(#[from] DiskError),
     #[error("could not add the snapshot to the store")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] super::stored::StoreError),
     #[error("interrupted")]
     Interrupted(#[from] Interrupted),
     /// QEMU reports a write that failed for want of space as an I/O error of its own
@@ -600,29 +600,29 @@ fn store_and_publish(
     staging: &mut Staging,
     parent: Option<&Snapshot>,
 ) -> Result<(u64, u64), SnapshotError> {
-    let store = crate::store::open(at.home)?;
-    let held = crate::store::lock_shared(&store)?;
+    let store = super::stored::open(at.home)?;
+    let held = super::stored::lock_shared(&store)?;
     let stored_before = store.stored_bytes().unwrap_or(0);
     let parent_stored = match parent {
-        Some(p) => crate::store::get(&store, p.manifest.tag.as_str())?.map(|s| (p, s)),
+        Some(p) => super::stored::get(&store, p.manifest.tag.as_str())?.map(|s| (p, s)),
         None => None,
     };
-    let stored = crate::store::ingest(
+    let stored = super::stored::ingest(
         &store,
         staging.dir(),
         parent_stored.as_ref().map(|(p, s)| (*p, s)),
-        &mut crate::store::NoProgress,
+        &mut thaw_store::NoProgress,
     )?;
     // The name is claimed without replacing: the loser of two snapshots of one tag
     // is told so (a plain rename failed with "Directory not empty").
     staging.publish().map_err(|e| match e {
-        crate::snapshot::catalog::PublishError::Exists(tag) => SnapshotError::TagExists(tag),
-        crate::snapshot::catalog::PublishError::Io(e) => SnapshotError::Io(e),
+        crate::snapshot::staging::PublishError::Exists(tag) => SnapshotError::TagExists(tag),
+        crate::snapshot::staging::PublishError::Io(e) => SnapshotError::Io(e),
     })?;
     // A snapshot whose record cannot be written (a full disk) is taken back: it failed,
     // so it must not stay listed. Killed here instead, the snapshot is whole and listed
     // without a record, which push and export add again (`store::ensure`).
-    if let Err(e) = crate::store::name(&store, &at.req.tag, &stored) {
+    if let Err(e) = super::stored::name(&store, &at.req.tag, &stored) {
         staging.take_back();
         return Err(e.into());
     }

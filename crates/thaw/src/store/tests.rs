@@ -1,5 +1,7 @@
+use std::collections::BTreeMap;
+
 use super::*;
-use crate::snapshot::{FormatVersion, Manifest, Memory};
+use crate::snapshot::{FormatVersion, Manifest, Memory, Snapshot};
 
 /// A store record whose guest file "hash" is a path: a hostile export or bucket
 /// could make the snapshot's kernel link to (or be written as) any file on the

@@ -1,0 +1,332 @@
+//! The store's record of each snapshot ([`StoredSnapshot`]) and the steps a snapshot
+//! takes into the store when it is taken or removed: open, lock against gc, ingest,
+//! name, forget. What moves snapshots between the store, the snapshot directories and
+//! remotes (write-out, evict, push, pull, export, import, gc) is [`crate::store`],
+//! which re-exports these.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thaw_store::{ChunkId, FileIndex, Progress, Store};
+
+use crate::fsutil::{Context, FileLock, IoError, LockMode};
+use crate::guestref;
+use crate::home::{Home, SnapshotTag};
+use crate::record::{DecodeError, Record};
+use crate::snapshot::{self, Snapshot, SnapshotCheckError};
+
+/// What the store keeps about a snapshot (the store manifest named after its tag).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredSnapshot {
+    /// `manifest.json`, byte for byte (children name its BLAKE3).
+    pub manifest: String,
+    /// Every file of the snapshot directory by its relative path, and each guest file
+    /// as `guest/<name>`.
+    pub files: BTreeMap<String, FileIndex>,
+}
+
+/// Kept by the store as the manifest named after the tag (capped there), pushed and
+/// exported as is; version 1 is the unversioned record of before.
+impl Record for StoredSnapshot {
+    const KIND: &'static str = "store record";
+    const VERSION: u32 = 1;
+    const MAX_BYTES: u64 = thaw_store::MAX_MANIFEST_BYTES;
+    const PRETTY: bool = false;
+}
+
+impl StoredSnapshot {
+    /// Every chunk the snapshot needs, each once.
+    pub fn chunk_ids(&self) -> Vec<ChunkId> {
+        let mut seen = HashSet::new();
+        self.files
+            .values()
+            .flat_map(|f| f.chunk_ids().copied())
+            .filter(|id| seen.insert(*id))
+            .collect()
+    }
+
+    /// Bytes of the files (apparent size).
+    pub fn file_bytes(&self) -> u64 {
+        self.files.values().map(|f| f.size).sum()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("could not open the store")]
+    Open(#[source] Box<thaw_store::OpenError>),
+    #[error("could not add {path} to the store")]
+    Ingest {
+        path: PathBuf,
+        #[source]
+        source: Box<thaw_store::IngestError>,
+    },
+    #[error("could not write {path} from the store")]
+    Materialize {
+        path: PathBuf,
+        #[source]
+        source: Box<thaw_store::MaterializeError>,
+    },
+    #[error("the store's record of {tag}")]
+    Manifest {
+        tag: String,
+        #[source]
+        source: Box<thaw_store::ManifestError>,
+    },
+    #[error("the store's record of {tag} is corrupt ({why})")]
+    Corrupt { tag: String, why: String },
+    #[error("the store's record of {tag} has format version {found}, newer than this thaw reads: upgrade thaw")]
+    NewerRecord { tag: String, found: u32 },
+    #[error("a snapshot tagged {0} already exists here")]
+    Exists(SnapshotTag),
+    #[error(transparent)]
+    Check(#[from] SnapshotCheckError),
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error("pushing {tag} failed")]
+    Push {
+        tag: String,
+        #[source]
+        source: Box<thaw_store::PushError>,
+    },
+    #[error("pulling {tag} failed")]
+    Pull {
+        tag: String,
+        #[source]
+        source: Box<thaw_store::PullError>,
+    },
+    #[error("the remote is unusable")]
+    Remote(#[source] Box<thaw_store::RemoteConfigError>),
+    #[error("exporting {tag} failed")]
+    Export {
+        tag: String,
+        #[source]
+        source: Box<thaw_store::ExportError>,
+    },
+    #[error("importing {path} failed")]
+    Import {
+        path: PathBuf,
+        #[source]
+        source: Box<thaw_store::ImportError>,
+    },
+    #[error("the store is damaged: {0}")]
+    Damaged(String),
+    #[error("store housekeeping failed")]
+    Gc(#[source] Box<thaw_store::GcError>),
+    #[error("verifying the store failed")]
+    Verify(#[source] Box<thaw_store::VerifyError>),
+}
+
+macro_rules! boxed_from {
+    ($($variant:ident($ty:ty)),*) => {$(
+        impl From<$ty> for StoreError {
+            fn from(e: $ty) -> StoreError {
+                StoreError::$variant(Box::new(e))
+            }
+        }
+    )*};
+}
+boxed_from!(
+    Open(thaw_store::OpenError),
+    Remote(thaw_store::RemoteConfigError),
+    Gc(thaw_store::GcError),
+    Verify(thaw_store::VerifyError)
+);
+
+/// The home's store.
+pub fn open(home: &Home) -> Result<Store, StoreError> {
+    Ok(Store::open(home.root().join("store"))?)
+}
+
+/// Runs `f`, a long file-system step of the store (ingest, write-out, gc, ...), from
+/// whatever called it: on a multi-threaded tokio runtime through `block_in_place`, so
+/// that the worker's other tasks move to other workers meanwhile; on a current-thread
+/// runtime (where `block_in_place` panics, and there is no other worker) or outside
+/// any runtime, directly. Not `spawn_blocking`: the steps borrow the caller's
+/// progress reporter, which is neither `Send` nor `'static`.
+pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Where guest files that came from the store live: `$THAW_HOME/files/<blake3>`.
+pub fn files_dir(home: &Home) -> PathBuf {
+    home.root().join("files")
+}
+
+/// Holds the store against gc while a snapshot's chunks are added and named: the
+/// store's one lock ([`Store::lock`]), shared; gc takes it exclusively.
+pub fn lock_shared(store: &Store) -> Result<FileLock, StoreError> {
+    Ok(store.lock(LockMode::Shared)?)
+}
+
+/// The stored record of `tag`, if the store has one.
+pub fn get(store: &Store, tag: &str) -> Result<Option<StoredSnapshot>, StoreError> {
+    match store.get_manifest(tag) {
+        Ok(bytes) => decode(tag, &bytes).map(Some),
+        Err(thaw_store::ManifestError::NotFound { .. }) => Ok(None),
+        Err(source) => Err(StoreError::Manifest {
+            tag: tag.into(),
+            source: Box::new(source),
+        }),
+    }
+}
+
+/// The record of `tag` from its bytes (the store's, a remote's, an archive's).
+pub(crate) fn decode(tag: &str, bytes: &[u8]) -> Result<StoredSnapshot, StoreError> {
+    StoredSnapshot::from_bytes(bytes).map_err(|e| match e {
+        DecodeError::Newer { found } => StoreError::NewerRecord {
+            tag: tag.into(),
+            found,
+        },
+        DecodeError::Corrupt(why) => StoreError::Corrupt {
+            tag: tag.into(),
+            why,
+        },
+    })
+}
+
+pub(crate) fn put(store: &Store, tag: &str, s: &StoredSnapshot) -> Result<(), StoreError> {
+    let bytes = s.to_bytes();
+    store
+        .put_manifest(tag, &bytes)
+        .map_err(|source| StoreError::Manifest {
+            tag: tag.into(),
+            source: Box::new(source),
+        })
+}
+
+/// Every regular file under `dir` (manifest.json and the `guest/` links excepted),
+/// by relative path.
+fn files_under(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for sub in ["", "disks"] {
+        let d = dir.join(sub);
+        if !d.is_dir() {
+            continue;
+        }
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            if !e.file_type()?.is_file() {
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rel = if sub.is_empty() {
+                name
+            } else {
+                format!("{sub}/{name}")
+            };
+            if rel != snapshot::MANIFEST_FILE && !rel.starts_with('.') {
+                out.push(rel);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Adds the snapshot written in `dir` (with its manifest) to the store and returns
+/// its record, not yet named. Files the parent has unchanged (the layers below the
+/// top, an unchanged base disk) are taken from the parent's record without reading
+/// them again.
+pub fn ingest(
+    store: &Store,
+    dir: &Path,
+    parent: Option<(&Snapshot, &StoredSnapshot)>,
+    progress: &mut dyn Progress,
+) -> Result<StoredSnapshot, StoreError> {
+    let mpath = dir.join(snapshot::MANIFEST_FILE);
+    let manifest = std::fs::read_to_string(&mpath).at("read", &mpath)?;
+    let m: snapshot::Manifest =
+        serde_json::from_str(&manifest).map_err(|e| StoreError::Corrupt {
+            tag: dir.display().to_string(),
+            why: e.to_string(),
+        })?;
+    let mut files = BTreeMap::new();
+    let ingest = |path: &Path, progress: &mut dyn Progress| {
+        blocking(|| store.ingest(path, progress)).map_err(|source| StoreError::Ingest {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    };
+    for rel in files_under(dir).at("list", dir)? {
+        let known = parent.and_then(|(p, ps)| {
+            let same = p.manifest.files.contains_key(&rel)
+                && p.manifest.files.get(&rel) == m.files.get(&rel);
+            same.then(|| ps.files.get(&rel).cloned()).flatten()
+        });
+        let index = match known {
+            Some(i) => i,
+            None => ingest(&dir.join(&rel), progress)?,
+        };
+        files.insert(rel, index);
+    }
+    // The guest's files, through the snapshot's links.
+    let local = guestref::resolve(dir, &m.spec);
+    let mut guest: Vec<(String, PathBuf)> = local
+        .kernel
+        .iter()
+        .map(|k| ("guest/kernel".to_owned(), k.clone()))
+        .collect();
+    if let Some(i) = &local.initrd {
+        guest.push(("guest/initrd".into(), i.clone()));
+    }
+    for (i, d) in local.disks.iter().enumerate() {
+        guest.push((format!("guest/base{i}"), d.base.clone()));
+    }
+    for (rel, path) in guest {
+        // A base disk the parent had, unchanged (same identity): its index is known.
+        let known = parent.and_then(|(p, ps)| {
+            let i: usize = rel.strip_prefix("guest/base")?.parse().ok()?;
+            (p.manifest.disks.get(i)?.base == m.disks.get(i)?.base)
+                .then(|| ps.files.get(&rel).cloned())
+                .flatten()
+        });
+        let index = match known {
+            Some(i) => i,
+            None => ingest(&path, progress)?,
+        };
+        files.insert(rel, index);
+    }
+    Ok(StoredSnapshot { manifest, files })
+}
+
+/// Names a snapshot's record in the store (the last step of adding it).
+pub fn name(store: &Store, tag: &SnapshotTag, s: &StoredSnapshot) -> Result<(), StoreError> {
+    put(store, tag.as_str(), s)
+}
+
+/// Adds a published snapshot to the store if it is not there yet, and returns its
+/// record (for push and export of snapshots taken before the store, or whose record
+/// a crash lost).
+pub fn ensure(
+    home: &Home,
+    tag: &SnapshotTag,
+    progress: &mut dyn Progress,
+) -> Result<StoredSnapshot, StoreError> {
+    let store = open(home)?;
+    let _lock = lock_shared(&store)?;
+    if let Some(s) = get(&store, tag.as_str())? {
+        return Ok(s);
+    }
+    let snap = Snapshot::open(home, tag)?;
+    let s = ingest(&store, &snap.dir, None, progress)?;
+    name(&store, tag, &s)?;
+    Ok(s)
+}
+
+/// Forgets a snapshot's record (its chunks go at the next gc unless shared).
+pub fn forget(home: &Home, tag: &SnapshotTag) -> Result<(), StoreError> {
+    let store = open(home)?;
+    match store.remove_manifest(tag.as_str()) {
+        Ok(()) | Err(thaw_store::ManifestError::NotFound { .. }) => Ok(()),
+        Err(source) => Err(StoreError::Manifest {
+            tag: tag.to_string(),
+            source: Box::new(source),
+        }),
+    }
+}

@@ -98,14 +98,24 @@ class Daemon:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
 
 
-def wait_until(what: str, ready, daemon: "Daemon | None" = None) -> None:
+def wait_until(what: str, ready, daemon: "Daemon | None" = None, state=lambda: "") -> None:
+    """Poll ``ready`` until true; ``state`` says what was seen when giving up."""
     start = time.monotonic()
     while not ready():
         if daemon is not None and daemon.process.poll() is not None:
             pytest.fail(f"thawd exited while waiting for {what}:\n{daemon.log_tail()}")
         if time.monotonic() - start > DEADLINE:
-            pytest.fail(f"gave up waiting for {what} after {DEADLINE:.0f} s")
+            pytest.fail(f"gave up waiting for {what} after {DEADLINE:.0f} s {state()}")
         time.sleep(0.1)
+
+
+def wait_for_pool(client: Client, tag: str, ready: int) -> None:
+    """Until ``ready`` clones of ``tag`` wait in its pool."""
+    wait_until(
+        f"{ready} ready clones in the pool of {tag}",
+        lambda: any(p.tag == tag and p.ready >= ready for p in client.pools()),
+        state=lambda: str(client.pools()),
+    )
 
 
 def _answers(daemon: Daemon) -> bool:

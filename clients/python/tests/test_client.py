@@ -8,7 +8,7 @@ import pytest
 
 from thaw_client import Client, ThawError
 
-from .conftest import Base, Daemon, wait_until
+from .conftest import Base, Daemon, wait_for_pool
 
 BINARY = b"\xff\x00\x01binary\n\x80"
 SCRIPT = r"printf '\377\000\001binary\n\200'; printf 'to stderr' >&2; exit 3"
@@ -65,8 +65,7 @@ def test_pool_gives_ready_clones(daemon: Daemon, base: Base) -> None:
         status = c.set_pool(base.tag, 1, mode="running")
         assert (status.tag, status.size, status.mode) == (base.tag, 1, "running")
         try:
-            wait_until("a ready pooled clone",
-                       lambda: any(p.tag == base.tag and p.ready >= 1 for p in c.pools()))
+            wait_for_pool(c, base.tag, 1)
             with c.restore(base.tag) as vm:
                 assert vm.report.breakdown.source == "pool"
                 assert vm.exec(["true"]).exit_code == 0

@@ -63,10 +63,13 @@ def _clone_name(test: str) -> str:
 @pytest.fixture(scope="session")
 def thaw_client() -> Iterator[Client]:
     """One ``Client`` for the session (``THAW_HOST``/``THAW_TOKEN``/``THAW_CA``)."""
+    failure = None
     try:
         client = Client()
     except ThawError as e:
-        pytest.fail(f"thaw: {e}", pytrace=False)
+        failure = f"thaw: {e}"
+    if failure is not None:  # outside the except: one line, no chained traceback
+        pytest.fail(failure, pytrace=False)
     with client:
         yield client
 
@@ -75,10 +78,13 @@ def thaw_client() -> Iterator[Client]:
 def thaw_vm(request: pytest.FixtureRequest, thaw_client: Client) -> Iterator[Vm]:
     """A fresh clone of the test's snapshot, stopped after the test (pass or fail)."""
     tag = _snapshot(request)
+    failure = None
     try:
         vm = thaw_client.restore(tag, name=_clone_name(request.node.name))
     except ThawError as e:
-        pytest.fail(f"thaw: cannot restore a clone of {tag!r}: {e}", pytrace=False)
+        failure = f"thaw: cannot restore a clone of {tag!r}: {e}"
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
     try:
         yield vm
     finally:

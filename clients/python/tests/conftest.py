@@ -60,18 +60,58 @@ def openssl(*args: str) -> None:
 
 def make_certificates(d: Path) -> Path:
     """A private CA and a certificate it signs for 127.0.0.1/localhost; returns the CA."""
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-days", "2", "-subj", "/CN=thaw-sdk-test-ca",
-            "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-subj", "/CN=localhost", "-keyout", str(d / "key.pem"), "-out", str(d / "req.csr"))
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=thaw-sdk-test-ca",
+        "-keyout",
+        str(d / "ca.key"),
+        "-out",
+        str(d / "ca.pem"),
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        str(d / "key.pem"),
+        "-out",
+        str(d / "req.csr"),
+    )
     (d / "ext.cnf").write_text(
         "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
         "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
     )
-    openssl("x509", "-req", "-in", str(d / "req.csr"), "-CA", str(d / "ca.pem"),
-            "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "2",
-            "-extfile", str(d / "ext.cnf"), "-out", str(d / "cert.pem"))
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(d / "req.csr"),
+        "-CA",
+        str(d / "ca.pem"),
+        "-CAkey",
+        str(d / "ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        str(d / "ext.cnf"),
+        "-out",
+        str(d / "cert.pem"),
+    )
     return d / "ca.pem"
 
 
@@ -144,12 +184,22 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     for k in ("THAW_CACHE", "THAW_QEMU"):
         if os.environ.get(k):
             env[k] = os.environ[k]
-    argv = [thawd_binary(), "--listen", f"127.0.0.1:{port}", "--tls-cert", str(d / "cert.pem"),
-            "--tls-key", str(d / "key.pem"), "--tokens", str(tokens)]
+    argv = [
+        thawd_binary(),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--tls-cert",
+        str(d / "cert.pem"),
+        "--tls-key",
+        str(d / "key.pem"),
+        "--tokens",
+        str(tokens),
+    ]
     with log.open("wb") as out:
         process = subprocess.Popen(argv, env=env, stdout=out, stderr=out)
-    daemon = Daemon(home, home / "thawd.sock", f"https://127.0.0.1:{port}", token, str(ca),
-                    log, process)
+    daemon = Daemon(
+        home, home / "thawd.sock", f"https://127.0.0.1:{port}", token, str(ca), log, process
+    )
     try:
         wait_until("thawd's socket", lambda: _answers(daemon), daemon)
         yield daemon

@@ -75,8 +75,11 @@ def test_pool_gives_ready_clones(daemon: Daemon, base: Base) -> None:
 
 def test_what_the_daemon_cannot_do_yet_is_refused_clearly(client: Client, base: Base) -> None:
     vm = client.vm("not-started")
-    for kwargs, word in (({"stdin": b"x"}, "stdin"), ({"env": {"A": "1"}}, "env"),
-                         ({"cwd": "/"}, "cwd")):
+    for kwargs, word in (
+        ({"stdin": b"x"}, "stdin"),
+        ({"env": {"A": "1"}}, "env"),
+        ({"cwd": "/"}, "cwd"),
+    ):
         with pytest.raises(ThawError, match=f"does not support exec's {word} yet"):
             vm.exec(["true"], **kwargs)
     with pytest.raises(ThawError, match="the daemon has no file routes yet"):

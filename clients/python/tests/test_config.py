@@ -12,8 +12,14 @@ from thaw_client.config import resolve
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for k in ("THAW_HOST", "THAW_TOKEN", "THAW_TOKEN_FILE", "THAW_CA", "THAW_HOME",
-              "XDG_DATA_HOME"):
+    for k in (
+        "THAW_HOST",
+        "THAW_TOKEN",
+        "THAW_TOKEN_FILE",
+        "THAW_CA",
+        "THAW_HOME",
+        "XDG_DATA_HOME",
+    ):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("HOME", "/home/u")
 

@@ -22,8 +22,9 @@ def test_unknown_snapshot_is_not_found(client: Client, base: Base) -> None:
 
 
 @pytest.mark.parametrize("token", ["wrong-token", None])
-def test_wrong_or_missing_token_is_unauthorized(daemon: Daemon, token: str,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrong_or_missing_token_is_unauthorized(
+    daemon: Daemon, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("THAW_TOKEN", raising=False)
     monkeypatch.delenv("THAW_TOKEN_FILE", raising=False)
     with Client(host=daemon.https, token=token, ca=daemon.ca) as c:
@@ -37,8 +38,9 @@ def test_missing_socket_names_where_it_looked(tmp_path: Path) -> None:
     sock = tmp_path / "thawd.sock"
     with Client(host=f"unix://{sock}") as c, pytest.raises(DaemonUnavailable) as e:
         c.health()
-    assert str(e.value) == (f"no thaw daemon: the socket {sock} does not exist "
-                            "(start thawd, or set THAW_HOST)")
+    assert str(e.value) == (
+        f"no thaw daemon: the socket {sock} does not exist (start thawd, or set THAW_HOST)"
+    )
 
 
 def test_stale_socket_says_nothing_answers(tmp_path: Path) -> None:

@@ -12,11 +12,16 @@ from thaw_client import models
 
 from .conftest import REPO
 
-SCHEMAS: Dict[str, Any] = json.loads((REPO / "docs" / "openapi.json").read_text())[
-    "components"
-]["schemas"]
-JSON_TYPES = {int: {"integer"}, float: {"number", "integer"}, str: {"string"},
-              bytes: {"string"}, bool: {"boolean"}}
+SCHEMAS: Dict[str, Any] = json.loads((REPO / "docs" / "openapi.json").read_text())["components"][
+    "schemas"
+]
+JSON_TYPES = {
+    int: {"integer"},
+    float: {"number", "integer"},
+    str: {"string"},
+    bytes: {"string"},
+    bool: {"boolean"},
+}
 
 
 def _ref(prop: Dict[str, Any]) -> Optional[str]:
@@ -81,6 +86,8 @@ def test_the_check_catches_drift() -> None:
 
 
 def test_exec_output_decodes_bytes() -> None:
-    result = models.from_json(models.ExecResult, {"exit_code": 1, "stdout_base64": "/wBh",
-                                                  "stderr_base64": "", "future": 1})
+    result = models.from_json(
+        models.ExecResult,
+        {"exit_code": 1, "stdout_base64": "/wBh", "stderr_base64": "", "future": 1},
+    )
     assert result == models.ExecResult(1, b"\xff\x00a", b"")

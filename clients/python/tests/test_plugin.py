@@ -38,7 +38,10 @@ def test_example_suite_gets_a_fresh_clone_per_test(daemon: Daemon, base: Base) -
             start = time.monotonic()
             run = subprocess.run(
                 [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLES)],
-                cwd=EXAMPLES, env=plugin_env(daemon), capture_output=True, text=True,
+                cwd=EXAMPLES,
+                env=plugin_env(daemon),
+                capture_output=True,
+                text=True,
                 timeout=600,
             )
             print(f"example suite (pool of 4): {time.monotonic() - start:.1f} s")
@@ -86,8 +89,10 @@ def test_unknown_snapshot_fails_the_test_in_one_line(
     pytester.makepyfile("def test_x(thaw_vm):\n    pass\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines([
-        "*thaw: cannot restore a clone of 'no-such-snapshot': no snapshot tagged "
-        "no-such-snapshot (HTTP 404)*"
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*thaw: cannot restore a clone of 'no-such-snapshot': no snapshot tagged "
+            "no-such-snapshot (HTTP 404)*"
+        ]
+    )
     assert "During handling" not in result.stdout.str()

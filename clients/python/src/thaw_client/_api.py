@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Generic, List, Mapping, Optional, Sequence, Type, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -23,12 +23,15 @@ FILES_MISSING = (
 )
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True)
-class Call:
+class Call(Generic[T]):
     method: str
     path: str
     body: Optional[Dict[str, Any]]
-    parse: Callable[[Any], Any]
+    parse: Callable[[Any], T]
     timeout: Optional[float] = None
     """Seconds to wait for the answer beyond the client's default, for long operations."""
 
@@ -38,43 +41,43 @@ def seg(name: str) -> str:
     return quote(name, safe="")
 
 
-def _list(cls: type) -> Callable[[Any], Any]:
+def _list(cls: Type[T]) -> Callable[[Any], List[T]]:
     return lambda data: [models.from_json(cls, d) for d in data]
 
 
-def _one(cls: type) -> Callable[[Any], Any]:
+def _one(cls: Type[T]) -> Callable[[Any], T]:
     return lambda data: models.from_json(cls, data)
 
 
-def health() -> Call:
+def health() -> Call[models.Health]:
     return Call("GET", "/v1/health", None, _one(models.Health))
 
 
-def vms() -> Call:
+def vms() -> Call[List[models.VmInfo]]:
     return Call("GET", "/v1/vms", None, _list(models.VmInfo))
 
 
-def snapshots() -> Call:
+def snapshots() -> Call[List[models.SnapshotInfo]]:
     return Call("GET", "/v1/snapshots", None, _list(models.SnapshotInfo))
 
 
-def pools() -> Call:
+def pools() -> Call[List[models.PoolStatus]]:
     return Call("GET", "/v1/pools", None, _list(models.PoolStatus))
 
 
-def set_pool(tag: str, size: int, mode: str, warm_ports: Optional[bool]) -> Call:
+def set_pool(tag: str, size: int, mode: str, warm_ports: Optional[bool]) -> Call[models.PoolStatus]:
     body: Dict[str, Any] = {"size": size, "mode": mode}
     if warm_ports is not None:
         body["warm_ports"] = warm_ports
     return Call("PUT", f"/v1/snapshots/{seg(tag)}/pool", body, _one(models.PoolStatus))
 
 
-def remove_snapshot(tag: str, recursive: bool) -> Call:
+def remove_snapshot(tag: str, recursive: bool) -> Call[List[str]]:
     q = "?recursive=true" if recursive else ""
     return Call("DELETE", f"/v1/snapshots/{seg(tag)}{q}", None, lambda d: list(d["removed"]))
 
 
-def boot(name: str, options: Mapping[str, Any]) -> Call:
+def boot(name: str, options: Mapping[str, Any]) -> Call[models.BootReport]:
     body = {"name": name, **{k: v for k, v in options.items() if v is not None}}
     return Call("POST", "/v1/vms", body, _one(models.BootReport))
 
@@ -85,7 +88,7 @@ def restore(
     ttl: Optional[float],
     labels: Optional[Mapping[str, str]],
     options: Mapping[str, Any],
-) -> Call:
+) -> Call[models.RestoreReport]:
     body = {k: v for k, v in options.items() if v is not None}
     if name is not None:
         body["name"] = name
@@ -102,20 +105,20 @@ def restore(
     )
 
 
-def stop(name: str) -> Call:
+def stop(name: str) -> Call[None]:
     return Call("DELETE", f"/v1/vms/{seg(name)}", None, lambda d: None)
 
 
-def resume(name: str) -> Call:
+def resume(name: str) -> Call[None]:
     return Call("POST", f"/v1/vms/{seg(name)}/resume", None, lambda d: None)
 
 
-def snapshot(name: str, tag: str, stop: bool) -> Call:
+def snapshot(name: str, tag: str, stop: bool) -> Call[models.SnapshotReport]:
     body = {"tag": tag, "stop": stop}
     return Call("POST", f"/v1/vms/{seg(name)}/snapshot", body, _one(models.SnapshotReport))
 
 
-def reset(name: str, to: Optional[str], timeout: Optional[int]) -> Call:
+def reset(name: str, to: Optional[str], timeout: Optional[int]) -> Call[models.ResetReport]:
     body: Dict[str, Any] = {}
     if to is not None:
         body["to"] = to
@@ -131,7 +134,7 @@ def exec_(
     env: Optional[Mapping[str, str]],
     cwd: Optional[str],
     timeout: Optional[int],
-) -> Call:
+) -> Call[models.ExecResult]:
     if isinstance(argv, (str, bytes)):
         raise ThawError("exec takes the command as a list: ['sh', '-c', '...']")
     unsupported = [n for n, v in (("stdin", stdin), ("env", env), ("cwd", cwd)) if v is not None]
@@ -164,7 +167,7 @@ def deliver(
         on_stderr(result.stderr)
 
 
-def answer(call: Call, response: httpx.Response) -> Any:
+def answer(call: Call[T], response: httpx.Response) -> T:
     """The parsed answer, or the exception for an error status."""
     if response.status_code >= 400:
         try:

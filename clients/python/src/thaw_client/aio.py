@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import inspect
 from types import TracebackType
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Type
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Type, TypeVar
 
 import httpx
 
 from . import _api, models
 from .config import resolve
 from .errors import NotFound, ThawError
+
+T = TypeVar("T")
 
 Output = Optional[Callable[[bytes], Any]]
 
@@ -134,7 +136,7 @@ class AsyncClient:
         """Close the connections."""
         await self._http.aclose()
 
-    async def _run(self, call: _api.Call) -> Any:
+    async def _run(self, call: _api.Call[T]) -> T:
         timeout = self._timeout
         if call.timeout is not None and self._timeout.read is not None:
             timeout = httpx.Timeout(max(call.timeout, self._timeout.read), connect=10.0)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Type
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Type, TypeVar
 
 import httpx
 
 from . import _api, models
 from .config import resolve
 from .errors import NotFound, ThawError
+
+T = TypeVar("T")
 
 Output = Optional[Callable[[bytes], Any]]
 
@@ -149,7 +151,7 @@ class Client:
         """Close the connections."""
         self._http.close()
 
-    def _run(self, call: _api.Call) -> Any:
+    def _run(self, call: _api.Call[T]) -> T:
         timeout = self._timeout
         if call.timeout is not None and self._timeout.read is not None:
             timeout = httpx.Timeout(max(call.timeout, self._timeout.read), connect=10.0)

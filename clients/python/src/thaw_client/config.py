@@ -84,6 +84,4 @@ def resolve(
     if url.scheme in ("https", "http") and url.netloc:
         verify = _verify(ca) if url.scheme == "https" else True
         return Endpoint(host, None, host.rstrip("/"), tok, verify)
-    raise ThawError(
-        f"THAW_HOST={host} is not unix:///path/thawd.sock or https://HOST:PORT"
-    )
+    raise ThawError(f"THAW_HOST={host} is not unix:///path/thawd.sock or https://HOST:PORT")

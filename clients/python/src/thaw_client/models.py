@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 def json_key(f: dataclasses.Field) -> str:  # type: ignore[type-arg]
     """The JSON key a model field reads."""
-    return f.metadata.get("json", f.name)
+    return str(f.metadata.get("json", f.name))
 
 
 def _decode(tp: Any, value: Any) -> Any:
@@ -45,7 +45,7 @@ def _decode(tp: Any, value: Any) -> Any:
     if origin in (list, List):
         (item,) = get_args(tp)
         return [_decode(item, v) for v in value]
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_json(tp, value)
     if tp is bytes:
         return base64.b64decode(value)

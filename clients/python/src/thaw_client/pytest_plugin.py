@@ -47,7 +47,7 @@ def _snapshot(request: pytest.FixtureRequest) -> str:
         tag = request.config.getini("thaw_snapshot") or None
     if not tag:
         pytest.fail(
-            "thaw_vm needs a snapshot: mark the test @pytest.mark.thaw(snapshot=\"TAG\") "
+            'thaw_vm needs a snapshot: mark the test @pytest.mark.thaw(snapshot="TAG") '
             "or set thaw_snapshot = TAG in the pytest ini file",
             pytrace=False,
         )

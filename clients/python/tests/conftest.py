@@ -149,6 +149,21 @@ def wait_until(what: str, ready, daemon: "Daemon | None" = None, state=lambda: "
         time.sleep(0.1)
 
 
+def empty_pool(client: Client, tag: str) -> None:
+    """Empty the pool of ``tag`` and wait until no clone is being prepared for it.
+
+    thawd counts a fill started before a reconfiguration towards the new size, then
+    discards it without a replacement: a pool emptied and resized at once can stay one
+    short. Waiting here keeps one test's pool from shortening the next test's.
+    """
+    client.set_pool(tag, 0)
+    wait_until(
+        f"the pool of {tag} to be idle",
+        lambda: all(p.ready == 0 and p.filling == 0 for p in client.pools() if p.tag == tag),
+        state=lambda: str(client.pools()),
+    )
+
+
 def wait_for_pool(client: Client, tag: str, ready: int) -> None:
     """Until ``ready`` clones of ``tag`` wait in its pool."""
     wait_until(

@@ -8,7 +8,7 @@ import pytest
 
 from thaw_client import Client, ThawError
 
-from .conftest import Base, Daemon, wait_for_pool
+from .conftest import Base, Daemon, empty_pool, wait_for_pool
 
 BINARY = b"\xff\x00\x01binary\n\x80"
 SCRIPT = r"printf '\377\000\001binary\n\200'; printf 'to stderr' >&2; exit 3"
@@ -70,7 +70,7 @@ def test_pool_gives_ready_clones(daemon: Daemon, base: Base) -> None:
                 assert vm.report.breakdown.source == "pool"
                 assert vm.exec(["true"]).exit_code == 0
         finally:
-            c.set_pool(base.tag, 0)
+            empty_pool(c, base.tag)
 
 
 def test_what_the_daemon_cannot_do_yet_is_refused_clearly(client: Client, base: Base) -> None:

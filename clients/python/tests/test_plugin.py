@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Base, Daemon, wait_for_pool
+from .conftest import Base, Daemon, empty_pool, wait_for_pool
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -46,7 +46,7 @@ def test_example_suite_gets_a_fresh_clone_per_test(daemon: Daemon, base: Base) -
             )
             print(f"example suite (pool of 4): {time.monotonic() - start:.1f} s")
         finally:
-            c.set_pool(base.tag, 0)
+            empty_pool(c, base.tag)
         assert run.returncode == 0, run.stdout + run.stderr
         assert "20 passed" in run.stdout
         left = [vm.name for vm in c.vms() if vm.name.startswith("test_each_test")]

@@ -3,7 +3,8 @@
 # scripts/setup.sh installs with --images (thaw, the Debian guest images' tools), and on
 # top the test tools: the benchmark's peers (zstd, gzip, libvirt) and chart font,
 # vncdotool for the display tests and schemathesis for the API's schema test (PyPI), and
-# s3s-fs, the S3 server the store's remote tests start (crates.io).
+# s3s-fs, the S3 server the store's remote tests start (crates.io), and the Python SDK
+# (clients/python) with its test tools.
 # Idempotent: a second run installs nothing new.
 set -euo pipefail
 here="$(dirname "$0")"
@@ -42,6 +43,14 @@ fi
 if ! command -v schemathesis >/dev/null; then
   log "installing schemathesis (pip)"
   python3 -m pip install -q --root-user-action=ignore --break-system-packages schemathesis >/dev/null
+fi
+
+# The Python SDK with its test extras (pytest, anyio), editable from this checkout so its
+# tests (scripts/test.sh) run the code in the tree; again only when another tree's is installed.
+sdk="$(cd "$here/../clients/python" && pwd)"
+if ! python3 -c "import sys, pytest, anyio, thaw_client; sys.exit(not thaw_client.__file__.startswith('$sdk/'))" 2>/dev/null; then
+  log "installing the Python SDK from $sdk (pip)"
+  python3 -m pip install -q --root-user-action=ignore --break-system-packages -e "$sdk[test]" >/dev/null
 fi
 
 # The S3-compatible server the store's remote tests start on loopback.

@@ -1,0 +1,191 @@
+"""The asynchronous client: ``AsyncClient`` mirrors ``Client``, ``AsyncVm`` mirrors ``Vm``."""
+
+from __future__ import annotations
+
+import inspect
+from types import TracebackType
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Type, TypeVar
+
+import httpx
+
+from . import _api, models
+from .config import resolve
+from .errors import NotFound, ThawError
+
+T = TypeVar("T")
+
+Output = Optional[Callable[[bytes], Any]]
+
+
+class AsyncFiles:
+    """``vm.files`` of an ``AsyncVm``: not available yet (thawd has no file routes)."""
+
+    def __init__(self, vm: "AsyncVm") -> None:
+        self._vm = vm
+
+    async def write(self, path: str, data: bytes) -> None:
+        """Write ``data`` to ``path`` in the guest (needs thawd's file routes)."""
+        raise ThawError(_api.FILES_MISSING)
+
+    async def read(self, path: str) -> bytes:
+        """Read ``path`` from the guest (needs thawd's file routes)."""
+        raise ThawError(_api.FILES_MISSING)
+
+
+class AsyncVm:
+    """A VM by name; ``async with`` stops it on exit. See ``thaw_client.Vm``."""
+
+    def __init__(self, client: "AsyncClient", name: str, report: Any = None) -> None:
+        self._client = client
+        self.name = name
+        self.report = report
+        self.files = AsyncFiles(self)
+
+    def __repr__(self) -> str:
+        return f"AsyncVm({self.name!r})"
+
+    async def __aenter__(self) -> "AsyncVm":
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        try:
+            await self.stop()
+        except NotFound:
+            pass
+
+    async def exec(
+        self,
+        argv: Sequence[str],
+        on_stdout: Output = None,
+        on_stderr: Output = None,
+        stdin: Optional[bytes] = None,
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None,
+        timeout: Optional[int] = None,
+    ) -> models.ExecResult:
+        """See ``Vm.exec``; the callbacks may also be coroutine functions."""
+        call = _api.exec_(self.name, argv, stdin, env, cwd, timeout)
+        result: models.ExecResult = await self._client._run(call)
+        for callback, data in ((on_stdout, result.stdout), (on_stderr, result.stderr)):
+            if callback is not None and data:
+                done = callback(data)
+                if inspect.isawaitable(done):
+                    await done
+        return result
+
+    async def snapshot(self, tag: str, stop: bool = False) -> models.SnapshotReport:
+        """See ``Vm.snapshot``."""
+        return await self._client._run(_api.snapshot(self.name, tag, stop))
+
+    async def reset(
+        self, to: Optional[str] = None, timeout: Optional[int] = None
+    ) -> models.ResetReport:
+        """See ``Vm.reset``."""
+        return await self._client._run(_api.reset(self.name, to, timeout))
+
+    async def resume(self) -> None:
+        """See ``Vm.resume``."""
+        await self._client._run(_api.resume(self.name))
+
+    async def info(self) -> models.VmInfo:
+        """See ``Vm.info``."""
+        for vm in await self._client.vms():
+            if vm.name == self.name:
+                return vm
+        raise NotFound(f"no VM named {self.name}", 404)
+
+    async def stop(self) -> None:
+        """See ``Vm.stop``."""
+        await self._client._run(_api.stop(self.name))
+
+
+class AsyncClient:
+    """``Client`` for asyncio/trio code: the same arguments and methods, awaited."""
+
+    def __init__(
+        self,
+        host: Optional[str] = None,
+        token: Optional[str] = None,
+        ca: Optional[str] = None,
+        timeout: float = 600.0,
+    ) -> None:
+        self.endpoint = resolve(host, token, ca)
+        ep = self.endpoint
+        transport = httpx.AsyncHTTPTransport(uds=ep.socket) if ep.socket else None
+        self._timeout = httpx.Timeout(timeout, connect=10.0)
+        self._http = httpx.AsyncClient(
+            base_url=ep.base_url,
+            transport=transport,
+            verify=ep.verify,
+            headers=_api.headers(ep),
+            timeout=self._timeout,
+        )
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self._http.aclose()
+
+    async def _run(self, call: _api.Call[T]) -> T:
+        timeout = self._timeout
+        if call.timeout is not None and self._timeout.read is not None:
+            timeout = httpx.Timeout(max(call.timeout, self._timeout.read), connect=10.0)
+        try:
+            response = await self._http.request(
+                call.method, call.path, json=call.body, timeout=timeout
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise _api.unavailable(self.endpoint, e) from None
+        return _api.answer(call, response)
+
+    async def health(self) -> models.Health:
+        return await self._run(_api.health())
+
+    async def vms(self) -> List[models.VmInfo]:
+        return await self._run(_api.vms())
+
+    def vm(self, name: str) -> AsyncVm:
+        return AsyncVm(self, name)
+
+    async def snapshots(self) -> List[models.SnapshotInfo]:
+        return await self._run(_api.snapshots())
+
+    async def remove_snapshot(self, tag: str, recursive: bool = False) -> List[str]:
+        return await self._run(_api.remove_snapshot(tag, recursive))
+
+    async def pools(self) -> List[models.PoolStatus]:
+        return await self._run(_api.pools())
+
+    async def set_pool(
+        self, tag: str, size: int, mode: str = "running", warm_ports: Optional[bool] = None
+    ) -> models.PoolStatus:
+        return await self._run(_api.set_pool(tag, size, mode, warm_ports))
+
+    async def boot(self, name: str, **options: Any) -> AsyncVm:
+        report = await self._run(_api.boot(name, options))
+        return AsyncVm(self, report.name, report)
+
+    async def restore(
+        self,
+        tag: str,
+        name: Optional[str] = None,
+        ttl: Optional[float] = None,
+        labels: Optional[Mapping[str, str]] = None,
+        **options: Any,
+    ) -> AsyncVm:
+        """See ``Client.restore`` (``ttl``/``labels`` need a thawd with lifetimes and labels)."""
+        report = await self._run(_api.restore(tag, name, ttl, labels, options))
+        return AsyncVm(self, report.name, report)
+
+
+__all__ = ["AsyncClient", "AsyncVm", "AsyncFiles"]

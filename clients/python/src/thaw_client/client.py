@@ -1,0 +1,223 @@
+"""The synchronous client: ``Client`` and the ``Vm`` handles it returns."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Type, TypeVar
+
+import httpx
+
+from . import _api, models
+from .config import resolve
+from .errors import NotFound, ThawError
+
+T = TypeVar("T")
+
+Output = Optional[Callable[[bytes], Any]]
+
+
+class Files:
+    """``vm.files``: copying files in and out of the guest.
+
+    Not available yet: thawd has no upload/download routes (issue 22), and copying over
+    exec would be slow and lossy, so both methods raise ``ThawError`` saying so.
+    """
+
+    def __init__(self, vm: "Vm") -> None:
+        self._vm = vm
+
+    def write(self, path: str, data: bytes) -> None:
+        """Write ``data`` to ``path`` in the guest (needs thawd's file routes)."""
+        raise ThawError(_api.FILES_MISSING)
+
+    def read(self, path: str) -> bytes:
+        """Read ``path`` from the guest (needs thawd's file routes)."""
+        raise ThawError(_api.FILES_MISSING)
+
+
+class Vm:
+    """A VM the daemon answers for, by name.
+
+    As a context manager (``with client.restore("base") as vm:``) it is stopped on exit,
+    also when the block raises.
+    """
+
+    def __init__(self, client: "Client", name: str, report: Any = None) -> None:
+        self._client = client
+        self.name = name
+        """The VM's name."""
+        self.report = report
+        """The boot or restore report this handle came from (``None`` for ``client.vm``)."""
+        self.files = Files(self)
+
+    def __repr__(self) -> str:
+        return f"Vm({self.name!r})"
+
+    def __enter__(self) -> "Vm":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        try:
+            self.stop()
+        except NotFound:
+            pass  # already stopped inside the block
+
+    def exec(
+        self,
+        argv: Sequence[str],
+        on_stdout: Output = None,
+        on_stderr: Output = None,
+        stdin: Optional[bytes] = None,
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None,
+        timeout: Optional[int] = None,
+    ) -> models.ExecResult:
+        """Run ``argv`` in the guest (no shell) and return its exit code and output (bytes).
+
+        A non-zero exit is a result, not an exception. ``on_stdout``/``on_stderr`` get the
+        output once it arrived (today's API answers when the command ends). ``timeout``
+        (seconds, daemon default 60) bounds the command. ``stdin``, ``env`` and ``cwd``
+        need a daemon with streaming exec: today they raise ``ThawError``.
+        """
+        call = _api.exec_(self.name, argv, stdin, env, cwd, timeout)
+        result: models.ExecResult = self._client._run(call)
+        _api.deliver(result, on_stdout, on_stderr)
+        return result
+
+    def snapshot(self, tag: str, stop: bool = False) -> models.SnapshotReport:
+        """Snapshot the VM as ``tag``; with ``stop`` the VM ends (no RAM copy)."""
+        return self._client._run(_api.snapshot(self.name, tag, stop))
+
+    def reset(self, to: Optional[str] = None, timeout: Optional[int] = None) -> models.ResetReport:
+        """Put the VM back to snapshot ``to`` (default: the one it came from), same name."""
+        return self._client._run(_api.reset(self.name, to, timeout))
+
+    def resume(self) -> None:
+        """Resume a paused VM (a clone restored ``paused``)."""
+        self._client._run(_api.resume(self.name))
+
+    def info(self) -> models.VmInfo:
+        """The VM as the daemon lists it now; ``NotFound`` when it is gone."""
+        for vm in self._client.vms():
+            if vm.name == self.name:
+                return vm
+        raise NotFound(f"no VM named {self.name}", 404)
+
+    def stop(self) -> None:
+        """Stop the VM and forget it."""
+        self._client._run(_api.stop(self.name))
+
+
+class Client:
+    """A connection to thawd.
+
+    ``host``, ``token`` and ``ca`` default to ``THAW_HOST`` (``unix:///path`` or
+    ``https://HOST:PORT``; default ``unix://$THAW_HOME/thawd.sock``), ``THAW_TOKEN``
+    (or the file ``THAW_TOKEN_FILE``) and ``THAW_CA`` (a PEM file to trust). ``timeout``
+    is how long to wait for an answer (seconds; boots and restores wait for the guest).
+    """
+
+    def __init__(
+        self,
+        host: Optional[str] = None,
+        token: Optional[str] = None,
+        ca: Optional[str] = None,
+        timeout: float = 600.0,
+    ) -> None:
+        self.endpoint = resolve(host, token, ca)
+        ep = self.endpoint
+        transport = httpx.HTTPTransport(uds=ep.socket) if ep.socket else None
+        self._timeout = httpx.Timeout(timeout, connect=10.0)
+        self._http = httpx.Client(
+            base_url=ep.base_url,
+            transport=transport,
+            verify=ep.verify,
+            headers=_api.headers(ep),
+            timeout=self._timeout,
+        )
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._http.close()
+
+    def _run(self, call: _api.Call[T]) -> T:
+        timeout = self._timeout
+        if call.timeout is not None and self._timeout.read is not None:
+            timeout = httpx.Timeout(max(call.timeout, self._timeout.read), connect=10.0)
+        try:
+            response = self._http.request(call.method, call.path, json=call.body, timeout=timeout)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise _api.unavailable(self.endpoint, e) from None
+        return _api.answer(call, response)
+
+    def health(self) -> models.Health:
+        """The daemon's version, pid and VM count."""
+        return self._run(_api.health())
+
+    def vms(self) -> List[models.VmInfo]:
+        """Every VM the daemon answers for."""
+        return self._run(_api.vms())
+
+    def vm(self, name: str) -> Vm:
+        """A handle on an existing VM (not checked until used)."""
+        return Vm(self, name)
+
+    def snapshots(self) -> List[models.SnapshotInfo]:
+        """Every snapshot."""
+        return self._run(_api.snapshots())
+
+    def remove_snapshot(self, tag: str, recursive: bool = False) -> List[str]:
+        """Remove snapshot ``tag`` (with ``recursive``, its children too); the tags removed."""
+        return self._run(_api.remove_snapshot(tag, recursive))
+
+    def pools(self) -> List[models.PoolStatus]:
+        """Every configured warm pool."""
+        return self._run(_api.pools())
+
+    def set_pool(
+        self, tag: str, size: int, mode: str = "running", warm_ports: Optional[bool] = None
+    ) -> models.PoolStatus:
+        """Keep ``size`` clones of ``tag`` ready (``running`` or ``paused``); 0 empties it."""
+        return self._run(_api.set_pool(tag, size, mode, warm_ports))
+
+    def boot(self, name: str, **options: Any) -> Vm:
+        """Boot a VM named ``name`` and wait until its guest is ready.
+
+        ``options`` are the API's boot fields (``memory_mib``, ``cpus``, ``kernel``,
+        ``ports=[{"host": 0, "guest": 80}]``, ...; see docs/api.md); without ``kernel``
+        the default guest boots.
+        """
+        report = self._run(_api.boot(name, options))
+        return Vm(self, report.name, report)
+
+    def restore(
+        self,
+        tag: str,
+        name: Optional[str] = None,
+        ttl: Optional[float] = None,
+        labels: Optional[Mapping[str, str]] = None,
+        **options: Any,
+    ) -> Vm:
+        """A new clone of snapshot ``tag``, ready; from its warm pool when one is ready.
+
+        ``name`` defaults to ``TAG-N``. ``options`` are the API's other restore fields
+        (``exec_after``, ``ready_port``, ``paused``, ``timeout_secs``, ...).
+        ``ttl`` (seconds) and ``labels`` need a thawd with VM lifetimes and labels
+        (issue 22); today's daemon refuses them and the refusal is raised as ``ThawError``.
+        """
+        report = self._run(_api.restore(tag, name, ttl, labels, options))
+        return Vm(self, report.name, report)
+
+
+__all__ = ["Client", "Vm", "Files"]

@@ -1,0 +1,93 @@
+"""The main path against the live daemon, over the Unix socket and over TLS with a token."""
+
+from __future__ import annotations
+
+from typing import List
+
+import pytest
+
+from thaw_client import Client, ThawError
+
+from .conftest import Base, Daemon, empty_pool, wait_for_pool
+
+BINARY = b"\xff\x00\x01binary\n\x80"
+SCRIPT = r"printf '\377\000\001binary\n\200'; printf 'to stderr' >&2; exit 3"
+
+
+def names(client: Client) -> List[str]:
+    return [vm.name for vm in client.vms()]
+
+
+def test_boot_and_snapshot_through_the_sdk(daemon: Daemon, base: Base) -> None:
+    assert base.boot.name == "sdk-base" and base.boot.boot_ms > 0
+    assert base.snapshot.tag == base.tag and base.snapshot.ram_bytes > 0
+    with daemon.client() as c:
+        (snap,) = [s for s in c.snapshots() if s.tag == base.tag]
+        assert snap.source_vm == "sdk-base" and snap.problem is None
+        assert "sdk-base" not in names(c), "a snapshot with stop=True ends the VM"
+
+
+def test_restore_exec_and_stop(client: Client, base: Base) -> None:
+    vm = client.restore(base.tag)
+    assert vm.report.breakdown.source in ("pool", "spawn")
+    (info,) = [v for v in client.vms() if v.name == vm.name]
+    assert info.state == "running" and info.origin is not None
+    assert info.origin.snapshot == base.tag
+    got: List[bytes] = []
+    result = vm.exec(["sh", "-c", SCRIPT], on_stdout=got.append, on_stderr=got.append)
+    assert (result.exit_code, result.stdout, result.stderr) == (3, BINARY, b"to stderr")
+    assert got == [BINARY, b"to stderr"]
+    vm.stop()
+    assert vm.name not in names(client)
+
+
+def test_named_clone_snapshot_and_reset(client: Client, base: Base) -> None:
+    with client.restore(base.tag, name=f"reset-{client.endpoint.socket is None}") as vm:
+        assert vm.name.startswith("reset-")
+        vm.exec(["sh", "-c", "echo before > /tmp/mark"])
+        report = vm.reset()
+        assert (report.name, report.snapshot) == (vm.name, base.tag)
+        gone = vm.exec(["cat", "/tmp/mark"])
+        assert gone.exit_code != 0, "reset goes back to the snapshot: the file is gone"
+
+
+def test_context_manager_stops_the_vm_also_on_exception(client: Client, base: Base) -> None:
+    with pytest.raises(RuntimeError, match="inside"):
+        with client.restore(base.tag) as vm:
+            name = vm.name
+            assert name in names(client)
+            raise RuntimeError("inside the block")
+    assert name not in names(client)
+
+
+def test_pool_gives_ready_clones(daemon: Daemon, base: Base) -> None:
+    with daemon.client() as c:
+        status = c.set_pool(base.tag, 1, mode="running")
+        assert (status.tag, status.size, status.mode) == (base.tag, 1, "running")
+        try:
+            wait_for_pool(c, base.tag, 1)
+            with c.restore(base.tag) as vm:
+                assert vm.report.breakdown.source == "pool"
+                assert vm.exec(["true"]).exit_code == 0
+        finally:
+            empty_pool(c, base.tag)
+
+
+def test_what_the_daemon_cannot_do_yet_is_refused_clearly(client: Client, base: Base) -> None:
+    vm = client.vm("not-started")
+    for kwargs, word in (
+        ({"stdin": b"x"}, "stdin"),
+        ({"env": {"A": "1"}}, "env"),
+        ({"cwd": "/"}, "cwd"),
+    ):
+        with pytest.raises(ThawError, match=f"does not support exec's {word} yet"):
+            vm.exec(["true"], **kwargs)
+    with pytest.raises(ThawError, match="the daemon has no file routes yet"):
+        vm.files.write("/tmp/x", b"data")
+    with pytest.raises(ThawError, match="the daemon has no file routes yet"):
+        vm.files.read("/tmp/x")
+    with pytest.raises(ThawError, match="unknown field `ttl`") as e:
+        client.restore(base.tag, ttl=60)
+    assert e.value.status == 422
+    with pytest.raises(ThawError, match="unknown field `labels`"):
+        client.restore(base.tag, labels={"ci": "1"})

@@ -172,3 +172,42 @@ async fn pool_serves_restores_refills_and_ends_with_the_daemon() {
     .await;
     assert_eq!(d.sh("p", "echo ok").await, "ok\n");
 }
+
+/// Regression: a pool reconfigured while a clone of its old configuration was being
+/// prepared counted that clone towards the new size, then discarded it (not wanted by
+/// the new configuration) without starting a replacement: the pool stayed one short
+/// for good (found by the Python SDK's tests: ready 3 of 4).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_resized_while_filling_fills_to_its_new_size() {
+    let d = Daemon::start(&[]).await;
+    d.boot("src", json!({"memory_mib": 128})).await;
+    d.expect(
+        "POST",
+        "/v1/vms/src/snapshot",
+        Some(json!({"tag": "base", "stop": true})),
+        201,
+    )
+    .await;
+    let size = |n: u32| json!({"size": n, "mode": "running"});
+    d.expect("PUT", "/v1/snapshots/base/pool", Some(size(1)), 200)
+        .await;
+    d.wait_pool_ready("base", 1).await;
+    d.expect("POST", "/v1/snapshots/base/restore", Some(json!({})), 201)
+        .await;
+    // Wait for the refill of the old configuration to be under way, then resize twice.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let pools = d.expect("GET", "/v1/pools", None, 200).await;
+        if pools[0]["filling"] == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no refill: {pools}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    d.expect("PUT", "/v1/snapshots/base/pool", Some(size(0)), 200)
+        .await;
+    d.expect("PUT", "/v1/snapshots/base/pool", Some(size(4)), 200)
+        .await;
+    let status = d.wait_pool_ready("base", 4).await;
+    assert_eq!(status["size"], 4, "{status}");
+}

@@ -442,6 +442,11 @@ impl Pool {
                     if let Some(slot) = this.slots.lock().expect("pool lock").get_mut(&tag) {
                         slot.filling -= 1;
                     }
+                    // The refill of the new configuration counted this clone as filling
+                    // and started none for it: start what is still missing now.
+                    if !this.closed.load(Ordering::SeqCst) {
+                        this.refill(&tag);
+                    }
                 }
                 if retry && !this.closed.load(Ordering::SeqCst) {
                     // Back off, then try again (the snapshot may have been fixed).

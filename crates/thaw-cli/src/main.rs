@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use thaw::boot::{self, BootRequest};
 use thaw::control;
+use thaw::profile::{BootOptions, Profile, REDIS_PORT};
 use thaw::qemu::Qemu;
 use thaw::restore::{self, RestoreRequest};
 use thaw::snapshot::{catalog, take};
@@ -230,7 +231,7 @@ struct BootArgs {
     firmware: Option<thaw::firmware::FirmwareKind>,
     /// A display: `vnc` (a VGA card served over VNC on 127.0.0.1), or `none`.
     #[arg(long, value_name = "vnc|none")]
-    display: Option<DisplayKind>,
+    display: Option<thaw::profile::DisplayKind>,
     /// The VNC port (default: a free one; thaw ls lists it).
     #[arg(long, value_name = "PORT")]
     vnc_port: Option<u16>,
@@ -420,134 +421,9 @@ enum GuestCommand {
     },
 }
 
-/// The guests thaw builds itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Profile {
-    Default,
-    Debian,
-    DebianBios,
-    DebianUefi,
-    DebianVnc,
-}
-
-impl std::str::FromStr for Profile {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "default" => Ok(Profile::Default),
-            "debian" => Ok(Profile::Debian),
-            "debian-bios" => Ok(Profile::DebianBios),
-            "debian-uefi" => Ok(Profile::DebianUefi),
-            "debian-vnc" => Ok(Profile::DebianVnc),
-            other => Err(format!(
-                "unknown profile {other:?} (use default, debian, debian-bios, debian-uefi or debian-vnc)"
-            )),
-        }
-    }
-}
-
-impl Profile {
-    fn memory_mib(self) -> u32 {
-        match self {
-            Profile::Default => 256,
-            _ => 512,
-        }
-    }
-
-    /// Debian with redis on guest port 6379.
-    fn has_redis(self) -> bool {
-        self != Profile::Default
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Profile::Default => "default guest",
-            Profile::Debian => "debian guest",
-            Profile::DebianBios => "debian-bios guest",
-            Profile::DebianUefi => "debian-uefi guest",
-            Profile::DebianVnc => "debian-vnc guest",
-        }
-    }
-}
-
-/// `--display`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DisplayKind {
-    None,
-    Vnc,
-}
-
-impl std::str::FromStr for DisplayKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "none" => Ok(DisplayKind::None),
-            "vnc" => Ok(DisplayKind::Vnc),
-            other => Err(format!("unknown display {other:?} (use vnc or none)")),
-        }
-    }
-}
-
-/// Redis in the debian profile.
-const REDIS_PORT: u16 = 6379;
-
-/// A profile's machine: kernel, initrd and command line (or none: the firmware boots
-/// the disk), its disk if it has one, its firmware and display.
-struct ProfileGuest {
-    kernel: Option<PathBuf>,
-    initrd: Option<PathBuf>,
-    cmdline: String,
-    disks: Vec<thaw::spec::DiskSpec>,
-    firmware: thaw::firmware::FirmwareKind,
-    display: bool,
-}
-
-fn profile_guest(profile: Profile, json: bool) -> Result<ProfileGuest> {
-    let cache = thaw::guest::cache_dir();
-    Ok(match profile {
-        Profile::Default => {
-            let g = thaw::guest::ensure_default_guest(&cache, &mut progress(json))
-                .context("could not build the default guest")?;
-            ProfileGuest {
-                kernel: Some(g.kernel),
-                initrd: Some(g.initrd),
-                cmdline: g.cmdline,
-                disks: Vec::new(),
-                firmware: thaw::firmware::FirmwareKind::Bios,
-                display: false,
-            }
-        }
-        Profile::Debian => {
-            let g = thaw::guest::ensure_debian_guest(&cache, &mut progress(json))
-                .context("could not build the debian guest")?;
-            let disk = thaw::disk::resolve(&format!("{},format=qcow2", g.disk.display()))?;
-            ProfileGuest {
-                kernel: Some(g.kernel),
-                initrd: Some(g.initrd),
-                cmdline: g.cmdline,
-                disks: vec![disk],
-                firmware: thaw::firmware::FirmwareKind::Bios,
-                display: false,
-            }
-        }
-        Profile::DebianBios | Profile::DebianUefi | Profile::DebianVnc => {
-            let g = thaw::guest::ensure_firmware_guest(&cache, &mut progress(json))
-                .context("could not build the firmware-booted debian image")?;
-            let disk = thaw::disk::resolve(&format!("{},format=qcow2", g.disk.display()))?;
-            ProfileGuest {
-                kernel: None,
-                initrd: None,
-                cmdline: String::new(),
-                disks: vec![disk],
-                firmware: if profile == Profile::DebianUefi {
-                    thaw::firmware::FirmwareKind::Uefi
-                } else {
-                    thaw::firmware::FirmwareKind::Bios
-                },
-                display: profile == Profile::DebianVnc,
-            }
-        }
-    })
+/// The profile's guest, built if missing (progress on stderr).
+fn profile_guest(profile: Profile, json: bool) -> Result<thaw::profile::ProfileGuest> {
+    Ok(thaw::profile::profile_guest(profile, &mut progress(json))?)
 }
 
 /// The first line of a password file.
@@ -715,10 +591,10 @@ async fn run(cli: Cli, interrupt: &Interrupt) -> Result<ExitCode> {
     };
     match cli.command {
         Command::Boot(args) => {
-            let req = boot_request(args, json)?;
             let report = match &remote {
-                Some(d) => remote::boot(d, &req).await?,
+                Some(d) => remote::boot(d, &boot_options(args)?).await?,
                 None => {
+                    let req = boot_request(args, json)?;
                     let qemu = Qemu::find(&thaw::guest::cache_dir())?;
                     boot::boot_cancellable(&home, &qemu, &req, cancel).await?
                 }
@@ -1192,104 +1068,73 @@ fn bench_config(args: &BenchArgs, json: bool) -> Result<(thaw::bench::BenchConfi
     Ok((cfg, debian))
 }
 
-/// Turns `thaw boot`'s arguments into a request: a kernel boot with `--kernel`; a
+/// Turns `thaw boot`'s arguments into the library's boot options (resolved by
+/// [`thaw::profile::resolve`], here or in the daemon): a kernel boot with `--kernel`; a
 /// firmware boot of the first disk with `--disk` and no `--kernel` or `--profile`;
-/// otherwise a profile's guest (the default one unless `--profile` says), built if
-/// missing.
-fn boot_request(args: BootArgs, json: bool) -> Result<BootRequest> {
+/// otherwise a profile's guest (the default one unless `--profile` says). Paths are made
+/// absolute: the daemon does not share our working directory.
+fn boot_options(args: BootArgs) -> Result<BootOptions> {
     use thaw::firmware::FirmwareKind;
-    let mut forwards = args.ports;
-    let own_disks = args
+    use thaw::profile::DisplayKind;
+    let firmware_boot = args.kernel.is_none() && args.profile.is_none() && !args.disks.is_empty();
+    let custom = args.kernel.is_some() || firmware_boot;
+    let disks = args
         .disks
         .iter()
-        .map(|d| thaw::disk::resolve(d))
-        .collect::<Result<Vec<_>, _>>()?;
-    let firmware_boot = args.kernel.is_none() && args.profile.is_none() && !own_disks.is_empty();
-    let profile = match (&args.kernel, firmware_boot) {
-        (Some(_), _) | (None, true) => None,
-        (None, false) => Some(args.profile.unwrap_or(Profile::Default)),
-    };
-    let (kernel, initrd, default_append, mut disks, firmware, display) =
-        match (profile, args.kernel) {
-            (_, Some(k)) => (
-                Some(std::path::absolute(&k)?),
-                args.initrd.map(std::path::absolute).transpose()?,
-                None,
-                Vec::new(),
-                FirmwareKind::Bios,
-                false,
-            ),
-            (None, None) => (None, None, None, Vec::new(), FirmwareKind::Bios, false),
-            (Some(profile), None) => {
-                let g = profile_guest(profile, json)?;
-                let redis_forwarded = forwards.iter().any(|f| f.guest == REDIS_PORT);
-                if profile.has_redis() && !args.no_net && !redis_forwarded {
-                    forwards.push(thaw::spec::PortForward {
-                        host: 0,
-                        guest: REDIS_PORT,
-                    });
-                }
-                let append = g.kernel.as_ref().map(|_| g.cmdline);
-                (g.kernel, g.initrd, append, g.disks, g.firmware, g.display)
-            }
-        };
-    let cmdline = match &kernel {
-        Some(_) => args
-            .append
-            .or(default_append)
-            .unwrap_or_else(|| "console=ttyS0".to_owned()),
-        None if args.append.is_some() => {
-            anyhow::bail!(
-                "--append needs a --kernel (a disk's bootloader has its own command line)"
-            )
-        }
-        None => String::new(),
-    };
-    disks.extend(own_disks);
-    let firmware = thaw::firmware::resolve(args.firmware.unwrap_or(firmware))?;
-    let display = match args.display {
-        Some(DisplayKind::Vnc) => true,
-        Some(DisplayKind::None) => false,
-        None => display,
-    };
-    let vnc_options =
-        args.vnc_port.is_some() || args.vnc_websocket.is_some() || args.vnc_password_file.is_some();
-    if vnc_options && !display {
-        anyhow::bail!(thaw::display::DisplayError::NoDisplay);
-    }
+        .map(|d| absolute_disk(d))
+        .collect::<Result<Vec<_>>>()?;
     let password = args
         .vnc_password_file
         .as_deref()
         .map(read_password)
         .transpose()?;
-    let display = display.then(|| thaw::display::DisplaySpec {
-        password: password.is_some(),
-        websocket: args.vnc_websocket.is_some(),
-    });
-    Ok(BootRequest {
-        name: args.name,
-        spec: MachineSpec {
-            machine: args.machine,
-            memory_mib: args
-                .memory
-                .unwrap_or(profile.map_or(Profile::Debian.memory_mib(), Profile::memory_mib)),
-            cpus: args.cpus,
-            kernel,
-            initrd,
-            cmdline,
-            accel: args.accel.unwrap_or_else(Accel::detect),
-            firmware,
-            display,
-            disks,
-            net: (!args.no_net).then(thaw::spec::NetSpec::default),
+    let vnc_options = args.vnc_port.is_some() || args.vnc_websocket.is_some() || password.is_some();
+    Ok(BootOptions {
+        name: args.name.to_string(),
+        profile: (!custom).then(|| args.profile.unwrap_or(Profile::Default)),
+        memory_mib: args.memory,
+        cpus: Some(args.cpus),
+        machine: Some(args.machine),
+        accel: args.accel,
+        kernel: args.kernel.map(std::path::absolute).transpose()?,
+        initrd: args.initrd.map(std::path::absolute).transpose()?,
+        append: args.append,
+        disks,
+        ports: args.ports,
+        no_net: args.no_net,
+        ready_port: args.ready.ready_port,
+        ready_serial: args.ready.ready_serial,
+        timeout_secs: Some(args.timeout),
+        firmware: match firmware_boot {
+            true => Some(args.firmware.unwrap_or(FirmwareKind::Bios)),
+            false => args.firmware,
         },
-        forwards,
-        ready: args.ready.spec(),
-        timeout: Duration::from_secs(args.timeout),
-        vnc: thaw::display::VncRequest {
-            port: args.vnc_port.unwrap_or(0),
-            websocket_port: args.vnc_websocket.unwrap_or(0),
+        // A boot of your own kernel or disk has no display unless --display says.
+        display_kind: args.display.or(custom.then_some(DisplayKind::None)),
+        display: vnc_options.then(|| thaw::profile::DisplayOptions {
+            vnc_port: args.vnc_port,
+            websocket: args.vnc_websocket.is_some(),
+            websocket_port: args.vnc_websocket,
             password,
-        },
+        }),
     })
+}
+
+/// A `--disk` argument with its path made absolute (the options after it kept).
+fn absolute_disk(arg: &str) -> Result<String> {
+    match arg.split_once(',') {
+        _ if arg.is_empty() || arg.starts_with(',') => Ok(arg.to_owned()),
+        Some((path, opts)) => Ok(format!("{},{opts}", std::path::absolute(path)?.display())),
+        None => Ok(std::path::absolute(arg)?.display().to_string()),
+    }
+}
+
+/// `thaw boot`'s arguments resolved here, for a boot in this process.
+fn boot_request(args: BootArgs, json: bool) -> Result<BootRequest> {
+    let options = boot_options(args)?;
+    Ok(thaw::profile::resolve(
+        options,
+        Accel::detect(),
+        &mut progress(json),
+    )?)
 }

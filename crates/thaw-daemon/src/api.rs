@@ -7,9 +7,7 @@
 //! still recorded.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
@@ -20,15 +18,14 @@ use serde_json::{json, Value};
 use thaw::agent::ExecOutput;
 use thaw::boot::{self, BootReport};
 use thaw::clone::CloneReport;
-use thaw::control::{self, VmInfo};
-use thaw::pool::{Pool, PoolConfig, PoolMode, PoolStatus};
+use thaw::control::{self, ExecOptions, VmInfo};
+use thaw::pool::{Pool, PoolConfig, PoolStatus};
+use thaw::profile::{self, BootOptions};
 use thaw::qemu::Qemu;
-use thaw::ready::ReadySpec;
-use thaw::reset::ResetReport;
-use thaw::restore;
+use thaw::reset::{ResetOptions, ResetReport};
+use thaw::restore::{self, RestoreOptions};
 use thaw::snapshot::catalog::{self, SnapshotInfo};
-use thaw::snapshot::take::{self, SnapshotReport};
-use thaw::spec::{MachineSpec, NetSpec, PortForward};
+use thaw::snapshot::take::{self, SnapshotOptions, SnapshotReport};
 use thaw::vm::VmState;
 use thaw::{Accel, Home, SnapshotTag, VmName};
 
@@ -190,10 +187,6 @@ async fn detached<T: Send + 'static>(
         .unwrap_or_else(|e| Err(ApiError::internal(format!("the operation failed: {e}"))))
 }
 
-fn secs(s: Option<u64>, default: u64) -> Duration {
-    Duration::from_secs(s.unwrap_or(default))
-}
-
 async fn no_route(uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -226,43 +219,6 @@ async fn list_vms(State(d): Shared) -> Json<Vec<VmInfo>> {
     Json(control::list(&d.home).await)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BootBody {
-    name: String,
-    memory_mib: Option<u32>,
-    cpus: Option<u32>,
-    machine: Option<String>,
-    accel: Option<Accel>,
-    kernel: Option<PathBuf>,
-    initrd: Option<PathBuf>,
-    append: Option<String>,
-    #[serde(default)]
-    disks: Vec<String>,
-    #[serde(default)]
-    ports: Vec<PortForward>,
-    #[serde(default)]
-    no_net: bool,
-    ready_port: Option<u16>,
-    ready_serial: Option<String>,
-    timeout_secs: Option<u64>,
-    /// bios or uefi; without a kernel, the firmware boots the first disk.
-    firmware: Option<thaw::firmware::FirmwareKind>,
-    display: Option<DisplayBody>,
-}
-
-/// A VGA card served over VNC on 127.0.0.1.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DisplayBody {
-    /// 0 or absent: a free port.
-    vnc_port: Option<u16>,
-    #[serde(default)]
-    websocket: bool,
-    websocket_port: Option<u16>,
-    password: Option<String>,
-}
-
 fn absolute(what: &str, path: &std::path::Path) -> Answer<()> {
     if path.is_absolute() {
         Ok(())
@@ -275,8 +231,13 @@ fn absolute(what: &str, path: &std::path::Path) -> Answer<()> {
 }
 
 /// What a boot request must pass before anything starts; returns the VM's name.
-fn check_boot(body: &BootBody) -> Answer<VmName> {
+fn check_boot(body: &BootOptions) -> Answer<VmName> {
     let name: VmName = body.name.parse().map_err(ApiError::from_op)?;
+    if body.profile.is_some() && body.kernel.is_some() {
+        return Err(ApiError::bad_request(
+            "profile and kernel exclude each other (a profile brings its own guest)",
+        ));
+    }
     if body.initrd.is_some() && body.kernel.is_none() {
         return Err(ApiError::bad_request(
             "initrd needs kernel (the default guest brings its own initrd)",
@@ -296,7 +257,8 @@ fn check_boot(body: &BootBody) -> Answer<VmName> {
     if body.ports.iter().any(|f| f.guest == 0) {
         return Err(ApiError::bad_request("a guest port cannot be 0"));
     }
-    if body.kernel.is_none() && body.firmware.is_some() && body.disks.is_empty() {
+    let firmware_boot = body.kernel.is_none() && body.profile.is_none() && body.firmware.is_some();
+    if firmware_boot && body.disks.is_empty() {
         return Err(ApiError::bad_request(
             "a firmware boot without a kernel needs a disk to boot",
         ));
@@ -304,79 +266,18 @@ fn check_boot(body: &BootBody) -> Answer<VmName> {
     Ok(name)
 }
 
-async fn boot(State(d): Shared, ApiJson(body): ApiJson<BootBody>) -> Created<BootReport> {
-    let name = check_boot(&body)?;
+async fn boot(State(d): Shared, ApiJson(body): ApiJson<BootOptions>) -> Created<BootReport> {
+    check_boot(&body)?;
     let held = d.reserve(1)?;
     detached(async move {
-        let (kernel, initrd, default_append) = match body.kernel {
-            Some(k) => (Some(k), body.initrd, None),
-            // No kernel, but a firmware: the firmware boots the first disk.
-            None if body.firmware.is_some() => (None, None, Some(String::new())),
-            None => {
-                let guest = tokio::task::spawn_blocking(|| {
-                    thaw::guest::ensure_default_guest(&thaw::guest::cache_dir(), &mut |line| {
-                        tracing::info!("default guest: {line}")
-                    })
-                })
-                .await
-                .map_err(|e| ApiError::internal(format!("building the default guest failed: {e}")))?
-                .map_err(ApiError::from_op)?;
-                (Some(guest.kernel), Some(guest.initrd), Some(guest.cmdline))
-            }
-        };
-        let disks = tokio::task::spawn_blocking(move || {
-            body.disks
-                .iter()
-                .map(|d| thaw::disk::resolve(d))
-                .collect::<Result<Vec<_>, _>>()
+        let accel = d.accel;
+        // Resolution may build the profile's guest and inspects the disks: it blocks.
+        let req = tokio::task::spawn_blocking(move || {
+            profile::resolve(body, accel, &mut |line| tracing::info!("guest: {line}"))
         })
         .await
-        .map_err(|e| ApiError::internal(format!("inspecting the disks failed: {e}")))?
+        .map_err(|e| ApiError::internal(format!("resolving the boot failed: {e}")))?
         .map_err(ApiError::from_op)?;
-        let firmware = thaw::firmware::resolve(body.firmware.unwrap_or_default())
-            .map_err(ApiError::from_op)?;
-        let vnc =
-            body.display
-                .as_ref()
-                .map_or_else(Default::default, |v| thaw::display::VncRequest {
-                    port: v.vnc_port.unwrap_or(0),
-                    websocket_port: v.websocket_port.unwrap_or(0),
-                    password: v.password.clone(),
-                });
-        let display = body.display.as_ref().map(|v| thaw::display::DisplaySpec {
-            password: v.password.is_some(),
-            websocket: v.websocket || v.websocket_port.is_some(),
-        });
-        let req = boot::BootRequest {
-            name,
-            spec: MachineSpec {
-                machine: body.machine.unwrap_or_else(|| "pc".into()),
-                memory_mib: body.memory_mib.unwrap_or(256),
-                cpus: body.cpus.unwrap_or(1),
-                initrd,
-                cmdline: match &kernel {
-                    Some(_) => body
-                        .append
-                        .or(default_append)
-                        .unwrap_or_else(|| "console=ttyS0".into()),
-                    None => String::new(),
-                },
-                kernel,
-                accel: body.accel.unwrap_or(d.accel),
-                firmware,
-                display,
-                disks,
-                net: (!body.no_net).then(NetSpec::default),
-            },
-            forwards: body.ports,
-            ready: ReadySpec {
-                port: body.ready_port,
-                redis_ping: false,
-                serial: body.ready_serial,
-            },
-            timeout: secs(body.timeout_secs, 120),
-            vnc,
-        };
         let report = boot::boot(&d.home, &d.qemu, &req)
             .await
             .map_err(ApiError::from_op)?;
@@ -401,14 +302,7 @@ async fn stop(State(d): Shared, Named(name): Named<VmName>) -> Answer<Json<Value
     .await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExecBody {
-    command: Vec<String>,
-    timeout_secs: Option<u64>,
-}
-
-fn check_exec(body: &ExecBody) -> Answer<()> {
+fn check_exec(body: &ExecOptions) -> Answer<()> {
     if body.command.is_empty() {
         return Err(ApiError::bad_request("command must not be empty"));
     }
@@ -418,27 +312,19 @@ fn check_exec(body: &ExecBody) -> Answer<()> {
 async fn exec(
     State(d): Shared,
     Named(name): Named<VmName>,
-    ApiJson(body): ApiJson<ExecBody>,
+    ApiJson(body): ApiJson<ExecOptions>,
 ) -> Answer<Json<ExecOutput>> {
     check_exec(&body)?;
-    let out = control::exec(&d.home, &name, &body.command, secs(body.timeout_secs, 60))
+    let out = control::exec(&d.home, &name, &body.command, body.timeout())
         .await
         .map_err(ApiError::from_op)?;
     Ok(Json(out))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SnapshotBody {
-    tag: String,
-    #[serde(default)]
-    stop: bool,
-}
-
 async fn snapshot(
     State(d): Shared,
     Named(name): Named<VmName>,
-    ApiJson(body): ApiJson<SnapshotBody>,
+    ApiJson(body): ApiJson<SnapshotOptions>,
 ) -> Created<SnapshotReport> {
     let tag: SnapshotTag = body.tag.parse().map_err(ApiError::from_op)?;
     detached(async move {
@@ -466,30 +352,15 @@ async fn resume(State(d): Shared, Named(name): Named<VmName>) -> Answer<Json<Val
     Ok(Json(json!({ "resumed": name })))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResetBody {
-    to: Option<String>,
-    timeout_secs: Option<u64>,
-}
-
 async fn reset(
     State(d): Shared,
     Named(name): Named<VmName>,
-    ApiJson(body): ApiJson<ResetBody>,
+    ApiJson(body): ApiJson<ResetOptions>,
 ) -> Answer<Json<ResetReport>> {
-    let to: Option<SnapshotTag> = body
-        .to
-        .map(|t| t.parse())
-        .transpose()
+    let req = body
+        .into_request(name, Some(d.accel))
         .map_err(ApiError::from_op)?;
     detached(async move {
-        let req = thaw::reset::ResetRequest {
-            name,
-            to,
-            timeout: secs(body.timeout_secs, 60),
-            accel: Some(d.accel),
-        };
         let report = thaw::reset::reset(&d.home, &d.qemu, &req, Some(&d.pool))
             .await
             .map_err(ApiError::from_op)?;
@@ -539,24 +410,6 @@ async fn remove_snapshot(
     .await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RestoreBody {
-    count: Option<u32>,
-    name: Option<String>,
-    exec_after: Option<String>,
-    ready_port: Option<u16>,
-    ready_serial: Option<String>,
-    timeout_secs: Option<u64>,
-    #[serde(default)]
-    verify: bool,
-    /// Leave the clones paused at the snapshot point (no readiness, no pool).
-    #[serde(default)]
-    paused: bool,
-    /// For a snapshot whose display asks for a VNC password.
-    vnc_password: Option<String>,
-}
-
 /// A `Server-Timing` header: where the handler's time went, in milliseconds.
 type Timing = [(&'static str, String); 1];
 
@@ -572,35 +425,16 @@ fn server_timing(parts: &[(&str, std::time::Duration)]) -> Timing {
 async fn restore(
     State(d): Shared,
     Named(tag): Named<SnapshotTag>,
-    ApiJson(body): ApiJson<RestoreBody>,
+    ApiJson(body): ApiJson<RestoreOptions>,
 ) -> Answer<(StatusCode, Timing, Json<Vec<CloneReport>>)> {
-    let name: Option<VmName> = body
-        .name
-        .map(|n| n.parse())
-        .transpose()
+    let req = body
+        .into_request(tag, Some(d.accel))
         .map_err(ApiError::from_op)?;
-    let count = body.count.unwrap_or(1);
+    let count = req.count;
     let t = std::time::Instant::now();
     let held = d.reserve(count)?;
     let admit = t.elapsed();
     detached(async move {
-        let req = restore::RestoreRequest {
-            tag,
-            count,
-            name,
-            accel: Some(d.accel),
-            verify: body.verify,
-            timeout: secs(body.timeout_secs, 60),
-            keep_vmgenid: false,
-            ready: ReadySpec {
-                port: body.ready_port,
-                redis_ping: false,
-                serial: body.ready_serial,
-            },
-            exec_after: body.exec_after,
-            paused: body.paused,
-            vnc_password: body.vnc_password,
-        };
         let t = std::time::Instant::now();
         let reports = restore::restore_from(&d.home, &d.qemu, &req, Some(&d.pool))
             .await
@@ -628,25 +462,11 @@ async fn pools(State(d): Shared) -> Json<Vec<PoolStatus>> {
     Json(d.pool.status())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PoolBody {
-    size: u32,
-    mode: Option<PoolMode>,
-    #[serde(default)]
-    warm_ports: bool,
-}
-
 async fn set_pool(
     State(d): Shared,
     Named(tag): Named<SnapshotTag>,
-    ApiJson(body): ApiJson<PoolBody>,
+    ApiJson(config): ApiJson<PoolConfig>,
 ) -> Answer<Json<PoolStatus>> {
-    let config = PoolConfig {
-        size: body.size,
-        mode: body.mode.unwrap_or(PoolMode::Running),
-        warm_ports: body.warm_ports,
-    };
     d.pool.configure(&tag, config).map_err(ApiError::from_op)?;
     d.db.put_pool_config(&tag, config)
         .map_err(ApiError::from_op)?;
@@ -674,22 +494,22 @@ pub fn check_request_body(
     }
     let json = crate::extract::is_json_type(content_type);
     let r: Answer<()> = (|| match which % 7 {
-        0 => check_boot(&crate::extract::decode::<BootBody>(json, body)?).map(drop),
-        1 => check_exec(&crate::extract::decode::<ExecBody>(json, body)?),
-        2 => tag(&crate::extract::decode::<SnapshotBody>(json, body)?.tag).map(drop),
+        0 => check_boot(&crate::extract::decode::<BootOptions>(json, body)?).map(drop),
+        1 => check_exec(&crate::extract::decode::<ExecOptions>(json, body)?),
+        2 => tag(&crate::extract::decode::<SnapshotOptions>(json, body)?.tag).map(drop),
         3 => {
-            let b = crate::extract::decode::<ResetBody>(json, body)?;
+            let b = crate::extract::decode::<ResetOptions>(json, body)?;
             b.to.as_deref().map(tag).transpose().map(drop)
         }
         4 => {
-            let b = crate::extract::decode::<RestoreBody>(json, body)?;
+            let b = crate::extract::decode::<RestoreOptions>(json, body)?;
             b.name
                 .map(|n| n.parse::<VmName>())
                 .transpose()
                 .map(drop)
                 .map_err(ApiError::from_op)
         }
-        5 => crate::extract::decode::<PoolBody>(json, body).map(drop),
+        5 => crate::extract::decode::<PoolConfig>(json, body).map(drop),
         _ => {
             // A path segment, as `Named` reads it.
             let text = String::from_utf8_lossy(body);

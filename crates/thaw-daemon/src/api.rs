@@ -14,7 +14,6 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{json, Value};
 use thaw::agent::ExecOutput;
 use thaw::boot::{self, BootReport};
 use thaw::clone::CloneReport;
@@ -29,6 +28,7 @@ use thaw::snapshot::take::{self, SnapshotOptions, SnapshotReport};
 use thaw::vm::VmState;
 use thaw::{Accel, Home, SnapshotTag, VmName};
 
+use crate::answer;
 use crate::db::{Db, VmRow};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, Named};
@@ -203,19 +203,41 @@ async fn wrong_method(method: Method, uri: Uri) -> ApiError {
 
 // ---------------------------------------------------------------------------- health
 
-async fn health(State(d): Shared) -> Answer<Json<Value>> {
+/// Whether the daemon answers
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    tag = "thawd",
+    responses(
+        (status = 200, description = "The daemon runs.", body = answer::Health),
+        (status = 431, response = crate::openapi::HeadersTooLarge),
+        (status = 500, response = crate::openapi::InternalError)
+    )
+)]
+pub(crate) async fn health(State(d): Shared) -> Answer<Json<answer::Health>> {
     let vms = d.db.vm_count().map_err(ApiError::from_op)?;
-    Ok(Json(json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "vms": vms,
-    })))
+    Ok(Json(answer::Health {
+        status: answer::HealthStatus::Ok,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        vms,
+    }))
 }
 
 // ---------------------------------------------------------------------------- VMs
 
-async fn list_vms(State(d): Shared) -> Json<Vec<VmInfo>> {
+/// List VMs and their state
+#[utoipa::path(
+    get,
+    path = "/v1/vms",
+    tag = "thawd",
+    responses(
+        (status = 200, description = "Every VM under $THAW_HOME/vms, as QEMU reports it now.", body = Vec<VmInfo>),
+        (status = 431, response = crate::openapi::HeadersTooLarge),
+        (status = 500, response = crate::openapi::InternalError)
+    )
+)]
+pub(crate) async fn list_vms(State(d): Shared) -> Json<Vec<VmInfo>> {
     Json(control::list(&d.home).await)
 }
 
@@ -266,7 +288,33 @@ fn check_boot(body: &BootOptions) -> Answer<VmName> {
     Ok(name)
 }
 
-async fn boot(State(d): Shared, ApiJson(body): ApiJson<BootOptions>) -> Created<BootReport> {
+/// Boot a VM
+///
+/// Boots a VM with its RAM in a shared file and answers once its guest agent answers. On
+/// failure nothing is left running. A `profile` boots the guest `thaw boot --profile`
+/// boots, resolved by the same function.
+#[utoipa::path(
+    post,
+    path = "/v1/vms",
+    tag = "thawd",
+    request_body = BootOptions,
+    responses(
+        (status = 201, description = "The guest is ready (its agent answers, and any extra readiness holds).", body = BootReport),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 408, response = crate::openapi::RequestTimeout),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 415, response = crate::openapi::UnsupportedMediaType),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 429, response = crate::openapi::TooManyRequests),
+        (status = 431, response = crate::openapi::HeadersTooLarge),
+        (status = 500, response = crate::openapi::InternalError)
+    )
+)]
+pub(crate) async fn boot(
+    State(d): Shared,
+    ApiJson(body): ApiJson<BootOptions>,
+) -> Created<BootReport> {
     check_boot(&body)?;
     let held = d.reserve(1)?;
     detached(async move {
@@ -289,7 +337,26 @@ async fn boot(State(d): Shared, ApiJson(body): ApiJson<BootOptions>) -> Created<
     .await
 }
 
-async fn stop(State(d): Shared, Named(name): Named<VmName>) -> Answer<Json<Value>> {
+/// Stop a VM and remove its state
+#[utoipa::path(
+    delete,
+    path = "/v1/vms/{name}",
+    tag = "thawd",
+    params(
+        ("name" = VmName, Path, description = "The VM's name; anything else than a valid name is a 400.")
+    ),
+    responses(
+        (status = 200, description = "Stopped.", body = answer::Stopped),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 431, response = crate::openapi::HeadersTooLarge),
+        (status = 500, response = crate::openapi::InternalError)
+    )
+)]
+pub(crate) async fn stop(
+    State(d): Shared,
+    Named(name): Named<VmName>,
+) -> Answer<Json<answer::Stopped>> {
     detached(async move {
         let result = control::stop(&d.home, &name).await;
         if matches!(result, Ok(()) | Err(thaw::vm::VmError::NotFound(_))) {
@@ -297,7 +364,7 @@ async fn stop(State(d): Shared, Named(name): Named<VmName>) -> Answer<Json<Value
         }
         result.map_err(ApiError::from_op)?;
         tracing::info!(vm = %name, "stopped");
-        Ok(Json(json!({ "stopped": name })))
+        Ok(Json(answer::Stopped { stopped: name }))
     })
     .await
 }
@@ -309,7 +376,29 @@ fn check_exec(body: &ExecOptions) -> Answer<()> {
     Ok(())
 }
 
-async fn exec(
+/// Run a command in the guest through its agent
+#[utoipa::path(
+    post,
+    path = "/v1/vms/{name}/exec",
+    tag = "thawd",
+    params(
+        ("name" = VmName, Path, description = "The VM's name; anything else than a valid name is a 400.")
+    ),
+    request_body = ExecOptions,
+    responses(
+        (status = 200, description = "The command ran; its exit code may be non-zero.", body = ExecOutput),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 408, response = crate::openapi::RequestTimeout),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 415, response = crate::openapi::UnsupportedMediaType),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 431, response = crate::openapi::HeadersTooLarge),
+        (status = 500, response = crate::openapi::InternalError)
+    )
+)]
+pub(crate) async fn exec(
     State(d): Shared,
     Named(name): Named<VmName>,
     ApiJson(body): ApiJson<ExecOptions>,
@@ -321,7 +410,31 @@ async fn exec(
     Ok(Json(out))
 }
 
-async fn snapshot(
+/// Checkpoint a running VM into a snapshot
+///
+/// The VM keeps running unless stop is true.
+#[utoipa::path(
+    post,
+    path = "/v1/vms/{name}/snapshot",
+    tag = "thawd",
+    params(
+        ("name" = VmName, Path, description = "The VM's name; anything else than a valid name is a 400.")
+    ),
+    request_body = SnapshotOptions,
+    responses(
+        (status = 201, description = "The snapshot is written (atomically).", body = SnapshotReport),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 408, response = crate::openapi::RequestTimeout),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 415, response = crate::openapi::UnsupportedMediaType),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 431, response = crate::openapi::HeadersTooLarge),
+        (status = 500, response = crate::openapi::InternalError)
+    )
+)]
+pub(crate) async fn snapshot(
     State(d): Shared,
     Named(name): Named<VmName>,
     ApiJson(body): ApiJson<SnapshotOptions>,
@@ -345,14 +458,62 @@ async fn snapshot(
     .await
 }
 
-async fn resume(State(d): Shared, Named(name): Named<VmName>) -> Answer<Json<Value>> {
+/// Resume a paused VM
+///
+/// For a VM left paused, e.g. by an interrupted snapshot or a paused restore. No body.
+#[utoipa::path(
+    post,
+    path = "/v1/vms/{name}/resume",
+    tag = "thawd",
+    params(
+        ("name" = VmName, Path, description = "The VM's name; anything else than a valid name is a 400.")
+    ),
+    responses(
+        (status = 200, description = "Running.", body = answer::Resumed),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 431, response = crate::openapi::HeadersTooLarge),
+        (status = 500, response = crate::openapi::InternalError)
+    )
+)]
+pub(crate) async fn resume(
+    State(d): Shared,
+    Named(name): Named<VmName>,
+) -> Answer<Json<answer::Resumed>> {
     control::resume(&d.home, &name)
         .await
         .map_err(ApiError::from_op)?;
-    Ok(Json(json!({ "resumed": name })))
+    Ok(Json(answer::Resumed { resumed: name }))
 }
 
-async fn reset(
+/// Reset a VM to a snapshot
+///
+/// The VM's changes are thrown away: it goes back to the snapshot it was restored from
+/// (or `to`), keeping its name and host ports, with a fresh VM Generation ID and the
+/// clock set. The clone comes from the snapshot's warm pool when it has one ready
+/// (breakdown.source = pool).
+#[utoipa::path(
+    post,
+    path = "/v1/vms/{name}/reset",
+    tag = "thawd",
+    params(
+        ("name" = VmName, Path, description = "The VM's name; anything else than a valid name is a 400.")
+    ),
+    request_body(content = Option<ResetOptions>, description = "Optional: without a body, the defaults."),
+    responses(
+        (status = 200, description = "The VM runs again from the snapshot.", body = ResetReport),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 408, response = crate::openapi::RequestTimeout),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 415, response = crate::openapi::UnsupportedMediaType),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 431, response = crate::openapi::HeadersTooLarge),
+        (status = 500, response = crate::openapi::InternalError)
+    )
+)]
+pub(crate) async fn reset(
     State(d): Shared,
     Named(name): Named<VmName>,
     ApiJson(body): ApiJson<ResetOptions>,
@@ -373,7 +534,18 @@ async fn reset(
 
 // ---------------------------------------------------------------------------- snapshots
 
-async fn list_snapshots(State(d): Shared) -> Answer<Json<Vec<SnapshotInfo>>> {
+/// List snapshots
+#[utoipa::path(
+    get,
+    path = "/v1/snapshots",
+    tag = "thawd",
+    responses(
+        (status = 200, description = "Every snapshot; unusable ones say why in problem.", body = Vec<SnapshotInfo>),
+        (status = 431, response = crate::openapi::HeadersTooLarge),
+        (status = 500, response = crate::openapi::InternalError)
+    )
+)]
+pub(crate) async fn list_snapshots(State(d): Shared) -> Answer<Json<Vec<SnapshotInfo>>> {
     let home = d.home.clone();
     tokio::task::spawn_blocking(move || Json(catalog::list(&home)))
         .await
@@ -382,16 +554,34 @@ async fn list_snapshots(State(d): Shared) -> Answer<Json<Vec<SnapshotInfo>>> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RemoveQuery {
+pub(crate) struct RemoveQuery {
     #[serde(default)]
     recursive: bool,
 }
 
-async fn remove_snapshot(
+/// Delete a snapshot
+#[utoipa::path(
+    delete,
+    path = "/v1/snapshots/{tag}",
+    tag = "thawd",
+    params(
+        ("tag" = SnapshotTag, Path, description = "The snapshot's tag; anything else than a valid tag is a 400."),
+        ("recursive" = Option<bool>, Query, description = "Also remove every snapshot taken on top of it (children first). Without it, a snapshot with children is refused with 409.")
+    ),
+    responses(
+        (status = 200, description = "Removed (and with recursive its descendants); their pools are emptied. Clones running from them keep working.", body = answer::Removed),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 431, response = crate::openapi::HeadersTooLarge),
+        (status = 500, response = crate::openapi::InternalError)
+    )
+)]
+pub(crate) async fn remove_snapshot(
     State(d): Shared,
     Named(tag): Named<SnapshotTag>,
     ApiQuery(q): ApiQuery<RemoveQuery>,
-) -> Answer<Json<Value>> {
+) -> Answer<Json<answer::Removed>> {
     detached(async move {
         let removed = catalog::remove(&d.home, &tag, q.recursive).map_err(ApiError::from_op)?;
         for t in &removed {
@@ -405,7 +595,7 @@ async fn remove_snapshot(
             }
             tracing::info!(tag = %t, "snapshot removed");
         }
-        Ok(Json(json!({ "removed": removed })))
+        Ok(Json(answer::Removed { removed }))
     })
     .await
 }
@@ -422,7 +612,34 @@ fn server_timing(parts: &[(&str, std::time::Duration)]) -> Timing {
     [("server-timing", v)]
 }
 
-async fn restore(
+/// Start clones of a snapshot
+///
+/// Clones come from the snapshot's warm pool while it has them ready (breakdown.source =
+/// pool), the rest start a new QEMU. If any clone fails, every clone of the request is
+/// stopped.
+#[utoipa::path(
+    post,
+    path = "/v1/snapshots/{tag}/restore",
+    tag = "thawd",
+    params(
+        ("tag" = SnapshotTag, Path, description = "The snapshot's tag; anything else than a valid tag is a 400.")
+    ),
+    request_body(content = Option<RestoreOptions>, description = "Optional: without a body, one clone with the defaults."),
+    responses(
+        (status = 201, description = "Every clone is ready, in order; each says where its time went.", body = Vec<CloneReport>, headers(("Server-Timing" = String, description = "Where the daemon's time went, ms: admit (the VM limit), restore (to ready), record."))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 408, response = crate::openapi::RequestTimeout),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 415, response = crate::openapi::UnsupportedMediaType),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 429, response = crate::openapi::TooManyRequests),
+        (status = 431, response = crate::openapi::HeadersTooLarge),
+        (status = 500, response = crate::openapi::InternalError)
+    )
+)]
+pub(crate) async fn restore(
     State(d): Shared,
     Named(tag): Named<SnapshotTag>,
     ApiJson(body): ApiJson<RestoreOptions>,
@@ -458,11 +675,45 @@ async fn restore(
 
 // ---------------------------------------------------------------------------- pools
 
-async fn pools(State(d): Shared) -> Json<Vec<PoolStatus>> {
+/// The state of every configured pool
+#[utoipa::path(
+    get,
+    path = "/v1/pools",
+    tag = "thawd",
+    responses(
+        (status = 200, description = "Pools, by tag.", body = Vec<PoolStatus>),
+        (status = 431, response = crate::openapi::HeadersTooLarge),
+        (status = 500, response = crate::openapi::InternalError)
+    )
+)]
+pub(crate) async fn pools(State(d): Shared) -> Json<Vec<PoolStatus>> {
     Json(d.pool.status())
 }
 
-async fn set_pool(
+/// Set a snapshot's warm pool
+///
+/// Kept across daemon restarts. Pooled processes end with the daemon.
+#[utoipa::path(
+    put,
+    path = "/v1/snapshots/{tag}/pool",
+    tag = "thawd",
+    params(
+        ("tag" = SnapshotTag, Path, description = "The snapshot's tag; anything else than a valid tag is a 400.")
+    ),
+    request_body = PoolConfig,
+    responses(
+        (status = 200, description = "The pool as it is now; it fills in the background (poll GET /v1/pools).", body = PoolStatus),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 408, response = crate::openapi::RequestTimeout),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 415, response = crate::openapi::UnsupportedMediaType),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 431, response = crate::openapi::HeadersTooLarge),
+        (status = 500, response = crate::openapi::InternalError)
+    )
+)]
+pub(crate) async fn set_pool(
     State(d): Shared,
     Named(tag): Named<SnapshotTag>,
     ApiJson(config): ApiJson<PoolConfig>,

@@ -9,6 +9,7 @@
 //!
 //! [`serve`] runs the daemon; [`client::Client`] talks to one.
 
+mod answer;
 mod api;
 pub mod bench;
 pub mod client;
@@ -17,6 +18,7 @@ mod db;
 mod error;
 mod extract;
 pub mod keeper;
+pub mod openapi;
 mod reaper;
 mod recover;
 mod socket;

@@ -54,6 +54,7 @@ pub async fn exec(
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VmInfo {
     pub name: VmName,
     pub pid: Option<u32>,

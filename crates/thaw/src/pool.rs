@@ -102,6 +102,7 @@ impl PoolConfig {
 pub const MAX_POOL_SIZE: u32 = 64;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PoolStatus {
     pub tag: SnapshotTag,
     pub size: u32,

@@ -213,7 +213,7 @@ pub fn profile_guest(
 }
 
 /// A boot as a client asks for it: `POST /v1/vms`'s body, and what `thaw boot` builds
-/// from its arguments. [`resolve`] turns it into a [`BootRequest`].
+/// from its arguments; `resolve` turns it into the request the library boots.
 ///
 /// What boots: `kernel` (with `initrd`) if given; else `profile`'s guest; else, with a
 /// `firmware`, the first disk through it; else the default guest.

@@ -77,6 +77,7 @@ impl ResetOptions {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResetReport {
     /// The snapshot the VM went back to.
     pub snapshot: SnapshotTag,

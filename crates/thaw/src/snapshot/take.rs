@@ -66,6 +66,7 @@ pub struct SnapshotOptions {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SnapshotReport {
     pub tag: SnapshotTag,
     /// The snapshot this one was taken on top of (for a restored clone).

@@ -12,6 +12,7 @@
 mod answer;
 mod api;
 pub mod bench;
+mod check;
 pub mod client;
 mod conn;
 mod db;
@@ -33,7 +34,7 @@ use thaw::snapshot::SnapshotCheckError;
 use thaw::{Accel, Home};
 
 #[doc(hidden)]
-pub use api::check_request_body;
+pub use check::check_request_body;
 pub use db::DbError;
 pub use error::one_line;
 

@@ -225,7 +225,8 @@ pub struct BootOptions {
     /// A guest thaw builds (not with `kernel`); extra `disks` are attached to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<Profile>,
-    /// Guest memory (default: the profile's, 512 without one).
+    /// Guest memory in MiB (default: the guest's, 256 for `default` and 512 for the
+    /// debian ones; 512 for a kernel or a disk of your own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u32>,
     /// Virtual CPUs (default 1).
@@ -420,4 +421,76 @@ pub fn resolve(
             password,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel_boot() -> BootOptions {
+        BootOptions {
+            name: "k".into(),
+            kernel: Some("/boot/k".into()),
+            ..BootOptions::default()
+        }
+    }
+
+    fn resolve_quietly(o: BootOptions) -> Result<BootRequest, ResolveBootError> {
+        resolve(o, Accel::Tcg, &mut |_| {})
+    }
+
+    #[test]
+    fn profile_names_round_trip_through_the_cli_and_the_wire() {
+        for p in Profile::ALL {
+            assert_eq!(p.as_str().parse::<Profile>(), Ok(p));
+            let wire = serde_json::to_value(p).unwrap();
+            assert_eq!(wire, p.as_str());
+        }
+        assert!("debian-xp".parse::<Profile>().is_err());
+    }
+
+    #[test]
+    fn a_kernel_boot_takes_the_defaults_and_its_display_from_the_options() {
+        let req = resolve_quietly(kernel_boot()).unwrap();
+        assert_eq!(req.spec.memory_mib, CUSTOM_MEMORY_MIB);
+        assert_eq!(req.spec.cmdline, "console=ttyS0");
+        assert_eq!(req.spec.display, None);
+        // The API's form: a display object alone gives a display.
+        let with_display = BootOptions {
+            display: Some(DisplayOptions::default()),
+            ..kernel_boot()
+        };
+        assert!(resolve_quietly(with_display)
+            .unwrap()
+            .spec
+            .display
+            .is_some());
+        // The CLI's form: no --display means none, and VNC options then need one.
+        let refused = BootOptions {
+            display_kind: Some(DisplayKind::None),
+            display: Some(DisplayOptions {
+                vnc_port: Some(5999),
+                ..DisplayOptions::default()
+            }),
+            ..kernel_boot()
+        };
+        assert!(matches!(
+            resolve_quietly(refused),
+            Err(ResolveBootError::Display(DisplayError::NoDisplay))
+        ));
+    }
+
+    #[test]
+    fn append_needs_a_kernel() {
+        let o = BootOptions {
+            name: "d".into(),
+            firmware: Some(FirmwareKind::Bios),
+            append: Some("quiet".into()),
+            ..BootOptions::default()
+        };
+        assert!(matches!(
+            resolve_quietly(o),
+            Err(ResolveBootError::AppendWithoutKernel)
+        ));
+    }
 }

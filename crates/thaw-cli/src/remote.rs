@@ -3,16 +3,17 @@
 
 use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
-use serde_json::{json, Value};
+use serde_json::Value;
 use thaw::agent::ExecOutput;
-use thaw::boot::{BootReport, BootRequest};
+use thaw::boot::BootReport;
 use thaw::clone::CloneReport;
-use thaw::control::VmInfo;
+use thaw::control::{ExecOptions, VmInfo};
 use thaw::pool::{PoolConfig, PoolStatus};
-use thaw::reset::{ResetReport, ResetRequest};
-use thaw::restore::RestoreRequest;
+use thaw::profile::BootOptions;
+use thaw::reset::{ResetOptions, ResetReport, ResetRequest};
+use thaw::restore::{RestoreOptions, RestoreRequest};
 use thaw::snapshot::catalog::SnapshotInfo;
-use thaw::snapshot::take::{SnapshotReport, SnapshotRequest};
+use thaw::snapshot::take::{SnapshotOptions, SnapshotReport, SnapshotRequest};
 use thaw::{SnapshotTag, VmName};
 use thaw_daemon::client::Client;
 
@@ -33,38 +34,8 @@ async fn call<T: DeserializeOwned>(
         .with_context(|| format!("unexpected reply from the daemon to {method} {path}"))
 }
 
-pub async fn boot(d: &Client, req: &BootRequest) -> Result<BootReport> {
-    let s = &req.spec;
-    let disks: Vec<String> = s
-        .disks
-        .iter()
-        .map(|disk| {
-            let ro = if disk.readonly { ",readonly" } else { "" };
-            format!("{},format={}{ro}", disk.base.display(), disk.format)
-        })
-        .collect();
-    let body = json!({
-        "name": req.name,
-        "memory_mib": s.memory_mib,
-        "cpus": s.cpus,
-        "machine": s.machine,
-        "kernel": s.kernel,
-        "initrd": s.initrd,
-        "append": s.kernel.as_ref().map(|_| &s.cmdline),
-        "firmware": thaw::firmware::FirmwareKind::of(&s.firmware),
-        "display": s.display.as_ref().map(|d| json!({
-            "vnc_port": req.vnc.port,
-            "websocket": d.websocket,
-            "websocket_port": req.vnc.websocket_port,
-            "password": req.vnc.password,
-        })),
-        "disks": disks,
-        "ports": req.forwards,
-        "no_net": s.net.is_none(),
-        "ready_port": req.ready.port,
-        "ready_serial": req.ready.serial,
-        "timeout_secs": req.timeout.as_secs(),
-    });
+pub async fn boot(d: &Client, options: &BootOptions) -> Result<BootReport> {
+    let body = serde_json::to_value(options)?;
     call(d, "POST", "/v1/vms", Some(body)).await
 }
 
@@ -74,12 +45,18 @@ pub async fn exec(
     command: &[String],
     timeout: u64,
 ) -> Result<ExecOutput> {
-    let body = json!({ "command": command, "timeout_secs": timeout });
+    let body = serde_json::to_value(ExecOptions {
+        command: command.to_vec(),
+        timeout_secs: Some(timeout),
+    })?;
     call(d, "POST", &format!("/v1/vms/{name}/exec"), Some(body)).await
 }
 
 pub async fn snapshot(d: &Client, req: &SnapshotRequest) -> Result<SnapshotReport> {
-    let body = json!({ "tag": req.tag, "stop": req.stop });
+    let body = serde_json::to_value(SnapshotOptions {
+        tag: req.tag.to_string(),
+        stop: req.stop,
+    })?;
     call(
         d,
         "POST",
@@ -90,16 +67,7 @@ pub async fn snapshot(d: &Client, req: &SnapshotRequest) -> Result<SnapshotRepor
 }
 
 pub async fn restore(d: &Client, req: &RestoreRequest) -> Result<Vec<CloneReport>> {
-    let body = json!({
-        "count": req.count,
-        "name": req.name,
-        "exec_after": req.exec_after,
-        "ready_port": req.ready.port,
-        "ready_serial": req.ready.serial,
-        "timeout_secs": req.timeout.as_secs(),
-        "paused": req.paused,
-        "vnc_password": req.vnc_password,
-    });
+    let body = serde_json::to_value(RestoreOptions::of(req))?;
     call(
         d,
         "POST",
@@ -110,7 +78,7 @@ pub async fn restore(d: &Client, req: &RestoreRequest) -> Result<Vec<CloneReport
 }
 
 pub async fn reset(d: &Client, req: &ResetRequest) -> Result<ResetReport> {
-    let body = json!({ "to": req.to, "timeout_secs": req.timeout.as_secs() });
+    let body = serde_json::to_value(ResetOptions::of(req))?;
     call(
         d,
         "POST",
@@ -160,7 +128,7 @@ pub async fn set_pool(d: &Client, tag: &SnapshotTag, config: PoolConfig) -> Resu
         d,
         "PUT",
         &format!("/v1/snapshots/{tag}/pool"),
-        Some(json!(config)),
+        Some(serde_json::to_value(config)?),
     )
     .await
 }

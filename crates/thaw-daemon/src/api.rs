@@ -7,31 +7,29 @@
 //! still recorded.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{json, Value};
 use thaw::agent::ExecOutput;
 use thaw::boot::{self, BootReport};
 use thaw::clone::CloneReport;
-use thaw::control::{self, VmInfo};
-use thaw::pool::{Pool, PoolConfig, PoolMode, PoolStatus};
+use thaw::control::{self, ExecOptions, VmInfo};
+use thaw::pool::{Pool, PoolConfig, PoolStatus};
+use thaw::profile::{self, BootOptions};
 use thaw::qemu::Qemu;
-use thaw::ready::ReadySpec;
-use thaw::reset::ResetReport;
-use thaw::restore;
+use thaw::reset::{ResetOptions, ResetReport};
+use thaw::restore::{self, RestoreOptions};
 use thaw::snapshot::catalog::{self, SnapshotInfo};
-use thaw::snapshot::take::{self, SnapshotReport};
-use thaw::spec::{MachineSpec, NetSpec, PortForward};
+use thaw::snapshot::take::{self, SnapshotOptions, SnapshotReport};
 use thaw::vm::VmState;
 use thaw::{Accel, Home, SnapshotTag, VmName};
 
+use crate::answer;
+use crate::check::{check_boot, check_exec};
 use crate::db::{Db, VmRow};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, Named};
@@ -190,10 +188,6 @@ async fn detached<T: Send + 'static>(
         .unwrap_or_else(|e| Err(ApiError::internal(format!("the operation failed: {e}"))))
 }
 
-fn secs(s: Option<u64>, default: u64) -> Duration {
-    Duration::from_secs(s.unwrap_or(default))
-}
-
 async fn no_route(uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -210,173 +204,82 @@ async fn wrong_method(method: Method, uri: Uri) -> ApiError {
 
 // ---------------------------------------------------------------------------- health
 
-async fn health(State(d): Shared) -> Answer<Json<Value>> {
+/// Whether the daemon answers
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    tag = "thawd",
+    responses(
+        (status = 200, description = "The daemon runs.", body = answer::Health),
+        (status = 431, response = crate::responses::HeadersTooLarge),
+        (status = 500, response = crate::responses::InternalError)
+    )
+)]
+pub(crate) async fn health(State(d): Shared) -> Answer<Json<answer::Health>> {
     let vms = d.db.vm_count().map_err(ApiError::from_op)?;
-    Ok(Json(json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "vms": vms,
-    })))
+    Ok(Json(answer::Health {
+        status: answer::HealthStatus::Ok,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        vms,
+    }))
 }
 
 // ---------------------------------------------------------------------------- VMs
 
-async fn list_vms(State(d): Shared) -> Json<Vec<VmInfo>> {
+/// List VMs and their state
+#[utoipa::path(
+    get,
+    path = "/v1/vms",
+    tag = "thawd",
+    responses(
+        (status = 200, description = "Every VM under $THAW_HOME/vms, as QEMU reports it now.", body = Vec<VmInfo>),
+        (status = 431, response = crate::responses::HeadersTooLarge),
+        (status = 500, response = crate::responses::InternalError)
+    )
+)]
+pub(crate) async fn list_vms(State(d): Shared) -> Json<Vec<VmInfo>> {
     Json(control::list(&d.home).await)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BootBody {
-    name: String,
-    memory_mib: Option<u32>,
-    cpus: Option<u32>,
-    machine: Option<String>,
-    accel: Option<Accel>,
-    kernel: Option<PathBuf>,
-    initrd: Option<PathBuf>,
-    append: Option<String>,
-    #[serde(default)]
-    disks: Vec<String>,
-    #[serde(default)]
-    ports: Vec<PortForward>,
-    #[serde(default)]
-    no_net: bool,
-    ready_port: Option<u16>,
-    ready_serial: Option<String>,
-    timeout_secs: Option<u64>,
-    /// bios or uefi; without a kernel, the firmware boots the first disk.
-    firmware: Option<thaw::firmware::FirmwareKind>,
-    display: Option<DisplayBody>,
-}
-
-/// A VGA card served over VNC on 127.0.0.1.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DisplayBody {
-    /// 0 or absent: a free port.
-    vnc_port: Option<u16>,
-    #[serde(default)]
-    websocket: bool,
-    websocket_port: Option<u16>,
-    password: Option<String>,
-}
-
-fn absolute(what: &str, path: &std::path::Path) -> Answer<()> {
-    if path.is_absolute() {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "{what} {} must be an absolute path (the daemon does not share your working directory)",
-            path.display()
-        )))
-    }
-}
-
-/// What a boot request must pass before anything starts; returns the VM's name.
-fn check_boot(body: &BootBody) -> Answer<VmName> {
-    let name: VmName = body.name.parse().map_err(ApiError::from_op)?;
-    if body.initrd.is_some() && body.kernel.is_none() {
-        return Err(ApiError::bad_request(
-            "initrd needs kernel (the default guest brings its own initrd)",
-        ));
-    }
-    for (what, path) in [("kernel", &body.kernel), ("initrd", &body.initrd)] {
-        if let Some(p) = path {
-            absolute(what, p)?;
-        }
-    }
-    for disk in &body.disks {
-        absolute(
-            "disk",
-            std::path::Path::new(disk.split(',').next().unwrap_or("")),
-        )?;
-    }
-    if body.ports.iter().any(|f| f.guest == 0) {
-        return Err(ApiError::bad_request("a guest port cannot be 0"));
-    }
-    if body.kernel.is_none() && body.firmware.is_some() && body.disks.is_empty() {
-        return Err(ApiError::bad_request(
-            "a firmware boot without a kernel needs a disk to boot",
-        ));
-    }
-    Ok(name)
-}
-
-async fn boot(State(d): Shared, ApiJson(body): ApiJson<BootBody>) -> Created<BootReport> {
-    let name = check_boot(&body)?;
+/// Boot a VM
+///
+/// Boots a VM with its RAM in a shared file and answers once its guest agent answers. On
+/// failure nothing is left running. A `profile` boots the guest `thaw boot --profile`
+/// boots, resolved by the same function.
+#[utoipa::path(
+    post,
+    path = "/v1/vms",
+    tag = "thawd",
+    request_body = BootOptions,
+    responses(
+        (status = 201, description = "The guest is ready (its agent answers, and any extra readiness holds).", body = BootReport),
+        (status = 400, response = crate::responses::BadRequest),
+        (status = 408, response = crate::responses::RequestTimeout),
+        (status = 409, response = crate::responses::Conflict),
+        (status = 413, response = crate::responses::PayloadTooLarge),
+        (status = 415, response = crate::responses::UnsupportedMediaType),
+        (status = 422, response = crate::responses::UnprocessableEntity),
+        (status = 429, response = crate::responses::TooManyRequests),
+        (status = 431, response = crate::responses::HeadersTooLarge),
+        (status = 500, response = crate::responses::InternalError)
+    )
+)]
+pub(crate) async fn boot(
+    State(d): Shared,
+    ApiJson(body): ApiJson<BootOptions>,
+) -> Created<BootReport> {
+    check_boot(&body)?;
     let held = d.reserve(1)?;
     detached(async move {
-        let (kernel, initrd, default_append) = match body.kernel {
-            Some(k) => (Some(k), body.initrd, None),
-            // No kernel, but a firmware: the firmware boots the first disk.
-            None if body.firmware.is_some() => (None, None, Some(String::new())),
-            None => {
-                let guest = tokio::task::spawn_blocking(|| {
-                    thaw::guest::ensure_default_guest(&thaw::guest::cache_dir(), &mut |line| {
-                        tracing::info!("default guest: {line}")
-                    })
-                })
-                .await
-                .map_err(|e| ApiError::internal(format!("building the default guest failed: {e}")))?
-                .map_err(ApiError::from_op)?;
-                (Some(guest.kernel), Some(guest.initrd), Some(guest.cmdline))
-            }
-        };
-        let disks = tokio::task::spawn_blocking(move || {
-            body.disks
-                .iter()
-                .map(|d| thaw::disk::resolve(d))
-                .collect::<Result<Vec<_>, _>>()
+        let accel = d.accel;
+        // Resolution may build the profile's guest and inspects the disks: it blocks.
+        let req = tokio::task::spawn_blocking(move || {
+            profile::resolve(body, accel, &mut |line| tracing::info!("guest: {line}"))
         })
         .await
-        .map_err(|e| ApiError::internal(format!("inspecting the disks failed: {e}")))?
+        .map_err(|e| ApiError::internal(format!("resolving the boot failed: {e}")))?
         .map_err(ApiError::from_op)?;
-        let firmware = thaw::firmware::resolve(body.firmware.unwrap_or_default())
-            .map_err(ApiError::from_op)?;
-        let vnc =
-            body.display
-                .as_ref()
-                .map_or_else(Default::default, |v| thaw::display::VncRequest {
-                    port: v.vnc_port.unwrap_or(0),
-                    websocket_port: v.websocket_port.unwrap_or(0),
-                    password: v.password.clone(),
-                });
-        let display = body.display.as_ref().map(|v| thaw::display::DisplaySpec {
-            password: v.password.is_some(),
-            websocket: v.websocket || v.websocket_port.is_some(),
-        });
-        let req = boot::BootRequest {
-            name,
-            spec: MachineSpec {
-                machine: body.machine.unwrap_or_else(|| "pc".into()),
-                memory_mib: body.memory_mib.unwrap_or(256),
-                cpus: body.cpus.unwrap_or(1),
-                initrd,
-                cmdline: match &kernel {
-                    Some(_) => body
-                        .append
-                        .or(default_append)
-                        .unwrap_or_else(|| "console=ttyS0".into()),
-                    None => String::new(),
-                },
-                kernel,
-                accel: body.accel.unwrap_or(d.accel),
-                firmware,
-                display,
-                disks,
-                net: (!body.no_net).then(NetSpec::default),
-            },
-            forwards: body.ports,
-            ready: ReadySpec {
-                port: body.ready_port,
-                redis_ping: false,
-                serial: body.ready_serial,
-            },
-            timeout: secs(body.timeout_secs, 120),
-            vnc,
-        };
         let report = boot::boot(&d.home, &d.qemu, &req)
             .await
             .map_err(ApiError::from_op)?;
@@ -388,7 +291,26 @@ async fn boot(State(d): Shared, ApiJson(body): ApiJson<BootBody>) -> Created<Boo
     .await
 }
 
-async fn stop(State(d): Shared, Named(name): Named<VmName>) -> Answer<Json<Value>> {
+/// Stop a VM and remove its state
+#[utoipa::path(
+    delete,
+    path = "/v1/vms/{name}",
+    tag = "thawd",
+    params(
+        ("name" = VmName, Path, description = "The VM's name; anything else than a valid name is a 400.")
+    ),
+    responses(
+        (status = 200, description = "Stopped.", body = answer::Stopped),
+        (status = 400, response = crate::responses::BadRequest),
+        (status = 404, response = crate::responses::NotFound),
+        (status = 431, response = crate::responses::HeadersTooLarge),
+        (status = 500, response = crate::responses::InternalError)
+    )
+)]
+pub(crate) async fn stop(
+    State(d): Shared,
+    Named(name): Named<VmName>,
+) -> Answer<Json<answer::Stopped>> {
     detached(async move {
         let result = control::stop(&d.home, &name).await;
         if matches!(result, Ok(()) | Err(thaw::vm::VmError::NotFound(_))) {
@@ -396,49 +318,73 @@ async fn stop(State(d): Shared, Named(name): Named<VmName>) -> Answer<Json<Value
         }
         result.map_err(ApiError::from_op)?;
         tracing::info!(vm = %name, "stopped");
-        Ok(Json(json!({ "stopped": name })))
+        Ok(Json(answer::Stopped { stopped: name }))
     })
     .await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExecBody {
-    command: Vec<String>,
-    timeout_secs: Option<u64>,
-}
-
-fn check_exec(body: &ExecBody) -> Answer<()> {
-    if body.command.is_empty() {
-        return Err(ApiError::bad_request("command must not be empty"));
-    }
-    Ok(())
-}
-
-async fn exec(
+/// Run a command in the guest through its agent
+#[utoipa::path(
+    post,
+    path = "/v1/vms/{name}/exec",
+    tag = "thawd",
+    params(
+        ("name" = VmName, Path, description = "The VM's name; anything else than a valid name is a 400.")
+    ),
+    request_body = ExecOptions,
+    responses(
+        (status = 200, description = "The command ran; its exit code may be non-zero.", body = ExecOutput),
+        (status = 400, response = crate::responses::BadRequest),
+        (status = 404, response = crate::responses::NotFound),
+        (status = 408, response = crate::responses::RequestTimeout),
+        (status = 409, response = crate::responses::Conflict),
+        (status = 413, response = crate::responses::PayloadTooLarge),
+        (status = 415, response = crate::responses::UnsupportedMediaType),
+        (status = 422, response = crate::responses::UnprocessableEntity),
+        (status = 431, response = crate::responses::HeadersTooLarge),
+        (status = 500, response = crate::responses::InternalError)
+    )
+)]
+pub(crate) async fn exec(
     State(d): Shared,
     Named(name): Named<VmName>,
-    ApiJson(body): ApiJson<ExecBody>,
+    ApiJson(body): ApiJson<ExecOptions>,
 ) -> Answer<Json<ExecOutput>> {
     check_exec(&body)?;
-    let out = control::exec(&d.home, &name, &body.command, secs(body.timeout_secs, 60))
+    let out = control::exec(&d.home, &name, &body.command, body.timeout())
         .await
         .map_err(ApiError::from_op)?;
     Ok(Json(out))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SnapshotBody {
-    tag: String,
-    #[serde(default)]
-    stop: bool,
-}
-
-async fn snapshot(
+/// Checkpoint a running VM into a snapshot
+///
+/// The VM keeps running unless stop is true.
+#[utoipa::path(
+    post,
+    path = "/v1/vms/{name}/snapshot",
+    tag = "thawd",
+    params(
+        ("name" = VmName, Path, description = "The VM's name; anything else than a valid name is a 400.")
+    ),
+    request_body = SnapshotOptions,
+    responses(
+        (status = 201, description = "The snapshot is written (atomically).", body = SnapshotReport),
+        (status = 400, response = crate::responses::BadRequest),
+        (status = 404, response = crate::responses::NotFound),
+        (status = 408, response = crate::responses::RequestTimeout),
+        (status = 409, response = crate::responses::Conflict),
+        (status = 413, response = crate::responses::PayloadTooLarge),
+        (status = 415, response = crate::responses::UnsupportedMediaType),
+        (status = 422, response = crate::responses::UnprocessableEntity),
+        (status = 431, response = crate::responses::HeadersTooLarge),
+        (status = 500, response = crate::responses::InternalError)
+    )
+)]
+pub(crate) async fn snapshot(
     State(d): Shared,
     Named(name): Named<VmName>,
-    ApiJson(body): ApiJson<SnapshotBody>,
+    ApiJson(body): ApiJson<SnapshotOptions>,
 ) -> Created<SnapshotReport> {
     let tag: SnapshotTag = body.tag.parse().map_err(ApiError::from_op)?;
     detached(async move {
@@ -459,37 +405,70 @@ async fn snapshot(
     .await
 }
 
-async fn resume(State(d): Shared, Named(name): Named<VmName>) -> Answer<Json<Value>> {
+/// Resume a paused VM
+///
+/// For a VM left paused, e.g. by an interrupted snapshot or a paused restore. No body.
+#[utoipa::path(
+    post,
+    path = "/v1/vms/{name}/resume",
+    tag = "thawd",
+    params(
+        ("name" = VmName, Path, description = "The VM's name; anything else than a valid name is a 400.")
+    ),
+    responses(
+        (status = 200, description = "Running.", body = answer::Resumed),
+        (status = 400, response = crate::responses::BadRequest),
+        (status = 404, response = crate::responses::NotFound),
+        (status = 409, response = crate::responses::Conflict),
+        (status = 431, response = crate::responses::HeadersTooLarge),
+        (status = 500, response = crate::responses::InternalError)
+    )
+)]
+pub(crate) async fn resume(
+    State(d): Shared,
+    Named(name): Named<VmName>,
+) -> Answer<Json<answer::Resumed>> {
     control::resume(&d.home, &name)
         .await
         .map_err(ApiError::from_op)?;
-    Ok(Json(json!({ "resumed": name })))
+    Ok(Json(answer::Resumed { resumed: name }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResetBody {
-    to: Option<String>,
-    timeout_secs: Option<u64>,
-}
-
-async fn reset(
+/// Reset a VM to a snapshot
+///
+/// The VM's changes are thrown away: it goes back to the snapshot it was restored from
+/// (or `to`), keeping its name and host ports, with a fresh VM Generation ID and the
+/// clock set. The clone comes from the snapshot's warm pool when it has one ready
+/// (breakdown.source = pool).
+#[utoipa::path(
+    post,
+    path = "/v1/vms/{name}/reset",
+    tag = "thawd",
+    params(
+        ("name" = VmName, Path, description = "The VM's name; anything else than a valid name is a 400.")
+    ),
+    request_body(content = Option<ResetOptions>, description = "Optional: without a body, the defaults."),
+    responses(
+        (status = 200, description = "The VM runs again from the snapshot.", body = ResetReport),
+        (status = 400, response = crate::responses::BadRequest),
+        (status = 404, response = crate::responses::NotFound),
+        (status = 408, response = crate::responses::RequestTimeout),
+        (status = 409, response = crate::responses::Conflict),
+        (status = 415, response = crate::responses::UnsupportedMediaType),
+        (status = 422, response = crate::responses::UnprocessableEntity),
+        (status = 431, response = crate::responses::HeadersTooLarge),
+        (status = 500, response = crate::responses::InternalError)
+    )
+)]
+pub(crate) async fn reset(
     State(d): Shared,
     Named(name): Named<VmName>,
-    ApiJson(body): ApiJson<ResetBody>,
+    ApiJson(body): ApiJson<ResetOptions>,
 ) -> Answer<Json<ResetReport>> {
-    let to: Option<SnapshotTag> = body
-        .to
-        .map(|t| t.parse())
-        .transpose()
+    let req = body
+        .into_request(name, Some(d.accel))
         .map_err(ApiError::from_op)?;
     detached(async move {
-        let req = thaw::reset::ResetRequest {
-            name,
-            to,
-            timeout: secs(body.timeout_secs, 60),
-            accel: Some(d.accel),
-        };
         let report = thaw::reset::reset(&d.home, &d.qemu, &req, Some(&d.pool))
             .await
             .map_err(ApiError::from_op)?;
@@ -502,7 +481,18 @@ async fn reset(
 
 // ---------------------------------------------------------------------------- snapshots
 
-async fn list_snapshots(State(d): Shared) -> Answer<Json<Vec<SnapshotInfo>>> {
+/// List snapshots
+#[utoipa::path(
+    get,
+    path = "/v1/snapshots",
+    tag = "thawd",
+    responses(
+        (status = 200, description = "Every snapshot; unusable ones say why in problem.", body = Vec<SnapshotInfo>),
+        (status = 431, response = crate::responses::HeadersTooLarge),
+        (status = 500, response = crate::responses::InternalError)
+    )
+)]
+pub(crate) async fn list_snapshots(State(d): Shared) -> Answer<Json<Vec<SnapshotInfo>>> {
     let home = d.home.clone();
     tokio::task::spawn_blocking(move || Json(catalog::list(&home)))
         .await
@@ -511,16 +501,34 @@ async fn list_snapshots(State(d): Shared) -> Answer<Json<Vec<SnapshotInfo>>> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RemoveQuery {
+pub(crate) struct RemoveQuery {
     #[serde(default)]
     recursive: bool,
 }
 
-async fn remove_snapshot(
+/// Delete a snapshot
+#[utoipa::path(
+    delete,
+    path = "/v1/snapshots/{tag}",
+    tag = "thawd",
+    params(
+        ("tag" = SnapshotTag, Path, description = "The snapshot's tag; anything else than a valid tag is a 400."),
+        ("recursive" = Option<bool>, Query, description = "Also remove every snapshot taken on top of it (children first). Without it, a snapshot with children is refused with 409.")
+    ),
+    responses(
+        (status = 200, description = "Removed (and with recursive its descendants); their pools are emptied. Clones running from them keep working.", body = answer::Removed),
+        (status = 400, response = crate::responses::BadRequest),
+        (status = 404, response = crate::responses::NotFound),
+        (status = 409, response = crate::responses::Conflict),
+        (status = 431, response = crate::responses::HeadersTooLarge),
+        (status = 500, response = crate::responses::InternalError)
+    )
+)]
+pub(crate) async fn remove_snapshot(
     State(d): Shared,
     Named(tag): Named<SnapshotTag>,
     ApiQuery(q): ApiQuery<RemoveQuery>,
-) -> Answer<Json<Value>> {
+) -> Answer<Json<answer::Removed>> {
     detached(async move {
         let removed = catalog::remove(&d.home, &tag, q.recursive).map_err(ApiError::from_op)?;
         for t in &removed {
@@ -534,27 +542,9 @@ async fn remove_snapshot(
             }
             tracing::info!(tag = %t, "snapshot removed");
         }
-        Ok(Json(json!({ "removed": removed })))
+        Ok(Json(answer::Removed { removed }))
     })
     .await
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RestoreBody {
-    count: Option<u32>,
-    name: Option<String>,
-    exec_after: Option<String>,
-    ready_port: Option<u16>,
-    ready_serial: Option<String>,
-    timeout_secs: Option<u64>,
-    #[serde(default)]
-    verify: bool,
-    /// Leave the clones paused at the snapshot point (no readiness, no pool).
-    #[serde(default)]
-    paused: bool,
-    /// For a snapshot whose display asks for a VNC password.
-    vnc_password: Option<String>,
 }
 
 /// A `Server-Timing` header: where the handler's time went, in milliseconds.
@@ -569,38 +559,46 @@ fn server_timing(parts: &[(&str, std::time::Duration)]) -> Timing {
     [("server-timing", v)]
 }
 
-async fn restore(
+/// Start clones of a snapshot
+///
+/// Clones come from the snapshot's warm pool while it has them ready (breakdown.source =
+/// pool), the rest start a new QEMU. If any clone fails, every clone of the request is
+/// stopped.
+#[utoipa::path(
+    post,
+    path = "/v1/snapshots/{tag}/restore",
+    tag = "thawd",
+    params(
+        ("tag" = SnapshotTag, Path, description = "The snapshot's tag; anything else than a valid tag is a 400.")
+    ),
+    request_body(content = Option<RestoreOptions>, description = "Optional: without a body, one clone with the defaults."),
+    responses(
+        (status = 201, description = "Every clone is ready, in order; each says where its time went.", body = Vec<CloneReport>, headers(("Server-Timing" = String, description = "Where the daemon's time went, ms: admit (the VM limit), restore (to ready), record."))),
+        (status = 400, response = crate::responses::BadRequest),
+        (status = 404, response = crate::responses::NotFound),
+        (status = 408, response = crate::responses::RequestTimeout),
+        (status = 409, response = crate::responses::Conflict),
+        (status = 413, response = crate::responses::PayloadTooLarge),
+        (status = 415, response = crate::responses::UnsupportedMediaType),
+        (status = 422, response = crate::responses::UnprocessableEntity),
+        (status = 429, response = crate::responses::TooManyRequests),
+        (status = 431, response = crate::responses::HeadersTooLarge),
+        (status = 500, response = crate::responses::InternalError)
+    )
+)]
+pub(crate) async fn restore(
     State(d): Shared,
     Named(tag): Named<SnapshotTag>,
-    ApiJson(body): ApiJson<RestoreBody>,
+    ApiJson(body): ApiJson<RestoreOptions>,
 ) -> Answer<(StatusCode, Timing, Json<Vec<CloneReport>>)> {
-    let name: Option<VmName> = body
-        .name
-        .map(|n| n.parse())
-        .transpose()
+    let req = body
+        .into_request(tag, Some(d.accel))
         .map_err(ApiError::from_op)?;
-    let count = body.count.unwrap_or(1);
+    let count = req.count;
     let t = std::time::Instant::now();
     let held = d.reserve(count)?;
     let admit = t.elapsed();
     detached(async move {
-        let req = restore::RestoreRequest {
-            tag,
-            count,
-            name,
-            accel: Some(d.accel),
-            verify: body.verify,
-            timeout: secs(body.timeout_secs, 60),
-            keep_vmgenid: false,
-            ready: ReadySpec {
-                port: body.ready_port,
-                redis_ping: false,
-                serial: body.ready_serial,
-            },
-            exec_after: body.exec_after,
-            paused: body.paused,
-            vnc_password: body.vnc_password,
-        };
         let t = std::time::Instant::now();
         let reports = restore::restore_from(&d.home, &d.qemu, &req, Some(&d.pool))
             .await
@@ -624,29 +622,49 @@ async fn restore(
 
 // ---------------------------------------------------------------------------- pools
 
-async fn pools(State(d): Shared) -> Json<Vec<PoolStatus>> {
+/// The state of every configured pool
+#[utoipa::path(
+    get,
+    path = "/v1/pools",
+    tag = "thawd",
+    responses(
+        (status = 200, description = "Pools, by tag.", body = Vec<PoolStatus>),
+        (status = 431, response = crate::responses::HeadersTooLarge),
+        (status = 500, response = crate::responses::InternalError)
+    )
+)]
+pub(crate) async fn pools(State(d): Shared) -> Json<Vec<PoolStatus>> {
     Json(d.pool.status())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PoolBody {
-    size: u32,
-    mode: Option<PoolMode>,
-    #[serde(default)]
-    warm_ports: bool,
-}
-
-async fn set_pool(
+/// Set a snapshot's warm pool
+///
+/// Kept across daemon restarts. Pooled processes end with the daemon.
+#[utoipa::path(
+    put,
+    path = "/v1/snapshots/{tag}/pool",
+    tag = "thawd",
+    params(
+        ("tag" = SnapshotTag, Path, description = "The snapshot's tag; anything else than a valid tag is a 400.")
+    ),
+    request_body = PoolConfig,
+    responses(
+        (status = 200, description = "The pool as it is now; it fills in the background (poll GET /v1/pools).", body = PoolStatus),
+        (status = 400, response = crate::responses::BadRequest),
+        (status = 404, response = crate::responses::NotFound),
+        (status = 408, response = crate::responses::RequestTimeout),
+        (status = 413, response = crate::responses::PayloadTooLarge),
+        (status = 415, response = crate::responses::UnsupportedMediaType),
+        (status = 422, response = crate::responses::UnprocessableEntity),
+        (status = 431, response = crate::responses::HeadersTooLarge),
+        (status = 500, response = crate::responses::InternalError)
+    )
+)]
+pub(crate) async fn set_pool(
     State(d): Shared,
     Named(tag): Named<SnapshotTag>,
-    ApiJson(body): ApiJson<PoolBody>,
+    ApiJson(config): ApiJson<PoolConfig>,
 ) -> Answer<Json<PoolStatus>> {
-    let config = PoolConfig {
-        size: body.size,
-        mode: body.mode.unwrap_or(PoolMode::Running),
-        warm_ports: body.warm_ports,
-    };
     d.pool.configure(&tag, config).map_err(ApiError::from_op)?;
     d.db.put_pool_config(&tag, config)
         .map_err(ApiError::from_op)?;
@@ -657,87 +675,4 @@ async fn set_pool(
         .find(|p| p.tag == tag)
         .map(Json)
         .ok_or_else(|| ApiError::internal(format!("the pool of {tag} vanished")))
-}
-
-/// For fuzzing the request bodies: decodes `body` (sent with the content type
-/// `content_type`) as the body of endpoint `which` exactly as the handlers do, and
-/// makes the checks they make before they start anything. `Err` is the refusal's
-/// status and message. Not part of the API.
-#[doc(hidden)]
-pub fn check_request_body(
-    which: u8,
-    content_type: Option<&[u8]>,
-    body: &[u8],
-) -> Result<(), (u16, String)> {
-    fn tag(t: &str) -> Answer<SnapshotTag> {
-        t.parse().map_err(ApiError::from_op)
-    }
-    let json = crate::extract::is_json_type(content_type);
-    let r: Answer<()> = (|| match which % 7 {
-        0 => check_boot(&crate::extract::decode::<BootBody>(json, body)?).map(drop),
-        1 => check_exec(&crate::extract::decode::<ExecBody>(json, body)?),
-        2 => tag(&crate::extract::decode::<SnapshotBody>(json, body)?.tag).map(drop),
-        3 => {
-            let b = crate::extract::decode::<ResetBody>(json, body)?;
-            b.to.as_deref().map(tag).transpose().map(drop)
-        }
-        4 => {
-            let b = crate::extract::decode::<RestoreBody>(json, body)?;
-            b.name
-                .map(|n| n.parse::<VmName>())
-                .transpose()
-                .map(drop)
-                .map_err(ApiError::from_op)
-        }
-        5 => crate::extract::decode::<PoolBody>(json, body).map(drop),
-        _ => {
-            // A path segment, as `Named` reads it.
-            let text = String::from_utf8_lossy(body);
-            text.parse::<VmName>().map(drop).map_err(ApiError::from_op)
-        }
-    })();
-    r.map_err(|e| (e.status.as_u16(), e.message))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::check_request_body;
-
-    /// serde quotes an unknown field's name as is: a body with a newline in a key got
-    /// a two-line error (and the CLI printed two lines).
-    #[test]
-    fn an_error_quoting_a_field_name_with_a_newline_is_one_line() {
-        for (which, body) in [
-            (1u8, &br#"{"com\nmand": ["true"]}"#[..]),
-            (0, br#"{"name": "a", "x\r\ny": 1}"#),
-            (2, br#"{"tag": "a\nb"}"#),
-        ] {
-            let (status, msg) = check_request_body(which, None, body).unwrap_err();
-            assert!((400..500).contains(&status), "{status} {msg}");
-            assert!(!msg.contains(['\n', '\r']), "{msg:?}");
-        }
-    }
-
-    #[test]
-    fn bodies_are_refused_with_the_handlers_statuses() {
-        assert_eq!(
-            check_request_body(1, None, b"{\"command\": [\"x\"]}"),
-            Ok(())
-        );
-        assert_eq!(check_request_body(1, None, b"").unwrap_err().0, 422);
-        assert_eq!(check_request_body(1, None, b"{\"comm").unwrap_err().0, 400);
-        assert_eq!(
-            check_request_body(1, Some(b"text/plain"), b"{}")
-                .unwrap_err()
-                .0,
-            415
-        );
-        assert_eq!(
-            check_request_body(1, None, b"{\"command\": []}")
-                .unwrap_err()
-                .0,
-            400
-        );
-        assert_eq!(check_request_body(6, None, b"a\0b").unwrap_err().0, 400);
-    }
 }

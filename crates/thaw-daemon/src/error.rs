@@ -171,6 +171,18 @@ impl HttpStatus for BootError {
     }
 }
 
+impl HttpStatus for thaw::profile::ResolveBootError {
+    fn status(&self) -> StatusCode {
+        use thaw::profile::ResolveBootError as E;
+        match self {
+            E::Name(_) | E::AppendWithoutKernel => BAD,
+            E::Disk(e) => e.status(),
+            E::Display(e) => e.status(),
+            E::Guest { .. } | E::Firmware(_) => FAILED,
+        }
+    }
+}
+
 impl HttpStatus for thaw::firmware::FirmwareError {
     fn status(&self) -> StatusCode {
         FAILED

@@ -10,16 +10,20 @@
 //!
 //! [`serve`] runs the daemon; [`client::Client`] talks to one.
 
+mod answer;
 mod api;
 mod auth;
+mod check;
 pub mod client;
 mod conn;
 mod db;
 mod error;
 mod extract;
 pub mod keeper;
+pub mod openapi;
 mod reaper;
 mod recover;
+mod responses;
 mod socket;
 pub mod tls;
 pub mod tokens;
@@ -34,7 +38,7 @@ use thaw::snapshot::SnapshotCheckError;
 use thaw::{Accel, Home};
 
 #[doc(hidden)]
-pub use api::check_request_body;
+pub use check::check_request_body;
 pub use db::{DbError, DB_FILE};
 pub use error::one_line;
 

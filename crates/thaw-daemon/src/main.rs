@@ -50,11 +50,24 @@ struct Args {
     /// Run as the pool keeper of the daemon for HOME (started by the daemon itself).
     #[arg(long = "pool-keeper", value_name = "HOME", hide = true)]
     pool_keeper: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Print the API's OpenAPI document (docs/openapi.json is its output:
+    /// `thawd openapi > docs/openapi.json`).
+    Openapi,
 }
 
 fn main() -> ExitCode {
     thaw::fsutil::private_umask();
     let args = Args::parse();
+    if let Some(Command::Openapi) = args.command {
+        println!("{}", thaw_daemon::openapi::document());
+        return ExitCode::SUCCESS;
+    }
     if let Some(home) = args.pool_keeper {
         return thaw_daemon::keeper::run(&home);
     }

@@ -35,6 +35,7 @@
 
 mod archive;
 mod chunk;
+mod extents;
 pub mod fsio;
 mod id;
 mod manifest;

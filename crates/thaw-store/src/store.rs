@@ -11,6 +11,7 @@ use std::sync::{mpsc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::{self, ChunkDefect, Codec, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use crate::extents::DataExtents;
 use crate::fsio::{self, Context, FileLock, IoError, LockMode};
 use crate::{ChunkId, Progress};
 
@@ -777,51 +778,5 @@ impl ChunkWriter {
             }
         }
         Ok(())
-    }
-}
-
-/// Walks the data extents of a file in order, so each chunk can be asked
-/// whether it overlaps data; holes are never read.
-struct DataExtents<'f> {
-    file: &'f File,
-    /// The current (or next) data extent, `[start, end)`; `u64::MAX` when none is left.
-    start: u64,
-    end: u64,
-    /// The file system cannot report holes: treat everything as data.
-    all_data: bool,
-}
-
-impl<'f> DataExtents<'f> {
-    fn new(file: &'f File) -> DataExtents<'f> {
-        DataExtents {
-            file,
-            start: 0,
-            end: 0,
-            all_data: false,
-        }
-    }
-
-    /// Whether `[start, end)` holds any data. Calls must come in increasing order.
-    fn overlaps(&mut self, start: u64, end: u64) -> std::io::Result<bool> {
-        use rustix::fs::{seek, SeekFrom};
-        use rustix::io::Errno;
-        if self.all_data {
-            return Ok(true);
-        }
-        if self.end <= start {
-            match seek(self.file, SeekFrom::Data(start)) {
-                Ok(data) => {
-                    self.start = data;
-                    self.end = seek(self.file, SeekFrom::Hole(data))?;
-                }
-                Err(Errno::NXIO) => (self.start, self.end) = (u64::MAX, u64::MAX),
-                Err(Errno::INVAL | Errno::OPNOTSUPP) => {
-                    self.all_data = true;
-                    return Ok(true);
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(self.start < end)
     }
 }

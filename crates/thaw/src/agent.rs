@@ -69,8 +69,19 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for ExecOutput {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <ExecOutputJson as utoipa::PartialSchema>::schema()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for ExecOutput {}
+
 /// [`ExecOutput`] on the wire.
 #[derive(serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 struct ExecOutputJson {
     exit_code: i32,

@@ -41,6 +41,7 @@ pub struct BootRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BootReport {
     pub name: VmName,
     pub pid: u32,

@@ -30,6 +30,7 @@ use crate::vm::{self, Origin, VmError, VmPaths, VmState};
 
 /// Where a restore's time went, in milliseconds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Breakdown {
     /// "spawn" (a new QEMU for this request) or "pool" (taken from a warm pool).
     pub source: String,
@@ -64,6 +65,7 @@ pub struct Breakdown {
 
 /// A clone that is ready: what `thaw restore` reports for each clone.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CloneReport {
     pub name: VmName,
     pub pid: u32,

@@ -22,6 +22,24 @@ pub enum ExecError {
 }
 
 /// Runs a command in the guest through its agent.
+/// A command as a client asks to run it: `POST /v1/vms/{name}/exec`'s body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ExecOptions {
+    /// The command and its arguments (not empty).
+    pub command: Vec<String>,
+    /// Seconds the command may run (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+impl ExecOptions {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs.unwrap_or(60))
+    }
+}
+
 pub async fn exec(
     home: &Home,
     name: &VmName,
@@ -37,6 +55,7 @@ pub async fn exec(
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VmInfo {
     pub name: VmName,
     pub pid: Option<u32>,

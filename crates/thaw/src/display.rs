@@ -34,6 +34,7 @@ pub struct DisplaySpec {
 
 /// The TCP ports (on 127.0.0.1) one VM's display listens on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VncPorts {
     pub port: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]

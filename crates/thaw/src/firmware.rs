@@ -53,6 +53,7 @@ impl Firmware {
 
 /// What the user names on the command line (`--firmware bios|uefi`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum FirmwareKind {
     #[default]

@@ -54,6 +54,23 @@ fn check_name(kind: &'static str, name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// The schema of a name: what [`check_name`] lets through, as far as a pattern can say
+/// (a name with `..` matches it and is still refused).
+#[cfg(feature = "openapi")]
+fn name_schema(kind: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(64))
+        .pattern(Some("^[A-Za-z0-9_][A-Za-z0-9._-]*$"))
+        .description(Some(format!(
+            "A {kind}: letters, digits, '.', '_' and '-', at most 64; no '/', no '..', \
+             not starting with '.' or '-'."
+        )))
+        .into()
+}
+
 macro_rules! name_type {
     ($(#[$doc:meta])* $ty:ident, $kind:literal) => {
         $(#[$doc])*
@@ -88,6 +105,16 @@ macro_rules! name_type {
                 n.0
             }
         }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                name_schema($kind)
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $ty {}
 
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -31,6 +31,7 @@ pub mod mapped;
 pub mod migration;
 pub mod pool;
 pub mod ports;
+pub mod profile;
 pub mod qcow2;
 pub mod qemu;
 pub mod ready;

@@ -34,10 +34,12 @@ use crate::qemu::Qemu;
 use crate::snapshot::{Snapshot, SnapshotCheckError};
 use crate::vm::VmPaths;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum PoolMode {
     Paused,
+    #[default]
     Running,
 }
 
@@ -68,10 +70,14 @@ pub enum Orphans {
     OwnerCleansUp,
 }
 
-/// What the user sets per snapshot.
+/// What the user sets per snapshot (`PUT /v1/snapshots/{tag}/pool`'s body).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     pub size: u32,
+    /// Default: running.
+    #[serde(default)]
     pub mode: PoolMode,
     /// Running pools only: before a clone counts as ready, connect once to each of its
     /// forwarded ports and send a `PING` line (Redis answers it; other services see
@@ -97,6 +103,7 @@ impl PoolConfig {
 pub const MAX_POOL_SIZE: u32 = 64;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PoolStatus {
     pub tag: SnapshotTag,
     pub size: u32,

@@ -41,7 +41,45 @@ pub struct ResetRequest {
     pub accel: Option<Accel>,
 }
 
+/// A reset as a client asks for it: `POST /v1/vms/{name}/reset`'s body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ResetOptions {
+    /// The snapshot to go back to (default: the one the VM was restored from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Seconds the guest agent may take after the reset (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+impl ResetOptions {
+    /// The options of `req` (what a client sends for it).
+    pub fn of(req: &ResetRequest) -> ResetOptions {
+        ResetOptions {
+            to: req.to.as_ref().map(SnapshotTag::to_string),
+            timeout_secs: Some(req.timeout.as_secs()),
+        }
+    }
+
+    /// The request for resetting VM `name` under `accel`.
+    pub fn into_request(
+        self,
+        name: VmName,
+        accel: Option<Accel>,
+    ) -> Result<ResetRequest, crate::home::NameError> {
+        Ok(ResetRequest {
+            name,
+            to: self.to.map(|t| t.parse()).transpose()?,
+            timeout: Duration::from_secs(self.timeout_secs.unwrap_or(60)),
+            accel,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResetReport {
     /// The snapshot the VM went back to.
     pub snapshot: SnapshotTag,

@@ -44,6 +44,84 @@ pub struct RestoreRequest {
     pub vnc_password: Option<String>,
 }
 
+/// A restore as a client asks for it: `POST /v1/snapshots/{tag}/restore`'s body (the
+/// tag is in the path). The accelerator, RAM verification and keeping the VM
+/// Generation ID are the host's to decide, not a client's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RestoreOptions {
+    /// How many clones (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// The clone's name (with `count > 1`: NAME-1, NAME-2, ...). Default: TAG-N.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A shell command run in each clone before it is reported ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_after: Option<String>,
+    /// Also wait until this guest TCP port accepts connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_port: Option<u16>,
+    /// Also wait until the serial console matches this regex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_serial: Option<String>,
+    /// Seconds each clone's guest agent may take (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// Hash the whole RAM image before restoring.
+    #[serde(default)]
+    pub verify: bool,
+    /// Leave the clones paused at the snapshot point (no readiness, no pool).
+    #[serde(default)]
+    pub paused: bool,
+    /// For a snapshot whose display asks for a VNC password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vnc_password: Option<String>,
+}
+
+impl RestoreOptions {
+    /// The options of `req` (what a client sends for it).
+    pub fn of(req: &RestoreRequest) -> RestoreOptions {
+        RestoreOptions {
+            count: Some(req.count),
+            name: req.name.as_ref().map(VmName::to_string),
+            exec_after: req.exec_after.clone(),
+            ready_port: req.ready.port,
+            ready_serial: req.ready.serial.clone(),
+            timeout_secs: Some(req.timeout.as_secs()),
+            verify: req.verify,
+            paused: req.paused,
+            vnc_password: req.vnc_password.clone(),
+        }
+    }
+
+    /// The request for restoring `tag` under `accel`.
+    pub fn into_request(
+        self,
+        tag: SnapshotTag,
+        accel: Option<Accel>,
+    ) -> Result<RestoreRequest, crate::home::NameError> {
+        Ok(RestoreRequest {
+            tag,
+            count: self.count.unwrap_or(1),
+            name: self.name.map(|n| n.parse()).transpose()?,
+            accel,
+            verify: self.verify,
+            timeout: Duration::from_secs(self.timeout_secs.unwrap_or(60)),
+            keep_vmgenid: false,
+            ready: ReadySpec {
+                port: self.ready_port,
+                redis_ping: false,
+                serial: self.ready_serial,
+            },
+            exec_after: self.exec_after,
+            paused: self.paused,
+            vnc_password: self.vnc_password,
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
     #[error(transparent)]

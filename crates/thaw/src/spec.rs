@@ -99,6 +99,7 @@ pub struct NetSpec {
 
 /// A host port forwarded to a guest port (host side bound to 127.0.0.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PortForward {
     pub host: u16,
     pub guest: u16,

@@ -13,6 +13,7 @@ use crate::home::{Home, SnapshotTag, VmName};
 use crate::snapshot::{self, Memory, Snapshot};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SnapshotInfo {
     pub tag: SnapshotTag,
     /// Null when the manifest cannot be read; `problem` says why.

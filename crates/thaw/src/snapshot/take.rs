@@ -56,7 +56,19 @@ pub struct SnapshotRequest {
     pub stop: bool,
 }
 
+/// A snapshot as a client asks for it: `POST /v1/vms/{name}/snapshot`'s body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotOptions {
+    pub tag: String,
+    /// End the VM after the snapshot.
+    #[serde(default)]
+    pub stop: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SnapshotReport {
     pub tag: SnapshotTag,
     /// The snapshot this one was taken on top of (for a restored clone).

@@ -1,0 +1,355 @@
+//! `thaw`'s arguments (clap). `thaw bench`'s are the `thaw-bench` binary's ([`crate::bench`]).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use thaw::profile::Profile;
+use thaw::{Accel, SnapshotTag, VmName};
+
+#[derive(Parser)]
+#[command(
+    name = "thaw",
+    version,
+    about = "Boot a VM once, checkpoint it, and restore it (or many clones) in milliseconds",
+    long_about = "Boot a VM once, checkpoint it, and restore it (or many clones) in milliseconds.\n\n\
+        State lives in $THAW_HOME (default ~/.local/share/thaw); built guests are cached in \
+        $THAW_CACHE (default ~/.cache/thaw). QEMU is found on $PATH or at $THAW_QEMU.\n\n\
+        Try it:  thaw boot demo && thaw snapshot demo base && thaw restore base --count 3"
+)]
+pub(crate) struct Cli {
+    /// Print exactly one JSON document on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Boot a VM in the background; returns when its guest agent answers.
+    Boot(BootArgs),
+    /// Run a command in a VM's guest through the agent; exits with its exit code.
+    Exec {
+        name: VmName,
+        /// Seconds the command may run.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Checkpoint a running VM into a snapshot (the VM keeps running unless --stop).
+    Snapshot {
+        name: VmName,
+        tag: SnapshotTag,
+        /// End the VM and move its RAM file into the snapshot (no copy).
+        #[arg(long)]
+        stop: bool,
+    },
+    /// Start clones of a snapshot; each returns when its guest agent answers.
+    Restore(RestoreArgs),
+    /// Throw a VM's changes away: back to the snapshot it was restored from (or --to
+    /// TAG), keeping its name and host ports, with a fresh VM Generation ID and the
+    /// clock set. Through a running daemon, from its warm pool when it has one.
+    Reset {
+        name: VmName,
+        /// The snapshot to go back to.
+        #[arg(long, value_name = "TAG")]
+        to: Option<SnapshotTag>,
+        /// Seconds to wait for the guest agent.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// List VMs and their state.
+    Ls,
+    /// List snapshots.
+    Snapshots,
+    /// Stop VMs and remove their state.
+    Stop {
+        /// VMs to stop.
+        #[arg(required_unless_present = "all")]
+        names: Vec<VmName>,
+        /// Stop every VM.
+        #[arg(long, conflicts_with = "names")]
+        all: bool,
+    },
+    /// Resume a paused VM (for example one an interrupted snapshot left paused, or a
+    /// clone restored with --paused).
+    Resume { name: VmName },
+    /// Pause a running VM's vCPUs (resume continues it).
+    Pause { name: VmName },
+    /// Write a PNG of a VM's screen (a VM with --display vnc; paused VMs too).
+    Screenshot {
+        name: VmName,
+        /// The PNG file to write.
+        file: PathBuf,
+    },
+    /// Type text on a VM's keyboard (US layout; \n is Enter).
+    Type {
+        name: VmName,
+        /// The text (printable ASCII, tab, newline).
+        text: String,
+    },
+    /// Press keys on a VM's keyboard: each COMBO is one press, e.g. ret, ctrl-alt-f2,
+    /// shift-a (QEMU key names).
+    Key {
+        name: VmName,
+        #[arg(required = true, value_name = "COMBO")]
+        combos: Vec<String>,
+    },
+    /// Delete a snapshot (refused while snapshots taken on top of it exist).
+    Rm {
+        tag: SnapshotTag,
+        /// Also delete every snapshot taken on top of it (children first).
+        #[arg(long, short = 'r')]
+        recursive: bool,
+    },
+    /// Print a VM's serial console output.
+    Logs { name: VmName },
+    /// Measure cold boot against restore (of the default guest, or --profile), both to
+    /// the same readiness; --pool takes the restores from a warm pool.
+    Bench(BenchArgs),
+    /// Build guests.
+    Guest {
+        #[command(subcommand)]
+        command: GuestCommand,
+    },
+    /// Run the daemon (thawd) in the foreground: an HTTP/JSON API on a Unix socket that
+    /// owns this $THAW_HOME's VMs and warm pools. While it runs, thaw's commands go
+    /// through it (set THAW_NO_DAEMON=1 to bypass it).
+    Serve {
+        /// The socket (default $THAW_HOME/thawd.sock), created mode 0600.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// The most VMs at once; requests beyond it are refused.
+        #[arg(long, default_value_t = 64)]
+        max_vms: u32,
+    },
+    /// Set a snapshot's warm pool (needs a running daemon: thaw serve).
+    Pool {
+        tag: SnapshotTag,
+        /// Clones kept ready (0 empties the pool).
+        #[arg(long)]
+        size: u32,
+        /// paused: state loaded, vCPUs not resumed; running: resumed, agent connected.
+        #[arg(long, default_value = "running")]
+        mode: thaw::pool::PoolMode,
+        /// Running pools: connect once to each forwarded port of a clone (and send a
+        /// PING line) before it counts as ready.
+        #[arg(long)]
+        warm_ports: bool,
+    },
+    /// List warm pools (needs a running daemon).
+    Pools,
+    /// Boot through the cache: restore the snapshot of this exact boot (kernel, initrd
+    /// and disks by content, machine, QEMU, readiness) if there is one — locally or on
+    /// --remote — else cold-boot, snapshot into the cache (and push), and hand the VM
+    /// over. --json says which path was taken.
+    Up {
+        #[command(flatten)]
+        boot: BootArgs,
+        /// An S3 remote (s3://bucket/prefix; endpoint and keys from THAW_S3_ENDPOINT,
+        /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION).
+        #[arg(long, value_name = "URL")]
+        remote: Option<String>,
+    },
+    /// Send a snapshot to S3-compatible storage: only the chunks it lacks.
+    Push {
+        tag: SnapshotTag,
+        /// s3://bucket/prefix (endpoint and keys from the environment, see `up`).
+        remote: String,
+    },
+    /// Fetch a snapshot from S3-compatible storage (every chunk checked on arrival).
+    Pull {
+        tag: SnapshotTag,
+        /// s3://bucket/prefix.
+        remote: String,
+    },
+    /// Write a snapshot and everything it needs into one file (for CI caches).
+    Export { tag: SnapshotTag, file: PathBuf },
+    /// Read a file written by `thaw export`.
+    Import { file: PathBuf },
+    /// Remove the store's chunks that no snapshot needs.
+    Gc,
+    /// The content-addressed store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum StoreCommand {
+    /// Re-hash every chunk and name what is damaged.
+    Verify,
+    /// Remove a snapshot's materialized files, keeping it in the store: the next
+    /// restore writes them again from the store's chunks.
+    Evict { tag: SnapshotTag },
+}
+
+#[derive(Args)]
+pub(crate) struct BootArgs {
+    pub name: VmName,
+    /// Kernel to boot. Without one, a --disk is booted through the firmware (its own
+    /// bootloader), and with no --disk either, the default guest (built if missing).
+    #[arg(long, requires = "initrd")]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs to boot with --kernel.
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (default: the default guest's).
+    #[arg(long)]
+    pub append: Option<String>,
+    /// A guest thaw builds: `default` (busybox + agent in an initramfs), `debian`
+    /// (Debian bookworm with systemd and redis on a disk image; guest port 6379 is
+    /// forwarded), `debian-bios` / `debian-uefi` (the same system on a disk with GRUB,
+    /// booted through SeaBIOS / UEFI) or `debian-vnc` (debian-bios with a display whose
+    /// screen shows a clock and what is typed). Extra --disk options attach more disks.
+    #[arg(long, conflicts_with = "kernel")]
+    pub profile: Option<Profile>,
+    /// The firmware: bios (SeaBIOS) or uefi (OVMF, from Debian's ovmf package; the VM
+    /// gets its own copy of the UEFI variables).
+    #[arg(long)]
+    pub firmware: Option<thaw::firmware::FirmwareKind>,
+    /// A display: `vnc` (a VGA card served over VNC on 127.0.0.1), or `none`.
+    #[arg(long, value_name = "vnc|none")]
+    pub display: Option<thaw::profile::DisplayKind>,
+    /// The VNC port (default: a free one; thaw ls lists it).
+    #[arg(long, value_name = "PORT")]
+    pub vnc_port: Option<u16>,
+    /// Also serve VNC over a websocket (for browser clients), on PORT or a free port.
+    #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "0")]
+    pub vnc_websocket: Option<u16>,
+    /// VNC clients must give the password in the first line of FILE (at most 8
+    /// characters; it is never stored: clones need it given again).
+    #[arg(long, value_name = "FILE")]
+    pub vnc_password_file: Option<PathBuf>,
+    /// Guest memory in MiB (default 256; 512 for the debian profile).
+    #[arg(long)]
+    pub memory: Option<u32>,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// QEMU machine type.
+    #[arg(long, default_value = "pc")]
+    pub machine: String,
+    /// Accelerator (default: kvm where it can run a guest, else tcg).
+    #[arg(long)]
+    pub accel: Option<Accel>,
+    /// Attach a virtio-blk disk: PATH[,format=raw|qcow2][,readonly]. The image is never
+    /// written; the VM runs on a qcow2 overlay. Repeatable.
+    #[arg(long = "disk", value_name = "PATH[,OPTS]")]
+    pub disks: Vec<String>,
+    /// Forward 127.0.0.1:HOSTPORT to the guest's GUESTPORT (TCP); HOSTPORT 0 picks a
+    /// free port. Repeatable.
+    #[arg(long = "port", value_name = "HOSTPORT:GUESTPORT", value_parser = parse_forward)]
+    pub ports: Vec<thaw::spec::PortForward>,
+    /// No network card (user-mode networking is on by default).
+    #[arg(long, conflicts_with = "ports")]
+    pub no_net: bool,
+    #[command(flatten)]
+    pub ready: ReadyArgs,
+    /// Seconds to wait for the guest to become ready.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+}
+
+#[derive(Args)]
+pub(crate) struct ReadyArgs {
+    /// Also wait until this guest TCP port accepts connections (through its forward).
+    #[arg(long, value_name = "GUESTPORT")]
+    pub ready_port: Option<u16>,
+    /// Also wait until the serial console matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    pub ready_serial: Option<String>,
+}
+
+impl ReadyArgs {
+    pub fn spec(self) -> thaw::ready::ReadySpec {
+        thaw::ready::ReadySpec {
+            port: self.ready_port,
+            redis_ping: false,
+            serial: self.ready_serial,
+        }
+    }
+}
+
+fn parse_forward(s: &str) -> Result<thaw::spec::PortForward, String> {
+    let (h, g) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not HOSTPORT:GUESTPORT"))?;
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .map_err(|_| format!("{p:?} is not a port number"))
+    };
+    let guest = port(g)?;
+    if guest == 0 {
+        return Err("the guest port cannot be 0".into());
+    }
+    Ok(thaw::spec::PortForward {
+        host: port(h)?,
+        guest,
+    })
+}
+
+#[derive(Args)]
+pub(crate) struct RestoreArgs {
+    pub tag: SnapshotTag,
+    /// How many clones to start.
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
+    /// Name of the clone (with --count > 1: NAME-1, NAME-2, ...). Default: TAG-N.
+    #[arg(long)]
+    pub name: Option<VmName>,
+    /// Accelerator (default: kvm where it can run a guest, else tcg).
+    #[arg(long)]
+    pub accel: Option<Accel>,
+    /// Hash the whole RAM image before restoring (reads every byte).
+    #[arg(long)]
+    pub verify: bool,
+    /// Seconds to wait for each clone's guest agent.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// Give clones the snapshot's VM Generation ID instead of a fresh one. Clones then
+    /// share RNG state; only for demonstrating what the fresh id prevents.
+    #[arg(long, hide = true)]
+    pub keep_vmgenid: bool,
+    /// Run this shell command in each clone before reporting it ready (for example to
+    /// regenerate machine-id or SSH host keys); a non-zero exit fails the restore.
+    #[arg(long, value_name = "CMD")]
+    pub exec_after: Option<String>,
+    /// Leave the clones paused at the snapshot point (state loaded, vCPUs stopped);
+    /// thaw resume continues them.
+    #[arg(long, conflicts_with = "exec_after")]
+    pub paused: bool,
+    /// The clones' VNC password (first line of FILE), for a snapshot whose display asks
+    /// for one.
+    #[arg(long, value_name = "FILE")]
+    pub vnc_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub ready: ReadyArgs,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum GuestCommand {
+    /// Build the default guest (Debian cloud kernel + busybox/qemu-guest-agent initramfs).
+    Build {
+        /// Rebuild even if it is already built.
+        #[arg(long)]
+        force: bool,
+        /// Which guest: `default`, `debian`, or the firmware-booted image that
+        /// `debian-bios`, `debian-uefi` and `debian-vnc` share.
+        #[arg(long, default_value = "default")]
+        profile: Profile,
+    },
+}
+
+/// `thaw bench`: everything after it goes to the `thaw-bench` binary (see
+/// [`crate::bench`]), `--help` included.
+#[derive(clap::Args)]
+#[command(disable_help_flag = true)]
+pub(crate) struct BenchArgs {
+    /// The benchmark's arguments (`thaw bench --help` lists them).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<std::ffi::OsString>,
+}

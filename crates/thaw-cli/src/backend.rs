@@ -1,0 +1,181 @@
+//! The one seam between the commands and where the operations run: in this process
+//! (the library, [`Local`]) or in the daemon serving this home (its [`Client`]). Every
+//! command the daemon serves goes through [`Ops`]; the rest (guests, the store, the
+//! screen, `up`) always run here.
+
+use anyhow::{bail, Result};
+use thaw::agent::ExecOutput;
+use thaw::boot::BootReport;
+use thaw::cancel::CancellationToken;
+use thaw::clone::CloneReport;
+use thaw::control::{self, VmInfo};
+use thaw::pool::{PoolConfig, PoolStatus};
+use thaw::profile::BootOptions;
+use thaw::qemu::Qemu;
+use thaw::reset::{ResetReport, ResetRequest};
+use thaw::restore::RestoreRequest;
+use thaw::snapshot::catalog::{self, SnapshotInfo};
+use thaw::snapshot::take::{self, SnapshotReport, SnapshotRequest};
+use thaw::{Accel, Home, SnapshotTag, VmName};
+use thaw_daemon::client::Client;
+
+use crate::remote;
+
+/// What a command asks of thaw, wherever it runs.
+pub(crate) trait Ops {
+    /// Boots what `options` describe (progress lines on stderr unless `json`).
+    async fn boot(&self, options: BootOptions, json: bool) -> Result<BootReport>;
+    async fn exec(&self, name: &VmName, command: &[String], timeout: u64) -> Result<ExecOutput>;
+    async fn snapshot(&self, req: &SnapshotRequest) -> Result<SnapshotReport>;
+    async fn restore(&self, req: &RestoreRequest) -> Result<Vec<CloneReport>>;
+    async fn reset(&self, req: &ResetRequest) -> Result<ResetReport>;
+    async fn list(&self) -> Result<Vec<VmInfo>>;
+    /// The names of every VM (cheaper than [`Ops::list`] where it can be).
+    async fn vm_names(&self) -> Result<Vec<VmName>>;
+    async fn snapshots(&self) -> Result<Vec<SnapshotInfo>>;
+    async fn stop(&self, name: &VmName) -> Result<()>;
+    async fn resume(&self, name: &VmName) -> Result<()>;
+    async fn remove_snapshot(&self, tag: &SnapshotTag, recursive: bool)
+        -> Result<Vec<SnapshotTag>>;
+    async fn set_pool(&self, tag: &SnapshotTag, config: PoolConfig) -> Result<PoolStatus>;
+    async fn pools(&self) -> Result<Vec<PoolStatus>>;
+}
+
+/// The library, in this process. An interrupt (`cancel`) rolls back what it started.
+pub(crate) struct Local {
+    pub home: Home,
+    pub cancel: CancellationToken,
+}
+
+const POOLS_NEED_THE_DAEMON: &str = "warm pools live in the daemon: start it with `thaw serve`";
+
+fn qemu() -> Result<Qemu> {
+    Ok(Qemu::find(&thaw::guest::cache_dir())?)
+}
+
+impl Ops for Local {
+    async fn boot(&self, options: BootOptions, json: bool) -> Result<BootReport> {
+        let req = thaw::profile::resolve(options, Accel::detect(), &mut crate::progress(json))?;
+        let qemu = qemu()?;
+        Ok(thaw::boot::boot_cancellable(&self.home, &qemu, &req, &self.cancel).await?)
+    }
+
+    async fn exec(&self, name: &VmName, command: &[String], timeout: u64) -> Result<ExecOutput> {
+        let timeout = std::time::Duration::from_secs(timeout);
+        Ok(control::exec(&self.home, name, command, timeout).await?)
+    }
+
+    async fn snapshot(&self, req: &SnapshotRequest) -> Result<SnapshotReport> {
+        Ok(take::take_cancellable(&self.home, req, &self.cancel).await?)
+    }
+
+    async fn restore(&self, req: &RestoreRequest) -> Result<Vec<CloneReport>> {
+        let qemu = qemu()?;
+        let cancel = &self.cancel;
+        Ok(thaw::restore::restore_cancellable(&self.home, &qemu, req, None, cancel).await?)
+    }
+
+    async fn reset(&self, req: &ResetRequest) -> Result<ResetReport> {
+        let qemu = qemu()?;
+        let cancel = &self.cancel;
+        Ok(thaw::reset::reset_cancellable(&self.home, &qemu, req, None, cancel).await?)
+    }
+
+    async fn list(&self) -> Result<Vec<VmInfo>> {
+        Ok(control::list(&self.home).await)
+    }
+
+    async fn vm_names(&self) -> Result<Vec<VmName>> {
+        Ok(thaw::vm::list_names(&self.home))
+    }
+
+    async fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        Ok(catalog::list(&self.home))
+    }
+
+    async fn stop(&self, name: &VmName) -> Result<()> {
+        Ok(control::stop(&self.home, name).await?)
+    }
+
+    async fn resume(&self, name: &VmName) -> Result<()> {
+        Ok(control::resume(&self.home, name).await?)
+    }
+
+    async fn remove_snapshot(
+        &self,
+        tag: &SnapshotTag,
+        recursive: bool,
+    ) -> Result<Vec<SnapshotTag>> {
+        Ok(catalog::remove(&self.home, tag, recursive)?)
+    }
+
+    async fn set_pool(&self, _: &SnapshotTag, _: PoolConfig) -> Result<PoolStatus> {
+        bail!(POOLS_NEED_THE_DAEMON)
+    }
+
+    async fn pools(&self) -> Result<Vec<PoolStatus>> {
+        bail!(POOLS_NEED_THE_DAEMON)
+    }
+}
+
+impl Ops for Client {
+    async fn boot(&self, options: BootOptions, _: bool) -> Result<BootReport> {
+        remote::boot(self, &options).await
+    }
+
+    async fn exec(&self, name: &VmName, command: &[String], timeout: u64) -> Result<ExecOutput> {
+        remote::exec(self, name, command, timeout).await
+    }
+
+    async fn snapshot(&self, req: &SnapshotRequest) -> Result<SnapshotReport> {
+        remote::snapshot(self, req).await
+    }
+
+    async fn restore(&self, req: &RestoreRequest) -> Result<Vec<CloneReport>> {
+        remote::restore(self, req).await
+    }
+
+    async fn reset(&self, req: &ResetRequest) -> Result<ResetReport> {
+        remote::reset(self, req).await
+    }
+
+    async fn list(&self) -> Result<Vec<VmInfo>> {
+        remote::list(self).await
+    }
+
+    async fn vm_names(&self) -> Result<Vec<VmName>> {
+        Ok(remote::list(self)
+            .await?
+            .into_iter()
+            .map(|v| v.name)
+            .collect())
+    }
+
+    async fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        remote::snapshots(self).await
+    }
+
+    async fn stop(&self, name: &VmName) -> Result<()> {
+        remote::stop(self, name).await
+    }
+
+    async fn resume(&self, name: &VmName) -> Result<()> {
+        remote::resume(self, name).await
+    }
+
+    async fn remove_snapshot(
+        &self,
+        tag: &SnapshotTag,
+        recursive: bool,
+    ) -> Result<Vec<SnapshotTag>> {
+        remote::remove_snapshot(self, tag, recursive).await
+    }
+
+    async fn set_pool(&self, tag: &SnapshotTag, config: PoolConfig) -> Result<PoolStatus> {
+        remote::set_pool(self, tag, config).await
+    }
+
+    async fn pools(&self) -> Result<Vec<PoolStatus>> {
+        remote::pools(self).await
+    }
+}

@@ -1,0 +1,248 @@
+//! The commands that always run in this process: `up`, the store (push, pull, export,
+//! import, gc, verify, evict), the screen (pause, screenshot, type, key), logs, guests
+//! and `serve` itself.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use thaw::cancel::CancellationToken;
+use thaw::control;
+use thaw::profile::Profile;
+use thaw::qemu::Qemu;
+use thaw::{Home, SnapshotTag, VmName};
+
+use crate::args::{BootArgs, GuestCommand, StoreCommand};
+use crate::print::{self, emit};
+use crate::progress;
+
+pub(crate) async fn up(
+    boot: BootArgs,
+    remote: Option<String>,
+    home: &Home,
+    json: bool,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let req = thaw::up::UpRequest {
+        boot: super::vm::boot_request(boot, json)?,
+        remote: remote
+            .map(|r| thaw::store::Remote::from_env(&r))
+            .transpose()?,
+    };
+    let cache = thaw::guest::cache_dir();
+    let qemu = Qemu::find(&cache)?;
+    let report = thaw::up::up(
+        home,
+        &qemu,
+        &cache,
+        &req,
+        &mut progress::Bars::new(),
+        cancel,
+    )
+    .await?;
+    emit(json, &report, |r| {
+        format!(
+            "{} is up ({} {}) in {:.1} ms (pid {}){}",
+            r.name,
+            r.path,
+            r.tag,
+            r.ready_ms,
+            r.pid,
+            if r.pushed { ", pushed" } else { "" }
+        )
+    })?;
+    Ok(())
+}
+
+pub(crate) async fn push(tag: SnapshotTag, remote: String, home: &Home, json: bool) -> Result<()> {
+    let remote = thaw::store::Remote::from_env(&remote)?;
+    let r = thaw::store::push(home, &tag, &remote, &mut progress::Bars::new()).await?;
+    emit(json, &r, |r| print::transfer("pushed", r))?;
+    Ok(())
+}
+
+pub(crate) async fn pull(tag: SnapshotTag, remote: String, home: &Home, json: bool) -> Result<()> {
+    let remote = thaw::store::Remote::from_env(&remote)?;
+    let r = thaw::store::pull(home, &tag, &remote, &mut progress::Bars::new()).await?;
+    emit(json, &r, |r| print::transfer("pulled", r))?;
+    Ok(())
+}
+
+pub(crate) async fn export(tag: SnapshotTag, file: PathBuf, home: &Home, json: bool) -> Result<()> {
+    let r = thaw::store::export(home, &tag, &file, &mut progress::Bars::new())?;
+    emit(
+        json,
+        &serde_json::json!({"tag": tag, "file": file, "chunks": r.chunks, "bytes": r.file_bytes}),
+        |_| {
+            format!(
+                "exported {tag} to {} ({} chunks, {} bytes)",
+                file.display(),
+                r.chunks,
+                r.file_bytes
+            )
+        },
+    )?;
+    Ok(())
+}
+
+pub(crate) async fn import(file: PathBuf, home: &Home, json: bool) -> Result<()> {
+    let tag = thaw::store::import(home, &file, &mut progress::Bars::new())?;
+    emit(json, &serde_json::json!({"imported": tag}), |_| {
+        format!("imported snapshot {tag}")
+    })?;
+    Ok(())
+}
+
+pub(crate) async fn gc(home: &Home, json: bool) -> Result<()> {
+    let r = thaw::store::gc(home)?;
+    emit(json, &r, |r| {
+        format!(
+            "removed {} chunks ({} bytes); the store holds {} bytes",
+            r.chunks_removed, r.bytes_freed, r.stored_bytes
+        )
+    })?;
+    Ok(())
+}
+
+pub(crate) async fn pause(name: VmName, home: &Home, json: bool) -> Result<()> {
+    control::pause(home, &name).await?;
+    emit(json, &serde_json::json!({ "paused": name }), |_| {
+        format!("paused {name}")
+    })?;
+    Ok(())
+}
+
+pub(crate) async fn screenshot(name: VmName, file: PathBuf, home: &Home, json: bool) -> Result<()> {
+    let file = std::path::absolute(&file)?;
+    let shot = thaw::screen::screenshot(home, &name, &file).await?;
+    emit(json, &shot, |s| {
+        format!(
+            "wrote {} ({}x{}, {} KiB)",
+            s.file.display(),
+            s.width,
+            s.height,
+            s.bytes / 1024
+        )
+    })?;
+    Ok(())
+}
+
+pub(crate) async fn type_text(name: VmName, text: String, home: &Home, json: bool) -> Result<()> {
+    let sent = thaw::screen::type_text(home, &name, &text).await?;
+    emit(json, &sent, |s| {
+        format!("typed {} keys into {}", s.keys, s.name)
+    })?;
+    Ok(())
+}
+
+pub(crate) async fn key(name: VmName, combos: Vec<String>, home: &Home, json: bool) -> Result<()> {
+    let sent = thaw::screen::send_keys(home, &name, &combos).await?;
+    emit(json, &sent, |s| {
+        format!("pressed {} keys in {}", s.keys, s.name)
+    })?;
+    Ok(())
+}
+
+pub(crate) async fn logs(name: VmName, home: &Home, json: bool) -> Result<()> {
+    thaw::vm::VmState::load(home, &name)?;
+    let path = thaw::vm::VmPaths::new(home, &name).console();
+    let text = thaw::console::read(&path);
+    if json {
+        let doc = serde_json::json!({ "name": name, "console": String::from_utf8_lossy(&text) });
+        emit(true, &doc, |_| String::new())?;
+    } else {
+        std::io::stdout().write_all(&text)?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn serve(
+    socket: Option<PathBuf>,
+    max_vms: u32,
+    home: &Home,
+    json: bool,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let mut config = thaw_daemon::ServeConfig::new(home.clone());
+    if let Some(s) = socket {
+        config.socket = s;
+    }
+    config.max_vms = max_vms;
+    if !json {
+        eprintln!("thaw: serving on {}", config.socket.display());
+    }
+    thaw_daemon::serve(config, cancel.clone().cancelled_owned()).await?;
+    emit(json, &serde_json::json!({ "stopped": true }), |_| {
+        String::new()
+    })?;
+    Ok(())
+}
+
+pub(crate) async fn store(command: StoreCommand, home: &Home, json: bool) -> Result<()> {
+    match command {
+        StoreCommand::Verify => {
+            let r = thaw::store::verify(home, &mut progress::Bars::new())?;
+            if !r.damaged.is_empty() {
+                anyhow::bail!(
+                    "the store has {} damaged chunk(s): {} (snapshots that need them: {})",
+                    r.damaged.len(),
+                    r.damaged.join("; "),
+                    r.snapshots_affected.join(", ")
+                );
+            }
+            if !r.snapshots_affected.is_empty() {
+                anyhow::bail!(
+                    "snapshots name chunks the store lacks: {}",
+                    r.snapshots_affected.join(", ")
+                );
+            }
+            emit(json, &r, |r| {
+                format!("{} chunks checked, none damaged", r.chunks_checked)
+            })?;
+        }
+        StoreCommand::Evict { tag } => {
+            thaw::store::evict(home, &tag)?;
+            emit(json, &serde_json::json!({"evicted": tag}), |_| {
+                format!("evicted the files of {tag}; it stays in the store")
+            })?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn guest(command: GuestCommand, json: bool) -> Result<()> {
+    let GuestCommand::Build { force, profile } = command;
+    let cache = thaw::guest::cache_dir();
+    match profile {
+        Profile::Default => {
+            let g = thaw::guest::build_default_guest(&cache, force, &mut crate::progress(json))?;
+            emit(json, &g, |g| {
+                format!(
+                    "default guest: kernel {}, initrd {}",
+                    g.kernel.display(),
+                    g.initrd.display()
+                )
+            })?;
+        }
+        Profile::Debian => {
+            let g = thaw::guest::build_debian_guest(&cache, force, &mut crate::progress(json))?;
+            emit(json, &g, |g| {
+                format!(
+                    "debian guest: disk {}, kernel {}",
+                    g.disk.display(),
+                    g.kernel.display()
+                )
+            })?;
+        }
+        Profile::DebianBios | Profile::DebianUefi | Profile::DebianVnc => {
+            let g = thaw::guest::build_firmware_guest(&cache, force, &mut crate::progress(json))?;
+            emit(json, &g, |g| {
+                format!(
+                    "firmware-booted debian image (BIOS and UEFI): {}",
+                    g.disk.display()
+                )
+            })?;
+        }
+    }
+    Ok(())
+}

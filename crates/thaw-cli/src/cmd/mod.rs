@@ -1,0 +1,74 @@
+//! One function per command: [`vm`] for those the daemon serves (through [`Ops`]),
+//! [`local`] for those that always run in this process. [`run`] picks it.
+
+mod local;
+mod vm;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use thaw::pool::PoolConfig;
+use thaw::snapshot::take::SnapshotRequest;
+
+use crate::args::Command;
+use crate::backend::{Local, Ops};
+
+/// Runs `command`: through `ops` if the daemon serves it, else in `here`.
+pub(crate) async fn run(
+    command: Command,
+    ops: &impl Ops,
+    here: &Local,
+    json: bool,
+) -> Result<ExitCode> {
+    let (home, cancel) = (&here.home, &here.cancel);
+    match command {
+        Command::Boot(args) => vm::boot(ops, args, json).await?,
+        Command::Exec {
+            name,
+            timeout,
+            command,
+        } => return vm::exec(ops, name, timeout, command, json).await,
+        Command::Snapshot { name, tag, stop } => {
+            vm::snapshot(ops, SnapshotRequest { name, tag, stop }, json).await?
+        }
+        Command::Restore(args) => vm::restore(ops, args, json).await?,
+        Command::Reset { name, to, timeout } => vm::reset(ops, name, to, timeout, json).await?,
+        Command::Ls => vm::ls(ops, json).await?,
+        Command::Snapshots => vm::snapshots(ops, json).await?,
+        Command::Stop { names, all } => vm::stop(ops, names, all, json).await?,
+        Command::Resume { name } => vm::resume(ops, name, json).await?,
+        Command::Rm { tag, recursive } => vm::rm(ops, tag, recursive, json).await?,
+        Command::Pool {
+            tag,
+            size,
+            mode,
+            warm_ports,
+        } => {
+            let config = PoolConfig {
+                size,
+                mode,
+                warm_ports,
+            };
+            vm::pool(ops, tag, config, json).await?
+        }
+        Command::Pools => vm::pools(ops, json).await?,
+        Command::Up { boot, remote } => local::up(boot, remote, home, json, cancel).await?,
+        Command::Push { tag, remote } => local::push(tag, remote, home, json).await?,
+        Command::Pull { tag, remote } => local::pull(tag, remote, home, json).await?,
+        Command::Export { tag, file } => local::export(tag, file, home, json).await?,
+        Command::Import { file } => local::import(file, home, json).await?,
+        Command::Gc => local::gc(home, json).await?,
+        Command::Store { command } => local::store(command, home, json).await?,
+        Command::Pause { name } => local::pause(name, home, json).await?,
+        Command::Screenshot { name, file } => local::screenshot(name, file, home, json).await?,
+        Command::Type { name, text } => local::type_text(name, text, home, json).await?,
+        Command::Key { name, combos } => local::key(name, combos, home, json).await?,
+        Command::Logs { name } => local::logs(name, home, json).await?,
+        Command::Serve { socket, max_vms } => {
+            local::serve(socket, max_vms, home, json, cancel).await?
+        }
+        Command::Guest { command } => local::guest(command, json)?,
+        Command::Bench(args) => return Err(crate::bench::exec(json, &args.args)),
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,236 @@
+//! The commands the daemon serves when one runs for this home (`thaw serve`): each
+//! builds the library's request, hands it to [`Ops`] and prints the answer.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use thaw::boot::BootRequest;
+use thaw::pool::PoolConfig;
+use thaw::profile::{BootOptions, Profile};
+use thaw::restore::RestoreRequest;
+use thaw::snapshot::take::SnapshotRequest;
+use thaw::{Accel, SnapshotTag, VmName};
+
+use crate::args::{BootArgs, RestoreArgs};
+use crate::backend::Ops;
+use crate::print::{self, emit};
+
+pub(crate) async fn boot(ops: &impl Ops, args: BootArgs, json: bool) -> Result<()> {
+    let report = ops.boot(boot_options(args)?, json).await?;
+    emit(json, &report, print::boot)?;
+    Ok(())
+}
+
+/// Runs the command; exits with its exit code.
+pub(crate) async fn exec(
+    ops: &impl Ops,
+    name: VmName,
+    timeout: u64,
+    command: Vec<String>,
+    json: bool,
+) -> Result<ExitCode> {
+    let out = ops.exec(&name, &command, timeout).await?;
+    print::exec(json, &out)?;
+    Ok(ExitCode::from(out.exit_code.clamp(0, 255) as u8))
+}
+
+pub(crate) async fn snapshot(ops: &impl Ops, req: SnapshotRequest, json: bool) -> Result<()> {
+    let report = ops.snapshot(&req).await?;
+    emit(json, &report, print::snapshot)?;
+    Ok(())
+}
+
+pub(crate) async fn restore(ops: &impl Ops, args: RestoreArgs, json: bool) -> Result<()> {
+    let vnc_password = args
+        .vnc_password_file
+        .as_deref()
+        .map(read_password)
+        .transpose()?;
+    let req = RestoreRequest {
+        tag: args.tag,
+        count: args.count,
+        name: args.name,
+        accel: args.accel,
+        verify: args.verify,
+        timeout: Duration::from_secs(args.timeout),
+        keep_vmgenid: args.keep_vmgenid,
+        ready: args.ready.spec(),
+        exec_after: args.exec_after,
+        paused: args.paused,
+        vnc_password,
+    };
+    let reports = ops.restore(&req).await?;
+    emit(json, &reports, |r| print::restore(r))?;
+    Ok(())
+}
+
+pub(crate) async fn reset(
+    ops: &impl Ops,
+    name: VmName,
+    to: Option<SnapshotTag>,
+    timeout: u64,
+    json: bool,
+) -> Result<()> {
+    let req = thaw::reset::ResetRequest {
+        name,
+        to,
+        timeout: Duration::from_secs(timeout),
+        accel: None,
+    };
+    let report = ops.reset(&req).await?;
+    emit(json, &report, print::reset)?;
+    Ok(())
+}
+
+pub(crate) async fn ls(ops: &impl Ops, json: bool) -> Result<()> {
+    let vms = ops.list().await?;
+    emit(json, &vms, |v| print::vms(v))?;
+    Ok(())
+}
+
+pub(crate) async fn snapshots(ops: &impl Ops, json: bool) -> Result<()> {
+    let snaps = ops.snapshots().await?;
+    emit(json, &snaps, |s| print::snapshots(s))?;
+    Ok(())
+}
+
+pub(crate) async fn stop(ops: &impl Ops, names: Vec<VmName>, all: bool, json: bool) -> Result<()> {
+    let names = match all {
+        false => names,
+        true => ops.vm_names().await?,
+    };
+    let mut stopped = Vec::new();
+    for name in names {
+        ops.stop(&name).await?;
+        stopped.push(name);
+    }
+    emit(json, &serde_json::json!({ "stopped": stopped }), |_| {
+        stopped
+            .iter()
+            .map(|n| format!("stopped {n}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    Ok(())
+}
+
+pub(crate) async fn resume(ops: &impl Ops, name: VmName, json: bool) -> Result<()> {
+    ops.resume(&name).await?;
+    emit(json, &serde_json::json!({ "resumed": name }), |_| {
+        format!("resumed {name}")
+    })?;
+    Ok(())
+}
+
+pub(crate) async fn rm(
+    ops: &impl Ops,
+    tag: SnapshotTag,
+    recursive: bool,
+    json: bool,
+) -> Result<()> {
+    let removed = ops.remove_snapshot(&tag, recursive).await?;
+    emit(json, &serde_json::json!({ "removed": removed }), |_| {
+        removed
+            .iter()
+            .map(|t| format!("removed snapshot {t}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    Ok(())
+}
+
+pub(crate) async fn pool(
+    ops: &impl Ops,
+    tag: SnapshotTag,
+    config: PoolConfig,
+    json: bool,
+) -> Result<()> {
+    let status = ops.set_pool(&tag, config).await?;
+    emit(json, &status, |s| print::pools(std::slice::from_ref(s)))?;
+    Ok(())
+}
+
+pub(crate) async fn pools(ops: &impl Ops, json: bool) -> Result<()> {
+    let pools = ops.pools().await?;
+    emit(json, &pools, |p| print::pools(p))?;
+    Ok(())
+}
+
+/// Turns `thaw boot`'s arguments into the library's boot options (resolved by
+/// [`thaw::profile::resolve`], here or in the daemon): a kernel boot with `--kernel`; a
+/// firmware boot of the first disk with `--disk` and no `--kernel` or `--profile`;
+/// otherwise a profile's guest (the default one unless `--profile` says). Paths are made
+/// absolute: the daemon does not share our working directory.
+fn boot_options(args: BootArgs) -> Result<BootOptions> {
+    use thaw::firmware::FirmwareKind;
+    use thaw::profile::DisplayKind;
+    let firmware_boot = args.kernel.is_none() && args.profile.is_none() && !args.disks.is_empty();
+    let custom = args.kernel.is_some() || firmware_boot;
+    let disks = args
+        .disks
+        .iter()
+        .map(|d| absolute_disk(d))
+        .collect::<Result<Vec<_>>>()?;
+    let password = args
+        .vnc_password_file
+        .as_deref()
+        .map(read_password)
+        .transpose()?;
+    let vnc_options = args.vnc_port.is_some() || args.vnc_websocket.is_some() || password.is_some();
+    Ok(BootOptions {
+        name: args.name.to_string(),
+        profile: (!custom).then(|| args.profile.unwrap_or(Profile::Default)),
+        memory_mib: args.memory,
+        cpus: Some(args.cpus),
+        machine: Some(args.machine),
+        accel: args.accel,
+        kernel: args.kernel.map(std::path::absolute).transpose()?,
+        initrd: args.initrd.map(std::path::absolute).transpose()?,
+        append: args.append,
+        disks,
+        ports: args.ports,
+        no_net: args.no_net,
+        ready_port: args.ready.ready_port,
+        ready_serial: args.ready.ready_serial,
+        timeout_secs: Some(args.timeout),
+        firmware: match firmware_boot {
+            true => Some(args.firmware.unwrap_or(FirmwareKind::Bios)),
+            false => args.firmware,
+        },
+        // A boot of your own kernel or disk has no display unless --display says.
+        display_kind: args.display.or(custom.then_some(DisplayKind::None)),
+        display: vnc_options.then(|| thaw::profile::DisplayOptions {
+            vnc_port: args.vnc_port,
+            websocket: args.vnc_websocket.is_some(),
+            websocket_port: args.vnc_websocket,
+            password,
+        }),
+    })
+}
+
+/// A `--disk` argument with its path made absolute (the options after it kept).
+fn absolute_disk(arg: &str) -> Result<String> {
+    match arg.split_once(',') {
+        _ if arg.is_empty() || arg.starts_with(',') => Ok(arg.to_owned()),
+        Some((path, opts)) => Ok(format!("{},{opts}", std::path::absolute(path)?.display())),
+        None => Ok(std::path::absolute(arg)?.display().to_string()),
+    }
+}
+
+/// `thaw boot`'s arguments resolved here (for `thaw up`, which boots in this process).
+pub(crate) fn boot_request(args: BootArgs, json: bool) -> Result<BootRequest> {
+    let options = boot_options(args)?;
+    Ok(thaw::profile::resolve(
+        options,
+        Accel::detect(),
+        &mut crate::progress(json),
+    )?)
+}
+
+/// The first line of a password file.
+fn read_password(file: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("could not read the VNC password file {}", file.display()))?;
+    Ok(text.lines().next().unwrap_or("").to_owned())
+}

@@ -11,7 +11,7 @@ use thaw_bench::compare::{self, CompareConfig, CompareReport, ExternalMethod};
 use thaw_bench::density::{self, DensityConfig, DensityReport};
 use thaw_bench::restores::{self, BenchConfig, BenchReport};
 
-use crate::profile::{self, Profile, REDIS_PORT};
+use thaw::profile::{profile_guest, Profile, REDIS_PORT};
 use crate::{chart, emit, progress};
 
 /// Measure cold boot against restore (of the default guest, or --profile), both to the
@@ -157,7 +157,7 @@ fn chart_from(args: &BenchArgs) -> Result<()> {
 /// The benchmark's machine and readiness for the arguments (building the profile's
 /// guest if needed).
 fn bench_config(args: &BenchArgs) -> Result<BenchConfig> {
-    let g = profile::guest(args.profile, &mut progress(args.json))?;
+    let g = profile_guest(args.profile, &mut progress(args.json))?;
     let debian = args.profile.has_redis();
     let memory = if args.memory.is_empty() {
         vec![args.profile.memory_mib()]

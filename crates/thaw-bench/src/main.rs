@@ -12,7 +12,6 @@ use tokio::signal::unix::{signal, SignalKind};
 
 mod args;
 mod chart;
-mod profile;
 
 fn main() -> ExitCode {
     thaw::fsutil::private_umask();

@@ -11,8 +11,8 @@ use thaw_bench::compare::{self, CompareConfig, CompareReport, ExternalMethod};
 use thaw_bench::density::{self, DensityConfig, DensityReport};
 use thaw_bench::restores::{self, BenchConfig, BenchReport};
 
-use thaw::profile::{profile_guest, Profile, REDIS_PORT};
 use crate::{chart, emit, progress};
+use thaw::profile::{profile_guest, Profile, REDIS_PORT};
 
 /// Measure cold boot against restore (of the default guest, or --profile), both to the
 /// same readiness; --pool takes the restores from a warm pool.

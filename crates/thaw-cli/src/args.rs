@@ -124,6 +124,13 @@ pub(crate) enum Command {
         /// The most VMs at once; requests beyond it are refused.
         #[arg(long, default_value_t = 64)]
         max_vms: u32,
+        #[command(flatten)]
+        tcp: thaw_daemon::TcpArgs,
+    },
+    /// Tokens for thawd's TCP listener (thaw serve --listen ... --tokens FILE).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// Set a snapshot's warm pool (needs a running daemon: thaw serve).
     Pool {
@@ -328,6 +335,19 @@ pub(crate) struct RestoreArgs {
     pub vnc_password_file: Option<PathBuf>,
     #[command(flatten)]
     pub ready: ReadyArgs,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Make a new token NAME, append its SHA-256 to the tokens file (created 0600) and
+    /// print the token: the only time it is shown.
+    New {
+        /// The token's name (letters, digits, '-', '_', '.'), e.g. the client's.
+        name: String,
+        /// The tokens file thawd reads (--tokens).
+        #[arg(long, value_name = "FILE")]
+        tokens: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]

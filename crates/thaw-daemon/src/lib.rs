@@ -78,6 +78,40 @@ pub struct TcpConfig {
     pub insecure: bool,
 }
 
+/// The TCP listener's command-line options, shared by `thawd` and `thaw serve`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TcpArgs {
+    /// Also listen on TCP at ADDR:PORT (e.g. 0.0.0.0:7420). Needs --tokens, and
+    /// --tls-cert/--tls-key beyond loopback, unless --insecure.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The TLS certificate chain (PEM, leaf first) for --listen.
+    #[arg(long, value_name = "FILE", requires_all = ["listen", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM) for --listen.
+    #[arg(long, value_name = "FILE", requires_all = ["listen", "tls_cert"])]
+    pub tls_key: Option<PathBuf>,
+    /// The tokens file for --listen: `NAME:SHA256HEX` lines, mode 0600 (`thaw token new
+    /// NAME --tokens FILE` adds one). Read again when it changes.
+    #[arg(long, value_name = "FILE", requires = "listen")]
+    pub tokens: Option<PathBuf>,
+    /// Allow --listen without TLS beyond loopback, or without tokens.
+    #[arg(long, requires = "listen")]
+    pub insecure: bool,
+}
+
+impl TcpArgs {
+    /// The listener these options ask for, if any.
+    pub fn config(self) -> Option<TcpConfig> {
+        self.listen.map(|listen| TcpConfig {
+            listen,
+            tls: self.tls_cert.zip(self.tls_key),
+            tokens: self.tokens,
+            insecure: self.insecure,
+        })
+    }
+}
+
 impl TcpConfig {
     /// Refuses a listener anyone could use unknowingly: plain HTTP beyond loopback, or
     /// no tokens, unless `insecure`.

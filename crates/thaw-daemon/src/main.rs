@@ -30,23 +30,8 @@ struct Args {
     /// gets 408.
     #[arg(long, default_value_t = 30, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     header_timeout: u64,
-    /// Also listen on TCP at ADDR:PORT (e.g. 0.0.0.0:7420). Needs --tokens, and
-    /// --tls-cert/--tls-key beyond loopback, unless --insecure.
-    #[arg(long, value_name = "ADDR:PORT")]
-    listen: Option<std::net::SocketAddr>,
-    /// The TLS certificate chain (PEM, leaf first) for --listen.
-    #[arg(long, value_name = "FILE", requires_all = ["listen", "tls_key"])]
-    tls_cert: Option<PathBuf>,
-    /// The TLS private key (PEM) for --listen.
-    #[arg(long, value_name = "FILE", requires_all = ["listen", "tls_cert"])]
-    tls_key: Option<PathBuf>,
-    /// The tokens file for --listen: `NAME:SHA256HEX` lines, mode 0600 (`thaw token new
-    /// NAME --tokens FILE` adds one). Read again when it changes.
-    #[arg(long, value_name = "FILE", requires = "listen")]
-    tokens: Option<PathBuf>,
-    /// Allow --listen without TLS beyond loopback, or without tokens.
-    #[arg(long, requires = "listen")]
-    insecure: bool,
+    #[command(flatten)]
+    tcp: thaw_daemon::TcpArgs,
     /// Run as the pool keeper of the daemon for HOME (started by the daemon itself).
     #[arg(long = "pool-keeper", value_name = "HOME", hide = true)]
     pool_keeper: Option<PathBuf>,
@@ -85,12 +70,7 @@ fn main() -> ExitCode {
     }
     config.max_vms = args.max_vms;
     config.header_timeout = std::time::Duration::from_secs(args.header_timeout);
-    config.tcp = args.listen.map(|listen| thaw_daemon::TcpConfig {
-        listen,
-        tls: args.tls_cert.zip(args.tls_key),
-        tokens: args.tokens,
-        insecure: args.insecure,
-    });
+    config.tcp = args.tcp.config();
 
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {

@@ -159,6 +159,7 @@ pub(crate) async fn logs(name: VmName, home: &Home, json: bool) -> Result<()> {
 pub(crate) async fn serve(
     socket: Option<PathBuf>,
     max_vms: u32,
+    tcp: thaw_daemon::TcpArgs,
     home: &Home,
     json: bool,
     cancel: &CancellationToken,
@@ -168,6 +169,7 @@ pub(crate) async fn serve(
         config.socket = s;
     }
     config.max_vms = max_vms;
+    config.tcp = tcp.config();
     if !json {
         eprintln!("thaw: serving on {}", config.socket.display());
     }
@@ -176,6 +178,13 @@ pub(crate) async fn serve(
         String::new()
     })?;
     Ok(())
+}
+
+/// `thaw token new NAME --tokens FILE`: the token on stdout, once.
+pub(crate) fn new_token(name: &str, tokens: &std::path::Path, json: bool) -> Result<()> {
+    let token = thaw_daemon::tokens::new_token(tokens, name)?;
+    let out = serde_json::json!({ "name": name, "token": token, "tokens": tokens });
+    emit(json, &out, |_| token.clone())
 }
 
 pub(crate) async fn store(command: StoreCommand, home: &Home, json: bool) -> Result<()> {

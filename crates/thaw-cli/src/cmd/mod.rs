@@ -10,7 +10,7 @@ use anyhow::Result;
 use thaw::pool::PoolConfig;
 use thaw::snapshot::take::SnapshotRequest;
 
-use crate::args::Command;
+use crate::args::{Command, TokenCommand};
 use crate::backend::{Local, Ops};
 
 /// Runs `command`: through `ops` if the daemon serves it, else in `here`.
@@ -64,9 +64,14 @@ pub(crate) async fn run(
         Command::Type { name, text } => local::type_text(name, text, home, json).await?,
         Command::Key { name, combos } => local::key(name, combos, home, json).await?,
         Command::Logs { name } => local::logs(name, home, json).await?,
-        Command::Serve { socket, max_vms } => {
-            local::serve(socket, max_vms, home, json, cancel).await?
-        }
+        Command::Serve {
+            socket,
+            max_vms,
+            tcp,
+        } => local::serve(socket, max_vms, tcp, home, json, cancel).await?,
+        Command::Token {
+            command: TokenCommand::New { name, tokens },
+        } => local::new_token(&name, &tokens, json)?,
         Command::Guest { command } => local::guest(command, json)?,
         Command::Bench(args) => return Err(crate::bench::exec(json, &args.args)),
     }

@@ -89,9 +89,12 @@ struct ExecOutputJson {
     stdout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     stderr: Option<String>,
+    // Always sent; read as absent from an older daemon.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, required = true))]
     stdout_base64: Option<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, required = true))]
     stderr_base64: Option<String>,
 }
 

@@ -150,7 +150,7 @@ class Breakdown:
 class RestoreReport:
     """A clone, once ready: the answer of a restore."""
 
-    SCHEMA: ClassVar[str] = "RestoreReport"
+    SCHEMA: ClassVar[str] = "CloneReport"
     name: str
     pid: int
     restore_ms: float

@@ -24,6 +24,7 @@ pub struct SnapshotInfo {
     pub parent: Option<SnapshotTag>,
     /// Snapshots taken on top of this one.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub children: Vec<SnapshotTag>,
     /// "raw" or "mapped" (see the snapshot format).
     #[serde(default)]
@@ -40,6 +41,7 @@ pub struct SnapshotInfo {
     /// or whose directory is gone) is listed too, with `false`: a restore writes it
     /// again, `rm` removes its record.
     #[serde(default = "yes")]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub local: bool,
 }
 

@@ -78,6 +78,7 @@ pub struct SnapshotReport {
     pub pause_ms: f64,
     /// The whole operation, request → published.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub total_ms: f64,
     /// Bytes of everything but the RAM image (device state, firmware and ROM blocks).
     pub state_bytes: u64,

@@ -32,6 +32,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use thaw::fsutil::Context;
 use thaw::pool::{Orphans, Pool, PoolError};
 use thaw::qemu::{Qemu, QemuError};
 use thaw::snapshot::SnapshotCheckError;
@@ -152,13 +153,8 @@ pub enum ServeError {
     SocketInUse(PathBuf),
     #[error("{0} exists and is not a socket; remove it or choose another --socket")]
     NotASocket(PathBuf),
-    #[error("could not {step} {path}")]
-    Io {
-        step: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] thaw::fsutil::IoError),
     #[error("{0} is not a loopback address: give --tls-cert and --tls-key (or --insecure to serve plain HTTP there)")]
     PlainTcp(std::net::SocketAddr),
     #[error(
@@ -197,21 +193,13 @@ pub async fn serve(
         None => None,
     };
     let home = config.home;
-    home.ensure().map_err(|source| ServeError::Io {
-        step: "create",
-        path: home.root().to_owned(),
-        source,
-    })?;
+    home.ensure().at("create", home.root())?;
     let _lock = socket::lock_home(&home).await?;
     socket::ensure_free(&config.socket).await?;
     let db = Arc::new(db::Db::open(&home.root().join(db::DB_FILE))?);
     let qemu = Qemu::find(&thaw::guest::cache_dir())?;
     let accel = Accel::detect();
-    let reaper = reaper::Reaper::spawn().map_err(|source| ServeError::Io {
-        step: "watch for the exits of the VMs of",
-        path: home.root().to_owned(),
-        source,
-    })?;
+    let reaper = reaper::Reaper::spawn().at("watch for the exits of the VMs of", home.root())?;
 
     let recovered = recover::recover(&home, &db).await?;
     if recovered != recover::Recovered::default() {

@@ -4,23 +4,19 @@
 //! (0700), made 0600, and then renamed into place: at no moment can another user
 //! connect to it.
 
-use std::fs::{DirBuilder, File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs::DirBuilder;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use thaw::fsutil::{Context, FileLock, IoError, LockMode};
 use thaw::Home;
 
 use crate::ServeError;
 
-fn io(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServeError {
-    let path = path.to_owned();
-    move |source| ServeError::Io { step, path, source }
-}
-
 /// Held for the daemon's life: a second daemon on the same home would fight over
 /// its database and pool directory.
 pub(crate) struct HomeLock {
-    _file: File,
+    _lock: FileLock,
 }
 
 /// Takes the home's lock, waiting up to two seconds: the pool keeper of a daemon that
@@ -40,18 +36,9 @@ pub(crate) async fn lock_home(home: &Home) -> Result<HomeLock, ServeError> {
 /// Takes the home's lock, or fails at once with [`ServeError::HomeInUse`].
 pub(crate) fn try_lock_home(home: &Home) -> Result<HomeLock, ServeError> {
     let path = home.root().join("thawd.lock");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io("open", &path))?;
-    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(HomeLock { _file: file }),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(ServeError::HomeInUse(home.root().to_owned())),
-        Err(e) => Err(io("lock", &path)(e.into())),
+    match FileLock::try_acquire(&path, LockMode::Exclusive)? {
+        Some(lock) => Ok(HomeLock { _lock: lock }),
+        None => Err(ServeError::HomeInUse(home.root().to_owned())),
     }
 }
 
@@ -60,7 +47,7 @@ pub(crate) async fn ensure_free(path: &Path) -> Result<(), ServeError> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io("inspect", path)(e)),
+        Err(e) => return Err(IoError::new("inspect", path, e).into()),
     };
     if !meta.file_type().is_socket() {
         return Err(ServeError::NotASocket(path.to_owned()));
@@ -72,7 +59,7 @@ pub(crate) async fn ensure_free(path: &Path) -> Result<(), ServeError> {
         return Err(ServeError::SocketInUse(path.to_owned()));
     }
     tracing::info!(socket = %path.display(), "removing a stale socket");
-    std::fs::remove_file(path).map_err(io("remove the stale socket", path))
+    Ok(std::fs::remove_file(path).at("remove the stale socket", path)?)
 }
 
 /// The bound socket; removed on drop if it is still ours.
@@ -97,32 +84,30 @@ pub(crate) fn bind(path: &Path) -> Result<(tokio::net::UnixListener, Socket), Se
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+    std::fs::create_dir_all(parent).at("create", parent)?;
     let private = parent.join(format!(".thawd-bind-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&private);
     DirBuilder::new()
         .mode(0o700)
         .create(&private)
-        .map_err(io("create", &private))?;
+        .at("create", &private)?;
     let bound = (|| {
         let tmp = private.join("s");
-        let listener = std::os::unix::net::UnixListener::bind(&tmp).map_err(io("bind", &tmp))?;
+        let listener = std::os::unix::net::UnixListener::bind(&tmp).at("bind", &tmp)?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-            .map_err(io("restrict", &tmp))?;
-        std::fs::rename(&tmp, path).map_err(io("move the socket to", path))?;
+            .at("restrict", &tmp)?;
+        std::fs::rename(&tmp, path).at("move the socket to", path)?;
         Ok::<_, ServeError>(listener)
     })();
     let _ = std::fs::remove_dir_all(&private);
     let listener = bound?;
-    let meta = std::fs::symlink_metadata(path).map_err(io("inspect", path))?;
+    let meta = std::fs::symlink_metadata(path).at("inspect", path)?;
     let socket = Socket {
         path: path.to_owned(),
         identity: (meta.dev(), meta.ino()),
     };
-    listener
-        .set_nonblocking(true)
-        .map_err(io("configure", path))?;
-    let listener = tokio::net::UnixListener::from_std(listener).map_err(io("listen on", path))?;
+    listener.set_nonblocking(true).at("configure", path)?;
+    let listener = tokio::net::UnixListener::from_std(listener).at("listen on", path)?;
     Ok((listener, socket))
 }
 

@@ -211,8 +211,7 @@ async fn wrong_method(method: Method, uri: Uri) -> ApiError {
     tag = "thawd",
     responses(
         (status = 200, description = "The daemon runs.", body = answer::Health),
-        (status = 431, response = crate::responses::HeadersTooLarge),
-        (status = 500, response = crate::responses::InternalError)
+        crate::responses::Always
     )
 )]
 pub(crate) async fn health(State(d): Shared) -> Answer<Json<answer::Health>> {
@@ -234,8 +233,7 @@ pub(crate) async fn health(State(d): Shared) -> Answer<Json<answer::Health>> {
     tag = "thawd",
     responses(
         (status = 200, description = "Every VM under $THAW_HOME/vms, as QEMU reports it now.", body = Vec<VmInfo>),
-        (status = 431, response = crate::responses::HeadersTooLarge),
-        (status = 500, response = crate::responses::InternalError)
+        crate::responses::Always
     )
 )]
 pub(crate) async fn list_vms(State(d): Shared) -> Json<Vec<VmInfo>> {
@@ -255,14 +253,10 @@ pub(crate) async fn list_vms(State(d): Shared) -> Json<Vec<VmInfo>> {
     responses(
         (status = 201, description = "The guest is ready (its agent answers, and any extra readiness holds).", body = BootReport),
         (status = 400, response = crate::responses::BadRequest),
-        (status = 408, response = crate::responses::RequestTimeout),
         (status = 409, response = crate::responses::Conflict),
-        (status = 413, response = crate::responses::PayloadTooLarge),
-        (status = 415, response = crate::responses::UnsupportedMediaType),
-        (status = 422, response = crate::responses::UnprocessableEntity),
         (status = 429, response = crate::responses::TooManyRequests),
-        (status = 431, response = crate::responses::HeadersTooLarge),
-        (status = 500, response = crate::responses::InternalError)
+        crate::responses::BodyErrors,
+        crate::responses::Always
     )
 )]
 pub(crate) async fn boot(
@@ -303,8 +297,7 @@ pub(crate) async fn boot(
         (status = 200, description = "Stopped.", body = answer::Stopped),
         (status = 400, response = crate::responses::BadRequest),
         (status = 404, response = crate::responses::NotFound),
-        (status = 431, response = crate::responses::HeadersTooLarge),
-        (status = 500, response = crate::responses::InternalError)
+        crate::responses::Always
     )
 )]
 pub(crate) async fn stop(
@@ -336,13 +329,9 @@ pub(crate) async fn stop(
         (status = 200, description = "The command ran; its exit code may be non-zero.", body = ExecOutput),
         (status = 400, response = crate::responses::BadRequest),
         (status = 404, response = crate::responses::NotFound),
-        (status = 408, response = crate::responses::RequestTimeout),
         (status = 409, response = crate::responses::Conflict),
-        (status = 413, response = crate::responses::PayloadTooLarge),
-        (status = 415, response = crate::responses::UnsupportedMediaType),
-        (status = 422, response = crate::responses::UnprocessableEntity),
-        (status = 431, response = crate::responses::HeadersTooLarge),
-        (status = 500, response = crate::responses::InternalError)
+        crate::responses::BodyErrors,
+        crate::responses::Always
     )
 )]
 pub(crate) async fn exec(
@@ -372,13 +361,9 @@ pub(crate) async fn exec(
         (status = 201, description = "The snapshot is written (atomically).", body = SnapshotReport),
         (status = 400, response = crate::responses::BadRequest),
         (status = 404, response = crate::responses::NotFound),
-        (status = 408, response = crate::responses::RequestTimeout),
         (status = 409, response = crate::responses::Conflict),
-        (status = 413, response = crate::responses::PayloadTooLarge),
-        (status = 415, response = crate::responses::UnsupportedMediaType),
-        (status = 422, response = crate::responses::UnprocessableEntity),
-        (status = 431, response = crate::responses::HeadersTooLarge),
-        (status = 500, response = crate::responses::InternalError)
+        crate::responses::BodyErrors,
+        crate::responses::Always
     )
 )]
 pub(crate) async fn snapshot(
@@ -420,8 +405,7 @@ pub(crate) async fn snapshot(
         (status = 400, response = crate::responses::BadRequest),
         (status = 404, response = crate::responses::NotFound),
         (status = 409, response = crate::responses::Conflict),
-        (status = 431, response = crate::responses::HeadersTooLarge),
-        (status = 500, response = crate::responses::InternalError)
+        crate::responses::Always
     )
 )]
 pub(crate) async fn resume(
@@ -456,8 +440,7 @@ pub(crate) async fn resume(
         (status = 409, response = crate::responses::Conflict),
         (status = 415, response = crate::responses::UnsupportedMediaType),
         (status = 422, response = crate::responses::UnprocessableEntity),
-        (status = 431, response = crate::responses::HeadersTooLarge),
-        (status = 500, response = crate::responses::InternalError)
+        crate::responses::Always
     )
 )]
 pub(crate) async fn reset(
@@ -488,8 +471,7 @@ pub(crate) async fn reset(
     tag = "thawd",
     responses(
         (status = 200, description = "Every snapshot; unusable ones say why in problem.", body = Vec<SnapshotInfo>),
-        (status = 431, response = crate::responses::HeadersTooLarge),
-        (status = 500, response = crate::responses::InternalError)
+        crate::responses::Always
     )
 )]
 pub(crate) async fn list_snapshots(State(d): Shared) -> Answer<Json<Vec<SnapshotInfo>>> {
@@ -520,8 +502,7 @@ pub(crate) struct RemoveQuery {
         (status = 400, response = crate::responses::BadRequest),
         (status = 404, response = crate::responses::NotFound),
         (status = 409, response = crate::responses::Conflict),
-        (status = 431, response = crate::responses::HeadersTooLarge),
-        (status = 500, response = crate::responses::InternalError)
+        crate::responses::Always
     )
 )]
 pub(crate) async fn remove_snapshot(
@@ -576,14 +557,10 @@ fn server_timing(parts: &[(&str, std::time::Duration)]) -> Timing {
         (status = 201, description = "Every clone is ready, in order; each says where its time went.", body = Vec<CloneReport>, headers(("Server-Timing" = String, description = "Where the daemon's time went, ms: admit (the VM limit), restore (to ready), record."))),
         (status = 400, response = crate::responses::BadRequest),
         (status = 404, response = crate::responses::NotFound),
-        (status = 408, response = crate::responses::RequestTimeout),
         (status = 409, response = crate::responses::Conflict),
-        (status = 413, response = crate::responses::PayloadTooLarge),
-        (status = 415, response = crate::responses::UnsupportedMediaType),
-        (status = 422, response = crate::responses::UnprocessableEntity),
         (status = 429, response = crate::responses::TooManyRequests),
-        (status = 431, response = crate::responses::HeadersTooLarge),
-        (status = 500, response = crate::responses::InternalError)
+        crate::responses::BodyErrors,
+        crate::responses::Always
     )
 )]
 pub(crate) async fn restore(
@@ -629,8 +606,7 @@ pub(crate) async fn restore(
     tag = "thawd",
     responses(
         (status = 200, description = "Pools, by tag.", body = Vec<PoolStatus>),
-        (status = 431, response = crate::responses::HeadersTooLarge),
-        (status = 500, response = crate::responses::InternalError)
+        crate::responses::Always
     )
 )]
 pub(crate) async fn pools(State(d): Shared) -> Json<Vec<PoolStatus>> {
@@ -652,12 +628,8 @@ pub(crate) async fn pools(State(d): Shared) -> Json<Vec<PoolStatus>> {
         (status = 200, description = "The pool as it is now; it fills in the background (poll GET /v1/pools).", body = PoolStatus),
         (status = 400, response = crate::responses::BadRequest),
         (status = 404, response = crate::responses::NotFound),
-        (status = 408, response = crate::responses::RequestTimeout),
-        (status = 413, response = crate::responses::PayloadTooLarge),
-        (status = 415, response = crate::responses::UnsupportedMediaType),
-        (status = 422, response = crate::responses::UnprocessableEntity),
-        (status = 431, response = crate::responses::HeadersTooLarge),
-        (status = 500, response = crate::responses::InternalError)
+        crate::responses::BodyErrors,
+        crate::responses::Always
     )
 )]
 pub(crate) async fn set_pool(

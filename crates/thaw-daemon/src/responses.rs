@@ -67,3 +67,40 @@ impl<'s> utoipa::ToResponse<'s> for TooManyRequests {
         ("TooManyRequests", response.build().into())
     }
 }
+
+/// References to the response components `names` (each a [`utoipa::ToResponse`] above),
+/// by status code.
+fn refs(names: &[(&str, &str)]) -> std::collections::BTreeMap<String, RefOr<Response>> {
+    names
+        .iter()
+        .map(|(status, name)| {
+            let r = utoipa::openapi::Ref::new(format!("#/components/responses/{name}"));
+            (status.to_string(), RefOr::Ref(r))
+        })
+        .collect()
+}
+
+/// What every route may answer: headers too large (hyper's own answer) and a failed
+/// operation.
+pub(crate) struct Always;
+
+impl utoipa::IntoResponses for Always {
+    fn responses() -> std::collections::BTreeMap<String, RefOr<Response>> {
+        refs(&[("431", "HeadersTooLarge"), ("500", "InternalError")])
+    }
+}
+
+/// What every route with a JSON body may answer about the body: too slow, too large,
+/// not JSON, the wrong shape.
+pub(crate) struct BodyErrors;
+
+impl utoipa::IntoResponses for BodyErrors {
+    fn responses() -> std::collections::BTreeMap<String, RefOr<Response>> {
+        refs(&[
+            ("408", "RequestTimeout"),
+            ("413", "PayloadTooLarge"),
+            ("415", "UnsupportedMediaType"),
+            ("422", "UnprocessableEntity"),
+        ])
+    }
+}

@@ -162,16 +162,11 @@ class RestoreReport:
 
 
 @dataclass(frozen=True)
-class ResetReport:
-    """A VM put back to ``snapshot``, same name and host ports."""
+class ResetReport(RestoreReport):
+    """A VM put back to ``snapshot``, same name and host ports: the clone's report and
+    the snapshot (as the API's ``ResetReport`` extends ``CloneReport``)."""
 
     SCHEMA: ClassVar[str] = "ResetReport"
-    name: str
-    pid: int
-    restore_ms: float
-    ready_ms: float
-    ports: List[PortForward]
-    breakdown: Breakdown
     snapshot: str
 
 

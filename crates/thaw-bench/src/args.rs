@@ -184,6 +184,7 @@ fn bench_config(args: &BenchArgs) -> Result<BenchConfig> {
             display: g.display.then(thaw::display::DisplaySpec::default),
             disks: g.disks,
             net: Some(thaw::spec::NetSpec::default()),
+            clock_port: true,
         },
         forwards: if debian { vec![redis] } else { Vec::new() },
         ready: thaw::ready::ReadySpec {

@@ -181,6 +181,10 @@ pub async fn spawn(qemu: &Qemu, l: &PeerLaunch<'_>) -> Result<PeerVm, CompareErr
     for f in [paths.qmp(), paths.agent()] {
         let _ = std::fs::remove_file(f);
     }
+    if l.spec.clock_port {
+        thaw::clockport::make_pipe(&paths.clock_pipe())
+            .map_err(|e| CompareError::io("make the clock channel", &paths.clock_pipe(), e))?;
+    }
     let ports = l
         .spec
         .net
@@ -249,6 +253,7 @@ fn argv(qemu: &Qemu, l: &PeerLaunch<'_>, paths: &VmPaths, ports: &[PortForward])
         share_ram: true,
         qmp_socket: &paths.qmp(),
         agent_socket: &paths.agent(),
+        clock_pipe: &paths.clock_pipe(),
         console_log: &paths.console(),
         vmgenid: Uuid::new_v4(),
         incoming: false,

@@ -1,4 +1,5 @@
-//! The guest agent at restore: a guest that cannot run `hwclock`, and a snapshot taken
+//! The guest clock and agent at restore: the clock set through the clock channel, a
+//! guest without `thaw-clock` or `hwclock` (the agent sets it), and a snapshot taken
 //! while the agent was stopped.
 
 mod common;
@@ -7,15 +8,45 @@ use std::time::{Duration, Instant};
 
 use common::Env;
 
+/// The snapshot's clock is seconds behind when the clone resumes: a clock left as it
+/// was fails `assert_clock_close`.
+const SNAPSHOT_AGE: Duration = Duration::from_secs(4);
+
 #[test]
-fn a_guest_without_hwclock_restores_with_a_correct_clock() {
+fn a_restored_clone_has_its_clock_set_through_the_clock_channel() {
+    let env = Env::new();
+    env.boot("src", &[]);
+    assert!(
+        env.sh("src", "pidof thaw-clock")
+            .trim()
+            .parse::<u32>()
+            .is_ok(),
+        "thaw-clock runs in the default guest"
+    );
+    env.ok(&["snapshot", "src", "base", "--stop"]);
+    std::thread::sleep(SNAPSHOT_AGE);
+    let r = env.json(&["restore", "base", "--count", "2"]);
+    for c in r.as_array().unwrap() {
+        assert_eq!(c["breakdown"]["clock_via"], "port", "{c}");
+        common::assert_clock_close(&env, c["name"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn a_guest_without_thaw_clock_or_hwclock_restores_with_a_correct_clock() {
     let env = Env::new();
     env.boot("nohw", &[]);
-    // qemu-ga runs /sbin/hwclock -w after setting the clock; without it every
-    // guest-set-time is refused although the clock was set.
-    env.sh("nohw", "rm /sbin/hwclock && ! test -e /sbin/hwclock");
+    // Nothing answers on the clock channel, so the agent sets the clock; qemu-ga runs
+    // /sbin/hwclock -w after setting it, and without one every guest-set-time is
+    // refused although the clock was set.
+    env.sh(
+        "nohw",
+        "rm /sbin/hwclock && ! test -e /sbin/hwclock && kill $(pidof thaw-clock)",
+    );
     env.ok(&["snapshot", "nohw", "base", "--stop"]);
-    env.json(&["restore", "base", "--name", "clone"]);
+    std::thread::sleep(SNAPSHOT_AGE);
+    let r = env.json(&["restore", "base", "--name", "clone"]);
+    assert_eq!(r[0]["breakdown"]["clock_via"], "agent", "{r}");
     assert_eq!(env.state_of("clone"), "running");
     common::assert_clock_close(&env, "clone");
 }

@@ -212,6 +212,7 @@ async fn boot_in(
         share_ram: true,
         qmp_socket: &paths.qmp(),
         agent_socket: &paths.agent(),
+        clock_pipe: &paths.clock_pipe(),
         console_log: &paths.console(),
         vmgenid,
         incoming: false,

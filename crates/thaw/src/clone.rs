@@ -51,6 +51,10 @@ pub struct Breakdown {
     /// Of `agent_ms`: reading the guest clock and setting it from the host's.
     #[serde(default)]
     pub clock_ms: f64,
+    /// How the clock was set or checked: through the guest's clock channel (`port`),
+    /// or the guest agent (`agent`).
+    #[serde(default)]
+    pub clock_via: ClockVia,
     /// Before any QEMU started: reading and checking the snapshot (0 when every clone
     /// came from a pool, which checked it when it was configured).
     #[serde(default)]
@@ -61,6 +65,18 @@ pub struct Breakdown {
     /// take to ask nothing again. `None` when the agent was asked during the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_answered_ms_before: Option<f64>,
+}
+
+/// The channel a clone's clock went through (see [`crate::clockport`]).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ClockVia {
+    /// The guest's `thaw-clock`, on its own virtio-serial port.
+    Port,
+    /// qemu-ga's `guest-set-time` / `guest-get-time`.
+    #[default]
+    Agent,
 }
 
 /// A clone that is ready: what `thaw restore` reports for each clone.
@@ -119,6 +135,11 @@ pub enum CloneError {
 /// How far a clone's clock may be from the host's before it is set at finish.
 pub const CLOCK_TOLERANCE: Duration = Duration::from_millis(50);
 
+/// How long a clone's `thaw-clock` may take to answer before the clock is set through
+/// the agent instead: it runs in every guest thaw builds and answers in milliseconds,
+/// so a guest that says nothing for this long does not have it running.
+pub const CLOCK_PORT_WAIT: Duration = Duration::from_secs(3);
+
 /// How long a restored clone's guest agent may take to first answer (less if the
 /// request's timeout is shorter). The agent was running at the snapshot point, so it
 /// answers as soon as the vCPUs run: ~0.1 s under TCG, a few seconds with dozens of
@@ -172,6 +193,11 @@ impl AgentWatch {
             .map_err(|_| AgentError::Timeout(timeout))??;
         w.answered = Some(Instant::now());
         Ok(None)
+    }
+
+    /// Records an answer of the guest (through another channel) just now.
+    pub async fn answered_now(&self) {
+        self.0.lock().await.answered = Some(Instant::now());
     }
 
     /// Sets the guest clock from the host's without reading it first: for a clone
@@ -289,6 +315,7 @@ pub async fn prepare(
         share_ram: false,
         qmp_socket: &paths.qmp(),
         agent_socket: &paths.agent(),
+        clock_pipe: &paths.clock_pipe(),
         console_log: &paths.console(),
         vmgenid,
         incoming: true,
@@ -415,6 +442,23 @@ impl Prepared {
         Ok(())
     }
 
+    /// Sets the clock of a clone resumed just now through its clock channel (one
+    /// system call in the guest); on failure says why: the caller then sets it
+    /// through the agent.
+    async fn set_clock_by_port(&self, timeout: Duration) -> Result<(), ()> {
+        let wait = timeout.min(CLOCK_PORT_WAIT);
+        match crate::clockport::set(&self.paths.clock_pipe(), CLOCK_TOLERANCE, wait).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!(
+                    "{}; setting the clock through the guest agent instead",
+                    crate::one_line(&e)
+                );
+                Err(())
+            }
+        }
+    }
+
     /// The agent of a warmed-up (running) clone, for health checks while it waits.
     pub fn agent_watch(&self) -> Option<AgentWatch> {
         self.agent.clone()
@@ -538,30 +582,55 @@ impl Prepared {
         // and the guest clock, frozen at the snapshot, is set from the host. A running
         // clone whose agent answered, clock in tolerance, within AGENT_FRESH (a running
         // pool's health check) is not asked again: it has run since.
-        let (watch, resumed_now) = match self.agent.take() {
-            Some(w) => (w, false),
+        // A clone resumed by this request has the snapshot's time: it is set without
+        // being read first, through the clock channel (while the agent is being
+        // reached: the two are independent) or else through the agent.
+        let (watch, port_clock) = match self.agent.take() {
+            Some(w) => (w, None),
             None => {
                 let wait = first_answer_wait(opts.timeout);
-                let agent = match Agent::connect(&self.paths.agent(), wait).await {
+                let port_clock = async {
+                    let t = Instant::now();
+                    match self.state.spec.clock_port {
+                        true => Some((self.set_clock_by_port(opts.timeout).await, t.elapsed())),
+                        false => None,
+                    }
+                };
+                let agent_socket = self.paths.agent();
+                let (agent, port_clock) =
+                    tokio::join!(Agent::connect(&agent_socket, wait), port_clock);
+                let agent = match agent {
                     Ok(agent) => agent,
                     Err(AgentError::Timeout(_)) => return Err(CloneError::AgentSilent(wait)),
                     Err(e) => return Err(e.into()),
                 };
-                (AgentWatch::new(agent, None), true)
+                (AgentWatch::new(agent, None), Some(port_clock))
             }
         };
         self.breakdown.agent_sync_ms = ms(t1.elapsed());
         tracing::debug!(ms = ms(t0.elapsed()), "agent synchronised");
         let t2 = Instant::now();
-        // A clone resumed by this request has the snapshot's time: it is set without
-        // being read first (one agent request fewer before ready).
-        let answered_before = if resumed_now {
-            watch.set_clock(opts.timeout).await?;
+        let answered_before = if let Some(port_clock) = port_clock {
+            match port_clock {
+                Some((Ok(()), took)) => {
+                    self.breakdown.clock_via = ClockVia::Port;
+                    // Its own time, overlapping the agent's first answer.
+                    self.breakdown.clock_ms = ms(took);
+                    watch.answered_now().await;
+                }
+                _ => {
+                    self.breakdown.clock_via = ClockVia::Agent;
+                    watch.set_clock(opts.timeout).await?;
+                    self.breakdown.clock_ms = ms(t2.elapsed());
+                }
+            }
             None
         } else {
             watch.check(AGENT_FRESH, opts.timeout).await?
         };
-        self.breakdown.clock_ms = ms(t2.elapsed());
+        if self.breakdown.clock_via == ClockVia::Agent {
+            self.breakdown.clock_ms = ms(t2.elapsed());
+        }
         self.breakdown.agent_answered_ms_before = answered_before.map(ms);
         tracing::debug!(ms = ms(t0.elapsed()), "guest clock checked or set");
         if let Some(cmd) = &opts.exec_after {

@@ -104,6 +104,7 @@ mod tests {
                 readonly: false,
             }],
             net: None,
+            clock_port: false,
             firmware: Default::default(),
             display: None,
         };

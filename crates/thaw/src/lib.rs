@@ -17,6 +17,7 @@ pub mod accel;
 pub mod agent;
 pub mod boot;
 pub mod cancel;
+pub mod clockport;
 pub mod clone;
 pub mod console;
 pub mod control;

@@ -331,6 +331,8 @@ pub fn resolve(
         (None, None, Some(f)) => Source::Disk(f),
         (None, None, None) => Source::Profile(Profile::Default, false),
     };
+    // Every guest thaw builds runs `thaw-clock` on the clock channel's port.
+    let clock_port = matches!(source, Source::Profile(..));
     let mut forwards = o.ports;
     let own_disks = o
         .disks
@@ -407,6 +409,7 @@ pub fn resolve(
             display,
             disks,
             net: (!o.no_net).then(NetSpec::default),
+            clock_port,
         },
         forwards,
         ready: ReadySpec {

@@ -45,6 +45,13 @@ pub struct MachineSpec {
     /// A virtio-net NIC on QEMU's user-mode network (slirp), or none.
     #[serde(default)]
     pub net: Option<NetSpec>,
+    /// A second virtio-serial port, `org.thaw.clock.0`, on which the guest's
+    /// `thaw-clock` sets the clock of a resumed clone (see [`crate::clockport`]).
+    /// Guests thaw builds run it; for any other guest (and snapshots taken before the
+    /// port existed: the device set must match theirs) the clock is set through the
+    /// guest agent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clock_port: bool,
 }
 
 /// A disk image the VM sees through a qcow2 overlay; the image itself is never written.
@@ -265,6 +272,17 @@ impl MachineSpec {
         a.push("-chardev").push(qga);
         a.push("-device")
             .push("virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0");
+        if self.clock_port {
+            // A pipe chardev (the FIFOs PATH.in and PATH.out) is always open, so the
+            // guest side blocks in its read until a request comes.
+            let mut clock = OsString::from("pipe,id=thawclk0,path=");
+            clock.push(escape_commas(launch.clock_pipe));
+            a.push("-chardev").push(clock);
+            a.push("-device").push(format!(
+                "virtserialport,bus=vser0.0,chardev=thawclk0,name={}",
+                thaw_clock::PORT_NAME
+            ));
+        }
         // A fresh generation id per clone makes the guest kernel reseed its RNG.
         a.push("-device")
             .push(format!("vmgenid,id=vmgenid0,guid={}", launch.vmgenid));
@@ -319,6 +337,9 @@ pub struct Launch<'a> {
     pub share_ram: bool,
     pub qmp_socket: &'a Path,
     pub agent_socket: &'a Path,
+    /// The clock channel's FIFOs without their `.in` / `.out` suffix (used when the
+    /// spec has a clock port; see [`crate::clockport::make_pipe`]).
+    pub clock_pipe: &'a Path,
     /// Where the console keeper writes the serial console (QEMU itself writes it to
     /// its stdin, see [`crate::console`]).
     pub console_log: &'a Path,
@@ -374,6 +395,7 @@ mod tests {
             net: Some(NetSpec {
                 guest_ports: vec![6379],
             }),
+            clock_port: false,
         }
     }
 
@@ -393,6 +415,7 @@ mod tests {
             share_ram: share,
             qmp_socket: Path::new("/h/vms/web,x/qmp.sock"),
             agent_socket: Path::new("/h/vms/web/qga.sock"),
+            clock_pipe: Path::new("/h/vms/web,x/clock"),
             console_log: Path::new("/h/vms/web,x/console.log"),
             vmgenid: Uuid::nil(),
             incoming,
@@ -431,6 +454,35 @@ mod tests {
             !argv.contains("tb-size"),
             "QEMU's default unless asked: {argv}"
         );
+    }
+
+    #[test]
+    fn the_clock_port_is_a_pipe_on_the_agents_bus_only_when_the_spec_asks() {
+        let without = joined(&spec().argv(&launch(false, true)));
+        assert!(!without.contains("thawclk0"), "{without}");
+        let with = MachineSpec {
+            clock_port: true,
+            ..spec()
+        };
+        let argv = joined(&with.argv(&launch(false, true)));
+        assert!(
+            argv.contains("-chardev pipe,id=thawclk0,path=/h/vms/web,,x/clock"),
+            "commas escaped: {argv}"
+        );
+        assert!(
+            argv.contains("virtserialport,bus=vser0.0,chardev=thawclk0,name=org.thaw.clock.0"),
+            "{argv}"
+        );
+        // After the agent's port: the device order of older snapshots is unchanged.
+        assert!(argv.find("org.qemu.guest_agent.0") < argv.find("org.thaw.clock.0"));
+    }
+
+    #[test]
+    fn a_spec_without_the_clock_port_serialises_as_before() {
+        let json = serde_json::to_value(spec()).unwrap();
+        assert!(json.get("clock_port").is_none(), "{json}");
+        let old: MachineSpec = serde_json::from_value(json).unwrap();
+        assert!(!old.clock_port);
     }
 
     #[test]

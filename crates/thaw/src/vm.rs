@@ -79,6 +79,10 @@ impl VmPaths {
     pub fn agent(&self) -> PathBuf {
         self.dir.join("qga.sock")
     }
+    /// The clock channel's FIFOs, without their `.in` / `.out` suffix.
+    pub fn clock_pipe(&self) -> PathBuf {
+        self.dir.join("clock")
+    }
     pub fn console(&self) -> PathBuf {
         self.dir.join("console.log")
     }
@@ -206,6 +210,10 @@ pub async fn spawn(
     use std::os::unix::process::CommandExt;
     let log = std::fs::File::create(paths.qemu_log()).at("create", &paths.qemu_log())?;
     let log2 = log.try_clone().at("open", &paths.qemu_log())?;
+    if spec.clock_port {
+        crate::clockport::make_pipe(launch.clock_pipe)
+            .at("make the clock channel", launch.clock_pipe)?;
+    }
     let argv = spec.argv(launch);
     tracing::debug!(?argv, "starting QEMU");
     let console = crate::console::start_keeper(launch.console_log)
@@ -502,6 +510,7 @@ mod tests {
                 display: Some(crate::display::DisplaySpec::default()),
                 disks: vec![],
                 net: None,
+                clock_port: false,
             },
             qemu_version: "10.0.2".parse().unwrap(),
             vmgenid: Uuid::new_v4(),

@@ -143,6 +143,8 @@ class Breakdown:
     agent_ms: float
     agent_sync_ms: Optional[float]
     clock_ms: Optional[float]
+    #: ``port`` (the guest's clock channel) or ``agent`` (qemu-ga).
+    clock_via: Optional[str]
     check_ms: Optional[float]
 
 

@@ -49,6 +49,14 @@ while [ -z "$port" ] && [ "$tries" -lt 100 ]; do
     [ -n "$port" ] || { tries=$((tries + 1)); usleep 50000; }
 done
 
+# thaw-clock on the clock channel's port (org.thaw.clock.0), when the VM has one: it sets
+# the clock of a clone thaw restores with one system call (see thaw's clockport.rs).
+for f in /sys/class/virtio-ports/*/name; do
+    if [ -r "$f" ] && [ "$(cat "$f")" = org.thaw.clock.0 ]; then
+        /usr/local/sbin/thaw-clock /dev/"$(basename "$(dirname "$f")")" &
+    fi
+done
+
 # Whether process $1 has $2 open.
 holds() {
     for fd in /proc/"$1"/fd/*; do

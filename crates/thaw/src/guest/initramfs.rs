@@ -107,13 +107,19 @@ pub(crate) fn collect(progress: &mut dyn FnMut(&str)) -> Result<Tree, GuestBuild
     // qemu-ga's guest-set-time runs /sbin/hwclock -w after settimeofday and fails the
     // command when that cannot run.
     tree.file("sbin/hwclock", 0o755, HWCLOCK_SCRIPT.as_bytes().to_vec());
+    // The guest side of the clock channel, with what it links (glibc's, as qemu-ga's).
+    tree.file(super::clock::GUEST_PATH, 0o755, super::clock::read()?);
+    let clock_libs = shared_libraries(&super::clock::binary()?)?;
 
     tree.file(
         QEMU_GA,
         0o755,
         read(QEMU_GA, "qemu-guest-agent", "read qemu-ga")?,
     );
-    let libs = shared_libraries(Path::new(QEMU_GA))?;
+    let mut libs = shared_libraries(Path::new(QEMU_GA))?;
+    libs.extend(clock_libs);
+    libs.sort();
+    libs.dedup();
     progress(&format!(
         "collecting busybox, qemu-ga and {} shared libraries",
         libs.len()

@@ -20,6 +20,7 @@
 //! on `<cache>/guests/default.lock`, so parallel callers build once and a crash never
 //! leaves a half-built guest.
 
+mod clock;
 mod cpio;
 mod debian;
 mod image;
@@ -55,7 +56,8 @@ const CMDLINE: &str = "console=ttyS0 panic=-1 quiet cryptomgr.notests";
 /// Bump when the guest's contents change in a way the init script and command line do not
 /// show (e.g. another file in the initramfs): cached guests of another recipe are rebuilt.
 /// 3: `/sbin/hwclock` skips `-w` (see `initramfs::HWCLOCK_SCRIPT`).
-const RECIPE_VERSION: u32 = 3;
+/// 4: `thaw-clock` on the clock channel's port (see `clock`).
+const RECIPE_VERSION: u32 = 4;
 /// The drivers the default guest loads; their dependencies come along.
 const MODULES: &[&str] = &["virtio_blk", "virtio_net"];
 const MANIFEST_FORMAT: u32 = 1;
@@ -77,6 +79,11 @@ pub struct GuestImage {
 /// Why the default guest could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestBuildError {
+    #[error(
+        "thaw-clock (the guest side of the clock channel) not found (looked in {searched}): \
+         build the whole workspace (cargo build --workspace) or set THAW_CLOCK_BIN"
+    )]
+    ClockHelperMissing { searched: String },
     #[error("{tool} is missing: install the Debian package {package}")]
     MissingTool { tool: String, package: &'static str },
     #[error("could not run {command}")]
@@ -247,6 +254,7 @@ fn recipe(cmdline: &str) -> String {
     h.update(initramfs::INIT_SCRIPT.as_bytes());
     h.update(b"\0");
     h.update(cmdline.as_bytes());
+    clock::fingerprint(&mut h);
     h.finalize().to_hex().to_string()
 }
 

@@ -112,6 +112,7 @@ blacklist evdev
 pub(crate) const ENABLED: &[&str] = &[
     "systemd-networkd.service",
     "qemu-guest-agent.service",
+    "thaw-clock.service",
     "thaw-ready.service",
 ];
 
@@ -335,6 +336,16 @@ pub(crate) fn config_files() -> Vec<(&'static str, u32, String)> {
         ),
         (AGENT_SCRIPT_PATH, 0o755, AGENT_SCRIPT.to_owned()),
         (
+            "etc/systemd/system/thaw-clock.service",
+            0o644,
+            super::clock::UNIT.to_owned(),
+        ),
+        (
+            super::clock::START_SCRIPT_PATH,
+            0o755,
+            super::clock::START_SCRIPT.to_owned(),
+        ),
+        (
             "etc/systemd/system/systemd-udev-trigger.service.d/thaw.conf",
             0o644,
             UDEV_TRIGGER_DROP_IN.to_owned(),
@@ -379,6 +390,7 @@ pub(crate) fn fingerprint(h: &mut blake3::Hasher) {
         add(dir);
         add(keep.unwrap_or(""));
     }
+    super::clock::fingerprint(h);
 }
 
 /// Debian's redis.conf with redis listening on every IPv4 address and protected mode off,

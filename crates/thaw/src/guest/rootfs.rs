@@ -177,6 +177,10 @@ pub(crate) fn configure(root: &Path) -> Result<(), GuestBuildError> {
         fs::set_permissions(&path, fs::Permissions::from_mode(mode))
             .at("set a file's mode in the guest", &path)?;
     }
+    let clock = root.join(super::clock::GUEST_PATH);
+    fs::write(&clock, super::clock::read()?).at("write a file of the guest", &clock)?;
+    fs::set_permissions(&clock, fs::Permissions::from_mode(0o755))
+        .at("set a file's mode in the guest", &clock)?;
     let conf = root.join("etc/redis/redis.conf");
     let text = fs::read_to_string(&conf).at("read redis.conf", &conf)?;
     fs::write(&conf, redis_conf(&text)).at("write redis.conf", &conf)?;

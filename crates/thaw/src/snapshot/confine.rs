@@ -170,6 +170,7 @@ mod tests {
                     readonly: false,
                 }],
                 net: None,
+                clock_port: false,
             },
             vmgenid: uuid::Uuid::nil(),
             source_vm: "web".parse().unwrap(),

@@ -20,6 +20,7 @@ fn manifest(tag: &str) -> Manifest {
             display: None,
             disks: vec![],
             net: None,
+            clock_port: false,
         },
         vmgenid: Uuid::nil(),
         source_vm: "web".parse().unwrap(),

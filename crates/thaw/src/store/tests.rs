@@ -116,6 +116,7 @@ fn test_manifest(tag: &SnapshotTag, files: BTreeMap<String, snapshot::FileEntry>
             display: None,
             disks: vec![],
             net: None,
+            clock_port: false,
         },
         vmgenid: uuid::Uuid::nil(),
         source_vm: "web".parse().unwrap(),

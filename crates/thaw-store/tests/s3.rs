@@ -23,13 +23,13 @@ macro_rules! on_both {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn s3s_fs() {
-                super::$name(&super::S3Server::start()).await
+                super::$name(&super::S3Server::start(), "s3s-fs").await
             }
 
             #[cfg(feature = "garage")]
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn garage() {
-                super::$name(&super::common::Garage::start()).await
+                super::$name(&super::common::Garage::start(), "garage").await
             }
         }
     )*};
@@ -40,7 +40,8 @@ on_both!(
     a_second_push_sends_only_the_new_chunks,
     a_damaged_chunk_in_the_bucket_is_refused_at_pull,
     an_interrupted_pull_completes_on_retry,
-    push_with_a_missing_local_chunk_writes_no_remote_manifest
+    push_with_a_missing_local_chunk_writes_no_remote_manifest,
+    push_and_pull_throughput_is_reported
 );
 
 /// What thaw's manifest will roughly be: named file indexes.
@@ -53,7 +54,10 @@ fn ids_of(manifest: &Manifest) -> Vec<ChunkId> {
         .collect()
 }
 
-async fn push_then_pull_into_a_fresh_store_gives_the_same_files(server: &dyn TestS3) {
+async fn push_then_pull_into_a_fresh_store_gives_the_same_files(
+    server: &dyn TestS3,
+    _server_name: &str,
+) {
     server.create_bucket("thaw");
     let remote = server.remote("s3://thaw/ci/cache");
     let d = tempfile::tempdir().unwrap();
@@ -119,7 +123,7 @@ async fn push_then_pull_into_a_fresh_store_gives_the_same_files(server: &dyn Tes
     ));
 }
 
-async fn a_second_push_sends_only_the_new_chunks(server: &dyn TestS3) {
+async fn a_second_push_sends_only_the_new_chunks(server: &dyn TestS3, _server_name: &str) {
     server.create_bucket("thaw");
     let remote = server.remote("s3://thaw/p");
     let d = tempfile::tempdir().unwrap();
@@ -158,7 +162,7 @@ async fn a_second_push_sends_only_the_new_chunks(server: &dyn TestS3) {
     );
 }
 
-async fn a_damaged_chunk_in_the_bucket_is_refused_at_pull(server: &dyn TestS3) {
+async fn a_damaged_chunk_in_the_bucket_is_refused_at_pull(server: &dyn TestS3, _server_name: &str) {
     server.create_bucket("thaw");
     let remote = server.remote("s3://thaw/x");
     let d = tempfile::tempdir().unwrap();
@@ -204,7 +208,7 @@ async fn a_damaged_chunk_in_the_bucket_is_refused_at_pull(server: &dyn TestS3) {
     );
 }
 
-async fn an_interrupted_pull_completes_on_retry(server: &dyn TestS3) {
+async fn an_interrupted_pull_completes_on_retry(server: &dyn TestS3, _server_name: &str) {
     server.create_bucket("thaw");
     let remote = server.remote("s3://thaw");
     let d = tempfile::tempdir().unwrap();
@@ -234,7 +238,10 @@ async fn an_interrupted_pull_completes_on_retry(server: &dyn TestS3) {
     assert_eq!(hash_file(&d.path().join("out")), hash_file(&src));
 }
 
-async fn push_with_a_missing_local_chunk_writes_no_remote_manifest(server: &dyn TestS3) {
+async fn push_with_a_missing_local_chunk_writes_no_remote_manifest(
+    server: &dyn TestS3,
+    _server_name: &str,
+) {
     server.create_bucket("thaw");
     let remote = server.remote("s3://thaw/y");
     let d = tempfile::tempdir().unwrap();
@@ -258,4 +265,52 @@ async fn push_with_a_missing_local_chunk_writes_no_remote_manifest(server: &dyn 
         .unwrap_err();
     println!("missing bucket: {err}");
     assert!(matches!(err, PushError::Remote { .. }), "{err}");
+}
+
+/// Pushes and pulls 32 MiB of incompressible chunks and prints the throughput of each
+/// (a figure for the notes, not asserted: the machine is shared); the pulled bytes must
+/// be the pushed ones.
+async fn push_and_pull_throughput_is_reported(server: &dyn TestS3, server_name: &str) {
+    const SIZE: usize = 32 << 20;
+    server.create_bucket("thaw");
+    let remote = server.remote("s3://thaw/bench");
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path().join("a")).unwrap();
+    let ram = d.path().join("ram");
+    std::fs::write(&ram, noise(9, SIZE)).unwrap();
+    let manifest: Manifest = [(
+        "ram".to_string(),
+        store.ingest(&ram, &mut NoProgress).unwrap(),
+    )]
+    .into();
+    let ids = ids_of(&manifest);
+    store
+        .put_manifest("base", &serde_json::to_vec(&manifest).unwrap())
+        .unwrap();
+    let t = std::time::Instant::now();
+    let pushed = push(&store, &remote, "base", &ids, &mut NoProgress)
+        .await
+        .unwrap();
+    let push_s = t.elapsed().as_secs_f64();
+    assert_eq!(pushed.chunks_sent as usize, ids.len());
+    let fresh = Store::open(d.path().join("b")).unwrap();
+    let t = std::time::Instant::now();
+    let pulled = pull_chunks(&fresh, &remote, &ids, &mut NoProgress)
+        .await
+        .unwrap();
+    let pull_s = t.elapsed().as_secs_f64();
+    assert_eq!(pulled.chunks_fetched as usize, ids.len());
+    let out = d.path().join("ram.out");
+    fresh
+        .materialize(&manifest["ram"], &out, &mut NoProgress)
+        .unwrap();
+    assert_eq!(hash_file(&out), hash_file(&ram));
+    let mb = pushed.bytes_sent as f64 / 1e6;
+    eprintln!(
+        "throughput ({server_name}, {} chunks, {mb:.1} MB): push {:.1} MB/s ({push_s:.2} s), \
+         pull {:.1} MB/s ({pull_s:.2} s)",
+        ids.len(),
+        mb / push_s,
+        mb / pull_s
+    );
 }

@@ -1,7 +1,8 @@
 //! `thaw-clock` in the guests thaw builds: the guest side of the clock channel (see
 //! [`crate::clockport`] and the `thaw_clock` crate). A binary of this workspace, found
 //! next to the running thaw (or where the package installs it) and copied into every
-//! guest; its BLAKE3 is part of each guest's recipe, so a new one rebuilds them.
+//! guest. Its sources are part of each guest's recipe, so a changed one rebuilds them
+//! (its sources, not its bytes: a debug and a release build of thaw share the guests).
 
 use std::path::{Path, PathBuf};
 
@@ -46,17 +47,19 @@ pub(crate) fn binary() -> Result<PathBuf, GuestBuildError> {
     })
 }
 
-/// Adds the binary's contents to a guest's recipe hash (a fixed marker when there is
-/// none: building then fails, saying where it looked).
+/// What the guest side is built from.
+const SOURCES: &[&str] = &[
+    include_str!("../../../thaw-clock/Cargo.toml"),
+    include_str!("../../../thaw-clock/src/lib.rs"),
+    include_str!("../../../thaw-clock/src/main.rs"),
+];
+
+/// Adds the guest side's sources to a guest's recipe hash.
 pub(crate) fn fingerprint(h: &mut blake3::Hasher) {
     h.update(b"thaw-clock\0");
-    match binary().ok().and_then(|p| std::fs::read(p).ok()) {
-        Some(bytes) => {
-            h.update(blake3::hash(&bytes).as_bytes());
-        }
-        None => {
-            h.update(b"missing");
-        }
+    for s in SOURCES {
+        h.update(s.as_bytes());
+        h.update(b"\0");
     }
 }
 

@@ -178,7 +178,7 @@ pub async fn spawn(qemu: &Qemu, l: &PeerLaunch<'_>) -> Result<PeerVm, CompareErr
     let paths = VmPaths {
         dir: l.dir.to_owned(),
     };
-    for f in [paths.qmp(), paths.agent()] {
+    for f in [paths.qmp(), paths.status_qmp(), paths.agent()] {
         let _ = std::fs::remove_file(f);
     }
     if l.spec.clock_port {
@@ -252,6 +252,7 @@ fn argv(qemu: &Qemu, l: &PeerLaunch<'_>, paths: &VmPaths, ports: &[PortForward])
         ram_offset: 0,
         share_ram: true,
         qmp_socket: &paths.qmp(),
+        status_socket: &paths.status_qmp(),
         agent_socket: &paths.agent(),
         clock_pipe: &paths.clock_pipe(),
         console_log: &paths.console(),

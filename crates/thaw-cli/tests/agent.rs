@@ -77,3 +77,14 @@ fn a_restore_from_a_snapshot_with_a_stopped_agent_fails_early() {
         "a failed restore leaves nothing"
     );
 }
+
+#[test]
+fn ls_reads_the_state_of_a_vm_whose_monitor_another_command_holds() {
+    let env = Env::new();
+    env.boot("held", &[]);
+    // QEMU serves one client per monitor: a restore, snapshot or exec in progress
+    // holds the VM's monitor, and `thaw ls` asks a second one.
+    let qmp = common::home_file(&env, "vms/held/qmp.sock");
+    let _holder = std::os::unix::net::UnixStream::connect(&qmp).unwrap();
+    assert_eq!(env.state_of("held"), "running");
+}

@@ -211,6 +211,7 @@ async fn boot_in(
         ram_offset: 0,
         share_ram: true,
         qmp_socket: &paths.qmp(),
+        status_socket: &paths.status_qmp(),
         agent_socket: &paths.agent(),
         clock_pipe: &paths.clock_pipe(),
         console_log: &paths.console(),

@@ -314,6 +314,7 @@ pub async fn prepare(
         ram_offset,
         share_ram: false,
         qmp_socket: &paths.qmp(),
+        status_socket: &paths.status_qmp(),
         agent_socket: &paths.agent(),
         clock_pipe: &paths.clock_pipe(),
         console_log: &paths.console(),
@@ -433,13 +434,38 @@ impl Prepared {
     /// keeps its clones in. The agent connection stays open.
     pub async fn warm_up(&mut self, timeout: Duration) -> Result<(), CloneError> {
         self.resume().await?;
-        let mut agent = Agent::connect(&self.paths.agent(), timeout).await?;
-        agent.set_time(CLOCK_TOLERANCE).await?;
+        let (agent, by_port) = self.reach_agent_setting_clock(timeout).await;
+        let mut agent = agent?;
+        if !matches!(by_port, Some((Ok(()), _))) {
+            agent.set_time(CLOCK_TOLERANCE).await?;
+        }
         // Resumed before any request: nothing of it counts towards one.
         self.resumed_at = None;
         self.breakdown.resume_ms = 0.0;
         self.agent = Some(AgentWatch::new(agent, Some(Instant::now())));
         Ok(())
+    }
+
+    /// Connects to the agent of a clone resumed just now (its first answer within
+    /// `wait`) while, when the guest has a clock channel, its clock is set through
+    /// that: the two are independent. The clock's outcome and time, `None` without a
+    /// channel; on failure the caller sets the clock through the agent.
+    async fn reach_agent_setting_clock(
+        &self,
+        wait: Duration,
+    ) -> (
+        Result<Agent, AgentError>,
+        Option<(Result<(), ()>, Duration)>,
+    ) {
+        let port_clock = async {
+            let t = Instant::now();
+            match self.state.spec.clock_port {
+                true => Some((self.set_clock_by_port(wait).await, t.elapsed())),
+                false => None,
+            }
+        };
+        let agent_socket = self.paths.agent();
+        tokio::join!(Agent::connect(&agent_socket, wait), port_clock)
     }
 
     /// Sets the clock of a clone resumed just now through its clock channel (one
@@ -589,16 +615,7 @@ impl Prepared {
             Some(w) => (w, None),
             None => {
                 let wait = first_answer_wait(opts.timeout);
-                let port_clock = async {
-                    let t = Instant::now();
-                    match self.state.spec.clock_port {
-                        true => Some((self.set_clock_by_port(opts.timeout).await, t.elapsed())),
-                        false => None,
-                    }
-                };
-                let agent_socket = self.paths.agent();
-                let (agent, port_clock) =
-                    tokio::join!(Agent::connect(&agent_socket, wait), port_clock);
+                let (agent, port_clock) = self.reach_agent_setting_clock(wait).await;
                 let agent = match agent {
                     Ok(agent) => agent,
                     Err(AgentError::Timeout(_)) => return Err(CloneError::AgentSilent(wait)),

@@ -145,10 +145,14 @@ async fn info(home: &Home, name: VmName) -> VmInfo {
 }
 
 /// QEMU's run state; a running VM's migration that a killed snapshot left is
-/// cancelled first, so that "running" stays true.
+/// cancelled first, so that "running" stays true. Asked on the VM's status monitor (a
+/// restore or snapshot in progress holds the other), or the one monitor of a VM
+/// started before thaw gave it a second.
 async fn query_status(paths: &vm::VmPaths) -> Option<String> {
     let q = async {
-        let qmp = Qmp::connect(&paths.qmp()).await.ok()?;
+        let status = paths.status_qmp();
+        let socket = if status.exists() { status } else { paths.qmp() };
+        let qmp = Qmp::connect(&socket).await.ok()?;
         crate::snapshot::take::cancel_abandoned(paths, &qmp).await;
         let st = qmp.execute("query-status", None).await.ok()?;
         st["status"].as_str().map(str::to_owned)

@@ -265,6 +265,10 @@ impl MachineSpec {
         qmp.push(escape_commas(launch.qmp_socket));
         a.push("-chardev").push(qmp);
         a.push("-mon").push("chardev=qmp0,mode=control");
+        let mut status = OsString::from("socket,id=qmp1,server=on,wait=off,path=");
+        status.push(escape_commas(launch.status_socket));
+        a.push("-chardev").push(status);
+        a.push("-mon").push("chardev=qmp1,mode=control");
         // Guest agent over virtio-serial.
         a.push("-device").push("virtio-serial-pci,id=vser0");
         let mut qga = OsString::from("socket,id=qga0,server=on,wait=off,path=");
@@ -336,6 +340,9 @@ pub struct Launch<'a> {
     pub ram_offset: u64,
     pub share_ram: bool,
     pub qmp_socket: &'a Path,
+    /// A second QMP monitor for status queries (not part of the machine: snapshots of
+    /// VMs started without it restore with it).
+    pub status_socket: &'a Path,
     pub agent_socket: &'a Path,
     /// The clock channel's FIFOs without their `.in` / `.out` suffix (used when the
     /// spec has a clock port; see [`crate::clockport::make_pipe`]).
@@ -414,6 +421,7 @@ mod tests {
             ram_offset: 0,
             share_ram: share,
             qmp_socket: Path::new("/h/vms/web,x/qmp.sock"),
+            status_socket: Path::new("/h/vms/web,x/status.sock"),
             agent_socket: Path::new("/h/vms/web/qga.sock"),
             clock_pipe: Path::new("/h/vms/web,x/clock"),
             console_log: Path::new("/h/vms/web,x/console.log"),
@@ -448,6 +456,10 @@ mod tests {
             "commas escaped: {argv}"
         );
         assert!(argv.contains("-chardev socket,id=ser0,fd=0 -serial chardev:ser0"));
+        assert!(argv.contains(
+            "-chardev socket,id=qmp1,server=on,wait=off,path=/h/vms/web,,x/status.sock \
+             -mon chardev=qmp1,mode=control"
+        ));
         assert!(argv.contains("-netdev user,id=net0,hostfwd=tcp:127.0.0.1:40001-:6379"));
         assert!(argv.contains("virtio-net-pci,netdev=net0"));
         assert!(

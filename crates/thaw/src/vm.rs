@@ -79,6 +79,11 @@ impl VmPaths {
     pub fn agent(&self) -> PathBuf {
         self.dir.join("qga.sock")
     }
+    /// A second QMP monitor, for reading the VM's state (`thaw ls`) while a command
+    /// holds the first (QEMU serves one client per monitor).
+    pub fn status_qmp(&self) -> PathBuf {
+        self.dir.join("status.sock")
+    }
     /// The clock channel's FIFOs, without their `.in` / `.out` suffix.
     pub fn clock_pipe(&self) -> PathBuf {
         self.dir.join("clock")

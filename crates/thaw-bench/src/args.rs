@@ -56,7 +56,8 @@ pub struct BenchArgs {
     compare: bool,
     /// With --compare: only these methods (comma-separated): cold-boot, savevm,
     /// exec-gzip, exec-zstd, libvirt, thaw-bare (the mechanism alone: private RAM map,
-    /// device state, agent ping), thaw, thaw-pool-paused, thaw-pool-running,
+    /// device state, agent ping), thaw, thaw-x3 (3 clones by one restore, the last one's
+    /// times), thaw-pool-paused, thaw-pool-running,
     /// thawd-pool-running.
     #[arg(long, value_delimiter = ',', requires = "compare")]
     methods: Vec<String>,

@@ -66,6 +66,7 @@ pub const METHODS: &[&str] = &[
     "libvirt",
     "thaw-bare",
     "thaw",
+    "thaw-x3",
     "thaw-pool-paused",
     "thaw-pool-running",
     "thawd-pool-running",
@@ -354,6 +355,9 @@ async fn thaw_methods(
     if cfg.wants("thaw-bare") {
         out.push(bare::method(home, qemu, cfg.runs, &cfg.ready, &tag0, mem, progress).await?);
     }
+    if cfg.wants("thaw-x3") {
+        out.push(at_once(home, qemu, cfg, (&tag0, mem), progress).await?);
+    }
     for mode in [PoolMode::Paused, PoolMode::Running] {
         out.extend(pooled(home, qemu, cfg, (&tag0, mem), mode, progress).await?);
     }
@@ -372,6 +376,45 @@ async fn thaw_methods(
     }
     let _ = catalog::remove(home, &tag0, false);
     Ok(out)
+}
+
+/// Clones restored by one request at once (no pool), as a CI job that wants a few
+/// test devices starts them: running and ready are the request's last clone's.
+const AT_ONCE: u32 = 3;
+
+async fn at_once(
+    home: &Home,
+    qemu: &Qemu,
+    cfg: &CompareConfig,
+    (tag0, mem): (&SnapshotTag, u32),
+    progress: &mut dyn FnMut(&str),
+) -> Result<MethodReport, CompareError> {
+    let mut samples = Vec::new();
+    for i in 0..cfg.runs {
+        progress(&format!(
+            "{mem} MiB: thaw, {AT_ONCE} clones at once: restore {}/{}",
+            i + 1,
+            cfg.runs
+        ));
+        let name: VmName = format!("m{mem}-x{AT_ONCE}-{i}").parse().expect("valid name");
+        let req = RestoreRequest {
+            count: AT_ONCE,
+            ..restore_req(cfg, tag0, name)
+        };
+        let clones = restore::restore(home, qemu, &req).await?;
+        let last = |f: fn(&thaw::clone::CloneReport) -> f64| {
+            clones.iter().map(f).fold(0.0, f64::max)
+        };
+        samples.push(Sample {
+            running_ms: Some(last(|c| c.restore_ms)),
+            ready_ms: last(|c| c.ready_ms),
+        });
+        for c in &clones {
+            let _ = control::stop(home, &c.name).await;
+        }
+    }
+    let label = format!("thaw, {AT_ONCE} clones at once (last ready)");
+    Ok(MethodReport::new("thaw-x3", &label, mem).with_samples(&[], &samples))
 }
 
 /// Restores of `tag0` from a warm pool in `mode`, each from a full pool (`None` when

@@ -16,6 +16,7 @@ const METHODS: &[&str] = &[
     "libvirt",
     "thaw-bare",
     "thaw",
+    "thaw-x3",
     "thaw-pool-paused",
     "thaw-pool-running",
     "thawd-pool-running",

@@ -159,6 +159,10 @@ pub(crate) enum Command {
         /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION).
         #[arg(long, value_name = "URL")]
         remote: Option<String>,
+        /// Print the cache key of this boot and exit: no boot, no network (the key a CI
+        /// cache is restored under; --json adds the snapshot tag).
+        #[arg(long)]
+        print_key: bool,
     },
     /// Send a snapshot to S3-compatible storage: only the chunks it lacks.
     Push {

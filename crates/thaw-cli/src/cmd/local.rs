@@ -54,6 +54,16 @@ pub(crate) async fn up(
     Ok(())
 }
 
+/// `thaw up --print-key`: the key alone on stdout; the remote is not consulted.
+pub(crate) fn print_key(boot: BootArgs, _remote: Option<String>, json: bool) -> Result<()> {
+    let req = super::vm::boot_request(boot, json)?;
+    let cache = thaw::guest::cache_dir();
+    let qemu = Qemu::find(&cache)?;
+    let k = thaw::up::cache_key(&req, &qemu, &cache)?;
+    emit(json, &k, |k| k.key.clone())?;
+    Ok(())
+}
+
 pub(crate) async fn push(tag: SnapshotTag, remote: String, home: &Home, json: bool) -> Result<()> {
     let remote = thaw::store::Remote::from_env(&remote)?;
     let r = thaw::store::push(home, &tag, &remote, &mut progress::Bars::new()).await?;

@@ -52,7 +52,12 @@ pub(crate) async fn run(
             vm::pool(ops, tag, config, json).await?
         }
         Command::Pools => vm::pools(ops, json).await?,
-        Command::Up { boot, remote } => local::up(boot, remote, home, json, cancel).await?,
+        Command::Up {
+            boot,
+            remote,
+            print_key: true,
+        } => local::print_key(boot, remote, json)?,
+        Command::Up { boot, remote, .. } => local::up(boot, remote, home, json, cancel).await?,
         Command::Push { tag, remote } => local::push(tag, remote, home, json).await?,
         Command::Pull { tag, remote } => local::pull(tag, remote, home, json).await?,
         Command::Export { tag, file } => local::export(tag, file, home, json).await?,

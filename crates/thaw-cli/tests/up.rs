@@ -176,11 +176,7 @@ fn print_key_needs_no_boot_and_no_network_and_changes_with_every_input() {
     // A kernel changed by one byte (a copy, so the cached guest stays as it is).
     let (kernel, initrd, cmdline) = default_guest();
     let dir = tempfile::tempdir().unwrap();
-    let own = |k: &str| {
-        key(&[
-            "--kernel", k, "--initrd", &initrd, "--append", &cmdline,
-        ])
-    };
+    let own = |k: &str| key(&["--kernel", k, "--initrd", &initrd, "--append", &cmdline]);
     keys.push(own(&kernel));
     let changed = dir.path().join("kernel");
     let mut bytes = std::fs::read(&kernel).unwrap();
@@ -199,7 +195,11 @@ fn print_key_needs_no_boot_and_no_network_and_changes_with_every_input() {
     keys.push(with_disk());
 
     let distinct: std::collections::BTreeSet<&String> = keys.iter().collect();
-    assert_eq!(distinct.len(), keys.len(), "every input changes the key: {keys:?}");
+    assert_eq!(
+        distinct.len(),
+        keys.len(),
+        "every input changes the key: {keys:?}"
+    );
 
     assert!(
         matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),

@@ -228,7 +228,7 @@ fn the_first_job_boots_and_saves_the_second_restores_from_the_cache() {
     let key = job1.outputs["key"]["key"].clone();
     assert_eq!(
         common::dir_names(cache.path()),
-        [key.clone()],
+        std::slice::from_ref(&key),
         "one entry, saved under the key"
     );
     let saved = files_under(&cache.path().join(&key));

@@ -61,13 +61,13 @@ pub fn read(log: &Path) -> Vec<u8> {
 }
 
 /// Follows a console log as its keeper writes and rotates it (`thaw logs -f`): the
-/// first [`Follow::next`] returns what [`read`] would, each later one what was written
+/// first [`Follow::read_new`] returns what [`read`] would, each later one what was written
 /// since, across rotations.
 pub struct Follow {
     log: PathBuf,
-    /// The rotated part, returned by the first `next`.
+    /// The rotated part, returned by the first `read_new`.
     pending: Vec<u8>,
-    /// The current part, open at where the last `next` stopped, and its inode.
+    /// The current part, open at where the last `read_new` stopped, and its inode.
     file: Option<(std::fs::File, u64)>,
 }
 
@@ -88,7 +88,7 @@ impl Follow {
     }
 
     /// What was written since the last call (empty when nothing was).
-    pub fn next(&mut self) -> std::io::Result<Vec<u8>> {
+    pub fn read_new(&mut self) -> std::io::Result<Vec<u8>> {
         use std::io::Read;
         use std::os::unix::fs::MetadataExt;
         let mut out = std::mem::take(&mut self.pending);
@@ -124,15 +124,15 @@ mod tests {
         std::fs::write(older(&log), b"old\n").unwrap();
         std::fs::write(&log, b"one\n").unwrap();
         let mut f = Follow::new(&log);
-        assert_eq!(f.next().unwrap(), b"old\none\n");
-        assert_eq!(f.next().unwrap(), b"");
+        assert_eq!(f.read_new().unwrap(), b"old\none\n");
+        assert_eq!(f.read_new().unwrap(), b"");
         std::fs::OpenOptions::new()
             .append(true)
             .open(&log)
             .unwrap()
             .write_all(b"two\n")
             .unwrap();
-        assert_eq!(f.next().unwrap(), b"two\n");
+        assert_eq!(f.read_new().unwrap(), b"two\n");
         // Rotated as the keeper does: more written to the old file, renamed, a new one.
         std::fs::OpenOptions::new()
             .append(true)
@@ -142,8 +142,8 @@ mod tests {
             .unwrap();
         std::fs::rename(&log, older(&log)).unwrap();
         std::fs::write(&log, b"four\n").unwrap();
-        assert_eq!(f.next().unwrap(), b"three\nfour\n");
-        assert_eq!(f.next().unwrap(), b"");
+        assert_eq!(f.read_new().unwrap(), b"three\nfour\n");
+        assert_eq!(f.read_new().unwrap(), b"");
     }
 
     /// The keeper rotates at SEGMENT, keeps the newest output and ends with its writer.

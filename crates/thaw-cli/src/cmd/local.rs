@@ -164,7 +164,7 @@ pub(crate) async fn logs(name: VmName, follow: bool, home: &Home, json: bool) ->
     let mut console = thaw::console::Follow::new(&path);
     loop {
         let alive = vm.is_alive();
-        let text = console.next()?;
+        let text = console.read_new()?;
         if !text.is_empty() {
             print_console(&name, &text, json, false)?;
         }

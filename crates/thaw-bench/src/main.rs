@@ -17,10 +17,7 @@ fn main() -> ExitCode {
     thaw::fsutil::private_umask();
     let args = match args::BenchArgs::try_parse() {
         Ok(args) => args,
-        Err(e) if e.use_stderr() => {
-            eprintln!("thaw: {} (see --help)", usage_error_line(&e.to_string()));
-            return ExitCode::from(2);
-        }
+        Err(e) if e.use_stderr() => return usage_error(&e),
         Err(e) => {
             let _ = e.print(); // --help, --version
             return ExitCode::SUCCESS;
@@ -99,22 +96,46 @@ fn progress(json: bool) -> impl FnMut(&str) {
     }
 }
 
-/// One line, like every other error: clap's first line minus its prefix, with the
-/// indented lines that follow it, up to the blank line before the usage.
+/// One line, like every other error: clap's first line minus its prefix, the indented
+/// lines that follow it (the arguments a "required arguments were not provided" error
+/// names), and clap's tips ("tip: a similar subcommand exists: 'boot'"), up to the usage.
 fn usage_error_line(text: &str) -> String {
     let mut lines = text.lines();
-    let first = lines
+    let mut line = lines
         .next()
         .unwrap_or("invalid arguments")
-        .trim_start_matches("error: ");
-    let named: Vec<&str> = lines
-        .take_while(|l| l.starts_with(' '))
-        .map(str::trim)
-        .collect();
-    match named.as_slice() {
-        [] => first.to_owned(),
-        _ => format!("{} {}", first, named.join(", ")),
+        .trim_start_matches("error: ")
+        .to_owned();
+    let (mut named, mut tips) = (Vec::new(), Vec::new());
+    let body = lines.take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"));
+    for l in body.map(str::trim).filter(|l| !l.is_empty()) {
+        match l.starts_with("tip:") {
+            true => tips.push(l),
+            false => named.push(l),
+        }
     }
+    if !named.is_empty() {
+        line = format!("{line} {}", named.join(", "));
+    }
+    for tip in tips {
+        line = format!("{line}; {tip}");
+    }
+    line
+}
+
+/// A usage error: one line on stderr, and with `--json` among the arguments (before any
+/// `--`) also `{"error": ...}` on stdout, as every other error; exit status 2.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    let line = format!("{} (see --help)", usage_error_line(&e.to_string()));
+    let json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    if json {
+        println!("{}", serde_json::json!({ "error": line }));
+    }
+    eprintln!("thaw: {line}");
+    ExitCode::from(2)
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

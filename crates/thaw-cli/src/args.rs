@@ -104,8 +104,20 @@ pub(crate) enum Command {
         #[arg(long, short = 'r')]
         recursive: bool,
     },
-    /// Print a VM's serial console output.
-    Logs { name: VmName },
+    /// Print a VM's serial console output (its newest 1-2 MiB).
+    Logs {
+        name: VmName,
+        /// Then print what the guest writes until Ctrl-C or the VM ends (with --json:
+        /// one JSON document per line, `{"name": ..., "console": ...}`).
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Show a VM (its record and its state now) or, when no VM has that name, a
+    /// snapshot (its manifest's summary).
+    Inspect {
+        #[arg(value_name = "VM|TAG")]
+        name: String,
+    },
     /// Measure cold boot against restore (of the default guest, or --profile), both to
     /// the same readiness; --pool takes the restores from a warm pool.
     Bench(BenchArgs),
@@ -159,6 +171,10 @@ pub(crate) enum Command {
         /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION).
         #[arg(long, value_name = "URL")]
         remote: Option<String>,
+        /// Print the cache key of this boot and exit: no boot, no network (the key a CI
+        /// cache is restored under; --json adds the snapshot tag).
+        #[arg(long)]
+        print_key: bool,
     },
     /// Send a snapshot to S3-compatible storage: only the chunks it lacks.
     Push {

@@ -225,3 +225,29 @@ pub fn transfer(verb: &str, r: &thaw::store::TransferReport) -> String {
         r.tag, r.chunks_moved, r.bytes_moved, r.chunks_present, r.file_bytes
     )
 }
+
+/// `thaw inspect`: a VM as `ls` lists it and what its record says of the machine, or a
+/// snapshot as `snapshots` lists it.
+pub fn inspection(i: &thaw::control::Inspection) -> String {
+    match i {
+        thaw::control::Inspection::Vm { record, live } => {
+            let s = &record.spec;
+            let mut lines = vec![
+                vms(std::slice::from_ref(live)),
+                format!(
+                    "machine {} ({}), {} MiB, {} vCPU(s), QEMU {}",
+                    s.machine, s.accel, s.memory_mib, s.cpus, record.qemu_version
+                ),
+            ];
+            if let Some(k) = &s.kernel {
+                lines.push(format!("kernel {}", k.display()));
+            }
+            if let Some(i) = &s.initrd {
+                lines.push(format!("initrd {}", i.display()));
+            }
+            lines.extend(s.disks.iter().map(|d| format!("disk {}", d.base.display())));
+            lines.join("\n")
+        }
+        thaw::control::Inspection::Snapshot(info) => snapshots(std::slice::from_ref(info)),
+    }
+}

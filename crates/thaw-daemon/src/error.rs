@@ -175,7 +175,7 @@ impl HttpStatus for thaw::profile::ResolveBootError {
     fn status(&self) -> StatusCode {
         use thaw::profile::ResolveBootError as E;
         match self {
-            E::Name(_) | E::AppendWithoutKernel => BAD,
+            E::Name(_) | E::AppendWithoutKernel | E::Spec(_) | E::GuestPortZero => BAD,
             E::Disk(e) => e.status(),
             E::Display(e) => e.status(),
             E::Guest { .. } | E::Firmware(_) => FAILED,

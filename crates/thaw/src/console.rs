@@ -60,10 +60,91 @@ pub fn read(log: &Path) -> Vec<u8> {
     text
 }
 
+/// Follows a console log as its keeper writes and rotates it (`thaw logs -f`): the
+/// first [`Follow::read_new`] returns what [`read`] would, each later one what was written
+/// since, across rotations.
+pub struct Follow {
+    log: PathBuf,
+    /// The rotated part, returned by the first `read_new`.
+    pending: Vec<u8>,
+    /// The current part, open at where the last `read_new` stopped, and its inode.
+    file: Option<(std::fs::File, u64)>,
+}
+
+impl Follow {
+    pub fn new(log: &Path) -> Follow {
+        Follow {
+            log: log.to_owned(),
+            pending: std::fs::read(older(log)).unwrap_or_default(),
+            file: None,
+        }
+    }
+
+    fn open(&self) -> Option<(std::fs::File, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let file = std::fs::File::open(&self.log).ok()?;
+        let ino = file.metadata().ok()?.ino();
+        Some((file, ino))
+    }
+
+    /// What was written since the last call (empty when nothing was).
+    pub fn read_new(&mut self) -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
+        let mut out = std::mem::take(&mut self.pending);
+        // The inode at the path before reading: if it is another file than ours, the
+        // keeper rotated, and ours is complete once read to its end.
+        let now = std::fs::metadata(&self.log).ok().map(|m| m.ino());
+        if self.file.is_none() {
+            self.file = self.open();
+        }
+        if let Some((file, ino)) = &mut self.file {
+            file.read_to_end(&mut out)?;
+            if now.is_some_and(|n| n != *ino) {
+                self.file = self.open();
+                if let Some((file, _)) = &mut self.file {
+                    file.read_to_end(&mut out)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// Following a log returns every byte once, in order, across a rotation.
+    #[test]
+    fn follow_returns_what_is_written_across_rotations() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("console.log");
+        std::fs::write(older(&log), b"old\n").unwrap();
+        std::fs::write(&log, b"one\n").unwrap();
+        let mut f = Follow::new(&log);
+        assert_eq!(f.read_new().unwrap(), b"old\none\n");
+        assert_eq!(f.read_new().unwrap(), b"");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .unwrap()
+            .write_all(b"two\n")
+            .unwrap();
+        assert_eq!(f.read_new().unwrap(), b"two\n");
+        // Rotated as the keeper does: more written to the old file, renamed, a new one.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .unwrap()
+            .write_all(b"three\n")
+            .unwrap();
+        std::fs::rename(&log, older(&log)).unwrap();
+        std::fs::write(&log, b"four\n").unwrap();
+        assert_eq!(f.read_new().unwrap(), b"three\nfour\n");
+        assert_eq!(f.read_new().unwrap(), b"");
+    }
 
     /// The keeper rotates at SEGMENT, keeps the newest output and ends with its writer.
     #[test]

@@ -75,6 +75,39 @@ pub struct VmInfo {
     pub vnc: Option<crate::display::VncPorts>,
 }
 
+/// What `thaw inspect NAME` shows: a VM (its record and its state now) or, when no VM
+/// has that name, a snapshot (the summary of its manifest, as `snapshots` lists it).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Inspection {
+    Vm { record: Box<VmState>, live: VmInfo },
+    Snapshot(crate::snapshot::catalog::SnapshotInfo),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error("no VM or snapshot named {0:?}")]
+    NotFound(String),
+    #[error(transparent)]
+    Vm(#[from] vm::VmError),
+}
+
+/// A VM named `name`, else a snapshot tagged `name` (see [`Inspection`]).
+pub async fn inspect(home: &Home, name: &str) -> Result<Inspection, InspectError> {
+    if let Ok(vm_name) = name.parse::<VmName>() {
+        if home.vm_dir(&vm_name).is_dir() {
+            let record = Box::new(VmState::load(home, &vm_name)?);
+            let live = info(home, vm_name).await;
+            return Ok(Inspection::Vm { record, live });
+        }
+    }
+    crate::snapshot::catalog::list(home)
+        .into_iter()
+        .find(|s| s.tag.as_str() == name)
+        .map(Inspection::Snapshot)
+        .ok_or_else(|| InspectError::NotFound(name.to_owned()))
+}
+
 /// Lists every VM with its state as QEMU reports it now.
 pub async fn list(home: &Home) -> Vec<VmInfo> {
     // What a killed `thaw reset` left would otherwise run unlisted.

@@ -160,6 +160,11 @@ pub enum ResolveBootError {
     Display(#[from] DisplayError),
     #[error("--append needs a --kernel (a disk's bootloader has its own command line)")]
     AppendWithoutKernel,
+    /// Memory, vCPUs or machine type out of range: refused before any guest is built.
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    #[error("guest port 0 cannot be forwarded or waited for")]
+    GuestPortZero,
 }
 
 /// The guest of `profile`, built into the guest cache if missing.
@@ -325,6 +330,17 @@ pub fn resolve(
     progress: &mut dyn FnMut(&str),
 ) -> Result<BootRequest, ResolveBootError> {
     let name: VmName = o.name.parse()?;
+    // The ranges first: nothing is fetched or built for a boot that would be refused.
+    if let Some(memory) = o.memory_mib {
+        crate::spec::check_memory(memory)?;
+    }
+    crate::spec::check_cpus(o.cpus.unwrap_or(1))?;
+    if let Some(machine) = &o.machine {
+        crate::spec::check_machine(machine)?;
+    }
+    if o.ready_port == Some(0) || o.ports.iter().any(|f| f.guest == 0) {
+        return Err(ResolveBootError::GuestPortZero);
+    }
     let source = match (o.kernel, o.profile, o.firmware) {
         (Some(k), _, _) => Source::Kernel(k, o.initrd),
         (None, Some(p), _) => Source::Profile(p, true),

@@ -141,23 +141,40 @@ pub enum SpecError {
     FirmwareMissing(PathBuf),
 }
 
+/// Guest memory in MiB: 16 to [`MAX_MEMORY_MIB`].
+pub fn check_memory(memory_mib: u32) -> Result<(), SpecError> {
+    match (16..=MAX_MEMORY_MIB).contains(&memory_mib) {
+        true => Ok(()),
+        false => Err(SpecError::Memory(memory_mib)),
+    }
+}
+
+/// Virtual CPUs: 1 to 64.
+pub fn check_cpus(cpus: u32) -> Result<(), SpecError> {
+    match (1..=64).contains(&cpus) {
+        true => Ok(()),
+        false => Err(SpecError::Cpus(cpus)),
+    }
+}
+
+/// A QEMU machine type's name: letters, digits, '-', '.', '_'.
+pub fn check_machine(machine: &str) -> Result<(), SpecError> {
+    let valid = !machine.is_empty()
+        && machine
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    match valid {
+        true => Ok(()),
+        false => Err(SpecError::Machine(machine.to_owned())),
+    }
+}
+
 impl MachineSpec {
     /// Checks what can be checked before starting QEMU.
     pub fn validate(&self) -> Result<(), SpecError> {
-        if !(16..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
-            return Err(SpecError::Memory(self.memory_mib));
-        }
-        if !(1..=64).contains(&self.cpus) {
-            return Err(SpecError::Cpus(self.cpus));
-        }
-        if self.machine.is_empty()
-            || !self
-                .machine
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-        {
-            return Err(SpecError::Machine(self.machine.clone()));
-        }
+        check_memory(self.memory_mib)?;
+        check_cpus(self.cpus)?;
+        check_machine(&self.machine)?;
         match &self.kernel {
             Some(kernel) if !kernel.is_file() => {
                 return Err(SpecError::KernelMissing(kernel.clone()))

@@ -156,6 +156,21 @@ fn host_cpu_model() -> String {
         .unwrap_or_default()
 }
 
+/// A boot's cache key and the snapshot tag it names, computed without booting and
+/// without the network (`thaw up --print-key`: what a CI cache is keyed on).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpKey {
+    pub key: String,
+    pub tag: SnapshotTag,
+}
+
+/// The key `up` would use for `req` (the same [`key`], and its tag).
+pub fn cache_key(req: &BootRequest, qemu: &Qemu, cache: &Path) -> Result<UpKey, UpError> {
+    let key = key(req, qemu, cache)?;
+    let tag = tag_of(&key);
+    Ok(UpKey { key, tag })
+}
+
 /// The snapshot tag of a key.
 pub fn tag_of(key: &str) -> SnapshotTag {
     format!("up-{}", &key[..16]).parse().expect("a valid tag")
@@ -184,8 +199,7 @@ pub async fn up(
     cancel: &crate::cancel::CancellationToken,
 ) -> Result<UpReport, UpError> {
     let t0 = Instant::now();
-    let key = key(&req.boot, qemu, cache)?;
-    let tag = tag_of(&key);
+    let UpKey { key, tag } = cache_key(&req.boot, qemu, cache)?;
     let _lock = lock_key(home, &tag).await?;
     let mut path = "restored";
     let local =

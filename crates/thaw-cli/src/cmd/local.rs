@@ -54,6 +54,16 @@ pub(crate) async fn up(
     Ok(())
 }
 
+/// `thaw up --print-key`: the key alone on stdout; the remote is not consulted.
+pub(crate) fn print_key(boot: BootArgs, _remote: Option<String>, json: bool) -> Result<()> {
+    let req = super::vm::boot_request(boot, json)?;
+    let cache = thaw::guest::cache_dir();
+    let qemu = Qemu::find(&cache)?;
+    let k = thaw::up::cache_key(&req, &qemu, &cache)?;
+    emit(json, &k, |k| k.key.clone())?;
+    Ok(())
+}
+
 pub(crate) async fn push(tag: SnapshotTag, remote: String, home: &Home, json: bool) -> Result<()> {
     let remote = thaw::store::Remote::from_env(&remote)?;
     let r = thaw::store::push(home, &tag, &remote, &mut progress::Bars::new()).await?;
@@ -143,16 +153,50 @@ pub(crate) async fn key(name: VmName, combos: Vec<String>, home: &Home, json: bo
     Ok(())
 }
 
-pub(crate) async fn logs(name: VmName, home: &Home, json: bool) -> Result<()> {
-    thaw::vm::VmState::load(home, &name)?;
+pub(crate) async fn logs(name: VmName, follow: bool, home: &Home, json: bool) -> Result<()> {
+    let vm = thaw::vm::VmState::load(home, &name)?;
     let path = thaw::vm::VmPaths::new(home, &name).console();
-    let text = thaw::console::read(&path);
-    if json {
-        let doc = serde_json::json!({ "name": name, "console": String::from_utf8_lossy(&text) });
-        emit(true, &doc, |_| String::new())?;
-    } else {
-        std::io::stdout().write_all(&text)?;
+    if !follow {
+        let text = thaw::console::read(&path);
+        return print_console(&name, &text, json, true);
     }
+    // Until the VM ends (then what it wrote last), or Ctrl-C ends thaw.
+    let mut console = thaw::console::Follow::new(&path);
+    loop {
+        let alive = vm.is_alive();
+        let text = console.read_new()?;
+        if !text.is_empty() {
+            print_console(&name, &text, json, false)?;
+        }
+        if !alive {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Console bytes as they are, or with --json as `{"name", "console"}` (pretty as one
+/// document, compact as one line of a followed log).
+fn print_console(name: &VmName, text: &[u8], json: bool, whole: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match json {
+        false => out.write_all(text)?,
+        true => {
+            let doc = serde_json::json!({ "name": name, "console": String::from_utf8_lossy(text) });
+            match whole {
+                true => serde_json::to_writer_pretty(&mut out, &doc)?,
+                false => serde_json::to_writer(&mut out, &doc)?,
+            }
+            writeln!(out)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+pub(crate) async fn inspect(name: &str, home: &Home, json: bool) -> Result<()> {
+    let found = thaw::control::inspect(home, name).await?;
+    emit(json, &found, print::inspection)?;
     Ok(())
 }
 

@@ -52,7 +52,12 @@ pub(crate) async fn run(
             vm::pool(ops, tag, config, json).await?
         }
         Command::Pools => vm::pools(ops, json).await?,
-        Command::Up { boot, remote } => local::up(boot, remote, home, json, cancel).await?,
+        Command::Up {
+            boot,
+            remote,
+            print_key: true,
+        } => local::print_key(boot, remote, json)?,
+        Command::Up { boot, remote, .. } => local::up(boot, remote, home, json, cancel).await?,
         Command::Push { tag, remote } => local::push(tag, remote, home, json).await?,
         Command::Pull { tag, remote } => local::pull(tag, remote, home, json).await?,
         Command::Export { tag, file } => local::export(tag, file, home, json).await?,
@@ -63,7 +68,8 @@ pub(crate) async fn run(
         Command::Screenshot { name, file } => local::screenshot(name, file, home, json).await?,
         Command::Type { name, text } => local::type_text(name, text, home, json).await?,
         Command::Key { name, combos } => local::key(name, combos, home, json).await?,
-        Command::Logs { name } => local::logs(name, home, json).await?,
+        Command::Logs { name, follow } => local::logs(name, follow, home, json).await?,
+        Command::Inspect { name } => local::inspect(&name, home, json).await?,
         Command::Serve {
             socket,
             max_vms,

@@ -169,6 +169,7 @@ fn reach(command: &Command) -> Reach {
         | Command::Ls
         | Command::Snapshots
         | Command::Stop { .. }
+        | Command::Pause { .. }
         | Command::Resume { .. }
         | Command::Rm { .. }
         | Command::Pool { .. }

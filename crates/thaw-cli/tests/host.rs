@@ -3,7 +3,7 @@
 //! and `-H` over `THAW_HOST`. The client runs in a home of its own, empty: what it
 //! boots, lists and stops is the daemon's. A configured daemon that cannot be used (not
 //! there, wrong or no token, a certificate the client does not trust) is one line and a
-//! non-zero exit, never a silent local run. Certificates are made here with rcgen.
+//! non-zero exit, never a silent local run. `thaw pause` / `resume` go through it too. Certificates are made here with rcgen.
 
 mod common;
 
@@ -124,6 +124,9 @@ fn the_cli_drives_a_daemon_over_tls_with_a_token_or_says_why_not() {
     assert_eq!(booted["name"], "web", "{booted}");
     assert_eq!(client.sh("web", "echo over tls"), "over tls\n");
     client.json(&["snapshot", "web", "base"]);
+    client.json(&["pause", "web"]);
+    assert_eq!(client.state_of("web"), "paused");
+    client.json(&["resume", "web"]);
     assert_eq!(client.state_of("web"), "running");
     assert!(client.listed("base"));
     // ... and all of it is the daemon's: the client's own home has none of it.

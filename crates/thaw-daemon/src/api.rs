@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use thaw::agent::ExecOutput;
@@ -163,13 +163,17 @@ pub(crate) fn router(daemon: Arc<Daemon>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/vms", get(list_vms).post(boot))
-        .route("/v1/vms/{name}", delete(stop))
+        .route("/v1/vms/{name}", get(get_vm).delete(stop))
         .route("/v1/vms/{name}/exec", post(exec))
         .route("/v1/vms/{name}/snapshot", post(snapshot))
+        .route("/v1/vms/{name}/pause", post(pause))
         .route("/v1/vms/{name}/resume", post(resume))
         .route("/v1/vms/{name}/reset", post(reset))
         .route("/v1/snapshots", get(list_snapshots))
-        .route("/v1/snapshots/{tag}", delete(remove_snapshot))
+        .route(
+            "/v1/snapshots/{tag}",
+            get(get_snapshot).delete(remove_snapshot),
+        )
         .route("/v1/snapshots/{tag}/restore", post(restore))
         .route("/v1/snapshots/{tag}/pool", put(set_pool))
         .route("/v1/pools", get(pools))
@@ -238,6 +242,28 @@ pub(crate) async fn health(State(d): Shared) -> Answer<Json<answer::Health>> {
 )]
 pub(crate) async fn list_vms(State(d): Shared) -> Json<Vec<VmInfo>> {
     Json(control::list(&d.home).await)
+}
+
+/// One VM and its state
+#[utoipa::path(
+    get,
+    path = "/v1/vms/{name}",
+    tag = "thawd",
+    params(
+        ("name" = VmName, Path, description = "The VM's name; anything else than a valid name is a 400.")
+    ),
+    responses(
+        (status = 200, description = "The VM as GET /v1/vms lists it, as QEMU reports it now.", body = VmInfo),
+        (status = 400, response = crate::responses::BadRequest),
+        (status = 404, response = crate::responses::NotFound),
+        crate::responses::Always
+    )
+)]
+pub(crate) async fn get_vm(State(d): Shared, Named(name): Named<VmName>) -> Answer<Json<VmInfo>> {
+    let info = control::get(&d.home, &name)
+        .await
+        .map_err(ApiError::from_op)?;
+    Ok(Json(info))
 }
 
 /// Boot a VM
@@ -390,6 +416,36 @@ pub(crate) async fn snapshot(
     .await
 }
 
+/// Pause a running VM
+///
+/// Its vCPUs stop (QMP `stop`); its memory, screen and devices hold still until
+/// resume. Pausing a paused VM changes nothing. No body.
+#[utoipa::path(
+    post,
+    path = "/v1/vms/{name}/pause",
+    tag = "thawd",
+    params(
+        ("name" = VmName, Path, description = "The VM's name; anything else than a valid name is a 400.")
+    ),
+    responses(
+        (status = 200, description = "Paused.", body = answer::Paused),
+        (status = 400, response = crate::responses::BadRequest),
+        (status = 404, response = crate::responses::NotFound),
+        (status = 409, response = crate::responses::Conflict),
+        crate::responses::Always
+    )
+)]
+pub(crate) async fn pause(
+    State(d): Shared,
+    Named(name): Named<VmName>,
+) -> Answer<Json<answer::Paused>> {
+    control::pause(&d.home, &name)
+        .await
+        .map_err(ApiError::from_op)?;
+    tracing::info!(vm = %name, "paused");
+    Ok(Json(answer::Paused { paused: name }))
+}
+
 /// Resume a paused VM
 ///
 /// For a VM left paused, e.g. by an interrupted snapshot or a paused restore. No body.
@@ -479,6 +535,33 @@ pub(crate) async fn list_snapshots(State(d): Shared) -> Answer<Json<Vec<Snapshot
     tokio::task::spawn_blocking(move || Json(catalog::list(&home)))
         .await
         .map_err(|e| ApiError::internal(format!("listing snapshots failed: {e}")))
+}
+
+/// One snapshot
+#[utoipa::path(
+    get,
+    path = "/v1/snapshots/{tag}",
+    tag = "thawd",
+    params(
+        ("tag" = SnapshotTag, Path, description = "The snapshot's tag; anything else than a valid tag is a 400.")
+    ),
+    responses(
+        (status = 200, description = "The snapshot as GET /v1/snapshots lists it; an unusable one says why in problem.", body = SnapshotInfo),
+        (status = 400, response = crate::responses::BadRequest),
+        (status = 404, response = crate::responses::NotFound),
+        crate::responses::Always
+    )
+)]
+pub(crate) async fn get_snapshot(
+    State(d): Shared,
+    Named(tag): Named<SnapshotTag>,
+) -> Answer<Json<SnapshotInfo>> {
+    let home = d.home.clone();
+    tokio::task::spawn_blocking(move || catalog::get(&home, &tag))
+        .await
+        .map_err(|e| ApiError::internal(format!("reading the snapshot failed: {e}")))?
+        .map(Json)
+        .map_err(ApiError::from_op)
 }
 
 #[derive(Deserialize)]

@@ -43,7 +43,7 @@ use tokio_rustls::TlsConnector;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a configured daemon gets to accept a connection and finish the TLS
 /// handshake, and to answer [`Client::check`].
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a daemon listens: `unix:///path/thawd.sock`, `https://HOST:PORT`, or
 /// `http://HOST:PORT` (a daemon started with `--insecure`).

@@ -33,6 +33,7 @@ use crate::check::{check_boot, check_exec};
 use crate::db::{Db, VmRow};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, Named};
+use crate::metrics::Metrics;
 use crate::reaper::Reaper;
 
 /// What every handler shares.
@@ -45,6 +46,8 @@ pub(crate) struct Daemon {
     pub max_vms: u32,
     /// Reaps the QEMU of every VM recorded here when it exits.
     pub reaper: Arc<Reaper>,
+    /// What `GET /metrics` reports.
+    pub metrics: Arc<Metrics>,
     /// VMs being booted or restored, counted against `max_vms` until they are
     /// recorded (or have failed).
     in_flight: Mutex<u32>,
@@ -81,6 +84,7 @@ impl Daemon {
             db,
             max_vms,
             reaper,
+            metrics: Arc::new(Metrics::new()),
             in_flight: Mutex::new(0),
         }
     }
@@ -148,6 +152,14 @@ impl Daemon {
         }
     }
 
+    /// Whether `tag` has a warm pool (of any size above zero).
+    fn pooled(&self, tag: &SnapshotTag) -> bool {
+        self.pool
+            .status()
+            .iter()
+            .any(|p| &p.tag == tag && p.size > 0)
+    }
+
     fn forget(&self, name: &VmName) {
         if let Err(e) = self.db.remove_vm(name) {
             tracing::error!(vm = %name, "{}", crate::error::one_line(&e));
@@ -177,8 +189,13 @@ pub(crate) fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/snapshots/{tag}/restore", post(restore))
         .route("/v1/snapshots/{tag}/pool", put(set_pool))
         .route("/v1/pools", get(pools))
+        .route("/metrics", get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn_with_state(
+            daemon.metrics.clone(),
+            crate::metrics::count,
+        ))
         .with_state(daemon)
 }
 
@@ -405,6 +422,7 @@ pub(crate) async fn snapshot(
             stop: body.stop,
         };
         let report = take::take(&d.home, &req).await.map_err(ApiError::from_op)?;
+        d.metrics.snapshot_paused(report.pause_ms);
         if let Err(e) = d.db.put_snapshot(&tag) {
             tracing::error!(%tag, "{}", crate::error::one_line(&e));
         }
@@ -511,6 +529,9 @@ pub(crate) async fn reset(
         let report = thaw::reset::reset(&d.home, &d.qemu, &req, Some(&d.pool))
             .await
             .map_err(ApiError::from_op)?;
+        let pooled = d.pooled(&report.snapshot);
+        d.metrics
+            .restored(&report.snapshot, pooled, &[&report.clone]);
         d.record(&report.clone.name, report.clone.pid);
         tracing::info!(vm = %report.clone.name, snapshot = %report.snapshot, source = %report.clone.breakdown.source, "reset");
         Ok(Json(report))
@@ -663,6 +684,9 @@ pub(crate) async fn restore(
         let reports = restore::restore_from(&d.home, &d.qemu, &req, Some(&d.pool))
             .await
             .map_err(ApiError::from_op)?;
+        let pooled = d.pooled(&req.tag);
+        d.metrics
+            .restored(&req.tag, pooled, &reports.iter().collect::<Vec<_>>());
         let restored = t.elapsed();
         let t = std::time::Instant::now();
         for r in &reports {
@@ -730,4 +754,31 @@ pub(crate) async fn set_pool(
         .find(|p| p.tag == tag)
         .map(Json)
         .ok_or_else(|| ApiError::internal(format!("the pool of {tag} vanished")))
+}
+
+// ---------------------------------------------------------------------------- metrics
+
+/// Metrics for Prometheus
+///
+/// The daemon's counters in Prometheus' text format (OpenMetrics 1.0): `thaw_vms_running`,
+/// `thaw_pool_size` / `thaw_pool_ready` / `thaw_pool_misses_total` by `tag`,
+/// `thaw_restores_total` and the `thaw_restore_seconds` histogram by `source` (pool or
+/// spawn), the `thaw_snapshot_pause_seconds` histogram, `thaw_http_requests_total` by
+/// `method`, `route` and `status`. On TCP it needs a token like every route but
+/// /healthz.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "thawd",
+    responses(
+        (status = 200, description = "The metrics, ending with # EOF.", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        crate::responses::Always
+    )
+)]
+pub(crate) async fn metrics(
+    State(d): Shared,
+) -> Answer<([(&'static str, &'static str); 1], String)> {
+    let vms = d.db.vm_count().map_err(ApiError::from_op)?;
+    let text = d.metrics.render(vms, &d.pool.status());
+    Ok(([("content-type", crate::metrics::CONTENT_TYPE)], text))
 }

@@ -38,6 +38,7 @@ use crate::responses::{
         crate::api::restore,
         crate::api::pools,
         crate::api::set_pool,
+        crate::api::metrics,
     ),
     components(
         schemas(answer::Error),

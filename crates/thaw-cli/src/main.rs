@@ -33,13 +33,13 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("THAW_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = thaw_daemon::log::init("warn") {
+        if cli.json {
+            println!("{}", serde_json::json!({ "error": e.to_string() }));
+        }
+        eprintln!("thaw: error: {e}");
+        return ExitCode::from(2);
+    }
     let json = cli.json;
     let on_signal = on_signal(&cli.command);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");

@@ -204,7 +204,7 @@ pub(crate) fn router(daemon: Arc<Daemon>) -> Router {
 async fn detached<T: Send + 'static>(
     op: impl Future<Output = Answer<T>> + Send + 'static,
 ) -> Answer<T> {
-    tokio::spawn(op)
+    tokio::spawn(tracing::Instrument::in_current_span(op))
         .await
         .unwrap_or_else(|e| Err(ApiError::internal(format!("the operation failed: {e}"))))
 }

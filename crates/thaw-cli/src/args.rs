@@ -20,6 +20,11 @@ pub(crate) struct Cli {
     /// Print exactly one JSON document on stdout instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The daemon to drive: unix:///path/thawd.sock or https://HOST:PORT (overrides
+    /// $THAW_HOST; the token is $THAW_TOKEN or the file $THAW_TOKEN_FILE, a private
+    /// CA's certificate $THAW_CA).
+    #[arg(short = 'H', long, global = true, value_name = "URL")]
+    pub host: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -34,6 +34,7 @@ pub(crate) trait Ops {
     async fn vm_names(&self) -> Result<Vec<VmName>>;
     async fn snapshots(&self) -> Result<Vec<SnapshotInfo>>;
     async fn stop(&self, name: &VmName) -> Result<()>;
+    async fn pause(&self, name: &VmName) -> Result<()>;
     async fn resume(&self, name: &VmName) -> Result<()>;
     async fn remove_snapshot(&self, tag: &SnapshotTag, recursive: bool)
         -> Result<Vec<SnapshotTag>>;
@@ -97,6 +98,10 @@ impl Ops for Local {
         Ok(control::stop(&self.home, name).await?)
     }
 
+    async fn pause(&self, name: &VmName) -> Result<()> {
+        Ok(control::pause(&self.home, name).await?)
+    }
+
     async fn resume(&self, name: &VmName) -> Result<()> {
         Ok(control::resume(&self.home, name).await?)
     }
@@ -157,6 +162,10 @@ impl Ops for Client {
 
     async fn stop(&self, name: &VmName) -> Result<()> {
         remote::stop(self, name).await
+    }
+
+    async fn pause(&self, name: &VmName) -> Result<()> {
+        remote::pause(self, name).await
     }
 
     async fn resume(&self, name: &VmName) -> Result<()> {

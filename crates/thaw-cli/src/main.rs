@@ -30,13 +30,13 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("THAW_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = thaw_daemon::log::init("warn") {
+        if cli.json {
+            println!("{}", serde_json::json!({ "error": e.to_string() }));
+        }
+        eprintln!("thaw: error: {e}");
+        return ExitCode::from(2);
+    }
     let json = cli.json;
     let on_signal = on_signal(&cli.command);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -166,32 +166,74 @@ fn progress(json: bool) -> impl FnMut(&str) {
     }
 }
 
-/// The daemon serving this home, for a command it serves, unless `THAW_NO_DAEMON` is
-/// set. Restores that only this process can do (`--verify`, `--accel`, the hidden
-/// `--keep-vmgenid`) run here.
-async fn daemon_for(command: &Command, home: &Home) -> Option<thaw_daemon::client::Client> {
-    let served = match command {
-        Command::Restore(a) => !(a.keep_vmgenid || a.verify || a.accel.is_some()),
+/// Where `command` runs when a daemon is around.
+enum Reach {
+    /// The daemon serves it.
+    Served,
+    /// It acts on this host's state (`thaw logs`, `thaw push`, ...): here, or refused
+    /// when the configured daemon is on another host.
+    Here,
+    /// It needs no daemon and ignores a configured one (`thaw guest build`, `thaw token
+    /// new`, `thaw serve`, `thaw bench`).
+    Own,
+}
+
+fn reach(command: &Command) -> Reach {
+    match command {
+        Command::Restore(a) if a.keep_vmgenid || a.verify || a.accel.is_some() => Reach::Here,
         Command::Boot(_)
+        | Command::Restore(_)
         | Command::Exec { .. }
         | Command::Snapshot { .. }
         | Command::Reset { .. }
         | Command::Ls
         | Command::Snapshots
         | Command::Stop { .. }
+        | Command::Pause { .. }
         | Command::Resume { .. }
         | Command::Rm { .. }
         | Command::Pool { .. }
-        | Command::Pools => true,
-        _ => false,
-    };
-    if !served {
-        return None;
+        | Command::Pools => Reach::Served,
+        Command::Guest { .. }
+        | Command::Token { .. }
+        | Command::Serve { .. }
+        | Command::Bench(_) => Reach::Own,
+        _ => Reach::Here,
     }
-    if std::env::var_os("THAW_NO_DAEMON").is_some() {
-        return None;
+}
+
+/// The daemon `command` goes to, if any. A daemon configured with `-H` or
+/// `THAW_HOST` must answer (else one line says why, and nothing runs here); with none
+/// configured, the one serving this home's socket if it answers, unless
+/// `THAW_NO_DAEMON` is set. Restores that only this process can do (`--verify`,
+/// `--accel`, the hidden `--keep-vmgenid`) run here.
+async fn daemon_for(
+    command: &Command,
+    flag: Option<&str>,
+    home: &Home,
+) -> Result<Option<thaw_daemon::client::Client>> {
+    use thaw_daemon::client::{Client, Host};
+    let reach = reach(command);
+    if matches!(reach, Reach::Own) {
+        return Ok(None);
     }
-    thaw_daemon::client::Client::connect_async(&thaw_daemon::default_socket(home)).await
+    if let Some(client) = Client::from_env(flag)? {
+        client.check().await?;
+        return match (reach, client.host()) {
+            (Reach::Served, _) => Ok(Some(client)),
+            // A daemon on this host's socket: the command acts on this host's home,
+            // as beside the default socket.
+            (_, Host::Unix(_)) => Ok(None),
+            (_, host) => anyhow::bail!(
+                "this command does not run through thawd yet, and {host} is another host: \
+                 run it there, or unset THAW_HOST (and -H) to run it here"
+            ),
+        };
+    }
+    if !matches!(reach, Reach::Served) || std::env::var_os("THAW_NO_DAEMON").is_some() {
+        return Ok(None);
+    }
+    Ok(Client::connect_async(&thaw_daemon::default_socket(home)).await)
 }
 
 async fn run(cli: Cli, interrupt: &Interrupt) -> Result<ExitCode> {
@@ -199,7 +241,7 @@ async fn run(cli: Cli, interrupt: &Interrupt) -> Result<ExitCode> {
         home: Home::from_env(),
         cancel: interrupt.token().clone(),
     };
-    match daemon_for(&cli.command, &here.home).await {
+    match daemon_for(&cli.command, cli.host.as_deref(), &here.home).await? {
         Some(daemon) => cmd::run(cli.command, &daemon, &here, cli.json).await,
         None => cmd::run(cli.command, &here, &here, cli.json).await,
     }

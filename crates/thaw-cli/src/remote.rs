@@ -102,6 +102,12 @@ pub async fn stop(d: &Client, name: &VmName) -> Result<()> {
         .map(|_| ())
 }
 
+pub async fn pause(d: &Client, name: &VmName) -> Result<()> {
+    call::<Value>(d, "POST", &format!("/v1/vms/{name}/pause"), None)
+        .await
+        .map(|_| ())
+}
+
 pub async fn resume(d: &Client, name: &VmName) -> Result<()> {
     call::<Value>(d, "POST", &format!("/v1/vms/{name}/resume"), None)
         .await

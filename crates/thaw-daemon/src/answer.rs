@@ -29,6 +29,12 @@ pub struct Stopped {
     pub stopped: VmName,
 }
 
+/// `POST /v1/vms/{name}/pause`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Paused {
+    pub paused: VmName,
+}
+
 /// `POST /v1/vms/{name}/resume`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Resumed {

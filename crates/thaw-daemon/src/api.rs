@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use thaw::agent::ExecOutput;
@@ -33,6 +33,7 @@ use crate::check::{check_boot, check_exec};
 use crate::db::{Db, VmRow};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, Named};
+use crate::metrics::Metrics;
 use crate::reaper::Reaper;
 
 /// What every handler shares.
@@ -45,6 +46,8 @@ pub(crate) struct Daemon {
     pub max_vms: u32,
     /// Reaps the QEMU of every VM recorded here when it exits.
     pub reaper: Arc<Reaper>,
+    /// What `GET /metrics` reports.
+    pub metrics: Arc<Metrics>,
     /// VMs being booted or restored, counted against `max_vms` until they are
     /// recorded (or have failed).
     in_flight: Mutex<u32>,
@@ -81,6 +84,7 @@ impl Daemon {
             db,
             max_vms,
             reaper,
+            metrics: Arc::new(Metrics::new()),
             in_flight: Mutex::new(0),
         }
     }
@@ -148,6 +152,14 @@ impl Daemon {
         }
     }
 
+    /// Whether `tag` has a warm pool (of any size above zero).
+    fn pooled(&self, tag: &SnapshotTag) -> bool {
+        self.pool
+            .status()
+            .iter()
+            .any(|p| &p.tag == tag && p.size > 0)
+    }
+
     fn forget(&self, name: &VmName) {
         if let Err(e) = self.db.remove_vm(name) {
             tracing::error!(vm = %name, "{}", crate::error::one_line(&e));
@@ -163,18 +175,27 @@ pub(crate) fn router(daemon: Arc<Daemon>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/vms", get(list_vms).post(boot))
-        .route("/v1/vms/{name}", delete(stop))
+        .route("/v1/vms/{name}", get(get_vm).delete(stop))
         .route("/v1/vms/{name}/exec", post(exec))
         .route("/v1/vms/{name}/snapshot", post(snapshot))
+        .route("/v1/vms/{name}/pause", post(pause))
         .route("/v1/vms/{name}/resume", post(resume))
         .route("/v1/vms/{name}/reset", post(reset))
         .route("/v1/snapshots", get(list_snapshots))
-        .route("/v1/snapshots/{tag}", delete(remove_snapshot))
+        .route(
+            "/v1/snapshots/{tag}",
+            get(get_snapshot).delete(remove_snapshot),
+        )
         .route("/v1/snapshots/{tag}/restore", post(restore))
         .route("/v1/snapshots/{tag}/pool", put(set_pool))
         .route("/v1/pools", get(pools))
+        .route("/metrics", get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn_with_state(
+            daemon.metrics.clone(),
+            crate::metrics::count,
+        ))
         .with_state(daemon)
 }
 
@@ -183,7 +204,7 @@ pub(crate) fn router(daemon: Arc<Daemon>) -> Router {
 async fn detached<T: Send + 'static>(
     op: impl Future<Output = Answer<T>> + Send + 'static,
 ) -> Answer<T> {
-    tokio::spawn(op)
+    tokio::spawn(tracing::Instrument::in_current_span(op))
         .await
         .unwrap_or_else(|e| Err(ApiError::internal(format!("the operation failed: {e}"))))
 }
@@ -238,6 +259,28 @@ pub(crate) async fn health(State(d): Shared) -> Answer<Json<answer::Health>> {
 )]
 pub(crate) async fn list_vms(State(d): Shared) -> Json<Vec<VmInfo>> {
     Json(control::list(&d.home).await)
+}
+
+/// One VM and its state
+#[utoipa::path(
+    get,
+    path = "/v1/vms/{name}",
+    tag = "thawd",
+    params(
+        ("name" = VmName, Path, description = "The VM's name; anything else than a valid name is a 400.")
+    ),
+    responses(
+        (status = 200, description = "The VM as GET /v1/vms lists it, as QEMU reports it now.", body = VmInfo),
+        (status = 400, response = crate::responses::BadRequest),
+        (status = 404, response = crate::responses::NotFound),
+        crate::responses::Always
+    )
+)]
+pub(crate) async fn get_vm(State(d): Shared, Named(name): Named<VmName>) -> Answer<Json<VmInfo>> {
+    let info = control::get(&d.home, &name)
+        .await
+        .map_err(ApiError::from_op)?;
+    Ok(Json(info))
 }
 
 /// Boot a VM
@@ -379,6 +422,7 @@ pub(crate) async fn snapshot(
             stop: body.stop,
         };
         let report = take::take(&d.home, &req).await.map_err(ApiError::from_op)?;
+        d.metrics.snapshot_paused(report.pause_ms);
         if let Err(e) = d.db.put_snapshot(&tag) {
             tracing::error!(%tag, "{}", crate::error::one_line(&e));
         }
@@ -388,6 +432,36 @@ pub(crate) async fn snapshot(
         Ok((StatusCode::CREATED, Json(report)))
     })
     .await
+}
+
+/// Pause a running VM
+///
+/// Its vCPUs stop (QMP `stop`); its memory, screen and devices hold still until
+/// resume. Pausing a paused VM changes nothing. No body.
+#[utoipa::path(
+    post,
+    path = "/v1/vms/{name}/pause",
+    tag = "thawd",
+    params(
+        ("name" = VmName, Path, description = "The VM's name; anything else than a valid name is a 400.")
+    ),
+    responses(
+        (status = 200, description = "Paused.", body = answer::Paused),
+        (status = 400, response = crate::responses::BadRequest),
+        (status = 404, response = crate::responses::NotFound),
+        (status = 409, response = crate::responses::Conflict),
+        crate::responses::Always
+    )
+)]
+pub(crate) async fn pause(
+    State(d): Shared,
+    Named(name): Named<VmName>,
+) -> Answer<Json<answer::Paused>> {
+    control::pause(&d.home, &name)
+        .await
+        .map_err(ApiError::from_op)?;
+    tracing::info!(vm = %name, "paused");
+    Ok(Json(answer::Paused { paused: name }))
 }
 
 /// Resume a paused VM
@@ -455,6 +529,9 @@ pub(crate) async fn reset(
         let report = thaw::reset::reset(&d.home, &d.qemu, &req, Some(&d.pool))
             .await
             .map_err(ApiError::from_op)?;
+        let pooled = d.pooled(&report.snapshot);
+        d.metrics
+            .restored(&report.snapshot, pooled, &[&report.clone]);
         d.record(&report.clone.name, report.clone.pid);
         tracing::info!(vm = %report.clone.name, snapshot = %report.snapshot, source = %report.clone.breakdown.source, "reset");
         Ok(Json(report))
@@ -479,6 +556,33 @@ pub(crate) async fn list_snapshots(State(d): Shared) -> Answer<Json<Vec<Snapshot
     tokio::task::spawn_blocking(move || Json(catalog::list(&home)))
         .await
         .map_err(|e| ApiError::internal(format!("listing snapshots failed: {e}")))
+}
+
+/// One snapshot
+#[utoipa::path(
+    get,
+    path = "/v1/snapshots/{tag}",
+    tag = "thawd",
+    params(
+        ("tag" = SnapshotTag, Path, description = "The snapshot's tag; anything else than a valid tag is a 400.")
+    ),
+    responses(
+        (status = 200, description = "The snapshot as GET /v1/snapshots lists it; an unusable one says why in problem.", body = SnapshotInfo),
+        (status = 400, response = crate::responses::BadRequest),
+        (status = 404, response = crate::responses::NotFound),
+        crate::responses::Always
+    )
+)]
+pub(crate) async fn get_snapshot(
+    State(d): Shared,
+    Named(tag): Named<SnapshotTag>,
+) -> Answer<Json<SnapshotInfo>> {
+    let home = d.home.clone();
+    tokio::task::spawn_blocking(move || catalog::get(&home, &tag))
+        .await
+        .map_err(|e| ApiError::internal(format!("reading the snapshot failed: {e}")))?
+        .map(Json)
+        .map_err(ApiError::from_op)
 }
 
 #[derive(Deserialize)]
@@ -580,6 +684,9 @@ pub(crate) async fn restore(
         let reports = restore::restore_from(&d.home, &d.qemu, &req, Some(&d.pool))
             .await
             .map_err(ApiError::from_op)?;
+        let pooled = d.pooled(&req.tag);
+        d.metrics
+            .restored(&req.tag, pooled, &reports.iter().collect::<Vec<_>>());
         let restored = t.elapsed();
         let t = std::time::Instant::now();
         for r in &reports {
@@ -647,4 +754,31 @@ pub(crate) async fn set_pool(
         .find(|p| p.tag == tag)
         .map(Json)
         .ok_or_else(|| ApiError::internal(format!("the pool of {tag} vanished")))
+}
+
+// ---------------------------------------------------------------------------- metrics
+
+/// Metrics for Prometheus
+///
+/// The daemon's counters in Prometheus' text format (OpenMetrics 1.0): `thaw_vms_running`,
+/// `thaw_pool_size` / `thaw_pool_ready` / `thaw_pool_misses_total` by `tag`,
+/// `thaw_restores_total` and the `thaw_restore_seconds` histogram by `source` (pool or
+/// spawn), the `thaw_snapshot_pause_seconds` histogram, `thaw_http_requests_total` by
+/// `method`, `route` and `status`. On TCP it needs a token like every route but
+/// /healthz.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "thawd",
+    responses(
+        (status = 200, description = "The metrics, ending with # EOF.", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        crate::responses::Always
+    )
+)]
+pub(crate) async fn metrics(
+    State(d): Shared,
+) -> Answer<([(&'static str, &'static str); 1], String)> {
+    let vms = d.db.vm_count().map_err(ApiError::from_op)?;
+    let text = d.metrics.render(vms, &d.pool.status());
+    Ok(([("content-type", crate::metrics::CONTENT_TYPE)], text))
 }

@@ -14,7 +14,7 @@ use thaw::pool::PoolError;
 use thaw::ready::ReadyError;
 use thaw::reset::ResetError;
 use thaw::restore::RestoreError;
-use thaw::snapshot::catalog::RemoveSnapshotError;
+use thaw::snapshot::catalog::{RemoveSnapshotError, UnknownSnapshot};
 use thaw::snapshot::inuse::RemovalLockError;
 use thaw::snapshot::take::SnapshotError;
 use thaw::snapshot::SnapshotCheckError;
@@ -278,6 +278,12 @@ impl HttpStatus for CloneError {
             CloneError::Ready(e) => e.status(),
             _ => FAILED,
         }
+    }
+}
+
+impl HttpStatus for UnknownSnapshot {
+    fn status(&self) -> StatusCode {
+        MISSING
     }
 }
 

@@ -20,9 +20,12 @@ mod db;
 mod error;
 mod extract;
 pub mod keeper;
+pub mod log;
+mod metrics;
 pub mod openapi;
 mod reaper;
 mod recover;
+mod request_id;
 mod responses;
 mod socket;
 pub mod tls;
@@ -248,12 +251,14 @@ pub async fn serve(
         Ok((listener, socket)) => {
             tracing::info!(socket = %config.socket.display(), pid = std::process::id(), "listening");
             let router = api::router(daemon).route(auth::HEALTHZ, axum::routing::get(healthz));
-            let mut listeners = vec![(conn::Listener::Unix(listener), router.clone())];
+            let unix = request_id::layer(router.clone());
+            let mut listeners = vec![(conn::Listener::Unix(listener), unix)];
             if let Some((listener, tls, tokens)) = tcp {
                 let router = match tokens {
                     Some(tokens) => auth::require_tokens(router, tokens),
                     None => router,
                 };
+                let router = request_id::layer(router);
                 listeners.push((conn::Listener::Tcp(listener, tls), router));
             }
             conn::serve(listeners, config.header_timeout, shutdown).await;

@@ -56,14 +56,10 @@ fn main() -> ExitCode {
     if let Some(home) = args.pool_keeper {
         return thaw_daemon::keeper::run(&home);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("THAW_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if let Err(e) = thaw_daemon::log::init("info") {
+        eprintln!("thawd: error: {e}");
+        return ExitCode::from(2);
+    }
     let mut config = ServeConfig::new(thaw::Home::from_env());
     if let Some(socket) = args.socket {
         config.socket = socket;

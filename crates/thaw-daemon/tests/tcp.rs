@@ -161,6 +161,9 @@ async fn a_remote_client_drives_thawd_over_tls_with_a_token() {
             json!({"error": "a valid token is needed (Authorization: Bearer TOKEN)"})
         );
     }
+    // Metrics need a token too.
+    let (status, _) = remote.call("GET", "/metrics", None, None).await.unwrap();
+    assert_eq!(status, 401);
     // Nothing else is said to a client without a token, not even which routes exist.
     let (status, _) = remote
         .call("GET", "/v1/no-such-route", None, None)

@@ -26,6 +26,7 @@ pub enum ExecError {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"command": ["/bin/sh", "-c", "uname -a"], "timeout_secs": 30})))]
 pub struct ExecOptions {
     /// The command and its arguments (not empty).
     pub command: Vec<String>,
@@ -125,6 +126,18 @@ pub async fn list(home: &Home) -> Vec<VmInfo> {
     }
     out.sort_by_key(|(i, _)| *i);
     out.into_iter().map(|(_, info)| info).collect()
+}
+
+/// One VM as [`list`] shows it.
+///
+/// # Errors
+/// [`VmError::NotFound`] when there is no VM `name`.
+pub async fn get(home: &Home, name: &VmName) -> Result<VmInfo, VmError> {
+    crate::reset::recover_interrupted(home);
+    if !home.vm_dir(name).is_dir() {
+        return Err(VmError::NotFound(name.clone()));
+    }
+    Ok(info(home, name.clone()).await)
 }
 
 /// One VM as [`list`] shows it.

@@ -74,6 +74,7 @@ pub enum Orphans {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"size": 4, "mode": "running", "warm_ports": false})))]
 pub struct PoolConfig {
     pub size: u32,
     /// Default: running.

@@ -225,6 +225,7 @@ pub fn profile_guest(
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"name": "web", "memory_mib": 512, "cpus": 2, "ports": [{"host": 0, "guest": 80}], "ready_port": 80})))]
 pub struct BootOptions {
     pub name: String,
     /// A guest thaw builds (not with `kernel`); extra `disks` are attached to it.

@@ -45,6 +45,7 @@ pub struct ResetRequest {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"to": "configured"})))]
 pub struct ResetOptions {
     /// The snapshot to go back to (default: the one the VM was restored from).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -50,6 +50,7 @@ pub struct RestoreRequest {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"count": 3, "exec_after": "rm -f /etc/machine-id"})))]
 pub struct RestoreOptions {
     /// How many clones (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]

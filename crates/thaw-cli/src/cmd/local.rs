@@ -7,7 +7,6 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use thaw::cancel::CancellationToken;
-use thaw::control;
 use thaw::profile::Profile;
 use thaw::qemu::Qemu;
 use thaw::{Home, SnapshotTag, VmName};
@@ -110,14 +109,6 @@ pub(crate) async fn gc(home: &Home, json: bool) -> Result<()> {
             "removed {} chunks ({} bytes); the store holds {} bytes",
             r.chunks_removed, r.bytes_freed, r.stored_bytes
         )
-    })?;
-    Ok(())
-}
-
-pub(crate) async fn pause(name: VmName, home: &Home, json: bool) -> Result<()> {
-    control::pause(home, &name).await?;
-    emit(json, &serde_json::json!({ "paused": name }), |_| {
-        format!("paused {name}")
     })?;
     Ok(())
 }

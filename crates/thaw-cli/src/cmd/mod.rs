@@ -64,7 +64,7 @@ pub(crate) async fn run(
         Command::Import { file } => local::import(file, home, json).await?,
         Command::Gc => local::gc(home, json).await?,
         Command::Store { command } => local::store(command, home, json).await?,
-        Command::Pause { name } => local::pause(name, home, json).await?,
+        Command::Pause { name } => vm::pause(ops, name, json).await?,
         Command::Screenshot { name, file } => local::screenshot(name, file, home, json).await?,
         Command::Type { name, text } => local::type_text(name, text, home, json).await?,
         Command::Key { name, combos } => local::key(name, combos, home, json).await?,

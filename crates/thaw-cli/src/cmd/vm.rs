@@ -115,6 +115,14 @@ pub(crate) async fn stop(ops: &impl Ops, names: Vec<VmName>, all: bool, json: bo
     Ok(())
 }
 
+pub(crate) async fn pause(ops: &impl Ops, name: VmName, json: bool) -> Result<()> {
+    ops.pause(&name).await?;
+    emit(json, &serde_json::json!({ "paused": name }), |_| {
+        format!("paused {name}")
+    })?;
+    Ok(())
+}
+
 pub(crate) async fn resume(ops: &impl Ops, name: VmName, json: bool) -> Result<()> {
     ops.resume(&name).await?;
     emit(json, &serde_json::json!({ "resumed": name }), |_| {

@@ -205,6 +205,22 @@ pub fn list(home: &Home) -> Vec<SnapshotInfo> {
     out
 }
 
+/// No snapshot tagged so.
+#[derive(Debug, thiserror::Error)]
+#[error("no snapshot tagged {0}")]
+pub struct UnknownSnapshot(pub SnapshotTag);
+
+/// One snapshot as [`list`] shows it.
+///
+/// # Errors
+/// [`UnknownSnapshot`] when there is no snapshot `tag`.
+pub fn get(home: &Home, tag: &SnapshotTag) -> Result<SnapshotInfo, UnknownSnapshot> {
+    list(home)
+        .into_iter()
+        .find(|s| &s.tag == tag)
+        .ok_or_else(|| UnknownSnapshot(tag.clone()))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RemoveSnapshotError {
     #[error("no snapshot tagged {0}")]

@@ -60,6 +60,7 @@ pub struct SnapshotRequest {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"tag": "base", "stop": false})))]
 pub struct SnapshotOptions {
     pub tag: String,
     /// End the VM after the snapshot.

@@ -1,0 +1,203 @@
+//! The CLI drives a daemon elsewhere with Docker's habits (issue 21): `THAW_HOST`
+//! (`https://HOST:PORT` or `unix:///path`), `THAW_TOKEN` / `THAW_TOKEN_FILE`, `THAW_CA`,
+//! and `-H` over `THAW_HOST`. The client runs in a home of its own, empty: what it
+//! boots, lists and stops is the daemon's. A configured daemon that cannot be used (not
+//! there, wrong or no token, a certificate the client does not trust) is one line and a
+//! non-zero exit, never a silent local run. `thaw pause` / `resume` go through it too. Certificates are made here with rcgen.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Env;
+
+/// A CA and a certificate for `localhost` and 127.0.0.1 signed by it, as PEM files in
+/// `dir`: (ca.pem, cert.pem, key.pem).
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "thaw test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    let cert = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `thaw serve` in its own home; SIGTERM when dropped.
+struct Serve(Child);
+
+impl Serve {
+    fn start(env: &Env, args: &[&str], socket: &Path) -> Serve {
+        let mut a = vec!["serve"];
+        a.extend_from_slice(args);
+        let child = env
+            .command(&a)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut serve = Serve(child);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !socket.exists() {
+            assert!(
+                serve.0.try_wait().unwrap().is_none(),
+                "thaw serve exited at start"
+            );
+            assert!(Instant::now() < deadline, "thaw serve did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        serve
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let pid = rustix::process::Pid::from_raw(self.0.id() as i32).unwrap();
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_cli_drives_a_daemon_over_tls_with_a_token_or_says_why_not() {
+    let daemon_home = Env::new();
+    let files = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(files.path());
+    let tokens = files.path().join("tokens");
+    let token = daemon_home
+        .ok(&["token", "new", "cli", "--tokens", tokens.to_str().unwrap()])
+        .stdout
+        .trim()
+        .to_owned();
+    let port = free_port();
+    // A socket away from the home's default: found only through unix://.
+    let socket = files.path().join("elsewhere.sock");
+    let listen = format!("127.0.0.1:{port}");
+    let _serve = Serve::start(
+        &daemon_home,
+        &[
+            "--socket",
+            socket.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--tokens",
+            tokens.to_str().unwrap(),
+        ],
+        &socket,
+    );
+    let url = format!("https://localhost:{port}");
+    let ca = ca.to_str().unwrap();
+    let client = Env::new()
+        .with_env("THAW_HOST", &url)
+        .with_env("THAW_TOKEN", &token)
+        .with_env("THAW_CA", ca);
+
+    // The whole way through TLS: boot, exec, snapshot, list, stop.
+    let booted = client.boot("web", &["--memory", "128"]);
+    assert_eq!(booted["name"], "web", "{booted}");
+    assert_eq!(client.sh("web", "echo over tls"), "over tls\n");
+    client.json(&["snapshot", "web", "base"]);
+    client.json(&["pause", "web"]);
+    assert_eq!(client.state_of("web"), "paused");
+    client.json(&["resume", "web"]);
+    assert_eq!(client.state_of("web"), "running");
+    assert!(client.listed("base"));
+    // ... and all of it is the daemon's: the client's own home has none of it.
+    assert!(client.vm_dirs().is_empty() && client.snapshot_dirs().is_empty());
+    assert!(daemon_home.vm_dirs().contains(&"web".to_owned()));
+
+    // The token from a file; -H over THAW_HOST.
+    let token_file = files.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let dead = format!("https://127.0.0.1:{}", free_port());
+    let by_file = Env::new()
+        .with_env("THAW_HOST", &dead)
+        .with_env("THAW_TOKEN_FILE", token_file.to_str().unwrap())
+        .with_env("THAW_CA", ca);
+    let vms = by_file.json(&["ls", "-H", &url]);
+    assert_eq!(vms[0]["name"], "web", "{vms}");
+    // The daemon started with --socket is found with unix://, no token needed.
+    let unix = Env::new().with_env("THAW_HOST", &format!("unix://{}", socket.display()));
+    assert_eq!(unix.state_of("web"), "running");
+
+    // A configured daemon that cannot be used: one line, non-zero, nothing run here.
+    let refused = |env: Env, needle: &str| {
+        env.run(&["ls"]).fails_with(needle);
+        let json = env.run(&["ls", "--json"]);
+        assert_ne!(json.code, 0);
+        assert!(json.json()["error"].as_str().unwrap().contains(needle));
+    };
+    let wrong_token = Env::new()
+        .with_env("THAW_HOST", &url)
+        .with_env("THAW_TOKEN", "thaw_not-the-token")
+        .with_env("THAW_CA", ca);
+    refused(
+        wrong_token,
+        &format!("thawd at {url} refused the token (set THAW_TOKEN or THAW_TOKEN_FILE)"),
+    );
+    let no_token = Env::new()
+        .with_env("THAW_HOST", &url)
+        .with_env("THAW_CA", ca);
+    refused(no_token, "refused the token");
+    let no_ca = Env::new()
+        .with_env("THAW_HOST", &url)
+        .with_env("THAW_TOKEN", &token);
+    refused(no_ca, &format!("TLS with thawd at {url} failed"));
+    let missing_ca = Env::new()
+        .with_env("THAW_HOST", &url)
+        .with_env("THAW_TOKEN", &token)
+        .with_env("THAW_CA", "/nonexistent/ca.pem");
+    refused(missing_ca, "cannot read THAW_CA=/nonexistent/ca.pem");
+    let unreachable = Env::new()
+        .with_env("THAW_HOST", &dead)
+        .with_env("THAW_TOKEN", &token);
+    refused(unreachable, &format!("cannot reach thawd at {dead}"));
+    let gone_socket = Env::new().with_env("THAW_HOST", "unix:///nonexistent/thawd.sock");
+    refused(
+        gone_socket,
+        "could not connect to thawd at /nonexistent/thawd.sock",
+    );
+    refused(
+        Env::new().with_env("THAW_HOST", "tcp://localhost:2375"),
+        "THAW_HOST=\"tcp://localhost:2375\" is not unix:///PATH or https://HOST:PORT",
+    );
+    // A command thawd does not serve yet is not run on this host instead.
+    client
+        .run(&["logs", "web"])
+        .fails_with("this command does not run through thawd yet");
+
+    client.ok(&["stop", "web"]);
+    assert_eq!(client.state_of("web"), "absent");
+    assert!(
+        daemon_home.vm_dirs().is_empty(),
+        "{:?}",
+        daemon_home.vm_dirs()
+    );
+}

@@ -57,7 +57,8 @@ pub struct BenchArgs {
     /// With --compare: only these methods (comma-separated): cold-boot, savevm,
     /// exec-gzip, exec-zstd, libvirt, thaw-bare (the mechanism alone: private RAM map,
     /// device state, agent ping), thaw, thaw-x3 (3 clones by one restore, the last one's
-    /// times), thaw-pool-paused, thaw-pool-running,
+    /// times), thaw-pool-x3 (the same from a running pool of 3), thaw-pool-paused,
+    /// thaw-pool-running,
     /// thawd-pool-running.
     #[arg(long, value_delimiter = ',', requires = "compare")]
     methods: Vec<String>,

@@ -67,6 +67,7 @@ pub const METHODS: &[&str] = &[
     "thaw-bare",
     "thaw",
     "thaw-x3",
+    "thaw-pool-x3",
     "thaw-pool-paused",
     "thaw-pool-running",
     "thawd-pool-running",
@@ -356,7 +357,10 @@ async fn thaw_methods(
         out.push(bare::method(home, qemu, cfg.runs, &cfg.ready, &tag0, mem, progress).await?);
     }
     if cfg.wants("thaw-x3") {
-        out.push(at_once(home, qemu, cfg, (&tag0, mem), progress).await?);
+        out.push(at_once(home, qemu, cfg, (&tag0, mem), false, progress).await?);
+    }
+    if cfg.wants("thaw-pool-x3") {
+        out.push(at_once(home, qemu, cfg, (&tag0, mem), true, progress).await?);
     }
     for mode in [PoolMode::Paused, PoolMode::Running] {
         out.extend(pooled(home, qemu, cfg, (&tag0, mem), mode, progress).await?);
@@ -378,43 +382,91 @@ async fn thaw_methods(
     Ok(out)
 }
 
-/// Clones restored by one request at once (no pool), as a CI job that wants a few
-/// test devices starts them: running and ready are the request's last clone's.
+/// Clones restored by one request at once, as a CI job that wants a few test devices
+/// starts them: running and ready are the request's last clone's.
 const AT_ONCE: u32 = 3;
 
+/// [`AT_ONCE`] clones by one request, without a pool or from a full running pool of
+/// as many.
 async fn at_once(
     home: &Home,
     qemu: &Qemu,
     cfg: &CompareConfig,
     (tag0, mem): (&SnapshotTag, u32),
+    pooled: bool,
     progress: &mut dyn FnMut(&str),
 ) -> Result<MethodReport, CompareError> {
-    let mut samples = Vec::new();
-    for i in 0..cfg.runs {
-        progress(&format!(
-            "{mem} MiB: thaw, {AT_ONCE} clones at once: restore {}/{}",
-            i + 1,
-            cfg.runs
-        ));
-        let name: VmName = format!("m{mem}-x{AT_ONCE}-{i}").parse().expect("valid name");
-        let req = RestoreRequest {
-            count: AT_ONCE,
-            ..restore_req(cfg, tag0, name)
+    let (id, label) = match pooled {
+        false => (
+            "thaw-x3",
+            format!("thaw, {AT_ONCE} clones at once (last ready)"),
+        ),
+        true => (
+            "thaw-pool-x3",
+            format!("thaw, {AT_ONCE} at once, running pool of {AT_ONCE}"),
+        ),
+    };
+    let pool = pooled.then(|| {
+        Pool::new(
+            home.clone(),
+            qemu.clone(),
+            cfg.accel,
+            None,
+            Orphans::DieWithOwner,
+        )
+    });
+    if let Some(pool) = &pool {
+        let pc = PoolConfig {
+            size: AT_ONCE,
+            mode: PoolMode::Running,
+            warm_ports: cfg.warm_ports,
         };
-        let clones = restore::restore(home, qemu, &req).await?;
-        let last = |f: fn(&thaw::clone::CloneReport) -> f64| {
-            clones.iter().map(f).fold(0.0, f64::max)
-        };
-        samples.push(Sample {
-            running_ms: Some(last(|c| c.restore_ms)),
-            ready_ms: last(|c| c.ready_ms),
-        });
-        for c in &clones {
-            let _ = control::stop(home, &c.name).await;
-        }
+        pool.configure(tag0, pc)?;
     }
-    let label = format!("thaw, {AT_ONCE} clones at once (last ready)");
-    Ok(MethodReport::new("thaw-x3", &label, mem).with_samples(&[], &samples))
+    let mut samples = Vec::new();
+    let mut from_pool = 0;
+    let result = async {
+        for i in 0..cfg.runs {
+            progress(&format!(
+                "{mem} MiB: {label}: restore {}/{}",
+                i + 1,
+                cfg.runs
+            ));
+            if let Some(pool) = &pool {
+                wait_pool_full(pool).await?;
+            }
+            let name: VmName = format!("m{mem}-{id}-{i}").parse().expect("valid name");
+            let req = RestoreRequest {
+                count: AT_ONCE,
+                ..restore_req(cfg, tag0, name)
+            };
+            let clones = restore::restore_from(home, qemu, &req, pool.as_ref()).await?;
+            let last =
+                |f: fn(&thaw::clone::CloneReport) -> f64| clones.iter().map(f).fold(0.0, f64::max);
+            samples.push(Sample {
+                running_ms: Some(last(|c| c.restore_ms)),
+                ready_ms: last(|c| c.ready_ms),
+            });
+            from_pool += clones
+                .iter()
+                .filter(|c| c.breakdown.source == "pool")
+                .count();
+            for c in &clones {
+                let _ = control::stop(home, &c.name).await;
+            }
+        }
+        Ok::<_, CompareError>(())
+    }
+    .await;
+    if let Some(pool) = &pool {
+        pool.shutdown().await;
+    }
+    result?;
+    let mut m = MethodReport::new(id, &label, mem).with_samples(&[], &samples);
+    if pooled {
+        m.detail = Some(serde_json::json!({ "from_pool": from_pool, "pool_size": AT_ONCE }));
+    }
+    Ok(m)
 }
 
 /// Restores of `tag0` from a warm pool in `mode`, each from a full pool (`None` when

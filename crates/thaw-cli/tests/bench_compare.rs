@@ -17,6 +17,7 @@ const METHODS: &[&str] = &[
     "thaw-bare",
     "thaw",
     "thaw-x3",
+    "thaw-pool-x3",
     "thaw-pool-paused",
     "thaw-pool-running",
     "thawd-pool-running",
@@ -129,6 +130,8 @@ fn compare_runs_every_method_on_one_guest_and_cleans_up() {
     ] {
         assert_eq!(by_id(pooled)["detail"]["from_pool"], 1, "{pooled}");
     }
+    // One restore of three clones, all three from the pool.
+    assert_eq!(by_id("thaw-pool-x3")["detail"]["from_pool"], 3);
     let breakdown = &by_id("thawd-pool-running")["detail"]["breakdown"];
     for part in [
         "connect_ms",

@@ -21,6 +21,9 @@ use backend::Local;
 use interrupt::{Interrupt, OnSignal};
 
 fn main() -> ExitCode {
+    // Held until the handlers below exist: a signal during thaw's own start is then
+    // handled like one during the command, not the end of the process.
+    let held = thaw::cancel::InterruptsHeld::hold();
     thaw::fsutil::private_umask();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
                 )
             }
         };
+        drop(held);
         let result = interrupt.run(on_signal, run(cli, &interrupt)).await;
         (result, interrupt.received())
     });

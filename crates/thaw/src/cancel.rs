@@ -22,6 +22,10 @@
 
 pub use tokio_util::sync::CancellationToken;
 
+/// SIGINT and SIGTERM held until the value is dropped (see [`crate::sys`]): a command
+/// holds them from its first line until its handlers are installed.
+pub use crate::sys::InterruptsHeld;
+
 use crate::home::VmName;
 
 /// An operation stopped by its caller at a safe point, and what it undid. Each

@@ -1,4 +1,5 @@
-//! The one place with `unsafe`: process set-up that must run between fork and exec.
+//! The one place with `unsafe`: process set-up that must run between fork and exec,
+//! and the signal mask.
 #![allow(unsafe_code)]
 
 use std::os::unix::process::CommandExt;
@@ -102,6 +103,11 @@ unsafe fn keep_console(
         for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGPIPE] {
             libc::signal(sig, libc::SIG_DFL);
         }
+        // Forked from a thread of thaw's whose mask may block them (see
+        // `InterruptsHeld`): the keeper takes signals like any process.
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         if libc::dup2(from, 0) < 0 || libc::dup2(dir, 1) < 0 {
             libc::_exit(1);
         }
@@ -212,6 +218,39 @@ fn parse(digits: &[u8]) -> Option<usize> {
             .then(|| n.checked_mul(10)?.checked_add(usize::from(d - b'0')))
             .flatten()
     })
+}
+
+/// SIGINT and SIGTERM held (blocked) in the thread that made this and in every thread
+/// it starts from then on, until it is dropped: a signal that arrives meanwhile waits
+/// instead of ending the process by its default action. thaw holds them from the
+/// first line of `main` until its handlers are installed, so a Ctrl-C at any moment
+/// of a command is handled by them. Threads started while they were held keep them
+/// held (signals then go to the threads that take them); processes thaw starts get an
+/// empty mask (std's `Command` resets it; the console keeper does too).
+pub struct InterruptsHeld(libc::sigset_t);
+
+impl InterruptsHeld {
+    pub fn hold() -> InterruptsHeld {
+        // SAFETY: `set` is a local signal set initialised by sigemptyset before use;
+        // pthread_sigmask only changes the calling thread's mask.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            InterruptsHeld(set)
+        }
+    }
+}
+
+impl Drop for InterruptsHeld {
+    fn drop(&mut self) {
+        // SAFETY: unblocks the set blocked in `hold`, in the calling thread only.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &self.0, std::ptr::null_mut());
+        }
+    }
 }
 
 #[cfg(test)]

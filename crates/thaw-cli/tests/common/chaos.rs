@@ -212,12 +212,19 @@ pub fn wait_ended(mut child: Child, ctx: &str) -> Ended {
     }
 }
 
+/// Before thaw's `main` runs (exec, the dynamic loader) no code of thaw can hold a
+/// signal, and one then ends it as it ends any program, before it did anything. thaw
+/// holds SIGINT and SIGTERM from its first line until its handlers exist; the signals
+/// are sent after this much, so that they reach thaw rather than the loader (a debug
+/// build on a loaded host takes a few milliseconds to get there).
+const PROCESS_START: Duration = Duration::from_millis(25);
+
 impl Chaos {
     /// Starts `cmd` and sends it `sig` at a random moment of its expected run (unless
     /// it ended first: then it must have succeeded). It must then end with the
     /// signal's exit status and one line saying what was done.
     pub fn interrupt(&mut self, mut cmd: Command, sig: Sig, ctx: &str) -> Ended {
-        let delay = self.moment(self.window);
+        let delay = PROCESS_START + self.moment(self.window.saturating_sub(PROCESS_START));
         let started = Instant::now();
         let child = cmd
             .stdin(Stdio::null())

@@ -299,6 +299,7 @@ async fn thaw_methods(
         home,
         qemu,
         &BootRequest {
+            lifetime: Default::default(),
             name: source.clone(),
             spec: spec.clone(),
             forwards: cfg.forwards.clone(),
@@ -396,15 +397,16 @@ async fn at_once(
             i + 1,
             cfg.runs
         ));
-        let name: VmName = format!("m{mem}-x{AT_ONCE}-{i}").parse().expect("valid name");
+        let name: VmName = format!("m{mem}-x{AT_ONCE}-{i}")
+            .parse()
+            .expect("valid name");
         let req = RestoreRequest {
             count: AT_ONCE,
             ..restore_req(cfg, tag0, name)
         };
         let clones = restore::restore(home, qemu, &req).await?;
-        let last = |f: fn(&thaw::clone::CloneReport) -> f64| {
-            clones.iter().map(f).fold(0.0, f64::max)
-        };
+        let last =
+            |f: fn(&thaw::clone::CloneReport) -> f64| clones.iter().map(f).fold(0.0, f64::max);
         samples.push(Sample {
             running_ms: Some(last(|c| c.restore_ms)),
             ready_ms: last(|c| c.ready_ms),
@@ -480,6 +482,7 @@ async fn pooled(
 /// One restore of `tag` as the thaw methods make it.
 fn restore_req(cfg: &CompareConfig, tag: &SnapshotTag, name: VmName) -> RestoreRequest {
     RestoreRequest {
+        lifetime: Default::default(),
         tag: tag.clone(),
         count: 1,
         name: Some(name),
@@ -526,6 +529,7 @@ async fn cold_boot(
             home,
             qemu,
             &BootRequest {
+                lifetime: Default::default(),
                 name: name.clone(),
                 spec: spec.clone(),
                 forwards: cfg.forwards.clone(),

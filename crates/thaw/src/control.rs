@@ -75,7 +75,7 @@ pub struct VmInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vnc: Option<crate::display::VncPorts>,
     /// Labels given at boot or restore.
-    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = std::collections::BTreeMap<String, String>))]
     pub labels: crate::lifetime::Labels,
     /// When its time to live ends (unix ms), if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]

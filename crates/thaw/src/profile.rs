@@ -293,6 +293,7 @@ pub struct BootOptions {
     pub ttl: Option<String>,
     /// Labels (`KEY: VALUE`), shown by `GET /v1/vms` and matched by `?label=K=V`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = std::collections::BTreeMap<String, String>))]
     pub labels: crate::lifetime::Labels,
 }
 

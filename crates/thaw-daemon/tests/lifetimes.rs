@@ -1,8 +1,9 @@
 //! Lifetimes and labels through thawd: labels on boot and restore, `GET
 //! /v1/vms?label=K=V`, `POST /v1/vms/{name}/ttl`; a VM whose time to live passes is
 //! stopped and removed by the running daemon, and one that expires while no daemon
-//! runs is gone as soon as the next daemon starts. Bad ttls, labels and filters are
-//! refused with one line (400). One boot, one snapshot, its clones.
+//! runs is gone as soon as the next daemon starts; a reset keeps both. Bad ttls,
+//! labels and filters are refused with one line (400). One boot, one snapshot, its
+//! clones.
 
 mod common;
 
@@ -146,6 +147,11 @@ async fn labels_filters_ttl_extension_and_expiry_across_a_restart() {
         .expect("POST", "/v1/vms/b/ttl", Some(json!({"ttl": "2h"})), 200)
         .await;
     assert!(b["expires_in_secs"].as_u64().unwrap() > 3600, "{b}");
+    // A reset keeps them.
+    d.expect("POST", "/v1/vms/b/reset", None, 200).await;
+    let reset = d.expect("GET", "/v1/vms/b", None, 200).await;
+    assert_eq!(reset["labels"], b["labels"]);
+    assert_eq!(reset["expires_unix_ms"], b["expires_unix_ms"]);
 
     // Expiry with the daemon running: its reaper stops and removes the VM (the
     // directory is watched, not listed: a listing would reap it too).

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import List
 
 import pytest
 
 from thaw_client import Client, ThawError
 
-from .conftest import Base, Daemon, empty_pool, wait_for_pool
+from .conftest import Base, Daemon, empty_pool, wait_for_pool, wait_until
 
 BINARY = b"\xff\x00\x01binary\n\x80"
 SCRIPT = r"printf '\377\000\001binary\n\200'; printf 'to stderr' >&2; exit 3"
@@ -86,8 +87,21 @@ def test_what_the_daemon_cannot_do_yet_is_refused_clearly(client: Client, base: 
         vm.files.write("/tmp/x", b"data")
     with pytest.raises(ThawError, match="the daemon has no file routes yet"):
         vm.files.read("/tmp/x")
-    with pytest.raises(ThawError, match="unknown field `ttl`") as e:
-        client.restore(base.tag, ttl=60)
-    assert e.value.status == 422
-    with pytest.raises(ThawError, match="unknown field `labels`"):
-        client.restore(base.tag, labels={"ci": "1"})
+
+
+def test_ttl_and_labels(client: Client, base: Base) -> None:
+    mine = {"sdk-run": uuid.uuid4().hex}
+    vm = client.restore(base.tag, ttl=600, labels=mine)
+    info = vm.info()
+    assert info.labels == mine
+    assert info.expires_in_secs is not None and 0 < info.expires_in_secs <= 600
+    assert [v.name for v in client.vms(labels=mine)] == [vm.name]
+    assert client.vms(labels={"sdk-run": "none-has-this"}) == []
+    assert vm.set_ttl("1s").expires_in_secs in (0, 1)
+    wait_until(f"{vm.name} to expire", lambda: vm.name not in names(client))
+    with pytest.raises(ThawError, match="bad ttl") as e:
+        client.restore(base.tag, ttl="soon")
+    assert e.value.status == 400
+    with pytest.raises(ThawError, match="bad label key") as e:
+        client.restore(base.tag, labels={"a b": "1"})
+    assert e.value.status == 400

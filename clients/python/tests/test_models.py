@@ -91,6 +91,10 @@ def _mismatch(tp: Any, prop: Dict[str, Any], where: str) -> List[str]:
         ref = _ref(prop)
         return [] if ref == tp.SCHEMA else [f"{where}: {tp.__name__} but the schema has {ref}"]
     prop = _resolve(prop)
+    if get_origin(tp) in (dict, Dict):
+        if prop.get("type") != "object":
+            return [f"{where}: a dict but the schema has {prop.get('type')}"]
+        return _mismatch(get_args(tp)[1], prop.get("additionalProperties", {}), where + "{}")
     if get_origin(tp) in (list, List):
         if prop.get("type") != "array":
             return [f"{where}: a list but the schema has {prop.get('type')}"]

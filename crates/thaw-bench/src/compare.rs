@@ -300,6 +300,7 @@ async fn thaw_methods(
         home,
         qemu,
         &BootRequest {
+            lifetime: Default::default(),
             name: source.clone(),
             spec: spec.clone(),
             forwards: cfg.forwards.clone(),
@@ -532,6 +533,7 @@ async fn pooled(
 /// One restore of `tag` as the thaw methods make it.
 fn restore_req(cfg: &CompareConfig, tag: &SnapshotTag, name: VmName) -> RestoreRequest {
     RestoreRequest {
+        lifetime: Default::default(),
         tag: tag.clone(),
         count: 1,
         name: Some(name),
@@ -578,6 +580,7 @@ async fn cold_boot(
             home,
             qemu,
             &BootRequest {
+                lifetime: Default::default(),
                 name: name.clone(),
                 spec: spec.clone(),
                 forwards: cfg.forwards.clone(),

@@ -160,6 +160,7 @@ async fn run_in(
         home,
         qemu,
         &BootRequest {
+            lifetime: Default::default(),
             name: source.clone(),
             spec: cfg.spec.clone(),
             forwards: cfg.forwards.clone(),
@@ -193,6 +194,7 @@ async fn run_in(
             cfg.clones
         ));
         let req = RestoreRequest {
+            lifetime: Default::default(),
             tag: tag.clone(),
             count,
             name: Some(format!("d{started}").parse().expect("valid name")),

@@ -251,6 +251,7 @@ impl Size<'_> {
 
     fn restore_as(&self, name: VmName) -> RestoreRequest {
         RestoreRequest {
+            lifetime: Default::default(),
             tag: self.tag(0),
             count: 1,
             name: Some(name),
@@ -336,6 +337,7 @@ impl Size<'_> {
         for i in 0..cfg.cold_runs {
             progress(&format!("{mem} MiB: cold boot {}/{}", i + 1, cfg.cold_runs));
             let req = BootRequest {
+                lifetime: Default::default(),
                 name: self.name("cold", i),
                 spec: spec.clone(),
                 forwards: cfg.forwards.clone(),

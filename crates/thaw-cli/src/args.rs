@@ -65,18 +65,31 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
-    /// List VMs and their state.
-    Ls,
+    /// List VMs and their state (with their labels and time left).
+    Ls {
+        /// Only VMs with this label: `label=KEY=VALUE` (repeatable: all must match).
+        #[arg(long = "filter", value_name = "label=K=V")]
+        filter: Vec<String>,
+    },
     /// List snapshots.
     Snapshots,
     /// Stop VMs and remove their state.
     Stop {
         /// VMs to stop.
-        #[arg(required_unless_present = "all")]
+        #[arg(required_unless_present_any = ["all", "filter"])]
         names: Vec<VmName>,
         /// Stop every VM.
-        #[arg(long, conflicts_with = "names")]
+        #[arg(long, conflicts_with_all = ["names", "filter"])]
         all: bool,
+        /// Stop every VM with this label: `label=KEY=VALUE` (repeatable: all must match).
+        #[arg(long = "filter", value_name = "label=K=V", conflicts_with = "names")]
+        filter: Vec<String>,
+    },
+    /// Set a VM's time to live to DURATION from now (30s, 10m, 2h, 1d).
+    Ttl {
+        name: VmName,
+        /// The new time to live, counted from now.
+        duration: String,
     },
     /// Resume a paused VM (for example one an interrupted snapshot left paused, or a
     /// clone restored with --paused).
@@ -218,6 +231,12 @@ pub(crate) enum StoreCommand {
 #[derive(Args)]
 pub(crate) struct BootArgs {
     pub name: VmName,
+    /// Time to live (30s, 10m, 2h, 1d): the VM is then stopped and removed.
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+    /// A label KEY=VALUE (repeatable), shown by `thaw ls` and matched by --filter.
+    #[arg(long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
     /// Kernel to boot. Without one, a --disk is booted through the firmware (its own
     /// bootloader), and with no --disk either, the default guest (built if missing).
     #[arg(long, requires = "initrd")]
@@ -323,6 +342,12 @@ fn parse_forward(s: &str) -> Result<thaw::spec::PortForward, String> {
 #[derive(Args)]
 pub(crate) struct RestoreArgs {
     pub tag: SnapshotTag,
+    /// Time to live (30s, 10m, 2h, 1d): the VM is then stopped and removed.
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+    /// A label KEY=VALUE (repeatable), shown by `thaw ls` and matched by --filter.
+    #[arg(long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
     /// How many clones to start.
     #[arg(long, default_value_t = 1)]
     pub count: u32,

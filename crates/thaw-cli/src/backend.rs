@@ -34,6 +34,8 @@ pub(crate) trait Ops {
     async fn vm_names(&self) -> Result<Vec<VmName>>;
     async fn snapshots(&self) -> Result<Vec<SnapshotInfo>>;
     async fn stop(&self, name: &VmName) -> Result<()>;
+    /// Sets a VM's time to live to `ttl` from now.
+    async fn set_ttl(&self, name: &VmName, ttl: std::time::Duration) -> Result<VmInfo>;
     async fn pause(&self, name: &VmName) -> Result<()>;
     async fn resume(&self, name: &VmName) -> Result<()>;
     async fn remove_snapshot(&self, tag: &SnapshotTag, recursive: bool)
@@ -96,6 +98,10 @@ impl Ops for Local {
 
     async fn stop(&self, name: &VmName) -> Result<()> {
         Ok(control::stop(&self.home, name).await?)
+    }
+
+    async fn set_ttl(&self, name: &VmName, ttl: std::time::Duration) -> Result<VmInfo> {
+        Ok(thaw::lifetime::extend_and_show(&self.home, name, ttl).await?)
     }
 
     async fn pause(&self, name: &VmName) -> Result<()> {
@@ -162,6 +168,10 @@ impl Ops for Client {
 
     async fn stop(&self, name: &VmName) -> Result<()> {
         remote::stop(self, name).await
+    }
+
+    async fn set_ttl(&self, name: &VmName, ttl: std::time::Duration) -> Result<VmInfo> {
+        remote::set_ttl(self, name, ttl).await
     }
 
     async fn pause(&self, name: &VmName) -> Result<()> {

@@ -190,7 +190,8 @@ fn reach(command: &Command) -> Reach {
         | Command::Exec { .. }
         | Command::Snapshot { .. }
         | Command::Reset { .. }
-        | Command::Ls
+        | Command::Ls { .. }
+        | Command::Ttl { .. }
         | Command::Snapshots
         | Command::Stop { .. }
         | Command::Pause { .. }

@@ -118,8 +118,8 @@ pub fn restore(reports: &[CloneReport]) -> String {
 
 pub fn vms(vms: &[VmInfo]) -> String {
     let mut s = format!(
-        "{:<24} {:>8} {:<13} {:>7} {:>4}  {}",
-        "NAME", "PID", "STATE", "MEMORY", "CPUS", "ORIGIN"
+        "{:<24} {:>8} {:<13} {:>7} {:>4} {:>8}  {}",
+        "NAME", "PID", "STATE", "MEMORY", "CPUS", "TTL", "ORIGIN"
     );
     for v in vms {
         let origin = match &v.origin {
@@ -128,18 +128,39 @@ pub fn vms(vms: &[VmInfo]) -> String {
             None => "unknown (no record)".to_owned(),
         };
         s.push_str(&format!(
-            "\n{:<24} {:>8} {:<13} {:>7} {:>4}  {}{}{}",
+            "\n{:<24} {:>8} {:<13} {:>7} {:>4} {:>8}  {}{}{}{}",
             v.name,
             v.pid.map(|p| p.to_string()).unwrap_or_default(),
             v.state,
             v.memory_mib.map(|m| format!("{m}M")).unwrap_or_default(),
             v.cpus.map(|c| c.to_string()).unwrap_or_default(),
+            v.expires_in_secs
+                .map(time_left)
+                .unwrap_or_else(|| "-".into()),
             origin,
             ports(&v.ports),
-            vnc(&v.vnc)
+            vnc(&v.vnc),
+            labels(&v.labels)
         ));
     }
     s
+}
+
+/// Seconds left as `1h02m`, `4m05s` or `12s`.
+pub fn time_left(secs: u64) -> String {
+    match secs {
+        s if s >= 3600 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn labels(labels: &thaw::lifetime::Labels) -> String {
+    if labels.is_empty() {
+        return String::new();
+    }
+    let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!(" labels {}", l.join(","))
 }
 
 pub fn reset(r: &thaw::reset::ResetReport) -> String {

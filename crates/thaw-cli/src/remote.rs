@@ -102,6 +102,11 @@ pub async fn stop(d: &Client, name: &VmName) -> Result<()> {
         .map(|_| ())
 }
 
+pub async fn set_ttl(d: &Client, name: &VmName, ttl: std::time::Duration) -> Result<VmInfo> {
+    let body = serde_json::json!({ "ttl": format!("{}s", ttl.as_secs()) });
+    call(d, "POST", &format!("/v1/vms/{name}/ttl"), Some(body)).await
+}
+
 pub async fn pause(d: &Client, name: &VmName) -> Result<()> {
     call::<Value>(d, "POST", &format!("/v1/vms/{name}/pause"), None)
         .await

@@ -55,3 +55,13 @@ pub struct Error {
     /// What was wrong and what to do, on one line.
     pub error: String,
 }
+
+/// `POST /v1/vms/{name}/ttl`'s body.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"ttl": "10m"}))]
+pub struct TtlOptions {
+    /// The new time to live, from now: `30s`, `10m`, `2h`, `1d` or a bare number of
+    /// seconds.
+    pub ttl: String,
+}

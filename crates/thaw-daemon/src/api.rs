@@ -35,6 +35,8 @@ use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, Named};
 use crate::metrics::Metrics;
 use crate::reaper::Reaper;
+use axum::extract::RawQuery;
+use thaw::lifetime::LabelFilter;
 
 /// What every handler shares.
 pub(crate) struct Daemon {
@@ -160,6 +162,14 @@ impl Daemon {
             .any(|p| &p.tag == tag && p.size > 0)
     }
 
+    /// Stops and removes every VM whose time to live has passed.
+    pub(crate) async fn expire(&self) {
+        for name in thaw::lifetime::reap_expired(&self.home).await {
+            tracing::info!(vm = %name, "expired: stopped and removed");
+            self.forget(&name);
+        }
+    }
+
     fn forget(&self, name: &VmName) {
         if let Err(e) = self.db.remove_vm(name) {
             tracing::error!(vm = %name, "{}", crate::error::one_line(&e));
@@ -181,6 +191,7 @@ pub(crate) fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/vms/{name}/pause", post(pause))
         .route("/v1/vms/{name}/resume", post(resume))
         .route("/v1/vms/{name}/reset", post(reset))
+        .route("/v1/vms/{name}/ttl", post(set_ttl))
         .route("/v1/snapshots", get(list_snapshots))
         .route(
             "/v1/snapshots/{tag}",
@@ -252,13 +263,67 @@ pub(crate) async fn health(State(d): Shared) -> Answer<Json<answer::Health>> {
     get,
     path = "/v1/vms",
     tag = "thawd",
+    params(
+        ("label" = Option<Vec<String>>, Query, description = "Only VMs with this label, `KEY=VALUE`; repeatable (all must match).")
+    ),
     responses(
-        (status = 200, description = "Every VM under $THAW_HOME/vms, as QEMU reports it now.", body = Vec<VmInfo>),
+        (status = 200, description = "Every VM under $THAW_HOME/vms (those with every `label` asked for), as QEMU reports it now. VMs whose time to live has passed are stopped and removed first.", body = Vec<VmInfo>),
+        (status = 400, response = crate::responses::BadRequest),
         crate::responses::Always
     )
 )]
-pub(crate) async fn list_vms(State(d): Shared) -> Json<Vec<VmInfo>> {
-    Json(control::list(&d.home).await)
+pub(crate) async fn list_vms(
+    State(d): Shared,
+    RawQuery(query): RawQuery,
+) -> Answer<Json<Vec<VmInfo>>> {
+    let mut labels = Vec::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*k {
+            "label" => labels.push(v.into_owned()),
+            other => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown query parameter {other:?}: only label=KEY=VALUE"),
+                ))
+            }
+        }
+    }
+    let filter = LabelFilter::parse_labels(&labels).map_err(ApiError::from_op)?;
+    let mut vms = control::list(&d.home).await;
+    vms.retain(|v| filter.matches(&v.labels));
+    Ok(Json(vms))
+}
+
+/// Set a VM's time to live
+///
+/// The VM is stopped and removed `ttl` from now (whatever it had before).
+#[utoipa::path(
+    post,
+    path = "/v1/vms/{name}/ttl",
+    tag = "thawd",
+    params(
+        ("name" = VmName, Path, description = "The VM's name; anything else than a valid name is a 400.")
+    ),
+    request_body = answer::TtlOptions,
+    responses(
+        (status = 200, description = "The VM as GET /v1/vms lists it, with its new expiry.", body = VmInfo),
+        (status = 400, response = crate::responses::BadRequest),
+        (status = 404, response = crate::responses::NotFound),
+        crate::responses::BodyErrors,
+        crate::responses::Always
+    )
+)]
+pub(crate) async fn set_ttl(
+    State(d): Shared,
+    Named(name): Named<VmName>,
+    ApiJson(body): ApiJson<answer::TtlOptions>,
+) -> Answer<Json<VmInfo>> {
+    let ttl = thaw::lifetime::parse_ttl(&body.ttl).map_err(ApiError::from_op)?;
+    let info = thaw::lifetime::extend_and_show(&d.home, &name, ttl)
+        .await
+        .map_err(ApiError::from_op)?;
+    tracing::info!(vm = %name, ttl = %body.ttl, "ttl set");
+    Ok(Json(info))
 }
 
 /// One VM and its state

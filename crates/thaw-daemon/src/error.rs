@@ -119,6 +119,18 @@ impl HttpStatus for NameError {
     }
 }
 
+impl HttpStatus for thaw::lifetime::LifetimeError {
+    fn status(&self) -> StatusCode {
+        BAD
+    }
+}
+
+impl HttpStatus for thaw::restore::RestoreOptionsError {
+    fn status(&self) -> StatusCode {
+        BAD
+    }
+}
+
 impl HttpStatus for VmError {
     fn status(&self) -> StatusCode {
         match self {
@@ -175,7 +187,11 @@ impl HttpStatus for thaw::profile::ResolveBootError {
     fn status(&self) -> StatusCode {
         use thaw::profile::ResolveBootError as E;
         match self {
-            E::Name(_) | E::AppendWithoutKernel | E::Spec(_) | E::GuestPortZero => BAD,
+            E::Name(_)
+            | E::AppendWithoutKernel
+            | E::Spec(_)
+            | E::GuestPortZero
+            | E::Lifetime(_) => BAD,
             E::Disk(e) => e.status(),
             E::Display(e) => e.status(),
             E::Guest { .. } | E::Firmware(_) => FAILED,

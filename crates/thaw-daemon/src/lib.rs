@@ -204,6 +204,10 @@ pub async fn serve(
     let accel = Accel::detect();
     let reaper = reaper::Reaper::spawn().at("watch for the exits of the VMs of", home.root())?;
 
+    // VMs whose time to live passed while no daemon ran go first.
+    for name in thaw::lifetime::reap_expired(&home).await {
+        tracing::info!(vm = %name, "expired while no daemon ran: stopped and removed");
+    }
     let recovered = recover::recover(&home, &db).await?;
     if recovered != recover::Recovered::default() {
         tracing::info!(
@@ -247,6 +251,17 @@ pub async fn serve(
         config.max_vms,
         reaper,
     ));
+    // Every second, VMs whose time to live passed are stopped and removed (the task
+    // ends with the runtime).
+    let expiring = daemon.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            expiring.expire().await;
+        }
+    });
     let served = match socket::bind(&config.socket) {
         Ok((listener, socket)) => {
             tracing::info!(socket = %config.socket.display(), pid = std::process::id(), "listening");

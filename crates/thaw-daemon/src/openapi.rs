@@ -32,6 +32,7 @@ use crate::responses::{
         crate::api::pause,
         crate::api::resume,
         crate::api::reset,
+        crate::api::set_ttl,
         crate::api::list_snapshots,
         crate::api::get_snapshot,
         crate::api::remove_snapshot,

@@ -38,6 +38,8 @@ pub struct BootRequest {
     pub timeout: Duration,
     /// The display's ports and password (with `spec.display`).
     pub vnc: VncRequest,
+    /// The VM's labels and time to live.
+    pub lifetime: crate::lifetime::Lifetime,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -236,6 +238,8 @@ async fn boot_in(
         ports: ports.clone(),
         lineage: None,
         vnc,
+        labels: req.lifetime.labels.clone(),
+        expires_unix_ms: req.lifetime.ttl.map(crate::lifetime::expiry_from_now),
     };
     let mut spawned = vm::spawn(qemu, &spec, &launch, paths, false, |pid| {
         record(pid).save(home)

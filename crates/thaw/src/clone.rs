@@ -344,6 +344,8 @@ pub async fn prepare(
             manifest_blake3: snap.manifest_blake3.clone(),
         }),
         vnc,
+        labels: Default::default(),
+        expires_unix_ms: None,
     };
     let spawned = vm::spawn(qemu, spec, &launch, &paths, die_with_owner, |pid| {
         state.pid = pid;

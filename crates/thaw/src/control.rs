@@ -74,6 +74,15 @@ pub struct VmInfo {
     /// Where the VM's display listens (127.0.0.1), when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vnc: Option<crate::display::VncPorts>,
+    /// Labels given at boot or restore.
+    #[cfg_attr(feature = "openapi", schema(value_type = std::collections::BTreeMap<String, String>))]
+    pub labels: crate::lifetime::Labels,
+    /// When its time to live ends (unix ms), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_unix_ms: Option<u64>,
+    /// Seconds left of its time to live, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
 }
 
 /// What `thaw inspect NAME` shows: a VM (its record and its state now) or, when no VM
@@ -113,6 +122,8 @@ pub async fn inspect(home: &Home, name: &str) -> Result<Inspection, InspectError
 pub async fn list(home: &Home) -> Vec<VmInfo> {
     // What a killed `thaw reset` left would otherwise run unlisted.
     crate::reset::recover_interrupted(home);
+    // Without a daemon, expiry is enforced whenever VMs are listed.
+    crate::lifetime::reap_expired(home).await;
     // Every VM is asked at once: one whose QMP is busy (a restore or snapshot holds
     // it) costs the listing its 2 s timeout once, not once per VM.
     let mut asked = tokio::task::JoinSet::new();
@@ -134,6 +145,7 @@ pub async fn list(home: &Home) -> Vec<VmInfo> {
 /// [`VmError::NotFound`] when there is no VM `name`.
 pub async fn get(home: &Home, name: &VmName) -> Result<VmInfo, VmError> {
     crate::reset::recover_interrupted(home);
+    crate::lifetime::reap_expired(home).await;
     if !home.vm_dir(name).is_dir() {
         return Err(VmError::NotFound(name.clone()));
     }
@@ -163,6 +175,9 @@ async fn info(home: &Home, name: VmName) -> VmInfo {
             created_unix_ms: None,
             ports: Vec::new(),
             vnc: None,
+            labels: Default::default(),
+            expires_unix_ms: None,
+            expires_in_secs: None,
         };
     };
     let (st, qemu_status) = if !state.is_alive() {
@@ -187,6 +202,9 @@ async fn info(home: &Home, name: VmName) -> VmInfo {
         created_unix_ms: Some(state.created_unix_ms),
         ports: state.ports.clone(),
         vnc: state.vnc,
+        expires_in_secs: state.expires_unix_ms.map(crate::lifetime::secs_left),
+        expires_unix_ms: state.expires_unix_ms,
+        labels: state.labels,
     }
 }
 

@@ -28,6 +28,7 @@ pub mod fsutil;
 pub mod guest;
 pub mod guestref;
 pub mod home;
+pub mod lifetime;
 pub mod mapped;
 pub mod migration;
 pub mod pool;

@@ -165,6 +165,8 @@ pub enum ResolveBootError {
     Spec(#[from] crate::spec::SpecError),
     #[error("guest port 0 cannot be forwarded or waited for")]
     GuestPortZero,
+    #[error(transparent)]
+    Lifetime(#[from] crate::lifetime::LifetimeError),
 }
 
 /// The guest of `profile`, built into the guest cache if missing.
@@ -285,6 +287,14 @@ pub struct BootOptions {
     /// The VNC display's ports and password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display: Option<DisplayOptions>,
+    /// Time to live: `30s`, `10m`, `2h`, `1d` or a bare number of seconds. When it
+    /// passes, the VM is stopped and removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// Labels (`KEY: VALUE`), shown by `GET /v1/vms` and matched by `?label=K=V`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = std::collections::BTreeMap<String, String>))]
+    pub labels: crate::lifetime::Labels,
 }
 
 /// A VGA card served over VNC on 127.0.0.1.
@@ -332,6 +342,7 @@ pub fn resolve(
 ) -> Result<BootRequest, ResolveBootError> {
     let name: VmName = o.name.parse()?;
     // The ranges first: nothing is fetched or built for a boot that would be refused.
+    let lifetime = crate::lifetime::Lifetime::from_wire(o.ttl.as_deref(), &o.labels)?;
     if let Some(memory) = o.memory_mib {
         crate::spec::check_memory(memory)?;
     }
@@ -435,6 +446,7 @@ pub fn resolve(
             serial: o.ready_serial,
         },
         timeout: Duration::from_secs(o.timeout_secs.unwrap_or(DEFAULT_BOOT_TIMEOUT_SECS)),
+        lifetime,
         vnc: VncRequest {
             port: vnc_options.vnc_port.unwrap_or(0),
             websocket_port: vnc_options.websocket_port.unwrap_or(0),

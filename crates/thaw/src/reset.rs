@@ -278,6 +278,9 @@ async fn take_over(
     std::fs::rename(&dir, &doomed)
         .at("move aside", &dir)
         .map_err(VmError::from)?;
+    // The VM keeps its labels and time to live.
+    prepared.state.labels = old.labels.clone();
+    prepared.state.expires_unix_ms = old.expires_unix_ms;
     prepared.claim_name(home, &old.name, false)?;
     // The old VM's files (its RAM file, disks, logs) go now; nothing runs from them.
     let _ = std::fs::remove_dir_all(&doomed);

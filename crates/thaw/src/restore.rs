@@ -42,6 +42,8 @@ pub struct RestoreRequest {
     pub paused: bool,
     /// The clones' VNC password, for a snapshot whose display asks for one.
     pub vnc_password: Option<String>,
+    /// Every clone's labels and time to live.
+    pub lifetime: crate::lifetime::Lifetime,
 }
 
 /// A restore as a client asks for it: `POST /v1/snapshots/{tag}/restore`'s body (the
@@ -79,6 +81,14 @@ pub struct RestoreOptions {
     /// For a snapshot whose display asks for a VNC password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vnc_password: Option<String>,
+    /// Time to live: `30s`, `10m`, `2h`, `1d` or a bare number of seconds. When it
+    /// passes, the VM is stopped and removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// Labels (`KEY: VALUE`), shown by `GET /v1/vms` and matched by `?label=K=V`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = std::collections::BTreeMap<String, String>))]
+    pub labels: crate::lifetime::Labels,
 }
 
 impl RestoreOptions {
@@ -94,6 +104,8 @@ impl RestoreOptions {
             verify: req.verify,
             paused: req.paused,
             vnc_password: req.vnc_password.clone(),
+            ttl: req.lifetime.ttl.map(|t| t.as_secs().to_string()),
+            labels: req.lifetime.labels.clone(),
         }
     }
 
@@ -102,8 +114,10 @@ impl RestoreOptions {
         self,
         tag: SnapshotTag,
         accel: Option<Accel>,
-    ) -> Result<RestoreRequest, crate::home::NameError> {
+    ) -> Result<RestoreRequest, RestoreOptionsError> {
+        let lifetime = crate::lifetime::Lifetime::from_wire(self.ttl.as_deref(), &self.labels)?;
         Ok(RestoreRequest {
+            lifetime,
             tag,
             count: self.count.unwrap_or(1),
             name: self.name.map(|n| n.parse()).transpose()?,
@@ -121,6 +135,15 @@ impl RestoreOptions {
             vnc_password: self.vnc_password,
         })
     }
+}
+
+/// [`RestoreOptions`] a restore cannot be made of.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreOptionsError {
+    #[error(transparent)]
+    Name(#[from] crate::home::NameError),
+    #[error(transparent)]
+    Lifetime(#[from] crate::lifetime::LifetimeError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -290,6 +313,15 @@ pub async fn restore_cancellable(
             }
             .into(),
         );
+    }
+    // Labels and time to live go into each record before the clones are reported.
+    if first_err.is_none() {
+        for (_, rep) in &reports {
+            if let Err(e) = crate::lifetime::apply(home, &rep.name, &req.lifetime) {
+                first_err = Some(e.into());
+                break;
+            }
+        }
     }
     if let Some(e) = first_err {
         for name in &held {

@@ -228,6 +228,7 @@ pub async fn up(
                 exec_after: None,
                 paused: false,
                 vnc_password: None,
+                lifetime: req.boot.lifetime.clone(),
             },
             None,
             cancel,

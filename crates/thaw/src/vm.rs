@@ -48,6 +48,12 @@ pub struct VmState {
     /// The ports this VM's display listens on, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vnc: Option<crate::display::VncPorts>,
+    /// Labels given at boot or restore (`--label K=V`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: crate::lifetime::Labels,
+    /// When the VM's time to live ends (`--ttl`): it is then stopped and removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_unix_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -538,11 +544,20 @@ mod tests {
                 port: 5901,
                 websocket: Some(5701),
             }),
+            labels: [("team".to_owned(), "ci".to_owned())].into(),
+            expires_unix_ms: Some(1_700_000_000_000),
         };
         let j = serde_json::to_string(&s).unwrap();
         assert!(j.contains("\"kind\":\"restored\""));
         assert_eq!(serde_json::from_str::<VmState>(&j).unwrap(), s);
         crate::record::tests::round_trip(&s);
+        // A record written before labels and lifetimes loads without them.
+        let mut old: serde_json::Value = serde_json::from_str(&j).unwrap();
+        old.as_object_mut().unwrap().remove("labels");
+        old.as_object_mut().unwrap().remove("expires_unix_ms");
+        let old: VmState = serde_json::from_value(old).unwrap();
+        assert!(old.labels.is_empty());
+        assert_eq!(old.expires_unix_ms, None);
     }
 
     #[test]

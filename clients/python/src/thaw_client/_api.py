@@ -6,10 +6,23 @@ A ``Call`` is one request and the function that turns its JSON answer into a mod
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Generic, List, Mapping, Optional, Sequence, Type, TypeVar
-from urllib.parse import quote
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Generic,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Type,
+    TypeVar,
+    Union,
+)
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -53,8 +66,10 @@ def health() -> Call[models.Health]:
     return Call("GET", "/v1/health", None, _one(models.Health))
 
 
-def vms() -> Call[List[models.VmInfo]]:
-    return Call("GET", "/v1/vms", None, _list(models.VmInfo))
+def vms(labels: Optional[Mapping[str, str]] = None) -> Call[List[models.VmInfo]]:
+    query = urlencode([("label", f"{k}={v}") for k, v in (labels or {}).items()])
+    path = f"/v1/vms?{query}" if query else "/v1/vms"
+    return Call("GET", path, None, _list(models.VmInfo))
 
 
 def snapshots() -> Call[List[models.SnapshotInfo]]:
@@ -82,19 +97,31 @@ def boot(name: str, options: Mapping[str, Any]) -> Call[models.BootReport]:
     return Call("POST", "/v1/vms", body, _one(models.BootReport))
 
 
+def ttl_wire(ttl: Union[float, str]) -> str:
+    """A time to live as the API takes it: seconds (rounded up) as ``"600s"``; a string
+    (``"10m"``) as it is."""
+    if isinstance(ttl, str):
+        return ttl
+    return f"{max(1, math.ceil(ttl))}s"
+
+
+def set_ttl(name: str, ttl: Union[float, str]) -> Call[models.VmInfo]:
+    return Call("POST", f"/v1/vms/{seg(name)}/ttl", {"ttl": ttl_wire(ttl)}, _one(models.VmInfo))
+
+
 def restore(
     tag: str,
     name: Optional[str],
-    ttl: Optional[float],
+    ttl: Union[float, str, None],
     labels: Optional[Mapping[str, str]],
     options: Mapping[str, Any],
 ) -> Call[models.RestoreReport]:
     body = {k: v for k, v in options.items() if v is not None}
     if name is not None:
         body["name"] = name
-    # Not in today's API: sent only when asked for, so a daemon without them says so (422).
+    # Sent only when asked for, so a daemon without them says so (422).
     if ttl is not None:
-        body["ttl"] = ttl
+        body["ttl"] = ttl_wire(ttl)
     if labels is not None:
         body["labels"] = dict(labels)
     return Call(

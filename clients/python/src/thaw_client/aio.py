@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from types import TracebackType
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Type, TypeVar
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Type, TypeVar, Union
 
 import httpx
 
@@ -99,6 +99,10 @@ class AsyncVm:
                 return vm
         raise NotFound(f"no VM named {self.name}", 404)
 
+    async def set_ttl(self, ttl: Union[float, str]) -> models.VmInfo:
+        """See ``Vm.set_ttl``."""
+        return await self._client._run(_api.set_ttl(self.name, ttl))
+
     async def stop(self) -> None:
         """See ``Vm.stop``."""
         await self._client._run(_api.stop(self.name))
@@ -151,8 +155,8 @@ class AsyncClient:
     async def health(self) -> models.Health:
         return await self._run(_api.health())
 
-    async def vms(self) -> List[models.VmInfo]:
-        return await self._run(_api.vms())
+    async def vms(self, labels: Optional[Mapping[str, str]] = None) -> List[models.VmInfo]:
+        return await self._run(_api.vms(labels))
 
     def vm(self, name: str) -> AsyncVm:
         return AsyncVm(self, name)
@@ -179,11 +183,11 @@ class AsyncClient:
         self,
         tag: str,
         name: Optional[str] = None,
-        ttl: Optional[float] = None,
+        ttl: Union[float, str, None] = None,
         labels: Optional[Mapping[str, str]] = None,
         **options: Any,
     ) -> AsyncVm:
-        """See ``Client.restore`` (``ttl``/``labels`` need a thawd with lifetimes and labels)."""
+        """See ``Client.restore``."""
         report = await self._run(_api.restore(tag, name, ttl, labels, options))
         return AsyncVm(self, report.name, report)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Type, TypeVar
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Type, TypeVar, Union
 
 import httpx
 
@@ -108,6 +108,10 @@ class Vm:
                 return vm
         raise NotFound(f"no VM named {self.name}", 404)
 
+    def set_ttl(self, ttl: Union[float, str]) -> models.VmInfo:
+        """Stop and remove the VM ``ttl`` from now (seconds, or ``"10m"``)."""
+        return self._client._run(_api.set_ttl(self.name, ttl))
+
     def stop(self) -> None:
         """Stop the VM and forget it."""
         self._client._run(_api.stop(self.name))
@@ -165,9 +169,9 @@ class Client:
         """The daemon's version, pid and VM count."""
         return self._run(_api.health())
 
-    def vms(self) -> List[models.VmInfo]:
-        """Every VM the daemon answers for."""
-        return self._run(_api.vms())
+    def vms(self, labels: Optional[Mapping[str, str]] = None) -> List[models.VmInfo]:
+        """Every VM the daemon answers for; with ``labels``, those that have them all."""
+        return self._run(_api.vms(labels))
 
     def vm(self, name: str) -> Vm:
         """A handle on an existing VM (not checked until used)."""
@@ -205,7 +209,7 @@ class Client:
         self,
         tag: str,
         name: Optional[str] = None,
-        ttl: Optional[float] = None,
+        ttl: Union[float, str, None] = None,
         labels: Optional[Mapping[str, str]] = None,
         **options: Any,
     ) -> Vm:
@@ -213,8 +217,9 @@ class Client:
 
         ``name`` defaults to ``TAG-N``. ``options`` are the API's other restore fields
         (``exec_after``, ``ready_port``, ``paused``, ``timeout_secs``, ...).
-        ``ttl`` (seconds) and ``labels`` need a thawd with VM lifetimes and labels
-        (issue 22); today's daemon refuses them and the refusal is raised as ``ThawError``.
+        ``ttl`` (seconds, or a string like ``"10m"``): the daemon stops and removes the
+        clone when it passes. ``labels``: shown by ``vms()`` and matched by
+        ``vms(labels=...)``.
         """
         report = self._run(_api.restore(tag, name, ttl, labels, options))
         return Vm(self, report.name, report)

@@ -116,6 +116,10 @@ class VmInfo:
     created_unix_ms: Optional[int]
     ports: List[PortForward]
     vnc: Optional[VncPorts]
+    labels: Dict[str, str]
+    expires_unix_ms: Optional[int]
+    expires_in_secs: Optional[int]
+    """Seconds left of its time to live; ``None`` without one."""
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,10 @@ pub(crate) async fn run(
         }
         Command::Restore(args) => vm::restore(ops, args, json).await?,
         Command::Reset { name, to, timeout } => vm::reset(ops, name, to, timeout, json).await?,
-        Command::Ls => vm::ls(ops, json).await?,
+        Command::Ls { filter } => vm::ls(ops, &filter, json).await?,
         Command::Snapshots => vm::snapshots(ops, json).await?,
-        Command::Stop { names, all } => vm::stop(ops, names, all, json).await?,
+        Command::Stop { names, all, filter } => vm::stop(ops, names, all, &filter, json).await?,
+        Command::Ttl { name, duration } => vm::ttl(ops, name, &duration, json).await?,
         Command::Resume { name } => vm::resume(ops, name, json).await?,
         Command::Rm { tag, recursive } => vm::rm(ops, tag, recursive, json).await?,
         Command::Pool {

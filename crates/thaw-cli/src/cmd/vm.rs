@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use thaw::boot::BootRequest;
+use thaw::lifetime::{LabelFilter, Lifetime};
 use thaw::pool::PoolConfig;
 use thaw::profile::{BootOptions, Profile};
 use thaw::restore::RestoreRequest;
@@ -59,6 +60,7 @@ pub(crate) async fn restore(ops: &impl Ops, args: RestoreArgs, json: bool) -> Re
         exec_after: args.exec_after,
         paused: args.paused,
         vnc_password,
+        lifetime: lifetime(args.ttl.as_deref(), &args.labels)?,
     };
     let reports = ops.restore(&req).await?;
     emit(json, &reports, |r| print::restore(r))?;
@@ -83,9 +85,39 @@ pub(crate) async fn reset(
     Ok(())
 }
 
-pub(crate) async fn ls(ops: &impl Ops, json: bool) -> Result<()> {
-    let vms = ops.list().await?;
+pub(crate) async fn ls(ops: &impl Ops, filter: &[String], json: bool) -> Result<()> {
+    let vms = matching(ops, filter).await?;
     emit(json, &vms, |v| print::vms(v))?;
+    Ok(())
+}
+
+/// The VMs whose labels match every `--filter` (all of them without one).
+async fn matching(ops: &impl Ops, filter: &[String]) -> Result<Vec<thaw::control::VmInfo>> {
+    let filter = LabelFilter::parse_filters(filter)?;
+    let mut vms = ops.list().await?;
+    vms.retain(|v| filter.matches(&v.labels));
+    Ok(vms)
+}
+
+/// `--ttl` and `--label`s, checked.
+fn lifetime(ttl: Option<&str>, labels: &[String]) -> Result<Lifetime> {
+    let labels = labels
+        .iter()
+        .map(|l| thaw::lifetime::parse_label(l))
+        .collect::<Result<_, _>>()?;
+    Ok(Lifetime::from_wire(ttl, &labels)?)
+}
+
+pub(crate) async fn ttl(ops: &impl Ops, name: VmName, duration: &str, json: bool) -> Result<()> {
+    let ttl = thaw::lifetime::parse_ttl(duration)?;
+    let info = ops.set_ttl(&name, ttl).await?;
+    emit(json, &info, |v| {
+        format!(
+            "{} expires in {}",
+            v.name,
+            print::time_left(v.expires_in_secs.unwrap_or(0))
+        )
+    })?;
     Ok(())
 }
 
@@ -95,10 +127,23 @@ pub(crate) async fn snapshots(ops: &impl Ops, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub(crate) async fn stop(ops: &impl Ops, names: Vec<VmName>, all: bool, json: bool) -> Result<()> {
-    let names = match all {
-        false => names,
-        true => ops.vm_names().await?,
+pub(crate) async fn stop(
+    ops: &impl Ops,
+    names: Vec<VmName>,
+    all: bool,
+    filter: &[String],
+    json: bool,
+) -> Result<()> {
+    let names = if all {
+        ops.vm_names().await?
+    } else if !filter.is_empty() {
+        matching(ops, filter)
+            .await?
+            .into_iter()
+            .map(|v| v.name)
+            .collect()
+    } else {
+        names
     };
     let mut stopped = Vec::new();
     for name in names {
@@ -186,7 +231,11 @@ fn boot_options(args: BootArgs) -> Result<BootOptions> {
         .map(read_password)
         .transpose()?;
     let vnc_options = args.vnc_port.is_some() || args.vnc_websocket.is_some() || password.is_some();
+    // Checked here too, so a bad one is refused before anything is built.
+    let lifetime = lifetime(args.ttl.as_deref(), &args.labels)?;
     Ok(BootOptions {
+        ttl: lifetime.ttl.map(|t| t.as_secs().to_string()),
+        labels: lifetime.labels,
         name: args.name.to_string(),
         profile: (!custom).then(|| args.profile.unwrap_or(Profile::Default)),
         memory_mib: args.memory,

@@ -24,6 +24,15 @@ pub(crate) struct Cli {
     pub command: Command,
 }
 
+/// Whether `--json` is among the arguments before any subcommand or `--`: how `thaw
+/// --version --json` asks for JSON, since clap stops parsing at `--version`.
+pub(crate) fn json_requested() -> bool {
+    std::env::args_os()
+        .skip(1)
+        .take_while(|a| a.to_str().is_some_and(|a| a.starts_with('-') && a != "--"))
+        .any(|a| a == "--json")
+}
+
 #[derive(Subcommand)]
 pub(crate) enum Command {
     /// Boot a VM in the background; returns when its guest agent answers.

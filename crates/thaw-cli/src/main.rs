@@ -28,8 +28,11 @@ fn main() -> ExitCode {
             eprintln!("thaw: {} (see --help)", usage_error_line(&e.to_string()));
             return ExitCode::from(2);
         }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayVersion => {
+            return cmd::version(args::json_requested());
+        }
         Err(e) => {
-            let _ = e.print(); // --help, --version
+            let _ = e.print(); // --help
             return ExitCode::SUCCESS;
         }
     };

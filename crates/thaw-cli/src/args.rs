@@ -192,6 +192,12 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Print a shell completion script: bash, zsh, fish (also elvish, powershell).
+    /// E.g. `thaw completions bash > /etc/bash_completion.d/thaw`.
+    Completions { shell: clap_complete::Shell },
+    /// Write thaw's man pages into DIR: thaw.1 and one per subcommand (for packaging).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 #[derive(Subcommand)]

@@ -20,6 +20,7 @@ mod db;
 mod error;
 mod extract;
 pub mod keeper;
+pub mod manpages;
 pub mod openapi;
 mod reaper;
 mod recover;

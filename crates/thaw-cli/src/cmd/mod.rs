@@ -73,6 +73,8 @@ pub(crate) async fn run(
             command: TokenCommand::New { name, tokens },
         } => local::new_token(&name, &tokens, json)?,
         Command::Guest { command } => local::guest(command, json)?,
+        Command::Completions { shell } => local::completions(shell, json)?,
+        Command::Man { dir } => local::man_pages(&dir, json)?,
         Command::Bench(args) => return Err(crate::bench::exec(json, &args.args)),
     }
     Ok(ExitCode::SUCCESS)

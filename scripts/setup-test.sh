@@ -3,8 +3,8 @@
 # scripts/setup.sh installs with --images (thaw, the Debian guest images' tools), and on
 # top the test tools: the benchmark's peers (zstd, gzip, libvirt) and chart font,
 # vncdotool for the display tests and schemathesis for the API's schema test (PyPI), and
-# s3s-fs, the S3 server the store's remote tests start (crates.io), and the Python SDK
-# (clients/python) with its test tools.
+# s3s-fs, the S3 server the store's remote tests start (crates.io), the Python SDK
+# (clients/python) with its test tools, and systemd-analyze and man for the package test.
 # Idempotent: a second run installs nothing new.
 set -euo pipefail
 here="$(dirname "$0")"
@@ -26,6 +26,10 @@ command -v gzip >/dev/null || missing+=(gzip)
 # starts libvirtd itself when none runs (no systemd needed).
 command -v virsh >/dev/null || missing+=(libvirt-clients)
 [ -x /usr/sbin/libvirtd ] || missing+=(libvirt-daemon-system)
+# The package test (crates/thaw-cli/tests/package.rs): systemd-analyze verify on the
+# installed thawd.service, which also looks up the unit's man pages with man.
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v man >/dev/null || missing+=(man-db)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing: ${missing[*]}"
   apt-get update -qq

@@ -29,6 +29,15 @@ pub(crate) struct Cli {
     pub command: Command,
 }
 
+/// Whether `--json` is among the arguments before any subcommand or `--`: how `thaw
+/// --version --json` asks for JSON, since clap stops parsing at `--version`.
+pub(crate) fn json_requested() -> bool {
+    std::env::args_os()
+        .skip(1)
+        .take_while(|a| a.to_str().is_some_and(|a| a.starts_with('-') && a != "--"))
+        .any(|a| a == "--json")
+}
+
 #[derive(Subcommand)]
 pub(crate) enum Command {
     /// Boot a VM in the background; returns when its guest agent answers.
@@ -217,6 +226,12 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Print a shell completion script: bash, zsh, fish (also elvish, powershell).
+    /// E.g. `thaw completions bash > /etc/bash_completion.d/thaw`.
+    Completions { shell: clap_complete::Shell },
+    /// Write thaw's man pages into DIR: thaw.1 and one per subcommand (for packaging).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 #[derive(Subcommand)]

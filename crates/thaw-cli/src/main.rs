@@ -28,8 +28,11 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => return usage_error(&e),
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayVersion => {
+            return cmd::version(args::json_requested());
+        }
         Err(e) => {
-            let _ = e.print(); // --help, --version
+            let _ = e.print(); // --help
             return ExitCode::SUCCESS;
         }
     };

@@ -21,6 +21,7 @@ mod error;
 mod extract;
 pub mod keeper;
 pub mod log;
+pub mod manpages;
 mod metrics;
 pub mod openapi;
 mod reaper;

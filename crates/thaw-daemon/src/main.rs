@@ -44,14 +44,30 @@ enum Command {
     /// Print the API's OpenAPI document (docs/openapi.json is its output:
     /// `thawd openapi > docs/openapi.json`).
     Openapi,
+    /// Write thawd's man page (thawd.1) into DIR (for packaging).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 fn main() -> ExitCode {
     thaw::fsutil::private_umask();
     let args = Args::parse();
-    if let Some(Command::Openapi) = args.command {
-        println!("{}", thaw_daemon::openapi::document());
-        return ExitCode::SUCCESS;
+    match args.command {
+        Some(Command::Openapi) => {
+            println!("{}", thaw_daemon::openapi::document());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Man { dir }) => {
+            use clap::CommandFactory;
+            return match thaw_daemon::manpages::write(Args::command(), &dir) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("thawd: error: {}", thaw::one_line(&e));
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     if let Some(home) = args.pool_keeper {
         return thaw_daemon::keeper::run(&home);

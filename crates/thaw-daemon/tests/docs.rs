@@ -131,3 +131,28 @@ fn every_request_body_has_an_example() {
     }
     assert!(bodies >= 6, "only {bodies} request bodies found");
 }
+
+/// `thawd man DIR` (hidden; scripts/package.sh runs it) writes thawd.1, naming the
+/// options, and a page for `openapi`; not one for itself.
+#[test]
+fn thawd_man_writes_its_pages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("man1");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_thawd"))
+        .arg("man")
+        .arg(&dir)
+        .output()
+        .expect("run thawd man");
+    assert!(out.status.success(), "{out:?}");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["thawd-openapi.1", "thawd.1"]);
+    let roff = std::fs::read_to_string(dir.join("thawd.1")).unwrap();
+    assert!(roff.lines().any(|l| l.starts_with(".TH thawd 1")), "{roff}");
+    for option in ["\\-\\-socket", "\\-\\-max\\-vms", "\\-\\-listen"] {
+        assert!(roff.contains(option), "thawd.1 does not name {option}");
+    }
+}

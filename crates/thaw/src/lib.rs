@@ -13,6 +13,7 @@
 //! Machines boot a kernel or their disk through [`firmware`] (SeaBIOS or UEFI), and may
 //! have a [`display`] served over VNC.
 
+pub mod about;
 pub mod accel;
 pub mod agent;
 pub mod boot;

@@ -290,3 +290,27 @@ pub(crate) fn guest(command: GuestCommand, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// `thaw completions SHELL`: the completion script on stdout (with --json, inside
+/// `{"shell", "script"}`).
+pub(crate) fn completions(shell: clap_complete::Shell, json: bool) -> Result<()> {
+    use clap::CommandFactory;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut crate::args::Cli::command(), "thaw", &mut script);
+    let script = String::from_utf8(script)?;
+    let out = serde_json::json!({ "shell": shell.to_string(), "script": script });
+    if json {
+        return emit(true, &out, |_| String::new());
+    }
+    std::io::stdout().lock().write_all(script.as_bytes())?;
+    Ok(())
+}
+
+/// `thaw man DIR` (hidden): thaw.1 and one page per subcommand, written into DIR.
+pub(crate) fn man_pages(dir: &std::path::Path, json: bool) -> Result<()> {
+    use clap::CommandFactory;
+    let written = thaw_daemon::manpages::write(crate::args::Cli::command(), dir)?;
+    emit(json, &serde_json::json!({ "pages": written }), |_| {
+        format!("{} man pages written into {}", written.len(), dir.display())
+    })
+}

@@ -80,7 +80,28 @@ pub(crate) async fn run(
             command: TokenCommand::New { name, tokens },
         } => local::new_token(&name, &tokens, json)?,
         Command::Guest { command } => local::guest(command, json)?,
+        Command::Completions { shell } => local::completions(shell, json)?,
+        Command::Man { dir } => local::man_pages(&dir, json)?,
         Command::Bench(args) => return Err(crate::bench::exec(json, &args.args)),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `thaw --version`: this build, the snapshot format it writes and the QEMU it would
+/// run, one fact per line or one JSON document. Finding no QEMU is not an error here.
+pub(crate) fn version(json: bool) -> ExitCode {
+    let about = thaw::about::About::gather(env!("THAW_COMMIT"), &thaw::guest::cache_dir());
+    let shown = match json {
+        true => serde_json::to_string(&about).map_err(std::io::Error::from),
+        false => Ok(about.to_string()),
+    };
+    use std::io::Write;
+    match shown.and_then(|text| writeln!(std::io::stdout(), "{text}")) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("thaw: error: could not print the version: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release --quiet
+# Only the binaries the demo runs: thaw, thaw-clock (thaw guest build copies it into
+# the guest) and thaw-bench (thaw bench execs it); not thawd nor the test targets.
+cargo build --release --quiet -p thaw-cli -p thaw-clock -p thaw-bench
 thaw=./target/release/thaw
 if [ -z "${THAW_HOME:-}" ]; then
   THAW_HOME="$(mktemp -d /tmp/thaw-demo.XXXXXX)"
@@ -38,4 +40,4 @@ done
 $thaw ls
 $thaw stop --all
 echo "== benchmark"
-$thaw bench --runs "${RUNS:-5}"
+$thaw bench --runs "${RUNS:-3}"

@@ -20,7 +20,7 @@ echo "== guests (default; debian and the firmware-booted image: debootstrap, a m
 ./target/debug/thaw guest build --profile debian
 ./target/debug/thaw guest build --profile debian-bios
 echo "== tests"
-cargo test --workspace -- --test-threads="${THAW_TEST_THREADS:-2}"
+cargo test --workspace --no-fail-fast -- --test-threads="${THAW_TEST_THREADS:-2}"
 echo "== Python SDK (clients/python, against target/debug/thawd)"
 THAW_THAWD="${THAW_THAWD:-$PWD/target/debug/thawd}" python3 -m pytest -q -p no:cacheprovider clients/python/tests
 echo "== fuzz (${THAW_FUZZ_SECS:-20} s per target)"

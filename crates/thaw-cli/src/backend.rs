@@ -101,7 +101,7 @@ impl Ops for Local {
     }
 
     async fn set_ttl(&self, name: &VmName, ttl: std::time::Duration) -> Result<VmInfo> {
-        Ok(thaw::lifetime::extend_and_show(&self.home, name, ttl).await?)
+        Ok(thaw::control::extend_ttl(&self.home, name, ttl).await?)
     }
 
     async fn pause(&self, name: &VmName) -> Result<()> {

@@ -164,7 +164,7 @@ impl Daemon {
 
     /// Stops and removes every VM whose time to live has passed.
     pub(crate) async fn expire(&self) {
-        for name in thaw::lifetime::reap_expired(&self.home).await {
+        for name in thaw::control::reap_expired(&self.home).await {
             tracing::info!(vm = %name, "expired: stopped and removed");
             self.forget(&name);
         }
@@ -319,7 +319,7 @@ pub(crate) async fn set_ttl(
     ApiJson(body): ApiJson<answer::TtlOptions>,
 ) -> Answer<Json<VmInfo>> {
     let ttl = thaw::lifetime::parse_ttl(&body.ttl).map_err(ApiError::from_op)?;
-    let info = thaw::lifetime::extend_and_show(&d.home, &name, ttl)
+    let info = thaw::control::extend_ttl(&d.home, &name, ttl)
         .await
         .map_err(ApiError::from_op)?;
     tracing::info!(vm = %name, ttl = %body.ttl, "ttl set");

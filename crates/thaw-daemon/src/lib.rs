@@ -206,7 +206,7 @@ pub async fn serve(
     let reaper = reaper::Reaper::spawn().at("watch for the exits of the VMs of", home.root())?;
 
     // VMs whose time to live passed while no daemon ran go first.
-    for name in thaw::lifetime::reap_expired(&home).await {
+    for name in thaw::control::reap_expired(&home).await {
         tracing::info!(vm = %name, "expired while no daemon ran: stopped and removed");
     }
     let recovered = recover::recover(&home, &db).await?;

@@ -123,7 +123,7 @@ pub async fn list(home: &Home) -> Vec<VmInfo> {
     // What a killed `thaw reset` left would otherwise run unlisted.
     crate::reset::recover_interrupted(home);
     // Without a daemon, expiry is enforced whenever VMs are listed.
-    crate::lifetime::reap_expired(home).await;
+    reap_expired(home).await;
     // Every VM is asked at once: one whose QMP is busy (a restore or snapshot holds
     // it) costs the listing its 2 s timeout once, not once per VM.
     let mut asked = tokio::task::JoinSet::new();
@@ -145,7 +145,7 @@ pub async fn list(home: &Home) -> Vec<VmInfo> {
 /// [`VmError::NotFound`] when there is no VM `name`.
 pub async fn get(home: &Home, name: &VmName) -> Result<VmInfo, VmError> {
     crate::reset::recover_interrupted(home);
-    crate::lifetime::reap_expired(home).await;
+    reap_expired(home).await;
     if !home.vm_dir(name).is_dir() {
         return Err(VmError::NotFound(name.clone()));
     }
@@ -284,4 +284,30 @@ pub enum ResumeError {
     Vm(#[from] VmError),
     #[error("could not resume the VM")]
     Migration(#[from] MigrationError),
+}
+/// [`vm::extend_ttl`], then the VM as `thaw ls` shows it. A VM already expired is gone
+/// ([`VmError::NotFound`]).
+pub async fn extend_ttl(
+    home: &Home,
+    name: &VmName,
+    ttl: std::time::Duration,
+) -> Result<VmInfo, VmError> {
+    reap_expired(home).await;
+    vm::extend_ttl(home, name, ttl)?;
+    get(home, name).await
+}
+
+/// Stops and removes every VM whose TTL has passed; returns their names.
+pub async fn reap_expired(home: &Home) -> Vec<VmName> {
+    let now = crate::lifetime::now_unix_ms();
+    let mut gone = Vec::new();
+    for name in vm::list_names(home) {
+        let Ok(state) = VmState::load(home, &name) else {
+            continue;
+        };
+        if state.expires_unix_ms.is_some_and(|e| e <= now) && stop(home, &name).await.is_ok() {
+            gone.push(name);
+        }
+    }
+    gone
 }

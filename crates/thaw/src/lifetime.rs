@@ -9,9 +9,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::home::{Home, VmName};
-use crate::vm::{self, VmError, VmState};
-
 /// Labels of a VM: keys and values as [`check_label`] allows them.
 pub type Labels = BTreeMap<String, String>;
 
@@ -185,56 +182,6 @@ pub fn expiry_from_now(ttl: Duration) -> u64 {
 /// Whole seconds left until `expires_unix_ms` (0 once passed).
 pub fn secs_left(expires_unix_ms: u64) -> u64 {
     expires_unix_ms.saturating_sub(now_unix_ms()).div_ceil(1000)
-}
-
-/// Gives VM `name` the labels and TTL of `lifetime` (the TTL counted from now).
-pub fn apply(home: &Home, name: &VmName, lifetime: &Lifetime) -> Result<(), VmError> {
-    if lifetime.is_empty() {
-        return Ok(());
-    }
-    let mut state = VmState::load(home, name)?;
-    state.labels = lifetime.labels.clone();
-    state.expires_unix_ms = lifetime.ttl.map(expiry_from_now);
-    state.save(home)
-}
-
-/// Sets VM `name`'s time to live to `ttl` from now (`thaw ttl VM 10m`); returns the
-/// new expiry (unix ms).
-pub fn extend(home: &Home, name: &VmName, ttl: Duration) -> Result<u64, VmError> {
-    let mut state = VmState::load(home, name)?;
-    let expires = expiry_from_now(ttl);
-    state.expires_unix_ms = Some(expires);
-    state.save(home)?;
-    Ok(expires)
-}
-
-/// [`extend`], then the VM as `thaw ls` shows it. A VM already expired is gone
-/// ([`VmError::NotFound`]).
-pub async fn extend_and_show(
-    home: &Home,
-    name: &VmName,
-    ttl: Duration,
-) -> Result<crate::control::VmInfo, VmError> {
-    reap_expired(home).await;
-    extend(home, name, ttl)?;
-    crate::control::get(home, name).await
-}
-
-/// Stops and removes every VM whose TTL has passed; returns their names.
-pub async fn reap_expired(home: &Home) -> Vec<VmName> {
-    let now = now_unix_ms();
-    let mut gone = Vec::new();
-    for name in vm::list_names(home) {
-        let Ok(state) = VmState::load(home, &name) else {
-            continue;
-        };
-        if state.expires_unix_ms.is_some_and(|e| e <= now)
-            && crate::control::stop(home, &name).await.is_ok()
-        {
-            gone.push(name);
-        }
-    }
-    gone
 }
 
 #[cfg(test)]

@@ -317,7 +317,7 @@ pub async fn restore_cancellable(
     // Labels and time to live go into each record before the clones are reported.
     if first_err.is_none() {
         for (_, rep) in &reports {
-            if let Err(e) = crate::lifetime::apply(home, &rep.name, &req.lifetime) {
+            if let Err(e) = crate::vm::apply_lifetime(home, &rep.name, &req.lifetime) {
                 first_err = Some(e.into());
                 break;
             }

@@ -500,6 +500,31 @@ pub fn list_names(home: &Home) -> Vec<VmName> {
     names
 }
 
+/// Gives VM `name` the labels and TTL of `lifetime` (the TTL counted from now).
+pub fn apply_lifetime(
+    home: &Home,
+    name: &VmName,
+    lifetime: &crate::lifetime::Lifetime,
+) -> Result<(), VmError> {
+    if lifetime.is_empty() {
+        return Ok(());
+    }
+    let mut state = VmState::load(home, name)?;
+    state.labels = lifetime.labels.clone();
+    state.expires_unix_ms = lifetime.ttl.map(crate::lifetime::expiry_from_now);
+    state.save(home)
+}
+
+/// Sets VM `name`'s time to live to `ttl` from now (`thaw ttl VM 10m`); returns the
+/// new expiry (unix ms).
+pub fn extend_ttl(home: &Home, name: &VmName, ttl: std::time::Duration) -> Result<u64, VmError> {
+    let mut state = VmState::load(home, name)?;
+    let expires = crate::lifetime::expiry_from_now(ttl);
+    state.expires_unix_ms = Some(expires);
+    state.save(home)?;
+    Ok(expires)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

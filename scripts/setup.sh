@@ -46,6 +46,7 @@ command -v qemu-img >/dev/null || missing+=(qemu-utils)
 [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || missing+=(debian-archive-keyring)
 command -v cpio >/dev/null || missing+=(cpio)
 command -v xz >/dev/null || missing+=(xz-utils)
+command -v cc >/dev/null || missing+=(gcc libc6-dev)
 if [ "$images" = 1 ]; then
   command -v debootstrap >/dev/null || missing+=(debootstrap)
   command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)

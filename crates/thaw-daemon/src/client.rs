@@ -524,7 +524,7 @@ fn connector(ca: Option<&Path>) -> Result<TlsConnector, ClientError> {
             }
         }
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("the default protocol versions are supported")

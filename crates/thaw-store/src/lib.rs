@@ -53,8 +53,9 @@ pub use manifest::{
 };
 pub use progress::{NoProgress, Progress};
 pub use remote::{
-    fetch_manifest, list_remote_manifests, pull_chunks, push, CredentialSource, PullError,
-    PullReport, PushError, PushReport, Remote, RemoteConfig, RemoteConfigError, RemoteError,
+    fetch_manifest, install_crypto, list_remote_manifests, pull_chunks, push, CredentialSource,
+    PullError, PullReport, PushError, PushReport, Remote, RemoteConfig, RemoteConfigError,
+    RemoteError,
 };
 pub use store::{
     ChunkError, FileIndex, GcError, GcReport, IngestError, MaterializeError, OpenError, Store,

@@ -128,6 +128,14 @@ impl std::fmt::Debug for Remote {
     }
 }
 
+/// Makes ring the process's rustls crypto provider, once: the S3 client's reqwest is
+/// built without a provider of its own (`rustls-no-provider`, so that aws-lc-rs and its
+/// cmake build stay out of thaw) and asks for the process default.
+pub fn install_crypto() {
+    // Err only when a provider is installed already, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl Remote {
     /// A client for the remote `config` describes. Plain `http://` endpoints
     /// are allowed (local test servers, MinIO on a LAN). Nothing is sent yet.
@@ -135,6 +143,7 @@ impl Remote {
     /// # Errors
     /// The client cannot be built from `config`.
     pub fn new(config: &RemoteConfig) -> Result<Remote, RemoteConfigError> {
+        install_crypto();
         // The request's own deadline ([`Remote::within`]) bounds the whole of it;
         // object_store's per-attempt timeout and retry window are set to the same
         // limit so that no retry starts after it (by default they allow 3 minutes).

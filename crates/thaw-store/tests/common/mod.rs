@@ -142,6 +142,7 @@ pub trait TestS3 {
     /// A plain object_store client on `bucket`, to tamper with objects.
     fn raw_client(&self, bucket: &str) -> object_store::aws::AmazonS3 {
         let (key, secret) = self.keys();
+        thaw_store::install_crypto();
         object_store::aws::AmazonS3Builder::new()
             .with_bucket_name(bucket)
             .with_region("us-east-1")

@@ -71,7 +71,10 @@ fn now_ns() -> i128 {
 /// How often a request is sent again when the guest's clock came out more than the
 /// tolerance behind (it answered late: the first answer of a clone that has just
 /// resumed runs code the emulator translates for the first time; the next is quick).
-const ATTEMPTS: u32 = 3;
+/// The lag measured is the round trip, an upper bound of the clock's error: on a host
+/// at a load of 5 per core three round trips in a row took over 100 ms, so a few more
+/// tries (each one round trip) spare the agent path's much slower `hwclock`.
+const ATTEMPTS: u32 = 6;
 
 /// Sets the guest's clock to the host's through the channel at `base`, until it is
 /// within `tolerance`; gives up after `wait`. Returns how many requests it took.

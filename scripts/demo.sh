@@ -21,7 +21,7 @@ phase "build (cargo build --profile demo -p thaw-cli -p thaw-clock)"
 packages=(-p thaw-cli -p thaw-clock)
 [ "${BENCH:-0}" = 1 ] && packages+=(-p thaw-bench)
 cargo build --profile demo --quiet "${packages[@]}"
-thaw=./target/demo/thaw
+thaw="${CARGO_TARGET_DIR:-target}/demo/thaw"
 if [ -z "${THAW_HOME:-}" ]; then
   THAW_HOME="$(mktemp -d /tmp/thaw-demo.XXXXXX)"
   remove_home=1

@@ -42,6 +42,9 @@ pub(crate) trait Ops {
         -> Result<Vec<SnapshotTag>>;
     async fn set_pool(&self, tag: &SnapshotTag, config: PoolConfig) -> Result<PoolStatus>;
     async fn pools(&self) -> Result<Vec<PoolStatus>>;
+    /// Follows the daemon's events: `each` gets every one until the daemon ends the
+    /// stream or `each` returns false.
+    async fn events(&self, each: &mut dyn FnMut(serde_json::Value) -> bool) -> Result<()>;
 }
 
 /// The library, in this process. An interrupt (`cancel`) rolls back what it started.
@@ -127,6 +130,10 @@ impl Ops for Local {
     async fn pools(&self) -> Result<Vec<PoolStatus>> {
         bail!(POOLS_NEED_THE_DAEMON)
     }
+
+    async fn events(&self, _each: &mut dyn FnMut(serde_json::Value) -> bool) -> Result<()> {
+        bail!("events come from the daemon: start it with `thaw serve` (or set THAW_HOST)")
+    }
 }
 
 impl Ops for Client {
@@ -196,5 +203,9 @@ impl Ops for Client {
 
     async fn pools(&self) -> Result<Vec<PoolStatus>> {
         remote::pools(self).await
+    }
+
+    async fn events(&self, each: &mut dyn FnMut(serde_json::Value) -> bool) -> Result<()> {
+        Ok(Client::events(self, each).await?)
     }
 }

@@ -201,7 +201,8 @@ fn reach(command: &Command) -> Reach {
         | Command::Resume { .. }
         | Command::Rm { .. }
         | Command::Pool { .. }
-        | Command::Pools => Reach::Served,
+        | Command::Pools
+        | Command::Events => Reach::Served,
         Command::Guest { .. }
         | Command::Token { .. }
         | Command::Serve { .. }

@@ -40,6 +40,7 @@ use crate::responses::{
         crate::api::pools,
         crate::api::set_pool,
         crate::api::metrics,
+        crate::events::stream,
     ),
     components(
         schemas(answer::Error),

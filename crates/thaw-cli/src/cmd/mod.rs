@@ -53,6 +53,7 @@ pub(crate) async fn run(
             vm::pool(ops, tag, config, json).await?
         }
         Command::Pools => vm::pools(ops, json).await?,
+        Command::Events => vm::events(ops, json).await?,
         Command::Up {
             boot,
             remote,

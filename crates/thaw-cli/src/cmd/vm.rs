@@ -210,6 +210,32 @@ pub(crate) async fn pools(ops: &impl Ops, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `thaw events`: every event as it comes, one line each (`--json`: the event's JSON
+/// object), until the daemon ends the stream; a closed stdout ends it quietly.
+pub(crate) async fn events(ops: &impl Ops, json: bool) -> Result<()> {
+    use std::io::Write;
+    let mut failed = None;
+    ops.events(&mut |event| {
+        let line = match json {
+            true => event.to_string(),
+            false => print::event(&event),
+        };
+        let mut out = std::io::stdout().lock();
+        match writeln!(out, "{line}").and_then(|()| out.flush()) {
+            Ok(()) => true,
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        }
+    })
+    .await?;
+    match failed {
+        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 /// Turns `thaw boot`'s arguments into the library's boot options (resolved by
 /// [`thaw::profile::resolve`], here or in the daemon): a kernel boot with `--kernel`; a
 /// firmware boot of the first disk with `--disk` and no `--kernel` or `--profile`;

@@ -45,6 +45,14 @@ pub(crate) trait Ops {
     /// Follows the daemon's events: `each` gets every one until the daemon ends the
     /// stream or `each` returns false.
     async fn events(&self, each: &mut dyn FnMut(serde_json::Value) -> bool) -> Result<()>;
+    /// Pushes (`pull` false) or pulls a snapshot to or from `remote` (`s3://...`).
+    async fn transfer(
+        &self,
+        pull: bool,
+        tag: &SnapshotTag,
+        remote: &str,
+        json: bool,
+    ) -> Result<thaw::store::TransferReport>;
 }
 
 /// The library, in this process. An interrupt (`cancel`) rolls back what it started.
@@ -134,6 +142,21 @@ impl Ops for Local {
     async fn events(&self, _each: &mut dyn FnMut(serde_json::Value) -> bool) -> Result<()> {
         bail!("events come from the daemon: start it with `thaw serve` (or set THAW_HOST)")
     }
+
+    async fn transfer(
+        &self,
+        pull: bool,
+        tag: &SnapshotTag,
+        remote: &str,
+        _json: bool,
+    ) -> Result<thaw::store::TransferReport> {
+        let remote = thaw::store::Remote::from_env(remote)?;
+        let mut bars = crate::progress::Bars::new();
+        Ok(match pull {
+            false => thaw::store::push(&self.home, tag, &remote, &mut bars).await?,
+            true => thaw::store::pull(&self.home, tag, &remote, &mut bars).await?,
+        })
+    }
 }
 
 impl Ops for Client {
@@ -207,5 +230,15 @@ impl Ops for Client {
 
     async fn events(&self, each: &mut dyn FnMut(serde_json::Value) -> bool) -> Result<()> {
         Ok(Client::events(self, each).await?)
+    }
+
+    async fn transfer(
+        &self,
+        pull: bool,
+        tag: &SnapshotTag,
+        remote: &str,
+        json: bool,
+    ) -> Result<thaw::store::TransferReport> {
+        remote::transfer(self, pull, tag, remote, json).await
     }
 }

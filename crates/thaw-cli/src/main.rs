@@ -177,6 +177,9 @@ fn progress(json: bool) -> impl FnMut(&str) {
 enum Reach {
     /// The daemon serves it.
     Served,
+    /// A daemon named by `-H` or `THAW_HOST` serves it; otherwise it runs here (it
+    /// uses this process's environment, e.g. S3 credentials): `push`, `pull`.
+    Named,
     /// It acts on this host's state (`thaw logs`, `thaw push`, ...): here, or refused
     /// when the configured daemon is on another host.
     Here,
@@ -203,6 +206,7 @@ fn reach(command: &Command) -> Reach {
         | Command::Pool { .. }
         | Command::Pools
         | Command::Events => Reach::Served,
+        Command::Push { .. } | Command::Pull { .. } => Reach::Named,
         Command::Guest { .. }
         | Command::Token { .. }
         | Command::Serve { .. }
@@ -229,7 +233,7 @@ async fn daemon_for(
     if let Some(client) = Client::from_env(flag)? {
         client.check().await?;
         return match (reach, client.host()) {
-            (Reach::Served, _) => Ok(Some(client)),
+            (Reach::Served | Reach::Named, _) => Ok(Some(client)),
             // A daemon on this host's socket: the command acts on this host's home,
             // as beside the default socket.
             (_, Host::Unix(_)) => Ok(None),

@@ -147,3 +147,45 @@ pub async fn set_pool(d: &Client, tag: &SnapshotTag, config: PoolConfig) -> Resu
 pub async fn pools(d: &Client) -> Result<Vec<PoolStatus>> {
     call(d, "GET", "/v1/pools", None).await
 }
+
+/// A push or pull as the daemon's operation: started, then polled until it ends
+/// (its phases on stderr unless `json`).
+pub async fn transfer(
+    d: &Client,
+    pull: bool,
+    tag: &SnapshotTag,
+    remote: &str,
+    json: bool,
+) -> Result<thaw::store::TransferReport> {
+    let verb = if pull { "pull" } else { "push" };
+    let body = serde_json::json!({ "remote": remote });
+    let started: Value = call(
+        d,
+        "POST",
+        &format!("/v1/snapshots/{tag}/{verb}"),
+        Some(body),
+    )
+    .await?;
+    let id = started["operation"]
+        .as_str()
+        .context("the daemon answered no operation id")?
+        .to_owned();
+    let mut phase = String::new();
+    loop {
+        let op: Value = call(d, "GET", &format!("/v1/operations/{id}"), None).await?;
+        match op["state"].as_str() {
+            Some("done") => {
+                return serde_json::from_value(op["report"].clone())
+                    .context("unexpected report from the daemon");
+            }
+            Some("failed") => bail!("{}", op["error"].as_str().unwrap_or("the operation failed")),
+            _ => {}
+        }
+        let now = op["phase"].as_str().unwrap_or_default();
+        if !json && !now.is_empty() && now != phase {
+            eprintln!("thaw: {verb} {tag} (thawd, {id}): {now}");
+            phase = now.to_owned();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

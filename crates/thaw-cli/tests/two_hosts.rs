@@ -6,8 +6,9 @@
 //! Then B's thawd also listens on TCP with TLS (a CA and certificate made here with
 //! rcgen) and a tokens file, and S's namespace — the orchestrator, which reaches B only
 //! over the veth link — drives it with `thaw` and `THAW_HOST`/`THAW_TOKEN`/`THAW_CA`:
-//! follows its events, configures a warm pool, restores from it, runs a command in the
-//! clone, scrapes `/metrics` (curl), and a wrong token is refused in one line.
+//! follows its events, has it pull the snapshot (an operation of B's daemon, with B's S3
+//! settings), configures a warm pool, restores from it, runs a command in the clone,
+//! scrapes `/metrics` (curl), and a wrong token is refused in one line.
 
 mod common;
 
@@ -275,11 +276,39 @@ fn a_snapshot_made_on_host_a_restores_on_host_b_through(start: impl FnOnce(&str)
     a.json(&["boot", "web"]);
     a.sh("web", "echo made-on-a > /tmp/origin; hostname host-a");
     a.json(&["snapshot", "web", "golden"]);
-    let pushed = a.json(&["push", "golden", "s3://thaw/fleet"]);
-    assert!(pushed["chunks_moved"].as_u64().unwrap() > 0);
+    // Through A's thawd (named by THAW_HOST): an operation of the daemon, polled.
+    let sock = format!("unix://{}", a.home.path().join("thawd.sock").display());
+    let out = a
+        .command(&["--json", "push", "golden", "s3://thaw/fleet"])
+        .env("THAW_HOST", &sock)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pushed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(pushed["chunks_moved"].as_u64().unwrap() > 0, "{pushed}");
 
-    let pulled = b.json(&["pull", "golden", "s3://thaw/fleet"]);
+    let orchestrator = Remote {
+        ns: net.names[0].clone(),
+        home: tempfile::tempdir().unwrap(),
+        token,
+        ca,
+    };
+    let (mut follower, events) = orchestrator.follow();
+    // Through B's thawd: the orchestrator has no S3 settings, B's daemon has.
+    let pulled = orchestrator.json(&["pull", "golden", "s3://thaw/fleet"]);
     assert_eq!(pulled["tag"], "golden");
+    let e = next(&events, "operation.done");
+    assert_eq!(
+        (&e["kind"], &e["tag"]),
+        (&"pull".into(), &"golden".into()),
+        "{e}"
+    );
+    assert!(e.get("error").is_none(), "{e}");
     let clone = b.json(&["restore", "golden", "--name", "copy"]);
     assert_eq!(clone[0]["name"], "copy");
     assert_eq!(
@@ -295,13 +324,9 @@ fn a_snapshot_made_on_host_a_restores_on_host_b_through(start: impl FnOnce(&str)
     assert_eq!(vms[0]["name"], "copy");
     assert_eq!(vms[0]["state"], "running");
 
-    let orchestrator = Remote {
-        ns: net.names[0].clone(),
-        home: tempfile::tempdir().unwrap(),
-        token,
-        ca,
-    };
-    orchestrator.drives_b();
+    orchestrator.drives_b(&events);
+    let _ = follower.kill();
+    let _ = follower.wait();
     drop(net);
 }
 
@@ -392,8 +417,8 @@ impl Remote {
         (status.to_owned(), body.to_owned())
     }
 
-    fn drives_b(&self) {
-        // Events, followed from S with `thaw events --json` (one object per line).
+    /// Follows B's events from S with `thaw events --json` (one object per line).
+    fn follow(&self) -> (Child, std::sync::mpsc::Receiver<Value>) {
         let mut follower = self
             .command(&self.token, &["--json", "events"])
             .stdout(Stdio::piped())
@@ -411,14 +436,14 @@ impl Remote {
                 }
             }
         });
-        let next = |what: &str| {
-            events
-                .recv_timeout(Duration::from_secs(180))
-                .unwrap_or_else(|e| panic!("no event ({what}): {e}"))
-        };
-        // The subscription is open once the daemon has an events request to answer;
-        // the pool takes seconds to fill, so waiting for its event waits for both.
+        // Give the subscription a moment: what comes next (a pull) takes seconds, and
+        // its end is what is waited for.
         std::thread::sleep(Duration::from_millis(500));
+        (follower, events)
+    }
+
+    fn drives_b(&self, events: &std::sync::mpsc::Receiver<Value>) {
+        let next = |what: &str| next(events, what);
 
         let pool = self.json(&["pool", "golden", "--size", "1"]);
         assert_eq!(pool["tag"], "golden", "{pool}");
@@ -476,8 +501,19 @@ impl Remote {
             .collect();
         names.sort();
         assert_eq!(names, ["copy", "remote-1"], "{vms}");
+    }
+}
 
-        let _ = follower.kill();
-        let _ = follower.wait();
+/// The next event of type `what`, skipping others (B's own commands cause some).
+fn next(events: &std::sync::mpsc::Receiver<Value>, what: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let e = events
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("no event {what}: {e}"));
+        if e["type"] == what {
+            return e;
+        }
     }
 }

@@ -53,6 +53,8 @@ pub(crate) struct Daemon {
     pub metrics: Arc<Metrics>,
     /// What `GET /v1/events` streams.
     pub events: Arc<Events>,
+    /// Pushes and pulls.
+    pub operations: Arc<crate::operations::Operations>,
     /// VMs being booted or restored, counted against `max_vms` until they are
     /// recorded (or have failed).
     in_flight: Mutex<u32>,
@@ -93,6 +95,7 @@ impl Daemon {
             reaper,
             metrics: Arc::new(Metrics::new()),
             events,
+            operations: Arc::default(),
             in_flight: Mutex::new(0),
         }
     }
@@ -215,6 +218,17 @@ impl axum::extract::FromRef<Arc<Daemon>> for crate::events::Channel {
         crate::events::Channel(d.events.clone())
     }
 }
+
+impl axum::extract::FromRef<Arc<Daemon>> for crate::operations::Ctx {
+    fn from_ref(d: &Arc<Daemon>) -> crate::operations::Ctx {
+        crate::operations::Ctx {
+            home: d.home.clone(),
+            db: d.db.clone(),
+            events: d.events.clone(),
+            operations: d.operations.clone(),
+        }
+    }
+}
 type Answer<T> = Result<T, ApiError>;
 type Created<T> = Answer<(StatusCode, Json<T>)>;
 
@@ -239,6 +253,9 @@ pub(crate) fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/pools", get(pools))
         .route("/metrics", get(metrics))
         .route("/v1/events", get(crate::events::stream))
+        .route("/v1/snapshots/{tag}/push", post(crate::operations::push))
+        .route("/v1/snapshots/{tag}/pull", post(crate::operations::pull))
+        .route("/v1/operations/{id}", get(crate::operations::get))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(

@@ -81,6 +81,26 @@ pub enum EventKind {
         ready: u32,
         size: u32,
     },
+    /// A push or pull got further: its phase and the bytes done of it (at most about
+    /// every 250 ms, and at each phase's start and end).
+    #[serde(rename = "operation.progress")]
+    OperationProgress {
+        operation: String,
+        kind: String,
+        tag: SnapshotTag,
+        phase: String,
+        done_bytes: u64,
+        total_bytes: u64,
+    },
+    /// A push or pull ended; `error` says why when it failed.
+    #[serde(rename = "operation.done")]
+    OperationDone {
+        operation: String,
+        kind: String,
+        tag: SnapshotTag,
+        #[serde(rename = "error", skip_serializing_if = "Option::is_none", default)]
+        failed: Option<String>,
+    },
     /// A subscriber fell behind and lost `count` events.
     #[serde(rename = "events.lost")]
     Lost { count: u64 },
@@ -97,6 +117,8 @@ impl EventKind {
             EventKind::SnapshotTaken { .. } => "snapshot.taken",
             EventKind::SnapshotRemoved { .. } => "snapshot.removed",
             EventKind::PoolRefilled { .. } => "pool.refilled",
+            EventKind::OperationProgress { .. } => "operation.progress",
+            EventKind::OperationDone { .. } => "operation.done",
             EventKind::Lost { .. } => "events.lost",
         }
     }

@@ -25,6 +25,7 @@ pub mod log;
 pub mod manpages;
 mod metrics;
 pub mod openapi;
+mod operations;
 mod reaper;
 mod recover;
 mod request_id;

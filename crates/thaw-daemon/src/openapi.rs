@@ -41,6 +41,9 @@ use crate::responses::{
         crate::api::set_pool,
         crate::api::metrics,
         crate::events::stream,
+        crate::operations::push,
+        crate::operations::pull,
+        crate::operations::get,
     ),
     components(
         schemas(answer::Error),

@@ -63,20 +63,6 @@ pub(crate) fn print_key(boot: BootArgs, _remote: Option<String>, json: bool) -> 
     Ok(())
 }
 
-pub(crate) async fn push(tag: SnapshotTag, remote: String, home: &Home, json: bool) -> Result<()> {
-    let remote = thaw::store::Remote::from_env(&remote)?;
-    let r = thaw::store::push(home, &tag, &remote, &mut progress::Bars::new()).await?;
-    emit(json, &r, |r| print::transfer("pushed", r))?;
-    Ok(())
-}
-
-pub(crate) async fn pull(tag: SnapshotTag, remote: String, home: &Home, json: bool) -> Result<()> {
-    let remote = thaw::store::Remote::from_env(&remote)?;
-    let r = thaw::store::pull(home, &tag, &remote, &mut progress::Bars::new()).await?;
-    emit(json, &r, |r| print::transfer("pulled", r))?;
-    Ok(())
-}
-
 pub(crate) async fn export(tag: SnapshotTag, file: PathBuf, home: &Home, json: bool) -> Result<()> {
     let r = thaw::store::export(home, &tag, &file, &mut progress::Bars::new())?;
     emit(

@@ -236,6 +236,20 @@ pub(crate) async fn events(ops: &impl Ops, json: bool) -> Result<()> {
     }
 }
 
+/// `thaw push` / `thaw pull`: here, or through a daemon named by THAW_HOST or -H.
+pub(crate) async fn transfer(
+    ops: &impl Ops,
+    pull: bool,
+    tag: SnapshotTag,
+    remote: &str,
+    json: bool,
+) -> Result<()> {
+    let r = ops.transfer(pull, &tag, remote, json).await?;
+    let verb = if pull { "pulled" } else { "pushed" };
+    emit(json, &r, |r| print::transfer(verb, r))?;
+    Ok(())
+}
+
 /// Turns `thaw boot`'s arguments into the library's boot options (resolved by
 /// [`thaw::profile::resolve`], here or in the daemon): a kernel boot with `--kernel`; a
 /// firmware boot of the first disk with `--disk` and no `--kernel` or `--profile`;

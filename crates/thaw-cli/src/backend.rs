@@ -45,6 +45,14 @@ pub(crate) trait Ops {
     /// Follows the daemon's events: `each` gets every one until the daemon ends the
     /// stream or `each` returns false.
     async fn events(&self, each: &mut dyn FnMut(serde_json::Value) -> bool) -> Result<()>;
+    /// A VM's console: `each` gets its bytes (`true`: the whole of it at once), and with
+    /// `follow` what the guest writes next until the VM ends.
+    async fn console(
+        &self,
+        name: &VmName,
+        follow: bool,
+        each: &mut dyn FnMut(&[u8], bool) -> Result<()>,
+    ) -> Result<()>;
     /// Pushes (`pull` false) or pulls a snapshot to or from `remote` (`s3://...`).
     async fn transfer(
         &self,
@@ -143,6 +151,32 @@ impl Ops for Local {
         bail!("events come from the daemon: start it with `thaw serve` (or set THAW_HOST)")
     }
 
+    async fn console(
+        &self,
+        name: &VmName,
+        follow: bool,
+        each: &mut dyn FnMut(&[u8], bool) -> Result<()>,
+    ) -> Result<()> {
+        let vm = thaw::vm::VmState::load(&self.home, name)?;
+        let path = thaw::vm::VmPaths::new(&self.home, name).console();
+        if !follow {
+            return each(&thaw::console::read(&path), true);
+        }
+        // Until the VM ends (then what it wrote last), or Ctrl-C ends thaw.
+        let mut console = thaw::console::Follow::new(&path);
+        loop {
+            let alive = vm.is_alive();
+            let text = console.read_new()?;
+            if !text.is_empty() {
+                each(&text, false)?;
+            }
+            if !alive {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     async fn transfer(
         &self,
         pull: bool,
@@ -230,6 +264,15 @@ impl Ops for Client {
 
     async fn events(&self, each: &mut dyn FnMut(serde_json::Value) -> bool) -> Result<()> {
         Ok(Client::events(self, each).await?)
+    }
+
+    async fn console(
+        &self,
+        name: &VmName,
+        follow: bool,
+        each: &mut dyn FnMut(&[u8], bool) -> Result<()>,
+    ) -> Result<()> {
+        remote::console(self, name, follow, each).await
     }
 
     async fn transfer(

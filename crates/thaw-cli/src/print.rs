@@ -301,3 +301,28 @@ pub(crate) fn event(event: &serde_json::Value) -> String {
     }
     line
 }
+
+/// Console bytes as they are, or with --json as `{"name", "console"}` (pretty as one
+/// document, compact as one line of a followed log).
+pub(crate) fn console(
+    name: &thaw::VmName,
+    text: &[u8],
+    json: bool,
+    whole: bool,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match json {
+        false => out.write_all(text)?,
+        true => {
+            let doc = serde_json::json!({ "name": name, "console": String::from_utf8_lossy(text) });
+            match whole {
+                true => serde_json::to_writer_pretty(&mut out, &doc)?,
+                false => serde_json::to_writer(&mut out, &doc)?,
+            }
+            writeln!(out)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

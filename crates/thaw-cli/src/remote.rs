@@ -189,3 +189,39 @@ pub async fn transfer(
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// `GET /v1/vms/{name}/logs[?follow=true]`: the console as it arrives.
+pub async fn console(
+    d: &Client,
+    name: &VmName,
+    follow: bool,
+    each: &mut dyn FnMut(&[u8], bool) -> Result<()>,
+) -> Result<()> {
+    let path = format!(
+        "/v1/vms/{name}/logs{}",
+        if follow { "?follow=true" } else { "" }
+    );
+    let mut whole = Vec::new();
+    let mut failed = None;
+    d.stream(&path, |data| {
+        if !follow {
+            whole.extend_from_slice(data);
+            return true;
+        }
+        match each(data, false) {
+            Ok(()) => true,
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        }
+    })
+    .await?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    match follow {
+        true => Ok(()),
+        false => each(&whole, true),
+    }
+}

@@ -8,7 +8,7 @@
 //! over the veth link — drives it with `thaw` and `THAW_HOST`/`THAW_TOKEN`/`THAW_CA`:
 //! follows its events, has it pull the snapshot (an operation of B's daemon, with B's S3
 //! settings), configures a warm pool, restores from it, runs a command in the clone,
-//! scrapes `/metrics` (curl), and a wrong token is refused in one line.
+//! reads its console (`thaw logs`), scrapes `/metrics` (curl), and a wrong token is refused in one line.
 
 mod common;
 
@@ -474,6 +474,24 @@ impl Remote {
 
         let out = self.json(&["exec", "remote-1", "--", "/bin/sh", "-c", "cat /tmp/origin"]);
         assert_eq!(out["stdout"], "made-on-a\n", "{out}");
+
+        // The clone's console, through B's thawd.
+        self.json(&[
+            "exec",
+            "remote-1",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo console-over-tls > /dev/console",
+        ]);
+        let logs = self.json(&["logs", "remote-1"]);
+        assert!(
+            logs["console"]
+                .as_str()
+                .unwrap()
+                .contains("console-over-tls"),
+            "{logs}"
+        );
 
         let (status, text) = self.metrics(&self.token);
         assert_eq!(status, "200", "{text}");

@@ -256,6 +256,7 @@ pub(crate) fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/snapshots/{tag}/push", post(crate::operations::push))
         .route("/v1/snapshots/{tag}/pull", post(crate::operations::pull))
         .route("/v1/operations/{id}", get(crate::operations::get))
+        .route("/v1/vms/{name}/logs", get(crate::logs::logs))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(

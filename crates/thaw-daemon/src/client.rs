@@ -438,6 +438,37 @@ impl Client {
         Ok((answer.status().as_u16(), answer.into_body()))
     }
 
+    /// `GET path`, its body handed to `each` as it arrives (the streams: console logs)
+    /// until it ends or `each` returns false.
+    ///
+    /// # Errors
+    /// The daemon cannot be reached or refuses (the error is its message), or the stream
+    /// breaks.
+    pub async fn stream(
+        &self,
+        path: &str,
+        mut each: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), ClientError> {
+        let (status, mut body) = self.open("GET", path, None).await?;
+        if status != 200 {
+            let bytes = body.collect().await?.to_bytes();
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let message = v["error"].as_str().map_or_else(
+                || format!("thawd answered {status} to GET {path}"),
+                str::to_owned,
+            );
+            return Err(ClientError::Refused { status, message });
+        }
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                if !each(&data) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Follows `GET /v1/events`: calls `each` with every event (its JSON) until the
     /// daemon ends the stream or `each` returns false.
     ///

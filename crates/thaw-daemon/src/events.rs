@@ -163,6 +163,11 @@ impl Events {
         self.closed.send_replace(true);
     }
 
+    /// Becomes true when the daemon shuts down (for other streams: console logs).
+    pub fn closed(&self) -> watch::Receiver<bool> {
+        self.closed.subscribe()
+    }
+
     /// The events from now on, until the daemon shuts down.
     fn subscribe(&self) -> impl Stream<Item = Event> + Send + 'static {
         let state = (self.sender.subscribe(), self.closed.subscribe());

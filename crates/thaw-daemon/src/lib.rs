@@ -22,6 +22,7 @@ mod events;
 mod extract;
 pub mod keeper;
 pub mod log;
+mod logs;
 pub mod manpages;
 mod metrics;
 pub mod openapi;

@@ -44,6 +44,7 @@ use crate::responses::{
         crate::operations::push,
         crate::operations::pull,
         crate::operations::get,
+        crate::logs::logs,
     ),
     components(
         schemas(answer::Error),

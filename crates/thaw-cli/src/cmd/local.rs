@@ -130,47 +130,6 @@ pub(crate) async fn key(name: VmName, combos: Vec<String>, home: &Home, json: bo
     Ok(())
 }
 
-pub(crate) async fn logs(name: VmName, follow: bool, home: &Home, json: bool) -> Result<()> {
-    let vm = thaw::vm::VmState::load(home, &name)?;
-    let path = thaw::vm::VmPaths::new(home, &name).console();
-    if !follow {
-        let text = thaw::console::read(&path);
-        return print_console(&name, &text, json, true);
-    }
-    // Until the VM ends (then what it wrote last), or Ctrl-C ends thaw.
-    let mut console = thaw::console::Follow::new(&path);
-    loop {
-        let alive = vm.is_alive();
-        let text = console.read_new()?;
-        if !text.is_empty() {
-            print_console(&name, &text, json, false)?;
-        }
-        if !alive {
-            return Ok(());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-}
-
-/// Console bytes as they are, or with --json as `{"name", "console"}` (pretty as one
-/// document, compact as one line of a followed log).
-fn print_console(name: &VmName, text: &[u8], json: bool, whole: bool) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    match json {
-        false => out.write_all(text)?,
-        true => {
-            let doc = serde_json::json!({ "name": name, "console": String::from_utf8_lossy(text) });
-            match whole {
-                true => serde_json::to_writer_pretty(&mut out, &doc)?,
-                false => serde_json::to_writer(&mut out, &doc)?,
-            }
-            writeln!(out)?;
-        }
-    }
-    out.flush()?;
-    Ok(())
-}
-
 pub(crate) async fn inspect(name: &str, home: &Home, json: bool) -> Result<()> {
     let found = thaw::control::inspect(home, name).await?;
     emit(json, &found, print::inspection)?;

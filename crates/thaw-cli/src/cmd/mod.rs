@@ -70,7 +70,7 @@ pub(crate) async fn run(
         Command::Screenshot { name, file } => local::screenshot(name, file, home, json).await?,
         Command::Type { name, text } => local::type_text(name, text, home, json).await?,
         Command::Key { name, combos } => local::key(name, combos, home, json).await?,
-        Command::Logs { name, follow } => local::logs(name, follow, home, json).await?,
+        Command::Logs { name, follow } => vm::logs(ops, name, follow, json).await?,
         Command::Inspect { name } => local::inspect(&name, home, json).await?,
         Command::Serve {
             socket,

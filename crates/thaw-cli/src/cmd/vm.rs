@@ -236,6 +236,14 @@ pub(crate) async fn events(ops: &impl Ops, json: bool) -> Result<()> {
     }
 }
 
+/// `thaw logs [-f]`: here, or through a daemon named by THAW_HOST or -H.
+pub(crate) async fn logs(ops: &impl Ops, name: VmName, follow: bool, json: bool) -> Result<()> {
+    ops.console(&name, follow, &mut |text, whole| {
+        print::console(&name, text, json, whole)
+    })
+    .await
+}
+
 /// `thaw push` / `thaw pull`: here, or through a daemon named by THAW_HOST or -H.
 pub(crate) async fn transfer(
     ops: &impl Ops,

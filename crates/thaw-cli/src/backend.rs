@@ -14,6 +14,7 @@ use thaw::profile::BootOptions;
 use thaw::qemu::Qemu;
 use thaw::reset::{ResetReport, ResetRequest};
 use thaw::restore::RestoreRequest;
+use thaw::screen::{KeysSent, Screenshot};
 use thaw::snapshot::catalog::{self, SnapshotInfo};
 use thaw::snapshot::take::{self, SnapshotReport, SnapshotRequest};
 use thaw::{Accel, Home, SnapshotTag, VmName};
@@ -53,6 +54,10 @@ pub(crate) trait Ops {
         follow: bool,
         each: &mut dyn FnMut(&[u8], bool) -> Result<()>,
     ) -> Result<()>;
+    /// Writes a PNG of the VM's screen to `file`.
+    async fn screenshot(&self, name: &VmName, file: &std::path::Path) -> Result<Screenshot>;
+    /// Types `text` (`Ok(..)`) or presses key combinations (`Err(..)`) on its keyboard.
+    async fn keys(&self, name: &VmName, what: Result<&str, &[String]>) -> Result<KeysSent>;
     /// Pushes (`pull` false) or pulls a snapshot to or from `remote` (`s3://...`).
     async fn transfer(
         &self,
@@ -177,6 +182,17 @@ impl Ops for Local {
         }
     }
 
+    async fn screenshot(&self, name: &VmName, file: &std::path::Path) -> Result<Screenshot> {
+        Ok(thaw::screen::screenshot(&self.home, name, file).await?)
+    }
+
+    async fn keys(&self, name: &VmName, what: Result<&str, &[String]>) -> Result<KeysSent> {
+        Ok(match what {
+            Ok(text) => thaw::screen::type_text(&self.home, name, text).await?,
+            Err(combos) => thaw::screen::send_keys(&self.home, name, combos).await?,
+        })
+    }
+
     async fn transfer(
         &self,
         pull: bool,
@@ -273,6 +289,14 @@ impl Ops for Client {
         each: &mut dyn FnMut(&[u8], bool) -> Result<()>,
     ) -> Result<()> {
         remote::console(self, name, follow, each).await
+    }
+
+    async fn screenshot(&self, name: &VmName, file: &std::path::Path) -> Result<Screenshot> {
+        remote::screenshot(self, name, file).await
+    }
+
+    async fn keys(&self, name: &VmName, what: Result<&str, &[String]>) -> Result<KeysSent> {
+        remote::keys(self, name, what).await
     }
 
     async fn transfer(

@@ -178,7 +178,8 @@ enum Reach {
     /// The daemon serves it.
     Served,
     /// A daemon named by `-H` or `THAW_HOST` serves it; otherwise it runs here (it
-    /// uses this process's environment, e.g. S3 credentials): `push`, `pull`, `logs`.
+    /// uses this process's environment, e.g. S3 credentials): `push`, `pull`, `logs`,
+    /// `screenshot`, `type`, `key`.
     Named,
     /// It acts on this host's state (`thaw logs`, `thaw push`, ...): here, or refused
     /// when the configured daemon is on another host.
@@ -206,7 +207,12 @@ fn reach(command: &Command) -> Reach {
         | Command::Pool { .. }
         | Command::Pools
         | Command::Events => Reach::Served,
-        Command::Push { .. } | Command::Pull { .. } | Command::Logs { .. } => Reach::Named,
+        Command::Push { .. }
+        | Command::Pull { .. }
+        | Command::Logs { .. }
+        | Command::Screenshot { .. }
+        | Command::Type { .. }
+        | Command::Key { .. } => Reach::Named,
         Command::Guest { .. }
         | Command::Token { .. }
         | Command::Serve { .. }

@@ -225,3 +225,40 @@ pub async fn console(
         false => each(&whole, true),
     }
 }
+
+/// `GET /v1/vms/{name}/screenshot`, written to `file` here.
+pub async fn screenshot(
+    d: &Client,
+    name: &VmName,
+    file: &std::path::Path,
+) -> Result<thaw::screen::Screenshot> {
+    let mut png = Vec::new();
+    d.stream(&format!("/v1/vms/{name}/screenshot"), |data| {
+        png.extend_from_slice(data);
+        true
+    })
+    .await?;
+    let (width, height) =
+        thaw::screen::png_size(&png).context("the daemon's screenshot is not a PNG image")?;
+    std::fs::write(file, &png).with_context(|| format!("could not write {}", file.display()))?;
+    Ok(thaw::screen::Screenshot {
+        name: name.clone(),
+        file: file.to_owned(),
+        width,
+        height,
+        bytes: png.len() as u64,
+    })
+}
+
+/// `POST /v1/vms/{name}/type` (text) or `/key` (combinations).
+pub async fn keys(
+    d: &Client,
+    name: &VmName,
+    what: Result<&str, &[String]>,
+) -> Result<thaw::screen::KeysSent> {
+    let (route, body) = match what {
+        Ok(text) => ("type", serde_json::json!({ "text": text })),
+        Err(combos) => ("key", serde_json::json!({ "keys": combos })),
+    };
+    call(d, "POST", &format!("/v1/vms/{name}/{route}"), Some(body)).await
+}

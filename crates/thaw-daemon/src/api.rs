@@ -257,6 +257,9 @@ pub(crate) fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/snapshots/{tag}/pull", post(crate::operations::pull))
         .route("/v1/operations/{id}", get(crate::operations::get))
         .route("/v1/vms/{name}/logs", get(crate::logs::logs))
+        .route("/v1/vms/{name}/screenshot", get(crate::screen::screenshot))
+        .route("/v1/vms/{name}/type", post(crate::screen::type_text))
+        .route("/v1/vms/{name}/key", post(crate::screen::key))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(

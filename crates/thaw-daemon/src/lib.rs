@@ -31,6 +31,7 @@ mod reaper;
 mod recover;
 mod request_id;
 mod responses;
+mod screen;
 mod socket;
 pub mod tls;
 pub mod tokens;

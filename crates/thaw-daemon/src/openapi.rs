@@ -45,6 +45,9 @@ use crate::responses::{
         crate::operations::pull,
         crate::operations::get,
         crate::logs::logs,
+        crate::screen::screenshot,
+        crate::screen::type_text,
+        crate::screen::key,
     ),
     components(
         schemas(answer::Error),

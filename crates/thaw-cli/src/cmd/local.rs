@@ -9,7 +9,7 @@ use anyhow::Result;
 use thaw::cancel::CancellationToken;
 use thaw::profile::Profile;
 use thaw::qemu::Qemu;
-use thaw::{Home, SnapshotTag, VmName};
+use thaw::{Home, SnapshotTag};
 
 use crate::args::{BootArgs, GuestCommand, StoreCommand};
 use crate::print::{self, emit};
@@ -95,37 +95,6 @@ pub(crate) async fn gc(home: &Home, json: bool) -> Result<()> {
             "removed {} chunks ({} bytes); the store holds {} bytes",
             r.chunks_removed, r.bytes_freed, r.stored_bytes
         )
-    })?;
-    Ok(())
-}
-
-pub(crate) async fn screenshot(name: VmName, file: PathBuf, home: &Home, json: bool) -> Result<()> {
-    let file = std::path::absolute(&file)?;
-    let shot = thaw::screen::screenshot(home, &name, &file).await?;
-    emit(json, &shot, |s| {
-        format!(
-            "wrote {} ({}x{}, {} KiB)",
-            s.file.display(),
-            s.width,
-            s.height,
-            s.bytes / 1024
-        )
-    })?;
-    Ok(())
-}
-
-pub(crate) async fn type_text(name: VmName, text: String, home: &Home, json: bool) -> Result<()> {
-    let sent = thaw::screen::type_text(home, &name, &text).await?;
-    emit(json, &sent, |s| {
-        format!("typed {} keys into {}", s.keys, s.name)
-    })?;
-    Ok(())
-}
-
-pub(crate) async fn key(name: VmName, combos: Vec<String>, home: &Home, json: bool) -> Result<()> {
-    let sent = thaw::screen::send_keys(home, &name, &combos).await?;
-    emit(json, &sent, |s| {
-        format!("pressed {} keys in {}", s.keys, s.name)
     })?;
     Ok(())
 }

@@ -67,9 +67,9 @@ pub(crate) async fn run(
         Command::Gc => local::gc(home, json).await?,
         Command::Store { command } => local::store(command, home, json).await?,
         Command::Pause { name } => vm::pause(ops, name, json).await?,
-        Command::Screenshot { name, file } => local::screenshot(name, file, home, json).await?,
-        Command::Type { name, text } => local::type_text(name, text, home, json).await?,
-        Command::Key { name, combos } => local::key(name, combos, home, json).await?,
+        Command::Screenshot { name, file } => vm::screenshot(ops, name, file, json).await?,
+        Command::Type { name, text } => vm::keys(ops, name, Ok(text), json).await?,
+        Command::Key { name, combos } => vm::keys(ops, name, Err(combos), json).await?,
         Command::Logs { name, follow } => vm::logs(ops, name, follow, json).await?,
         Command::Inspect { name } => local::inspect(&name, home, json).await?,
         Command::Serve {

@@ -244,6 +244,47 @@ pub(crate) async fn logs(ops: &impl Ops, name: VmName, follow: bool, json: bool)
     .await
 }
 
+/// `thaw screenshot`: here, or through a daemon named by THAW_HOST or -H (the PNG is
+/// written here either way).
+pub(crate) async fn screenshot(
+    ops: &impl Ops,
+    name: VmName,
+    file: std::path::PathBuf,
+    json: bool,
+) -> Result<()> {
+    let file = std::path::absolute(&file)?;
+    let shot = ops.screenshot(&name, &file).await?;
+    emit(json, &shot, |s| {
+        format!(
+            "wrote {} ({}x{}, {} KiB)",
+            s.file.display(),
+            s.width,
+            s.height,
+            s.bytes / 1024
+        )
+    })?;
+    Ok(())
+}
+
+/// `thaw type` (`Ok(text)`) and `thaw key` (`Err(combos)`).
+pub(crate) async fn keys(
+    ops: &impl Ops,
+    name: VmName,
+    what: std::result::Result<String, Vec<String>>,
+    json: bool,
+) -> Result<()> {
+    let typed = what.is_ok();
+    let sent = match &what {
+        Ok(text) => ops.keys(&name, Ok(text)).await?,
+        Err(combos) => ops.keys(&name, Err(combos)).await?,
+    };
+    emit(json, &sent, |s| match typed {
+        true => format!("typed {} keys into {}", s.keys, s.name),
+        false => format!("pressed {} keys in {}", s.keys, s.name),
+    })?;
+    Ok(())
+}
+
 /// `thaw push` / `thaw pull`: here, or through a daemon named by THAW_HOST or -H.
 pub(crate) async fn transfer(
     ops: &impl Ops,

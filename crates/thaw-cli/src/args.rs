@@ -139,6 +139,10 @@ pub(crate) enum Command {
         #[arg(long, short = 'f')]
         follow: bool,
     },
+    /// Print what happens in the daemon as it happens (VMs created, ready, stopped,
+    /// died; snapshots taken, removed; pools refilled) until Ctrl-C or the daemon stops;
+    /// with --json one JSON object per line. Needs a daemon (thaw serve or THAW_HOST).
+    Events,
     /// Show a VM (its record and its state now) or, when no VM has that name, a
     /// snapshot (its manifest's summary).
     Inspect {

@@ -14,6 +14,7 @@ use thaw::profile::BootOptions;
 use thaw::qemu::Qemu;
 use thaw::reset::{ResetReport, ResetRequest};
 use thaw::restore::RestoreRequest;
+use thaw::screen::{KeysSent, Screenshot};
 use thaw::snapshot::catalog::{self, SnapshotInfo};
 use thaw::snapshot::take::{self, SnapshotReport, SnapshotRequest};
 use thaw::{Accel, Home, SnapshotTag, VmName};
@@ -42,6 +43,29 @@ pub(crate) trait Ops {
         -> Result<Vec<SnapshotTag>>;
     async fn set_pool(&self, tag: &SnapshotTag, config: PoolConfig) -> Result<PoolStatus>;
     async fn pools(&self) -> Result<Vec<PoolStatus>>;
+    /// Follows the daemon's events: `each` gets every one until the daemon ends the
+    /// stream or `each` returns false.
+    async fn events(&self, each: &mut dyn FnMut(serde_json::Value) -> bool) -> Result<()>;
+    /// A VM's console: `each` gets its bytes (`true`: the whole of it at once), and with
+    /// `follow` what the guest writes next until the VM ends.
+    async fn console(
+        &self,
+        name: &VmName,
+        follow: bool,
+        each: &mut dyn FnMut(&[u8], bool) -> Result<()>,
+    ) -> Result<()>;
+    /// Writes a PNG of the VM's screen to `file`.
+    async fn screenshot(&self, name: &VmName, file: &std::path::Path) -> Result<Screenshot>;
+    /// Types `text` (`Ok(..)`) or presses key combinations (`Err(..)`) on its keyboard.
+    async fn keys(&self, name: &VmName, what: Result<&str, &[String]>) -> Result<KeysSent>;
+    /// Pushes (`pull` false) or pulls a snapshot to or from `remote` (`s3://...`).
+    async fn transfer(
+        &self,
+        pull: bool,
+        tag: &SnapshotTag,
+        remote: &str,
+        json: bool,
+    ) -> Result<thaw::store::TransferReport>;
 }
 
 /// The library, in this process. An interrupt (`cancel`) rolls back what it started.
@@ -127,6 +151,62 @@ impl Ops for Local {
     async fn pools(&self) -> Result<Vec<PoolStatus>> {
         bail!(POOLS_NEED_THE_DAEMON)
     }
+
+    async fn events(&self, _each: &mut dyn FnMut(serde_json::Value) -> bool) -> Result<()> {
+        bail!("events come from the daemon: start it with `thaw serve` (or set THAW_HOST)")
+    }
+
+    async fn console(
+        &self,
+        name: &VmName,
+        follow: bool,
+        each: &mut dyn FnMut(&[u8], bool) -> Result<()>,
+    ) -> Result<()> {
+        let vm = thaw::vm::VmState::load(&self.home, name)?;
+        let path = thaw::vm::VmPaths::new(&self.home, name).console();
+        if !follow {
+            return each(&thaw::console::read(&path), true);
+        }
+        // Until the VM ends (then what it wrote last), or Ctrl-C ends thaw.
+        let mut console = thaw::console::Follow::new(&path);
+        loop {
+            let alive = vm.is_alive();
+            let text = console.read_new()?;
+            if !text.is_empty() {
+                each(&text, false)?;
+            }
+            if !alive {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn screenshot(&self, name: &VmName, file: &std::path::Path) -> Result<Screenshot> {
+        Ok(thaw::screen::screenshot(&self.home, name, file).await?)
+    }
+
+    async fn keys(&self, name: &VmName, what: Result<&str, &[String]>) -> Result<KeysSent> {
+        Ok(match what {
+            Ok(text) => thaw::screen::type_text(&self.home, name, text).await?,
+            Err(combos) => thaw::screen::send_keys(&self.home, name, combos).await?,
+        })
+    }
+
+    async fn transfer(
+        &self,
+        pull: bool,
+        tag: &SnapshotTag,
+        remote: &str,
+        _json: bool,
+    ) -> Result<thaw::store::TransferReport> {
+        let remote = thaw::store::Remote::from_env(remote)?;
+        let mut bars = crate::progress::Bars::new();
+        Ok(match pull {
+            false => thaw::store::push(&self.home, tag, &remote, &mut bars).await?,
+            true => thaw::store::pull(&self.home, tag, &remote, &mut bars).await?,
+        })
+    }
 }
 
 impl Ops for Client {
@@ -196,5 +276,36 @@ impl Ops for Client {
 
     async fn pools(&self) -> Result<Vec<PoolStatus>> {
         remote::pools(self).await
+    }
+
+    async fn events(&self, each: &mut dyn FnMut(serde_json::Value) -> bool) -> Result<()> {
+        Ok(Client::events(self, each).await?)
+    }
+
+    async fn console(
+        &self,
+        name: &VmName,
+        follow: bool,
+        each: &mut dyn FnMut(&[u8], bool) -> Result<()>,
+    ) -> Result<()> {
+        remote::console(self, name, follow, each).await
+    }
+
+    async fn screenshot(&self, name: &VmName, file: &std::path::Path) -> Result<Screenshot> {
+        remote::screenshot(self, name, file).await
+    }
+
+    async fn keys(&self, name: &VmName, what: Result<&str, &[String]>) -> Result<KeysSent> {
+        remote::keys(self, name, what).await
+    }
+
+    async fn transfer(
+        &self,
+        pull: bool,
+        tag: &SnapshotTag,
+        remote: &str,
+        json: bool,
+    ) -> Result<thaw::store::TransferReport> {
+        remote::transfer(self, pull, tag, remote, json).await
     }
 }

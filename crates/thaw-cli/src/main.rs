@@ -177,6 +177,10 @@ fn progress(json: bool) -> impl FnMut(&str) {
 enum Reach {
     /// The daemon serves it.
     Served,
+    /// A daemon named by `-H` or `THAW_HOST` serves it; otherwise it runs here (it
+    /// uses this process's environment, e.g. S3 credentials): `push`, `pull`, `logs`,
+    /// `screenshot`, `type`, `key`.
+    Named,
     /// It acts on this host's state (`thaw logs`, `thaw push`, ...): here, or refused
     /// when the configured daemon is on another host.
     Here,
@@ -201,7 +205,14 @@ fn reach(command: &Command) -> Reach {
         | Command::Resume { .. }
         | Command::Rm { .. }
         | Command::Pool { .. }
-        | Command::Pools => Reach::Served,
+        | Command::Pools
+        | Command::Events => Reach::Served,
+        Command::Push { .. }
+        | Command::Pull { .. }
+        | Command::Logs { .. }
+        | Command::Screenshot { .. }
+        | Command::Type { .. }
+        | Command::Key { .. } => Reach::Named,
         Command::Guest { .. }
         | Command::Token { .. }
         | Command::Serve { .. }
@@ -228,7 +239,7 @@ async fn daemon_for(
     if let Some(client) = Client::from_env(flag)? {
         client.check().await?;
         return match (reach, client.host()) {
-            (Reach::Served, _) => Ok(Some(client)),
+            (Reach::Served | Reach::Named, _) => Ok(Some(client)),
             // A daemon on this host's socket: the command acts on this host's home,
             // as beside the default socket.
             (_, Host::Unix(_)) => Ok(None),

@@ -272,3 +272,57 @@ pub fn inspection(i: &thaw::control::Inspection) -> String {
         thaw::control::Inspection::Snapshot(info) => snapshots(std::slice::from_ref(info)),
     }
 }
+
+/// One event of `thaw events`: its time (UTC, to the millisecond), its type, then its
+/// other fields as `key=value`.
+pub(crate) fn event(event: &serde_json::Value) -> String {
+    let ms = event["time_unix_ms"].as_u64().unwrap_or(0);
+    let day_ms = ms % 86_400_000;
+    let (h, m, sec, milli) = (
+        day_ms / 3_600_000,
+        day_ms / 60_000 % 60,
+        day_ms / 1000 % 60,
+        day_ms % 1000,
+    );
+    let mut line = format!(
+        "{h:02}:{m:02}:{sec:02}.{milli:03} {}",
+        event["type"].as_str().unwrap_or("?")
+    );
+    if let Some(fields) = event.as_object() {
+        for (k, v) in fields {
+            if matches!(k.as_str(), "type" | "id" | "time_unix_ms") {
+                continue;
+            }
+            match v.as_str() {
+                Some(text) => line.push_str(&format!(" {k}={text}")),
+                None => line.push_str(&format!(" {k}={v}")),
+            }
+        }
+    }
+    line
+}
+
+/// Console bytes as they are, or with --json as `{"name", "console"}` (pretty as one
+/// document, compact as one line of a followed log).
+pub(crate) fn console(
+    name: &thaw::VmName,
+    text: &[u8],
+    json: bool,
+    whole: bool,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match json {
+        false => out.write_all(text)?,
+        true => {
+            let doc = serde_json::json!({ "name": name, "console": String::from_utf8_lossy(text) });
+            match whole {
+                true => serde_json::to_writer_pretty(&mut out, &doc)?,
+                false => serde_json::to_writer(&mut out, &doc)?,
+            }
+            writeln!(out)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

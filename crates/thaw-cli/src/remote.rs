@@ -147,3 +147,118 @@ pub async fn set_pool(d: &Client, tag: &SnapshotTag, config: PoolConfig) -> Resu
 pub async fn pools(d: &Client) -> Result<Vec<PoolStatus>> {
     call(d, "GET", "/v1/pools", None).await
 }
+
+/// A push or pull as the daemon's operation: started, then polled until it ends
+/// (its phases on stderr unless `json`).
+pub async fn transfer(
+    d: &Client,
+    pull: bool,
+    tag: &SnapshotTag,
+    remote: &str,
+    json: bool,
+) -> Result<thaw::store::TransferReport> {
+    let verb = if pull { "pull" } else { "push" };
+    let body = serde_json::json!({ "remote": remote });
+    let started: Value = call(
+        d,
+        "POST",
+        &format!("/v1/snapshots/{tag}/{verb}"),
+        Some(body),
+    )
+    .await?;
+    let id = started["operation"]
+        .as_str()
+        .context("the daemon answered no operation id")?
+        .to_owned();
+    let mut phase = String::new();
+    loop {
+        let op: Value = call(d, "GET", &format!("/v1/operations/{id}"), None).await?;
+        match op["state"].as_str() {
+            Some("done") => {
+                return serde_json::from_value(op["report"].clone())
+                    .context("unexpected report from the daemon");
+            }
+            Some("failed") => bail!("{}", op["error"].as_str().unwrap_or("the operation failed")),
+            _ => {}
+        }
+        let now = op["phase"].as_str().unwrap_or_default();
+        if !json && !now.is_empty() && now != phase {
+            eprintln!("thaw: {verb} {tag} (thawd, {id}): {now}");
+            phase = now.to_owned();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// `GET /v1/vms/{name}/logs[?follow=true]`: the console as it arrives.
+pub async fn console(
+    d: &Client,
+    name: &VmName,
+    follow: bool,
+    each: &mut dyn FnMut(&[u8], bool) -> Result<()>,
+) -> Result<()> {
+    let path = format!(
+        "/v1/vms/{name}/logs{}",
+        if follow { "?follow=true" } else { "" }
+    );
+    let mut whole = Vec::new();
+    let mut failed = None;
+    d.stream(&path, |data| {
+        if !follow {
+            whole.extend_from_slice(data);
+            return true;
+        }
+        match each(data, false) {
+            Ok(()) => true,
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        }
+    })
+    .await?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    match follow {
+        true => Ok(()),
+        false => each(&whole, true),
+    }
+}
+
+/// `GET /v1/vms/{name}/screenshot`, written to `file` here.
+pub async fn screenshot(
+    d: &Client,
+    name: &VmName,
+    file: &std::path::Path,
+) -> Result<thaw::screen::Screenshot> {
+    let mut png = Vec::new();
+    d.stream(&format!("/v1/vms/{name}/screenshot"), |data| {
+        png.extend_from_slice(data);
+        true
+    })
+    .await?;
+    let (width, height) =
+        thaw::screen::png_size(&png).context("the daemon's screenshot is not a PNG image")?;
+    std::fs::write(file, &png).with_context(|| format!("could not write {}", file.display()))?;
+    Ok(thaw::screen::Screenshot {
+        name: name.clone(),
+        file: file.to_owned(),
+        width,
+        height,
+        bytes: png.len() as u64,
+    })
+}
+
+/// `POST /v1/vms/{name}/type` (text) or `/key` (combinations).
+pub async fn keys(
+    d: &Client,
+    name: &VmName,
+    what: Result<&str, &[String]>,
+) -> Result<thaw::screen::KeysSent> {
+    let (route, body) = match what {
+        Ok(text) => ("type", serde_json::json!({ "text": text })),
+        Err(combos) => ("key", serde_json::json!({ "keys": combos })),
+    };
+    call(d, "POST", &format!("/v1/vms/{name}/{route}"), Some(body)).await
+}

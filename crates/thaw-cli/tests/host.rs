@@ -190,8 +190,18 @@ fn the_cli_drives_a_daemon_over_tls_with_a_token_or_says_why_not() {
     );
     // A command thawd does not serve yet is not run on this host instead.
     client
-        .run(&["logs", "web"])
+        .run(&["inspect", "web"])
         .fails_with("this command does not run through thawd yet");
+    // `logs` goes through it: the console of the daemon's VM.
+    let logs = client.run(&["logs", "web"]);
+    assert_eq!(logs.code, 0, "{}", logs.stderr);
+    // So do the screen's commands: the daemon's answer, in one line.
+    client
+        .run(&["screenshot", "web", "/tmp/never-written.png"])
+        .fails_with("has no display");
+    client
+        .run(&["key", "web", "ret"])
+        .fails_with("has no display");
 
     client.ok(&["stop", "web"]);
     assert_eq!(client.state_of("web"), "absent");

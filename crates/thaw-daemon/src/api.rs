@@ -32,6 +32,7 @@ use crate::answer;
 use crate::check::{check_boot, check_exec};
 use crate::db::{Db, VmRow};
 use crate::error::ApiError;
+use crate::events::{EventKind, Events};
 use crate::extract::{ApiJson, ApiQuery, Named};
 use crate::metrics::Metrics;
 use crate::reaper::Reaper;
@@ -50,6 +51,10 @@ pub(crate) struct Daemon {
     pub reaper: Arc<Reaper>,
     /// What `GET /metrics` reports.
     pub metrics: Arc<Metrics>,
+    /// What `GET /v1/events` streams.
+    pub events: Arc<Events>,
+    /// Pushes and pulls.
+    pub operations: Arc<crate::operations::Operations>,
     /// VMs being booted or restored, counted against `max_vms` until they are
     /// recorded (or have failed).
     in_flight: Mutex<u32>,
@@ -78,6 +83,8 @@ impl Daemon {
         max_vms: u32,
         reaper: Arc<Reaper>,
     ) -> Daemon {
+        // The channel the reaper tells deaths on is the one of every event.
+        let events = reaper.events.clone();
         Daemon {
             home,
             qemu,
@@ -87,6 +94,8 @@ impl Daemon {
             max_vms,
             reaper,
             metrics: Arc::new(Metrics::new()),
+            events,
+            operations: Arc::default(),
             in_flight: Mutex::new(0),
         }
     }
@@ -134,7 +143,7 @@ impl Daemon {
     /// library is done with its handle). A failure to record is logged, not returned:
     /// the VM runs and its record under `vms/` lets a restarted daemon adopt it.
     fn record(&self, name: &VmName, pid: u32) {
-        self.reaper.adopt(pid);
+        self.reaper.adopt(pid, Some(name));
         let row = match VmState::load(&self.home, name) {
             Ok(s) => VmRow {
                 name: name.clone(),
@@ -154,6 +163,30 @@ impl Daemon {
         }
     }
 
+    /// Records a VM that is ready ([`Daemon::record`]) and tells `GET /v1/events`:
+    /// `vm.created`, then `vm.ready`.
+    fn started(&self, name: &VmName, pid: u32, from: Option<&SnapshotTag>, source: &str, ms: f64) {
+        self.record(name, pid);
+        self.events.send(EventKind::VmCreated {
+            vm: name.clone(),
+            pid,
+            snapshot: from.cloned(),
+        });
+        self.events.send(EventKind::VmReady {
+            vm: name.clone(),
+            source: source.to_owned(),
+            ms,
+        });
+    }
+
+    /// Tells `GET /v1/events` that `name` was stopped and removed, and why.
+    fn stopped(&self, name: &VmName, reason: &str) {
+        self.events.send(EventKind::VmStopped {
+            vm: name.clone(),
+            reason: reason.to_owned(),
+        });
+    }
+
     /// Whether `tag` has a warm pool (of any size above zero).
     fn pooled(&self, tag: &SnapshotTag) -> bool {
         self.pool
@@ -167,6 +200,7 @@ impl Daemon {
         for name in thaw::control::reap_expired(&self.home).await {
             tracing::info!(vm = %name, "expired: stopped and removed");
             self.forget(&name);
+            self.stopped(&name, "expired");
         }
     }
 
@@ -178,6 +212,23 @@ impl Daemon {
 }
 
 type Shared = State<Arc<Daemon>>;
+
+impl axum::extract::FromRef<Arc<Daemon>> for crate::events::Channel {
+    fn from_ref(d: &Arc<Daemon>) -> crate::events::Channel {
+        crate::events::Channel(d.events.clone())
+    }
+}
+
+impl axum::extract::FromRef<Arc<Daemon>> for crate::operations::Ctx {
+    fn from_ref(d: &Arc<Daemon>) -> crate::operations::Ctx {
+        crate::operations::Ctx {
+            home: d.home.clone(),
+            db: d.db.clone(),
+            events: d.events.clone(),
+            operations: d.operations.clone(),
+        }
+    }
+}
 type Answer<T> = Result<T, ApiError>;
 type Created<T> = Answer<(StatusCode, Json<T>)>;
 
@@ -201,6 +252,14 @@ pub(crate) fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/snapshots/{tag}/pool", put(set_pool))
         .route("/v1/pools", get(pools))
         .route("/metrics", get(metrics))
+        .route("/v1/events", get(crate::events::stream))
+        .route("/v1/snapshots/{tag}/push", post(crate::operations::push))
+        .route("/v1/snapshots/{tag}/pull", post(crate::operations::pull))
+        .route("/v1/operations/{id}", get(crate::operations::get))
+        .route("/v1/vms/{name}/logs", get(crate::logs::logs))
+        .route("/v1/vms/{name}/screenshot", get(crate::screen::screenshot))
+        .route("/v1/vms/{name}/type", post(crate::screen::type_text))
+        .route("/v1/vms/{name}/key", post(crate::screen::key))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(
@@ -385,7 +444,7 @@ pub(crate) async fn boot(
         let report = boot::boot(&d.home, &d.qemu, &req)
             .await
             .map_err(ApiError::from_op)?;
-        d.record(&report.name, report.pid);
+        d.started(&report.name, report.pid, None, "boot", report.boot_ms);
         drop(held);
         tracing::info!(vm = %report.name, pid = report.pid, "booted");
         Ok((StatusCode::CREATED, Json(report)))
@@ -413,11 +472,13 @@ pub(crate) async fn stop(
     Named(name): Named<VmName>,
 ) -> Answer<Json<answer::Stopped>> {
     detached(async move {
+        d.reaper.expect_exit(&name);
         let result = control::stop(&d.home, &name).await;
         if matches!(result, Ok(()) | Err(thaw::vm::VmError::NotFound(_))) {
             d.forget(&name);
         }
         result.map_err(ApiError::from_op)?;
+        d.stopped(&name, "stopped");
         tracing::info!(vm = %name, "stopped");
         Ok(Json(answer::Stopped { stopped: name }))
     })
@@ -486,13 +547,21 @@ pub(crate) async fn snapshot(
             tag: tag.clone(),
             stop: body.stop,
         };
+        if body.stop {
+            d.reaper.expect_exit(&name);
+        }
         let report = take::take(&d.home, &req).await.map_err(ApiError::from_op)?;
+        d.events.send(EventKind::SnapshotTaken {
+            tag: tag.clone(),
+            vm: name.clone(),
+        });
         d.metrics.snapshot_paused(report.pause_ms);
         if let Err(e) = d.db.put_snapshot(&tag) {
             tracing::error!(%tag, "{}", crate::error::one_line(&e));
         }
         if body.stop {
             d.forget(&name);
+            d.stopped(&name, "snapshot --stop");
         }
         Ok((StatusCode::CREATED, Json(report)))
     })
@@ -591,13 +660,15 @@ pub(crate) async fn reset(
         .into_request(name, Some(d.accel))
         .map_err(ApiError::from_op)?;
     detached(async move {
+        d.reaper.expect_exit(&req.name);
         let report = thaw::reset::reset(&d.home, &d.qemu, &req, Some(&d.pool))
             .await
             .map_err(ApiError::from_op)?;
         let pooled = d.pooled(&report.snapshot);
         d.metrics
             .restored(&report.snapshot, pooled, &[&report.clone]);
-        d.record(&report.clone.name, report.clone.pid);
+        let c = &report.clone;
+        d.started(&c.name, c.pid, Some(&report.snapshot), &c.breakdown.source, c.ready_ms);
         tracing::info!(vm = %report.clone.name, snapshot = %report.snapshot, source = %report.clone.breakdown.source, "reset");
         Ok(Json(report))
     })
@@ -691,6 +762,7 @@ pub(crate) async fn remove_snapshot(
                 let _ = d.pool.configure(t, empty);
             }
             tracing::info!(tag = %t, "snapshot removed");
+            d.events.send(EventKind::SnapshotRemoved { tag: t.clone() });
         }
         Ok(Json(answer::Removed { removed }))
     })
@@ -755,7 +827,13 @@ pub(crate) async fn restore(
         let restored = t.elapsed();
         let t = std::time::Instant::now();
         for r in &reports {
-            d.record(&r.name, r.pid);
+            d.started(
+                &r.name,
+                r.pid,
+                Some(&req.tag),
+                &r.breakdown.source,
+                r.ready_ms,
+            );
             tracing::info!(vm = %r.name, pid = r.pid, source = %r.breakdown.source, "restored");
         }
         drop(held);

@@ -29,8 +29,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
-use hyper::{Method, Request};
+use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -182,6 +183,8 @@ pub enum ClientError {
     Http(#[from] hyper::Error),
     #[error("thawd answered {status} with a body that is not JSON: {body}")]
     NotJson { status: u16, body: String },
+    #[error("{message}")]
+    Refused { status: u16, message: String },
 }
 
 /// A daemon: where it is, the token to show it, how to check its certificate.
@@ -369,8 +372,31 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Result<(u16, Value), ClientError> {
+        let (status, answer) = self.open(method, path, body).await?;
+        let bytes = answer.collect().await?.to_bytes();
+        if bytes.is_empty() {
+            return Ok((status, Value::Null));
+        }
+        let value = serde_json::from_slice(&bytes).map_err(|_| ClientError::NotJson {
+            status,
+            body: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+        })?;
+        Ok((status, value))
+    }
+
+    /// Sends one request and returns the status and the body as it arrives (for the
+    /// streams: `GET /v1/events`).
+    ///
+    /// # Errors
+    /// When the daemon cannot be reached, TLS fails, or the exchange fails.
+    pub async fn open(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Incoming), ClientError> {
         let req = self.build(method, path, body)?;
-        let (status, bytes) = match &self.host {
+        let answer = match &self.host {
             Host::Unix(socket) => {
                 let stream = tokio::net::UnixStream::connect(socket)
                     .await
@@ -409,14 +435,76 @@ impl Client {
                 }
             }
         };
-        if bytes.is_empty() {
-            return Ok((status, Value::Null));
+        Ok((answer.status().as_u16(), answer.into_body()))
+    }
+
+    /// `GET path`, its body handed to `each` as it arrives (the streams: console logs)
+    /// until it ends or `each` returns false.
+    ///
+    /// # Errors
+    /// The daemon cannot be reached or refuses (the error is its message), or the stream
+    /// breaks.
+    pub async fn stream(
+        &self,
+        path: &str,
+        mut each: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), ClientError> {
+        let (status, mut body) = self.open("GET", path, None).await?;
+        if status != 200 {
+            let bytes = body.collect().await?.to_bytes();
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let message = v["error"].as_str().map_or_else(
+                || format!("thawd answered {status} to GET {path}"),
+                str::to_owned,
+            );
+            return Err(ClientError::Refused { status, message });
         }
-        let value = serde_json::from_slice(&bytes).map_err(|_| ClientError::NotJson {
-            status,
-            body: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
-        })?;
-        Ok((status, value))
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                if !each(&data) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Follows `GET /v1/events`: calls `each` with every event (its JSON) until the
+    /// daemon ends the stream or `each` returns false.
+    ///
+    /// # Errors
+    /// The daemon cannot be reached or refuses (e.g. 401), or the stream breaks.
+    pub async fn events(&self, mut each: impl FnMut(Value) -> bool) -> Result<(), ClientError> {
+        let (status, mut body) = self.open("GET", "/v1/events", None).await?;
+        if status != 200 {
+            let bytes = body.collect().await?.to_bytes();
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let message = v["error"].as_str().map_or_else(
+                || format!("thawd answered {status} to GET /v1/events"),
+                str::to_owned,
+            );
+            return Err(ClientError::Refused { status, message });
+        }
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let Some(json) = line.strip_prefix(b"data:") else {
+                    continue;
+                };
+                let Ok(event) = serde_json::from_slice::<Value>(json.trim_ascii()) else {
+                    continue;
+                };
+                if !each(event) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 
     fn timeout(&self) -> ClientError {
@@ -461,19 +549,18 @@ impl Client {
     }
 }
 
-/// One request on a fresh connection: the status and the whole body.
-async fn exchange<S>(stream: S, req: Request<Full<Bytes>>) -> Result<(u16, Bytes), ClientError>
+/// One request on a fresh connection: the answer, its body still to come (the
+/// connection ends with it).
+async fn exchange<S>(
+    stream: S,
+    req: Request<Full<Bytes>>,
+) -> Result<Response<Incoming>, ClientError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    let conn = tokio::spawn(conn);
-    let resp = sender.send_request(req).await?;
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await?.to_bytes();
-    drop(sender);
-    let _ = conn.await;
-    Ok((status, bytes))
+    tokio::spawn(conn);
+    Ok(sender.send_request(req).await?)
 }
 
 fn is_loopback(host: &str) -> bool {

@@ -141,6 +141,18 @@ impl HttpStatus for VmError {
     }
 }
 
+impl HttpStatus for thaw::screen::ScreenError {
+    fn status(&self) -> StatusCode {
+        use thaw::screen::ScreenError as E;
+        match self {
+            E::VmHasNoDisplay(_) => CONFLICT,
+            E::Untypable(_) | E::UnknownKey(_) | E::NoKeys | E::TooLong => BAD,
+            E::Vm(e) => e.status(),
+            _ => FAILED,
+        }
+    }
+}
+
 impl HttpStatus for DiskError {
     fn status(&self) -> StatusCode {
         match self {

@@ -18,16 +18,20 @@ pub mod client;
 mod conn;
 mod db;
 mod error;
+mod events;
 mod extract;
 pub mod keeper;
 pub mod log;
+mod logs;
 pub mod manpages;
 mod metrics;
 pub mod openapi;
+mod operations;
 mod reaper;
 mod recover;
 mod request_id;
 mod responses;
+mod screen;
 mod socket;
 pub mod tls;
 pub mod tokens;
@@ -203,7 +207,9 @@ pub async fn serve(
     let db = Arc::new(db::Db::open(&home.root().join(db::DB_FILE))?);
     let qemu = Qemu::find(&thaw::guest::cache_dir())?;
     let accel = Accel::detect();
-    let reaper = reaper::Reaper::spawn().at("watch for the exits of the VMs of", home.root())?;
+    let events = Arc::new(events::Events::default());
+    let reaper = reaper::Reaper::spawn(events.clone())
+        .at("watch for the exits of the VMs of", home.root())?;
 
     // VMs whose time to live passed while no daemon ran go first.
     for name in thaw::control::reap_expired(&home).await {
@@ -217,7 +223,7 @@ pub async fn serve(
             "picked up the VMs of the previous daemon"
         );
     }
-    let observer = Arc::new(recover::DbObserver(db.clone()));
+    let observer = Arc::new(recover::DbObserver(db.clone(), events.clone()));
     let _keeper = keeper::spawn(&home);
     // The keeper ends the pool's processes if this daemon dies; clones taken from the
     // pool outlive it like every other VM.
@@ -277,6 +283,12 @@ pub async fn serve(
                 let router = request_id::layer(router);
                 listeners.push((conn::Listener::Tcp(listener, tls), router));
             }
+            // Event streams never end by themselves: they end when the daemon stops
+            // taking connections, so that the open ones can finish.
+            let shutdown = async move {
+                shutdown.await;
+                events.close();
+            };
             conn::serve(listeners, config.header_timeout, shutdown).await;
             drop(socket);
             Ok(())

@@ -13,26 +13,43 @@
 //! processes whose exit status other code waits for (the pool's clones before they are
 //! taken, `qemu-img`, the pool keeper) are never adopted, so their statuses are never
 //! stolen. A pid that is not (or no longer) this process's child is simply dropped.
+//!
+//! A VM whose QEMU it reaps without the daemon having stopped it ([`Reaper::expect_exit`]
+//! was not called for its name) died: the reaper sends `vm.died` with how it ended.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use rustix::io::Errno;
-use rustix::process::{waitpid, Pid, WaitOptions};
+use rustix::process::{waitpid, Pid, WaitOptions, WaitStatus};
+use thaw::VmName;
 use tokio::signal::unix::{signal, SignalKind};
+
+use crate::events::{EventKind, Events};
+
+/// An adopted VM process: its name, and whether the daemon is ending it.
+struct Adopted {
+    name: Option<VmName>,
+    expected: bool,
+}
 
 /// The pids the daemon reaps; see the module doc.
 #[derive(Default)]
 pub(crate) struct Reaper {
-    pids: Mutex<HashSet<u32>>,
+    pids: Mutex<HashMap<u32, Adopted>>,
+    /// Where deaths are told (the daemon's one event channel).
+    pub events: Arc<Events>,
 }
 
 impl Reaper {
     /// Starts reaping on `SIGCHLD`; the task ends with the runtime. Needs a tokio
-    /// runtime.
-    pub fn spawn() -> std::io::Result<Arc<Reaper>> {
+    /// runtime. Deaths go to `events`.
+    pub fn spawn(events: Arc<Events>) -> std::io::Result<Arc<Reaper>> {
         let mut sigchld = signal(SignalKind::child())?;
-        let reaper = Arc::new(Reaper::default());
+        let reaper = Arc::new(Reaper {
+            pids: Mutex::default(),
+            events,
+        });
         let r = reaper.clone();
         tokio::spawn(async move {
             while sigchld.recv().await.is_some() {
@@ -44,24 +61,77 @@ impl Reaper {
 
     /// Reaps `pid` once it exits (at once if it already has: its `SIGCHLD` may have
     /// come before this). Call it only when no other code will wait for `pid`.
-    pub fn adopt(&self, pid: u32) {
+    /// `name` is the VM's (`vm.died` names it when it exits unexpectedly).
+    pub fn adopt(&self, pid: u32, name: Option<&VmName>) {
         if pid == 0 {
             return;
         }
-        if !reaped_or_foreign(pid) {
-            self.pids.lock().expect("reaper lock").insert(pid);
-            // It may have exited between the look above and the insert, its SIGCHLD
-            // handled by a sweep that did not know it yet.
-            self.sweep();
+        let adopted = Adopted {
+            name: name.cloned(),
+            expected: false,
+        };
+        match reaped_or_foreign(pid) {
+            Reaped::Running => {
+                self.pids.lock().expect("reaper lock").insert(pid, adopted);
+                // It may have exited between the look above and the insert, its SIGCHLD
+                // handled by a sweep that did not know it yet.
+                self.sweep();
+            }
+            Reaped::Exited(status) => self.died(pid, &adopted, status),
+            Reaped::Foreign => {}
+        }
+    }
+
+    /// The daemon is about to end the VM `name` (stop, snapshot with stop, reset): its
+    /// exit is no death.
+    pub fn expect_exit(&self, name: &VmName) {
+        for a in self.pids.lock().expect("reaper lock").values_mut() {
+            if a.name.as_ref() == Some(name) {
+                a.expected = true;
+            }
         }
     }
 
     /// Waits (without blocking) for every adopted pid; forgets those that are done.
     fn sweep(&self) {
+        let mut exited = Vec::new();
         self.pids
             .lock()
             .expect("reaper lock")
-            .retain(|&pid| !reaped_or_foreign(pid));
+            .retain(|&pid, a| match reaped_or_foreign(pid) {
+                Reaped::Running => true,
+                Reaped::Exited(status) => {
+                    exited.push((
+                        pid,
+                        std::mem::replace(
+                            a,
+                            Adopted {
+                                name: None,
+                                expected: true,
+                            },
+                        ),
+                        status,
+                    ));
+                    false
+                }
+                Reaped::Foreign => false,
+            });
+        for (pid, a, status) in exited {
+            self.died(pid, &a, status);
+        }
+    }
+
+    fn died(&self, pid: u32, a: &Adopted, status: WaitStatus) {
+        let (Some(vm), false) = (&a.name, a.expected) else {
+            return;
+        };
+        let status = describe(status);
+        tracing::warn!(%vm, pid, %status, "the VM's QEMU exited without the daemon stopping it");
+        self.events.send(EventKind::VmDied {
+            vm: vm.clone(),
+            pid,
+            status,
+        });
     }
 
     /// How many adopted processes still run (for tests).
@@ -71,17 +141,33 @@ impl Reaper {
     }
 }
 
-/// Waits for `pid` without blocking: true when it was reaped now, or is not a child of
-/// this process (already reaped, or never ours).
-fn reaped_or_foreign(pid: u32) -> bool {
+enum Reaped {
+    Running,
+    /// Reaped now, with its status.
+    Exited(WaitStatus),
+    /// Not a child of this process (already reaped elsewhere, or never ours).
+    Foreign,
+}
+
+/// Waits for `pid` without blocking.
+fn reaped_or_foreign(pid: u32) -> Reaped {
     let Some(p) = Pid::from_raw(pid as i32) else {
-        return true;
+        return Reaped::Foreign;
     };
     match waitpid(Some(p), WaitOptions::NOHANG) {
-        Ok(Some(_)) => true,
-        Ok(None) => false,
-        Err(Errno::INTR) => false,
-        Err(_) => true,
+        Ok(Some((_, status))) => Reaped::Exited(status),
+        Ok(None) => Reaped::Running,
+        Err(Errno::INTR) => Reaped::Running,
+        Err(_) => Reaped::Foreign,
+    }
+}
+
+/// How a process ended, in words: `exit code N` or `killed by signal N`.
+fn describe(status: WaitStatus) -> String {
+    match (status.exit_status(), status.terminating_signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        (None, None) => "ended".to_owned(),
     }
 }
 
@@ -97,14 +183,14 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn adopted_children_are_reaped_and_others_left_alone() {
-        let reaper = Reaper::spawn().unwrap();
+        let reaper = Reaper::spawn(Arc::default()).unwrap();
         let adopted = std::process::Command::new("sleep")
             .arg("0.2")
             .spawn()
             .unwrap();
         let mut kept = std::process::Command::new("true").spawn().unwrap();
         let pid = adopted.id();
-        reaper.adopt(pid);
+        reaper.adopt(pid, None);
         drop(adopted); // a dropped std Child is never waited for
         let deadline = Instant::now() + Duration::from_secs(30);
         while state(pid).is_some() {
@@ -115,7 +201,7 @@ mod tests {
         // A child that was not adopted keeps its exit status for its own waiter.
         assert!(kept.wait().unwrap().success());
         // A pid that is not our child is dropped at once.
-        reaper.adopt(1);
+        reaper.adopt(1, None);
         assert_eq!(reaper.len(), 0);
     }
 }

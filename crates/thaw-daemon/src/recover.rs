@@ -18,9 +18,10 @@ use thaw::{Home, SnapshotTag, VmName};
 
 use crate::db::{Db, DbError, PoolEntryRow, VmRow};
 use crate::error::one_line;
+use crate::events::{EventKind, Events};
 
-/// Records pooled processes in the database.
-pub(crate) struct DbObserver(pub Arc<Db>);
+/// Records pooled processes in the database, and tells of refills (`pool.refilled`).
+pub(crate) struct DbObserver(pub Arc<Db>, pub Arc<Events>);
 
 impl PoolObserver for DbObserver {
     fn created(&self, id: &VmName, tag: &SnapshotTag, pid: u32, dir: &Path) {
@@ -39,6 +40,14 @@ impl PoolObserver for DbObserver {
         if let Err(e) = self.0.remove_pool_entry(id.as_str()) {
             tracing::error!(pool_entry = %id, "{}", one_line(&e));
         }
+    }
+
+    fn ready(&self, tag: &SnapshotTag, ready: u32, size: u32) {
+        self.1.send(EventKind::PoolRefilled {
+            tag: tag.clone(),
+            ready,
+            size,
+        });
     }
 }
 

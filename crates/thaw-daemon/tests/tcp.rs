@@ -4,6 +4,10 @@
 //! without one; plain HTTP to the TLS port and a TLS client without the CA get no
 //! answer, and the daemon keeps answering; a listener anyone could use unknowingly is
 //! refused at start in one line. Certificates are made by the test (rcgen).
+//!
+//! Bad input over the TLS port, each followed by a good request that succeeds: 1 MiB of
+//! headers (431 with a JSON body), a 100 MiB body (413), 500 idle TLS connections held
+//! open (a new request is still answered).
 
 mod common;
 
@@ -78,6 +82,13 @@ impl Remote {
             port,
             tls: TlsConnector::from(Arc::new(config)),
         }
+    }
+
+    /// A new connection through its TLS handshake.
+    async fn connect(&self) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        self.tls.connect(name, tcp).await.unwrap()
     }
 
     /// One request over a new TLS connection; `Err` when TLS fails.
@@ -257,6 +268,133 @@ async fn a_remote_client_drives_thawd_over_tls_with_a_token() {
     assert_eq!(status, 200);
     // The Unix socket is as before: no token.
     assert!(d.vm_names().await.is_empty());
+}
+
+/// Writes `head` and then `body_len` bytes of body (as far as the daemon reads them)
+/// on a new TLS connection while reading the answer: the status and the JSON body.
+async fn raw_exchange(remote: &Remote, head: Vec<u8>, body_len: usize) -> (u16, Value) {
+    let stream = remote.connect().await;
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let writer = tokio::spawn(async move {
+        // The daemon answers and closes before it has read it all: write errors are
+        // expected.
+        wr.write_all(&head).await?;
+        let chunk = vec![b' '; 1 << 16];
+        let mut left = body_len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            wr.write_all(&chunk[..n]).await?;
+            left -= n;
+        }
+        wr.flush().await
+    });
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), rd.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "no answer within 60 s");
+    writer.abort();
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("{text:?}"));
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("{text:?}")),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_over_tls_leaves_the_daemon_answering() {
+    let files = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(files.path());
+    let tokens = files.path().join("tokens");
+    let token = thaw_daemon::tokens::new_token(&tokens, "ci").unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        "--listen",
+        &listen,
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--tokens",
+        tokens.to_str().unwrap(),
+    ];
+    let d = Daemon::start(&args).await;
+    let remote = Remote::new(port, Some(&ca));
+    let good = || async {
+        let (status, body) = remote
+            .call("GET", "/v1/health", Some(&token), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (status, &body["status"]),
+            (200, &json!("ok")),
+            "{}",
+            d.log()
+        );
+    };
+
+    // 1 MiB of headers: hyper's 431, with the API's JSON body.
+    let mut head = format!(
+        "GET /v1/health HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nX-Big: "
+    )
+    .into_bytes();
+    head.extend(std::iter::repeat_n(b'a', 1 << 20));
+    head.extend_from_slice(b"\r\n\r\n");
+    let (status, err) = raw_exchange(&remote, head, 0).await;
+    assert_eq!(status, 431, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("headers are too large"),
+        "{err}"
+    );
+    good().await;
+
+    // A 100 MiB body: 413 once the daemon has read past its limit (2 MiB), not after
+    // reading it all.
+    let len = 100 << 20;
+    let head = format!(
+        "POST /v1/vms/x/exec HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+    )
+    .into_bytes();
+    let (status, err) = raw_exchange(&remote, head, len).await;
+    assert_eq!(status, 413, "{err}");
+    assert!(err["error"].is_string(), "{err}");
+    good().await;
+
+    // 500 idle connections, through their handshake, held open: a new request is
+    // answered meanwhile, and they are still open.
+    let mut idle = Vec::new();
+    for _ in 0..500 {
+        idle.push(remote.connect().await);
+    }
+    good().await;
+    let (status, vms) = remote
+        .call("GET", "/v1/vms", Some(&token), None)
+        .await
+        .unwrap();
+    assert_eq!((status, vms), (200, json!([])));
+    // The last one opened still takes a request.
+    let mut last = idle.pop().unwrap();
+    last.write_all(
+        format!("GET /v1/health HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    last.read_to_end(&mut got).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    drop(idle);
+    good().await;
 }
 
 /// A listener that anyone could use unknowingly is refused at start, in one line, and

@@ -132,6 +132,8 @@ pub enum PoolError {
 pub trait PoolObserver: Send + Sync {
     fn created(&self, id: &VmName, tag: &SnapshotTag, pid: u32, dir: &Path);
     fn removed(&self, id: &VmName);
+    /// A prepared clone joined the pool of `tag`: `ready` of `size` are ready now.
+    fn ready(&self, _tag: &SnapshotTag, _ready: u32, _size: u32) {}
 }
 
 struct Slot {
@@ -416,6 +418,7 @@ impl Pool {
             tokio::spawn(async move {
                 let result = this.prepare(&tag, config).await;
                 let mut retry = false;
+                let mut joined = None;
                 let leftover = {
                     let mut slots = this.slots.lock().expect("pool lock");
                     match (slots.get_mut(&tag), result) {
@@ -427,6 +430,7 @@ impl Pool {
                             slot.last_error = None;
                             slot.ready.push_back(p);
                             slot.filling -= 1;
+                            joined = Some((slot.ready.len() as u32, slot.config.size));
                             None
                         }
                         (_, Ok(p)) => Some(p),
@@ -441,6 +445,9 @@ impl Pool {
                         }
                     }
                 };
+                if let (Some((ready, size)), Some(o)) = (joined, &this.observer) {
+                    o.ready(&tag, ready, size);
+                }
                 // Not wanted any more (reconfigured or shut down): end it before the
                 // fill counts as done, so `shutdown` waits for it.
                 if let Some(p) = leftover {

@@ -29,6 +29,7 @@ pub struct Screenshot {
 
 /// Keys that were sent.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeysSent {
     pub name: VmName,
     /// Key presses (a combination counts once).

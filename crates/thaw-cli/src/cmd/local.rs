@@ -9,7 +9,7 @@ use anyhow::Result;
 use thaw::cancel::CancellationToken;
 use thaw::profile::Profile;
 use thaw::qemu::Qemu;
-use thaw::{Home, SnapshotTag, VmName};
+use thaw::{Home, SnapshotTag};
 
 use crate::args::{BootArgs, GuestCommand, StoreCommand};
 use crate::print::{self, emit};
@@ -63,20 +63,6 @@ pub(crate) fn print_key(boot: BootArgs, _remote: Option<String>, json: bool) -> 
     Ok(())
 }
 
-pub(crate) async fn push(tag: SnapshotTag, remote: String, home: &Home, json: bool) -> Result<()> {
-    let remote = thaw::store::Remote::from_env(&remote)?;
-    let r = thaw::store::push(home, &tag, &remote, &mut progress::Bars::new()).await?;
-    emit(json, &r, |r| print::transfer("pushed", r))?;
-    Ok(())
-}
-
-pub(crate) async fn pull(tag: SnapshotTag, remote: String, home: &Home, json: bool) -> Result<()> {
-    let remote = thaw::store::Remote::from_env(&remote)?;
-    let r = thaw::store::pull(home, &tag, &remote, &mut progress::Bars::new()).await?;
-    emit(json, &r, |r| print::transfer("pulled", r))?;
-    Ok(())
-}
-
 pub(crate) async fn export(tag: SnapshotTag, file: PathBuf, home: &Home, json: bool) -> Result<()> {
     let r = thaw::store::export(home, &tag, &file, &mut progress::Bars::new())?;
     emit(
@@ -110,78 +96,6 @@ pub(crate) async fn gc(home: &Home, json: bool) -> Result<()> {
             r.chunks_removed, r.bytes_freed, r.stored_bytes
         )
     })?;
-    Ok(())
-}
-
-pub(crate) async fn screenshot(name: VmName, file: PathBuf, home: &Home, json: bool) -> Result<()> {
-    let file = std::path::absolute(&file)?;
-    let shot = thaw::screen::screenshot(home, &name, &file).await?;
-    emit(json, &shot, |s| {
-        format!(
-            "wrote {} ({}x{}, {} KiB)",
-            s.file.display(),
-            s.width,
-            s.height,
-            s.bytes / 1024
-        )
-    })?;
-    Ok(())
-}
-
-pub(crate) async fn type_text(name: VmName, text: String, home: &Home, json: bool) -> Result<()> {
-    let sent = thaw::screen::type_text(home, &name, &text).await?;
-    emit(json, &sent, |s| {
-        format!("typed {} keys into {}", s.keys, s.name)
-    })?;
-    Ok(())
-}
-
-pub(crate) async fn key(name: VmName, combos: Vec<String>, home: &Home, json: bool) -> Result<()> {
-    let sent = thaw::screen::send_keys(home, &name, &combos).await?;
-    emit(json, &sent, |s| {
-        format!("pressed {} keys in {}", s.keys, s.name)
-    })?;
-    Ok(())
-}
-
-pub(crate) async fn logs(name: VmName, follow: bool, home: &Home, json: bool) -> Result<()> {
-    let vm = thaw::vm::VmState::load(home, &name)?;
-    let path = thaw::vm::VmPaths::new(home, &name).console();
-    if !follow {
-        let text = thaw::console::read(&path);
-        return print_console(&name, &text, json, true);
-    }
-    // Until the VM ends (then what it wrote last), or Ctrl-C ends thaw.
-    let mut console = thaw::console::Follow::new(&path);
-    loop {
-        let alive = vm.is_alive();
-        let text = console.read_new()?;
-        if !text.is_empty() {
-            print_console(&name, &text, json, false)?;
-        }
-        if !alive {
-            return Ok(());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-}
-
-/// Console bytes as they are, or with --json as `{"name", "console"}` (pretty as one
-/// document, compact as one line of a followed log).
-fn print_console(name: &VmName, text: &[u8], json: bool, whole: bool) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    match json {
-        false => out.write_all(text)?,
-        true => {
-            let doc = serde_json::json!({ "name": name, "console": String::from_utf8_lossy(text) });
-            match whole {
-                true => serde_json::to_writer_pretty(&mut out, &doc)?,
-                false => serde_json::to_writer(&mut out, &doc)?,
-            }
-            writeln!(out)?;
-        }
-    }
-    out.flush()?;
     Ok(())
 }
 

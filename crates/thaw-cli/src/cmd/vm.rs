@@ -210,6 +210,95 @@ pub(crate) async fn pools(ops: &impl Ops, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `thaw events`: every event as it comes, one line each (`--json`: the event's JSON
+/// object), until the daemon ends the stream; a closed stdout ends it quietly.
+pub(crate) async fn events(ops: &impl Ops, json: bool) -> Result<()> {
+    use std::io::Write;
+    let mut failed = None;
+    ops.events(&mut |event| {
+        let line = match json {
+            true => event.to_string(),
+            false => print::event(&event),
+        };
+        let mut out = std::io::stdout().lock();
+        match writeln!(out, "{line}").and_then(|()| out.flush()) {
+            Ok(()) => true,
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        }
+    })
+    .await?;
+    match failed {
+        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// `thaw logs [-f]`: here, or through a daemon named by THAW_HOST or -H.
+pub(crate) async fn logs(ops: &impl Ops, name: VmName, follow: bool, json: bool) -> Result<()> {
+    ops.console(&name, follow, &mut |text, whole| {
+        print::console(&name, text, json, whole)
+    })
+    .await
+}
+
+/// `thaw screenshot`: here, or through a daemon named by THAW_HOST or -H (the PNG is
+/// written here either way).
+pub(crate) async fn screenshot(
+    ops: &impl Ops,
+    name: VmName,
+    file: std::path::PathBuf,
+    json: bool,
+) -> Result<()> {
+    let file = std::path::absolute(&file)?;
+    let shot = ops.screenshot(&name, &file).await?;
+    emit(json, &shot, |s| {
+        format!(
+            "wrote {} ({}x{}, {} KiB)",
+            s.file.display(),
+            s.width,
+            s.height,
+            s.bytes / 1024
+        )
+    })?;
+    Ok(())
+}
+
+/// `thaw type` (`Ok(text)`) and `thaw key` (`Err(combos)`).
+pub(crate) async fn keys(
+    ops: &impl Ops,
+    name: VmName,
+    what: std::result::Result<String, Vec<String>>,
+    json: bool,
+) -> Result<()> {
+    let typed = what.is_ok();
+    let sent = match &what {
+        Ok(text) => ops.keys(&name, Ok(text)).await?,
+        Err(combos) => ops.keys(&name, Err(combos)).await?,
+    };
+    emit(json, &sent, |s| match typed {
+        true => format!("typed {} keys into {}", s.keys, s.name),
+        false => format!("pressed {} keys in {}", s.keys, s.name),
+    })?;
+    Ok(())
+}
+
+/// `thaw push` / `thaw pull`: here, or through a daemon named by THAW_HOST or -H.
+pub(crate) async fn transfer(
+    ops: &impl Ops,
+    pull: bool,
+    tag: SnapshotTag,
+    remote: &str,
+    json: bool,
+) -> Result<()> {
+    let r = ops.transfer(pull, &tag, remote, json).await?;
+    let verb = if pull { "pulled" } else { "pushed" };
+    emit(json, &r, |r| print::transfer(verb, r))?;
+    Ok(())
+}
+
 /// Turns `thaw boot`'s arguments into the library's boot options (resolved by
 /// [`thaw::profile::resolve`], here or in the daemon): a kernel boot with `--kernel`; a
 /// firmware boot of the first disk with `--disk` and no `--kernel` or `--profile`;

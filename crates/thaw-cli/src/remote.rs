@@ -4,10 +4,11 @@
 use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use thaw::agent::ExecOutput;
 use thaw::boot::BootReport;
 use thaw::clone::CloneReport;
-use thaw::control::{ExecOptions, VmInfo};
+use thaw::control::VmInfo;
+use thaw::guestio::exec::{ExecEvent, ExecSpec};
+use thaw::guestio::files::Copied;
 use thaw::pool::{PoolConfig, PoolStatus};
 use thaw::profile::BootOptions;
 use thaw::reset::{ResetOptions, ResetReport, ResetRequest};
@@ -16,6 +17,8 @@ use thaw::snapshot::catalog::SnapshotInfo;
 use thaw::snapshot::take::{SnapshotOptions, SnapshotReport, SnapshotRequest};
 use thaw::{SnapshotTag, VmName};
 use thaw_daemon::client::Client;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
 
 async fn call<T: DeserializeOwned>(
     d: &Client,
@@ -39,17 +42,34 @@ pub async fn boot(d: &Client, options: &BootOptions) -> Result<BootReport> {
     call(d, "POST", "/v1/vms", Some(body)).await
 }
 
-pub async fn exec(
-    d: &Client,
-    name: &VmName,
-    command: &[String],
-    timeout: u64,
-) -> Result<ExecOutput> {
-    let body = serde_json::to_value(ExecOptions {
-        command: command.to_vec(),
-        timeout_secs: Some(timeout),
-    })?;
-    call(d, "POST", &format!("/v1/vms/{name}/exec"), Some(body)).await
+pub async fn exec_stream(
+    _d: &Client,
+    _name: &VmName,
+    _spec: &ExecSpec,
+    _stdin: Option<&mut (dyn AsyncRead + Unpin + Send)>,
+    _out: mpsc::Sender<ExecEvent>,
+) -> Result<i32> {
+    bail!("todo")
+}
+
+pub async fn upload(
+    _d: &Client,
+    _name: &VmName,
+    _src: &mut (dyn AsyncRead + Unpin + Send),
+    _path: &str,
+    _file_name: &str,
+    _mode: u32,
+) -> Result<Copied> {
+    bail!("todo")
+}
+
+pub async fn download(
+    _d: &Client,
+    _name: &VmName,
+    _path: &str,
+    _dst: &mut (dyn AsyncWrite + Unpin + Send),
+) -> Result<Copied> {
+    bail!("todo")
 }
 
 pub async fn snapshot(d: &Client, req: &SnapshotRequest) -> Result<SnapshotReport> {

@@ -419,6 +419,82 @@ impl Client {
         Ok((status, value))
     }
 
+    /// Sends one request with a streamed `body` (`content_type`) and returns the
+    /// answer with its body unread, for the caller to stream (the exec stream, files).
+    ///
+    /// # Errors
+    /// As [`Client::request`], but the body is not read here.
+    pub async fn stream<B>(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: B,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let head = self.build(method, path, None)?;
+        let (mut parts, _) = head.into_parts();
+        parts.headers.insert(
+            CONTENT_TYPE,
+            content_type.parse().map_err(|e: hyper::header::InvalidHeaderValue| {
+                ClientError::Request {
+                    method: method.to_owned(),
+                    path: path.to_owned(),
+                    source: e.into(),
+                }
+            })?,
+        );
+        let req = Request::from_parts(parts, body);
+        let io = self.open().await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+        tokio::spawn(conn);
+        Ok(sender.send_request(req).await?)
+    }
+
+    /// A fresh connection to the daemon (TLS done when it has TLS).
+    async fn open(&self) -> Result<Box<dyn Io>, ClientError> {
+        match &self.host {
+            Host::Unix(socket) => {
+                let stream = tokio::net::UnixStream::connect(socket)
+                    .await
+                    .map_err(|source| ClientError::Connect {
+                        socket: socket.clone(),
+                        source,
+                    })?;
+                Ok(Box::new(stream))
+            }
+            Host::Tcp { host, port, .. } => {
+                let tcp = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    tokio::net::TcpStream::connect((host.as_str(), *port)),
+                )
+                .await
+                .map_err(|_| self.timeout())?
+                .map_err(|source| ClientError::Unreachable {
+                    host: self.host.clone(),
+                    source,
+                })?;
+                let _ = tcp.set_nodelay(true);
+                let Some(tls) = &self.tls else {
+                    return Ok(Box::new(tcp));
+                };
+                let name =
+                    ServerName::try_from(host.clone()).expect("checked when the host was parsed");
+                let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(name, tcp))
+                    .await
+                    .map_err(|_| self.timeout())?
+                    .map_err(|source| ClientError::Tls {
+                        host: self.host.clone(),
+                        source,
+                    })?;
+                Ok(Box::new(stream))
+            }
+        }
+    }
+
     fn timeout(&self) -> ClientError {
         ClientError::Timeout {
             host: self.host.clone(),
@@ -460,6 +536,10 @@ impl Client {
         builder.body(Full::new(payload)).map_err(request_err)
     }
 }
+
+/// A connection to the daemon, whatever carries it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// One request on a fresh connection: the status and the whole body.
 async fn exchange<S>(stream: S, req: Request<Full<Bytes>>) -> Result<(u16, Bytes), ClientError>

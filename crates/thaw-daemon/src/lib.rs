@@ -29,6 +29,7 @@ mod recover;
 mod request_id;
 mod responses;
 mod socket;
+mod streams;
 pub mod tls;
 pub mod tokens;
 

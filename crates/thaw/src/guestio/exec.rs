@@ -122,6 +122,11 @@ pub async fn exec(
     let deadline = Instant::now() + spec.timeout;
     let ch = prepare(&mut agent, spec).await?;
     let result = run(&mut agent, &ch, spec, stdin, &out, deadline).await;
+    if let Err(StreamExecError::Agent(e)) = &result {
+        if !matches!(e, AgentError::Command { .. }) {
+            return result; // the agent is gone or hangs: no cleanup can reach it
+        }
+    }
     for h in [ch.ready]
         .into_iter()
         .chain(ch.acks)
@@ -133,7 +138,8 @@ pub async fn exec(
     result
 }
 
-fn valid_env(e: &str) -> bool {
+/// Whether `e` is `KEY=VALUE` with a shell variable's name as the key.
+pub fn valid_env(e: &str) -> bool {
     match e.split_once('=') {
         Some((k, _)) => {
             !k.is_empty()
@@ -270,6 +276,9 @@ async fn pump(
     loop {
         if Instant::now() >= deadline {
             return Err(StreamExecError::TimedOut(Duration::ZERO));
+        }
+        if out.is_closed() {
+            return Err(StreamExecError::Abandoned);
         }
         if let Some((b, _)) = read(agent, &ch.ready, 1).await? {
             let Some(&which) = b.first() else {

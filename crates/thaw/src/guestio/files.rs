@@ -38,7 +38,7 @@ pub enum CopyError {
 }
 
 /// What a copy moved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Copied {
     pub bytes: u64,
     pub mode: u32,
@@ -50,18 +50,20 @@ pub async fn connect(home: &Home, name: &VmName) -> Result<Agent, CopyError> {
     Ok(Agent::connect(&state.paths(home).agent(), Duration::from_secs(10)).await?)
 }
 
-/// The mode of a regular file in the guest.
-pub async fn mode(agent: &mut Agent, path: &str) -> Result<u32, CopyError> {
+/// The mode and size of a regular file in the guest.
+pub async fn stat(agent: &mut Agent, path: &str) -> Result<(u32, u64), CopyError> {
     absolute(path)?;
-    let script = r#"[ -d "$1" ] && exit 4; [ -e "$1" ] || exit 3; stat -c %a "$1""#;
+    let script = r#"[ -d "$1" ] && exit 4; [ -e "$1" ] || exit 3; stat -c '%a %s' "$1""#;
     let (code, out, err) = sh(agent, script, &[path]).await?;
+    let text = String::from_utf8_lossy(&out);
     match code {
-        0 => u32::from_str_radix(String::from_utf8_lossy(&out).trim(), 8).map_err(|_| {
-            CopyError::Refused {
-                path: path.to_owned(),
-                desc: format!("stat printed {:?}", String::from_utf8_lossy(&out)),
-            }
-        }),
+        0 => match text.split_whitespace().collect::<Vec<_>>()[..] {
+            [mode, size] => match (u32::from_str_radix(mode, 8), size.parse()) {
+                (Ok(m), Ok(s)) => Ok((m, s)),
+                _ => Err(stat_refused(path, &text)),
+            },
+            _ => Err(stat_refused(path, &text)),
+        },
         3 => Err(CopyError::NotFound(path.to_owned())),
         4 => Err(CopyError::IsDir(path.to_owned())),
         _ => Err(CopyError::Refused {
@@ -71,13 +73,30 @@ pub async fn mode(agent: &mut Agent, path: &str) -> Result<u32, CopyError> {
     }
 }
 
+fn stat_refused(path: &str, text: &str) -> CopyError {
+    CopyError::Refused {
+        path: path.to_owned(),
+        desc: format!("stat printed {text:?}"),
+    }
+}
+
 /// Copies guest file `path` to `dst`; returns its size and mode.
 pub async fn download(
     agent: &mut Agent,
     path: &str,
     dst: &mut (dyn AsyncWrite + Unpin + Send),
 ) -> Result<Copied, CopyError> {
-    let mode = mode(agent, path).await?;
+    let (mode, _) = stat(agent, path).await?;
+    let bytes = read_into(agent, path, dst).await?;
+    Ok(Copied { bytes, mode })
+}
+
+/// Copies guest file `path` to `dst`, 1 MiB at a time; returns the bytes copied.
+pub async fn read_into(
+    agent: &mut Agent,
+    path: &str,
+    dst: &mut (dyn AsyncWrite + Unpin + Send),
+) -> Result<u64, CopyError> {
     let h = open(agent, path, "r")
         .await
         .map_err(|e| refused(path, e))?;
@@ -98,7 +117,7 @@ pub async fn download(
     .await;
     let _ = close(agent, h).await;
     result?;
-    Ok(Copied { bytes, mode })
+    Ok(bytes)
 }
 
 /// Where a copy into the guest goes: `dest`, or `dest/name` when `dest` is a directory.

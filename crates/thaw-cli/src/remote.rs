@@ -2,16 +2,16 @@
 //! socket, replies read back into the library's report types.
 
 use anyhow::{bail, Context, Result};
-use serde::de::DeserializeOwned;
-use serde_json::Value;
-use thaw::boot::BootReport;
-use thaw::clone::CloneReport;
-use thaw::control::VmInfo;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use thaw::boot::BootReport;
+use thaw::clone::CloneReport;
+use thaw::control::VmInfo;
 use thaw::guestio::exec::{ExecEvent, ExecSpec, StreamExecError};
 use thaw::guestio::files::Copied;
 use thaw::pool::{PoolConfig, PoolStatus};
@@ -85,8 +85,8 @@ pub async fn exec_stream(
         pending.extend_from_slice(&data);
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
-            let v: Value = serde_json::from_slice(&line)
-                .context("thawd sent a frame that is not JSON")?;
+            let v: Value =
+                serde_json::from_slice(&line).context("thawd sent a frame that is not JSON")?;
             let decode = |s: &Value| B64.decode(s.as_str().unwrap_or_default());
             if let Some(b) = v.get("stdout") {
                 out.send(ExecEvent::Stdout(decode(b)?)).await.ok();
@@ -115,7 +115,9 @@ async fn refused(resp: hyper::Response<Incoming>) -> Result<Incoming> {
     let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
     bail!(
         "{}",
-        v["error"].as_str().unwrap_or("the daemon refused the request")
+        v["error"]
+            .as_str()
+            .unwrap_or("the daemon refused the request")
     )
 }
 
@@ -171,7 +173,7 @@ pub async fn upload(
     );
     let body = refused(resp?).await?;
     let bytes = body.collect().await?.to_bytes();
-    Ok(serde_json::from_slice(&bytes).context("unexpected reply from the daemon")?)
+    serde_json::from_slice(&bytes).context("unexpected reply from the daemon")
 }
 
 /// `GET /v1/vms/{name}/files`: the body streamed into `dst`.
@@ -183,7 +185,12 @@ pub async fn download(
 ) -> Result<Copied> {
     let target = files_path(name, path, None);
     let resp = d
-        .stream("GET", &target, "application/octet-stream", Empty::<Bytes>::new())
+        .stream(
+            "GET",
+            &target,
+            "application/octet-stream",
+            Empty::<Bytes>::new(),
+        )
         .await?;
     let mode = resp
         .headers()

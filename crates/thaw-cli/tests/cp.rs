@@ -83,12 +83,19 @@ fn cp_errors_are_one_line_and_leave_nothing() {
         .fails_with("/proc is a directory in the guest");
 
     // A full guest disk: a 1 MiB tmpfs, 3 MiB to copy.
-    env.sh("errs", "mkdir -p /mnt/small && mount -t tmpfs -o size=1m tmpfs /mnt/small");
+    env.sh(
+        "errs",
+        "mkdir -p /mnt/small && mount -t tmpfs -o size=1m tmpfs /mnt/small",
+    );
     let big = dir.path().join("three");
     std::fs::write(&big, vec![7u8; 3 << 20]).unwrap();
     env.run(&["cp", big.to_str().unwrap(), "errs:/mnt/small/three"])
         .fails_with("the guest's disk is full writing /mnt/small/three");
-    assert_eq!(env.sh("errs", "ls -A /mnt/small"), "", "a partial file was left");
+    assert_eq!(
+        env.sh("errs", "ls -A /mnt/small"),
+        "",
+        "a partial file was left"
+    );
     // With room, the same copy works.
     env.sh("errs", "umount /mnt/small");
     env.ok(&["cp", big.to_str().unwrap(), "errs:/mnt/small/three"]);

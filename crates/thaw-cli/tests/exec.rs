@@ -222,16 +222,37 @@ fn exec_takes_stdin_env_and_workdir() {
     let writer = std::thread::spawn(move || stdin.write_all(&sent));
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.stdout == data, "cat gave back {} bytes", out.stdout.len());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout == data,
+        "cat gave back {} bytes",
+        out.stdout.len()
+    );
 
     let r = env.ok(&[
-        "exec", "-e", "GREETING=hello world", "-e", "EMPTY=", "-w", "/proc", "input", "--",
-        "/bin/sh", "-c", "echo \"$GREETING|$EMPTY|$PWD\"",
+        "exec",
+        "-e",
+        "GREETING=hello world",
+        "-e",
+        "EMPTY=",
+        "-w",
+        "/proc",
+        "input",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo \"$GREETING|$EMPTY|$PWD\"",
     ]);
     assert_eq!(r.stdout, "hello world||/proc\n");
     // Without -i, stdin is empty.
-    assert_eq!(env.ok(&["exec", "input", "--", "wc", "-c"]).stdout.trim(), "0");
+    assert_eq!(
+        env.ok(&["exec", "input", "--", "wc", "-c"]).stdout.trim(),
+        "0"
+    );
 }
 
 /// `--timeout` kills the guest command and what it started; thaw says so and exits 124.
@@ -240,7 +261,16 @@ fn exec_timeout_kills_the_guest_process() {
     let env = Env::new();
     env.boot("slow", &[]);
     let script = "sleep 301 & echo $! > /tmp/child; echo $$ > /tmp/main; exec sleep 300";
-    let r = env.run(&["exec", "--timeout", "3", "slow", "--", "/bin/sh", "-c", script]);
+    let r = env.run(&[
+        "exec",
+        "--timeout",
+        "3",
+        "slow",
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+    ]);
     r.fails_with("timed out after 3 s; the guest process was killed");
     assert_eq!(r.code, 124);
     let left = env.sh(
@@ -250,7 +280,11 @@ fn exec_timeout_kills_the_guest_process() {
     assert_eq!(left, "", "still running in the guest: {left}");
     // The only scratch directory left is the one of the exec that looks.
     let scratch = env.sh("slow", "ls -a /tmp | grep -c '^.thaw-'");
-    assert_eq!(scratch.trim(), "1", "the timed-out exec left its scratch directory");
+    assert_eq!(
+        scratch.trim(),
+        "1",
+        "the timed-out exec left its scratch directory"
+    );
 }
 
 /// The guest command's exit code passes through (a signal as 128 + it); thaw's own
@@ -259,13 +293,27 @@ fn exec_timeout_kills_the_guest_process() {
 fn exec_exit_codes_tell_the_guest_from_thaw() {
     let env = Env::new();
     env.boot("codes", &[]);
-    assert_eq!(env.run(&["exec", "codes", "--", "/bin/sh", "-c", "exit 7"]).code, 7);
-    assert_eq!(env.run(&["exec", "codes", "--", "/bin/sh", "-c", "kill -9 $$"]).code, 137);
+    assert_eq!(
+        env.run(&["exec", "codes", "--", "/bin/sh", "-c", "exit 7"])
+            .code,
+        7
+    );
+    assert_eq!(
+        env.run(&["exec", "codes", "--", "/bin/sh", "-c", "kill -9 $$"])
+            .code,
+        137
+    );
     assert_eq!(env.run(&["exec", "codes", "--", "/no/such/cmd"]).code, 127);
     for (args, needle) in [
         (vec!["exec", "nosuch", "--", "true"], "no VM named"),
-        (vec!["exec", "-w", "/no/dir", "codes", "--", "true"], "no directory /no/dir"),
-        (vec!["exec", "-e", "NOEQUALS", "codes", "--", "true"], "is not KEY=VALUE"),
+        (
+            vec!["exec", "-w", "/no/dir", "codes", "--", "true"],
+            "no directory /no/dir",
+        ),
+        (
+            vec!["exec", "-e", "NOEQUALS", "codes", "--", "true"],
+            "is not KEY=VALUE",
+        ),
         (vec!["exec", "codes"], "required"),
     ] {
         let r = env.run(&args);

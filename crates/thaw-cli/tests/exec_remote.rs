@@ -69,7 +69,14 @@ fn exec_and_cp_through_thawd() {
 
     // Streams: the first line arrives while the command still runs.
     let mut child = env
-        .command(&["exec", "far", "--", "/bin/sh", "-c", "echo first; sleep 2; echo second"])
+        .command(&[
+            "exec",
+            "far",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo first; sleep 2; echo second",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
@@ -78,7 +85,10 @@ fn exec_and_cp_through_thawd() {
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line, "first\n");
-    assert!(child.try_wait().unwrap().is_none(), "the first line came at the end");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first line came at the end"
+    );
     let mut rest = String::new();
     out.read_to_string(&mut rest).unwrap();
     assert_eq!(rest, "second\n");
@@ -86,7 +96,14 @@ fn exec_and_cp_through_thawd() {
 
     // Binary output, byte for byte (checked against the guest's own digest).
     let got = env
-        .command(&["exec", "far", "--", "/bin/sh", "-c", "head -c 300000 /dev/urandom | tee /tmp/r"])
+        .command(&[
+            "exec",
+            "far",
+            "--",
+            "/bin/sh",
+            "-c",
+            "head -c 300000 /dev/urandom | tee /tmp/r",
+        ])
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -97,21 +114,49 @@ fn exec_and_cp_through_thawd() {
 
     // Stdin, env, workdir.
     let mut child = env
-        .command(&["exec", "-i", "-e", "K=v", "-w", "/proc", "far", "--", "/bin/sh", "-c", "cat; echo \"$K $PWD\""])
+        .command(&[
+            "exec",
+            "-i",
+            "-e",
+            "K=v",
+            "-w",
+            "/proc",
+            "far",
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat; echo \"$K $PWD\"",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"from the host\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from the host\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "from the host\nv /proc\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "from the host\nv /proc\n"
+    );
 
     // Exit codes.
-    assert_eq!(env.run(&["exec", "far", "--", "/bin/sh", "-c", "exit 7"]).code, 7);
+    assert_eq!(
+        env.run(&["exec", "far", "--", "/bin/sh", "-c", "exit 7"])
+            .code,
+        7
+    );
     let r = env.run(&["exec", "--timeout", "2", "far", "--", "sleep", "100"]);
     r.fails_with("timed out after 2 s; the guest process was killed");
     assert_eq!(r.code, 124);
-    assert_eq!(env.sh("far", "pidof sleep | wc -w").trim(), "1", "only init's sleep is left");
+    assert_eq!(
+        env.sh("far", "pidof sleep | wc -w").trim(),
+        "1",
+        "only init's sleep is left"
+    );
     let r = env.run(&["exec", "nosuch", "--", "true"]);
     r.fails_with("no VM named");
     assert_eq!(r.code, 125);
@@ -119,7 +164,9 @@ fn exec_and_cp_through_thawd() {
     // cp both ways with the mode.
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("data.bin");
-    let data: Vec<u8> = (0..5_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..5_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     std::fs::write(&src, &data).unwrap();
     std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o640)).unwrap();
     env.ok(&["cp", src.to_str().unwrap(), "far:/tmp/data.bin"]);
@@ -133,5 +180,8 @@ fn exec_and_cp_through_thawd() {
     );
     env.run(&["cp", "far:/no/such", back.to_str().unwrap()])
         .fails_with("no such file in the guest: /no/such");
-    assert!(Path::new(&back).exists(), "a failed copy does not remove an older file");
+    assert!(
+        Path::new(&back).exists(),
+        "a failed copy does not remove an older file"
+    );
 }

@@ -439,13 +439,15 @@ impl Client {
         let (mut parts, _) = head.into_parts();
         parts.headers.insert(
             CONTENT_TYPE,
-            content_type.parse().map_err(|e: hyper::header::InvalidHeaderValue| {
-                ClientError::Request {
-                    method: method.to_owned(),
-                    path: path.to_owned(),
-                    source: e.into(),
-                }
-            })?,
+            content_type
+                .parse()
+                .map_err(
+                    |e: hyper::header::InvalidHeaderValue| ClientError::Request {
+                        method: method.to_owned(),
+                        path: path.to_owned(),
+                        source: e.into(),
+                    },
+                )?,
         );
         let req = Request::from_parts(parts, body);
         let io = self.open().await?;

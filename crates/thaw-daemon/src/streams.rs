@@ -354,7 +354,10 @@ pub(crate) async fn get_file(
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
             (header::CONTENT_LENGTH, size.to_string()),
-            (header::HeaderName::from_static("x-thaw-mode"), format!("{mode:o}")),
+            (
+                header::HeaderName::from_static("x-thaw-mode"),
+                format!("{mode:o}"),
+            ),
         ],
         Body::from_stream(tokio_util::io::ReaderStream::new(reader)),
     )
@@ -370,7 +373,13 @@ mod tests {
         let q = file_query(Some("path=%2Ftmp%2Fa%20b&mode=750".into())).unwrap();
         assert_eq!(q.path, "/tmp/a b");
         assert_eq!(q.mode, Some(0o750));
-        for bad in ["", "path=rel", "path=/x&mode=9", "path=/x&mode=77777", "path=/x&x=1"] {
+        for bad in [
+            "",
+            "path=rel",
+            "path=/x&mode=9",
+            "path=/x&mode=77777",
+            "path=/x&x=1",
+        ] {
             assert!(file_query(Some(bad.into())).is_err(), "{bad}");
         }
     }

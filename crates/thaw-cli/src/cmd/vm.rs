@@ -50,13 +50,12 @@ pub(crate) async fn exec(ops: &impl Ops, args: ExecArgs, json: bool) -> Result<E
         while let Some(ev) = rx.recv().await {
             // Blocking writes: a slow reader of our output slows the guest command
             // (through the relay's back pressure), nothing piles up here.
-            let written = match (&ev, json) {
-                (ExecEvent::Stdout(b), false) => write_flush(&mut std::io::stdout().lock(), b),
-                (ExecEvent::Stderr(b), false) => write_flush(&mut std::io::stderr().lock(), b),
-                (ExecEvent::Stdout(b), true) => Ok(gathered.stdout.extend_from_slice(b)),
-                (ExecEvent::Stderr(b), true) => Ok(gathered.stderr.extend_from_slice(b)),
-            };
-            written?;
+            match (ev, json) {
+                (ExecEvent::Stdout(b), false) => write_flush(&mut std::io::stdout().lock(), &b)?,
+                (ExecEvent::Stderr(b), false) => write_flush(&mut std::io::stderr().lock(), &b)?,
+                (ExecEvent::Stdout(b), true) => gathered.stdout.extend_from_slice(&b),
+                (ExecEvent::Stderr(b), true) => gathered.stderr.extend_from_slice(&b),
+            }
         }
         Ok::<(), std::io::Error>(())
     };
@@ -93,7 +92,8 @@ pub(crate) async fn cp(ops: &impl Ops, src: &str, dst: &str, json: bool) -> Resu
             let file_name = host.file_name().unwrap_or_default().to_string_lossy();
             use std::os::unix::fs::PermissionsExt;
             let mode = meta.permissions().mode() & 0o7777;
-            ops.upload(&name, &mut file, &path, &file_name, mode).await?
+            ops.upload(&name, &mut file, &path, &file_name, mode)
+                .await?
         }
         (Some((name, path)), None) => {
             let mut host = std::path::PathBuf::from(dst);

@@ -127,11 +127,7 @@ pub async fn exec(
             return result; // the agent is gone or hangs: no cleanup can reach it
         }
     }
-    for h in [ch.ready]
-        .into_iter()
-        .chain(ch.acks)
-        .chain(ch.chunks)
-    {
+    for h in [ch.ready].into_iter().chain(ch.acks).chain(ch.chunks) {
         let _ = close(&mut agent, h).await;
     }
     let _ = sh(&mut agent, "rm -rf \"$1\"", &[&ch.dir]).await;
@@ -166,8 +162,14 @@ async fn prepare(agent: &mut Agent, spec: &ExecSpec) -> Result<Channel, StreamEx
     let f = |n: &str| format!("{dir}/{n}");
     Ok(Channel {
         ready: open(agent, &f("r"), "r+").await?,
-        acks: [open(agent, &f("ao"), "r+").await?, open(agent, &f("ae"), "r+").await?],
-        chunks: [open(agent, &f("co"), "r").await?, open(agent, &f("ce"), "r").await?],
+        acks: [
+            open(agent, &f("ao"), "r+").await?,
+            open(agent, &f("ae"), "r+").await?,
+        ],
+        chunks: [
+            open(agent, &f("co"), "r").await?,
+            open(agent, &f("ce"), "r").await?,
+        ],
         dir,
     })
 }

@@ -97,9 +97,7 @@ pub async fn read_into(
     path: &str,
     dst: &mut (dyn AsyncWrite + Unpin + Send),
 ) -> Result<u64, CopyError> {
-    let h = open(agent, path, "r")
-        .await
-        .map_err(|e| refused(path, e))?;
+    let h = open(agent, path, "r").await.map_err(|e| refused(path, e))?;
     let mut bytes = 0u64;
     let result = async {
         loop {
@@ -130,7 +128,10 @@ pub async fn target(agent: &mut Agent, dest: &str, name: &str) -> Result<String,
         4 if !name.is_empty() => Ok(format!("{}/{name}", dest.trim_end_matches('/'))),
         4 => Err(CopyError::IsDir(dest.to_owned())),
         _ => Err(CopyError::NoParent(
-            dest.rsplit_once('/').map(|(p, _)| p).unwrap_or("/").to_owned(),
+            dest.rsplit_once('/')
+                .map(|(p, _)| p)
+                .unwrap_or("/")
+                .to_owned(),
         )),
     }
 }
@@ -144,9 +145,7 @@ pub async fn upload(
     mode: u32,
 ) -> Result<Copied, CopyError> {
     absolute(path)?;
-    let h = open(agent, path, "w")
-        .await
-        .map_err(|e| refused(path, e))?;
+    let h = open(agent, path, "w").await.map_err(|e| refused(path, e))?;
     let mut bytes = 0u64;
     let mut buf = vec![0u8; CHUNK];
     let result = async {
@@ -220,7 +219,10 @@ mod tests {
             CopyError::DiskFull(p) if p == "/x"
         ));
         assert!(matches!(
-            refused("/x", cmd("failed to open file '/x' (mode: 'r'): No such file or directory")),
+            refused(
+                "/x",
+                cmd("failed to open file '/x' (mode: 'r'): No such file or directory")
+            ),
             CopyError::NotFound(_)
         ));
         assert_eq!(

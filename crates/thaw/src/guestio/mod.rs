@@ -108,7 +108,12 @@ pub(crate) async fn sh(
     script: &str,
     args: &[&str],
 ) -> Result<(i32, Vec<u8>, Vec<u8>), AgentError> {
-    let mut argv = vec!["/bin/sh".to_owned(), "-c".into(), script.into(), "sh".into()];
+    let mut argv = vec![
+        "/bin/sh".to_owned(),
+        "-c".into(),
+        script.into(),
+        "sh".into(),
+    ];
     argv.extend(args.iter().map(|a| a.to_string()));
     let out = agent.exec(&argv, Duration::from_secs(30)).await?;
     Ok((out.exit_code, out.stdout, out.stderr))
@@ -120,7 +125,11 @@ pub(crate) fn scratch_dir() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
-    format!("/tmp/.thaw-{}-{:x}", std::process::id(), t & 0xFFFF_FFFF_FFFF)
+    format!(
+        "/tmp/.thaw-{}-{:x}",
+        std::process::id(),
+        t & 0xFFFF_FFFF_FFFF
+    )
 }
 
 /// A sleep that grows from 1 ms to 20 ms while nothing happens.

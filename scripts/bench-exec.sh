@@ -31,8 +31,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores, accel: $([ -w /dev/kvm ] && echo kvm || echo tcg)"
 "$THAW" boot bench --memory 512 >/dev/null
+accel=$("$THAW" inspect bench --json | python3 -c "import json,sys; print(json.load(sys.stdin)['record']['spec'].get('accel', '?'))")
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores, accel: $accel"
 
 python3 - "$THAW" <<'EOF'
 import statistics, subprocess, sys, time
@@ -59,7 +60,7 @@ t2=$(date +%s.%N)
 cmp -s "$work/in.bin" "$work/out.bin" || { echo "the copy back differs" >&2; exit 1; }
 echo "thaw cp 100 MiB: host -> guest $(secs "$t0" "$t1") MB/s, guest -> host $(secs "$t1" "$t2") MB/s"
 t0=$(date +%s.%N)
-"$THAW" exec bench -- head -c 104857600 /dev/zero | wc -c >/dev/null
+"$THAW" exec --timeout 3600 bench -- head -c 104857600 /dev/zero | wc -c >/dev/null
 t1=$(date +%s.%N)
 echo "thaw exec 100 MiB of stdout: $(secs "$t0" "$t1") MB/s"
 "$THAW" stop bench >/dev/null

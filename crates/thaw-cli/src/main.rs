@@ -125,6 +125,8 @@ fn on_signal(command: &Command) -> OnSignal {
         Command::Restore(_) => OnSignal::Finish("the restore"),
         Command::Reset { .. } => OnSignal::Finish("the reset"),
         Command::Up { .. } => OnSignal::Finish("thaw up"),
+        // The guest command is killed, then thaw ends (130/143).
+        Command::Exec(_) => OnSignal::Finish("the exec"),
         Command::Serve { .. } => OnSignal::Own,
         _ => OnSignal::Exit,
     }

@@ -78,7 +78,13 @@ pub async fn exec_stream(
     let resp = d.stream("POST", &path, "application/json", payload).await?;
     let mut body = refused(resp).await?;
     let mut pending: Vec<u8> = Vec::new();
-    while let Some(frame) = body.frame().await {
+    loop {
+        // A reader that went away (thaw interrupted) hangs up: thawd kills the command.
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            () = out.closed() => bail!("the reader of the output went away"),
+        };
+        let Some(frame) = frame else { break };
         let Ok(data) = frame?.into_data() else {
             continue;
         };

@@ -321,3 +321,38 @@ fn exec_exit_codes_tell_the_guest_from_thaw() {
         assert_eq!(r.code, 125, "{args:?}: {}", r.stderr);
     }
 }
+
+/// SIGINT during an exec kills the guest command (nothing is left running in the
+/// guest), and thaw says so in one line and exits 130.
+#[test]
+fn exec_interrupted_kills_the_guest_command() {
+    let env = Env::new();
+    env.boot("intr", &[]);
+    let script = "echo $$ > /tmp/p; echo go; exec sleep 300";
+    let mut child = env
+        .command(&["exec", "intr", "--", "/bin/sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "go\n");
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let done = child.wait_with_output().unwrap();
+    let r = common::Run {
+        code: done.status.code().unwrap_or(-1),
+        stdout: String::new(),
+        stderr: String::from_utf8_lossy(&done.stderr).into_owned(),
+    };
+    r.fails_with("interrupted: the guest command was killed");
+    assert_eq!(r.code, 130);
+    let left = env.sh(
+        "intr",
+        "[ -e /proc/$(cat /tmp/p) ] && echo alive || echo gone",
+    );
+    assert_eq!(left, "gone\n");
+}

@@ -14,6 +14,7 @@ use thaw::snapshot::take::SnapshotRequest;
 use thaw::{Accel, SnapshotTag, VmName};
 
 use thaw::agent::ExecOutput;
+use thaw::cancel::{CancellationToken, Interrupted};
 use thaw::guestio::exec::{ExecEvent, ExecSpec};
 use tokio::sync::mpsc;
 
@@ -29,14 +30,21 @@ pub(crate) async fn boot(ops: &impl Ops, args: BootArgs, json: bool) -> Result<(
 
 /// Runs the command, its output streamed to ours as it comes; exits with its exit
 /// code. With `--json`, the output is gathered into one document instead.
-pub(crate) async fn exec(ops: &impl Ops, args: ExecArgs, json: bool) -> Result<ExitCode> {
+/// On SIGINT/SIGTERM (`cancel`), the output stops being read: the guest command is
+/// killed and thaw says so (exit 130/143).
+pub(crate) async fn exec(
+    ops: &impl Ops,
+    args: ExecArgs,
+    cancel: &CancellationToken,
+    json: bool,
+) -> Result<ExitCode> {
     let spec = ExecSpec {
         command: args.command,
         env: args.env,
         cwd: args.workdir,
         timeout: Duration::from_secs(args.timeout),
     };
-    let (tx, mut rx) = mpsc::channel::<ExecEvent>(4);
+    let (tx, rx) = mpsc::channel::<ExecEvent>(4);
     let mut stdin = args.interactive.then(tokio::io::stdin);
     let stdin = stdin
         .as_mut()
@@ -47,7 +55,13 @@ pub(crate) async fn exec(ops: &impl Ops, args: ExecArgs, json: bool) -> Result<E
         stderr: Vec::new(),
     };
     let print = async {
-        while let Some(ev) = rx.recv().await {
+        let mut rx = rx;
+        loop {
+            let ev = tokio::select! {
+                ev = rx.recv() => ev,
+                () = cancel.cancelled() => return Ok(true),
+            };
+            let Some(ev) = ev else { break };
             // Blocking writes: a slow reader of our output slows the guest command
             // (through the relay's back pressure), nothing piles up here.
             match (ev, json) {
@@ -57,10 +71,12 @@ pub(crate) async fn exec(ops: &impl Ops, args: ExecArgs, json: bool) -> Result<E
                 (ExecEvent::Stderr(b), true) => gathered.stderr.extend_from_slice(&b),
             }
         }
-        Ok::<(), std::io::Error>(())
+        Ok::<bool, std::io::Error>(false)
     };
-    let (code, printed) = tokio::join!(ops.exec_stream(&args.name, &spec, stdin, tx), print);
-    printed?;
+    let (code, interrupted) = tokio::join!(ops.exec_stream(&args.name, &spec, stdin, tx), print);
+    if interrupted? {
+        return Err(anyhow::Error::new(Interrupted::Exec).context("interrupted"));
+    }
     let code = code?;
     if json {
         gathered.exit_code = code;

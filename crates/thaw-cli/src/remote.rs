@@ -127,11 +127,14 @@ async fn refused(resp: hyper::Response<Incoming>) -> Result<Incoming> {
     )
 }
 
-fn files_path(name: &VmName, path: &str, mode: Option<u32>) -> String {
+fn files_path(name: &VmName, path: &str, put: Option<(u32, &str)>) -> String {
     let mut q = form_urlencoded::Serializer::new(String::new());
     q.append_pair("path", path);
-    if let Some(m) = mode {
-        q.append_pair("mode", &format!("{m:o}"));
+    if let Some((mode, file_name)) = put {
+        q.append_pair("mode", &format!("{mode:o}"));
+        if !file_name.is_empty() {
+            q.append_pair("name", file_name);
+        }
     }
     format!("/v1/vms/{name}/files?{}", q.finish())
 }
@@ -145,11 +148,6 @@ pub async fn upload(
     file_name: &str,
     mode: u32,
 ) -> Result<Copied> {
-    // A directory takes the file's name, as `thaw cp` does locally.
-    let path = match (path.ends_with('/'), file_name.is_empty()) {
-        (true, false) => format!("{path}{file_name}"),
-        _ => path.to_owned(),
-    };
     let (tx, rx) = mpsc::channel::<std::io::Result<Frame<Bytes>>>(2);
     let body = StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
@@ -172,7 +170,8 @@ pub async fn upload(
             }
         }
     };
-    let target = files_path(name, &path, Some(mode));
+    // A guest directory takes the file under its own name, as locally.
+    let target = files_path(name, path, Some((mode, file_name)));
     let (resp, ()) = tokio::join!(
         d.stream("PUT", &target, "application/octet-stream", body),
         feed

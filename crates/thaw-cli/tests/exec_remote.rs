@@ -169,7 +169,7 @@ fn exec_and_cp_through_thawd() {
         .collect();
     std::fs::write(&src, &data).unwrap();
     std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o640)).unwrap();
-    env.ok(&["cp", src.to_str().unwrap(), "far:/tmp/data.bin"]);
+    env.ok(&["cp", src.to_str().unwrap(), "far:/tmp"]);
     assert_eq!(env.sh("far", "stat -c %a /tmp/data.bin").trim(), "640");
     let back = dir.path().join("back.bin");
     env.ok(&["cp", "far:/tmp/data.bin", back.to_str().unwrap()]);

@@ -227,11 +227,13 @@ pub(crate) async fn exec_stream(
 struct FileQuery {
     path: String,
     mode: Option<u32>,
+    /// The file's name when `path` is a directory (PUT).
+    name: Option<String>,
 }
 
 fn file_query(raw: Option<String>) -> Result<FileQuery, ApiError> {
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
-    let (mut path, mut mode) = (None, None);
+    let (mut path, mut mode, mut name) = (None, None, None);
     for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         match &*k {
             "path" => path = Some(v.into_owned()),
@@ -243,6 +245,10 @@ fn file_query(raw: Option<String>) -> Result<FileQuery, ApiError> {
                         .ok_or_else(|| bad(format!("mode {v:?} is not octal 0..7777")))?,
                 )
             }
+            "name" if !v.is_empty() && !v.contains('/') && v != "." && v != ".." => {
+                name = Some(v.into_owned())
+            }
+            "name" => return Err(bad(format!("name {v:?} is not a file name"))),
             other => return Err(bad(format!("unknown query parameter {other:?}"))),
         }
     }
@@ -250,13 +256,14 @@ fn file_query(raw: Option<String>) -> Result<FileQuery, ApiError> {
     if !path.starts_with('/') {
         return Err(bad(format!("path {path:?} is not absolute")));
     }
-    Ok(FileQuery { path, mode })
+    Ok(FileQuery { path, mode, name })
 }
 
 /// Write a file in the guest
 ///
 /// The body is the file's bytes, streamed to the guest 1 MiB at a time; `mode` is
-/// octal (default 644). A path that is a directory takes no file name: 400.
+/// octal (default 644). A path that is a directory takes the file as `name` in it
+/// (without `name`: 400).
 #[utoipa::path(
     put,
     path = "/v1/vms/{name}/files",
@@ -265,6 +272,7 @@ fn file_query(raw: Option<String>) -> Result<FileQuery, ApiError> {
         ("name" = VmName, Path, description = "The VM's name."),
         ("path" = String, Query, description = "The guest file (absolute)."),
         ("mode" = Option<String>, Query, description = "Its mode, octal (default 644)."),
+        ("name" = Option<String>, Query, description = "The file's name if path is a directory."),
     ),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
@@ -285,7 +293,7 @@ pub(crate) async fn put_file(
     let mut agent = files::connect(&d.home, &name)
         .await
         .map_err(ApiError::from_op)?;
-    let path = files::target(&mut agent, &q.path, "")
+    let path = files::target(&mut agent, &q.path, q.name.as_deref().unwrap_or(""))
         .await
         .map_err(ApiError::from_op)?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
@@ -332,10 +340,10 @@ pub(crate) async fn get_file(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let q = file_query(raw)?;
-    if q.mode.is_some() {
+    if q.mode.is_some() || q.name.is_some() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "mode is for PUT only",
+            "mode and name are for PUT only",
         ));
     }
     let mut agent = files::connect(&d.home, &name)
@@ -379,6 +387,8 @@ mod tests {
             "path=/x&mode=9",
             "path=/x&mode=77777",
             "path=/x&x=1",
+            "path=/x&name=a/b",
+            "path=/x&name=..",
         ] {
             assert!(file_query(Some(bad.into())).is_err(), "{bad}");
         }

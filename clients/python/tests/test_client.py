@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import List
 
 import pytest
 
-from thaw_client import Client, ThawError
+from thaw_client import Client, ExecTimeout, NotFound, ThawError
 
 from .conftest import Base, Daemon, empty_pool, wait_for_pool, wait_until
 
@@ -34,10 +35,11 @@ def test_restore_exec_and_stop(client: Client, base: Base) -> None:
     (info,) = [v for v in client.vms() if v.name == vm.name]
     assert info.state == "running" and info.origin is not None
     assert info.origin.snapshot == base.tag
-    got: List[bytes] = []
-    result = vm.exec(["sh", "-c", SCRIPT], on_stdout=got.append, on_stderr=got.append)
+    out: List[bytes] = []
+    err: List[bytes] = []
+    result = vm.exec(["sh", "-c", SCRIPT], on_stdout=out.append, on_stderr=err.append)
     assert (result.exit_code, result.stdout, result.stderr) == (3, BINARY, b"to stderr")
-    assert got == [BINARY, b"to stderr"]
+    assert (b"".join(out), b"".join(err)) == (BINARY, b"to stderr")
     vm.stop()
     assert vm.name not in names(client)
 
@@ -74,19 +76,62 @@ def test_pool_gives_ready_clones(daemon: Daemon, base: Base) -> None:
             empty_pool(c, base.tag)
 
 
-def test_what_the_daemon_cannot_do_yet_is_refused_clearly(client: Client, base: Base) -> None:
-    vm = client.vm("not-started")
-    for kwargs, word in (
-        ({"stdin": b"x"}, "stdin"),
-        ({"env": {"A": "1"}}, "env"),
-        ({"cwd": "/"}, "cwd"),
-    ):
-        with pytest.raises(ThawError, match=f"does not support exec's {word} yet"):
-            vm.exec(["true"], **kwargs)
-    with pytest.raises(ThawError, match="the daemon has no file routes yet"):
-        vm.files.write("/tmp/x", b"data")
-    with pytest.raises(ThawError, match="the daemon has no file routes yet"):
-        vm.files.read("/tmp/x")
+class Stop(Exception):
+    pass
+
+
+def test_exec_streams_and_a_callback_that_raises_ends_the_command(
+    client: Client, base: Base
+) -> None:
+    """The first line arrives while the command still runs: the callback raises then,
+    the client hangs up, and the guest command is killed before it could finish (its
+    last act, writing /tmp/after, never happens). Buffered output would arrive only
+    after that file was written."""
+    script = (
+        "rm -f /tmp/after; echo first; i=0; "
+        "while [ $i -lt 30 ]; do sleep 0.2; echo tick; i=$((i+1)); done; "
+        "echo done > /tmp/after"
+    )
+    seen: List[bytes] = []
+
+    def on_stdout(data: bytes) -> None:
+        seen.append(data)
+        raise Stop()
+
+    with client.restore(base.tag) as vm:
+        with pytest.raises(Stop):
+            vm.exec(["sh", "-c", script], on_stdout=on_stdout)
+        assert seen[0].startswith(b"first\n")
+        # Longer than the command would have needed to finish.
+        later = vm.exec(["sh", "-c", "sleep 8; [ -e /tmp/after ] && echo ran || echo killed"])
+        assert later.stdout == b"killed\n"
+
+
+def test_exec_stdin_env_cwd_and_timeout(client: Client, base: Base) -> None:
+    with client.restore(base.tag) as vm:
+        data = bytes(range(256)) * 1000
+        r = vm.exec(["cat"], stdin=data)
+        assert (r.exit_code, r.stdout) == (0, data)
+        r = vm.exec(["sh", "-c", 'echo "$A|$B|$PWD"'], env={"A": "1", "B": "x y"}, cwd="/proc")
+        assert r.stdout == b"1|x y|/proc\n"
+        with pytest.raises(ExecTimeout, match="timed out after 2 s; the guest process was killed"):
+            vm.exec(["sh", "-c", "echo $$ > /tmp/pid; exec sleep 100"], timeout=2)
+        gone = vm.exec(["sh", "-c", "[ -e /proc/$(cat /tmp/pid) ] && echo alive || echo gone"])
+        assert gone.stdout == b"gone\n"
+        with pytest.raises(ThawError, match="no directory /nope in the guest"):
+            vm.exec(["true"], cwd="/nope")
+
+
+def test_files_write_and_read(client: Client, base: Base) -> None:
+    with client.restore(base.tag) as vm:
+        data = os.urandom(3 << 20)
+        vm.files.write("/tmp/blob", data, mode=0o600)
+        assert vm.exec(["stat", "-c", "%a %s", "/tmp/blob"]).stdout == b"600 3145728\n"
+        assert vm.files.read("/tmp/blob") == data
+        with pytest.raises(NotFound, match="no such file in the guest: /tmp/none"):
+            vm.files.read("/tmp/none")
+        with pytest.raises(ThawError, match="is a directory"):
+            vm.files.read("/tmp")
 
 
 def test_ttl_and_labels(client: Client, base: Base) -> None:

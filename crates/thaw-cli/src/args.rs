@@ -42,15 +42,16 @@ pub(crate) fn json_requested() -> bool {
 pub(crate) enum Command {
     /// Boot a VM in the background; returns when its guest agent answers.
     Boot(BootArgs),
-    /// Run a command in a VM's guest through the agent; exits with its exit code.
-    Exec {
-        name: VmName,
-        /// Seconds the command may run.
-        #[arg(long, default_value_t = 60)]
-        timeout: u64,
-        /// The command and its arguments.
-        #[arg(last = true, required = true)]
-        command: Vec<String>,
+    /// Run a command in a VM's guest; its output streams as the guest writes it, and
+    /// thaw exits with its exit code (125: thaw's own error, 124: the timeout).
+    Exec(ExecArgs),
+    /// Copy a file into or out of a VM: `thaw cp FILE VM:/path` or `thaw cp VM:/path
+    /// FILE` (streamed in chunks, mode kept).
+    Cp {
+        /// The source: a host file or VM:/path.
+        src: String,
+        /// The destination: a host path or VM:/path (a directory: the same name in it).
+        dst: String,
     },
     /// Checkpoint a running VM into a snapshot (the VM keeps running unless --stop).
     Snapshot {
@@ -437,4 +438,24 @@ pub(crate) struct BenchArgs {
     /// The benchmark's arguments (`thaw bench --help` lists them).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<std::ffi::OsString>,
+}
+
+#[derive(Args)]
+pub(crate) struct ExecArgs {
+    pub name: VmName,
+    /// Seconds the command may run; then the guest process is killed (exit 124).
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// Send this command's stdin to the guest command (copied to the guest first).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// An environment variable for the command (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// The guest directory the command runs in.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }

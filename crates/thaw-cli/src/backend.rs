@@ -4,11 +4,12 @@
 //! screen, `up`) always run here.
 
 use anyhow::{bail, Result};
-use thaw::agent::ExecOutput;
 use thaw::boot::BootReport;
 use thaw::cancel::CancellationToken;
 use thaw::clone::CloneReport;
 use thaw::control::{self, VmInfo};
+use thaw::guestio::exec::{ExecEvent, ExecSpec};
+use thaw::guestio::files::{self, Copied};
 use thaw::pool::{PoolConfig, PoolStatus};
 use thaw::profile::BootOptions;
 use thaw::qemu::Qemu;
@@ -19,6 +20,8 @@ use thaw::snapshot::catalog::{self, SnapshotInfo};
 use thaw::snapshot::take::{self, SnapshotReport, SnapshotRequest};
 use thaw::{Accel, Home, SnapshotTag, VmName};
 use thaw_daemon::client::Client;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
 
 use crate::remote;
 
@@ -26,7 +29,30 @@ use crate::remote;
 pub(crate) trait Ops {
     /// Boots what `options` describe (progress lines on stderr unless `json`).
     async fn boot(&self, options: BootOptions, json: bool) -> Result<BootReport>;
-    async fn exec(&self, name: &VmName, command: &[String], timeout: u64) -> Result<ExecOutput>;
+    /// Runs a command in the guest, its output sent to `out` as it comes; its exit code.
+    async fn exec_stream(
+        &self,
+        name: &VmName,
+        spec: &ExecSpec,
+        stdin: Option<&mut (dyn AsyncRead + Unpin + Send)>,
+        out: mpsc::Sender<ExecEvent>,
+    ) -> Result<i32>;
+    /// Copies `src` into guest file `path` (or `path/file_name` if it is a directory).
+    async fn upload(
+        &self,
+        name: &VmName,
+        src: &mut (dyn AsyncRead + Unpin + Send),
+        path: &str,
+        file_name: &str,
+        mode: u32,
+    ) -> Result<Copied>;
+    /// Copies guest file `path` to `dst`.
+    async fn download(
+        &self,
+        name: &VmName,
+        path: &str,
+        dst: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<Copied>;
     async fn snapshot(&self, req: &SnapshotRequest) -> Result<SnapshotReport>;
     async fn restore(&self, req: &RestoreRequest) -> Result<Vec<CloneReport>>;
     async fn reset(&self, req: &ResetRequest) -> Result<ResetReport>;
@@ -87,9 +113,37 @@ impl Ops for Local {
         Ok(thaw::boot::boot_cancellable(&self.home, &qemu, &req, &self.cancel).await?)
     }
 
-    async fn exec(&self, name: &VmName, command: &[String], timeout: u64) -> Result<ExecOutput> {
-        let timeout = std::time::Duration::from_secs(timeout);
-        Ok(control::exec(&self.home, name, command, timeout).await?)
+    async fn exec_stream(
+        &self,
+        name: &VmName,
+        spec: &ExecSpec,
+        stdin: Option<&mut (dyn AsyncRead + Unpin + Send)>,
+        out: mpsc::Sender<ExecEvent>,
+    ) -> Result<i32> {
+        Ok(thaw::guestio::exec::exec(&self.home, name, spec, stdin, out).await?)
+    }
+
+    async fn upload(
+        &self,
+        name: &VmName,
+        src: &mut (dyn AsyncRead + Unpin + Send),
+        path: &str,
+        file_name: &str,
+        mode: u32,
+    ) -> Result<Copied> {
+        let mut agent = files::connect(&self.home, name).await?;
+        let path = files::target(&mut agent, path, file_name).await?;
+        Ok(files::upload(&mut agent, src, &path, mode).await?)
+    }
+
+    async fn download(
+        &self,
+        name: &VmName,
+        path: &str,
+        dst: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<Copied> {
+        let mut agent = files::connect(&self.home, name).await?;
+        Ok(files::download(&mut agent, path, dst).await?)
     }
 
     async fn snapshot(&self, req: &SnapshotRequest) -> Result<SnapshotReport> {
@@ -214,8 +268,34 @@ impl Ops for Client {
         remote::boot(self, &options).await
     }
 
-    async fn exec(&self, name: &VmName, command: &[String], timeout: u64) -> Result<ExecOutput> {
-        remote::exec(self, name, command, timeout).await
+    async fn exec_stream(
+        &self,
+        name: &VmName,
+        spec: &ExecSpec,
+        stdin: Option<&mut (dyn AsyncRead + Unpin + Send)>,
+        out: mpsc::Sender<ExecEvent>,
+    ) -> Result<i32> {
+        remote::exec_stream(self, name, spec, stdin, out).await
+    }
+
+    async fn upload(
+        &self,
+        name: &VmName,
+        src: &mut (dyn AsyncRead + Unpin + Send),
+        path: &str,
+        file_name: &str,
+        mode: u32,
+    ) -> Result<Copied> {
+        remote::upload(self, name, src, path, file_name, mode).await
+    }
+
+    async fn download(
+        &self,
+        name: &VmName,
+        path: &str,
+        dst: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<Copied> {
+        remote::download(self, name, path, dst).await
     }
 
     async fn snapshot(&self, req: &SnapshotRequest) -> Result<SnapshotReport> {

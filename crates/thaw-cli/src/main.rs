@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let json = cli.json;
+    let is_exec = matches!(cli.command, Command::Exec(_));
     let on_signal = on_signal(&cli.command);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let (result, signal) = runtime.block_on(async {
@@ -94,9 +95,25 @@ fn main() -> ExitCode {
             }
             match interrupted {
                 Some((signal, _)) => ExitCode::from(signal.exit_code()),
+                None if is_exec => ExitCode::from(exec_failure(&err)),
                 None => ExitCode::FAILURE,
             }
         }
+    }
+}
+
+/// `thaw exec`'s own failures: 124 when the command timed out (and was killed), else
+/// 125 (Docker's convention), so that they differ from the guest command's codes.
+fn exec_failure(err: &anyhow::Error) -> u8 {
+    use thaw::guestio::exec::StreamExecError;
+    match err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<StreamExecError>(),
+            Some(StreamExecError::TimedOut(_))
+        )
+    }) {
+        true => 124,
+        false => 125,
     }
 }
 
@@ -108,6 +125,8 @@ fn on_signal(command: &Command) -> OnSignal {
         Command::Restore(_) => OnSignal::Finish("the restore"),
         Command::Reset { .. } => OnSignal::Finish("the reset"),
         Command::Up { .. } => OnSignal::Finish("thaw up"),
+        // The guest command is killed, then thaw ends (130/143).
+        Command::Exec(_) => OnSignal::Finish("the exec"),
         Command::Serve { .. } => OnSignal::Own,
         _ => OnSignal::Exit,
     }
@@ -152,7 +171,12 @@ fn usage_error(e: &clap::Error) -> ExitCode {
         println!("{}", serde_json::json!({ "error": line }));
     }
     eprintln!("thaw: {line}");
-    ExitCode::from(2)
+    // `thaw exec`'s usage errors are its own failures too (125, as Docker's).
+    let exec = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .is_some_and(|a| a == "exec");
+    ExitCode::from(if exec { 125 } else { 2 })
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
@@ -194,7 +218,8 @@ fn reach(command: &Command) -> Reach {
         Command::Restore(a) if a.keep_vmgenid || a.verify || a.accel.is_some() => Reach::Here,
         Command::Boot(_)
         | Command::Restore(_)
-        | Command::Exec { .. }
+        | Command::Exec(_)
+        | Command::Cp { .. }
         | Command::Snapshot { .. }
         | Command::Reset { .. }
         | Command::Ls { .. }

@@ -2,12 +2,18 @@
 //! socket, replies read back into the library's report types.
 
 use anyhow::{bail, Context, Result};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use thaw::agent::ExecOutput;
 use thaw::boot::BootReport;
 use thaw::clone::CloneReport;
-use thaw::control::{ExecOptions, VmInfo};
+use thaw::control::VmInfo;
+use thaw::guestio::exec::{ExecEvent, ExecSpec, StreamExecError};
+use thaw::guestio::files::Copied;
 use thaw::pool::{PoolConfig, PoolStatus};
 use thaw::profile::BootOptions;
 use thaw::reset::{ResetOptions, ResetReport, ResetRequest};
@@ -16,6 +22,8 @@ use thaw::snapshot::catalog::SnapshotInfo;
 use thaw::snapshot::take::{SnapshotOptions, SnapshotReport, SnapshotRequest};
 use thaw::{SnapshotTag, VmName};
 use thaw_daemon::client::Client;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 async fn call<T: DeserializeOwned>(
     d: &Client,
@@ -39,17 +47,173 @@ pub async fn boot(d: &Client, options: &BootOptions) -> Result<BootReport> {
     call(d, "POST", "/v1/vms", Some(body)).await
 }
 
-pub async fn exec(
+/// `POST /v1/vms/{name}/exec/stream`: stdin (read whole here) goes in the body, the
+/// NDJSON frames of the answer go to `out` as they come.
+pub async fn exec_stream(
     d: &Client,
     name: &VmName,
-    command: &[String],
-    timeout: u64,
-) -> Result<ExecOutput> {
-    let body = serde_json::to_value(ExecOptions {
-        command: command.to_vec(),
-        timeout_secs: Some(timeout),
-    })?;
-    call(d, "POST", &format!("/v1/vms/{name}/exec"), Some(body)).await
+    spec: &ExecSpec,
+    stdin: Option<&mut (dyn AsyncRead + Unpin + Send)>,
+    out: mpsc::Sender<ExecEvent>,
+) -> Result<i32> {
+    let stdin_base64 = match stdin {
+        Some(src) => {
+            let mut bytes = Vec::new();
+            src.read_to_end(&mut bytes)
+                .await
+                .context("could not read stdin")?;
+            Some(B64.encode(bytes))
+        }
+        None => None,
+    };
+    let body = serde_json::json!({
+        "command": spec.command,
+        "env": spec.env,
+        "cwd": spec.cwd,
+        "timeout_secs": spec.timeout.as_secs(),
+        "stdin_base64": stdin_base64,
+    });
+    let path = format!("/v1/vms/{name}/exec/stream");
+    let payload = Full::new(Bytes::from(serde_json::to_vec(&body)?));
+    let resp = d.send_streamed("POST", &path, "application/json", payload).await?;
+    let mut body = refused(resp).await?;
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        // A reader that went away (thaw interrupted) hangs up: thawd kills the command.
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            () = out.closed() => bail!("the reader of the output went away"),
+        };
+        let Some(frame) = frame else { break };
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        pending.extend_from_slice(&data);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let v: Value =
+                serde_json::from_slice(&line).context("thawd sent a frame that is not JSON")?;
+            let decode = |s: &Value| B64.decode(s.as_str().unwrap_or_default());
+            if let Some(b) = v.get("stdout") {
+                out.send(ExecEvent::Stdout(decode(b)?)).await.ok();
+            } else if let Some(b) = v.get("stderr") {
+                out.send(ExecEvent::Stderr(decode(b)?)).await.ok();
+            } else if let Some(code) = v["exit_code"].as_i64() {
+                return Ok(code as i32);
+            } else if let Some(e) = v["error"].as_str() {
+                if v["timed_out"] == true {
+                    return Err(StreamExecError::TimedOut(spec.timeout).into());
+                }
+                bail!("{e}");
+            }
+        }
+    }
+    bail!("thawd ended the stream before the command ended")
+}
+
+/// The body of a success, or the daemon's `{"error"}` as the error.
+async fn refused(resp: hyper::Response<Incoming>) -> Result<Incoming> {
+    let status = resp.status().as_u16();
+    if status < 400 {
+        return Ok(resp.into_body());
+    }
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    bail!(
+        "{}",
+        v["error"]
+            .as_str()
+            .unwrap_or("the daemon refused the request")
+    )
+}
+
+fn files_path(name: &VmName, path: &str, put: Option<(u32, &str)>) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("path", path);
+    if let Some((mode, file_name)) = put {
+        q.append_pair("mode", &format!("{mode:o}"));
+        if !file_name.is_empty() {
+            q.append_pair("name", file_name);
+        }
+    }
+    format!("/v1/vms/{name}/files?{}", q.finish())
+}
+
+/// `PUT /v1/vms/{name}/files`: `src` streamed as the body, 1 MiB at a time.
+pub async fn upload(
+    d: &Client,
+    name: &VmName,
+    src: &mut (dyn AsyncRead + Unpin + Send),
+    path: &str,
+    file_name: &str,
+    mode: u32,
+) -> Result<Copied> {
+    let (tx, rx) = mpsc::channel::<std::io::Result<Frame<Bytes>>>(2);
+    let body = StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    let feed = async move {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match src.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    let chunk = Frame::data(Bytes::copy_from_slice(&buf[..n]));
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    break;
+                }
+            }
+        }
+    };
+    // A guest directory takes the file under its own name, as locally.
+    let target = files_path(name, path, Some((mode, file_name)));
+    let (resp, ()) = tokio::join!(
+        d.send_streamed("PUT", &target, "application/octet-stream", body),
+        feed
+    );
+    let body = refused(resp?).await?;
+    let bytes = body.collect().await?.to_bytes();
+    serde_json::from_slice(&bytes).context("unexpected reply from the daemon")
+}
+
+/// `GET /v1/vms/{name}/files`: the body streamed into `dst`.
+pub async fn download(
+    d: &Client,
+    name: &VmName,
+    path: &str,
+    dst: &mut (dyn AsyncWrite + Unpin + Send),
+) -> Result<Copied> {
+    let target = files_path(name, path, None);
+    let resp = d
+        .send_streamed(
+            "GET",
+            &target,
+            "application/octet-stream",
+            Empty::<Bytes>::new(),
+        )
+        .await?;
+    let mode = resp
+        .headers()
+        .get("x-thaw-mode")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| u32::from_str_radix(v, 8).ok())
+        .unwrap_or(0o644);
+    let mut body = refused(resp).await?;
+    let mut bytes = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("the copy from thawd broke off")?;
+        if let Ok(data) = frame.into_data() {
+            bytes += data.len() as u64;
+            dst.write_all(&data).await?;
+        }
+    }
+    dst.flush().await?;
+    Ok(Copied { bytes, mode })
 }
 
 pub async fn snapshot(d: &Client, req: &SnapshotRequest) -> Result<SnapshotReport> {

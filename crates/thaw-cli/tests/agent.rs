@@ -59,10 +59,19 @@ fn a_restore_from_a_snapshot_with_a_stopped_agent_fails_early() {
     // connection at a time, so the stop is set up in the guest first).
     env.sh(
         "mute",
-        "(until pidof sleep; do usleep 50000; done; kill -STOP $(pidof qemu-ga)) \
+        "(until [ -e /tmp/stop-agent ]; do usleep 50000; done; kill -STOP $(pidof qemu-ga)) \
          >/dev/null 2>&1 &",
     );
-    let probe = env.run(&["exec", "--timeout", "10", "mute", "--", "sleep", "30"]);
+    let probe = env.run(&[
+        "exec",
+        "--timeout",
+        "10",
+        "mute",
+        "--",
+        "/bin/sh",
+        "-c",
+        "touch /tmp/stop-agent; sleep 30",
+    ]);
     probe.fails_with("stopped answering");
     env.ok(&["snapshot", "mute", "base", "--stop"]);
     let t0 = Instant::now();

@@ -238,6 +238,14 @@ pub(crate) fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/vms", get(list_vms).post(boot))
         .route("/v1/vms/{name}", get(get_vm).delete(stop))
         .route("/v1/vms/{name}/exec", post(exec))
+        .route(
+            "/v1/vms/{name}/exec/stream",
+            post(crate::streams::exec_stream),
+        )
+        .route(
+            "/v1/vms/{name}/files",
+            get(crate::streams::get_file).put(crate::streams::put_file),
+        )
         .route("/v1/vms/{name}/snapshot", post(snapshot))
         .route("/v1/vms/{name}/pause", post(pause))
         .route("/v1/vms/{name}/resume", post(resume))

@@ -396,45 +396,7 @@ impl Client {
         body: Option<Value>,
     ) -> Result<(u16, Incoming), ClientError> {
         let req = self.build(method, path, body)?;
-        let answer = match &self.host {
-            Host::Unix(socket) => {
-                let stream = tokio::net::UnixStream::connect(socket)
-                    .await
-                    .map_err(|source| ClientError::Connect {
-                        socket: socket.clone(),
-                        source,
-                    })?;
-                exchange(stream, req).await?
-            }
-            Host::Tcp { host, port, .. } => {
-                let tcp = tokio::time::timeout(
-                    CONNECT_TIMEOUT,
-                    tokio::net::TcpStream::connect((host.as_str(), *port)),
-                )
-                .await
-                .map_err(|_| self.timeout())?
-                .map_err(|source| ClientError::Unreachable {
-                    host: self.host.clone(),
-                    source,
-                })?;
-                let _ = tcp.set_nodelay(true);
-                match &self.tls {
-                    None => exchange(tcp, req).await?,
-                    Some(tls) => {
-                        let name = ServerName::try_from(host.clone())
-                            .expect("checked when the host was parsed");
-                        let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(name, tcp))
-                            .await
-                            .map_err(|_| self.timeout())?
-                            .map_err(|source| ClientError::Tls {
-                                host: self.host.clone(),
-                                source,
-                            })?;
-                        exchange(stream, req).await?
-                    }
-                }
-            }
-        };
+        let answer = exchange(self.connect().await?, req).await?;
         Ok((answer.status().as_u16(), answer.into_body()))
     }
 
@@ -507,6 +469,84 @@ impl Client {
         Ok(())
     }
 
+    /// Sends one request with a streamed `body` (`content_type`) and returns the
+    /// answer with its body unread, for the caller to stream (the exec stream, files).
+    ///
+    /// # Errors
+    /// As [`Client::request`], but the body is not read here.
+    pub async fn send_streamed<B>(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: B,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let head = self.build(method, path, None)?;
+        let (mut parts, _) = head.into_parts();
+        parts.headers.insert(
+            CONTENT_TYPE,
+            content_type
+                .parse()
+                .map_err(
+                    |e: hyper::header::InvalidHeaderValue| ClientError::Request {
+                        method: method.to_owned(),
+                        path: path.to_owned(),
+                        source: e.into(),
+                    },
+                )?,
+        );
+        let req = Request::from_parts(parts, body);
+        let io = self.connect().await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+        tokio::spawn(conn);
+        Ok(sender.send_request(req).await?)
+    }
+
+    /// A fresh connection to the daemon (TLS done when it has TLS).
+    async fn connect(&self) -> Result<Box<dyn Io>, ClientError> {
+        match &self.host {
+            Host::Unix(socket) => {
+                let stream = tokio::net::UnixStream::connect(socket)
+                    .await
+                    .map_err(|source| ClientError::Connect {
+                        socket: socket.clone(),
+                        source,
+                    })?;
+                Ok(Box::new(stream))
+            }
+            Host::Tcp { host, port, .. } => {
+                let tcp = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    tokio::net::TcpStream::connect((host.as_str(), *port)),
+                )
+                .await
+                .map_err(|_| self.timeout())?
+                .map_err(|source| ClientError::Unreachable {
+                    host: self.host.clone(),
+                    source,
+                })?;
+                let _ = tcp.set_nodelay(true);
+                let Some(tls) = &self.tls else {
+                    return Ok(Box::new(tcp));
+                };
+                let name =
+                    ServerName::try_from(host.clone()).expect("checked when the host was parsed");
+                let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(name, tcp))
+                    .await
+                    .map_err(|_| self.timeout())?
+                    .map_err(|source| ClientError::Tls {
+                        host: self.host.clone(),
+                        source,
+                    })?;
+                Ok(Box::new(stream))
+            }
+        }
+    }
+
     fn timeout(&self) -> ClientError {
         ClientError::Timeout {
             host: self.host.clone(),
@@ -548,6 +588,10 @@ impl Client {
         builder.body(Full::new(payload)).map_err(request_err)
     }
 }
+
+/// A connection to the daemon, whatever carries it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// One request on a fresh connection: the answer, its body still to come (the
 /// connection ends with it).

@@ -33,6 +33,7 @@ mod request_id;
 mod responses;
 mod screen;
 mod socket;
+mod streams;
 pub mod tls;
 pub mod tokens;
 

@@ -84,7 +84,7 @@ fn the_guide_covers_every_endpoint() {
     }
 }
 
-/// Every request body's schema carries an example, so that the document shows a body
+/// Every JSON request body's schema carries an example, so that the document shows a body
 /// that works (utoipa `example`), and the example is valid against its own schema.
 #[test]
 fn every_request_body_has_an_example() {
@@ -115,6 +115,10 @@ fn every_request_body_has_an_example() {
             let Some(body) = op.get("requestBody") else {
                 continue;
             };
+            // A file's bytes (PUT /v1/vms/{name}/files) have no JSON schema to show.
+            if body["content"].get("application/json").is_none() {
+                continue;
+            }
             let mut names = Vec::new();
             refs(body, &mut names);
             assert!(!names.is_empty(), "{method} {path}: no schema for the body");

@@ -41,6 +41,8 @@ pub enum Interrupted {
     Reset(VmName),
     #[error("the boot was rolled back, VM {0} removed")]
     Boot(VmName),
+    #[error("the guest command was killed")]
+    Exec,
 }
 
 /// A test hook: `THAW_TEST_HANG_AT=<step>` makes an operation wait at that step until

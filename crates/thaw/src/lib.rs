@@ -27,6 +27,7 @@ pub mod display;
 pub mod firmware;
 pub mod fsutil;
 pub mod guest;
+pub mod guestio;
 pub mod guestref;
 pub mod home;
 pub mod lifetime;

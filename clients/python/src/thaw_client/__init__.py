@@ -12,7 +12,7 @@ registered as ``thaw``) gives each test a fresh clone as the ``thaw_vm`` fixture
 
 from .aio import AsyncClient, AsyncVm
 from .client import Client, Files, Vm
-from .errors import DaemonUnavailable, NotFound, ThawError, Unauthorized
+from .errors import DaemonUnavailable, ExecTimeout, NotFound, ThawError, Unauthorized
 from .models import (
     BootReport,
     Breakdown,
@@ -47,6 +47,7 @@ __all__ = [
     "SnapshotInfo",
     "SnapshotReport",
     "ThawError",
+    "ExecTimeout",
     "Unauthorized",
     "Vm",
     "VmInfo",

@@ -6,6 +6,8 @@ A ``Call`` is one request and the function that turns its JSON answer into a mod
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -28,12 +30,8 @@ import httpx
 
 from . import models
 from .config import Endpoint
-from .errors import DaemonUnavailable, ThawError, error_for
+from .errors import DaemonUnavailable, ExecTimeout, ThawError, error_for
 
-FILES_MISSING = (
-    "the daemon has no file routes yet: vm.files.write/read need thawd's upload and "
-    "download routes (issue 22)"
-)
 
 
 T = TypeVar("T")
@@ -154,44 +152,92 @@ def reset(name: str, to: Optional[str], timeout: Optional[int]) -> Call[models.R
     return Call("POST", f"/v1/vms/{seg(name)}/reset", body, _one(models.ResetReport))
 
 
-def exec_(
+@dataclass(frozen=True)
+class StreamCall:
+    """A streaming exec request: where it goes, its body, how long to wait for a frame."""
+
+    path: str
+    body: Dict[str, Any]
+    timeout: float
+
+
+def exec_stream(
     name: str,
     argv: Sequence[str],
     stdin: Optional[bytes],
     env: Optional[Mapping[str, str]],
     cwd: Optional[str],
     timeout: Optional[int],
-) -> Call[models.ExecResult]:
+) -> StreamCall:
+    """``POST /v1/vms/{name}/exec/stream``: the output comes as NDJSON frames."""
     if isinstance(argv, (str, bytes)):
         raise ThawError("exec takes the command as a list: ['sh', '-c', '...']")
-    unsupported = [n for n, v in (("stdin", stdin), ("env", env), ("cwd", cwd)) if v is not None]
-    if unsupported:
-        raise ThawError(
-            f"the daemon does not support exec's {', '.join(unsupported)} yet "
-            "(thawd's exec takes only a command and a timeout)"
-        )
     body: Dict[str, Any] = {"command": list(argv)}
+    if env:
+        body["env"] = [f"{k}={v}" for k, v in env.items()]
+    if cwd is not None:
+        body["cwd"] = cwd
     if timeout is not None:
         body["timeout_secs"] = timeout
-    return Call(
-        "POST",
-        f"/v1/vms/{seg(name)}/exec",
-        body,
-        _one(models.ExecResult),
-        timeout=None if timeout is None else timeout + 30.0,
-    )
+    if stdin is not None:
+        body["stdin_base64"] = base64.b64encode(stdin).decode("ascii")
+    wait = float(timeout if timeout is not None else 60) + 30.0
+    return StreamCall(f"/v1/vms/{seg(name)}/exec/stream", body, wait)
 
 
-def deliver(
-    result: models.ExecResult,
-    on_stdout: Optional[Callable[[bytes], Any]],
-    on_stderr: Optional[Callable[[bytes], Any]],
-) -> None:
-    """Hand the output to the callbacks (whole, once it arrived: the API does not stream yet)."""
-    if on_stdout is not None and result.stdout:
-        on_stdout(result.stdout)
-    if on_stderr is not None and result.stderr:
-        on_stderr(result.stderr)
+class ExecFrames:
+    """Reads the frames of a streamed exec: ``feed`` each line; it returns the piece of
+    output it carried (``("stdout", bytes)``), and ``result`` gives the end."""
+
+    def __init__(self) -> None:
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.exit_code: Optional[int] = None
+
+    def feed(self, line: Union[str, bytes]) -> Optional[tuple]:
+        if not line.strip():
+            return None
+        try:
+            frame = json.loads(line)
+        except ValueError:
+            raise ThawError(f"the daemon sent an exec frame that is not JSON: {line[:80]!r}")
+        for stream, buf in (("stdout", self.stdout), ("stderr", self.stderr)):
+            if stream in frame:
+                data = base64.b64decode(frame[stream])
+                buf.extend(data)
+                return (stream, data)
+        if "exit_code" in frame:
+            self.exit_code = int(frame["exit_code"])
+            return None
+        if "error" in frame:
+            if frame.get("timed_out"):
+                raise ExecTimeout(str(frame["error"]))
+            raise ThawError(str(frame["error"]))
+        return None
+
+    def result(self) -> models.ExecResult:
+        if self.exit_code is None:
+            raise ThawError("the daemon ended the exec stream before the command ended")
+        return models.ExecResult(self.exit_code, bytes(self.stdout), bytes(self.stderr))
+
+
+def files_path(name: str, path: str, mode: Optional[int] = None) -> str:
+    """``/v1/vms/{name}/files?path=...`` (``mode`` as octal)."""
+    if not path.startswith("/"):
+        raise ThawError(f"the guest path must be absolute: {path!r}")
+    query: Dict[str, str] = {"path": path}
+    if mode is not None:
+        query["mode"] = format(mode, "o")
+    return f"/v1/vms/{seg(name)}/files?{urlencode(query)}"
+
+
+def refusal(response: httpx.Response) -> ThawError:
+    """The exception for an error answer whose body was read."""
+    try:
+        message = str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        message = response.text.strip() or response.reason_phrase
+    return error_for(response.status_code, message)
 
 
 def answer(call: Call[T], response: httpx.Response) -> T:

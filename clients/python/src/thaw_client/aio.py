@@ -18,18 +18,18 @@ Output = Optional[Callable[[bytes], Any]]
 
 
 class AsyncFiles:
-    """``vm.files`` of an ``AsyncVm``: not available yet (thawd has no file routes)."""
+    """``vm.files`` of an ``AsyncVm``: see ``thaw_client.Files``."""
 
     def __init__(self, vm: "AsyncVm") -> None:
         self._vm = vm
 
-    async def write(self, path: str, data: bytes) -> None:
-        """Write ``data`` to ``path`` in the guest (needs thawd's file routes)."""
-        raise ThawError(_api.FILES_MISSING)
+    async def write(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        """See ``Files.write``."""
+        await self._vm._client._send("PUT", _api.files_path(self._vm.name, path, mode), data)
 
     async def read(self, path: str) -> bytes:
-        """Read ``path`` from the guest (needs thawd's file routes)."""
-        raise ThawError(_api.FILES_MISSING)
+        """See ``Files.read``."""
+        return await self._vm._client._send("GET", _api.files_path(self._vm.name, path), None)
 
 
 class AsyncVm:
@@ -69,14 +69,8 @@ class AsyncVm:
         timeout: Optional[int] = None,
     ) -> models.ExecResult:
         """See ``Vm.exec``; the callbacks may also be coroutine functions."""
-        call = _api.exec_(self.name, argv, stdin, env, cwd, timeout)
-        result: models.ExecResult = await self._client._run(call)
-        for callback, data in ((on_stdout, result.stdout), (on_stderr, result.stderr)):
-            if callback is not None and data:
-                done = callback(data)
-                if inspect.isawaitable(done):
-                    await done
-        return result
+        call = _api.exec_stream(self.name, argv, stdin, env, cwd, timeout)
+        return await self._client._exec(call, on_stdout, on_stderr)
 
     async def snapshot(self, tag: str, stop: bool = False) -> models.SnapshotReport:
         """See ``Vm.snapshot``."""
@@ -151,6 +145,39 @@ class AsyncClient:
         except (httpx.ConnectError, httpx.ConnectTimeout) as e:
             raise _api.unavailable(self.endpoint, e) from None
         return _api.answer(call, response)
+
+    async def _exec(
+        self, call: _api.StreamCall, on_stdout: Output, on_stderr: Output
+    ) -> models.ExecResult:
+        frames = _api.ExecFrames()
+        timeout = httpx.Timeout(max(call.timeout, self._timeout.read or 0), connect=10.0)
+        try:
+            async with self._http.stream(
+                "POST", call.path, json=call.body, timeout=timeout
+            ) as r:
+                if r.status_code >= 400:
+                    await r.aread()
+                    raise _api.refusal(r)
+                async for line in r.aiter_lines():
+                    piece = frames.feed(line)
+                    if piece is not None:
+                        callback = on_stdout if piece[0] == "stdout" else on_stderr
+                        if callback is not None:
+                            done = callback(piece[1])
+                            if inspect.isawaitable(done):
+                                await done
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise _api.unavailable(self.endpoint, e) from None
+        return frames.result()
+
+    async def _send(self, method: str, path: str, content: Optional[bytes]) -> Any:
+        try:
+            r = await self._http.request(method, path, content=content)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise _api.unavailable(self.endpoint, e) from None
+        if r.status_code >= 400:
+            raise _api.refusal(r)
+        return r.content
 
     async def health(self) -> models.Health:
         return await self._run(_api.health())

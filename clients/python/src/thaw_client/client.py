@@ -17,22 +17,18 @@ Output = Optional[Callable[[bytes], Any]]
 
 
 class Files:
-    """``vm.files``: copying files in and out of the guest.
-
-    Not available yet: thawd has no upload/download routes (issue 22), and copying over
-    exec would be slow and lossy, so both methods raise ``ThawError`` saying so.
-    """
+    """``vm.files``: files copied into and out of the guest, streamed in chunks by thawd."""
 
     def __init__(self, vm: "Vm") -> None:
         self._vm = vm
 
-    def write(self, path: str, data: bytes) -> None:
-        """Write ``data`` to ``path`` in the guest (needs thawd's file routes)."""
-        raise ThawError(_api.FILES_MISSING)
+    def write(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Write ``data`` to ``path`` in the guest (created or replaced, with ``mode``)."""
+        self._vm._client._send("PUT", _api.files_path(self._vm.name, path, mode), data)
 
     def read(self, path: str) -> bytes:
-        """Read ``path`` from the guest (needs thawd's file routes)."""
-        raise ThawError(_api.FILES_MISSING)
+        """The bytes of ``path`` in the guest."""
+        return self._vm._client._send("GET", _api.files_path(self._vm.name, path), None)
 
 
 class Vm:
@@ -79,15 +75,15 @@ class Vm:
     ) -> models.ExecResult:
         """Run ``argv`` in the guest (no shell) and return its exit code and output (bytes).
 
-        A non-zero exit is a result, not an exception. ``on_stdout``/``on_stderr`` get the
-        output once it arrived (today's API answers when the command ends). ``timeout``
-        (seconds, daemon default 60) bounds the command. ``stdin``, ``env`` and ``cwd``
-        need a daemon with streaming exec: today they raise ``ThawError``.
+        The output streams: ``on_stdout``/``on_stderr`` get each piece as the guest
+        writes it, before the command ends. A non-zero exit is a result, not an
+        exception. ``stdin`` (bytes) is the command's input, ``env`` variables added to
+        its environment, ``cwd`` the guest directory it runs in. ``timeout`` (seconds,
+        default 60) bounds it: past it the guest process is killed and ``ExecTimeout``
+        is raised.
         """
-        call = _api.exec_(self.name, argv, stdin, env, cwd, timeout)
-        result: models.ExecResult = self._client._run(call)
-        _api.deliver(result, on_stdout, on_stderr)
-        return result
+        call = _api.exec_stream(self.name, argv, stdin, env, cwd, timeout)
+        return self._client._exec(call, on_stdout, on_stderr)
 
     def snapshot(self, tag: str, stop: bool = False) -> models.SnapshotReport:
         """Snapshot the VM as ``tag``; with ``stop`` the VM ends (no RAM copy)."""
@@ -164,6 +160,33 @@ class Client:
         except (httpx.ConnectError, httpx.ConnectTimeout) as e:
             raise _api.unavailable(self.endpoint, e) from None
         return _api.answer(call, response)
+
+    def _exec(self, call: _api.StreamCall, on_stdout: Output, on_stderr: Output) -> models.ExecResult:
+        frames = _api.ExecFrames()
+        timeout = httpx.Timeout(max(call.timeout, self._timeout.read or 0), connect=10.0)
+        try:
+            with self._http.stream("POST", call.path, json=call.body, timeout=timeout) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise _api.refusal(r)
+                for line in r.iter_lines():
+                    piece = frames.feed(line)
+                    if piece is not None:
+                        callback = on_stdout if piece[0] == "stdout" else on_stderr
+                        if callback is not None:
+                            callback(piece[1])
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise _api.unavailable(self.endpoint, e) from None
+        return frames.result()
+
+    def _send(self, method: str, path: str, content: Optional[bytes]) -> Any:
+        try:
+            r = self._http.request(method, path, content=content)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise _api.unavailable(self.endpoint, e) from None
+        if r.status_code >= 400:
+            raise _api.refusal(r)
+        return r.content
 
     def health(self) -> models.Health:
         """The daemon's version, pid and VM count."""

@@ -35,6 +35,10 @@ class DaemonUnavailable(ThawError):
     """No daemon answers where the client looked (socket missing, connection refused, TLS)."""
 
 
+class ExecTimeout(ThawError):
+    """A command ran past its ``timeout``; the guest process was killed."""
+
+
 def error_for(status: int, message: str) -> ThawError:
     """The exception for an error answer with this status and one-line message."""
     if status == 404:

@@ -23,11 +23,8 @@ pub(crate) async fn run(
     let (home, cancel) = (&here.home, &here.cancel);
     match command {
         Command::Boot(args) => vm::boot(ops, args, json).await?,
-        Command::Exec {
-            name,
-            timeout,
-            command,
-        } => return vm::exec(ops, name, timeout, command, json).await,
+        Command::Exec(args) => return vm::exec(ops, args, cancel, json).await,
+        Command::Cp { src, dst } => vm::cp(ops, &src, &dst, json).await?,
         Command::Snapshot { name, tag, stop } => {
             vm::snapshot(ops, SnapshotRequest { name, tag, stop }, json).await?
         }

@@ -13,7 +13,12 @@ use thaw::restore::RestoreRequest;
 use thaw::snapshot::take::SnapshotRequest;
 use thaw::{Accel, SnapshotTag, VmName};
 
-use crate::args::{BootArgs, RestoreArgs};
+use thaw::agent::ExecOutput;
+use thaw::cancel::{CancellationToken, Interrupted};
+use thaw::guestio::exec::{ExecEvent, ExecSpec};
+use tokio::sync::mpsc;
+
+use crate::args::{BootArgs, ExecArgs, RestoreArgs};
 use crate::backend::Ops;
 use crate::print::{self, emit};
 
@@ -23,17 +28,134 @@ pub(crate) async fn boot(ops: &impl Ops, args: BootArgs, json: bool) -> Result<(
     Ok(())
 }
 
-/// Runs the command; exits with its exit code.
+/// Runs the command, its output streamed to ours as it comes; exits with its exit
+/// code. With `--json`, the output is gathered into one document instead.
+/// On SIGINT/SIGTERM (`cancel`), the output stops being read: the guest command is
+/// killed and thaw says so (exit 130/143).
 pub(crate) async fn exec(
     ops: &impl Ops,
-    name: VmName,
-    timeout: u64,
-    command: Vec<String>,
+    args: ExecArgs,
+    cancel: &CancellationToken,
     json: bool,
 ) -> Result<ExitCode> {
-    let out = ops.exec(&name, &command, timeout).await?;
-    print::exec(json, &out)?;
-    Ok(ExitCode::from(out.exit_code.clamp(0, 255) as u8))
+    let spec = ExecSpec {
+        command: args.command,
+        env: args.env,
+        cwd: args.workdir,
+        timeout: Duration::from_secs(args.timeout),
+    };
+    let (tx, rx) = mpsc::channel::<ExecEvent>(4);
+    let mut stdin = args.interactive.then(tokio::io::stdin);
+    let stdin = stdin
+        .as_mut()
+        .map(|s| s as &mut (dyn tokio::io::AsyncRead + Unpin + Send));
+    let mut gathered = ExecOutput {
+        exit_code: 0,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
+    let print = async {
+        let mut rx = rx;
+        loop {
+            let ev = tokio::select! {
+                ev = rx.recv() => ev,
+                () = cancel.cancelled() => return Ok(true),
+            };
+            let Some(ev) = ev else { break };
+            // Blocking writes: a slow reader of our output slows the guest command
+            // (through the relay's back pressure), nothing piles up here.
+            match (ev, json) {
+                (ExecEvent::Stdout(b), false) => write_flush(&mut std::io::stdout().lock(), &b)?,
+                (ExecEvent::Stderr(b), false) => write_flush(&mut std::io::stderr().lock(), &b)?,
+                (ExecEvent::Stdout(b), true) => gathered.stdout.extend_from_slice(&b),
+                (ExecEvent::Stderr(b), true) => gathered.stderr.extend_from_slice(&b),
+            }
+        }
+        Ok::<bool, std::io::Error>(false)
+    };
+    let (code, interrupted) = tokio::join!(ops.exec_stream(&args.name, &spec, stdin, tx), print);
+    if interrupted? {
+        return Err(anyhow::Error::new(Interrupted::Exec).context("interrupted"));
+    }
+    let code = code?;
+    if json {
+        gathered.exit_code = code;
+        print::exec(true, &gathered)?;
+    }
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+fn write_flush(w: &mut impl std::io::Write, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(bytes)?;
+    w.flush()
+}
+
+/// `thaw cp SRC DST`, one of them `VM:/path`.
+pub(crate) async fn cp(ops: &impl Ops, src: &str, dst: &str, json: bool) -> Result<()> {
+    let copied = match (guest_path(src)?, guest_path(dst)?) {
+        (Some(_), Some(_)) | (None, None) => {
+            anyhow::bail!("one side of thaw cp must be VM:/path and the other a host path")
+        }
+        (None, Some((name, path))) => {
+            let host = std::path::Path::new(src);
+            let meta = std::fs::metadata(host).with_context(|| format!("cannot read {src}"))?;
+            if meta.is_dir() {
+                anyhow::bail!("{src} is a directory; thaw cp copies files");
+            }
+            let mut file = tokio::fs::File::open(host)
+                .await
+                .with_context(|| format!("cannot read {src}"))?;
+            let file_name = host.file_name().unwrap_or_default().to_string_lossy();
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o7777;
+            ops.upload(&name, &mut file, &path, &file_name, mode)
+                .await?
+        }
+        (Some((name, path)), None) => {
+            let mut host = std::path::PathBuf::from(dst);
+            if host.is_dir() {
+                let base = path.rsplit('/').next().unwrap_or_default();
+                host.push(base);
+            }
+            let part = host.with_extension("thaw-part");
+            let mut file = tokio::fs::File::create(&part)
+                .await
+                .with_context(|| format!("cannot write {}", part.display()))?;
+            let copied = match ops.download(&name, &path, &mut file).await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&part);
+                    return Err(e);
+                }
+            };
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&part, std::fs::Permissions::from_mode(copied.mode))
+                .and_then(|()| std::fs::rename(&part, &host))
+                .with_context(|| format!("cannot write {}", host.display()))?;
+            copied
+        }
+    };
+    emit(json, &copied, |c| {
+        format!("copied {} bytes (mode {:o})", c.bytes, c.mode)
+    })
+}
+
+/// `VM:/path` as a VM and a guest path; `None` for a host path (one with a `/` before
+/// any `:`, or no `:`).
+fn guest_path(arg: &str) -> Result<Option<(VmName, String)>> {
+    let Some((vm, path)) = arg.split_once(':') else {
+        return Ok(None);
+    };
+    if vm.contains('/') || vm.is_empty() {
+        return Ok(None);
+    }
+    let name: VmName = vm
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{arg:?}: {vm:?} is not a VM name: {e}"))?;
+    if !path.starts_with('/') {
+        anyhow::bail!("{arg:?}: the guest path must be absolute (VM:/path)");
+    }
+    Ok(Some((name, path.to_owned())))
 }
 
 pub(crate) async fn snapshot(ops: &impl Ops, req: SnapshotRequest, json: bool) -> Result<()> {

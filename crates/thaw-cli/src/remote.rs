@@ -75,7 +75,9 @@ pub async fn exec_stream(
     });
     let path = format!("/v1/vms/{name}/exec/stream");
     let payload = Full::new(Bytes::from(serde_json::to_vec(&body)?));
-    let resp = d.send_streamed("POST", &path, "application/json", payload).await?;
+    let resp = d
+        .send_streamed("POST", &path, "application/json", payload)
+        .await?;
     let mut body = refused(resp).await?;
     let mut pending: Vec<u8> = Vec::new();
     loop {

@@ -396,7 +396,7 @@ impl Client {
         body: Option<Value>,
     ) -> Result<(u16, Incoming), ClientError> {
         let req = self.build(method, path, body)?;
-        let answer = exchange(self.connect().await?, req).await?;
+        let answer = exchange(self.dial().await?, req).await?;
         Ok((answer.status().as_u16(), answer.into_body()))
     }
 
@@ -500,14 +500,14 @@ impl Client {
                 )?,
         );
         let req = Request::from_parts(parts, body);
-        let io = self.connect().await?;
+        let io = self.dial().await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
         tokio::spawn(conn);
         Ok(sender.send_request(req).await?)
     }
 
     /// A fresh connection to the daemon (TLS done when it has TLS).
-    async fn connect(&self) -> Result<Box<dyn Io>, ClientError> {
+    async fn dial(&self) -> Result<Box<dyn Io>, ClientError> {
         match &self.host {
             Host::Unix(socket) => {
                 let stream = tokio::net::UnixStream::connect(socket)

@@ -10,8 +10,8 @@
 registered as ``thaw``) gives each test a fresh clone as the ``thaw_vm`` fixture.
 """
 
-from .aio import AsyncClient, AsyncVm
-from .client import Client, Files, Vm
+from .aio import AsyncClient, AsyncEvents, AsyncVm
+from .client import Client, Events, Files, Vm
 from .errors import DaemonUnavailable, ExecTimeout, NotFound, ThawError, Unauthorized
 from .models import (
     BootReport,
@@ -31,6 +31,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncClient",
+    "AsyncEvents",
+    "Events",
     "AsyncVm",
     "BootReport",
     "Breakdown",

@@ -297,3 +297,18 @@ def headers(endpoint: Endpoint) -> Dict[str, str]:
     if endpoint.token:
         h["authorization"] = f"Bearer {endpoint.token}"
     return h
+
+
+EVENTS_PATH = "/v1/events"
+# No read deadline: the daemon writes a comment line every 15 s while nothing happens.
+EVENTS_TIMEOUT = httpx.Timeout(None, connect=10.0)
+
+
+def sse_event(line: Union[str, bytes]) -> Optional[Dict[str, Any]]:
+    """The event a Server-Sent Events line carries (its ``data:`` JSON), else None
+    (``event:``/``id:`` lines, keep-alive comments, blank separators)."""
+    text = line.decode() if isinstance(line, bytes) else line
+    if not text.startswith("data:"):
+        return None
+    value = json.loads(text[5:].strip())
+    return value if isinstance(value, dict) else None

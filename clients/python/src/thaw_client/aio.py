@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from types import TracebackType
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Type, TypeVar, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Type, TypeVar, Union
 
 import httpx
 
@@ -102,6 +102,50 @@ class AsyncVm:
         await self._client._run(_api.stop(self.name))
 
 
+class AsyncEvents:
+    """``Events`` for async code: ``async with await client.events() as events:
+    async for e in events: ...`` (subscribed when ``client.events()`` returns)."""
+
+    def __init__(self, stream: Any, response: httpx.Response) -> None:
+        self._stream = stream
+        self._response = response
+        self._lines = response.aiter_lines()
+
+    @classmethod
+    async def open(cls, client: "AsyncClient") -> "AsyncEvents":
+        stream = client._http.stream("GET", _api.EVENTS_PATH, timeout=_api.EVENTS_TIMEOUT)
+        try:
+            response = await stream.__aenter__()
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise _api.unavailable(client.endpoint, e) from None
+        if response.status_code >= 400:
+            await response.aread()
+            error = _api.refusal(response)
+            await stream.__aexit__(None, None, None)
+            raise error
+        return cls(stream, response)
+
+    def __aiter__(self) -> "AsyncEvents":
+        return self
+
+    async def __anext__(self) -> Dict[str, Any]:
+        async for line in self._lines:
+            event = _api.sse_event(line)
+            if event is not None:
+                return event
+        raise StopAsyncIteration
+
+    async def __aenter__(self) -> "AsyncEvents":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """End the subscription (closes its connection)."""
+        await self._stream.__aexit__(None, None, None)
+
+
 class AsyncClient:
     """``Client`` for asyncio/trio code: the same arguments and methods, awaited."""
 
@@ -185,6 +229,10 @@ class AsyncClient:
     async def vms(self, labels: Optional[Mapping[str, str]] = None) -> List[models.VmInfo]:
         return await self._run(_api.vms(labels))
 
+    async def events(self) -> AsyncEvents:
+        """See ``Client.events``."""
+        return await AsyncEvents.open(self)
+
     def vm(self, name: str) -> AsyncVm:
         return AsyncVm(self, name)
 
@@ -219,4 +267,4 @@ class AsyncClient:
         return AsyncVm(self, report.name, report)
 
 
-__all__ = ["AsyncClient", "AsyncVm", "AsyncFiles"]
+__all__ = ["AsyncClient", "AsyncVm", "AsyncFiles", "AsyncEvents"]

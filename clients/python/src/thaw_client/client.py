@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Type, TypeVar, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Type, TypeVar, Union
 
 import httpx
 
@@ -113,6 +113,48 @@ class Vm:
         self._client._run(_api.stop(self.name))
 
 
+class Events:
+    """A subscription to the daemon's events (``GET /v1/events``), made when it is
+    created: every event after ``client.events()`` returns is seen. Iterate it for each
+    event as a dict (``type``, ``id``, ``time_unix_ms`` and the type's fields: see
+    docs/api.md); ``close()`` it, or leave its ``with`` block, to end the subscription.
+    Iteration ends when the daemon stops.
+    """
+
+    def __init__(self, client: "Client") -> None:
+        self._stream = client._http.stream("GET", _api.EVENTS_PATH, timeout=_api.EVENTS_TIMEOUT)
+        try:
+            self._response = self._stream.__enter__()
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise _api.unavailable(client.endpoint, e) from None
+        if self._response.status_code >= 400:
+            self._response.read()
+            error = _api.refusal(self._response)
+            self.close()
+            raise error
+        self._lines = self._response.iter_lines()
+
+    def __iter__(self) -> "Events":
+        return self
+
+    def __next__(self) -> Dict[str, Any]:
+        for line in self._lines:
+            event = _api.sse_event(line)
+            if event is not None:
+                return event
+        raise StopIteration
+
+    def __enter__(self) -> "Events":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the subscription (closes its connection)."""
+        self._stream.__exit__(None, None, None)
+
+
 class Client:
     """A connection to thawd.
 
@@ -196,6 +238,12 @@ class Client:
         """Every VM the daemon answers for; with ``labels``, those that have them all."""
         return self._run(_api.vms(labels))
 
+    def events(self) -> Events:
+        """Subscribe to the daemon's events (VMs created, ready, stopped, died; snapshots
+        taken and removed; pools refilled; push/pull progress): ``with client.events()
+        as events: for e in events: ...``."""
+        return Events(self)
+
     def vm(self, name: str) -> Vm:
         """A handle on an existing VM (not checked until used)."""
         return Vm(self, name)
@@ -248,4 +296,4 @@ class Client:
         return Vm(self, report.name, report)
 
 
-__all__ = ["Client", "Vm", "Files"]
+__all__ = ["Client", "Vm", "Files", "Events"]

@@ -107,7 +107,7 @@ impl Operations {
     }
 }
 
-/// What the operations' handlers need of the daemon.
+/// What the operations' handlers (and the exec and file streams) need of the daemon.
 #[derive(Clone)]
 pub(crate) struct Ctx {
     pub home: Home,

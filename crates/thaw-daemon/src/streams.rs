@@ -2,7 +2,6 @@
 //! (`POST /v1/vms/{name}/exec/stream`), and files up and down
 //! (`PUT`/`GET /v1/vms/{name}/files?path=`), each moved in chunks, never whole.
 
-use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
@@ -18,7 +17,7 @@ use thaw::vm::VmState;
 use thaw::VmName;
 use tokio::sync::mpsc;
 
-use crate::api::Daemon;
+use crate::operations::Ctx;
 use crate::error::{ApiError, HttpStatus};
 use crate::extract::{ApiJson, Named};
 
@@ -149,7 +148,7 @@ fn channel_body(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Body {
     )
 )]
 pub(crate) async fn exec_stream(
-    State(d): State<Arc<Daemon>>,
+    State(d): State<Ctx>,
     Named(name): Named<VmName>,
     ApiJson(body): ApiJson<ExecStreamOptions>,
 ) -> Result<Response, ApiError> {
@@ -284,7 +283,7 @@ fn file_query(raw: Option<String>) -> Result<FileQuery, ApiError> {
     )
 )]
 pub(crate) async fn put_file(
-    State(d): State<Arc<Daemon>>,
+    State(d): State<Ctx>,
     Named(name): Named<VmName>,
     RawQuery(raw): RawQuery,
     body: Body,
@@ -335,7 +334,7 @@ pub struct CopiedDoc {
     )
 )]
 pub(crate) async fn get_file(
-    State(d): State<Arc<Daemon>>,
+    State(d): State<Ctx>,
     Named(name): Named<VmName>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {

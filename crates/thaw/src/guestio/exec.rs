@@ -44,7 +44,7 @@ pub enum StreamExecError {
     Empty,
     #[error("no directory {0} in the guest")]
     NoDir(String),
-    #[error("could not prepare the guest for the command ({0}); it needs /bin/sh, mkfifo, dd, setsid and a writable /tmp")]
+    #[error("could not prepare the guest for the command ({0}); it needs /bin/sh, mkfifo, dd, setsid and a writable /var/tmp or /tmp")]
     Setup(String),
     #[error("could not read stdin")]
     Stdin(#[source] std::io::Error),
@@ -54,9 +54,15 @@ pub enum StreamExecError {
     Abandoned,
 }
 
-const SETUP: &str = r#"d=$1 w=$2
+/// Makes the command's private directory and prints its path: in /var/tmp where the
+/// guest has one, else /tmp. Not /tmp first: a systemd guest empties /tmp once at boot
+/// (systemd-tmpfiles' `D /tmp`), which can run after the agent answers, and took the
+/// FIFOs of the first command away (its output lost, or the command hung).
+const SETUP: &str = r#"n=$1 w=$2
 if [ -n "$w" ] && [ ! -d "$w" ]; then exit 3; fi
-umask 077 && mkdir "$d" && mkfifo "$d/o" "$d/e" "$d/r" "$d/ao" "$d/ae" && : >"$d/co" && : >"$d/ce""#;
+for b in /var/tmp /tmp; do [ -d "$b" ] && [ -w "$b" ] && break; done
+d=$b/$n
+umask 077 && mkdir "$d" && mkfifo "$d/o" "$d/e" "$d/r" "$d/ao" "$d/ae" && : >"$d/co" && : >"$d/ce" && printf %s "$d""#;
 
 /// The command's wrapper: one relay per stream, the command in a session of its own
 /// (so a timeout kills all of it), its exit code passed on.
@@ -147,14 +153,15 @@ pub fn valid_env(e: &str) -> bool {
 }
 
 async fn prepare(agent: &mut Agent, spec: &ExecSpec) -> Result<Channel, StreamExecError> {
-    let dir = super::scratch_dir();
+    let name = super::scratch_name();
     let cwd = spec.cwd.as_deref().unwrap_or("");
-    let (code, _, err) = sh(agent, SETUP, &[&dir, cwd]).await?;
+    let (code, out, err) = sh(agent, SETUP, &[&name, cwd]).await?;
+    let dir = String::from_utf8_lossy(&out).into_owned();
     match code {
-        0 => {}
+        0 if dir.starts_with('/') && dir.ends_with(&name) => {}
         3 => return Err(StreamExecError::NoDir(cwd.to_owned())),
         _ => {
-            let _ = sh(agent, "rm -rf \"$1\"", &[&dir]).await;
+            let _ = sh(agent, "rm -rf \"/var/tmp/$1\" \"/tmp/$1\"", &[&name]).await;
             let why = String::from_utf8_lossy(&err).trim().to_owned();
             return Err(StreamExecError::Setup(format!("exit {code}: {why}")));
         }

@@ -119,14 +119,14 @@ pub(crate) async fn sh(
     Ok((out.exit_code, out.stdout, out.stderr))
 }
 
-/// A private directory name for one operation in the guest.
-pub(crate) fn scratch_dir() -> String {
+/// A private directory's name (no path) for one operation in the guest.
+pub(crate) fn scratch_name() -> String {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
     format!(
-        "/tmp/.thaw-{}-{:x}",
+        ".thaw-{}-{:x}",
         std::process::id(),
         t & 0xFFFF_FFFF_FFFF
     )

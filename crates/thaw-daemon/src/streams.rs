@@ -2,7 +2,6 @@
 //! (`POST /v1/vms/{name}/exec/stream`), and files up and down
 //! (`PUT`/`GET /v1/vms/{name}/files?path=`), each moved in chunks, never whole.
 
-
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
@@ -17,9 +16,9 @@ use thaw::vm::VmState;
 use thaw::VmName;
 use tokio::sync::mpsc;
 
-use crate::operations::Ctx;
 use crate::error::{ApiError, HttpStatus};
 use crate::extract::{ApiJson, Named};
+use crate::operations::Ctx;
 
 /// A command to run with its output streamed: `POST /v1/vms/{name}/exec/stream`'s body.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]

@@ -125,11 +125,7 @@ pub(crate) fn scratch_name() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
-    format!(
-        ".thaw-{}-{:x}",
-        std::process::id(),
-        t & 0xFFFF_FFFF_FFFF
-    )
+    format!(".thaw-{}-{:x}", std::process::id(), t & 0xFFFF_FFFF_FFFF)
 }
 
 /// A sleep that grows from 1 ms to 20 ms while nothing happens.

@@ -8,6 +8,15 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup-test.sh
 export PATH="$HOME/.cargo/bin:$PATH"
+# A fresh CI clone gains nothing from incremental compilation, which only takes disk.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"; fi
+# The build and the tests' VMs need about 20 GB; say so up front rather than fail later
+# with "No space left on device" in some test.
+free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+echo "== disk: $((free_kb / 1024 / 1024)) GiB free here, $(df -Pk "${TMPDIR:-/tmp}" | awk 'NR==2 {print int($4/1024/1024)}') GiB in ${TMPDIR:-/tmp}"
+if [ "$free_kb" -lt $((20 * 1024 * 1024)) ]; then
+  echo "warning: less than 20 GiB free; the build and the tests may run out of disk" >&2
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

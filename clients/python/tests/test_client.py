@@ -150,3 +150,21 @@ def test_ttl_and_labels(client: Client, base: Base) -> None:
     with pytest.raises(ThawError, match="bad label key") as e:
         client.restore(base.tag, labels={"a b": "1"})
     assert e.value.status == 400
+
+
+def test_park_and_wake_here(client: Client, base: Base) -> None:
+    name = f"park-{uuid.uuid4().hex[:8]}"
+    vm = client.restore(base.tag, name=name)
+    vm.exec(["sh", "-c", "echo parked-word > /tmp/word"])
+    parked = vm.park()
+    assert (parked.name, parked.snapshot.tag, parked.park.state) == (name, name, "parked")
+    assert parked.operation is None and parked.park.remote is None
+    assert name not in names(client), "park ends the VM"
+    assert [p.state for p in client.parked() if p.name == name] == ["parked"]
+    with pytest.raises(NotFound):
+        client.wake(f"never-{name}")
+    with client.wake(name) as woken:
+        assert woken.name == name
+        assert woken.exec(["cat", "/tmp/word"]).stdout == b"parked-word\n"
+        assert name not in [p.name for p in client.parked()], "wake clears the record"
+    client.remove_snapshot(name)

@@ -79,6 +79,15 @@ pub struct BenchArgs {
     #[arg(long, value_name = "MIB", requires = "density",
           default_value_t = density::DENSITY_TB_SIZE_MIB)]
     tb_size: u32,
+    /// Lazy restore (served from the store on first touch) against plain restores of
+    /// the same snapshot: the write-out it saves, the disk a snapshot uses, and with
+    /// --remote, restores from the bucket on a cold host, with and without the working set.
+    #[arg(long, conflicts_with_all = ["pool", "density", "compare"])]
+    lazy: bool,
+    /// With --lazy: the bucket (s3://bucket/prefix; endpoint and keys from the
+    /// environment) the snapshot is pushed to and restored from.
+    #[arg(long, value_name = "URL", requires = "lazy")]
+    remote: Option<String>,
 }
 
 /// Runs the benchmark the arguments ask for and prints its report.
@@ -117,6 +126,16 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 progress(json)(&format!("wrote {}", written.display()));
             }
         }
+    } else if args.lazy {
+        let report = thaw_bench::lazy::run(
+            &home,
+            &qemu,
+            &cfg,
+            args.remote.as_deref(),
+            &mut progress(json),
+        )
+        .await?;
+        emit(json, &report, thaw_bench::lazy::LazyReport::table)?;
     } else if let Some(clones) = args.density {
         let dcfg = DensityConfig {
             clones,
@@ -200,6 +219,7 @@ fn bench_config(args: &BenchArgs) -> Result<BenchConfig> {
             size,
             mode: args.pool_mode,
             warm_ports: args.warm_ports,
+            bind: None,
         }),
     })
 }

@@ -44,7 +44,7 @@ pub async fn method(
             name,
             true,
             true,
-            thaw::clone::Ports::Fresh,
+            thaw::clone::Ports::Fresh(thaw::ports::DEFAULT_BIND),
         )
         .await;
         let mut clone = match prepared {

@@ -173,6 +173,8 @@ pub async fn run(
     for name in thaw::vm::list_names(&bench_home) {
         let _ = control::stop(&bench_home, &name).await;
     }
+    // A snapshot served lazily keeps the home's lazy server (and its mount) up.
+    thaw::lazy::stop_server(&bench_home);
     let _ = std::fs::remove_dir_all(bench_home.root());
     let sizes = result?;
     let failed = sizes
@@ -301,6 +303,7 @@ async fn thaw_methods(
         qemu,
         &BootRequest {
             lifetime: Default::default(),
+            bind: thaw::ports::DEFAULT_BIND,
             name: source.clone(),
             spec: spec.clone(),
             forwards: cfg.forwards.clone(),
@@ -421,6 +424,7 @@ async fn at_once(
             size: AT_ONCE,
             mode: PoolMode::Running,
             warm_ports: cfg.warm_ports,
+            bind: None,
         };
         pool.configure(tag0, pc)?;
     }
@@ -498,6 +502,7 @@ async fn pooled(
         size: cfg.pool_size,
         mode,
         warm_ports: cfg.warm_ports,
+        bind: None,
     };
     pool.configure(tag0, pc)?;
     let mut samples = Vec::new();
@@ -534,6 +539,8 @@ async fn pooled(
 fn restore_req(cfg: &CompareConfig, tag: &SnapshotTag, name: VmName) -> RestoreRequest {
     RestoreRequest {
         lifetime: Default::default(),
+        from: None,
+        bind: thaw::ports::DEFAULT_BIND,
         tag: tag.clone(),
         count: 1,
         name: Some(name),
@@ -581,6 +588,7 @@ async fn cold_boot(
             qemu,
             &BootRequest {
                 lifetime: Default::default(),
+                bind: thaw::ports::DEFAULT_BIND,
                 name: name.clone(),
                 spec: spec.clone(),
                 forwards: cfg.forwards.clone(),

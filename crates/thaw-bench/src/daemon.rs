@@ -144,6 +144,7 @@ impl DaemonRestores {
             None,
             &self.ready,
             &ports,
+            thaw::ports::DEFAULT_BIND,
             &paths,
             t + Duration::from_secs(60),
         )

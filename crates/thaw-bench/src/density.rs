@@ -139,6 +139,8 @@ pub async fn run(
     for name in thaw::vm::list_names(&bench_home) {
         let _ = control::stop(&bench_home, &name).await;
     }
+    // A snapshot served lazily keeps the home's lazy server (and its mount) up.
+    thaw::lazy::stop_server(&bench_home);
     let _ = std::fs::remove_dir_all(bench_home.root());
     let mut report = result?;
     report.machine = machine(qemu, cfg.accel);
@@ -161,6 +163,7 @@ async fn run_in(
         qemu,
         &BootRequest {
             lifetime: Default::default(),
+            bind: thaw::ports::DEFAULT_BIND,
             name: source.clone(),
             spec: cfg.spec.clone(),
             forwards: cfg.forwards.clone(),
@@ -195,6 +198,8 @@ async fn run_in(
         ));
         let req = RestoreRequest {
             lifetime: Default::default(),
+            from: None,
+            bind: thaw::ports::DEFAULT_BIND,
             tag: tag.clone(),
             count,
             name: Some(format!("d{started}").parse().expect("valid name")),

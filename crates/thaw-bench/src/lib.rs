@@ -16,6 +16,7 @@ pub mod bare;
 pub mod compare;
 pub mod daemon;
 pub mod density;
+pub mod lazy;
 pub mod libvirt;
 pub mod method;
 pub mod peer;

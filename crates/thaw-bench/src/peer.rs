@@ -152,6 +152,7 @@ pub async fn wait_agent_ready(
         qmp,
         ready,
         ports,
+        thaw::ports::DEFAULT_BIND,
         paths,
         std::time::Instant::now() + TIMEOUT,
     )
@@ -260,8 +261,11 @@ fn argv(qemu: &Qemu, l: &PeerLaunch<'_>, paths: &VmPaths, ports: &[PortForward])
         incoming: false,
         disk_overlays: l.disk_overlays,
         ports,
+        bind: thaw::ports::DEFAULT_BIND,
         efivars: &paths.dir.join("efivars.fd"),
         vnc: None,
+        // The compared mechanisms as they are used: QEMU given the whole kernel.
+        boot_stub: None,
     };
     let mut argv = l.spec.argv(&launch);
     for a in argv.iter_mut() {

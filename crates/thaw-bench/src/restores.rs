@@ -117,6 +117,8 @@ pub struct BenchReport {
 pub enum BenchError {
     #[error("runs must be at least 1")]
     Runs,
+    #[error("the remote: {0}")]
+    Remote(String),
     #[error("cold boot failed")]
     Boot(#[from] boot::BootError),
     #[error("snapshot failed")]
@@ -151,6 +153,8 @@ pub async fn run(
     for name in thaw::vm::list_names(&bench_home) {
         let _ = control::stop(&bench_home, &name).await;
     }
+    // A snapshot served lazily keeps the home's lazy server (and its mount) up.
+    thaw::lazy::stop_server(&bench_home);
     let _ = std::fs::remove_dir_all(bench_home.root());
     let sizes = result?;
     let first = sizes[0].clone();
@@ -252,6 +256,8 @@ impl Size<'_> {
     fn restore_as(&self, name: VmName) -> RestoreRequest {
         RestoreRequest {
             lifetime: Default::default(),
+            from: None,
+            bind: thaw::ports::DEFAULT_BIND,
             tag: self.tag(0),
             count: 1,
             name: Some(name),
@@ -338,6 +344,7 @@ impl Size<'_> {
             progress(&format!("{mem} MiB: cold boot {}/{}", i + 1, cfg.cold_runs));
             let req = BootRequest {
                 lifetime: Default::default(),
+                bind: thaw::ports::DEFAULT_BIND,
                 name: self.name("cold", i),
                 spec: spec.clone(),
                 forwards: cfg.forwards.clone(),

@@ -189,6 +189,11 @@ pub(crate) enum Command {
         /// PING line) before it counts as ready.
         #[arg(long)]
         warm_ports: bool,
+        /// The host address the pooled clones' forwards and displays listen on
+        /// (default 127.0.0.1); a restore takes them only when it asks for the same
+        /// --bind.
+        #[arg(long, value_name = "ADDR")]
+        bind: Option<String>,
     },
     /// List warm pools (needs a running daemon).
     Pools,
@@ -208,6 +213,16 @@ pub(crate) enum Command {
         #[arg(long)]
         print_key: bool,
     },
+    /// Put a VM away: snapshot it with the VM stopped (tag: its name), the VM ends; with
+    /// --remote, the snapshot then goes to S3 in the background (a worker that
+    /// outlives this command; --wait waits for it). `thaw wake NAME` brings it back.
+    Park(ParkArgs),
+    /// Bring a parked VM back under its name (RAM and disks as parked, clock set): from
+    /// this host, else fetched from --from.
+    Wake(WakeArgs),
+    /// The background upload of a parked VM (started by `thaw park`).
+    #[command(hide = true)]
+    ParkWorker { name: VmName },
     /// Send a snapshot to S3-compatible storage: only the chunks it lacks.
     Push {
         tag: SnapshotTag,
@@ -237,6 +252,38 @@ pub(crate) enum Command {
     /// Write thaw's man pages into DIR: thaw.1 and one per subcommand (for packaging).
     #[command(hide = true)]
     Man { dir: PathBuf },
+    /// Serve this home's lazily restored snapshots (started by thaw when needed; runs
+    /// until idle).
+    #[command(hide = true)]
+    Lazyfs,
+}
+
+#[derive(Args)]
+pub(crate) struct ParkArgs {
+    /// The VM to park (with --resume: a parked VM whose upload to resume).
+    pub name: VmName,
+    /// s3://BUCKET/PREFIX to upload the snapshot to (endpoint and keys from the
+    /// environment, see `up`). Without it the snapshot stays here only.
+    #[arg(long, value_name = "URL", conflicts_with = "resume")]
+    pub remote: Option<String>,
+    /// Wait for the upload and show its progress.
+    #[arg(long)]
+    pub wait: bool,
+    /// Resume the upload of an already parked VM (one whose worker died or failed).
+    #[arg(long)]
+    pub resume: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct WakeArgs {
+    /// The parked VM's name (its snapshot's tag).
+    pub name: VmName,
+    /// s3://BUCKET/PREFIX to fetch the snapshot from when it is not here.
+    #[arg(long, value_name = "URL")]
+    pub from: Option<String>,
+    /// Seconds to wait for the guest agent.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
 }
 
 #[derive(Subcommand)]
@@ -278,7 +325,7 @@ pub(crate) struct BootArgs {
     /// gets its own copy of the UEFI variables).
     #[arg(long)]
     pub firmware: Option<thaw::firmware::FirmwareKind>,
-    /// A display: `vnc` (a VGA card served over VNC on 127.0.0.1), or `none`.
+    /// A display: `vnc` (a VGA card served over VNC on the --bind address), or `none`.
     #[arg(long, value_name = "vnc|none")]
     pub display: Option<thaw::profile::DisplayKind>,
     /// The VNC port (default: a free one; thaw ls lists it).
@@ -307,10 +354,12 @@ pub(crate) struct BootArgs {
     /// written; the VM runs on a qcow2 overlay. Repeatable.
     #[arg(long = "disk", value_name = "PATH[,OPTS]")]
     pub disks: Vec<String>,
-    /// Forward 127.0.0.1:HOSTPORT to the guest's GUESTPORT (TCP); HOSTPORT 0 picks a
-    /// free port. Repeatable.
+    /// Forward HOSTPORT (on the --bind address) to the guest's GUESTPORT (TCP);
+    /// HOSTPORT 0 picks a free port. Repeatable.
     #[arg(long = "port", value_name = "HOSTPORT:GUESTPORT", value_parser = parse_forward)]
     pub ports: Vec<thaw::spec::PortForward>,
+    #[command(flatten)]
+    pub bind: BindArg,
     /// No network card (user-mode networking is on by default).
     #[arg(long, conflicts_with = "ports")]
     pub no_net: bool,
@@ -319,6 +368,26 @@ pub(crate) struct BootArgs {
     /// Seconds to wait for the guest to become ready.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
+}
+
+#[derive(Args)]
+pub(crate) struct BindArg {
+    /// The host address the port forwards and the VNC display listen on: an IPv4
+    /// address of this host (of the daemon's, through one), or 0.0.0.0 for all
+    /// (default 127.0.0.1: only this host reaches them).
+    #[arg(long = "bind", value_name = "ADDR")]
+    pub bind: Option<String>,
+}
+
+impl BindArg {
+    /// The address, its syntax checked (whether this host has it is checked where the
+    /// VM starts).
+    pub fn addr(&self) -> Result<std::net::Ipv4Addr, thaw::ports::BindError> {
+        match self.bind.as_deref() {
+            Some(b) => thaw::ports::parse_bind(b),
+            None => Ok(thaw::ports::DEFAULT_BIND),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -395,10 +464,17 @@ pub(crate) struct RestoreArgs {
     /// thaw resume continues them.
     #[arg(long, conflicts_with = "exec_after")]
     pub paused: bool,
+    /// Restore straight from S3-compatible storage (s3://bucket/prefix) when this host
+    /// does not have TAG: lazily, fetching chunks as the clones touch them and the
+    /// rest in the background (endpoint and keys from the environment, see `up`)
+    #[arg(long, value_name = "URL")]
+    pub from: Option<String>,
     /// The clones' VNC password (first line of FILE), for a snapshot whose display asks
     /// for one.
     #[arg(long, value_name = "FILE")]
     pub vnc_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub bind: BindArg,
     #[command(flatten)]
     pub ready: ReadyArgs,
 }

@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use crate::remote;
+pub(crate) use crate::transfer::Exported;
 
 /// What a command asks of thaw, wherever it runs.
 pub(crate) trait Ops {
@@ -84,6 +85,10 @@ pub(crate) trait Ops {
     async fn screenshot(&self, name: &VmName, file: &std::path::Path) -> Result<Screenshot>;
     /// Types `text` (`Ok(..)`) or presses key combinations (`Err(..)`) on its keyboard.
     async fn keys(&self, name: &VmName, what: Result<&str, &[String]>) -> Result<KeysSent>;
+    /// The daemon these operations go to, if they go to one.
+    fn daemon(&self) -> Option<&Client> {
+        None
+    }
     /// Pushes (`pull` false) or pulls a snapshot to or from `remote` (`s3://...`).
     async fn transfer(
         &self,
@@ -92,12 +97,23 @@ pub(crate) trait Ops {
         remote: &str,
         json: bool,
     ) -> Result<thaw::store::TransferReport>;
+    /// Writes snapshot `tag` as one file at `file` (here).
+    async fn export(&self, tag: &SnapshotTag, file: &std::path::Path) -> Result<Exported>;
+    /// Imports the file `file` (here) `thaw export` wrote; the snapshot's tag.
+    async fn import(&self, file: &std::path::Path) -> Result<SnapshotTag>;
+    /// A VM named `name`, else a snapshot tagged `name`.
+    async fn inspect(&self, name: &str) -> Result<thaw::control::Inspection>;
+    /// `thaw up`: the boot through the cache (progress on stderr unless `json`).
+    async fn up(&self, options: thaw::up::UpOptions, json: bool) -> Result<thaw::up::UpReport>;
 }
 
 /// The library, in this process. An interrupt (`cancel`) rolls back what it started.
 pub(crate) struct Local {
     pub home: Home,
     pub cancel: CancellationToken,
+    /// Whether the commands act on this host's home (no `-H`/`THAW_HOST`): then `thaw
+    /// ls` and `thaw snapshots` also show the VMs parked here.
+    pub parked_here: bool,
 }
 
 const POOLS_NEED_THE_DAEMON: &str = "warm pools live in the daemon: start it with `thaw serve`";
@@ -261,9 +277,58 @@ impl Ops for Local {
             true => thaw::store::pull(&self.home, tag, &remote, &mut bars).await?,
         })
     }
+
+    async fn export(&self, tag: &SnapshotTag, file: &std::path::Path) -> Result<Exported> {
+        let r = thaw::store::export(&self.home, tag, file, &mut crate::progress::Bars::new())?;
+        Ok(Exported {
+            chunks: r.chunks,
+            bytes: r.file_bytes,
+        })
+    }
+
+    async fn import(&self, file: &std::path::Path) -> Result<SnapshotTag> {
+        Ok(thaw::store::import(
+            &self.home,
+            file,
+            &mut crate::progress::Bars::new(),
+        )?)
+    }
+
+    async fn inspect(&self, name: &str) -> Result<thaw::control::Inspection> {
+        Ok(thaw::control::inspect(&self.home, name).await?)
+    }
+
+    async fn up(&self, options: thaw::up::UpOptions, json: bool) -> Result<thaw::up::UpReport> {
+        let req = thaw::up::UpRequest {
+            boot: thaw::profile::resolve(
+                options.boot,
+                Accel::detect(),
+                &mut crate::progress(json),
+            )?,
+            remote: options
+                .remote
+                .map(|r| thaw::store::Remote::from_env(&r))
+                .transpose()?,
+        };
+        let cache = thaw::guest::cache_dir();
+        let qemu = Qemu::find(&cache)?;
+        Ok(thaw::up::up(
+            &self.home,
+            &qemu,
+            &cache,
+            &req,
+            &mut crate::progress::Bars::new(),
+            &self.cancel,
+        )
+        .await?)
+    }
 }
 
 impl Ops for Client {
+    fn daemon(&self) -> Option<&Client> {
+        Some(self)
+    }
+
     async fn boot(&self, options: BootOptions, _: bool) -> Result<BootReport> {
         remote::boot(self, &options).await
     }
@@ -387,5 +452,21 @@ impl Ops for Client {
         json: bool,
     ) -> Result<thaw::store::TransferReport> {
         remote::transfer(self, pull, tag, remote, json).await
+    }
+
+    async fn export(&self, tag: &SnapshotTag, file: &std::path::Path) -> Result<Exported> {
+        crate::transfer::export(self, tag, file).await
+    }
+
+    async fn import(&self, file: &std::path::Path) -> Result<SnapshotTag> {
+        crate::transfer::import(self, file).await
+    }
+
+    async fn inspect(&self, name: &str) -> Result<thaw::control::Inspection> {
+        crate::transfer::inspect(self, name).await
+    }
+
+    async fn up(&self, options: thaw::up::UpOptions, json: bool) -> Result<thaw::up::UpReport> {
+        crate::transfer::up(self, &options, json).await
     }
 }

@@ -15,6 +15,7 @@ mod interrupt;
 mod print;
 mod progress;
 mod remote;
+mod transfer;
 
 use args::{Cli, Command};
 use backend::Local;
@@ -42,6 +43,16 @@ fn main() -> ExitCode {
         }
         eprintln!("thaw: error: {e}");
         return ExitCode::from(2);
+    }
+    if matches!(cli.command, Command::Lazyfs) {
+        drop(held);
+        return match thaw::lazyfs::run(&Home::from_env()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("thaw lazyfs: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let json = cli.json;
     let is_exec = matches!(cli.command, Command::Exec(_));
@@ -125,6 +136,8 @@ fn on_signal(command: &Command) -> OnSignal {
         Command::Restore(_) => OnSignal::Finish("the restore"),
         Command::Reset { .. } => OnSignal::Finish("the reset"),
         Command::Up { .. } => OnSignal::Finish("thaw up"),
+        Command::Park(_) => OnSignal::Finish("the park"),
+        Command::Wake(_) => OnSignal::Finish("the wake"),
         // The guest command is killed, then thaw ends (130/143).
         Command::Exec(_) => OnSignal::Finish("the exec"),
         Command::Serve { .. } => OnSignal::Own,
@@ -202,8 +215,8 @@ enum Reach {
     /// The daemon serves it.
     Served,
     /// A daemon named by `-H` or `THAW_HOST` serves it; otherwise it runs here (it
-    /// uses this process's environment, e.g. S3 credentials): `push`, `pull`, `logs`,
-    /// `screenshot`, `type`, `key`.
+    /// uses this process's environment, e.g. S3 credentials): `push`, `pull`, `park`,
+    /// `wake`, `logs`, `screenshot`, `type`, `key`, `export`, `import`, `inspect`, `up`.
     Named,
     /// It acts on this host's state (`thaw logs`, `thaw push`, ...): here, or refused
     /// when the configured daemon is on another host.
@@ -216,6 +229,10 @@ enum Reach {
 fn reach(command: &Command) -> Reach {
     match command {
         Command::Restore(a) if a.keep_vmgenid || a.verify || a.accel.is_some() => Reach::Here,
+        // The key alone: no boot, no network, no daemon.
+        Command::Up {
+            print_key: true, ..
+        } => Reach::Own,
         Command::Boot(_)
         | Command::Restore(_)
         | Command::Exec(_)
@@ -234,13 +251,20 @@ fn reach(command: &Command) -> Reach {
         | Command::Events => Reach::Served,
         Command::Push { .. }
         | Command::Pull { .. }
+        | Command::Park(_)
+        | Command::Wake(_)
         | Command::Logs { .. }
         | Command::Screenshot { .. }
         | Command::Type { .. }
-        | Command::Key { .. } => Reach::Named,
+        | Command::Key { .. }
+        | Command::Export { .. }
+        | Command::Import { .. }
+        | Command::Inspect { .. }
+        | Command::Up { .. } => Reach::Named,
         Command::Guest { .. }
         | Command::Token { .. }
         | Command::Serve { .. }
+        | Command::ParkWorker { .. }
         | Command::Bench(_) => Reach::Own,
         _ => Reach::Here,
     }
@@ -284,6 +308,8 @@ async fn run(cli: Cli, interrupt: &Interrupt) -> Result<ExitCode> {
     let here = Local {
         home: Home::from_env(),
         cancel: interrupt.token().clone(),
+        parked_here: cli.host.is_none()
+            && std::env::var_os("THAW_HOST").is_none_or(|h| h.is_empty()),
     };
     match daemon_for(&cli.command, cli.host.as_deref(), &here.home).await? {
         Some(daemon) => cmd::run(cli.command, &daemon, &here, cli.json).await,

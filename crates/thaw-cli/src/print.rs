@@ -1,6 +1,7 @@
 //! Human-readable output; `--json` prints the same values as JSON.
 
 use std::io::Write;
+use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use serde::Serialize;
@@ -40,28 +41,28 @@ pub fn emit<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T) -> Strin
     Ok(())
 }
 
-fn ports(ports: &[PortForward]) -> String {
+fn ports(ports: &[PortForward], bind: Ipv4Addr) -> String {
     if ports.is_empty() {
         return String::new();
     }
     let list: Vec<String> = ports
         .iter()
-        .map(|p| format!("127.0.0.1:{} -> {}", p.host, p.guest))
+        .map(|p| format!("{bind}:{} -> {}", p.host, p.guest))
         .collect();
     format!(", ports {}", list.join(", "))
 }
 
-fn vnc(vnc: &Option<VncPorts>) -> String {
+fn vnc(vnc: &Option<VncPorts>, bind: Ipv4Addr) -> String {
     match vnc {
         None => String::new(),
         Some(VncPorts {
             port,
             websocket: None,
-        }) => format!(", vnc 127.0.0.1:{port}"),
+        }) => format!(", vnc {bind}:{port}"),
         Some(VncPorts {
             port,
             websocket: Some(ws),
-        }) => format!(", vnc 127.0.0.1:{port} (websocket {ws})"),
+        }) => format!(", vnc {bind}:{port} (websocket {ws})"),
     }
 }
 
@@ -71,8 +72,8 @@ pub fn boot(r: &BootReport) -> String {
         r.name,
         r.boot_ms,
         r.pid,
-        ports(&r.ports),
-        vnc(&r.vnc)
+        ports(&r.ports, r.bind),
+        vnc(&r.vnc, r.bind)
     )
 }
 
@@ -97,8 +98,8 @@ pub fn restore(reports: &[CloneReport]) -> String {
                     r.name,
                     r.pid,
                     r.restore_ms,
-                    ports(&r.ports),
-                    vnc(&r.vnc)
+                    ports(&r.ports, r.bind),
+                    vnc(&r.vnc, r.bind)
                 );
             }
             format!(
@@ -108,8 +109,8 @@ pub fn restore(reports: &[CloneReport]) -> String {
                 r.breakdown.source,
                 r.restore_ms,
                 r.ready_ms,
-                ports(&r.ports),
-                vnc(&r.vnc)
+                ports(&r.ports, r.bind),
+                vnc(&r.vnc, r.bind)
             )
         })
         .collect::<Vec<_>>()
@@ -138,8 +139,8 @@ pub fn vms(vms: &[VmInfo]) -> String {
                 .map(time_left)
                 .unwrap_or_else(|| "-".into()),
             origin,
-            ports(&v.ports),
-            vnc(&v.vnc),
+            ports(&v.ports, v.bind.unwrap_or(thaw::ports::DEFAULT_BIND)),
+            vnc(&v.vnc, v.bind.unwrap_or(thaw::ports::DEFAULT_BIND)),
             labels(&v.labels)
         ));
     }
@@ -168,7 +169,7 @@ pub fn reset(r: &thaw::reset::ResetReport) -> String {
     let ports = c
         .ports
         .iter()
-        .map(|p| format!(" 127.0.0.1:{}→{}", p.host, p.guest))
+        .map(|p| format!(" {}:{}→{}", c.bind, p.host, p.guest))
         .collect::<String>();
     format!(
         "reset {} to {} in {:.1} ms (ready in {:.1} ms, {}, pid {}){ports}",
@@ -221,8 +222,8 @@ pub fn snapshots(snaps: &[SnapshotInfo]) -> String {
 
 pub fn pools(pools: &[PoolStatus]) -> String {
     let mut s = format!(
-        "{:<24} {:>5} {:<8} {:>6} {:>8}",
-        "SNAPSHOT", "SIZE", "MODE", "READY", "FILLING"
+        "{:<24} {:>5} {:<8} {:>6} {:>8} {:<15}",
+        "SNAPSHOT", "SIZE", "MODE", "READY", "FILLING", "BIND"
     );
     for p in pools {
         let mode = serde_json::to_value(p.mode)
@@ -230,8 +231,13 @@ pub fn pools(pools: &[PoolStatus]) -> String {
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
         s.push_str(&format!(
-            "\n{:<24} {:>5} {:<8} {:>6} {:>8}",
-            p.tag, p.size, mode, p.ready, p.filling
+            "\n{:<24} {:>5} {:<8} {:>6} {:>8} {:<15}",
+            p.tag,
+            p.size,
+            mode,
+            p.ready,
+            p.filling,
+            p.bind.to_string()
         ));
         if let Some(e) = &p.last_error {
             s.push_str(&format!("  last error: {e}"));
@@ -251,7 +257,11 @@ pub fn transfer(verb: &str, r: &thaw::store::TransferReport) -> String {
 /// snapshot as `snapshots` lists it.
 pub fn inspection(i: &thaw::control::Inspection) -> String {
     match i {
-        thaw::control::Inspection::Vm { record, live } => {
+        thaw::control::Inspection::Vm { record: None, live } => vms(std::slice::from_ref(live)),
+        thaw::control::Inspection::Vm {
+            record: Some(record),
+            live,
+        } => {
             let s = &record.spec;
             let mut lines = vec![
                 vms(std::slice::from_ref(live)),

@@ -114,7 +114,7 @@ pub async fn exec_stream(
 }
 
 /// The body of a success, or the daemon's `{"error"}` as the error.
-async fn refused(resp: hyper::Response<Incoming>) -> Result<Incoming> {
+pub(crate) async fn refused(resp: hyper::Response<Incoming>) -> Result<Incoming> {
     let status = resp.status().as_u16();
     if status < 400 {
         return Ok(resp.into_body());
@@ -150,6 +150,20 @@ pub async fn upload(
     file_name: &str,
     mode: u32,
 ) -> Result<Copied> {
+    // A guest directory takes the file under its own name, as locally.
+    let target = files_path(name, path, Some((mode, file_name)));
+    let bytes = send_reader(d, "PUT", &target, src).await?;
+    serde_json::from_slice(&bytes).context("unexpected reply from the daemon")
+}
+
+/// Sends `src` as the streamed body of `method target`, 1 MiB at a time, and answers
+/// the daemon's reply body (a refusal is the error).
+pub(crate) async fn send_reader(
+    d: &Client,
+    method: &str,
+    target: &str,
+    src: &mut (dyn AsyncRead + Unpin + Send),
+) -> Result<Bytes> {
     let (tx, rx) = mpsc::channel::<std::io::Result<Frame<Bytes>>>(2);
     let body = StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
@@ -172,15 +186,12 @@ pub async fn upload(
             }
         }
     };
-    // A guest directory takes the file under its own name, as locally.
-    let target = files_path(name, path, Some((mode, file_name)));
     let (resp, ()) = tokio::join!(
-        d.send_streamed("PUT", &target, "application/octet-stream", body),
+        d.send_streamed(method, target, "application/octet-stream", body),
         feed
     );
     let body = refused(resp?).await?;
-    let bytes = body.collect().await?.to_bytes();
-    serde_json::from_slice(&bytes).context("unexpected reply from the daemon")
+    Ok(body.collect().await?.to_bytes())
 }
 
 /// `GET /v1/vms/{name}/files`: the body streamed into `dst`.
@@ -206,16 +217,33 @@ pub async fn download(
         .and_then(|v| u32::from_str_radix(v, 8).ok())
         .unwrap_or(0o644);
     let mut body = refused(resp).await?;
-    let mut bytes = 0u64;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.context("the copy from thawd broke off")?;
-        if let Ok(data) = frame.into_data() {
-            bytes += data.len() as u64;
-            dst.write_all(&data).await?;
-        }
-    }
+    let bytes = receive(&mut body, dst, None, "copy").await?;
     dst.flush().await?;
     Ok(Copied { bytes, mode })
+}
+
+/// Writes the daemon's streamed reply `body` (`what`: the copy, the export) into `dst`
+/// (the file `dst_path`, when it is one, named in a write error); answers the bytes
+/// written.
+pub(crate) async fn receive(
+    body: &mut Incoming,
+    dst: &mut (dyn AsyncWrite + Unpin + Send),
+    dst_path: Option<&std::path::Path>,
+    what: &str,
+) -> Result<u64> {
+    let mut bytes = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.with_context(|| format!("the {what} from thawd broke off"))?;
+        if let Ok(data) = frame.into_data() {
+            bytes += data.len() as u64;
+            let written = dst.write_all(&data).await;
+            match dst_path {
+                Some(p) => written.with_context(|| format!("cannot write {}", p.display()))?,
+                None => written?,
+            }
+        }
+    }
+    Ok(bytes)
 }
 
 pub async fn snapshot(d: &Client, req: &SnapshotRequest) -> Result<SnapshotReport> {
@@ -427,4 +455,22 @@ pub async fn keys(
         Err(combos) => ("key", serde_json::json!({ "keys": combos })),
     };
     call(d, "POST", &format!("/v1/vms/{name}/{route}"), Some(body)).await
+}
+
+/// `POST /v1/vms/{name}/park`: the daemon's answer (`Parked`: name, snapshot, park,
+/// operation while the upload runs there).
+pub async fn park(d: &Client, name: &VmName, remote: Option<&str>, wait: bool) -> Result<Value> {
+    let body = serde_json::json!({ "remote": remote, "wait": wait });
+    call(d, "POST", &format!("/v1/vms/{name}/park"), Some(body)).await
+}
+
+/// `POST /v1/wake`.
+pub async fn wake(
+    d: &Client,
+    name: &VmName,
+    from: Option<&str>,
+    timeout_secs: u64,
+) -> Result<Vec<CloneReport>> {
+    let body = serde_json::json!({ "name": name, "from": from, "timeout_secs": timeout_secs });
+    call(d, "POST", "/v1/wake", Some(body)).await
 }

@@ -93,3 +93,41 @@ fn bench_with_a_pool_takes_every_restore_from_it() {
     assert_stats(&r, "ready_ms");
     env.assert_no_bench_leftovers();
 }
+
+/// `thaw bench --lazy` against a real bucket (s3s-fs): plain and lazy restores from the
+/// store, the write-out it saves, the disk it uses, and cold-host restores from the
+/// bucket with and without the working set.
+#[test]
+fn bench_lazy_reports_store_and_bucket_restores_and_leaves_nothing_behind() {
+    let server = common::s3::S3Server::start();
+    let mut env = Env::new();
+    for (k, v) in server.env() {
+        env = env.with_env(&k, &v);
+    }
+    let r = env.json(&[
+        "bench",
+        "--lazy",
+        "--runs",
+        "1",
+        "--memory",
+        "256",
+        "--remote",
+        "s3://thaw/bench",
+    ]);
+    let size = &r["sizes"][0];
+    assert_eq!(size["memory_mib"], 256, "{r}");
+    for key in ["plain_ready_ms", "lazy_ready_ms"] {
+        assert_stats(size, key);
+    }
+    let stored = size["stored_bytes"].as_u64().unwrap();
+    assert!(stored > 0, "{size}");
+    // Kept once: the directory of a lazily served snapshot is a manifest and links.
+    assert!(size["dir_bytes"].as_u64().unwrap() < 1 << 20, "{size}");
+    let remote = &size["remote"];
+    for mode in ["no_working_set", "working_set"] {
+        assert_stats(&remote[mode], "ready_ms");
+        let fetched = remote[mode]["fetched_bytes"].as_u64().unwrap();
+        assert!(0 < fetched && fetched < stored, "{mode}: {remote}");
+    }
+    env.assert_no_bench_leftovers();
+}

@@ -274,8 +274,11 @@ fn every_damaged_file_is_refused_naming_it() {
         corrupt_each_file(&env, tag, &mut rng, &mut tally);
     }
 
-    // The store: m exists only there now, so a restore writes it out from its chunks.
+    // The store: m exists only there now. Its write-out (THAW_LAZY=off) must refuse a
+    // damaged chunk before anything is published; served lazily (the default), see
+    // below.
     println!("store:");
+    let env = env.with_env("THAW_LAZY", "off");
     env.json(&["store", "evict", "m"]);
     let store = env.path().join("store");
     // A chunk of m's memory file (one r does not need would not stop m).
@@ -307,6 +310,40 @@ fn every_damaged_file_is_refused_naming_it() {
         });
         refused(&env, "m", false, &id, &what, &mut tally);
         env.run(&["store", "verify"]).fails_with(&id);
+    }
+    // Served lazily, a damaged chunk is found when it is read: a --verify restore reads
+    // them all, and is refused in one line naming it; nothing runs.
+    {
+        let _swap = Swap::new(&chunk, |p| {
+            let len = std::fs::metadata(p).unwrap().len();
+            flip_at(p, len / 2)
+        });
+        let out = env
+            .command(&["restore", "m", "--verify", "--name", "victim"])
+            .env("THAW_LAZY", "on")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(
+            !out.status.success() && lines.len() == 1 && lines[0].contains(&id),
+            "lazy --verify: {stderr:?}, want one line naming {id}"
+        );
+        assert!(env.processes().is_empty(), "lazy --verify: QEMU started");
+        assert!(
+            env.vm_dirs().is_empty(),
+            "lazy --verify: {:?}",
+            env.vm_dirs()
+        );
+        tally.tried += 1;
+        tally.detected += 1;
+        println!(
+            "  chunk Flip, served lazily, --verify: refused ({})",
+            lines[0]
+        );
+        // Back to the store only (the lazily served directory is links).
+        env.json(&["store", "evict", "m"]);
     }
     let record = store.join("manifests/m.json");
     for kind in [Kind::Truncate, Kind::Flip, Kind::Garbage, Kind::Newer] {

@@ -250,11 +250,14 @@ fn a_full_disk_during_snapshot_restore_and_pull_leaves_nothing_half_written() {
     );
     env.ok(&["stop", "c"]);
 
-    // Written out from the store (after an evict) with no room: refused, retried.
+    // Written out from the store (after an evict; THAW_LAZY=off, else it is served
+    // lazily, with nothing to write) with no room: refused, retried.
     env.json(&["store", "evict", "s"]);
     for free in [4096, need / 2] {
         d.leave_free(free);
-        let r = env.run(&["restore", "s", "--name", "c"]);
+        let mut restore = env.command(&["restore", "s", "--name", "c"]);
+        restore.env("THAW_LAZY", "off");
+        let r = common::Run::of(restore);
         one_line_about(&r, &format!("materialize with {free} free"), FULL);
         d.clear_ballast();
         // Still in the store only: listed as such, with no directory written out.
@@ -280,17 +283,15 @@ fn a_full_disk_during_snapshot_restore_and_pull_leaves_nothing_half_written() {
     // fetches the rest.
     let server = S3Server::start();
     let remote = "s3://thaw/full";
+    // Written out as well (THAW_LAZY=off): a pull served lazily needs room for the
+    // chunks alone, so half of what this snapshot needs would not run out.
     let with_s3 = |args: &[&str]| {
         let mut c = env.command(args);
         for (k, v) in server.env() {
             c.env(k, v);
         }
-        let out = c.output().unwrap();
-        common::Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        c.env("THAW_LAZY", "off");
+        common::Run::of(c)
     };
     assert_eq!(with_s3(&["push", "s", remote]).code, 0);
     env.ok(&["rm", "s"]);

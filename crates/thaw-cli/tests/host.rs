@@ -81,6 +81,131 @@ impl Drop for Serve {
     }
 }
 
+/// `inspect`, `export` and `import` through the daemon (issue 21, item 3): the VM and
+/// the snapshot are the daemon's, the export file is written here (streamed), an
+/// import sends a file from here; bad ones are one line and leave nothing.
+fn snapshots_as_files_through_the_daemon(client: &Env, daemon_home: &Env) {
+    let vm = client.json(&["inspect", "web"]);
+    assert_eq!(vm["kind"], "vm", "{vm}");
+    assert_eq!(vm["live"]["name"], "web", "{vm}");
+    assert_eq!(vm["live"]["state"], "running", "{vm}");
+    assert!(
+        vm.get("record").is_none(),
+        "the record is the daemon host's: {vm}"
+    );
+    let snap = client.json(&["inspect", "base"]);
+    assert_eq!(snap["kind"], "snapshot", "{snap}");
+    assert_eq!(snap["tag"], "base", "{snap}");
+    client
+        .run(&["inspect", "nothing"])
+        .fails_with("no VM or snapshot named \"nothing\"");
+
+    let files = tempfile::tempdir().unwrap();
+    let file = files.path().join("base.thaw");
+    let exported = client.json(&["export", "base", file.to_str().unwrap()]);
+    let size = std::fs::metadata(&file).unwrap().len();
+    assert_eq!(exported["bytes"], size, "{exported}");
+    assert!(exported["chunks"].as_u64().unwrap() > 0, "{exported}");
+    assert!(
+        client.snapshot_dirs().is_empty(),
+        "the client's home stays empty"
+    );
+    let missing = files.path().join("none.thaw");
+    client
+        .run(&["export", "nope", missing.to_str().unwrap()])
+        .fails_with("nope");
+    assert_eq!(
+        std::fs::read_dir(files.path()).unwrap().count(),
+        1,
+        "a refused export leaves no file"
+    );
+
+    // Imported back under its tag once the daemon no longer has it.
+    client
+        .run(&["import", file.to_str().unwrap()])
+        .fails_with("base");
+    client.json(&["rm", "base"]);
+    assert!(!client.listed("base"));
+    let imported = client.json(&["import", file.to_str().unwrap()]);
+    assert_eq!(imported["imported"], "base", "{imported}");
+    assert!(client.listed("base"));
+    assert!(daemon_home.snapshot_dirs().contains(&"base".to_owned()));
+    let clone = client.json(&["restore", "base", "--name", "back"]);
+    assert_eq!(clone[0]["name"], "back", "{clone}");
+    assert_eq!(client.sh("back", "echo imported"), "imported\n");
+    client.ok(&["stop", "back"]);
+
+    // Not an export: refused, nothing added, no scratch file left in the daemon's home.
+    let junk = files.path().join("junk.thaw");
+    std::fs::write(&junk, vec![7u8; 4096]).unwrap();
+    client
+        .run(&["import", junk.to_str().unwrap()])
+        .fails_with("importing the file failed");
+    let empty = files.path().join("empty.thaw");
+    std::fs::write(&empty, b"").unwrap();
+    client
+        .run(&["import", empty.to_str().unwrap()])
+        .fails_with("empty");
+    let tags: Vec<String> = client
+        .json(&["snapshots"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["tag"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(tags, ["base"]);
+    let scratch: Vec<String> = common::dir_names(daemon_home.path())
+        .into_iter()
+        .filter(|n| n.starts_with(".import-") || n.starts_with(".export-"))
+        .collect();
+    assert!(scratch.is_empty(), "{scratch:?}");
+}
+
+/// `thaw up` through the daemon (issue 21, item 3): the daemon's operation boots into
+/// its cache, then restores from it; the VMs are the daemon's, bound where asked (item
+/// 6: a remote client can reach what it brought up); refusals are one line.
+fn up_through_the_daemon(client: &Env, daemon_home: &Env) {
+    let args = ["--memory", "128", "--port", "0:8080", "--bind", "127.0.0.2"];
+    let mut first = vec!["up", "u1"];
+    first.extend_from_slice(&args);
+    let booted = client.json(&first);
+    assert_eq!(booted["path"], "booted", "{booted}");
+    assert_eq!(booted["name"], "u1", "{booted}");
+    assert_eq!(booted["bind"], "127.0.0.2", "{booted}");
+    let tag = booted["tag"].as_str().unwrap().to_owned();
+    let mut second = vec!["up", "u2"];
+    second.extend_from_slice(&args);
+    let restored = client.json(&second);
+    assert_eq!(restored["path"], "restored", "{restored}");
+    assert_eq!(restored["tag"], tag.as_str(), "{restored}");
+    assert_eq!(restored["bind"], "127.0.0.2", "{restored}");
+    assert!(client.vm_dirs().is_empty(), "the client's home stays empty");
+    let on_daemon = daemon_home.vm_dirs();
+    assert!(on_daemon.contains(&"u1".to_owned()) && on_daemon.contains(&"u2".to_owned()));
+    assert!(client.listed(&tag));
+    let vms = client.json(&["ls"]);
+    let u2 = vms
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "u2")
+        .unwrap_or_else(|| panic!("{vms}"));
+    assert_eq!(u2["state"], "running", "{vms}");
+    assert_eq!(u2["bind"], "127.0.0.2", "{vms}");
+    assert_eq!(
+        client.sh("u2", "echo up through thawd"),
+        "up through thawd\n"
+    );
+    client
+        .run(&["up", "u1", "--memory", "128"])
+        .fails_with("already exists");
+    client
+        .run(&["up", "u3", "--bind", "203.0.113.7"])
+        .fails_with("not an address of this host");
+    assert!(!daemon_home.vm_dirs().contains(&"u3".to_owned()));
+    client.ok(&["stop", "u1", "u2"]);
+}
+
 #[test]
 fn the_cli_drives_a_daemon_over_tls_with_a_token_or_says_why_not() {
     let daemon_home = Env::new();
@@ -190,8 +315,10 @@ fn the_cli_drives_a_daemon_over_tls_with_a_token_or_says_why_not() {
     );
     // A command thawd does not serve yet is not run on this host instead.
     client
-        .run(&["inspect", "web"])
+        .run(&["gc"])
         .fails_with("this command does not run through thawd yet");
+    snapshots_as_files_through_the_daemon(&client, &daemon_home);
+    up_through_the_daemon(&client, &daemon_home);
     // `logs` goes through it: the console of the daemon's VM.
     let logs = client.run(&["logs", "web"]);
     assert_eq!(logs.code, 0, "{}", logs.stderr);

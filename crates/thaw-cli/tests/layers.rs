@@ -263,7 +263,10 @@ while :; do
 done
 EOF
 setsid sh /tmp/loop.sh > /dev/null 2>&1 < /dev/null &
-sleep 1; cat /tmp/done"#;
+n=0; while [ $n -lt 300 ]; do
+  v=$(cat /tmp/done 2>/dev/null); [ "${v:-0}" -gt 0 ] && break; sleep 0.1; n=$((n + 1))
+done
+cat /tmp/done"#;
     let started: u64 = env.sh("w", script).trim().parse().unwrap();
     assert!(started > 0, "the loop runs");
     for tag in ["s1", "s2", "s3"] {

@@ -226,7 +226,7 @@ fn snapshot_files_the_store_and_the_sockets_are_private() {
     let file = dir.path().join("s.thaw");
     env.json(&["export", "s", file.to_str().unwrap()]);
     env.json(&["store", "evict", "s"]);
-    env.json(&["restore", "s", "--name", "d"]); // written out from the store
+    env.json(&["restore", "s", "--name", "d"]); // served lazily from the store
                                                 // The daemon, for its socket, database and lock.
     let mut serve = env
         .command(&["serve"])
@@ -263,7 +263,8 @@ fn snapshot_files_the_store_and_the_sockets_are_private() {
     let _ = serve.wait();
     assert!(
         all.iter().any(|(p, _, _)| p.starts_with("store/chunks/"))
-            && all.iter().any(|(p, _, _)| p == "snapshots/s/memory")
+            && all.iter().any(|(p, _, _)| p == "snapshots/child/memory")
+            && all.iter().any(|(p, _, _)| p.starts_with("lazy/mnt/"))
             && all
                 .iter()
                 .any(|(p, _, k)| *k == "socket" && p.ends_with("qmp.sock")),

@@ -232,7 +232,9 @@ impl axum::extract::FromRef<Arc<Daemon>> for crate::operations::Ctx {
 type Answer<T> = Result<T, ApiError>;
 type Created<T> = Answer<(StatusCode, Json<T>)>;
 
+pub(crate) mod park;
 pub(crate) mod snapshots;
+pub(crate) mod up;
 use snapshots::{get_snapshot, list_snapshots, pools, remove_snapshot, restore, set_pool};
 
 pub(crate) fn router(daemon: Arc<Daemon>) -> Router {
@@ -267,10 +269,16 @@ pub(crate) fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/snapshots/{tag}/push", post(crate::operations::push))
         .route("/v1/snapshots/{tag}/pull", post(crate::operations::pull))
         .route("/v1/operations/{id}", get(crate::operations::get))
+        .route("/v1/vms/{name}/park", post(park::park))
+        .route("/v1/parked", get(park::list_parked))
+        .route("/v1/wake", post(park::wake))
         .route("/v1/vms/{name}/logs", get(crate::logs::logs))
         .route("/v1/vms/{name}/screenshot", get(crate::screen::screenshot))
         .route("/v1/vms/{name}/type", post(crate::screen::type_text))
         .route("/v1/vms/{name}/key", post(crate::screen::key))
+        .route("/v1/snapshots/{tag}/export", get(crate::transfer::export))
+        .route("/v1/snapshots/import", post(crate::transfer::import))
+        .route("/v1/up", post(up::up))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(

@@ -45,6 +45,9 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE pool_configs ADD COLUMN warm_ports INTEGER NOT NULL DEFAULT 0;
 ",
+    "
+    ALTER TABLE pool_configs ADD COLUMN bind TEXT;
+",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -245,7 +248,7 @@ impl Db {
     pub fn pool_configs(&self) -> Result<Vec<(SnapshotTag, PoolConfig)>, DbError> {
         self.with(|c| {
             let mut st = c
-                .prepare("SELECT tag, size, mode, warm_ports FROM pool_configs ORDER BY tag")
+                .prepare("SELECT tag, size, mode, warm_ports, bind FROM pool_configs ORDER BY tag")
                 .map_err(query("listing pool configurations"))?;
             let rows = st
                 .query_map([], |r| {
@@ -254,12 +257,13 @@ impl Db {
                         r.get::<_, u32>(1)?,
                         r.get::<_, String>(2)?,
                         r.get::<_, bool>(3)?,
+                        r.get::<_, Option<String>>(4)?,
                     ))
                 })
                 .map_err(query("listing pool configurations"))?;
             let mut out = Vec::new();
             for row in rows {
-                let (tag, size, mode, warm_ports) =
+                let (tag, size, mode, warm_ports, bind) =
                     row.map_err(query("listing pool configurations"))?;
                 let (Ok(tag), Ok(mode)) = (tag.parse(), mode.parse::<PoolMode>()) else {
                     continue;
@@ -270,6 +274,7 @@ impl Db {
                         size,
                         mode,
                         warm_ports,
+                        bind: bind.and_then(|b| b.parse().ok()),
                     },
                 ));
             }
@@ -284,8 +289,15 @@ impl Db {
         };
         self.with(|c| {
             c.execute(
-                "INSERT OR REPLACE INTO pool_configs (tag, size, mode, warm_ports) VALUES (?1, ?2, ?3, ?4)",
-                params![tag.as_str(), config.size, mode, config.warm_ports],
+                "INSERT OR REPLACE INTO pool_configs (tag, size, mode, warm_ports, bind) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    tag.as_str(),
+                    config.size,
+                    mode,
+                    config.warm_ports,
+                    config.bind.map(|b| b.to_string())
+                ],
             )
             .map(drop)
             .map_err(query("recording a pool configuration"))
@@ -398,6 +410,7 @@ mod tests {
             size: 2,
             mode: PoolMode::Paused,
             warm_ports: true,
+            bind: Some("127.0.0.2".parse().unwrap()),
         };
         let entry = PoolEntryRow {
             id: "pool-1".into(),

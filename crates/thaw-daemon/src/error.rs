@@ -184,7 +184,7 @@ impl HttpStatus for AgentError {
 impl HttpStatus for BootError {
     fn status(&self) -> StatusCode {
         match self {
-            BootError::Spec(_) | BootError::NoNet => BAD,
+            BootError::Spec(_) | BootError::NoNet | BootError::Bind(_) => BAD,
             BootError::Vm(e) => e.status(),
             BootError::Disk(e) => e.status(),
             BootError::Ready(e) => e.status(),
@@ -203,7 +203,8 @@ impl HttpStatus for thaw::profile::ResolveBootError {
             | E::AppendWithoutKernel
             | E::Spec(_)
             | E::GuestPortZero
-            | E::Lifetime(_) => BAD,
+            | E::Lifetime(_)
+            | E::Bind(_) => BAD,
             E::Disk(e) => e.status(),
             E::Display(e) => e.status(),
             E::Guest { .. } | E::Firmware(_) => FAILED,
@@ -289,11 +290,32 @@ impl HttpStatus for RestoreError {
         match self {
             RestoreError::Check(e) => e.status(),
             RestoreError::Vm(e) => e.status(),
-            RestoreError::Count | RestoreError::PausedReady => BAD,
+            RestoreError::Count | RestoreError::PausedReady | RestoreError::Bind(_) => BAD,
             RestoreError::Display(e) => e.status(),
             RestoreError::Ready(e) => e.status(),
             RestoreError::Clone { source, .. } => source.status(),
             RestoreError::Store(_) | RestoreError::Interrupted(_) => FAILED,
+            // A bad URL is the client's; a snapshot the remote lacks is not found.
+            RestoreError::Arrive(e)
+                if matches!(**e, thaw::lazy_restore::ArriveError::Remote(_)) =>
+            {
+                BAD
+            }
+            RestoreError::Arrive(e)
+                if matches!(
+                    **e,
+                    thaw::lazy_restore::ArriveError::Pull {
+                        source: thaw::store::PullError::ManifestNotFound { .. },
+                        ..
+                    }
+                ) =>
+            {
+                MISSING
+            }
+            RestoreError::Arrive(_)
+            | RestoreError::Lazy(_)
+            | RestoreError::LazyRead { .. }
+            | RestoreError::LazySnapshot { .. } => FAILED,
         }
     }
 }
@@ -331,7 +353,8 @@ impl HttpStatus for PoolError {
     fn status(&self) -> StatusCode {
         match self {
             PoolError::Check(e) => e.status(),
-            PoolError::Size(_) => BAD,
+            PoolError::Size(_) | PoolError::Bind(_) => BAD,
+            PoolError::Store(_) | PoolError::Lazy(_) => FAILED,
         }
     }
 }

@@ -36,6 +36,7 @@ mod socket;
 mod streams;
 pub mod tls;
 pub mod tokens;
+mod transfer;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -1,4 +1,5 @@
-//! Long-running operations: push and pull of snapshots to and from S3.
+//! Long-running operations: push and pull of snapshots to and from S3, and the upload
+//! of a parked VM (`POST /v1/vms/{name}/park`, see `api::park`).
 //!
 //! `POST /v1/snapshots/{tag}/push` and `.../pull` check what they can at once (the
 //! snapshot, the remote's URL) and answer 202 `{"operation": id}`; the transfer runs
@@ -60,9 +61,12 @@ pub enum OperationState {
 #[schema(example = json!({"id": "op-3f2a9c1b7d4e", "kind": "push", "tag": "base", "remote": "s3://thaw/fleet", "state": "running", "phase": "uploading", "done_bytes": 1048576, "total_bytes": 8388608, "started_unix_ms": 1_765_000_000_000_u64}))]
 pub struct Operation {
     pub id: String,
-    /// `push` or `pull`.
+    /// `push`, `pull` or `up`.
     pub kind: String,
+    /// The snapshot (for `up`: the cache's snapshot of the boot).
     pub tag: SnapshotTag,
+    /// The S3 remote (none for an `up` without one).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub remote: String,
     pub state: OperationState,
     /// The current phase, as the store names it.
@@ -75,10 +79,10 @@ pub struct Operation {
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
-    /// What it did, once done.
+    /// What it did, once done: `thaw push --json`'s (or pull's, or up's) report.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     #[schema(value_type = Option<Object>)]
-    pub report: Option<TransferReport>,
+    pub report: Option<serde_json::Value>,
 }
 
 /// The daemon's operations, newest last.
@@ -88,7 +92,7 @@ pub(crate) struct Operations {
 }
 
 impl Operations {
-    fn add(&self, op: Operation) -> Arc<Mutex<Operation>> {
+    pub(crate) fn add(&self, op: Operation) -> Arc<Mutex<Operation>> {
         let op = Arc::new(Mutex::new(op));
         let mut ops = self.ops.lock().expect("operations lock");
         ops.push_back(op.clone());
@@ -117,13 +121,21 @@ pub(crate) struct Ctx {
 }
 
 /// Progress into the operation's record and, now and then, an event.
-struct Reporter {
+pub(crate) struct Reporter {
     op: Arc<Mutex<Operation>>,
     events: Arc<Events>,
     last: Option<Instant>,
 }
 
 impl Reporter {
+    pub(crate) fn new(op: Arc<Mutex<Operation>>, events: Arc<Events>) -> Reporter {
+        Reporter {
+            op,
+            events,
+            last: None,
+        }
+    }
+
     fn tell(&mut self, force: bool) {
         if !force && self.last.is_some_and(|t| t.elapsed() < EVENT_EVERY) {
             return;
@@ -166,10 +178,34 @@ impl Progress for Reporter {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Kind {
     Push,
     Pull,
+    /// The upload of a parked VM: `thaw::park::upload` (its park record follows too).
+    Park(thaw::VmName),
+}
+
+/// Starts the upload of the parked VM `name` (already parked, see `api::park`) as an
+/// operation of kind `park`; answers its id.
+pub(crate) fn start_park(
+    c: Ctx,
+    name: thaw::VmName,
+    tag: SnapshotTag,
+    url: String,
+) -> Result<Started, ApiError> {
+    start(c, Kind::Park(name), tag, url)
+}
+
+/// The operation `id` once it is no longer running.
+pub(crate) async fn finished(c: &Ctx, id: &str) -> Option<Operation> {
+    loop {
+        let op = c.operations.get(id)?;
+        if op.state != OperationState::Running {
+            return Some(op);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Checks, records and starts a transfer; answers its id.
@@ -184,20 +220,70 @@ fn start(c: Ctx, kind: Kind, tag: SnapshotTag, url: String) -> Result<Started, A
                 format!("snapshot {tag} exists here already; remove it first to pull it again"),
             ));
         }
-        Kind::Pull => {}
+        Kind::Pull | Kind::Park(_) => {}
     }
     let remote =
         Remote::from_env(&url).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, one_line(&e)))?;
-    let id = format!("op-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let name = match kind {
         Kind::Push => "push",
         Kind::Pull => "pull",
+        Kind::Park(_) => "park",
     };
-    let op = c.operations.add(Operation {
+    let (operations, events) = (Arc::clone(&c.operations), Arc::clone(&c.events));
+    Ok(run(
+        &operations,
+        &events,
+        name,
+        tag.clone(),
+        url,
+        move |mut progress| async move {
+            let result = match &kind {
+                Kind::Push => thaw::store::push(&c.home, &tag, &remote, &mut progress)
+                    .await
+                    .map_err(|e| one_line(&e)),
+                Kind::Pull => thaw::store::pull(&c.home, &tag, &remote, &mut progress)
+                    .await
+                    .map_err(|e| one_line(&e)),
+                Kind::Park(name) => thaw::park::upload(&c.home, name, &mut progress)
+                    .await
+                    .map_err(|e| one_line(&e))
+                    .and_then(|r| {
+                        r.upload
+                            .map(|u| u.report(&tag))
+                            .ok_or_else(|| format!("{name} has no upload report"))
+                    }),
+            };
+            if let (Kind::Pull, Ok(_)) = (&kind, &result) {
+                if let Err(e) = c.db.put_snapshot(&tag) {
+                    tracing::error!(%tag, "{}", one_line(&e));
+                }
+            }
+            result.map(|r: TransferReport| json_of(&r))
+        },
+    ))
+}
+
+/// Records a running operation of `kind` and runs `work` with its progress reporter on
+/// a thread of its own, in a runtime of its own (the store's transfers borrow their
+/// progress mutably, which is not Send), then records how it ended. Answers its id.
+pub(crate) fn run<F, Fut>(
+    operations: &Operations,
+    events: &Arc<Events>,
+    kind: &str,
+    tag: SnapshotTag,
+    remote: String,
+    work: F,
+) -> Started
+where
+    F: FnOnce(Reporter) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<serde_json::Value, String>>,
+{
+    let id = new_id();
+    let op = operations.add(Operation {
         id: id.clone(),
-        kind: name.to_owned(),
+        kind: kind.to_owned(),
         tag: tag.clone(),
-        remote: url,
+        remote,
         state: OperationState::Running,
         phase: None,
         done_bytes: 0,
@@ -206,60 +292,58 @@ fn start(c: Ctx, kind: Kind, tag: SnapshotTag, url: String) -> Result<Started, A
         error: None,
         report: None,
     });
-    tracing::info!(operation = %id, kind = name, %tag, "operation started");
+    tracing::info!(operation = %id, kind, %tag, "operation started");
     let span = tracing::Span::current();
+    let events = Arc::clone(events);
     std::thread::spawn(move || {
         let _entered = span.enter();
-        let mut progress = Reporter {
-            op: op.clone(),
-            events: c.events.clone(),
-            last: None,
-        };
+        let progress = Reporter::new(op.clone(), events.clone());
         let result = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("could not start the operation's runtime: {e}"))
-            .and_then(|rt| {
-                rt.block_on(async {
-                    match kind {
-                        Kind::Push => {
-                            thaw::store::push(&c.home, &tag, &remote, &mut progress).await
-                        }
-                        Kind::Pull => {
-                            thaw::store::pull(&c.home, &tag, &remote, &mut progress).await
-                        }
-                    }
-                })
-                .map_err(|e| one_line(&e))
-            });
-        if let (Kind::Pull, Ok(_)) = (kind, &result) {
-            if let Err(e) = c.db.put_snapshot(&tag) {
-                tracing::error!(%tag, "{}", one_line(&e));
+            .and_then(|rt| rt.block_on(work(progress)));
+        finish(&op, &events, result);
+    });
+    Started { operation: id }
+}
+
+fn json_of(report: &impl Serialize) -> serde_json::Value {
+    serde_json::to_value(report).expect("a report serializes")
+}
+
+/// Records how an operation ended, and tells `GET /v1/events` (`operation.done`).
+pub(crate) fn finish(
+    op: &Mutex<Operation>,
+    events: &Events,
+    result: Result<serde_json::Value, String>,
+) {
+    let done = {
+        let mut o = op.lock().expect("operation lock");
+        match result {
+            Ok(report) => {
+                o.state = OperationState::Done;
+                o.report = Some(report);
+            }
+            Err(e) => {
+                o.state = OperationState::Failed;
+                o.error = Some(e);
             }
         }
-        let done = {
-            let mut o = op.lock().expect("operation lock");
-            match result {
-                Ok(report) => {
-                    o.state = OperationState::Done;
-                    o.report = Some(report);
-                }
-                Err(e) => {
-                    o.state = OperationState::Failed;
-                    o.error = Some(e);
-                }
-            }
-            o.clone()
-        };
-        tracing::info!(operation = %done.id, state = ?done.state, "operation ended");
-        c.events.send(EventKind::OperationDone {
-            operation: done.id,
-            kind: done.kind,
-            tag: done.tag,
-            failed: done.error,
-        });
+        o.clone()
+    };
+    tracing::info!(operation = %done.id, state = ?done.state, "operation ended");
+    events.send(EventKind::OperationDone {
+        operation: done.id,
+        kind: done.kind,
+        tag: done.tag,
+        failed: done.error,
     });
-    Ok(Started { operation: id })
+}
+
+/// A new operation's id.
+pub(crate) fn new_id() -> String {
+    format!("op-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
 /// Push a snapshot to S3

@@ -103,3 +103,94 @@ async fn kill_9_then_restart_adopts_vms_and_refills_the_pool() {
         .await;
     assert_eq!(taken[0]["breakdown"]["source"], "pool");
 }
+
+/// A killed daemon's pipe to its keeper can close a moment before its lock on the
+/// home is released (its files close one by one). The keeper waits for the lock while
+/// the daemon lives, then ends the pool's processes; it used to try once and leave
+/// them running. Here this test process plays the dying daemon: it holds the lock,
+/// closes the pipe, and only then lets go of the lock.
+#[test]
+fn the_keeper_waits_for_the_lock_of_a_dying_daemon() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let home = tempfile::tempdir().unwrap();
+    let slot = home.path().join("pool/pool-0123456789ab");
+    std::fs::create_dir_all(&slot).unwrap();
+    let log = slot.join("log");
+    std::fs::write(&log, "").unwrap();
+    // A stand-in pooled process: its command line names its pool directory. Ended
+    // when the test ends, passed or not.
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut pooled = Reaped(
+        Command::new("tail")
+            .arg("-f")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(home.path().join("thawd.lock"))
+        .unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+
+    let mut keeper = Command::new(common::THAWD)
+        .arg("--pool-keeper")
+        .arg(home.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(keeper.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    drop(keeper.stdin.take());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        keeper.try_wait().unwrap().is_none(),
+        "the keeper gave up while the daemon still held its lock"
+    );
+    assert!(pooled.0.try_wait().unwrap().is_none());
+
+    drop(lock);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = keeper.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the keeper did not end"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+    // Killed (SIGKILL is delivered a moment later): it ends without our help.
+    let ended = loop {
+        if let Some(s) = pooled.0.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        ended.is_some(),
+        "the keeper left the pooled process running"
+    );
+    assert!(!slot.exists(), "the keeper left the pool directory");
+}

@@ -262,7 +262,7 @@ impl FileLock {
     }
 }
 
-fn open_lock_file(path: &Path) -> Result<File, IoError> {
+pub fn open_lock_file(path: &Path) -> Result<File, IoError> {
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)

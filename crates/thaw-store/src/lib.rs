@@ -39,8 +39,10 @@ mod extents;
 pub mod fsio;
 mod id;
 mod manifest;
+mod pack;
 mod progress;
 mod remote;
+mod serve;
 mod store;
 
 pub use archive::{export, import, ExportError, ExportReport, ImportError, Imported};
@@ -51,12 +53,14 @@ pub use manifest::{
     validate_manifest_name, InvalidManifestName, ManifestError, MAX_MANIFEST_BYTES,
     MAX_MANIFEST_NAME,
 };
+pub use pack::{unpack, Pack, PackEntry, PackError, MAX_PACK_CHUNKS};
 pub use progress::{NoProgress, Progress};
 pub use remote::{
     fetch_manifest, install_crypto, list_remote_manifests, pull_chunks, push, CredentialSource,
     PullError, PullReport, PushError, PushReport, Remote, RemoteConfig, RemoteConfigError,
     RemoteError,
 };
+pub use serve::{ChunkSink, Fetched};
 pub use store::{
     ChunkError, FileIndex, GcError, GcReport, IngestError, MaterializeError, OpenError, Store,
     VerifyError, VerifyReport,

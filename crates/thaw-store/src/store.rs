@@ -53,7 +53,7 @@ impl FileIndex {
     }
 
     /// Checks the fields agree with each other.
-    fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), String> {
         if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&self.chunk_size) {
             return Err(format!("chunk size {} is out of range", self.chunk_size));
         }
@@ -70,7 +70,7 @@ impl FileIndex {
     }
 
     /// Byte range of chunk `i`.
-    fn range(&self, i: usize) -> (u64, usize) {
+    pub fn range(&self, i: usize) -> (u64, usize) {
         let start = i as u64 * u64::from(self.chunk_size);
         let len = (self.size - start).min(u64::from(self.chunk_size)) as usize;
         (start, len)

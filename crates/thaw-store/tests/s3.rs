@@ -10,8 +10,8 @@ use std::os::unix::fs::FileExt;
 use common::{hash_file, noise, S3Server, TestS3};
 use object_store::ObjectStoreExt;
 use thaw_store::{
-    fetch_manifest, list_remote_manifests, pull_chunks, push, ChunkId, FileIndex, NoProgress,
-    PullError, PushError, Store,
+    fetch_manifest, list_remote_manifests, pull_chunks, push, unpack, ChunkId, FileIndex,
+    NoProgress, PullError, PushError, Store,
 };
 
 const CHUNK: usize = 64 << 10;
@@ -41,7 +41,8 @@ on_both!(
     a_damaged_chunk_in_the_bucket_is_refused_at_pull,
     an_interrupted_pull_completes_on_retry,
     push_with_a_missing_local_chunk_writes_no_remote_manifest,
-    push_and_pull_throughput_is_reported
+    push_and_pull_throughput_is_reported,
+    a_pack_holds_chunks_in_order_and_is_checked_against_the_bucket
 );
 
 /// What thaw's manifest will roughly be: named file indexes.
@@ -313,4 +314,90 @@ async fn push_and_pull_throughput_is_reported(server: &dyn TestS3, server_name: 
         mb / push_s,
         mb / pull_s
     );
+}
+
+async fn a_pack_holds_chunks_in_order_and_is_checked_against_the_bucket(
+    server: &dyn TestS3,
+    _server_name: &str,
+) {
+    server.create_bucket("thaw");
+    let remote = server.remote("s3://thaw/p");
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path().join("s")).unwrap();
+    let src = d.path().join("f");
+    // Incompressible: 2.8 MB of chunks, a pack fetched in two ranged requests.
+    let data = noise(9, 44 * CHUNK);
+    std::fs::write(&src, &data).unwrap();
+    let index = store.ingest(&src, &mut NoProgress).unwrap();
+    // Some chunks out of file order, then the rest.
+    let order: Vec<usize> = [7, 2, 9, 0].into_iter().chain(10..44).collect();
+    let ids: Vec<ChunkId> = order.iter().map(|&i| index.chunks[i].unwrap()).collect();
+    let pack = remote.ensure_pack(&store, &ids).await.unwrap();
+    assert_eq!(pack.check(), Ok(()));
+    assert_eq!(
+        pack.chunks.iter().map(|c| c.id).collect::<Vec<_>>(),
+        ids,
+        "the pack keeps the order asked for"
+    );
+    assert!(pack.total() > 2 << 20, "{} bytes", pack.total());
+    let key = object_store::path::Path::from(format!("p/packs/{}", pack.name));
+    let raw = server.raw_client("thaw");
+    let object = raw.get(&key).await.unwrap().bytes().await.unwrap().to_vec();
+    assert_eq!(object.len() as u64, pack.total());
+    // Made again: the same object, not uploaded a second time.
+    let modified = raw.head(&key).await.unwrap().last_modified;
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(remote.ensure_pack(&store, &ids).await.unwrap(), pack);
+    assert_eq!(raw.head(&key).await.unwrap().last_modified, modified);
+
+    // Fetched: every chunk once, each unpacking to its bytes of the file.
+    let mut got = BTreeMap::new();
+    remote
+        .fetch_pack(&pack, |entry, stored| {
+            assert!(got.insert(entry.id, (entry, stored)).is_none(), "twice");
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), ids.len());
+    for (&i, id) in order.iter().zip(&ids) {
+        let (entry, stored) = &got[id];
+        let chunk = unpack(entry, stored, Some(CHUNK)).unwrap();
+        assert_eq!(chunk, data[i * CHUNK..(i + 1) * CHUNK], "chunk {i}");
+    }
+
+    // A byte flipped in the bucket: that chunk fails its check, the others pass.
+    let mut flipped = object.clone();
+    flipped[pack.chunks[0].len as usize + 5] ^= 0x01;
+    raw.put(&key, flipped.into()).await.unwrap();
+    let mut damaged = Vec::new();
+    let mut handed = 0;
+    remote
+        .fetch_pack(&pack, |entry, stored| {
+            handed += 1;
+            if unpack(&entry, &stored, Some(CHUNK)).is_err() {
+                damaged.push(entry.id);
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!((handed, damaged), (ids.len(), vec![ids[1]]));
+
+    // Shorter than its record says, or absent: refused before a chunk is handed out.
+    raw.put(&key, object[..object.len() - 1].to_vec().into())
+        .await
+        .unwrap();
+    let mut handed = 0;
+    let err = remote
+        .fetch_pack(&pack, |_, _| handed += 1)
+        .await
+        .unwrap_err();
+    println!("a short pack: {err}");
+    assert!(err.to_string().contains(&pack.name), "{err}");
+    raw.delete(&key).await.unwrap();
+    let err = remote
+        .fetch_pack(&pack, |_, _| handed += 1)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not in the bucket"), "{err}");
+    assert_eq!(handed, 0);
 }

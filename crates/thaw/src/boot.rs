@@ -38,6 +38,8 @@ pub struct BootRequest {
     pub timeout: Duration,
     /// The display's ports and password (with `spec.display`).
     pub vnc: VncRequest,
+    /// The host address the forwards and the display listen on.
+    pub bind: std::net::Ipv4Addr,
     /// The VM's labels and time to live.
     pub lifetime: crate::lifetime::Lifetime,
 }
@@ -49,7 +51,11 @@ pub struct BootReport {
     pub pid: u32,
     pub boot_ms: f64,
     pub ports: Vec<PortForward>,
-    /// Where the display listens (127.0.0.1), when there is one.
+    /// The host address the forwards and the display listen on.
+    #[serde(default = "crate::ports::default_bind")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "127.0.0.1"))]
+    pub bind: std::net::Ipv4Addr,
+    /// Where the display listens (on `bind`), when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vnc: Option<VncPorts>,
 }
@@ -80,6 +86,8 @@ pub enum BootError {
     Ready(#[from] ReadyError),
     #[error("host port {0} is already in use")]
     PortInUse(u16),
+    #[error(transparent)]
+    Bind(#[from] crate::ports::BindError),
     #[error("port forwards need a network (drop --no-net)")]
     NoNet,
     #[error("interrupted")]
@@ -102,12 +110,13 @@ pub async fn boot_cancellable(
     cancel: &CancellationToken,
 ) -> Result<BootReport, BootError> {
     req.spec.validate()?;
-    let vnc = display::ports_for_boot(req.spec.display.as_ref(), &req.vnc)?;
+    crate::ports::check_bind(req.bind)?;
+    let vnc = display::ports_for_boot(req.spec.display.as_ref(), &req.vnc, req.bind)?;
     if !req.forwards.is_empty() && req.spec.net.is_none() {
         return Err(BootError::NoNet);
     }
     for f in &req.forwards {
-        if f.host != 0 && !crate::ports::is_free(f.host) {
+        if f.host != 0 && !crate::ports::is_free_on(req.bind, f.host) {
             return Err(BootError::PortInUse(f.host));
         }
     }
@@ -191,7 +200,7 @@ async fn boot_in(
         .iter()
         .map(|f| {
             let host = match f.host {
-                0 => crate::ports::free()
+                0 => crate::ports::free_on(req.bind)
                     .at("pick a port for", &paths.dir)
                     .map_err(VmError::from)?,
                 h => h,
@@ -221,8 +230,10 @@ async fn boot_in(
         incoming: false,
         disk_overlays: &overlays,
         ports: &ports,
+        bind: req.bind,
         efivars: &efivars,
         vnc,
+        boot_stub: None,
     };
     let record = |pid| VmState {
         name: req.name.clone(),
@@ -236,6 +247,7 @@ async fn boot_in(
         created_unix_ms: vm::now_ms(),
         disk_overlays: overlays.clone(),
         ports: ports.clone(),
+        bind: req.bind,
         lineage: None,
         vnc,
         labels: req.lifetime.labels.clone(),
@@ -264,12 +276,13 @@ async fn boot_in(
                 Waited::Exited(why) => BootError::Exited { why, console },
             }
         })?;
-    ready::wait_extra(None, &req.ready, &ports, paths, t0 + req.timeout).await?;
+    ready::wait_extra(None, &req.ready, &ports, req.bind, paths, t0 + req.timeout).await?;
     Ok(BootReport {
         name: req.name.clone(),
         pid,
         boot_ms: ms(t0.elapsed()),
         ports,
+        bind: req.bind,
         vnc,
     })
 }

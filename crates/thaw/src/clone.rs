@@ -90,9 +90,20 @@ pub struct CloneReport {
     /// Request → guest agent answers and clock set (and any extra readiness).
     pub ready_ms: f64,
     pub ports: Vec<PortForward>,
-    /// Where the clone's display listens (127.0.0.1), when it has one.
+    /// The host address the forwards and the display listen on.
+    #[serde(default = "crate::ports::default_bind")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "127.0.0.1"))]
+    pub bind: std::net::Ipv4Addr,
+    /// Where the clone's display listens (on `bind`), when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vnc: Option<crate::display::VncPorts>,
+    /// For a lazily served snapshot: bytes fetched from the remote before this clone
+    /// was ready (compressed, as stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetched_bytes: Option<u64>,
+    /// For a lazily served snapshot: its chunks' stored size, each once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_bytes: Option<u64>,
     /// Left paused at the snapshot point (`--paused`): `restore_ms` and `ready_ms` are
     /// request → state loaded.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -247,13 +258,23 @@ pub struct Prepared {
     pub breakdown: Breakdown,
 }
 
-/// Which host ports a clone's forwards get when it starts.
+/// Which host ports a clone's forwards get when it starts, and on which host address
+/// its forwards and display listen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ports {
-    /// Free ones, picked now.
-    Fresh,
-    /// None yet: the clone takes over another VM's ports later ([`Prepared::take_ports`]).
-    None,
+    /// Free ones on this address, picked now.
+    Fresh(std::net::Ipv4Addr),
+    /// None yet: the clone takes over another VM's ports (and address) later
+    /// ([`Prepared::take_ports`]); its display listens on this address meanwhile.
+    None(std::net::Ipv4Addr),
+}
+
+impl Ports {
+    fn bind(self) -> std::net::Ipv4Addr {
+        match self {
+            Ports::Fresh(bind) | Ports::None(bind) => bind,
+        }
+    }
 }
 
 /// Starts QEMU for a clone of `snap` in `paths.dir` (which must exist and be empty)
@@ -283,28 +304,36 @@ pub async fn prepare(
     };
     // Every clone needs its own host ports; the snapshot's are taken. A clone that
     // takes over another VM's ports (reset) starts with none and gets them later.
+    let bind = ports.bind();
     let ports = match ports {
-        Ports::Fresh => spec
+        Ports::Fresh(bind) => spec
             .net
             .iter()
             .flat_map(|n| n.guest_ports.iter())
             .map(|&guest| {
-                let host = crate::ports::free()
+                let host = crate::ports::free_on(bind)
                     .at("pick a port for", &paths.dir)
                     .map_err(VmError::from)?;
                 Ok(PortForward { host, guest })
             })
             .collect::<Result<Vec<_>, VmError>>()?,
-        Ports::None => Vec::new(),
+        Ports::None(_) => Vec::new(),
     };
     let overlays = clone_disks(snap, &paths)?;
     crate::firmware::vars_for_clone(&snap.dir, &paths.dir)
         .at("copy the UEFI variables for", &paths.dir)
         .map_err(VmError::from)?;
-    let vnc = crate::display::ports_for_clone(spec.display.as_ref())
+    let vnc = crate::display::ports_for_clone(spec.display.as_ref(), bind)
         .at("pick a VNC port for", &paths.dir)
         .map_err(VmError::from)?;
     let efivars = crate::firmware::vars_file(&paths.dir);
+    // The guest never boots again: a stand-in for the kernel, and no initrd.
+    let boot_stub = match &spec.kernel {
+        Some(kernel) => crate::bootstub::kernel_stub(kernel, &paths.dir)
+            .at("read the kernel header of", kernel)
+            .map_err(VmError::from)?,
+        None => None,
+    };
     let display_name = name.to_string();
     let launch = Launch {
         name: &display_name,
@@ -322,8 +351,10 @@ pub async fn prepare(
         incoming: true,
         disk_overlays: &overlays,
         ports: &ports.clone(),
+        bind,
         efivars: &efivars,
         vnc,
+        boot_stub: boot_stub.as_deref(),
     };
     let mut state = VmState {
         name,
@@ -339,6 +370,7 @@ pub async fn prepare(
         created_unix_ms: vm::now_ms(),
         disk_overlays: overlays.clone(),
         ports,
+        bind,
         lineage: Some(ParentRef {
             tag: snap.manifest.tag.clone(),
             manifest_blake3: snap.manifest_blake3.clone(),
@@ -477,6 +509,9 @@ impl Prepared {
         let wait = timeout.min(CLOCK_PORT_WAIT);
         match crate::clockport::set(&self.paths.clock_pipe(), CLOCK_TOLERANCE, wait).await {
             Ok(_) => Ok(()),
+            // A QEMU that ended (e.g. a lazily served snapshot it could not read) is
+            // reported by the step that follows, in one line; no warning about it here.
+            Err(_) if !self.state.is_alive() => Err(()),
             Err(e) => {
                 tracing::warn!(
                     "{}; setting the clock through the guest agent instead",
@@ -492,19 +527,25 @@ impl Prepared {
         self.agent.clone()
     }
 
-    /// Moves the clone onto `ports` (another VM's host ports, being freed): its own
-    /// forwards, if it has any, are removed and these added, through QEMU's monitor.
-    /// A port the ended VM held can take a few milliseconds after its exit to be free
-    /// again (the kernel closes the socket asynchronously), so adding is retried.
-    pub async fn take_ports(&mut self, ports: &[PortForward]) -> Result<(), CloneError> {
+    /// Moves the clone onto `ports` of `bind` (another VM's host ports and address,
+    /// being freed): its own forwards, if it has any, are removed and these added,
+    /// through QEMU's monitor. A port the ended VM held can take a few milliseconds
+    /// after its exit to be free again (the kernel closes the socket asynchronously),
+    /// so adding is retried.
+    pub async fn take_ports(
+        &mut self,
+        ports: &[PortForward],
+        bind: std::net::Ipv4Addr,
+    ) -> Result<(), CloneError> {
         for f in &self.state.ports {
-            let rule = format!("hostfwd_remove net0 tcp:127.0.0.1:{}", f.host);
+            let rule = format!("hostfwd_remove net0 tcp:{}:{}", self.state.bind, f.host);
             // Prints its result only when nothing matched.
             let _ = self.hmp(&rule).await?;
         }
         self.state.ports.clear();
+        self.state.bind = bind;
         for f in ports {
-            let rule = format!("hostfwd_add net0 tcp:127.0.0.1:{}-:{}", f.host, f.guest);
+            let rule = format!("hostfwd_add net0 tcp:{bind}:{}-:{}", f.host, f.guest);
             let deadline = Instant::now() + Duration::from_secs(3);
             loop {
                 let out = self.hmp(&rule).await?;
@@ -521,16 +562,21 @@ impl Prepared {
         Ok(())
     }
 
-    /// Moves the clone's VNC server onto `ports.port` (another VM's, being freed), with
-    /// QMP `display-update`; retried while the ended VM's socket closes. The websocket
-    /// port, if any, stays the clone's own (QEMU cannot move it at run time).
-    pub async fn take_vnc(&mut self, ports: crate::display::VncPorts) -> Result<(), CloneError> {
+    /// Moves the clone's VNC server onto `ports.port` of `bind` (another VM's, being
+    /// freed), with QMP `display-update`; retried while the ended VM's socket closes.
+    /// The websocket port, if any, stays the clone's own (QEMU cannot move it at run
+    /// time).
+    pub async fn take_vnc(
+        &mut self,
+        ports: crate::display::VncPorts,
+        bind: std::net::Ipv4Addr,
+    ) -> Result<(), CloneError> {
         let Some(mine) = self.state.vnc else {
             return Ok(());
         };
         let args = serde_json::json!({
             "type": "vnc",
-            "addresses": [{"type": "inet", "host": "127.0.0.1", "port": ports.port.to_string()}],
+            "addresses": [{"type": "inet", "host": bind.to_string(), "port": ports.port.to_string()}],
         });
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
@@ -670,6 +716,7 @@ impl Prepared {
             Some(&self.qmp),
             &opts.ready,
             &self.state.ports,
+            self.state.bind,
             &self.paths,
             t0 + opts.timeout,
         )
@@ -679,11 +726,14 @@ impl Prepared {
         // The process outlives this handle; whoever stops it reaps it.
         drop(self.child);
         Ok(CloneReport {
+            fetched_bytes: None,
+            stored_bytes: None,
             name: self.state.name.clone(),
             pid,
             restore_ms,
             ready_ms: ms(t0.elapsed()),
             ports: self.state.ports.clone(),
+            bind: self.state.bind,
             vnc: self.state.vnc,
             paused: false,
             breakdown: self.breakdown,
@@ -704,11 +754,14 @@ impl Prepared {
         let pid = self.pid();
         drop(self.child);
         Ok(CloneReport {
+            fetched_bytes: None,
+            stored_bytes: None,
             name: self.state.name.clone(),
             pid,
             restore_ms: ms(t0.elapsed()),
             ready_ms: ms(t0.elapsed()),
             ports: self.state.ports.clone(),
+            bind: self.state.bind,
             vnc: self.state.vnc,
             paused: true,
             breakdown: self.breakdown,

@@ -71,7 +71,12 @@ pub struct VmInfo {
     pub created_unix_ms: Option<u64>,
     /// Host ports forwarded to guest ports.
     pub ports: Vec<PortForward>,
-    /// Where the VM's display listens (127.0.0.1), when it has one.
+    /// The host address the forwards and the display listen on (`--bind`), when the
+    /// VM's record could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "127.0.0.1"))]
+    pub bind: Option<std::net::Ipv4Addr>,
+    /// Where the VM's display listens (on `bind`), when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vnc: Option<crate::display::VncPorts>,
     /// Labels given at boot or restore.
@@ -83,6 +88,10 @@ pub struct VmInfo {
     /// Seconds left of its time to live, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in_secs: Option<u64>,
+    /// Why a dead VM ended, when thaw knows (a lazily served snapshot that could not
+    /// be read: the chunk and why, or its server ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// What `thaw inspect NAME` shows: a VM (its record and its state now) or, when no VM
@@ -90,7 +99,13 @@ pub struct VmInfo {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Inspection {
-    Vm { record: Box<VmState>, live: VmInfo },
+    Vm {
+        /// The VM's record (`vm.json`); not through a daemon on another host, whose
+        /// API gives the VM as it is now (`live`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        record: Option<Box<VmState>>,
+        live: VmInfo,
+    },
     Snapshot(crate::snapshot::catalog::SnapshotInfo),
 }
 
@@ -106,7 +121,7 @@ pub enum InspectError {
 pub async fn inspect(home: &Home, name: &str) -> Result<Inspection, InspectError> {
     if let Ok(vm_name) = name.parse::<VmName>() {
         if home.vm_dir(&vm_name).is_dir() {
-            let record = Box::new(VmState::load(home, &vm_name)?);
+            let record = Some(Box::new(VmState::load(home, &vm_name)?));
             let live = info(home, vm_name).await;
             return Ok(Inspection::Vm { record, live });
         }
@@ -174,13 +189,29 @@ async fn info(home: &Home, name: VmName) -> VmInfo {
             cpus: None,
             created_unix_ms: None,
             ports: Vec::new(),
+            bind: None,
             vnc: None,
             labels: Default::default(),
             expires_unix_ms: None,
             expires_in_secs: None,
+            reason: None,
         };
     };
+    let mut reason = None;
     let (st, qemu_status) = if !state.is_alive() {
+        reason = crate::lazy::failure_of(home, state.pid).or_else(|| {
+            crate::lazy_restore::server_gone(home, &name).map(|pid| {
+                format!("the lazy snapshot server (pid {pid}) that served its snapshot ended")
+            })
+        });
+        ("dead".to_owned(), None)
+    } else if let Some(server) = crate::lazy_restore::server_gone(home, &name) {
+        // What it has not read yet can never be read: it must not run on.
+        crate::lazy_restore::end_orphan(state.pid);
+        reason = Some(format!(
+            "the lazy snapshot server (pid {server}) that served its snapshot ended; \
+             the clone was stopped"
+        ));
         ("dead".to_owned(), None)
     } else {
         match query_status(&state.paths(home)).await {
@@ -201,10 +232,12 @@ async fn info(home: &Home, name: VmName) -> VmInfo {
         cpus: Some(state.spec.cpus),
         created_unix_ms: Some(state.created_unix_ms),
         ports: state.ports.clone(),
+        bind: Some(state.bind),
         vnc: state.vnc,
         expires_in_secs: state.expires_unix_ms.map(crate::lifetime::secs_left),
         expires_unix_ms: state.expires_unix_ms,
         labels: state.labels,
+        reason,
     }
 }
 

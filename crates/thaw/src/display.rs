@@ -1,4 +1,5 @@
-//! The display: a standard VGA card whose screen QEMU serves over VNC on 127.0.0.1 (its
+//! The display: a standard VGA card whose screen QEMU serves over VNC on the VM's bind
+//! address (127.0.0.1 unless `--bind` says otherwise, see [`crate::ports`]; its
 //! spec, QEMU options, ports and password). Screenshots and keys are [`crate::screen`].
 //!
 //! Whether a machine has a display (and whether its VNC server asks for a password or
@@ -11,6 +12,7 @@
 //! authenticate), and a clone of a password-protected snapshot needs one given again.
 
 use std::ffi::OsString;
+use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 use thaw_qmp::Qmp;
@@ -32,7 +34,7 @@ pub struct DisplaySpec {
     pub websocket: bool,
 }
 
-/// The TCP ports (on 127.0.0.1) one VM's display listens on.
+/// The TCP ports (on the VM's bind address) one VM's display listens on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VncPorts {
@@ -67,11 +69,11 @@ pub enum DisplayError {
     FreePort(#[source] std::io::Error),
 }
 
-/// The QEMU options for a machine with `spec`'s display listening on `ports`.
-pub fn argv(spec: &DisplaySpec, ports: &VncPorts) -> Vec<OsString> {
-    let mut vnc = format!("127.0.0.1:{}", ports.port - VNC_BASE_PORT);
+/// The QEMU options for a machine with `spec`'s display listening on `ports` of `bind`.
+pub fn argv(spec: &DisplaySpec, ports: &VncPorts, bind: Ipv4Addr) -> Vec<OsString> {
+    let mut vnc = format!("{bind}:{}", ports.port - VNC_BASE_PORT);
     if let Some(ws) = ports.websocket {
-        vnc.push_str(&format!(",websocket=127.0.0.1:{ws}"));
+        vnc.push_str(&format!(",websocket={bind}:{ws}"));
     }
     if spec.password {
         vnc.push_str(",password=on");
@@ -87,6 +89,7 @@ pub fn argv(spec: &DisplaySpec, ports: &VncPorts) -> Vec<OsString> {
 pub fn ports_for_boot(
     spec: Option<&DisplaySpec>,
     req: &VncRequest,
+    bind: Ipv4Addr,
 ) -> Result<Option<VncPorts>, DisplayError> {
     let Some(spec) = spec else {
         if req.port != 0 || req.websocket_port != 0 || req.password.is_some() {
@@ -102,32 +105,38 @@ pub fn ports_for_boot(
         return Err(DisplayError::PortRange(req.port));
     }
     for p in [req.port, req.websocket_port] {
-        if p != 0 && !crate::ports::is_free(p) {
+        if p != 0 && !crate::ports::is_free_on(bind, p) {
             return Err(DisplayError::PortInUse(p));
         }
     }
     let port = match req.port {
-        0 => free_vnc_port()?,
+        0 => free_vnc_port(bind)?,
         p => p,
     };
     let websocket = match (spec.websocket, req.websocket_port) {
         (false, _) => None,
-        (true, 0) => Some(crate::ports::free().map_err(DisplayError::FreePort)?),
+        (true, 0) => Some(crate::ports::free_on(bind).map_err(DisplayError::FreePort)?),
         (true, p) => Some(p),
     };
     Ok(Some(VncPorts { port, websocket }))
 }
 
 /// Free ports for a clone's display (the snapshot's VM may still hold its own).
-pub fn ports_for_clone(spec: Option<&DisplaySpec>) -> std::io::Result<Option<VncPorts>> {
+pub fn ports_for_clone(
+    spec: Option<&DisplaySpec>,
+    bind: Ipv4Addr,
+) -> std::io::Result<Option<VncPorts>> {
     let Some(spec) = spec else {
         return Ok(None);
     };
-    let port = free_vnc_port().map_err(|e| match e {
+    let port = free_vnc_port(bind).map_err(|e| match e {
         DisplayError::FreePort(e) => e,
         other => std::io::Error::other(other.to_string()),
     })?;
-    let websocket = spec.websocket.then(crate::ports::free).transpose()?;
+    let websocket = spec
+        .websocket
+        .then(|| crate::ports::free_on(bind))
+        .transpose()?;
     Ok(Some(VncPorts { port, websocket }))
 }
 
@@ -160,9 +169,9 @@ pub async fn set_password(qmp: &Qmp, password: &str) -> Result<(), thaw_qmp::Qmp
 }
 
 /// An ephemeral port, which is above 5900 on any usual system; asked again otherwise.
-fn free_vnc_port() -> Result<u16, DisplayError> {
+fn free_vnc_port(bind: Ipv4Addr) -> Result<u16, DisplayError> {
     for _ in 0..100 {
-        let p = crate::ports::free().map_err(DisplayError::FreePort)?;
+        let p = crate::ports::free_on(bind).map_err(DisplayError::FreePort)?;
         if p >= VNC_BASE_PORT {
             return Ok(p);
         }
@@ -190,7 +199,11 @@ mod tests {
             websocket: None,
         };
         assert_eq!(
-            joined(&argv(&DisplaySpec::default(), &ports)),
+            joined(&argv(
+                &DisplaySpec::default(),
+                &ports,
+                crate::ports::DEFAULT_BIND
+            )),
             "-device VGA,id=video0 -vnc 127.0.0.1:1"
         );
         let all = DisplaySpec {
@@ -202,8 +215,12 @@ mod tests {
             websocket: Some(40001),
         };
         assert_eq!(
-            joined(&argv(&all, &ports)),
+            joined(&argv(&all, &ports, crate::ports::DEFAULT_BIND)),
             "-device VGA,id=video0 -vnc 127.0.0.1:34100,websocket=127.0.0.1:40001,password=on"
+        );
+        assert_eq!(
+            joined(&argv(&all, &ports, Ipv4Addr::UNSPECIFIED)),
+            "-device VGA,id=video0 -vnc 0.0.0.0:34100,websocket=0.0.0.0:40001,password=on"
         );
     }
 
@@ -216,7 +233,7 @@ mod tests {
             port,
             ..VncRequest::default()
         };
-        let err = ports_for_boot(Some(&spec), &req).unwrap_err();
+        let err = ports_for_boot(Some(&spec), &req, crate::ports::DEFAULT_BIND).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!("VNC port {port} is already in use")
@@ -226,27 +243,34 @@ mod tests {
             ..VncRequest::default()
         };
         assert!(matches!(
-            ports_for_boot(Some(&spec), &low),
+            ports_for_boot(Some(&spec), &low, crate::ports::DEFAULT_BIND),
             Err(DisplayError::PortRange(1))
         ));
         assert!(matches!(
-            ports_for_boot(None, &req),
+            ports_for_boot(None, &req, crate::ports::DEFAULT_BIND),
             Err(DisplayError::NoDisplay)
         ));
-        let picked = ports_for_boot(Some(&spec), &VncRequest::default())
-            .unwrap()
-            .unwrap();
+        let picked = ports_for_boot(
+            Some(&spec),
+            &VncRequest::default(),
+            crate::ports::DEFAULT_BIND,
+        )
+        .unwrap()
+        .unwrap();
         assert!(picked.port >= VNC_BASE_PORT && picked.websocket.is_none());
         let ws = DisplaySpec {
             websocket: true,
             ..DisplaySpec::default()
         };
-        assert!(ports_for_clone(Some(&ws))
+        assert!(ports_for_clone(Some(&ws), crate::ports::DEFAULT_BIND)
             .unwrap()
             .unwrap()
             .websocket
             .is_some());
-        assert_eq!(ports_for_clone(None).unwrap(), None);
+        assert_eq!(
+            ports_for_clone(None, crate::ports::DEFAULT_BIND).unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -87,16 +87,27 @@ pub struct PoolConfig {
     /// tens of ms).
     #[serde(default)]
     pub warm_ports: bool,
+    /// The host address the pooled clones' forwards and displays listen on (default
+    /// 127.0.0.1): only restores asking for this address take them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "127.0.0.1"))]
+    pub bind: Option<std::net::Ipv4Addr>,
 }
 
 impl PoolConfig {
-    /// A pool of `size` in `mode`, without port warm-up.
+    /// A pool of `size` in `mode`, without port warm-up, on the default address.
     pub fn new(size: u32, mode: PoolMode) -> PoolConfig {
         PoolConfig {
             size,
             mode,
             warm_ports: false,
+            bind: None,
         }
+    }
+
+    /// Where the pool's clones listen.
+    pub fn bind(&self) -> std::net::Ipv4Addr {
+        self.bind.unwrap_or(crate::ports::DEFAULT_BIND)
     }
 }
 
@@ -112,6 +123,10 @@ pub struct PoolStatus {
     /// Whether the forwarded ports of pooled clones are warmed up.
     #[serde(default)]
     pub warm_ports: bool,
+    /// The host address the pooled clones listen on.
+    #[serde(default = "crate::ports::default_bind")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "127.0.0.1"))]
+    pub bind: std::net::Ipv4Addr,
     /// Clones ready to be taken.
     pub ready: u32,
     /// Clones being prepared.
@@ -126,6 +141,12 @@ pub enum PoolError {
     Check(#[from] SnapshotCheckError),
     #[error("pool size must be at most {MAX_POOL_SIZE}, not {0}")]
     Size(u32),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Lazy(#[from] crate::lazy::LazyError),
+    #[error(transparent)]
+    Bind(#[from] crate::ports::BindError),
 }
 
 /// Told about pooled processes as they come and go (the daemon records them).
@@ -211,6 +232,11 @@ impl Pool {
             return Err(PoolError::Size(config.size));
         }
         if config.size > 0 {
+            crate::ports::check_bind(config.bind())?;
+            // A snapshot only in the store is served lazily (see `lazy`): linked now,
+            // its working set prefetched for the clones the pool is about to start.
+            crate::store::ensure_materialized(&self.home, tag, &mut crate::store::NoProgress)?;
+            crate::lazy_restore::begin(&self.home, tag)?;
             let snap = Snapshot::open(&self.home, tag)?;
             snap.check(self.qemu.version, self.accel, false)?;
         }
@@ -225,7 +251,10 @@ impl Pool {
                 last_error: None,
                 snapshot: None,
             });
-            if slot.config.mode != config.mode || slot.config.warm_ports != config.warm_ports {
+            if slot.config.mode != config.mode
+                || slot.config.warm_ports != config.warm_ports
+                || slot.config.bind() != config.bind()
+            {
                 doomed.extend(slot.ready.drain(..));
             }
             slot.config = config;
@@ -251,6 +280,7 @@ impl Pool {
                 size: s.config.size,
                 mode: s.config.mode,
                 warm_ports: s.config.warm_ports,
+                bind: s.config.bind(),
                 ready: s.ready.len() as u32,
                 filling: s.filling,
                 last_error: s.last_error.clone(),
@@ -258,6 +288,14 @@ impl Pool {
             .collect();
         v.sort_by(|a, b| a.tag.cmp(&b.tag));
         v
+    }
+
+    /// The address the clones of `tag`'s pool listen on (the default without a pool).
+    pub fn bind_of(&self, tag: &SnapshotTag) -> std::net::Ipv4Addr {
+        let slots = self.slots.lock().expect("pool lock");
+        slots
+            .get(tag)
+            .map_or(crate::ports::DEFAULT_BIND, |s| s.config.bind())
     }
 
     /// How many clones of `tag` are ready to be taken.
@@ -482,6 +520,14 @@ impl Pool {
         std::fs::create_dir_all(&paths.dir)
             .at("create", &paths.dir)
             .map_err(crate::vm::VmError::from)?;
+        // A lazily served snapshot's server may have ended while the pool was empty.
+        crate::lazy_restore::ensure_for(&self.home, tag).map_err(|e| {
+            CloneError::Vm(crate::vm::VmError::Io(crate::fsutil::IoError::new(
+                "start the lazy snapshot server for",
+                self.home.snapshot_dir(tag),
+                std::io::Error::other(crate::one_line(&e)),
+            )))
+        })?;
         let snap = Arc::new(Snapshot::open(&self.home, tag)?);
         if let Some(slot) = self.slots.lock().expect("pool lock").get_mut(tag) {
             slot.snapshot = Some(snap.clone());
@@ -495,7 +541,7 @@ impl Pool {
                 id.clone(),
                 false,
                 die_with_owner,
-                clone::Ports::Fresh,
+                clone::Ports::Fresh(config.bind()),
             )
             .await?;
             if let Some(o) = &self.observer {
@@ -504,7 +550,7 @@ impl Pool {
             if config.mode == PoolMode::Running {
                 let mut warmed = p.warm_up(PREPARE_TIMEOUT).await;
                 if warmed.is_ok() && config.warm_ports {
-                    warmed = warm_ports(&p.state.ports, PREPARE_TIMEOUT).await;
+                    warmed = warm_ports(&p.state.ports, p.state.bind, PREPARE_TIMEOUT).await;
                 }
                 if let Err(e) = warmed {
                     p.discard().await;
@@ -564,6 +610,7 @@ async fn check_health(pool: Weak<Pool>) {
 /// Retried until `timeout`, since a guest service may still be starting.
 async fn warm_ports(
     ports: &[crate::spec::PortForward],
+    bind: std::net::Ipv4Addr,
     timeout: Duration,
 ) -> Result<(), CloneError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -576,7 +623,7 @@ async fn warm_ports(
     {
         loop {
             let answered = async {
-                let mut s = tokio::net::TcpStream::connect(("127.0.0.1", f.host))
+                let mut s = tokio::net::TcpStream::connect((crate::ports::reach(bind), f.host))
                     .await
                     .ok()?;
                 s.write_all(b"PING\r\n").await.ok()?;
@@ -652,7 +699,9 @@ mod tests {
             listener
         });
         let ports = [crate::spec::PortForward { host, guest: 6379 }];
-        warm_ports(&ports, Duration::from_secs(5)).await.unwrap();
+        warm_ports(&ports, crate::ports::DEFAULT_BIND, Duration::from_secs(5))
+            .await
+            .unwrap();
         // The server answered exactly WARM_EXCHANGES connections; no more are made.
         let listener = server.await.unwrap();
         let more = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
@@ -664,8 +713,12 @@ mod tests {
             host: crate::ports::free().unwrap(),
             guest: 80,
         }];
-        assert!(warm_ports(&closed, Duration::from_millis(100))
-            .await
-            .is_err());
+        assert!(warm_ports(
+            &closed,
+            crate::ports::DEFAULT_BIND,
+            Duration::from_millis(100)
+        )
+        .await
+        .is_err());
     }
 }

@@ -167,6 +167,8 @@ pub enum ResolveBootError {
     GuestPortZero,
     #[error(transparent)]
     Lifetime(#[from] crate::lifetime::LifetimeError),
+    #[error(transparent)]
+    Bind(#[from] crate::ports::BindError),
 }
 
 /// The guest of `profile`, built into the guest cache if missing.
@@ -263,6 +265,10 @@ pub struct BootOptions {
     /// Port forwards; a host port of 0 picks a free one.
     #[serde(default)]
     pub ports: Vec<PortForward>,
+    /// The host address the port forwards and the VNC display listen on: an IPv4
+    /// address of the daemon's host, or `0.0.0.0` for all (default `127.0.0.1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
     /// No network card.
     #[serde(default)]
     pub no_net: bool,
@@ -297,7 +303,7 @@ pub struct BootOptions {
     pub labels: crate::lifetime::Labels,
 }
 
-/// A VGA card served over VNC on 127.0.0.1.
+/// A VGA card served over VNC on the VM's bind address (127.0.0.1 by default).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
@@ -353,6 +359,11 @@ pub fn resolve(
     if o.ready_port == Some(0) || o.ports.iter().any(|f| f.guest == 0) {
         return Err(ResolveBootError::GuestPortZero);
     }
+    let bind = match o.bind.as_deref() {
+        Some(b) => crate::ports::parse_bind(b)?,
+        None => crate::ports::DEFAULT_BIND,
+    };
+    crate::ports::check_bind(bind)?;
     let source = match (o.kernel, o.profile, o.firmware) {
         (Some(k), _, _) => Source::Kernel(k, o.initrd),
         (None, Some(p), _) => Source::Profile(p, true),
@@ -440,6 +451,7 @@ pub fn resolve(
             clock_port,
         },
         forwards,
+        bind,
         ready: ReadySpec {
             port: o.ready_port,
             redis_ping: false,

@@ -59,6 +59,7 @@ pub async fn wait_extra(
     holds: Option<&thaw_qmp::Qmp>,
     ready: &ReadySpec,
     ports: &[crate::spec::PortForward],
+    bind: std::net::Ipv4Addr,
     paths: &crate::vm::VmPaths,
     deadline: std::time::Instant,
 ) -> Result<(), ReadyError> {
@@ -69,7 +70,8 @@ pub async fn wait_extra(
             .find(|f| f.guest == guest)
             .ok_or(ReadyError::NotForwarded(guest))?
             .host;
-        wait_port(holds, &paths.qmp(), host, guest, ready.redis_ping, left()).await?;
+        let at = std::net::SocketAddr::from((crate::ports::reach(bind), host));
+        wait_port(holds, &paths.qmp(), at, guest, ready.redis_ping, left()).await?;
     }
     if let Some(regex) = &ready.serial {
         wait_serial(&paths.console(), regex, left()).await?;
@@ -78,7 +80,7 @@ pub async fn wait_extra(
 }
 
 /// Waits until the guest accepts a TCP connection on `guest` through its forward
-/// `host` on 127.0.0.1 (with `redis_ping`: until `PING` is answered with `+PONG`).
+/// at `at` (its host side; with `redis_ping`: until `PING` is answered with `+PONG`).
 ///
 /// User-mode networking accepts the host side of a forward at once, before the guest
 /// has answered, and keeps it open while the guest has not (for example while its
@@ -90,11 +92,12 @@ pub async fn wait_extra(
 pub async fn wait_port(
     holds: Option<&Qmp>,
     qmp_socket: &Path,
-    host: u16,
+    at: std::net::SocketAddr,
     guest: u16,
     redis_ping: bool,
     timeout: Duration,
 ) -> Result<(), ReadyError> {
+    let host = at.port();
     let t0 = Instant::now();
     let deadline = t0 + timeout;
     let opened;
@@ -112,8 +115,8 @@ pub async fn wait_port(
     loop {
         attempt += 1;
         let ready = match qmp {
-            None => ping(host).await,
-            Some(qmp) => accepted(qmp, host, guest).await?,
+            None => ping(at).await,
+            Some(qmp) => accepted(qmp, at, guest).await?,
         };
         tracing::debug!(
             attempt,
@@ -139,8 +142,9 @@ pub async fn wait_port(
 
 /// Connects to the forward and watches the relayed connection for up to a second:
 /// true once the guest has accepted it, false when it refused or did not answer.
-async fn accepted(qmp: &Qmp, host: u16, guest: u16) -> Result<bool, ReadyError> {
-    let Some(mut s) = connect(host).await else {
+async fn accepted(qmp: &Qmp, at: std::net::SocketAddr, guest: u16) -> Result<bool, ReadyError> {
+    let host = at.port();
+    let Some(mut s) = connect(at).await else {
         return Ok(false);
     };
     let until = Instant::now() + Duration::from_secs(1);
@@ -168,14 +172,11 @@ async fn accepted(qmp: &Qmp, host: u16, guest: u16) -> Result<bool, ReadyError> 
 }
 
 /// A connection to the forward's host side, if one is made within a second.
-async fn connect(host: u16) -> Option<TcpStream> {
-    tokio::time::timeout(
-        Duration::from_secs(1),
-        TcpStream::connect(("127.0.0.1", host)),
-    )
-    .await
-    .ok()?
-    .ok()
+async fn connect(at: std::net::SocketAddr) -> Option<TcpStream> {
+    tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(at))
+        .await
+        .ok()?
+        .ok()
 }
 
 /// Whether QEMU's `info usernet` output lists an established TCP connection relayed
@@ -192,8 +193,8 @@ fn usernet_established(table: &str, host: u16, guest: u16) -> bool {
 }
 
 /// One Redis `PING` through the forward: true when `+PONG` comes back within a second.
-async fn ping(host: u16) -> bool {
-    let Some(mut s) = connect(host).await else {
+async fn ping(at: std::net::SocketAddr) -> bool {
+    let Some(mut s) = connect(at).await else {
         return false;
     };
     if s.write_all(b"PING\r\n").await.is_err() {
@@ -242,7 +243,7 @@ mod tests {
     #[tokio::test]
     async fn redis_readiness_needs_pong() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let at = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             // The first connection is closed unanswered; the second gets its PONG.
             drop(listener.accept().await.unwrap());
@@ -252,10 +253,11 @@ mod tests {
             assert_eq!(&b, b"PING\r\n");
             s.write_all(b"+PONG\r\n").await.unwrap();
         });
-        assert!(!ping(port).await);
-        assert!(ping(port).await);
+        assert!(!ping(at).await);
+        assert!(ping(at).await);
         server.await.unwrap();
-        assert!(!ping(crate::ports::free().unwrap()).await);
+        let free = crate::ports::free().unwrap();
+        assert!(!ping(([127, 0, 0, 1], free).into()).await);
     }
 
     #[test]

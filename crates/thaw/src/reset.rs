@@ -147,7 +147,7 @@ pub async fn reset_cancellable(
     crate::store::ensure_materialized(home, &tag, &mut crate::store::NoProgress)?;
     let snap = Snapshot::open(home, &tag)?;
     snap.check(qemu.version, req.accel.unwrap_or_else(Accel::detect), false)?;
-    let ports = keep_ports(&old.ports, &snap)?;
+    let ports = keep_ports(&old.ports, old.bind, &snap)?;
     let failed = |source| ResetError::Clone {
         name: req.name.clone(),
         source,
@@ -156,7 +156,11 @@ pub async fn reset_cancellable(
     if cancel.is_cancelled() {
         return Err(Interrupted::Reset(req.name.clone()).into());
     }
-    let pooled = pool.and_then(|p| p.pop(&tag));
+    // A pool's clones listen on its address; a VM bound elsewhere gets a new clone on
+    // its own address (as a restore does).
+    let pooled = pool
+        .filter(|p| p.bind_of(&tag) == old.bind)
+        .and_then(|p| p.pop(&tag));
     let from_pool = pooled.is_some();
     let mut side = None;
     let mut prepared = match pooled {
@@ -176,7 +180,7 @@ pub async fn reset_cancellable(
                 req.name.clone(),
                 false,
                 false,
-                Ports::None,
+                Ports::None(old.bind),
             )
             .await
             {
@@ -232,7 +236,11 @@ pub async fn reset_cancellable(
 
 /// The VM's host ports for the snapshot's guest ports: the same host port for a guest
 /// port the VM forwarded already, a free one for any other.
-fn keep_ports(old: &[PortForward], snap: &Snapshot) -> Result<Vec<PortForward>, VmError> {
+fn keep_ports(
+    old: &[PortForward],
+    bind: std::net::Ipv4Addr,
+    snap: &Snapshot,
+) -> Result<Vec<PortForward>, VmError> {
     let guest_ports = snap
         .manifest
         .spec
@@ -246,7 +254,7 @@ fn keep_ports(old: &[PortForward], snap: &Snapshot) -> Result<Vec<PortForward>, 
             Some(f) => Ok(*f),
             None => Ok(PortForward {
                 guest,
-                host: ports::free().at("pick a port for", &snap.dir)?,
+                host: ports::free_on(bind).at("pick a port for", &snap.dir)?,
             }),
         })
         .collect()
@@ -265,9 +273,9 @@ async fn take_over(
         vm::wait_exited(old.pid, Duration::from_secs(5)).await;
         vm::reap(old.pid);
     }
-    prepared.take_ports(ports).await?;
+    prepared.take_ports(ports, old.bind).await?;
     if let Some(vnc) = old.vnc {
-        prepared.take_vnc(vnc).await?;
+        prepared.take_vnc(vnc, old.bind).await?;
     }
     let dir = home.vm_dir(&old.name);
     let doomed = home.vms_dir().join(format!(

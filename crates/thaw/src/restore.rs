@@ -44,6 +44,11 @@ pub struct RestoreRequest {
     pub vnc_password: Option<String>,
     /// Every clone's labels and time to live.
     pub lifetime: crate::lifetime::Lifetime,
+    /// Restore straight from this remote (`s3://bucket/prefix`) when this host does
+    /// not have the snapshot: lazily, fetching chunks as the clones touch them.
+    pub from: Option<String>,
+    /// The host address the clones' forwards and displays listen on.
+    pub bind: std::net::Ipv4Addr,
 }
 
 /// A restore as a client asks for it: `POST /v1/snapshots/{tag}/restore`'s body (the
@@ -89,6 +94,17 @@ pub struct RestoreOptions {
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     #[cfg_attr(feature = "openapi", schema(value_type = std::collections::BTreeMap<String, String>))]
     pub labels: crate::lifetime::Labels,
+    /// Restore straight from this remote (`s3://bucket/prefix`) when the host does
+    /// not have the snapshot: lazily, fetching chunks as the clones touch them (S3
+    /// endpoint and credentials from the daemon's environment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The host address the clones' port forwards and VNC displays listen on: an IPv4
+    /// address of the daemon's host, or `0.0.0.0` for all (default `127.0.0.1`). A
+    /// warm pool's clones listen on 127.0.0.1: a restore with another address starts
+    /// new clones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
 }
 
 impl RestoreOptions {
@@ -106,6 +122,8 @@ impl RestoreOptions {
             vnc_password: req.vnc_password.clone(),
             ttl: req.lifetime.ttl.map(|t| t.as_secs().to_string()),
             labels: req.lifetime.labels.clone(),
+            from: req.from.clone(),
+            bind: (req.bind != crate::ports::DEFAULT_BIND).then(|| req.bind.to_string()),
         }
     }
 
@@ -116,8 +134,13 @@ impl RestoreOptions {
         accel: Option<Accel>,
     ) -> Result<RestoreRequest, RestoreOptionsError> {
         let lifetime = crate::lifetime::Lifetime::from_wire(self.ttl.as_deref(), &self.labels)?;
+        let bind = match self.bind.as_deref() {
+            Some(b) => crate::ports::parse_bind(b)?,
+            None => crate::ports::DEFAULT_BIND,
+        };
         Ok(RestoreRequest {
             lifetime,
+            bind,
             tag,
             count: self.count.unwrap_or(1),
             name: self.name.map(|n| n.parse()).transpose()?,
@@ -133,6 +156,7 @@ impl RestoreOptions {
             exec_after: self.exec_after,
             paused: self.paused,
             vnc_password: self.vnc_password,
+            from: self.from,
         })
     }
 }
@@ -144,6 +168,8 @@ pub enum RestoreOptionsError {
     Name(#[from] crate::home::NameError),
     #[error(transparent)]
     Lifetime(#[from] crate::lifetime::LifetimeError),
+    #[error(transparent)]
+    Bind(#[from] crate::ports::BindError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +180,8 @@ pub enum RestoreError {
     Vm(#[from] VmError),
     #[error("count must be at least 1")]
     Count,
+    #[error(transparent)]
+    Bind(#[from] crate::ports::BindError),
     #[error(transparent)]
     Display(#[from] crate::display::DisplayError),
     #[error("a paused clone is not ready yet: --exec-after and --ready-* need it running")]
@@ -170,6 +198,20 @@ pub enum RestoreError {
     },
     #[error("interrupted")]
     Interrupted(#[from] Interrupted),
+    #[error(transparent)]
+    Arrive(Box<crate::lazy_restore::ArriveError>),
+    #[error(transparent)]
+    Lazy(#[from] crate::lazy::LazyError),
+    #[error("snapshot {tag} could not be read: {why}")]
+    LazySnapshot { tag: SnapshotTag, why: String },
+    #[error("clone {name} could not read its lazily served snapshot: {why}")]
+    LazyRead { name: VmName, why: String },
+}
+
+impl From<crate::lazy_restore::ArriveError> for RestoreError {
+    fn from(e: crate::lazy_restore::ArriveError) -> RestoreError {
+        RestoreError::Arrive(Box::new(e))
+    }
 }
 
 /// Starts `count` clones of a snapshot. Everything is checked before QEMU starts; if
@@ -207,10 +249,23 @@ pub async fn restore_cancellable(
     if req.count == 0 {
         return Err(RestoreError::Count);
     }
+    if req.bind != crate::ports::DEFAULT_BIND {
+        crate::ports::check_bind(req.bind)?;
+    }
     let accel = req.accel.unwrap_or_else(Accel::detect);
-    // A pool's clones have new identities and run: not for these requests.
-    let poolable = !req.keep_vmgenid && !req.paused;
-    let (snap, all_pooled, _in_use) = open_checked(home, qemu, req, pool, poolable, accel)?;
+    // A pool's clones have new identities and run, and listen on the pool's address:
+    // not for these requests. (Moving a pooled clone's forwards to another address at
+    // the take would cost monitor round trips per port, and its VNC websocket cannot
+    // move at all: another address spawns instead.)
+    let poolable =
+        !req.keep_vmgenid && !req.paused && pool.is_none_or(|p| p.bind_of(&req.tag) == req.bind);
+    if let Some(url) = &req.from {
+        crate::lazy_restore::arrive(home, &req.tag, url)
+            .await
+            .map_err(|e| lazy_named(home, t0, &req.tag, e.into()))?;
+    }
+    let (snap, all_pooled, _in_use, lazy) = open_checked(home, qemu, req, pool, poolable, accel)
+        .map_err(|e| lazy_named(home, t0, &req.tag, e))?;
     let check_ms = if all_pooled {
         0.0
     } else {
@@ -323,6 +378,14 @@ pub async fn restore_cancellable(
             }
         }
     }
+    if let (Some(RestoreError::Clone { name, .. }), Some(_)) = (&first_err, &lazy) {
+        if let Some(why) = crate::lazy::failure_since(home, t0) {
+            first_err = Some(RestoreError::LazyRead {
+                name: name.clone(),
+                why,
+            });
+        }
+    }
     if let Some(e) = first_err {
         for name in &held {
             vm::discard(home, name).await;
@@ -330,15 +393,35 @@ pub async fn restore_cancellable(
         return Err(e);
     }
     reports.sort_by_key(|(i, _)| *i);
+    let outcome = lazy.map(|l| {
+        let names: Vec<VmName> = reports.iter().map(|(_, r)| r.name.clone()).collect();
+        l.finish(home, &names)
+    });
     Ok(reports
         .into_iter()
         .map(|(_, mut r)| {
             if r.breakdown.source == "spawn" {
                 r.breakdown.check_ms = check_ms;
             }
+            if let Some(o) = outcome {
+                r.fetched_bytes = Some(o.fetched_bytes);
+                r.stored_bytes = Some(o.stored_bytes);
+            }
             r
         })
         .collect())
+}
+
+/// `e`, or, when reading the snapshot through the lazy server failed since `t0`, what
+/// the server said (the chunk and why) instead of the reader's bare I/O error.
+fn lazy_named(home: &Home, t0: Instant, tag: &SnapshotTag, e: RestoreError) -> RestoreError {
+    match crate::lazy::failure_since(home, t0) {
+        Some(why) => RestoreError::LazySnapshot {
+            tag: tag.clone(),
+            why,
+        },
+        None => e,
+    }
 }
 
 /// The snapshot, held against removal until the clones run ([`InUse`]), and checked
@@ -350,7 +433,15 @@ fn open_checked(
     pool: Option<&Arc<Pool>>,
     poolable: bool,
     accel: Accel,
-) -> Result<(Arc<Snapshot>, bool, InUse), RestoreError> {
+) -> Result<
+    (
+        Arc<Snapshot>,
+        bool,
+        InUse,
+        Option<crate::lazy_restore::Lazy>,
+    ),
+    RestoreError,
+> {
     // Clones the pool has ready were checked when the pool was configured and loaded
     // their state when prepared; the snapshot's files never change. Reading and
     // checking it again (its device state is hashed) is most of a pooled restore's
@@ -360,18 +451,20 @@ fn open_checked(
         .flatten();
     let all_pooled = pooled_snapshot.is_some();
     // Held until the clones run: the snapshot cannot be removed under them.
-    let (snap, in_use) = match pooled_snapshot {
-        Some(snap) => (snap, InUse::hold(home, &req.tag)?),
+    let (snap, in_use, lazy) = match pooled_snapshot {
+        Some(snap) => (snap, InUse::hold(home, &req.tag)?, None),
         None => {
-            // A snapshot that is only in the store (pulled, evicted) is written out once.
+            // A snapshot that is only in the store (pulled, evicted) is linked to the
+            // lazy server's files (or written out, with THAW_LAZY=off) once.
             crate::store::ensure_materialized(home, &req.tag, &mut crate::store::NoProgress)?;
             let in_use = InUse::hold(home, &req.tag)?;
+            let lazy = crate::lazy_restore::begin(home, &req.tag)?;
             let snap = Snapshot::open(home, &req.tag)?;
             snap.check(qemu.version, accel, req.verify)?;
-            (Arc::new(snap), in_use)
+            (Arc::new(snap), in_use, lazy)
         }
     };
-    Ok((snap, all_pooled, in_use))
+    Ok((snap, all_pooled, in_use, lazy))
 }
 
 /// Where a clone of a request comes from.
@@ -514,7 +607,7 @@ async fn restore_one(
         name.clone(),
         req.keep_vmgenid,
         false,
-        clone::Ports::Fresh,
+        clone::Ports::Fresh(req.bind),
     )
     .await?;
     if req.paused {

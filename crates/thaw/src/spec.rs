@@ -104,7 +104,8 @@ pub struct NetSpec {
     pub guest_ports: Vec<u16>,
 }
 
-/// A host port forwarded to a guest port (host side bound to 127.0.0.1).
+/// A host port forwarded to a guest port (host side bound to the VM's bind address,
+/// see [`crate::ports`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PortForward {
@@ -257,9 +258,16 @@ impl MachineSpec {
             a.push("-drive").push(vars_drive);
         }
         if let Some(kernel) = &self.kernel {
-            a.push("-kernel").push(kernel.as_os_str());
-            if let Some(initrd) = &self.initrd {
-                a.push("-initrd").push(initrd.as_os_str());
+            match launch.boot_stub {
+                Some(stub) => {
+                    a.push("-kernel").push(stub.as_os_str());
+                }
+                None => {
+                    a.push("-kernel").push(kernel.as_os_str());
+                    if let Some(initrd) = &self.initrd {
+                        a.push("-initrd").push(initrd.as_os_str());
+                    }
+                }
             }
             a.push("-append").push(&self.cmdline);
         }
@@ -324,14 +332,17 @@ impl MachineSpec {
                 .push(format!("virtio-blk-pci,drive=disk{i},id=disk{i}-dev{boot}"));
         }
         if let (Some(display), Some(ports)) = (&self.display, &launch.vnc) {
-            for arg in crate::display::argv(display, ports) {
+            for arg in crate::display::argv(display, ports, launch.bind) {
                 a.push(arg);
             }
         }
         if self.net.is_some() {
             let mut netdev = "user,id=net0".to_owned();
             for f in launch.ports {
-                netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
+                netdev.push_str(&format!(
+                    ",hostfwd=tcp:{}:{}-:{}",
+                    launch.bind, f.host, f.guest
+                ));
             }
             a.push("-netdev").push(netdev);
             a.push("-device").push(format!(
@@ -374,10 +385,15 @@ pub struct Launch<'a> {
     pub disk_overlays: &'a [PathBuf],
     /// Host ports for the spec's guest ports.
     pub ports: &'a [PortForward],
+    /// The host address the forwards and the display listen on.
+    pub bind: std::net::Ipv4Addr,
     /// This VM's UEFI variable store (used when the spec's firmware is UEFI).
     pub efivars: &'a Path,
     /// This VM's display ports (when the spec has a display).
     pub vnc: Option<VncPorts>,
+    /// A restore's stand-in for the spec's kernel, passed instead of it and of the
+    /// initrd (see [`crate::bootstub`]).
+    pub boot_stub: Option<&'a Path>,
 }
 
 #[derive(Default)]
@@ -446,8 +462,10 @@ mod tests {
             incoming,
             disk_overlays: OVERLAYS,
             ports: PORTS,
+            bind: crate::ports::DEFAULT_BIND,
             efivars: Path::new("/h/vms/web/efivars.fd"),
             vnc: None,
+            boot_stub: None,
         }
     }
 
@@ -479,6 +497,12 @@ mod tests {
         ));
         assert!(argv.contains("-netdev user,id=net0,hostfwd=tcp:127.0.0.1:40001-:6379"));
         assert!(argv.contains("virtio-net-pci,netdev=net0"));
+        let elsewhere = Launch {
+            bind: "10.1.2.3".parse().unwrap(),
+            ..launch(true, false)
+        };
+        let argv = joined(&spec().argv(&elsewhere));
+        assert!(argv.contains("hostfwd=tcp:10.1.2.3:40001-:6379"), "{argv}");
         assert!(
             !argv.contains("tb-size"),
             "QEMU's default unless asked: {argv}"
@@ -512,6 +536,29 @@ mod tests {
         assert!(json.get("clock_port").is_none(), "{json}");
         let old: MachineSpec = serde_json::from_value(json).unwrap();
         assert!(!old.clock_port);
+    }
+
+    #[test]
+    fn a_restore_with_a_boot_stub_passes_it_instead_of_the_kernel_and_initrd() {
+        let stub = Path::new("/h/vms/web/kernel-stub");
+        let l = Launch {
+            boot_stub: Some(stub),
+            ..launch(false, true)
+        };
+        let argv = joined(&spec().argv(&l));
+        assert!(
+            argv.contains("-kernel /h/vms/web/kernel-stub -append console=ttyS0"),
+            "{argv}"
+        );
+        assert!(
+            !argv.contains("/k/vmlinuz") && !argv.contains("-initrd"),
+            "{argv}"
+        );
+        let whole = joined(&spec().argv(&launch(false, true)));
+        assert!(
+            whole.contains("-kernel /k/vmlinuz -initrd /k/initrd -append"),
+            "{whole}"
+        );
     }
 
     #[test]

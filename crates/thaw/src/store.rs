@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-pub use thaw_store::{ChunkId, FileIndex, NoProgress, Progress, Remote, Store};
+pub use thaw_store::{ChunkId, FileIndex, NoProgress, Progress, PullError, Remote, Store};
 
 use crate::fsutil::{Context, LockMode};
 use crate::guestref;
@@ -47,6 +47,38 @@ pub fn materialize(
     s: &StoredSnapshot,
     progress: &mut dyn Progress,
 ) -> Result<(), StoreError> {
+    write_out(home, tag, s, &WriteOut::Plain, progress)
+}
+
+/// How a snapshot that is in the store becomes restorable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOut {
+    /// Every file written out (a second copy beside the store's).
+    Plain,
+    /// Links to the lazy server's files (see `lazy`): nothing written but the
+    /// manifest; chunks the store lacks come from `remote`.
+    Lazy { remote: Option<String> },
+}
+
+impl WriteOut {
+    /// This host's default for a snapshot that is only in the store: lazy, unless
+    /// `THAW_LAZY=off` (or `0`) asks for plain files.
+    pub fn default_local() -> WriteOut {
+        match std::env::var("THAW_LAZY").as_deref() {
+            Ok("off" | "0" | "false" | "no") => WriteOut::Plain,
+            _ => WriteOut::Lazy { remote: None },
+        }
+    }
+}
+
+/// [`materialize`], or links to the lazy server's files (`how`).
+pub fn write_out(
+    home: &Home,
+    tag: &SnapshotTag,
+    s: &StoredSnapshot,
+    how: &WriteOut,
+    progress: &mut dyn Progress,
+) -> Result<(), StoreError> {
     let store = open(home)?;
     let dest = home.snapshot_dir(tag);
     if dest.exists() {
@@ -65,14 +97,26 @@ pub fn materialize(
     std::fs::create_dir_all(tmp.join(guestref::DIR)).at("create", &tmp)?;
     let files = files_dir(home);
     std::fs::create_dir_all(&files).at("create", &files)?;
+    if let WriteOut::Lazy { .. } = how {
+        crate::lazy::ensure_server(home).map_err(|e| StoreError::Lazy(Box::new(e)))?;
+    }
     for (rel, index) in &s.files {
-        let write = |dest: &Path, progress: &mut dyn Progress| {
-            blocking(|| store.materialize(index, dest, progress)).map_err(|source| {
-                StoreError::Materialize {
-                    path: dest.to_owned(),
-                    source: Box::new(source),
-                }
-            })
+        let write = |dest: &Path, progress: &mut dyn Progress| match how {
+            WriteOut::Plain => {
+                blocking(|| store.materialize(index, dest, progress)).map_err(|source| {
+                    StoreError::Materialize {
+                        path: dest.to_owned(),
+                        source: Box::new(source),
+                    }
+                })
+            }
+            WriteOut::Lazy { remote } => {
+                let served = crate::lazy::register(home, index, remote.as_deref())
+                    .map_err(|e| StoreError::Lazy(Box::new(e)))?;
+                std::os::unix::fs::symlink(&served, dest)
+                    .at("link", dest)
+                    .map_err(StoreError::from)
+            }
         };
         match rel.strip_prefix("guest/") {
             Some(name) => {
@@ -89,10 +133,14 @@ pub fn materialize(
                     });
                 }
                 let file = files.join(&index.blake3);
-                if !file.is_file() {
-                    write(&file, progress)?;
+                if file.is_file() || *how == WriteOut::Plain {
+                    if !file.is_file() {
+                        write(&file, progress)?;
+                    }
+                    std::os::unix::fs::symlink(&file, tmp.join(rel)).at("link", &tmp.join(rel))?;
+                } else {
+                    write(&tmp.join(rel), progress)?;
                 }
-                std::os::unix::fs::symlink(&file, tmp.join(rel)).at("link", &tmp.join(rel))?;
             }
             None => {
                 if rel.contains("..") || rel.starts_with('/') {
@@ -138,7 +186,7 @@ pub fn ensure_materialized(
     }
     let store = open(home)?;
     match get(&store, tag.as_str())? {
-        Some(s) => match materialize(home, tag, &s, progress) {
+        Some(s) => match write_out(home, tag, &s, &WriteOut::default_local(), progress) {
             Ok(()) => Ok(true),
             // Another restore wrote it meanwhile, from the same record.
             Err(StoreError::Exists(_)) => Ok(false),
@@ -169,6 +217,7 @@ pub async fn push(
 ) -> Result<TransferReport, StoreError> {
     let s = ensure(home, tag, progress)?;
     let store = open(home)?;
+    pack_working_set(&store, tag, &s, remote).await;
     let r = thaw_store::push(&store, remote, tag.as_str(), &s.chunk_ids(), progress)
         .await
         .map_err(|source| StoreError::Push {
@@ -182,6 +231,44 @@ pub async fn push(
         bytes_moved: r.bytes_sent,
         file_bytes: s.file_bytes(),
     })
+}
+
+/// Before a push: makes sure the remote has the pack of `s`'s working set, and names
+/// it in the record pushed after it. A pack is only faster, never needed: one that
+/// cannot be made is left out (with a warning) and cold hosts fetch chunk by chunk.
+async fn pack_working_set(store: &Store, tag: &SnapshotTag, s: &StoredSnapshot, remote: &Remote) {
+    // Pushed before, with this working set, and the remote has it: nothing to read.
+    if let Some(known) = &s.working_set_pack {
+        if matches!(remote.has_pack(known).await, Ok(true)) {
+            return;
+        }
+    }
+    let ids = s.working_set_chunks();
+    let pack = if ids.is_empty() {
+        None
+    } else {
+        match remote.ensure_pack(store, &ids).await {
+            Ok(pack) => Some(pack),
+            Err(e) => {
+                tracing::warn!(%tag, error = %crate::one_line(&e), "pushing without a pack of the working set");
+                None
+            }
+        }
+    };
+    if pack == s.working_set_pack {
+        return;
+    }
+    let renamed = lock_shared(store).and_then(|_lock| match get(store, tag.as_str())? {
+        // Changed meanwhile (a working set recorded): the next push packs that one.
+        Some(mut now) if now.same_snapshot(s) && now.working_set == s.working_set => {
+            now.working_set_pack = pack;
+            put(store, tag.as_str(), &now)
+        }
+        _ => Ok(()),
+    });
+    if let Err(e) = renamed {
+        tracing::warn!(%tag, error = %crate::one_line(&e), "cannot name the working set's pack");
+    }
 }
 
 /// Whether a remote has a snapshot.
@@ -293,10 +380,10 @@ fn adopt(
     }
     // A record of this tag whose directory is not here (evicted): only the same
     // snapshot may arrive again.
-    if get(store, tag.as_str())?.is_some_and(|known| known != *s) {
+    if get(store, tag.as_str())?.is_some_and(|known| !known.same_snapshot(s)) {
         return Err(StoreError::Exists(tag.clone()));
     }
-    materialize(home, tag, s, progress)?;
+    write_out(home, tag, s, &WriteOut::default_local(), progress)?;
     if let Err(e) = put(store, tag.as_str(), s) {
         let _ = catalog::remove(home, tag, false);
         return Err(e);
@@ -392,3 +479,18 @@ pub fn stored_bytes(home: &Home) -> u64 {
 
 #[cfg(test)]
 mod tests;
+
+/// Makes `bytes` (a store record, checked here) the store's record of `tag`: the
+/// last step of a lazily restored snapshot's fill, once every chunk is local.
+pub fn keep_record(home: &Home, tag: &SnapshotTag, bytes: &[u8]) -> Result<(), StoreError> {
+    let store = open(home)?;
+    let _lock = lock_shared(&store)?;
+    let s = decode(tag.as_str(), bytes)?;
+    if let Some(missing) = s.chunk_ids().into_iter().find(|id| !store.has(id)) {
+        return Err(StoreError::Corrupt {
+            tag: tag.to_string(),
+            why: format!("chunk {missing} is not in the store yet"),
+        });
+    }
+    put(&store, tag.as_str(), &s)
+}

@@ -29,6 +29,20 @@ use crate::snapshot::take::{self, SnapshotError, SnapshotRequest};
 use crate::spec::PortForward;
 use crate::store::{self, Remote, StoreError};
 
+/// `thaw up` as a client asks for it: `POST /v1/up`'s body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"boot": {"name": "ci", "ports": [{"host": 0, "guest": 22}], "bind": "0.0.0.0"}, "remote": "s3://thaw/cache"})))]
+pub struct UpOptions {
+    /// The boot, as `POST /v1/vms` takes it (its `name` is the VM's name).
+    pub boot: crate::profile::BootOptions,
+    /// `s3://BUCKET[/PREFIX]`: pull the snapshot from here when it is not local, push
+    /// it after a cold boot (the S3 settings are the daemon's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+}
+
 pub struct UpRequest {
     pub boot: BootRequest,
     /// Pull the snapshot from here when it is not local; push it after a cold boot.
@@ -48,6 +62,9 @@ pub struct UpReport {
     /// Request → ready, whichever path was taken.
     pub ready_ms: f64,
     pub ports: Vec<PortForward>,
+    /// The host address the forwards listen on (`--bind`; not part of the key).
+    #[serde(default = "crate::ports::default_bind")]
+    pub bind: std::net::Ipv4Addr,
     /// Whether the snapshot was pushed to the remote.
     pub pushed: bool,
 }
@@ -202,12 +219,15 @@ pub async fn up(
     let UpKey { key, tag } = cache_key(&req.boot, qemu, cache)?;
     let _lock = lock_key(home, &tag).await?;
     let mut path = "restored";
+    let mut from = None;
     let local =
         store::ensure_materialized(home, &tag, progress)? || home.snapshot_dir(&tag).is_dir();
     if !local {
         if let Some(remote) = &req.remote {
+            // Restored straight from the remote, lazily (see `lazy`): its chunks
+            // come as the clone touches them, the rest in the background.
             if store::remote_has(remote, &tag).await? {
-                store::pull(home, &tag, remote, progress).await?;
+                from = Some(remote.url().to_owned());
                 path = "pulled";
             }
         }
@@ -229,6 +249,8 @@ pub async fn up(
                 paused: false,
                 vnc_password: None,
                 lifetime: req.boot.lifetime.clone(),
+                from,
+                bind: req.boot.bind,
             },
             None,
             cancel,
@@ -243,6 +265,7 @@ pub async fn up(
             pid: r.pid,
             ready_ms: crate::ms(t0.elapsed()),
             ports: r.ports.clone(),
+            bind: r.bind,
             pushed: false,
         });
     }
@@ -283,6 +306,7 @@ pub async fn up(
         pid: booted.pid,
         ready_ms: booted.boot_ms,
         ports: booted.ports,
+        bind: booted.bind,
         pushed,
     })
 }

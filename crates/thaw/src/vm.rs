@@ -41,6 +41,9 @@ pub struct VmState {
     /// Host ports forwarded to guest ports.
     #[serde(default)]
     pub ports: Vec<PortForward>,
+    /// The host address the forwards and the display listen on (`--bind`).
+    #[serde(default = "crate::ports::default_bind")]
+    pub bind: std::net::Ipv4Addr,
     /// The snapshot this VM's state last came from or went into: the parent of the
     /// next snapshot taken of it.
     #[serde(default)]
@@ -383,14 +386,20 @@ pub fn process_is_vm(pid: u32, dir: &Path) -> bool {
     process_mentions(pid, dir.as_os_str().as_encoded_bytes())
 }
 
-/// True if `pid` is a live (non-zombie) process whose command line contains `needle`.
-pub fn process_mentions(pid: u32, needle: &[u8]) -> bool {
+/// True if `pid` is a live process: it exists and is not a zombie (which has released
+/// its files and locks).
+pub fn process_lives(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The state follows the parenthesised command name.
     let state = stat
         .rsplit_once(") ")
         .and_then(|(_, rest)| rest.chars().next());
-    if matches!(state, None | Some('Z') | Some('X')) {
+    !matches!(state, None | Some('Z') | Some('X'))
+}
+
+/// True if `pid` is a live (non-zombie) process whose command line contains `needle`.
+pub fn process_mentions(pid: u32, needle: &[u8]) -> bool {
+    if !process_lives(pid) {
         return false;
     }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -561,6 +570,7 @@ mod tests {
                 host: 4000,
                 guest: 80,
             }],
+            bind: "127.0.0.2".parse().unwrap(),
             lineage: Some(crate::home::ParentRef {
                 tag: "base".parse().unwrap(),
                 manifest_blake3: "ab".into(),
@@ -580,9 +590,12 @@ mod tests {
         let mut old: serde_json::Value = serde_json::from_str(&j).unwrap();
         old.as_object_mut().unwrap().remove("labels");
         old.as_object_mut().unwrap().remove("expires_unix_ms");
+        // ... and one written before bind addresses listens on 127.0.0.1.
+        old.as_object_mut().unwrap().remove("bind");
         let old: VmState = serde_json::from_value(old).unwrap();
         assert!(old.labels.is_empty());
         assert_eq!(old.expires_unix_ms, None);
+        assert_eq!(old.bind, crate::ports::DEFAULT_BIND);
     }
 
     #[test]

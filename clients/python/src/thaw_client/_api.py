@@ -143,6 +143,34 @@ def snapshot(name: str, tag: str, stop: bool) -> Call[models.SnapshotReport]:
     return Call("POST", f"/v1/vms/{seg(name)}/snapshot", body, _one(models.SnapshotReport))
 
 
+def park(name: str, remote: Optional[str], wait: bool) -> Call[models.Parked]:
+    body: Dict[str, Any] = {"wait": wait}
+    if remote is not None:
+        body["remote"] = remote
+    # An upload waited for takes as long as the snapshot is large.
+    timeout = 3600.0 if wait else None
+    return Call("POST", f"/v1/vms/{seg(name)}/park", body, _one(models.Parked), timeout)
+
+
+def parked() -> Call[List[models.ParkRecord]]:
+    return Call("GET", "/v1/parked", None, _list(models.ParkRecord))
+
+
+def wake(name: str, from_: Optional[str], timeout: Optional[int]) -> Call[models.RestoreReport]:
+    body: Dict[str, Any] = {"name": name}
+    if from_ is not None:
+        body["from"] = from_
+    if timeout is not None:
+        body["timeout_secs"] = timeout
+    return Call(
+        "POST",
+        "/v1/wake",
+        body,
+        lambda data: models.from_json(models.RestoreReport, data[0]),
+        3600.0,
+    )
+
+
 def reset(name: str, to: Optional[str], timeout: Optional[int]) -> Call[models.ResetReport]:
     body: Dict[str, Any] = {}
     if to is not None:

@@ -76,6 +76,10 @@ class AsyncVm:
         """See ``Vm.snapshot``."""
         return await self._client._run(_api.snapshot(self.name, tag, stop))
 
+    async def park(self, remote: Optional[str] = None, wait: bool = False) -> models.Parked:
+        """See ``Vm.park``."""
+        return await self._client._run(_api.park(self.name, remote, wait))
+
     async def reset(
         self, to: Optional[str] = None, timeout: Optional[int] = None
     ) -> models.ResetReport:
@@ -241,6 +245,16 @@ class AsyncClient:
 
     async def remove_snapshot(self, tag: str, recursive: bool = False) -> List[str]:
         return await self._run(_api.remove_snapshot(tag, recursive))
+
+    async def parked(self) -> List[models.ParkRecord]:
+        return await self._run(_api.parked())
+
+    async def wake(
+        self, name: str, from_: Optional[str] = None, timeout: Optional[int] = None
+    ) -> AsyncVm:
+        """See ``Client.wake``."""
+        report = await self._run(_api.wake(name, from_, timeout))
+        return AsyncVm(self, report.name, report)
 
     async def pools(self) -> List[models.PoolStatus]:
         return await self._run(_api.pools())

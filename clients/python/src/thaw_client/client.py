@@ -89,6 +89,13 @@ class Vm:
         """Snapshot the VM as ``tag``; with ``stop`` the VM ends (no RAM copy)."""
         return self._client._run(_api.snapshot(self.name, tag, stop))
 
+    def park(self, remote: Optional[str] = None, wait: bool = False) -> models.Parked:
+        """Park the VM: it ends into a snapshot tagged with its name; with ``remote``
+        (``s3://BUCKET/PREFIX``) the snapshot is then uploaded, in the background (the
+        answer's ``operation``) or, with ``wait``, before this returns.
+        ``client.wake(name)`` brings it back."""
+        return self._client._run(_api.park(self.name, remote, wait))
+
     def reset(self, to: Optional[str] = None, timeout: Optional[int] = None) -> models.ResetReport:
         """Put the VM back to snapshot ``to`` (default: the one it came from), same name."""
         return self._client._run(_api.reset(self.name, to, timeout))
@@ -255,6 +262,17 @@ class Client:
     def remove_snapshot(self, tag: str, recursive: bool = False) -> List[str]:
         """Remove snapshot ``tag`` (with ``recursive``, its children too); the tags removed."""
         return self._run(_api.remove_snapshot(tag, recursive))
+
+    def parked(self) -> List[models.ParkRecord]:
+        """The VMs parked on the daemon's host, and where their uploads are."""
+        return self._run(_api.parked())
+
+    def wake(self, name: str, from_: Optional[str] = None, timeout: Optional[int] = None) -> Vm:
+        """Wake the VM parked as ``name``, under that name (RAM and disks as parked, the
+        clock set): from the daemon's host, else fetched from ``from_``
+        (``s3://BUCKET/PREFIX``)."""
+        report = self._run(_api.wake(name, from_, timeout))
+        return Vm(self, report.name, report)
 
     def pools(self) -> List[models.PoolStatus]:
         """Every configured warm pool."""

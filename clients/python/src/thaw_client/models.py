@@ -193,6 +193,48 @@ class SnapshotReport:
 
 
 @dataclass(frozen=True)
+class Uploaded:
+    """What a parked VM's finished upload did."""
+
+    SCHEMA: ClassVar[str] = "Uploaded"
+    chunks_moved: int
+    chunks_present: int
+    bytes_moved: int
+    file_bytes: int
+
+
+@dataclass(frozen=True)
+class ParkRecord:
+    """A parked VM and where its upload is (``state``: ``parking``, ``pushing``,
+    ``parked`` or ``failed``, with ``error``)."""
+
+    SCHEMA: ClassVar[str] = "ParkRecord"
+    name: str
+    tag: str
+    state: str
+    remote: Optional[str]
+    bytes_done: int
+    bytes_total: int
+    error: Optional[str]
+    upload: Optional[Uploaded]
+    worker_pid: Optional[int]
+    parked_at: int
+    updated_at: int
+
+
+@dataclass(frozen=True)
+class Parked:
+    """The answer of a park: the snapshot taken with the VM stopped, the park record and,
+    while the upload runs in the background, its operation's id."""
+
+    SCHEMA: ClassVar[str] = "Parked"
+    name: str
+    snapshot: SnapshotReport
+    park: ParkRecord
+    operation: Optional[str]
+
+
+@dataclass(frozen=True)
 class SnapshotInfo:
     """A snapshot as ``GET /v1/snapshots`` lists it (``problem``: why it cannot restore)."""
 

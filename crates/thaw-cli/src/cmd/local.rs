@@ -12,33 +12,21 @@ use thaw::qemu::Qemu;
 use thaw::{Home, SnapshotTag};
 
 use crate::args::{BootArgs, GuestCommand, StoreCommand};
+use crate::backend::Ops;
 use crate::print::{self, emit};
 use crate::progress;
 
 pub(crate) async fn up(
+    ops: &impl Ops,
     boot: BootArgs,
     remote: Option<String>,
-    home: &Home,
     json: bool,
-    cancel: &CancellationToken,
 ) -> Result<()> {
-    let req = thaw::up::UpRequest {
-        boot: super::vm::boot_request(boot, json)?,
-        remote: remote
-            .map(|r| thaw::store::Remote::from_env(&r))
-            .transpose()?,
+    let options = thaw::up::UpOptions {
+        boot: super::vm::boot_options(boot)?,
+        remote,
     };
-    let cache = thaw::guest::cache_dir();
-    let qemu = Qemu::find(&cache)?;
-    let report = thaw::up::up(
-        home,
-        &qemu,
-        &cache,
-        &req,
-        &mut progress::Bars::new(),
-        cancel,
-    )
-    .await?;
+    let report = ops.up(options, json).await?;
     emit(json, &report, |r| {
         format!(
             "{} is up ({} {}) in {:.1} ms (pid {}){}",
@@ -63,25 +51,30 @@ pub(crate) fn print_key(boot: BootArgs, _remote: Option<String>, json: bool) -> 
     Ok(())
 }
 
-pub(crate) async fn export(tag: SnapshotTag, file: PathBuf, home: &Home, json: bool) -> Result<()> {
-    let r = thaw::store::export(home, &tag, &file, &mut progress::Bars::new())?;
+pub(crate) async fn export(
+    ops: &impl Ops,
+    tag: SnapshotTag,
+    file: PathBuf,
+    json: bool,
+) -> Result<()> {
+    let r = ops.export(&tag, &file).await?;
     emit(
         json,
-        &serde_json::json!({"tag": tag, "file": file, "chunks": r.chunks, "bytes": r.file_bytes}),
+        &serde_json::json!({"tag": tag, "file": file, "chunks": r.chunks, "bytes": r.bytes}),
         |_| {
             format!(
                 "exported {tag} to {} ({} chunks, {} bytes)",
                 file.display(),
                 r.chunks,
-                r.file_bytes
+                r.bytes
             )
         },
     )?;
     Ok(())
 }
 
-pub(crate) async fn import(file: PathBuf, home: &Home, json: bool) -> Result<()> {
-    let tag = thaw::store::import(home, &file, &mut progress::Bars::new())?;
+pub(crate) async fn import(ops: &impl Ops, file: PathBuf, json: bool) -> Result<()> {
+    let tag = ops.import(&file).await?;
     emit(json, &serde_json::json!({"imported": tag}), |_| {
         format!("imported snapshot {tag}")
     })?;
@@ -99,8 +92,8 @@ pub(crate) async fn gc(home: &Home, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub(crate) async fn inspect(name: &str, home: &Home, json: bool) -> Result<()> {
-    let found = thaw::control::inspect(home, name).await?;
+pub(crate) async fn inspect(ops: &impl Ops, name: &str, json: bool) -> Result<()> {
+    let found = ops.inspect(name).await?;
     emit(json, &found, print::inspection)?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! [`local`] for those that always run in this process. [`run`] picks it.
 
 mod local;
+mod park;
 mod vm;
 
 use std::process::ExitCode;
@@ -30,8 +31,18 @@ pub(crate) async fn run(
         }
         Command::Restore(args) => vm::restore(ops, args, json).await?,
         Command::Reset { name, to, timeout } => vm::reset(ops, name, to, timeout, json).await?,
-        Command::Ls { filter } => vm::ls(ops, &filter, json).await?,
-        Command::Snapshots => vm::snapshots(ops, json).await?,
+        Command::Ls { filter } => {
+            // Parked VMs have no labels: a filter matches none.
+            let parked = match filter.is_empty() {
+                true => park::parked(here),
+                false => Vec::new(),
+            };
+            vm::ls(ops, &filter, &parked, json).await?
+        }
+        Command::Snapshots => vm::snapshots(ops, &park::parked(here), json).await?,
+        Command::Park(args) => park::park(args, ops.daemon(), here, json).await?,
+        Command::Wake(args) => park::wake(args, ops.daemon(), here, json).await?,
+        Command::ParkWorker { name } => park::worker(name, here).await?,
         Command::Stop { names, all, filter } => vm::stop(ops, names, all, &filter, json).await?,
         Command::Ttl { name, duration } => vm::ttl(ops, name, &duration, json).await?,
         Command::Resume { name } => vm::resume(ops, name, json).await?,
@@ -41,11 +52,13 @@ pub(crate) async fn run(
             size,
             mode,
             warm_ports,
+            bind,
         } => {
             let config = PoolConfig {
                 size,
                 mode,
                 warm_ports,
+                bind: bind.as_deref().map(thaw::ports::parse_bind).transpose()?,
             };
             vm::pool(ops, tag, config, json).await?
         }
@@ -56,11 +69,11 @@ pub(crate) async fn run(
             remote,
             print_key: true,
         } => local::print_key(boot, remote, json)?,
-        Command::Up { boot, remote, .. } => local::up(boot, remote, home, json, cancel).await?,
+        Command::Up { boot, remote, .. } => local::up(ops, boot, remote, json).await?,
         Command::Push { tag, remote } => vm::transfer(ops, false, tag, &remote, json).await?,
         Command::Pull { tag, remote } => vm::transfer(ops, true, tag, &remote, json).await?,
-        Command::Export { tag, file } => local::export(tag, file, home, json).await?,
-        Command::Import { file } => local::import(file, home, json).await?,
+        Command::Export { tag, file } => local::export(ops, tag, file, json).await?,
+        Command::Import { file } => local::import(ops, file, json).await?,
         Command::Gc => local::gc(home, json).await?,
         Command::Store { command } => local::store(command, home, json).await?,
         Command::Pause { name } => vm::pause(ops, name, json).await?,
@@ -68,7 +81,7 @@ pub(crate) async fn run(
         Command::Type { name, text } => vm::keys(ops, name, Ok(text), json).await?,
         Command::Key { name, combos } => vm::keys(ops, name, Err(combos), json).await?,
         Command::Logs { name, follow } => vm::logs(ops, name, follow, json).await?,
-        Command::Inspect { name } => local::inspect(&name, home, json).await?,
+        Command::Inspect { name } => local::inspect(ops, &name, json).await?,
         Command::Serve {
             socket,
             max_vms,
@@ -80,6 +93,7 @@ pub(crate) async fn run(
         Command::Guest { command } => local::guest(command, json)?,
         Command::Completions { shell } => local::completions(shell, json)?,
         Command::Man { dir } => local::man_pages(&dir, json)?,
+        Command::Lazyfs => unreachable!("run by main before the runtime starts"),
         Command::Bench(args) => return Err(crate::bench::exec(json, &args.args)),
     }
     Ok(ExitCode::SUCCESS)

@@ -183,6 +183,8 @@ pub(crate) async fn restore(ops: &impl Ops, args: RestoreArgs, json: bool) -> Re
         paused: args.paused,
         vnc_password,
         lifetime: lifetime(args.ttl.as_deref(), &args.labels)?,
+        from: args.from,
+        bind: args.bind.addr()?,
     };
     let reports = ops.restore(&req).await?;
     emit(json, &reports, |r| print::restore(r))?;
@@ -207,10 +209,14 @@ pub(crate) async fn reset(
     Ok(())
 }
 
-pub(crate) async fn ls(ops: &impl Ops, filter: &[String], json: bool) -> Result<()> {
+pub(crate) async fn ls(
+    ops: &impl Ops,
+    filter: &[String],
+    parked: &[thaw::park::ParkRecord],
+    json: bool,
+) -> Result<()> {
     let vms = matching(ops, filter).await?;
-    emit(json, &vms, |v| print::vms(v))?;
-    Ok(())
+    super::park::ls(vms, parked, json)
 }
 
 /// The VMs whose labels match every `--filter` (all of them without one).
@@ -243,10 +249,13 @@ pub(crate) async fn ttl(ops: &impl Ops, name: VmName, duration: &str, json: bool
     Ok(())
 }
 
-pub(crate) async fn snapshots(ops: &impl Ops, json: bool) -> Result<()> {
+pub(crate) async fn snapshots(
+    ops: &impl Ops,
+    parked: &[thaw::park::ParkRecord],
+    json: bool,
+) -> Result<()> {
     let snaps = ops.snapshots().await?;
-    emit(json, &snaps, |s| print::snapshots(s))?;
-    Ok(())
+    super::park::snapshots(snaps, parked, json)
 }
 
 pub(crate) async fn stop(
@@ -426,7 +435,7 @@ pub(crate) async fn transfer(
 /// firmware boot of the first disk with `--disk` and no `--kernel` or `--profile`;
 /// otherwise a profile's guest (the default one unless `--profile` says). Paths are made
 /// absolute: the daemon does not share our working directory.
-fn boot_options(args: BootArgs) -> Result<BootOptions> {
+pub(crate) fn boot_options(args: BootArgs) -> Result<BootOptions> {
     use thaw::firmware::FirmwareKind;
     use thaw::profile::DisplayKind;
     let firmware_boot = args.kernel.is_none() && args.profile.is_none() && !args.disks.is_empty();
@@ -458,6 +467,9 @@ fn boot_options(args: BootArgs) -> Result<BootOptions> {
         append: args.append,
         disks,
         ports: args.ports,
+        bind: Some(args.bind.addr()?)
+            .filter(|b| *b != thaw::ports::DEFAULT_BIND)
+            .map(|b| b.to_string()),
         no_net: args.no_net,
         ready_port: args.ready.ready_port,
         ready_serial: args.ready.ready_serial,

@@ -31,6 +31,16 @@ pub struct Run {
 }
 
 impl Run {
+    /// Runs `command` (stdin closed) and keeps its exit code and output.
+    pub fn of(mut command: Command) -> Run {
+        let out: Output = command.stdin(Stdio::null()).output().expect("run thaw");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {}", self.stdout))
@@ -106,16 +116,7 @@ impl Env {
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
-        let out: Output = self
-            .command(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run thaw");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Run::of(self.command(args))
     }
 
     /// Runs and asserts success.
@@ -217,7 +218,28 @@ impl Drop for Env {
         for pid in self.processes() {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
+        end_lazy_server(self.path());
     }
+}
+
+/// Ends the lazy snapshot server of the home at `home`, if one runs, and detaches its
+/// mount (it would otherwise go idle and exit by itself, after the home is removed).
+pub fn end_lazy_server(home: &Path) {
+    // One server per mount namespace (see `thaw::lazy::LazyDir::server_dir`).
+    for ns in std::fs::read_dir(home.join("lazy"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(pid) = std::fs::read_to_string(ns.path().join("server.pid")) {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+    }
+    let _ = Command::new("umount")
+        .args(["-l"])
+        .arg(home.join("lazy/mnt"))
+        .stderr(Stdio::null())
+        .status();
 }
 
 pub fn processes_mentioning(dir: &Path) -> Vec<u32> {

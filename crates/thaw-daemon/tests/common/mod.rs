@@ -20,6 +20,8 @@ pub const THAWD: &str = env!("CARGO_BIN_EXE_thawd");
 pub struct Daemon {
     dir: tempfile::TempDir,
     args: Vec<String>,
+    /// Environment variables the daemon gets besides the test's (S3 settings).
+    env: Vec<(String, String)>,
     child: Option<Child>,
     client: Option<Client>,
 }
@@ -27,6 +29,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `thawd ARGS` in a new home and waits until it answers.
     pub async fn start(args: &[&str]) -> Daemon {
+        Daemon::start_with_env(args, &[]).await
+    }
+
+    /// [`Daemon::start`] with these environment variables besides the test's.
+    pub async fn start_with_env(args: &[&str], env: &[(String, String)]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("thawd-e2e-")
             .tempdir()
@@ -35,6 +42,7 @@ impl Daemon {
         let mut d = Daemon {
             dir,
             args: args.iter().map(|a| a.to_string()).collect(),
+            env: env.to_vec(),
             child: None,
             client: None,
         };
@@ -78,6 +86,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 

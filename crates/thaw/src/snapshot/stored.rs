@@ -17,13 +17,24 @@ use crate::record::{DecodeError, Record};
 use crate::snapshot::{self, Snapshot, SnapshotCheckError};
 
 /// What the store keeps about a snapshot (the store manifest named after its tag).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct StoredSnapshot {
     /// `manifest.json`, byte for byte (children name its BLAKE3).
     pub manifest: String,
     /// Every file of the snapshot directory by its relative path, and each guest file
     /// as `guest/<name>`.
     pub files: BTreeMap<String, FileIndex>,
+    /// The chunks (indexes, by file) a restore read before its clone was ready,
+    /// recorded by the first lazy restore: every lazy restore prefetches them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub working_set: BTreeMap<String, Vec<u32>>,
+    /// The working set's chunks as one object in the bucket (made at push): a cold
+    /// host fetches it with one request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_set_pack: Option<thaw_store::Pack>,
+    /// The snapshot's chunks as stored (compressed), each once, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_bytes: Option<u64>,
 }
 
 /// Kept by the store as the manifest named after the tag (capped there), pushed and
@@ -46,9 +57,44 @@ impl StoredSnapshot {
             .collect()
     }
 
+    /// The chunks of the working set, each once, in the order a restore reads them
+    /// first: the device state and disks before the RAM image. Zero chunks (none
+    /// stored) are left out.
+    pub fn working_set_chunks(&self) -> Vec<ChunkId> {
+        let mut seen = HashSet::new();
+        let mut rels: Vec<&String> = self.working_set.keys().collect();
+        rels.sort_by_key(|rel| (rel.as_str() == snapshot::RAM_FILE, rel.as_str()));
+        rels.into_iter()
+            .filter_map(|rel| Some((self.files.get(rel)?, &self.working_set[rel])))
+            .flat_map(|(index, chunks)| {
+                chunks
+                    .iter()
+                    .filter_map(|&i| index.chunks.get(i as usize).copied().flatten())
+            })
+            .filter(|id| seen.insert(*id))
+            .collect()
+    }
+
     /// Bytes of the files (apparent size).
     pub fn file_bytes(&self) -> u64 {
         self.files.values().map(|f| f.size).sum()
+    }
+
+    /// Whether `other` is the same snapshot (its working set and sizes aside).
+    pub fn same_snapshot(&self, other: &StoredSnapshot) -> bool {
+        self.manifest == other.manifest && self.files == other.files
+    }
+
+    /// The stored size of its chunks in `store`, when every one is there.
+    pub fn stored_in(&self, store: &Store) -> Option<u64> {
+        self.chunk_ids()
+            .iter()
+            .map(|id| {
+                std::fs::metadata(store.chunk_path(id))
+                    .ok()
+                    .map(|m| m.len())
+            })
+            .sum()
     }
 }
 
@@ -74,6 +120,8 @@ pub enum StoreError {
         #[source]
         source: Box<thaw_store::ManifestError>,
     },
+    #[error("the lazily served snapshot")]
+    Lazy(#[source] Box<crate::lazy::LazyError>),
     #[error("the store's record of {tag} is corrupt ({why})")]
     Corrupt { tag: String, why: String },
     #[error("the store's record of {tag} has format version {found}, newer than this thaw reads: upgrade thaw")]
@@ -191,6 +239,10 @@ pub(crate) fn decode(tag: &str, bytes: &[u8]) -> Result<StoredSnapshot, StoreErr
 }
 
 pub(crate) fn put(store: &Store, tag: &str, s: &StoredSnapshot) -> Result<(), StoreError> {
+    let mut s = s.clone();
+    if s.stored_bytes.is_none() {
+        s.stored_bytes = s.stored_in(store);
+    }
     let bytes = s.to_bytes();
     store
         .put_manifest(tag, &bytes)
@@ -292,7 +344,13 @@ pub fn ingest(
         };
         files.insert(rel, index);
     }
-    Ok(StoredSnapshot { manifest, files })
+    Ok(StoredSnapshot {
+        manifest,
+        files,
+        working_set: BTreeMap::new(),
+        working_set_pack: None,
+        stored_bytes: None,
+    })
 }
 
 /// Names a snapshot's record in the store (the last step of adding it).

@@ -379,10 +379,9 @@ async fn take_into(
     let method = choose_method(at).await?;
     let mut events = at.qmp.events();
     let saved = save_state(at, method, disks, staging.dir()).await?;
-    let pause = if req.stop {
-        ms(saved.paused_at.elapsed())
-    } else {
-        pause_from_events(&mut events).unwrap_or_else(|| ms(saved.paused_at.elapsed()))
+    let pause = match saved.state_saved_at {
+        Some(saved_at) => ms(saved_at.duration_since(saved.paused_at)),
+        None => pause_from_events(&mut events).unwrap_or_else(|| ms(saved.paused_at.elapsed())),
     };
     if !req.stop && !disks.is_empty() {
         // The record says which layer the VM writes now.
@@ -462,6 +461,10 @@ async fn choose_method(at: &Taking<'_>) -> Result<Method, SnapshotError> {
 /// What [`save_state`] did.
 struct Saved {
     paused_at: Instant,
+    /// With `stop`: when the device state (and the UEFI variables) were saved, the
+    /// end of the pause that matters (the VM never runs again; what follows is QEMU
+    /// ending and, with the RAM moved, a rename).
+    state_saved_at: Option<Instant>,
     /// How the RAM got into the snapshot, for the report.
     ram_copy: &'static str,
     /// The VM's record as it should now be saved (see [`freeze_disks`]).
@@ -507,6 +510,7 @@ async fn save_state(
             // The UEFI variables, as the pflash device wrote them up to the pause.
             crate::firmware::vars_into_snapshot(&state.paths(home).dir, tmp, req.stop)
                 .at("keep the UEFI variables in", tmp)?;
+            let state_saved_at = req.stop.then(Instant::now);
             test_hang("state-saved", cancel).await;
             if req.stop {
                 end(qmp, state).await;
@@ -516,6 +520,7 @@ async fn save_state(
             saved.close().await;
             Ok(Saved {
                 paused_at,
+                state_saved_at,
                 ram_copy: "mapped-ram",
                 moved,
             })
@@ -530,6 +535,7 @@ async fn save_state(
             migration::save(qmp, &state_path).await?;
             crate::firmware::vars_into_snapshot(&state.paths(home).dir, tmp, req.stop)
                 .at("keep the UEFI variables in", tmp)?;
+            let state_saved_at = req.stop.then(Instant::now);
             test_hang("state-saved", cancel).await;
             let ram_path = tmp.join(snapshot::RAM_FILE);
             let ram_copy = if method == Method::Moved {
@@ -547,6 +553,7 @@ async fn save_state(
             };
             Ok(Saved {
                 paused_at,
+                state_saved_at,
                 ram_copy,
                 moved,
             })

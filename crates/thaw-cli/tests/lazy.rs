@@ -1,0 +1,531 @@
+//! Lazy restore end to end: a snapshot restored straight from the store or from a
+//! bucket (s3s-fs), its chunks served on first touch by the home's lazy server (FUSE),
+//! each checked against its BLAKE3; and the faults: a chunk replaced in the bucket by
+//! other valid content, the server killed under a running clone, the remote
+//! unreachable, the background fill killed and completed by a later restore.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::s3::S3Server;
+use common::{Env, Run};
+use serde_json::Value;
+
+const REMOTE: &str = "s3://thaw/lazy";
+
+fn env_for(server: &S3Server, endpoint: Option<&str>, fresh_cache: Option<&Path>) -> Env {
+    let mut env = Env::new();
+    for (k, v) in server.env() {
+        env = env.with_env(&k, &v);
+    }
+    if let Some(e) = endpoint {
+        env = env.with_env("THAW_S3_ENDPOINT", e);
+    }
+    if let Some(c) = fresh_cache {
+        env = env.with_env("THAW_CACHE", c.to_str().unwrap());
+    }
+    env
+}
+
+/// Host A: the default guest with a disk; "ram-state" in /tmp (RAM), "disk-state" on
+/// the disk; snapshot `base`, pushed to [`REMOTE`]. Returns the disk's directory.
+fn source(a: &Env) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::ext4_image(dir.path(), "base.raw");
+    a.boot(
+        "vm",
+        &["--profile", "default", "--disk", base.to_str().unwrap()],
+    );
+    a.sh(
+        "vm",
+        "mkdir -p /mnt && mount /dev/vda /mnt && echo disk-state > /mnt/marker && sync \
+         && echo ram-state > /tmp/marker",
+    );
+    a.json(&["snapshot", "vm", "base"]);
+    a.ok(&["stop", "vm"]);
+    a.json(&["push", "base", REMOTE]);
+    dir
+}
+
+/// The clone has the source's RAM and disk state (the disk read past the page cache).
+fn assert_source_state(run: impl Fn(&str) -> String, ctx: &str) {
+    assert_eq!(run("cat /tmp/marker").trim(), "ram-state", "{ctx}: RAM");
+    let disk = run("echo 3 > /proc/sys/vm/drop_caches; cat /mnt/marker");
+    assert_eq!(disk.trim(), "disk-state", "{ctx}: disk");
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The pid of the lazy server of `home` in this mount namespace.
+fn server_pid(home: &Path) -> u32 {
+    let ns = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    let ns: String = ns
+        .to_string_lossy()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    std::fs::read_to_string(home.join(format!("lazy/ns-{ns}/server.pid")))
+        .expect("the lazy server runs")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty()
+        && !stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, r)| r.starts_with('Z'))
+}
+
+fn kill9(pid: u32) {
+    let st = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    assert!(st.unwrap().success());
+}
+
+fn one_line(r: &Run) -> String {
+    let lines: Vec<&str> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {:?}", r.stderr);
+    lines[0].to_owned()
+}
+
+/// Nothing of a failed restore is left: no VM, no QEMU.
+fn assert_nothing_left(env: &Env, ctx: &str) {
+    assert_eq!(env.json(&["ls"]), serde_json::json!([]), "{ctx}: VMs left");
+    assert!(env.processes().is_empty(), "{ctx}: QEMU left running");
+}
+
+/// A network namespace linked to this one by a veth pair (10.79.K.1 here, .2 there).
+struct Ns {
+    name: String,
+    here: String,
+    /// This side's address, which the namespace reaches it at.
+    host_address: String,
+}
+
+impl Ns {
+    fn new() -> Ns {
+        let id = std::process::id() % 100_000;
+        let k = id % 200 + 20;
+        let name = format!("thaw-lazy-{id}");
+        let (here, there) = (format!("tlh{id}"), format!("tlt{id}"));
+        let ip = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().expect("ip");
+            assert!(st.success(), "ip {args:?}");
+        };
+        ip(&["netns", "add", &name]);
+        let ns = Ns {
+            name,
+            here,
+            host_address: format!("10.79.{k}.1"),
+        };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ip(&[
+            "link", "add", &ns.here, "type", "veth", "peer", "name", &there, "netns", &ns.name,
+        ]);
+        ip(&["addr", "add", &format!("10.79.{k}.1/24"), "dev", &ns.here]);
+        ip(&["link", "set", &ns.here, "up"]);
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("10.79.{k}.2/24"),
+            "dev",
+            &there,
+        ]);
+        ip(&["-n", &ns.name, "link", "set", &there, "up"]);
+        ns
+    }
+
+    /// `thaw args` as `env` would run it, inside the namespace (with its daemon, if
+    /// one serves the home).
+    fn command(&self, env: &Env, args: &[&str]) -> Command {
+        let inner = env.command(args);
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name])
+            .arg(inner.get_program());
+        c.args(inner.get_args());
+        for (k, v) in inner.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c.env_remove("THAW_NO_DAEMON");
+        c
+    }
+
+    fn run(&self, env: &Env, args: &[&str]) -> Run {
+        Run::of(self.command(env, args))
+    }
+
+    /// thawd for `env`'s home, inside the namespace: the host's daemon, whose lazy
+    /// server and QEMUs share its mount namespace (each `ip netns exec` makes one).
+    fn serve(&self, env: &Env) -> std::process::Child {
+        let child = self
+            .command(env, &["serve"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let sock = env.path().join("thawd.sock");
+        wait_for("thawd to listen", Duration::from_secs(30), || sock.exists());
+        child
+    }
+
+    fn json(&self, env: &Env, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let r = self.run(env, &a);
+        assert_eq!(r.code, 0, "[{}] thaw {args:?}: {}", self.name, r.stderr);
+        r.json()
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.here])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn has_record(home: &Path, tag: &str) -> bool {
+    home.join(format!("store/manifests/{tag}.json")).is_file()
+}
+
+#[test]
+fn a_cold_host_restores_straight_from_the_bucket_and_fills_the_rest() {
+    let server = S3Server::start_on("0.0.0.0", None);
+    let a = env_for(&server, None, None);
+    let _disk = source(&a);
+    // Host B: its own network namespace, an empty home and an empty guest cache.
+    let ns = Ns::new();
+    let port = server.endpoint.rsplit(':').next().unwrap().to_owned();
+    let endpoint = format!("http://{}:{port}", ns.host_address);
+    let cache = tempfile::tempdir().unwrap();
+    let b = env_for(&server, Some(&endpoint), Some(cache.path()));
+    // Through B's daemon (the API's `from`), as an orchestrator would.
+    let mut daemon = ns.serve(&b);
+    let report = ns.json(&b, &["restore", "base", "--from", REMOTE, "--name", "c"]);
+    let clone = &report[0];
+    let (fetched, stored) = (
+        clone["fetched_bytes"].as_u64().unwrap(),
+        clone["stored_bytes"].as_u64().unwrap(),
+    );
+    println!("fetched {fetched} of {stored} stored bytes before ready: {clone}");
+    assert!(fetched > 0, "something was fetched: {clone}");
+    assert!(
+        fetched < stored,
+        "not everything was fetched before ready: {clone}"
+    );
+    let sh = |script: &str| {
+        ns.json(&b, &["exec", "c", "--", "/bin/sh", "-c", script])["stdout"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_source_state(sh, "the clone on B");
+    // The rest arrives in the background; then the snapshot is wholly in B's store.
+    wait_for("the background fill", Duration::from_secs(180), || {
+        has_record(b.path(), "base")
+    });
+    assert!(!b.path().join("lazy/pending/base.json").exists());
+    let verified = b.json(&["store", "verify"]);
+    assert_eq!(verified["damaged"], serde_json::json!([]), "{verified}");
+    // Kept once: the snapshot's directory holds links, not a second copy.
+    let dir_bytes = du(&b.path().join("snapshots/base"));
+    assert!(
+        dir_bytes < 1 << 20,
+        "the snapshot directory holds {dir_bytes} bytes"
+    );
+    // With the bucket gone, B restores it again from its own store.
+    ns.json(&b, &["stop", "c"]);
+    drop(server);
+    ns.json(&b, &["restore", "base", "--name", "d"]);
+    let sh = |script: &str| {
+        ns.json(&b, &["exec", "d", "--", "/bin/sh", "-c", script])["stdout"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_source_state(sh, "a restore from B's own store");
+    ns.json(&b, &["stop", "--all"]);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
+
+/// Bytes allocated under `dir` (not following links).
+fn du(dir: &Path) -> u64 {
+    let out = Command::new("du")
+        .args(["-sb", "--apparent-size"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The bucket's record of `tag`.
+fn bucket_record(server: &S3Server, tag: &str) -> Value {
+    let path = server.objects("lazy").join(format!("manifests/{tag}.json"));
+    let record: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    match record.get("record") {
+        Some(inner) => inner.clone(),
+        None => record,
+    }
+}
+
+/// The chunk ids of file `rel` in the bucket's record of `tag`.
+fn bucket_chunks(server: &S3Server, tag: &str, rel: &str) -> Vec<String> {
+    let record = bucket_record(server, tag);
+    record["files"][rel]["chunks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no file {rel} in the record: {record}"))
+        .iter()
+        .filter_map(|c| c.as_str().map(str::to_owned))
+        .collect()
+}
+
+fn chunk_object(server: &S3Server, id: &str) -> PathBuf {
+    server.objects("lazy").join("chunks").join(id)
+}
+
+#[test]
+fn a_chunk_replaced_in_the_bucket_fails_the_clone_naming_it() {
+    let server = S3Server::start();
+    let a = env_for(&server, None, None);
+    let _disk = source(&a);
+    // Every chunk of the RAM image and device state becomes another valid chunk: a
+    // zstd frame that decompresses fine, to the wrong bytes.
+    let memory = bucket_chunks(&server, "base", "memory");
+    let kernel = bucket_chunks(&server, "base", "guest/kernel");
+    let other = kernel.iter().find(|k| !memory.contains(k)).unwrap();
+    let valid_other = std::fs::read(chunk_object(&server, other)).unwrap();
+    for id in &memory {
+        std::fs::write(chunk_object(&server, id), &valid_other).unwrap();
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let b = env_for(&server, None, Some(cache.path()));
+    let r = b.run(&["restore", "base", "--from", REMOTE, "--name", "c"]);
+    assert_ne!(r.code, 0, "the restore must fail: {}", r.stdout);
+    let line = one_line(&r);
+    assert!(
+        memory.iter().any(|id| line.contains(id.as_str())) && line.contains("damaged"),
+        "the line names the replaced chunk: {line}"
+    );
+    assert_nothing_left(&b, "a damaged chunk");
+    // Nothing wrong was kept: the store holds only verified chunks.
+    let verified = b.json(&["store", "verify"]);
+    assert_eq!(verified["damaged"], serde_json::json!([]), "{verified}");
+}
+
+#[test]
+fn the_lazy_server_killed_under_a_clone_is_reported_and_a_new_one_serves() {
+    let env = Env::new();
+    env.boot("vm", &[]);
+    env.sh("vm", "echo ram-state > /tmp/marker");
+    env.json(&["snapshot", "vm", "base"]);
+    env.ok(&["stop", "vm"]);
+    // Kept once: only in the store; restores are served lazily from it.
+    env.ok(&["store", "evict", "base"]);
+    let c = &env.json(&["restore", "base", "--name", "c"])[0];
+    assert!(c["fetched_bytes"].is_u64(), "a lazy restore: {c}");
+    let qemu = c["pid"].as_u64().unwrap() as u32;
+    assert_eq!(env.sh("c", "cat /tmp/marker").trim(), "ram-state");
+    let server = server_pid(env.path());
+    kill9(server);
+    let listed = env.json(&["ls"]);
+    let vm = &listed[0];
+    assert_eq!(vm["state"], "dead", "{listed}");
+    let reason = vm["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("server") && reason.contains(&server.to_string()),
+        "{listed}"
+    );
+    wait_for("the clone's QEMU to end", Duration::from_secs(10), || {
+        !alive(qemu)
+    });
+    env.ok(&["stop", "c"]);
+    // A new server serves the next restore.
+    env.json(&["restore", "base", "--name", "d"]);
+    assert_ne!(server_pid(env.path()), server);
+    assert_eq!(env.sh("d", "cat /tmp/marker").trim(), "ram-state");
+    let verified = env.json(&["store", "verify"]);
+    assert_eq!(verified["damaged"], serde_json::json!([]), "{verified}");
+}
+
+#[test]
+fn an_unreachable_or_incomplete_remote_fails_in_one_line() {
+    let server = S3Server::start();
+    let a = env_for(&server, None, None);
+    let _disk = source(&a);
+    // Refused connections (nothing listens there).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let cache = tempfile::tempdir().unwrap();
+    let refused = env_for(
+        &server,
+        Some(&format!("http://127.0.0.1:{port}")),
+        Some(cache.path()),
+    );
+    let r = refused.run(&["restore", "base", "--from", REMOTE]);
+    assert_ne!(r.code, 0);
+    assert!(one_line(&r).contains("cannot reach"), "{}", r.stderr);
+    assert_nothing_left(&refused, "refused");
+    assert!(refused.snapshot_dirs().is_empty());
+    // A server that accepts connections and never answers: the timeout ends it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let quiet = env_for(&server, Some(&format!("http://{addr}")), Some(cache.path()))
+        .with_env("THAW_S3_TIMEOUT", "2");
+    let t = Instant::now();
+    let r = quiet.run(&["restore", "base", "--from", REMOTE]);
+    assert_ne!(r.code, 0);
+    assert!(
+        one_line(&r).contains("did not answer within 2 s"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "bounded by the timeout"
+    );
+    assert_nothing_left(&quiet, "silent");
+    // The record is there but the chunks are not: the clone cannot load, and the line
+    // names a chunk.
+    for e in std::fs::read_dir(server.objects("lazy").join("chunks")).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let b = env_for(&server, None, Some(cache.path()));
+    let r = b.run(&["restore", "base", "--from", REMOTE, "--name", "c"]);
+    assert_ne!(r.code, 0);
+    let line = one_line(&r);
+    assert!(
+        line.contains("chunk ") && line.contains("is not on"),
+        "{line}"
+    );
+    assert_nothing_left(&b, "chunks missing");
+}
+
+#[test]
+fn a_fill_killed_midway_is_completed_by_the_next_restore() {
+    let server = S3Server::start();
+    let a = env_for(&server, None, None);
+    let _disk = source(&a);
+    let cache = tempfile::tempdir().unwrap();
+    let b = env_for(&server, None, Some(cache.path()));
+    b.json(&["restore", "base", "--from", REMOTE, "--name", "c"]);
+    // The fill runs after the clone is ready; kill -9 the server doing it.
+    assert!(
+        b.path().join("lazy/pending/base.json").exists(),
+        "the fill has not finished yet"
+    );
+    kill9(server_pid(b.path()));
+    assert!(!has_record(b.path(), "base"), "killed before it finished");
+    let listed = b.json(&["ls"]);
+    assert_eq!(listed[0]["state"], "dead", "{listed}");
+    b.ok(&["stop", "c"]);
+    // The next restore restarts the server, which fetches the rest.
+    b.json(&["restore", "base", "--from", REMOTE, "--name", "d"]);
+    wait_for("the fill", Duration::from_secs(180), || {
+        has_record(b.path(), "base")
+    });
+    let verified = b.json(&["store", "verify"]);
+    assert_eq!(verified["damaged"], serde_json::json!([]), "{verified}");
+    assert_source_state(|s| b.sh("d", s), "after the fill");
+}
+
+/// What the lazy servers of the home at `home` logged.
+fn server_logs(home: &Path) -> String {
+    std::fs::read_dir(home.join("lazy"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|ns| std::fs::read_to_string(ns.path().join("server.log")).ok())
+        .collect()
+}
+
+/// The working set recorded by a first lazy restore is pushed as one object too, and a
+/// cold host fetches it with one request. A pack that is damaged or gone costs only
+/// time: each of its chunks is checked, and what it cannot give is fetched alone.
+#[test]
+fn the_working_set_travels_as_one_pack_and_a_bad_pack_only_costs_time() {
+    let server = S3Server::start();
+    let a = env_for(&server, None, None);
+    let _disk = source(&a);
+    // A's first lazy restore records the working set; the next push packs it.
+    a.json(&["store", "evict", "base"]);
+    a.json(&["restore", "base", "--name", "w"]);
+    a.ok(&["stop", "w"]);
+    a.json(&["push", "base", REMOTE]);
+    let record = bucket_record(&server, "base");
+    let pack = &record["working_set_pack"];
+    let name = pack["name"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the pushed record names no pack: {record}"));
+    let object = server.objects("lazy").join("packs").join(name);
+    let total: u64 = pack["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["len"].as_u64().unwrap())
+        .sum();
+    assert_eq!(std::fs::metadata(&object).unwrap().len(), total);
+    let good = std::fs::read(&object).unwrap();
+
+    let cold = |ctx: &str| -> String {
+        let cache = tempfile::tempdir().unwrap();
+        let b = env_for(&server, None, Some(cache.path())).with_env("THAW_LOG", "thaw=debug");
+        let report = b.json(&["restore", "base", "--from", REMOTE, "--name", "c"]);
+        assert!(
+            report[0]["fetched_bytes"].as_u64().unwrap() > 0,
+            "{ctx}: {report}"
+        );
+        assert_source_state(|script| b.sh("c", script), ctx);
+        b.ok(&["stop", "--all"]);
+        server_logs(b.path())
+    };
+    let log = cold("with the pack");
+    assert!(
+        log.contains("fetched the working set's pack"),
+        "the pack was not used: {log}"
+    );
+    assert!(!log.contains("WARN"), "{log}");
+
+    // A byte flipped in the middle of the pack: its chunk is fetched alone.
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x01;
+    std::fs::write(&object, &flipped).unwrap();
+    let log = cold("with a damaged pack");
+    assert!(log.contains("damaged: fetching it alone"), "{log}");
+
+    // The pack gone: every chunk of it is fetched alone.
+    std::fs::remove_file(&object).unwrap();
+    let log = cold("without the pack");
+    assert!(log.contains("the working set's pack failed"), "{log}");
+    assert!(log.contains("not in the bucket"), "{log}");
+}

@@ -104,17 +104,18 @@ pub fn run(home: &Path) -> ExitCode {
     // Returns at end of file: the daemon ended (or at an error, which ends it too).
     while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
     let home = Home::new(home);
-    // The pipe may close a moment before a killed daemon's lock on the home is
-    // released (its files close one by one): while the daemon is not gone yet, a held
-    // lock is still its own, so try again. Once it is gone, a held lock is a new
-    // daemon's, which cleans up itself.
+    // The pipe may close a while before a killed daemon's lock on the home is
+    // released: its files close one by one, and only once its last thread has exited
+    // (its first thread may read as a zombie before that). While any of its threads
+    // lives, a held lock is still its own, so try again. Once all are gone, a held
+    // lock is a new daemon's, which cleans up itself.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         if let Ok(_lock) = crate::socket::try_lock_home(&home) {
             thaw::pool::remove_leftovers(&home);
             break;
         }
-        if !thaw::vm::process_lives(daemon) || std::time::Instant::now() > deadline {
+        if !thaw::vm::any_thread_lives(daemon) || std::time::Instant::now() > deadline {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));

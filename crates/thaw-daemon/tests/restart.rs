@@ -104,6 +104,57 @@ async fn kill_9_then_restart_adopts_vms_and_refills_the_pool() {
     assert_eq!(taken[0]["breakdown"]["source"], "pool");
 }
 
+/// A home with one pool slot and a stand-in pooled process whose command line names
+/// the slot (`tail -f SLOT/log`); the process is ended when the test ends, passed or
+/// not.
+struct PoolSlot {
+    home: tempfile::TempDir,
+    slot: std::path::PathBuf,
+    pooled: std::process::Child,
+}
+
+impl PoolSlot {
+    fn new() -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let slot = home.path().join("pool/pool-0123456789ab");
+        std::fs::create_dir_all(&slot).unwrap();
+        let log = slot.join("log");
+        std::fs::write(&log, "").unwrap();
+        let pooled = std::process::Command::new("tail")
+            .arg("-f")
+            .arg(&log)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        PoolSlot { home, slot, pooled }
+    }
+
+    fn pooled_runs(&mut self) -> bool {
+        self.pooled.try_wait().unwrap().is_none()
+    }
+
+    /// Waits (20 s at most) for the keeper to end the stand-in and remove the slot.
+    fn assert_cleaned_up(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.pooled_runs() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !self.pooled_runs(),
+            "the keeper left the pooled process running"
+        );
+        assert!(!self.slot.exists(), "the keeper left the pool directory");
+    }
+}
+
+impl Drop for PoolSlot {
+    fn drop(&mut self) {
+        let _ = self.pooled.kill();
+        let _ = self.pooled.wait();
+    }
+}
+
 /// A killed daemon's pipe to its keeper can close a moment before its lock on the
 /// home is released (its files close one by one). The keeper waits for the lock while
 /// the daemon lives, then ends the pool's processes; it used to try once and leave
@@ -114,40 +165,18 @@ fn the_keeper_waits_for_the_lock_of_a_dying_daemon() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
-    let home = tempfile::tempdir().unwrap();
-    let slot = home.path().join("pool/pool-0123456789ab");
-    std::fs::create_dir_all(&slot).unwrap();
-    let log = slot.join("log");
-    std::fs::write(&log, "").unwrap();
-    // A stand-in pooled process: its command line names its pool directory. Ended
-    // when the test ends, passed or not.
-    struct Reaped(std::process::Child);
-    impl Drop for Reaped {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut pooled = Reaped(
-        Command::new("tail")
-            .arg("-f")
-            .arg(&log)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut p = PoolSlot::new();
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(home.path().join("thawd.lock"))
+        .open(p.home.path().join("thawd.lock"))
         .unwrap();
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
 
     let mut keeper = Command::new(common::THAWD)
         .arg("--pool-keeper")
-        .arg(home.path())
+        .arg(p.home.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -163,7 +192,7 @@ fn the_keeper_waits_for_the_lock_of_a_dying_daemon() {
         keeper.try_wait().unwrap().is_none(),
         "the keeper gave up while the daemon still held its lock"
     );
-    assert!(pooled.0.try_wait().unwrap().is_none());
+    assert!(p.pooled_runs());
 
     drop(lock);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -178,19 +207,41 @@ fn the_keeper_waits_for_the_lock_of_a_dying_daemon() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success());
-    // Killed (SIGKILL is delivered a moment later): it ends without our help.
-    let ended = loop {
-        if let Some(s) = pooled.0.try_wait().unwrap() {
-            break Some(s);
-        }
-        if std::time::Instant::now() > deadline {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(
-        ended.is_some(),
-        "the keeper left the pooled process running"
-    );
-    assert!(!slot.exists(), "the keeper left the pool directory");
+    p.assert_cleaned_up();
+}
+
+/// A daemon killed with kill -9 exits thread by thread, and its first thread can be
+/// gone (`/proc/PID/stat` reads Z) while another still holds the home's lock: CI saw
+/// the keeper take that for a dead daemon and a new daemon's lock, and leave the pool
+/// running. Here a Python process plays the daemon: it takes the lock, starts the
+/// keeper, ends its first thread, and a second thread closes the keeper's pipe, waits,
+/// and only then exits (releasing the lock).
+#[test]
+fn the_keeper_waits_for_the_last_thread_of_a_dying_daemon() {
+    let mut p = PoolSlot::new();
+    let script = r#"
+import ctypes, fcntl, os, subprocess, sys, threading, time
+home, thawd = sys.argv[1], sys.argv[2]
+lock = open(os.path.join(home, "thawd.lock"), "a")
+fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+keeper = subprocess.Popen([thawd, "--pool-keeper", home], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+assert keeper.stdout.readline().strip() == b"ready"
+def last_thread():
+    time.sleep(0.3)          # the first thread has exited: this process reads as Z
+    keeper.stdin.close()     # the keeper's pipe closes, the lock is still held
+    time.sleep(1.0)
+    os._exit(0)              # the lock is released
+threading.Thread(target=last_thread).start()
+ctypes.CDLL(None).pthread_exit(None)
+"#;
+    let mut daemon = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(p.home.path())
+        .arg(common::THAWD)
+        .spawn()
+        .unwrap();
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "the stand-in daemon failed: {status}");
+    p.assert_cleaned_up();
 }

@@ -397,6 +397,24 @@ pub fn process_lives(pid: u32) -> bool {
     !matches!(state, None | Some('Z') | Some('X'))
 }
 
+/// True while any thread of process `pid` has not exited. Its files (and the locks on
+/// them) are released only when the last thread exits, and a process whose first
+/// thread exited first already reads as a zombie in `/proc/PID/stat` while the others
+/// still run: [`process_lives`] says false then, this says true.
+pub fn any_thread_lives(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let state = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next());
+            !matches!(state, None | Some('Z') | Some('X'))
+        })
+}
+
 /// True if `pid` is a live (non-zombie) process whose command line contains `needle`.
 pub fn process_mentions(pid: u32, needle: &[u8]) -> bool {
     if !process_lives(pid) {

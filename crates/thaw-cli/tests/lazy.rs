@@ -529,3 +529,53 @@ fn the_working_set_travels_as_one_pack_and_a_bad_pack_only_costs_time() {
     assert!(log.contains("the working set's pack failed"), "{log}");
     assert!(log.contains("not in the bucket"), "{log}");
 }
+
+/// A lazy restore prefetches its working set, but not the chunks the home's server
+/// already served: the kernel keeps them cached, and loading them again would only
+/// take the cores the restoring QEMU needs.
+#[test]
+fn a_later_lazy_restore_prefetches_only_what_was_not_read_before() {
+    let env = Env::new().with_env("THAW_LOG", "thaw=debug");
+    env.boot("vm", &["--profile", "default"]);
+    env.sh("vm", "echo ram-state > /tmp/marker");
+    env.json(&["snapshot", "vm", "base"]);
+    env.ok(&["stop", "vm"]);
+    env.json(&["store", "evict", "base"]);
+    // The first lazy restore reads what it needs and records that as the working set.
+    env.json(&["restore", "base", "--name", "first"]);
+    env.ok(&["stop", "first"]);
+    let before = server_logs(env.path());
+    assert!(
+        !before.contains("prefetching the working set"),
+        "a snapshot without a working set was prefetched: {before}"
+    );
+    // The second prefetches that set, all of which the server already served.
+    env.json(&["restore", "base", "--name", "second"]);
+    assert_eq!(env.sh("second", "cat /tmp/marker").trim(), "ram-state");
+    let log = server_logs(env.path());
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("prefetching the working set"))
+        .collect();
+    assert!(
+        !lines.is_empty(),
+        "the working set was not prefetched: {log}"
+    );
+    let asked: u64 = lines
+        .iter()
+        .map(|l| {
+            let field = l.split("asked=").nth(1).unwrap_or_else(|| panic!("{l}"));
+            field
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert!(asked > 0, "{log}");
+    for l in &lines {
+        assert!(l.contains("loading=0"), "loads what was already read: {l}");
+    }
+    env.ok(&["stop", "second"]);
+}

@@ -149,17 +149,32 @@ fn answer(shared: &Arc<Shared>, home: &Home, req: Request) -> Reply {
                 let served: Vec<_> = files.keys().filter_map(|h| shared.file(h)).collect();
                 shared.prefetch_pack(pack, &served);
             }
+            // A chunk a reader already read is in the kernel's page cache (the files
+            // are opened with FOPEN_KEEP_CACHE): loading it again would only cost a
+            // decompression and a hash on the cores the restoring QEMU needs.
+            let touched = shared.touched(&files.keys().cloned().collect::<Vec<_>>());
             for (blake3, chunks) in files {
                 let Some(file) = shared.file(&blake3) else {
                     continue;
                 };
-                for i in chunks {
-                    if (i as usize) < file.index.chunks.len() {
-                        let (shared, file) = (Arc::clone(shared), Arc::clone(&file));
-                        tokio::spawn(async move {
-                            let _ = shared.chunk(&file, i as usize, false).await;
-                        });
-                    }
+                let read = touched.get(&blake3).map(Vec::as_slice).unwrap_or_default();
+                let loading: Vec<u32> = chunks
+                    .iter()
+                    .copied()
+                    .filter(|&i| (i as usize) < file.index.chunks.len())
+                    .filter(|i| read.binary_search(i).is_err())
+                    .collect();
+                tracing::debug!(
+                    file = %blake3,
+                    asked = chunks.len(),
+                    loading = loading.len(),
+                    "prefetching the working set"
+                );
+                for i in loading {
+                    let (shared, file) = (Arc::clone(shared), Arc::clone(&file));
+                    tokio::spawn(async move {
+                        let _ = shared.chunk(&file, i as usize, false).await;
+                    });
                 }
             }
         }

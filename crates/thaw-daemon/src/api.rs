@@ -179,6 +179,19 @@ impl Daemon {
         });
     }
 
+    /// What follows a snapshot taken of `vm` (a snapshot route, a park): the event, the
+    /// pause in the metrics, and the snapshot's row.
+    fn snapshot_taken(&self, vm: &VmName, tag: &SnapshotTag, pause_ms: f64) {
+        self.events.send(EventKind::SnapshotTaken {
+            tag: tag.clone(),
+            vm: vm.clone(),
+        });
+        self.metrics.snapshot_paused(pause_ms);
+        if let Err(e) = self.db.put_snapshot(tag) {
+            tracing::error!(%tag, "{}", crate::error::one_line(&e));
+        }
+    }
+
     /// Tells `GET /v1/events` that `name` was stopped and removed, and why.
     fn stopped(&self, name: &VmName, reason: &str) {
         self.events.send(EventKind::VmStopped {
@@ -570,14 +583,7 @@ pub(crate) async fn snapshot(
             d.reaper.expect_exit(&name);
         }
         let report = take::take(&d.home, &req).await.map_err(ApiError::from_op)?;
-        d.events.send(EventKind::SnapshotTaken {
-            tag: tag.clone(),
-            vm: name.clone(),
-        });
-        d.metrics.snapshot_paused(report.pause_ms);
-        if let Err(e) = d.db.put_snapshot(&tag) {
-            tracing::error!(%tag, "{}", crate::error::one_line(&e));
-        }
+        d.snapshot_taken(&name, &tag, report.pause_ms);
         if body.stop {
             d.forget(&name);
             d.stopped(&name, "snapshot --stop");

@@ -389,8 +389,13 @@ pub fn process_is_vm(pid: u32, dir: &Path) -> bool {
 /// True if `pid` is a live process: it exists and is not a zombie (which has released
 /// its files and locks).
 pub fn process_lives(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The state follows the parenthesised command name.
+    stat_lives(Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// Whether the process or thread whose `stat` file is `stat` exists and has not exited
+/// (its state, which follows the parenthesised command name, is neither Z nor X).
+fn stat_lives(stat: &Path) -> bool {
+    let stat = std::fs::read_to_string(stat).unwrap_or_default();
     let state = stat
         .rsplit_once(") ")
         .and_then(|(_, rest)| rest.chars().next());
@@ -406,13 +411,7 @@ pub fn any_thread_lives(pid: u32) -> bool {
         .into_iter()
         .flatten()
         .flatten()
-        .any(|t| {
-            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-            let state = stat
-                .rsplit_once(") ")
-                .and_then(|(_, rest)| rest.chars().next());
-            !matches!(state, None | Some('Z') | Some('X'))
-        })
+        .any(|t| stat_lives(&t.path().join("stat")))
 }
 
 /// True if `pid` is a live (non-zombie) process whose command line contains `needle`.
@@ -441,11 +440,7 @@ pub async fn wait_gone(pid: u32, needle: &[u8], timeout: Duration) -> bool {
 pub async fn wait_exited(pid: u32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.chars().next());
-        if matches!(state, None | Some('Z') | Some('X')) {
+        if !process_lives(pid) {
             return true;
         }
         if Instant::now() >= deadline {

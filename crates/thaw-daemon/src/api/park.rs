@@ -85,15 +85,7 @@ pub(crate) async fn park(
         let report = park::park(&d.home, &req, &cancel)
             .await
             .map_err(ApiError::from_op)?;
-        let tag = report.snapshot.tag.clone();
-        d.events.send(EventKind::SnapshotTaken {
-            tag: tag.clone(),
-            vm: name.clone(),
-        });
-        d.metrics.snapshot_paused(report.snapshot.pause_ms);
-        if let Err(e) = d.db.put_snapshot(&tag) {
-            tracing::error!(%tag, "{}", crate::error::one_line(&e));
-        }
+        d.snapshot_taken(&name, &report.snapshot.tag, report.snapshot.pause_ms);
         d.forget(&name);
         d.stopped(&name, "park");
         Ok(report)

@@ -577,5 +577,29 @@ fn a_later_lazy_restore_prefetches_only_what_was_not_read_before() {
     for l in &lines {
         assert!(l.contains("loading=0"), "loads what was already read: {l}");
     }
+    // Zero chunks are holes to SEEK_HOLE/SEEK_DATA (what the check's state hash skips
+    // instead of reading zeros through the server).
+    let memory = env.path().join("snapshots/base/memory");
+    let seek = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import os, sys\n\
+             fd = os.open(sys.argv[1], os.O_RDONLY)\n\
+             hole = os.lseek(fd, 0, os.SEEK_HOLE)\n\
+             print(hole, os.lseek(fd, hole, os.SEEK_DATA), os.fstat(fd).st_size)",
+        )
+        .arg(&memory)
+        .output()
+        .expect("run python3");
+    let figures: Vec<u64> = String::from_utf8_lossy(&seek.stdout)
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(seek.status.success(), "{seek:?}");
+    let (hole, data, size) = (figures[0], figures[1], figures[2]);
+    assert!(
+        0 < hole && hole < data && data < size,
+        "the served RAM image shows no hole: hole {hole}, next data {data}, size {size}"
+    );
     env.ok(&["stop", "second"]);
 }

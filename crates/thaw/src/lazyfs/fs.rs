@@ -445,6 +445,37 @@ impl Shared {
     }
 }
 
+/// Where SEEK_DATA or SEEK_HOLE from `offset` lands in a file made of `index`'s
+/// chunks, a zero chunk being a hole (lseek(2): ENXIO past the end, or when no data
+/// follows; the end of the file is a hole).
+pub(super) fn seek(index: &FileIndex, offset: u64, whence: i32) -> Result<u64, libc::c_int> {
+    if offset >= index.size {
+        return Err(libc::ENXIO);
+    }
+    let cs = u64::from(index.chunk_size);
+    let first = (offset / cs) as usize;
+    let found = |want_data: bool| {
+        index.chunks[first..]
+            .iter()
+            .position(|c| c.is_some() == want_data)
+            .map(|n| first + n)
+    };
+    match whence {
+        libc::SEEK_DATA => match found(true) {
+            Some(i) if i == first => Ok(offset),
+            Some(i) => Ok(i as u64 * cs),
+            None => Err(libc::ENXIO),
+        },
+        libc::SEEK_HOLE => match found(false) {
+            Some(i) if i == first => Ok(offset),
+            Some(i) => Ok(i as u64 * cs),
+            None => Ok(index.size),
+        },
+        libc::SEEK_SET => Ok(offset),
+        _ => Err(libc::EINVAL),
+    }
+}
+
 fn readahead() -> u32 {
     std::env::var("THAW_LAZY_READAHEAD")
         .ok()
@@ -564,6 +595,29 @@ impl Filesystem for LazyFs {
         });
     }
 
+    /// SEEK_DATA and SEEK_HOLE: a zero chunk is a hole, so that what skips holes
+    /// (the state hash of a snapshot's check) reads no zeros through this server.
+    fn lseek(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        let Some(file) = self.shared.by_ino(ino) else {
+            return reply.error(libc::ENOENT);
+        };
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(libc::EINVAL);
+        };
+        match seek(&file.index, offset, whence) {
+            Ok(at) => reply.offset(at as i64),
+            Err(errno) => reply.error(errno),
+        }
+    }
+
     fn readdir(
         &mut self,
         _req: &Request<'_>,
@@ -595,5 +649,41 @@ impl Filesystem for LazyFs {
             }
         }
         reply.ok();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Chunks of 10 bytes: data, zeros, zeros, data, and a last one of 5 bytes of zeros.
+    fn index() -> FileIndex {
+        let d = Some(ChunkId::of(b"data"));
+        FileIndex {
+            size: 45,
+            chunk_size: 10,
+            blake3: String::new(),
+            chunks: vec![d, None, None, d, None],
+        }
+    }
+
+    #[test]
+    fn zero_chunks_are_holes_to_seek_data_and_seek_hole() {
+        let i = index();
+        assert_eq!(seek(&i, 0, libc::SEEK_DATA), Ok(0));
+        assert_eq!(seek(&i, 5, libc::SEEK_DATA), Ok(5));
+        assert_eq!(seek(&i, 10, libc::SEEK_DATA), Ok(30));
+        assert_eq!(seek(&i, 25, libc::SEEK_DATA), Ok(30));
+        assert_eq!(seek(&i, 39, libc::SEEK_DATA), Ok(39));
+        assert_eq!(seek(&i, 40, libc::SEEK_DATA), Err(libc::ENXIO));
+        assert_eq!(seek(&i, 0, libc::SEEK_HOLE), Ok(10));
+        assert_eq!(seek(&i, 12, libc::SEEK_HOLE), Ok(12));
+        assert_eq!(seek(&i, 31, libc::SEEK_HOLE), Ok(40));
+        assert_eq!(seek(&i, 45, libc::SEEK_HOLE), Err(libc::ENXIO));
+        assert_eq!(seek(&i, 45, libc::SEEK_DATA), Err(libc::ENXIO));
+        // A file that ends in data: its end is the hole.
+        let mut j = index();
+        j.chunks[4] = Some(ChunkId::of(b"end"));
+        assert_eq!(seek(&j, 31, libc::SEEK_HOLE), Ok(45));
     }
 }

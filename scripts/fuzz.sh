@@ -8,6 +8,7 @@
 #
 #     bash scripts/fuzz.sh                 # 60 s per target
 #     THAW_FUZZ_SECS=600 bash scripts/fuzz.sh manifest
+#     bash scripts/fuzz.sh --build-only    # build the targets, run nothing
 #
 # A crash leaves its input in fuzz/artifacts/<target>/ and fails the script. New
 # inputs that found new paths accumulate in fuzz/corpus/<target>/ (not committed);
@@ -19,6 +20,11 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # accepts them with RUSTC_BOOTSTRAP. Nothing else is built this way.
 export RUSTC_BOOTSTRAP=1
 SECS="${THAW_FUZZ_SECS:-60}"
+BUILD_ONLY=false
+if [ "${1:-}" = --build-only ]; then
+  BUILD_ONLY=true
+  shift
+fi
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(manifest qmp mapped daemon_body)
 
@@ -31,6 +37,9 @@ cd fuzz
 # No sanitizer: the code under test is safe Rust, and what is looked for is panics
 # (debug assertions on: overflow checks too), hangs and unbounded allocation.
 FLAGS=(--sanitizer none --debug-assertions)
+if $BUILD_ONLY; then
+  exec cargo fuzz build "${FLAGS[@]}"
+fi
 cargo fuzz build "${FLAGS[@]}" 2>&1 | grep -v "^ *Compiling" >&2 || true
 status=0
 for t in "${TARGETS[@]}"; do

@@ -20,14 +20,28 @@ fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
-cargo clippy --workspace --all-targets -- -D warnings
 echo "== build"
 cargo build --workspace --all-targets
+# The lints and the fuzz targets' build run beside the guests' builds, which mostly wait
+# on downloads and dpkg: a fresh machine gains minutes. Their output is shown once done.
+logs="$(mktemp -d)"
+# A step that fails ends the script: the background builds end with it.
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$logs"' EXIT
+cargo clippy --workspace --all-targets -- -D warnings >"$logs/clippy" 2>&1 &
+clippy=$!
+bash scripts/fuzz.sh --build-only >"$logs/fuzz-build" 2>&1 &
+fuzz_build=$!
 echo "== guests (default; debian and the firmware-booted image: debootstrap, a minute or two each the first time)"
 ./target/debug/thaw guest build
 ./target/debug/thaw guest build --profile debian
 ./target/debug/thaw guest build --profile debian-bios
+echo "== cargo clippy"
+status=0
+wait "$clippy" || status=$?
+grep -v '^ *\(Checking\|Compiling\|Blocking\)' "$logs/clippy" || true
+[ "$status" -eq 0 ] || { echo "cargo clippy failed" >&2; exit "$status"; }
+echo "== fuzz targets built"
+wait "$fuzz_build" || { cat "$logs/fuzz-build" >&2; echo "the fuzz targets did not build" >&2; exit 1; }
 echo "== tests"
 cargo test --workspace --no-fail-fast -- --test-threads="${THAW_TEST_THREADS:-2}"
 echo "== Python SDK (clients/python, against target/debug/thawd)"

@@ -26,7 +26,7 @@ cargo build --workspace --all-targets
 # on downloads and dpkg: a fresh machine gains minutes. Their output is shown once done.
 logs="$(mktemp -d)"
 # A step that fails ends the script: the background builds end with it.
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$logs"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$logs"' EXIT
 cargo clippy --workspace --all-targets -- -D warnings >"$logs/clippy" 2>&1 &
 clippy=$!
 bash scripts/fuzz.sh --build-only >"$logs/fuzz-build" 2>&1 &

@@ -591,11 +591,11 @@ fn a_later_lazy_restore_prefetches_only_what_was_not_read_before() {
         .arg(&memory)
         .output()
         .expect("run python3");
+    assert!(seek.status.success(), "{seek:?}");
     let figures: Vec<u64> = String::from_utf8_lossy(&seek.stdout)
         .split_whitespace()
         .map(|n| n.parse().unwrap())
         .collect();
-    assert!(seek.status.success(), "{seek:?}");
     let (hole, data, size) = (figures[0], figures[1], figures[2]);
     assert!(
         0 < hole && hole < data && data < size,

@@ -460,18 +460,12 @@ pub(super) fn seek(index: &FileIndex, offset: u64, whence: i32) -> Result<u64, l
             .position(|c| c.is_some() == want_data)
             .map(|n| first + n)
     };
+    // The kernel asks only these two (SEEK_SET, SEEK_CUR and SEEK_END it answers itself).
     match whence {
-        libc::SEEK_DATA => match found(true) {
-            Some(i) if i == first => Ok(offset),
-            Some(i) => Ok(i as u64 * cs),
-            None => Err(libc::ENXIO),
-        },
-        libc::SEEK_HOLE => match found(false) {
-            Some(i) if i == first => Ok(offset),
-            Some(i) => Ok(i as u64 * cs),
-            None => Ok(index.size),
-        },
-        libc::SEEK_SET => Ok(offset),
+        libc::SEEK_DATA => found(true)
+            .map(|i| offset.max(i as u64 * cs))
+            .ok_or(libc::ENXIO),
+        libc::SEEK_HOLE => Ok(found(false).map_or(index.size, |i| offset.max(i as u64 * cs))),
         _ => Err(libc::EINVAL),
     }
 }

@@ -603,3 +603,63 @@ fn a_later_lazy_restore_prefetches_only_what_was_not_read_before() {
     );
     env.ok(&["stop", "second"]);
 }
+
+/// The `VmFlags` of QEMU `pid`'s mappings of files under `under`.
+fn mapping_flags(pid: u32, under: &Path) -> Vec<String> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let under = under.to_string_lossy().into_owned();
+    let mut flags = Vec::new();
+    let mut inside = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            inside = line
+                .split_whitespace()
+                .nth(5)
+                .is_some_and(|p| p.starts_with(&under));
+        } else if let (true, Some(f)) = (inside, line.strip_prefix("VmFlags:")) {
+            flags.push(f.trim().to_owned());
+        }
+    }
+    flags
+}
+
+#[test]
+fn a_lazily_served_clone_maps_its_ram_without_huge_page_advice() {
+    // QEMU advises huge pages on guest RAM; on a lazily served file that makes the
+    // kernel read 4 MiB around every first touch (64 chunks fetched for one page).
+    let env = Env::new();
+    env.boot("vm", &["--profile", "default"]);
+    env.json(&["snapshot", "vm", "base"]);
+    env.ok(&["stop", "vm"]);
+    // A plain restore keeps the advice (harmless on a local file): it shows as "hg".
+    let plain = &env.json(&["restore", "base", "--name", "plain"])[0];
+    let pid = plain["pid"].as_u64().unwrap() as u32;
+    let flags = mapping_flags(pid, &env.path().join("snapshots/base"));
+    assert!(
+        !flags.is_empty(),
+        "no mapping of the snapshot's RAM in QEMU {pid}"
+    );
+    assert!(
+        flags.iter().any(|f| f.split(' ').any(|x| x == "hg")),
+        "a plain restore's RAM is not advised huge pages: {flags:?}"
+    );
+    env.ok(&["stop", "plain"]);
+    env.json(&["store", "evict", "base"]);
+    let lazy = &env.json(&["restore", "base", "--name", "lazy"])[0];
+    let pid = lazy["pid"].as_u64().unwrap() as u32;
+    let flags = mapping_flags(pid, &env.path().join("lazy/mnt"));
+    assert!(
+        !flags.is_empty(),
+        "no mapping of the served RAM in QEMU {pid}"
+    );
+    for f in &flags {
+        assert!(
+            !f.split(' ').any(|x| x == "hg"),
+            "the served RAM is advised huge pages: {f}"
+        );
+    }
+    // The clone runs as any other.
+    assert_eq!(env.sh("lazy", "echo up").trim(), "up");
+    env.ok(&["stop", "lazy"]);
+}

@@ -165,6 +165,14 @@ pub fn content_hash(path: &Path, exclude: Option<(u64, u64)>) -> std::io::Result
     Ok(hasher.finalize().to_hex().to_string())
 }
 
+/// Whether `path` (links followed) is on a FUSE file system (a lazily served file).
+pub fn on_fuse(path: &Path) -> bool {
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+    // `f_type`'s type differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::statfs(path).is_ok_and(|s| s.f_type as i64 == FUSE_SUPER_MAGIC)
+}
+
 /// Bytes of data (not holes) a file has in `[start, end)`, by its extents.
 pub fn data_bytes_in(path: &Path, start: u64, end: u64) -> std::io::Result<u64> {
     let f = File::open(path)?;

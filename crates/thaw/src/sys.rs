@@ -29,6 +29,52 @@ pub fn kill_with_parent(cmd: &mut Command) {
     }
 }
 
+/// The seccomp filter of [`refuse_huge_page_advice`]: `madvise(_, _, MADV_HUGEPAGE)`
+/// fails with EINVAL, every other system call is let through. None on an
+/// architecture seccompiler does not know.
+pub fn huge_page_advice_filter() -> Option<seccompiler::BpfProgram> {
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+        SeccompRule, TargetArch,
+    };
+    let arch = TargetArch::try_from(std::env::consts::ARCH).ok()?;
+    let advice = SeccompCondition::new(
+        2,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::MADV_HUGEPAGE as u64,
+    )
+    .ok()?;
+    let rules = [(
+        libc::SYS_madvise,
+        vec![SeccompRule::new(vec![advice]).ok()?],
+    )];
+    let filter = SeccompFilter::new(
+        rules.into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EINVAL as u32),
+        arch,
+    )
+    .ok()?;
+    filter.try_into().ok()
+}
+
+/// Makes `madvise(MADV_HUGEPAGE)` fail in the command's process (`filter`, from
+/// [`huge_page_advice_filter`]). QEMU advises huge pages on all guest RAM and ignores
+/// the error. For RAM mapped from a lazily served file the advice does harm: the
+/// kernel then reads two huge pages (4 MiB) around every first touch of the mapping,
+/// whatever the file system's readahead, so a guest touching one page fetches 64
+/// chunks; without it, it reads the file system's readahead (one chunk).
+pub fn refuse_huge_page_advice(cmd: &mut Command, filter: seccompiler::BpfProgram) {
+    // SAFETY: the closure runs in the child after fork and before exec. The filter was
+    // built before the fork; applying it makes two system calls (prctl for
+    // no_new_privs, seccomp) and allocates only on its error path, when the spawn
+    // fails anyway.
+    unsafe {
+        cmd.pre_exec(move || seccompiler::apply_filter(&filter).map_err(std::io::Error::other));
+    }
+}
+
 /// Starts the console keeper of a VM: a process of its own that reads what QEMU writes
 /// to the serial port from `from` (QEMU holds the other end of this socket) and
 /// appends it to `name` in the directory `dir`. When that file reaches `segment` bytes

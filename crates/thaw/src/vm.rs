@@ -236,6 +236,13 @@ pub async fn spawn(
     if kill_with_parent {
         crate::sys::kill_with_parent(&mut cmd);
     }
+    if !launch.share_ram && crate::fsutil::on_fuse(launch.ram) {
+        // RAM from a lazily served snapshot: see `sys::refuse_huge_page_advice`.
+        match crate::sys::huge_page_advice_filter() {
+            Some(filter) => crate::sys::refuse_huge_page_advice(&mut cmd, filter),
+            None => tracing::warn!("cannot refuse QEMU's huge page advice on this architecture"),
+        }
+    }
     let mut child = cmd
         .args(&argv)
         .stdin(console)

@@ -74,6 +74,7 @@ pub fn run(home: &Home) -> Result<(), LazyError> {
         &options,
     )
     .at("mount", &dir.mnt())?;
+    shared.set_notifier(session.notifier());
     let unmounter = Arc::new(std::sync::Mutex::new(session.unmount_callable()));
     std::fs::write(dir.pid_file(), std::process::id().to_string()).at("write", &dir.pid_file())?;
     rt.spawn(serve_control(listener, Arc::clone(&shared), home.clone()));

@@ -72,6 +72,8 @@ pub(super) struct Shared {
     closing: std::sync::atomic::AtomicBool,
     /// Per file, the chunks read by a reader (not a prefetch) since it was served.
     touched: Mutex<HashMap<String, BTreeSet<u32>>>,
+    /// Puts chunks into the kernel's page cache (see [`Shared::to_page_cache`]).
+    notifier: std::sync::OnceLock<fuser::Notifier>,
 }
 
 #[derive(Default)]
@@ -105,7 +107,35 @@ impl Shared {
             last_activity: Mutex::new(Instant::now()),
             closing: std::sync::atomic::AtomicBool::new(false),
             touched: Mutex::new(HashMap::new()),
+            notifier: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Lets the server put chunks into the kernel's page cache (once mounted).
+    pub fn set_notifier(&self, notifier: fuser::Notifier) {
+        let _ = self.notifier.set(notifier);
+    }
+
+    /// Puts chunk `i` of `file` (its checked contents, `data`) into the kernel's page
+    /// cache, so that the clones' faults on it are served there instead of each
+    /// becoming a request to this server: a prefetched chunk before it is read, and
+    /// the whole chunk once a reader has read part of it (the kernel asks for its
+    /// readahead's window, which straddles chunks, so a chunk would otherwise be asked
+    /// for again, and fetched again while it is not in the store yet). From the
+    /// blocking pool: the kernel waits for pages a read in flight has locked, and
+    /// that read may be waiting for this server. The kernel refuses it for a file it
+    /// does not know yet (nothing has opened it): then readers ask as before.
+    fn to_page_cache(&self, file: &Served, i: usize, data: Arc<Vec<u8>>) {
+        let Some(notifier) = self.notifier.get().filter(|_| store_in_page_cache()) else {
+            return;
+        };
+        let (start, _) = file.index.range(i);
+        let (notifier, ino) = (notifier.clone(), file.ino);
+        self.rt.spawn_blocking(move || {
+            if let Err(e) = notifier.store(ino, start, &data) {
+                tracing::debug!(ino, chunk = i, error = %e, "cannot put a chunk in the page cache");
+            }
+        });
     }
 
     pub fn touch(&self) {
@@ -225,6 +255,8 @@ impl Shared {
             .clone();
         if read {
             self.inflight.lock().expect("not poisoned").remove(&id);
+        } else if let Ok(data) = &loaded {
+            self.to_page_cache(file, i, Arc::clone(data));
         }
         loaded
     }
@@ -407,6 +439,12 @@ impl Shared {
         for (i, c) in (first..=last).zip(chunks) {
             let c = c?;
             let start = i as u64 * cs;
+            // Only part of it asked for: the rest goes to the page cache (a zero chunk
+            // costs nothing to serve again).
+            let whole = offset <= start && start + c.len() as u64 <= end;
+            if !whole && file.index.chunks[i].is_some() {
+                self.to_page_cache(file, i, Arc::clone(&c));
+            }
             let from = offset.max(start) - start;
             let to = end.min(start + c.len() as u64) - start;
             out.extend_from_slice(&c[from as usize..to as usize]);
@@ -468,6 +506,18 @@ pub(super) fn seek(index: &FileIndex, offset: u64, whence: i32) -> Result<u64, l
         libc::SEEK_HOLE => Ok(found(false).map_or(index.size, |i| offset.max(i as u64 * cs))),
         _ => Err(libc::EINVAL),
     }
+}
+
+/// Whether chunks go to the kernel's page cache ahead of faults (`THAW_LAZY_STORE=off`
+/// turns it off, to measure both).
+fn store_in_page_cache() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("THAW_LAZY_STORE").as_deref(),
+            Ok("off" | "0" | "no")
+        )
+    })
 }
 
 fn readahead() -> u32 {

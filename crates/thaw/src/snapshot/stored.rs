@@ -64,15 +64,44 @@ impl StoredSnapshot {
         let mut seen = HashSet::new();
         let mut rels: Vec<&String> = self.working_set.keys().collect();
         rels.sort_by_key(|rel| (rel.as_str() == snapshot::RAM_FILE, rel.as_str()));
-        rels.into_iter()
-            .filter_map(|rel| Some((self.files.get(rel)?, &self.working_set[rel])))
-            .flat_map(|(index, chunks)| {
+        // A mapped memory file holds the device state around the RAM image: its
+        // chunks outside the RAM go before the rest (the restore's check and QEMU's
+        // load read them before the guest runs).
+        let ram = self.mapped_ram();
+        let mut order = Vec::new();
+        for rel in rels {
+            let (Some(index), Some(chunks)) = (self.files.get(rel), self.working_set.get(rel))
+            else {
+                continue;
+            };
+            let mut chunks = chunks.clone();
+            if let (Some((offset, len)), true) = (ram, rel == snapshot::MEMORY_FILE) {
+                let cs = u64::from(index.chunk_size);
+                let in_ram = |i: u32| {
+                    let start = u64::from(i) * cs;
+                    start >= offset && start + cs <= offset + len
+                };
+                chunks.sort_by_key(|&i| in_ram(i));
+            }
+            order.extend(
                 chunks
                     .iter()
-                    .filter_map(|&i| index.chunks.get(i as usize).copied().flatten())
-            })
-            .filter(|id| seen.insert(*id))
-            .collect()
+                    .filter_map(|&i| index.chunks.get(i as usize).copied().flatten()),
+            );
+        }
+        order.retain(|id| seen.insert(*id));
+        order
+    }
+
+    /// Where the RAM image is in a mapped memory file (offset, length), from the
+    /// manifest.
+    fn mapped_ram(&self) -> Option<(u64, u64)> {
+        let m: serde_json::Value = serde_json::from_str(&self.manifest).ok()?;
+        let memory = &m["memory"];
+        if memory["layout"] != "mapped" {
+            return None;
+        }
+        Some((memory["offset"].as_u64()?, memory["len"].as_u64()?))
     }
 
     /// Bytes of the files (apparent size).
@@ -386,5 +415,51 @@ pub fn forget(home: &Home, tag: &SnapshotTag) -> Result<(), StoreError> {
             tag: tag.to_string(),
             source: Box::new(source),
         }),
+    }
+}
+
+#[cfg(test)]
+mod working_set_tests {
+    use super::*;
+
+    #[test]
+    fn the_device_state_around_the_ram_goes_first() {
+        let id = |b: &[u8]| Some(ChunkId::of(b));
+        let memory = FileIndex {
+            size: 5 * 10,
+            chunk_size: 10,
+            blake3: String::new(),
+            chunks: vec![id(b"head"), id(b"ram1"), id(b"ram2"), None, id(b"tail")],
+        };
+        let disk = FileIndex {
+            size: 10,
+            chunk_size: 10,
+            blake3: String::new(),
+            chunks: vec![id(b"disk")],
+        };
+        let s = StoredSnapshot {
+            manifest: r#"{"memory":{"layout":"mapped","offset":10,"len":30}}"#.into(),
+            files: [("memory".into(), memory), ("disks/0".into(), disk)].into(),
+            working_set: [
+                ("memory".into(), vec![0, 1, 2, 3, 4]),
+                ("disks/0".into(), vec![0]),
+            ]
+            .into(),
+            ..StoredSnapshot::default()
+        };
+        let names: Vec<ChunkId> = [b"disk".as_slice(), b"head", b"tail", b"ram1", b"ram2"]
+            .iter()
+            .map(|b| ChunkId::of(b))
+            .collect();
+        assert_eq!(s.working_set_chunks(), names);
+        // A raw RAM file (no layout in the manifest) keeps its order.
+        let raw = StoredSnapshot {
+            manifest: "{}".into(),
+            ..s.clone()
+        };
+        assert_eq!(
+            raw.working_set_chunks()[1..],
+            [names[1], names[3], names[4], names[2]]
+        );
     }
 }

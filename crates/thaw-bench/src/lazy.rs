@@ -30,7 +30,8 @@ pub struct LazyReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct LazySize {
     pub memory_mib: u32,
-    /// Restores from the snapshot's plain directory (as taken), → ready.
+    /// Restores of a snapshot as taken (its plain directory; a second snapshot of
+    /// the same VM), → ready, each followed by a lazy one.
     pub plain_ready_ms: Stats,
     /// Writing the snapshot out of the store (what a lazy restore does not do).
     pub write_out_ms: f64,
@@ -38,7 +39,8 @@ pub struct LazySize {
     pub link_ms: f64,
     /// The first lazy restore from the store (nothing of it in the page cache yet).
     pub lazy_first_ready_ms: f64,
-    /// Every lazy restore from the store, → ready.
+    /// Lazy restores from the store after the first, → ready (alternating with the
+    /// plain ones).
     pub lazy_ready_ms: Stats,
     /// Median lazy / median plain, → ready.
     pub lazy_to_plain_ready_ratio: f64,
@@ -56,7 +58,9 @@ pub struct LazySize {
 pub struct RemoteFigures {
     pub no_working_set: ColdRestores,
     pub working_set: ColdRestores,
-    /// Median with the working set / median plain local restore, → ready.
+    /// Plain local restores, one after each cold one with the working set, → ready.
+    pub local_ready_ms: Stats,
+    /// Median with the working set / median of those local restores, → ready.
     pub cold_to_local_ready_ratio: f64,
 }
 
@@ -126,28 +130,17 @@ fn req(tag: &SnapshotTag, name: &str, cfg: &BenchConfig, from: Option<&str>) -> 
     }
 }
 
-/// `runs` restores of `tag` in `home`, → ready; the reports' fetched bytes too.
-async fn restores(
+/// One restore of `tag` in `home` (stopped after), → ready.
+async fn ready_once(
     home: &Home,
     qemu: &Qemu,
     cfg: &BenchConfig,
     tag: &SnapshotTag,
-    what: &str,
-    from: Option<&str>,
-    progress: &mut dyn FnMut(&str),
-) -> Result<(Vec<f64>, Vec<(u64, u64)>), BenchError> {
-    let (mut ready, mut bytes) = (Vec::new(), Vec::new());
-    for i in 0..cfg.runs {
-        progress(&format!("{what} {}/{}", i + 1, cfg.runs));
-        let r = restore::restore(home, qemu, &req(tag, &format!("{what}-{i}"), cfg, from)).await?;
-        ready.push(r[0].ready_ms);
-        bytes.push((
-            r[0].fetched_bytes.unwrap_or(0),
-            r[0].stored_bytes.unwrap_or(0),
-        ));
-        let _ = control::stop(home, &r[0].name).await;
-    }
-    Ok((ready, bytes))
+    name: &str,
+) -> Result<f64, BenchError> {
+    let r = restore::restore(home, qemu, &req(tag, name, cfg, None)).await?;
+    let _ = control::stop(home, &r[0].name).await;
+    Ok(r[0].ready_ms)
 }
 
 async fn one_size(
@@ -179,18 +172,23 @@ async fn one_size(
         },
     )
     .await?;
-    take::take(
-        home,
-        &take::SnapshotRequest {
-            name: source.clone(),
-            tag: tag.clone(),
-            stop: false,
-        },
-    )
-    .await?;
+    // Two snapshots of the one VM, a moment apart: `plain` stays as taken, `tag` is
+    // served from the store. Their restores alternate, so that the machine's noise
+    // (it is shared) falls on both alike.
+    let plain_tag: SnapshotTag = format!("plain-{mem}").parse().expect("a valid tag");
+    for t in [&plain_tag, &tag] {
+        take::take(
+            home,
+            &take::SnapshotRequest {
+                name: source.clone(),
+                tag: t.clone(),
+                stop: false,
+            },
+        )
+        .await?;
+    }
     let _ = control::stop(home, &source).await;
     let mut say = |s: &str| progress(&format!("{mem} MiB: {s}"));
-    let (plain, _) = restores(home, qemu, cfg, &tag, "plain", None, &mut say).await?;
     // The write-out a lazy restore saves, and what it does instead.
     let record = store::evict(home, &tag)?;
     let t = Instant::now();
@@ -212,12 +210,20 @@ async fn one_size(
         &mut store::NoProgress,
     )?;
     let link_ms = thaw::ms(t.elapsed());
-    // The first lazy restore records the working set.
-    let (lazy, bytes) = restores(home, qemu, cfg, &tag, "lazy", None, &mut say).await?;
-    let stored_bytes = bytes.first().map_or(0, |b| b.1);
+    // The first lazy restore records the working set (reported on its own).
+    say("first lazy restore");
+    let r = restore::restore(home, qemu, &req(&tag, "lazy-first", cfg, None)).await?;
+    let _ = control::stop(home, &r[0].name).await;
+    let (lazy_first_ready_ms, stored_bytes) = (r[0].ready_ms, r[0].stored_bytes.unwrap_or(0));
+    let (mut plain, mut lazy) = (Vec::new(), Vec::new());
+    for i in 0..cfg.runs {
+        say(&format!("plain and lazy {}/{}", i + 1, cfg.runs));
+        plain.push(ready_once(home, qemu, cfg, &plain_tag, &format!("plain-{i}")).await?);
+        lazy.push(ready_once(home, qemu, cfg, &tag, &format!("lazy-{i}")).await?);
+    }
     let dir_bytes = own_bytes(&home.snapshot_dir(&tag));
     let remote = match remote {
-        Some(url) => Some(from_remote(home, qemu, cfg, &tag, url, &plain, &mut say).await?),
+        Some(url) => Some(from_remote(home, qemu, cfg, &tag, &plain_tag, url, &mut say).await?),
         None => None,
     };
     Ok(LazySize {
@@ -225,7 +231,7 @@ async fn one_size(
         plain_ready_ms: Stats::of(&plain),
         write_out_ms,
         link_ms,
-        lazy_first_ready_ms: lazy[0],
+        lazy_first_ready_ms,
         lazy_ready_ms: Stats::of(&lazy),
         lazy_to_plain_ready_ratio: round2(Stats::of(&lazy).median / Stats::of(&plain).median),
         stored_bytes,
@@ -240,8 +246,8 @@ async fn from_remote(
     qemu: &Qemu,
     cfg: &BenchConfig,
     tag: &SnapshotTag,
+    plain_tag: &SnapshotTag,
     url: &str,
-    plain: &[f64],
     say: &mut dyn FnMut(&str),
 ) -> Result<RemoteFigures, BenchError> {
     say(&format!("push to {url}"));
@@ -250,6 +256,7 @@ async fn from_remote(
         .await
         .map_err(|e| BenchError::Remote(thaw::one_line(&e)))?;
     let mut out = Vec::new();
+    let mut local = Vec::new();
     for ws in [false, true] {
         thaw::lazy_restore::set_prefetch(ws);
         let (mut ready, mut bytes) = (Vec::new(), Vec::new());
@@ -270,6 +277,11 @@ async fn from_remote(
             thaw::lazy::stop_server(&host);
             let _ = std::fs::remove_dir_all(host.root());
             let r = r?;
+            if ws {
+                // A local plain restore beside each: what the cold host is measured
+                // against, under the same load.
+                local.push(ready_once(home, qemu, cfg, plain_tag, "local").await?);
+            }
             ready.push(r[0].ready_ms);
             bytes.push((
                 r[0].fetched_bytes.unwrap_or(0),
@@ -290,7 +302,8 @@ async fn from_remote(
     let working_set = out.pop().expect("two");
     let no_working_set = out.pop().expect("two");
     Ok(RemoteFigures {
-        cold_to_local_ready_ratio: round2(working_set.ready_ms.median / Stats::of(plain).median),
+        cold_to_local_ready_ratio: round2(working_set.ready_ms.median / Stats::of(&local).median),
+        local_ready_ms: Stats::of(&local),
         no_working_set,
         working_set,
     })
@@ -338,6 +351,11 @@ impl LazyReport {
                     &mut s,
                     "  ... with the working set (ms)",
                     &r.working_set.ready_ms,
+                );
+                row(
+                    &mut s,
+                    "  plain local restores beside them (ms)",
+                    &r.local_ready_ms,
                 );
                 s.push_str(&format!(
                     "  fetched before ready: {} bytes ({:.0}%), with the working set {} ({:.0}%)\n  cold host with working set / plain local: {:.2}x\n",

@@ -124,6 +124,8 @@ fn bench_lazy_reports_store_and_bucket_restores_and_leaves_nothing_behind() {
     // Kept once: the directory of a lazily served snapshot is a manifest and links.
     assert!(size["dir_bytes"].as_u64().unwrap() < 1 << 20, "{size}");
     let remote = &size["remote"];
+    // The local restores the cold host is measured against, beside each cold one.
+    assert_stats(remote, "local_ready_ms");
     for mode in ["no_working_set", "working_set"] {
         assert_stats(&remote[mode], "ready_ms");
         let fetched = remote[mode]["fetched_bytes"].as_u64().unwrap();

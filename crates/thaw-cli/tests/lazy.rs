@@ -469,20 +469,27 @@ fn server_logs(home: &Path) -> String {
         .collect()
 }
 
+/// Host A's [`source`], then its first lazy restore, which records the working set,
+/// and a push again, which packs it. Returns A, the disk's directory and the bucket's
+/// record.
+fn source_with_working_set(server: &S3Server) -> (Env, tempfile::TempDir, Value) {
+    let a = env_for(server, None, None);
+    let disk = source(&a);
+    a.json(&["store", "evict", "base"]);
+    a.json(&["restore", "base", "--name", "w"]);
+    a.ok(&["stop", "w"]);
+    a.json(&["push", "base", REMOTE]);
+    let record = bucket_record(server, "base");
+    (a, disk, record)
+}
+
 /// The working set recorded by a first lazy restore is pushed as one object too, and a
 /// cold host fetches it with one request. A pack that is damaged or gone costs only
 /// time: each of its chunks is checked, and what it cannot give is fetched alone.
 #[test]
 fn the_working_set_travels_as_one_pack_and_a_bad_pack_only_costs_time() {
     let server = S3Server::start();
-    let a = env_for(&server, None, None);
-    let _disk = source(&a);
-    // A's first lazy restore records the working set; the next push packs it.
-    a.json(&["store", "evict", "base"]);
-    a.json(&["restore", "base", "--name", "w"]);
-    a.ok(&["stop", "w"]);
-    a.json(&["push", "base", REMOTE]);
-    let record = bucket_record(&server, "base");
+    let (_a, _disk, record) = source_with_working_set(&server);
     let pack = &record["working_set_pack"];
     let name = pack["name"]
         .as_str()
@@ -696,13 +703,7 @@ fn resident_pages(path: &Path) -> u64 {
 #[test]
 fn a_cold_host_has_the_working_set_in_the_page_cache_before_the_guest_runs() {
     let server = S3Server::start();
-    let a = env_for(&server, None, None);
-    let _disk = source(&a);
-    a.json(&["store", "evict", "base"]);
-    a.json(&["restore", "base", "--name", "w"]);
-    a.ok(&["stop", "w"]);
-    a.json(&["push", "base", REMOTE]);
-    let record = bucket_record(&server, "base");
+    let (_a, _disk, record) = source_with_working_set(&server);
     let set = record["working_set"]["memory"]
         .as_array()
         .unwrap_or_else(|| panic!("no working set of the RAM image: {record}"))

@@ -166,10 +166,10 @@ pub fn content_hash(path: &Path, exclude: Option<(u64, u64)>) -> std::io::Result
 }
 
 /// Whether `path` (links followed) is on a FUSE file system (a lazily served file).
+// `f_type`'s type differs between architectures: the cast is not always a no-op.
+#[allow(clippy::unnecessary_cast)]
 pub fn on_fuse(path: &Path) -> bool {
     const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-    // `f_type`'s type differs between architectures.
-    #[allow(clippy::unnecessary_cast)]
     rustix::fs::statfs(path).is_ok_and(|s| s.f_type as i64 == FUSE_SUPER_MAGIC)
 }
 

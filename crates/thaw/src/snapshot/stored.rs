@@ -96,12 +96,14 @@ impl StoredSnapshot {
     /// Where the RAM image is in a mapped memory file (offset, length), from the
     /// manifest.
     fn mapped_ram(&self) -> Option<(u64, u64)> {
-        let m: serde_json::Value = serde_json::from_str(&self.manifest).ok()?;
-        let memory = &m["memory"];
-        if memory["layout"] != "mapped" {
-            return None;
+        #[derive(Deserialize)]
+        struct Layout {
+            memory: snapshot::Memory,
         }
-        Some((memory["offset"].as_u64()?, memory["len"].as_u64()?))
+        match serde_json::from_str::<Layout>(&self.manifest).ok()?.memory {
+            snapshot::Memory::Mapped { offset, len, .. } => Some((offset, len)),
+            snapshot::Memory::Raw => None,
+        }
     }
 
     /// Bytes of the files (apparent size).
@@ -438,7 +440,8 @@ mod working_set_tests {
             chunks: vec![id(b"disk")],
         };
         let s = StoredSnapshot {
-            manifest: r#"{"memory":{"layout":"mapped","offset":10,"len":30}}"#.into(),
+            manifest: r#"{"memory":{"layout":"mapped","offset":10,"len":30,"state_blake3":""}}"#
+                .into(),
             files: [("memory".into(), memory), ("disks/0".into(), disk)].into(),
             working_set: [
                 ("memory".into(), vec![0, 1, 2, 3, 4]),

@@ -710,7 +710,8 @@ fn a_cold_host_has_the_working_set_in_the_page_cache_before_the_guest_runs() {
         .len() as u64;
     // Most of the set is RAM the paused guest has not touched: 16 pages a chunk.
     let expected = set * 16 * 3 / 4;
-    let cold = |store: &str| -> u64 {
+    // Returns the pages cached and the chunks the server still holds in memory.
+    let cold = |store: &str| -> (u64, u64) {
         let cache = tempfile::tempdir().unwrap();
         let b = env_for(&server, None, Some(cache.path()))
             .with_env("THAW_LOG", "thaw=debug")
@@ -730,18 +731,42 @@ fn a_cold_host_has_the_working_set_in_the_page_cache_before_the_guest_runs() {
             std::thread::sleep(Duration::from_millis(100));
             pages = resident_pages(&memory);
         }
+        // A prefetched chunk the kernel has is let go of: the server holds none of
+        // the set once it is cached (without it, it holds each until read).
+        let home = thaw::home::Home::new(b.path());
+        let held = || {
+            thaw::lazy::client::request(&home, &thaw::lazy::client::Request::Hello)
+                .expect("the lazy server answers")
+                .held_chunks
+        };
+        let mut chunks = held();
+        while store == "on" && chunks > set / 10 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            chunks = held();
+        }
         b.ok(&["stop", "--all"]);
-        pages
+        (pages, chunks)
     };
-    let off = cold("off");
+    let (off, held_off) = cold("off");
     assert!(
         off < expected,
         "without it, {off} pages were cached already (set: {set} chunks)"
     );
-    let on = cold("on");
-    eprintln!("pages cached: {off} without, {on} with (set: {set} chunks)");
+    assert!(
+        held_off >= set / 2,
+        "without it, the server held {held_off} chunks of a {set}-chunk set"
+    );
+    let (on, held_on) = cold("on");
+    eprintln!(
+        "pages cached: {off} without, {on} with; chunks held: {held_off} without, {held_on} \
+         with (set: {set} chunks)"
+    );
     assert!(
         on >= expected,
         "{on} pages of the RAM image cached, expected {expected} (set: {set} chunks)"
+    );
+    assert!(
+        held_on <= set / 10,
+        "the server still holds {held_on} chunks of a {set}-chunk set it put in the page cache"
     );
 }

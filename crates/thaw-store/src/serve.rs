@@ -4,7 +4,7 @@
 //! keeps fetched chunks in the local store in the background.
 
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::chunk::{self, ChunkDefect, MAX_CHUNK_SIZE};
 use crate::fsio::IoError;
@@ -91,8 +91,109 @@ impl Remote {
 /// never waits for a disk sync. It holds the store's shared lock (which a gc waits
 /// for) only while it has chunks to write, and makes them durable (directory fsyncs)
 /// once it has nothing more to do for `settle`.
+///
+/// While a restore is on its way to ready it can be told to [`hold`](ChunkSink::hold)
+/// its writes: the chunks wait in memory (up to [`HOLD_BYTES`]) until it is
+/// [`release`](ChunkSink::release)d or the hold runs out, so that writing hundreds of
+/// chunk files does not take the cores the restoring QEMU needs. Until written, a chunk
+/// is only not cached: one asked for meanwhile is fetched again.
 pub struct ChunkSink {
-    tx: mpsc::Sender<(ChunkId, Vec<u8>)>,
+    tx: mpsc::Sender<SinkMessage>,
+}
+
+/// Most a held sink keeps in memory (stored bytes); past it, it writes as it goes.
+pub const HOLD_BYTES: usize = 256 << 20;
+
+enum SinkMessage {
+    Keep(ChunkId, Vec<u8>),
+    Hold(Instant),
+    /// Write what is held; then say so on the sender, if one is given.
+    Release(Option<mpsc::Sender<()>>),
+}
+
+/// The sink's thread: what it writes with, and what it holds.
+struct SinkState<F> {
+    store: Store,
+    writer: Option<ChunkWriter>,
+    held: Vec<(ChunkId, Vec<u8>)>,
+    held_bytes: usize,
+    hold_until: Option<Instant>,
+    failed: F,
+}
+
+impl<F: Fn(ChunkId, IoError)> SinkState<F> {
+    fn put(&mut self, id: ChunkId, stored: &[u8]) {
+        if self.writer.is_none() {
+            match ChunkWriter::new(&self.store) {
+                Ok(w) => self.writer = Some(w),
+                Err(e) => return (self.failed)(id, e),
+            }
+        }
+        let w = self.writer.as_ref().expect("made above");
+        if let Err(e) = w.put(&id, stored) {
+            (self.failed)(id, e);
+        }
+    }
+
+    fn keep(&mut self, id: ChunkId, stored: Vec<u8>) {
+        if self.hold_until.is_some() && self.held_bytes + stored.len() <= HOLD_BYTES {
+            self.held_bytes += stored.len();
+            self.held.push((id, stored));
+        } else {
+            self.put(id, &stored);
+        }
+    }
+
+    fn release(&mut self) {
+        self.hold_until = None;
+        self.held_bytes = 0;
+        for (id, stored) in std::mem::take(&mut self.held) {
+            self.put(id, &stored);
+        }
+    }
+
+    fn sync(&mut self) {
+        if let Some(w) = self.writer.take() {
+            if let Err(e) = w.finish() {
+                tracing::warn!(error = %e, "cannot sync kept chunks");
+            }
+        }
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<SinkMessage>, settle: Duration) {
+        use mpsc::RecvTimeoutError::{Disconnected, Timeout};
+        loop {
+            let wait = match (self.hold_until, &self.writer) {
+                (Some(until), _) => Some(until.saturating_duration_since(Instant::now())),
+                (None, Some(_)) => Some(settle),
+                (None, None) => None,
+            };
+            let next = match wait {
+                Some(d) => rx.recv_timeout(d),
+                None => rx.recv().map_err(|_| Disconnected),
+            };
+            match next {
+                Ok(SinkMessage::Keep(id, stored)) => self.keep(id, stored),
+                Ok(SinkMessage::Hold(until)) => {
+                    self.hold_until = Some(self.hold_until.map_or(until, |u| u.max(until)));
+                }
+                Ok(SinkMessage::Release(done)) => {
+                    self.release();
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                }
+                // The hold ran out: write what it kept (and sync once settled).
+                Err(Timeout) if self.hold_until.is_some() => self.release(),
+                Err(Timeout) => self.sync(),
+                Err(Disconnected) => {
+                    self.release();
+                    self.sync();
+                    return;
+                }
+            }
+        }
+    }
 }
 
 impl ChunkSink {
@@ -102,51 +203,44 @@ impl ChunkSink {
         settle: Duration,
         failed: impl Fn(ChunkId, IoError) + Send + 'static,
     ) -> ChunkSink {
-        let (tx, rx) = mpsc::channel::<(ChunkId, Vec<u8>)>();
+        let (tx, rx) = mpsc::channel::<SinkMessage>();
+        let state = SinkState {
+            store,
+            writer: None,
+            held: Vec::new(),
+            held_bytes: 0,
+            hold_until: None,
+            failed,
+        };
         std::thread::Builder::new()
             .name("chunk-sink".into())
-            .spawn(move || {
-                let mut writer: Option<ChunkWriter> = None;
-                loop {
-                    let next = match writer {
-                        Some(_) => rx.recv_timeout(settle),
-                        None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-                    };
-                    match next {
-                        Ok((id, stored)) => {
-                            if writer.is_none() {
-                                match ChunkWriter::new(&store) {
-                                    Ok(w) => writer = Some(w),
-                                    Err(e) => {
-                                        failed(id, e);
-                                        continue;
-                                    }
-                                }
-                            }
-                            let w = writer.as_ref().expect("made above");
-                            if let Err(e) = w.put(&id, &stored) {
-                                failed(id, e);
-                            }
-                        }
-                        Err(timeout_or_closed) => {
-                            if let Some(w) = writer.take() {
-                                if let Err(e) = w.finish() {
-                                    tracing::warn!(error = %e, "cannot sync kept chunks");
-                                }
-                            }
-                            if timeout_or_closed == mpsc::RecvTimeoutError::Disconnected {
-                                return;
-                            }
-                        }
-                    }
-                }
-            })
+            .spawn(move || state.run(rx, settle))
             .expect("spawn the chunk sink");
         ChunkSink { tx }
     }
 
+    /// Keeps the chunks given from now on in memory for at most `longest` (or until
+    /// [`ChunkSink::release`]) before writing them.
+    pub fn hold(&self, longest: Duration) {
+        let _ = self.tx.send(SinkMessage::Hold(Instant::now() + longest));
+    }
+
+    /// Writes the chunks a hold kept, and those given from now on, as they come.
+    pub fn release(&self) {
+        let _ = self.tx.send(SinkMessage::Release(None));
+    }
+
+    /// [`ChunkSink::release`], returning once the held chunks are written (not synced):
+    /// from then on the store has them.
+    pub fn release_and_wait(&self) {
+        let (done, wait) = mpsc::channel();
+        if self.tx.send(SinkMessage::Release(Some(done))).is_ok() {
+            let _ = wait.recv();
+        }
+    }
+
     /// Keeps `stored` (already checked) as chunk `id`, soon.
     pub fn keep(&self, id: ChunkId, stored: Vec<u8>) {
-        let _ = self.tx.send((id, stored));
+        let _ = self.tx.send(SinkMessage::Keep(id, stored));
     }
 }

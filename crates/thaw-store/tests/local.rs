@@ -602,3 +602,66 @@ fn throughput_is_reported() {
     );
     assert_eq!(hash_file(&dest), hash_file(&src));
 }
+
+/// Waits up to 5 s for `done`.
+fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn a_held_sink_writes_its_chunks_only_once_released_or_when_the_hold_runs_out() {
+    use std::time::Duration;
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path().join("store")).unwrap();
+    let sink = thaw_store::ChunkSink::start(store.clone(), Duration::from_millis(50), |id, e| {
+        panic!("cannot keep {id}: {e}")
+    });
+    let chunk = |n: u8| (ChunkId::of(&[n; 64]), vec![n; 64]);
+
+    // Not held: written as it comes.
+    let (a, stored) = chunk(1);
+    sink.keep(a, stored);
+    assert!(
+        eventually(|| store.has(&a)),
+        "an unheld chunk was not written"
+    );
+
+    // Held: kept in memory until released, then written.
+    sink.hold(Duration::from_secs(60));
+    let (b, stored) = chunk(2);
+    sink.keep(b, stored);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !store.has(&b),
+        "a held chunk was written before its release"
+    );
+    sink.release_and_wait();
+    assert!(store.has(&b), "a released chunk is not in the store");
+
+    // A hold that runs out writes what it kept.
+    sink.hold(Duration::from_secs(1));
+    let (c, stored) = chunk(3);
+    sink.keep(c, stored);
+    assert!(!store.has(&c), "a held chunk was written at once");
+    assert!(
+        eventually(|| store.has(&c)),
+        "the hold ran out and the chunk was not written"
+    );
+
+    // Dropping the sink writes what it holds.
+    sink.hold(Duration::from_secs(60));
+    let (e, stored) = chunk(4);
+    sink.keep(e, stored);
+    drop(sink);
+    assert!(
+        eventually(|| store.has(&e)),
+        "a held chunk was lost when the sink ended"
+    );
+}

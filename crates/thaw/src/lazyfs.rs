@@ -140,30 +140,34 @@ fn answer(shared: &Arc<Shared>, home: &Home, req: Request) -> Reply {
     let mut reply = Reply {
         pid: std::process::id(),
         fetched_bytes: shared.fetched_bytes.load(Ordering::Relaxed),
+        held_chunks: shared.held_chunks(),
         ..Reply::default()
     };
     match req {
         Request::Hello => {}
-        Request::Touched { files } => reply.touched = shared.touched(&files),
+        Request::Touched { files } => {
+            // Asked once the restore's clones are ready.
+            shared.release_writes();
+            reply.touched = shared.touched(&files);
+        }
         Request::Prefetch { files, pack } => {
+            shared.hold_writes();
             if let Some(pack) = pack {
                 let served: Vec<_> = files.keys().filter_map(|h| shared.file(h)).collect();
                 shared.prefetch_pack(pack, &served);
             }
-            // A chunk a reader already read is in the kernel's page cache (the files
-            // are opened with FOPEN_KEEP_CACHE): loading it again would only cost a
-            // decompression and a hash on the cores the restoring QEMU needs.
-            let touched = shared.touched(&files.keys().cloned().collect::<Vec<_>>());
+            // A chunk a reader already read, or one put there before, is in the
+            // kernel's page cache (the files are opened with FOPEN_KEEP_CACHE):
+            // loading it again would only cost a decompression and a hash on the cores
+            // the restoring QEMU needs.
             for (blake3, chunks) in files {
                 let Some(file) = shared.file(&blake3) else {
                     continue;
                 };
-                let read = touched.get(&blake3).map(Vec::as_slice).unwrap_or_default();
-                let loading: Vec<u32> = chunks
-                    .iter()
-                    .copied()
+                let loading: Vec<u32> = shared
+                    .not_cached(&blake3, &chunks)
+                    .into_iter()
                     .filter(|&i| (i as usize) < file.index.chunks.len())
-                    .filter(|i| read.binary_search(i).is_err())
                     .collect();
                 tracing::debug!(
                     file = %blake3,
@@ -186,6 +190,8 @@ fn answer(shared: &Arc<Shared>, home: &Home, req: Request) -> Reply {
                 // On a thread of its own: the pull's progress reporter is not Send.
                 let rt = shared.rt.clone();
                 tokio::task::spawn_blocking(move || {
+                    // What the restore fetched is in the store before the fill looks.
+                    shared.release_writes_and_wait();
                     if let Err(why) = rt.block_on(fill(&shared, &home, &tag, &files)) {
                         tracing::error!(%tag, %why, "the background fill failed");
                         let _ = std::fs::write(

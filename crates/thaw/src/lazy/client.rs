@@ -45,6 +45,9 @@ pub struct Reply {
     pub pid: u32,
     /// Bytes fetched from remotes since the server started.
     pub fetched_bytes: u64,
+    /// Chunks the server holds in memory (see `Shared::held_chunks`).
+    #[serde(default)]
+    pub held_chunks: u64,
     #[serde(default)]
     pub touched: HashMap<String, Vec<u32>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

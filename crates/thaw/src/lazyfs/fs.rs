@@ -23,6 +23,9 @@ const ROOT: u64 = 1;
 const TTL: Duration = Duration::from_secs(3600);
 /// Chunks fetched from a remote at once (for readers; as many again for prefetches).
 const FETCHES: usize = 16;
+/// How long a restore on its way to ready may keep fetched chunks from being written
+/// (it ends that when it is ready): far longer than a restore takes.
+const SINK_HOLD: Duration = Duration::from_secs(10);
 
 /// A registered file.
 pub(super) struct Served {
@@ -74,6 +77,9 @@ pub(super) struct Shared {
     touched: Mutex<HashMap<String, BTreeSet<u32>>>,
     /// Puts chunks into the kernel's page cache (see [`Shared::to_page_cache`]).
     notifier: std::sync::OnceLock<fuser::Notifier>,
+    /// Per file, the chunks put into the kernel's page cache: a later prefetch leaves
+    /// them (as it leaves those a reader read).
+    cached: Mutex<HashMap<String, BTreeSet<u32>>>,
 }
 
 #[derive(Default)]
@@ -108,6 +114,7 @@ impl Shared {
             closing: std::sync::atomic::AtomicBool::new(false),
             touched: Mutex::new(HashMap::new()),
             notifier: std::sync::OnceLock::new(),
+            cached: Mutex::new(HashMap::new()),
         }
     }
 
@@ -125,17 +132,57 @@ impl Shared {
     /// blocking pool: the kernel waits for pages a read in flight has locked, and
     /// that read may be waiting for this server. The kernel refuses it for a file it
     /// does not know yet (nothing has opened it): then readers ask as before.
-    fn to_page_cache(&self, file: &Served, i: usize, data: Arc<Vec<u8>>) {
+    ///
+    /// A prefetched chunk (`prefetched`, kept in memory for its reader) is let go once
+    /// the kernel has it: its reader is the kernel's page cache now, and one that
+    /// asks after all (the page was reclaimed) loads it again from the store.
+    fn to_page_cache(
+        self: &Arc<Self>,
+        file: &Served,
+        i: usize,
+        data: Arc<Vec<u8>>,
+        prefetched: Option<ChunkId>,
+    ) {
         let Some(notifier) = self.notifier.get().filter(|_| store_in_page_cache()) else {
             return;
         };
         let (start, _) = file.index.range(i);
-        let (notifier, ino) = (notifier.clone(), file.ino);
-        self.rt.spawn_blocking(move || {
-            if let Err(e) = notifier.store(ino, start, &data) {
+        let (notifier, ino, this) = (notifier.clone(), file.ino, Arc::clone(self));
+        let blake3 = file.blake3.clone();
+        self.rt.spawn_blocking(move || match notifier.store(ino, start, &data) {
+            Ok(()) => {
+                if let Some(id) = prefetched {
+                    this.inflight.lock().expect("not poisoned").remove(&id);
+                }
+                this.cached
+                    .lock()
+                    .expect("not poisoned")
+                    .entry(blake3)
+                    .or_default()
+                    .insert(i as u32);
+            }
+            Err(e) => {
                 tracing::debug!(ino, chunk = i, error = %e, "cannot put a chunk in the page cache");
             }
         });
+    }
+
+    /// A restore prefetching its working set is on its way to ready: the chunks it
+    /// fetches wait in memory before they are written to the store (see
+    /// [`thaw_store::ChunkSink`]), until [`Shared::release_writes`] or [`SINK_HOLD`].
+    pub fn hold_writes(&self) {
+        self.sink.hold(SINK_HOLD);
+    }
+
+    /// The restore is ready: the held chunks are written.
+    pub fn release_writes(&self) {
+        self.sink.release();
+    }
+
+    /// [`Shared::release_writes`], returning once the store has them (a fill, which
+    /// fetches what the store lacks, starts).
+    pub fn release_writes_and_wait(&self) {
+        self.sink.release_and_wait();
     }
 
     pub fn touch(&self) {
@@ -256,7 +303,7 @@ impl Shared {
         if read {
             self.inflight.lock().expect("not poisoned").remove(&id);
         } else if let Ok(data) = &loaded {
-            self.to_page_cache(file, i, Arc::clone(data));
+            self.to_page_cache(file, i, Arc::clone(data), Some(id));
         }
         loaded
     }
@@ -443,13 +490,33 @@ impl Shared {
             // costs nothing to serve again).
             let whole = offset <= start && start + c.len() as u64 <= end;
             if !whole && file.index.chunks[i].is_some() {
-                self.to_page_cache(file, i, Arc::clone(&c));
+                self.to_page_cache(file, i, Arc::clone(&c), None);
             }
             let from = offset.max(start) - start;
             let to = end.min(start + c.len() as u64) - start;
             out.extend_from_slice(&c[from as usize..to as usize]);
         }
         Ok(Arc::new(out))
+    }
+
+    /// Chunks held in memory: being loaded, or prefetched and neither read nor in the
+    /// kernel's page cache yet.
+    pub fn held_chunks(&self) -> u64 {
+        self.inflight.lock().expect("not poisoned").len() as u64
+    }
+
+    /// Of `chunks` of `file`, those neither read by a reader nor put into the kernel's
+    /// page cache since the server started: what a prefetch loads.
+    pub fn not_cached(&self, file: &str, chunks: &[u32]) -> Vec<u32> {
+        let touched = self.touched.lock().expect("not poisoned");
+        let cached = self.cached.lock().expect("not poisoned");
+        let (read, pushed) = (touched.get(file), cached.get(file));
+        chunks
+            .iter()
+            .copied()
+            .filter(|i| !read.is_some_and(|r| r.contains(i)))
+            .filter(|i| !pushed.is_some_and(|p| p.contains(i)))
+            .collect()
     }
 
     /// The chunks readers read of each of `files`.

@@ -130,17 +130,17 @@ fn req(tag: &SnapshotTag, name: &str, cfg: &BenchConfig, from: Option<&str>) -> 
     }
 }
 
-/// One restore of `tag` in `home` (stopped after), → ready.
-async fn ready_once(
+/// One restore of `tag` in `home` (stopped after): its report.
+async fn restore_once(
     home: &Home,
     qemu: &Qemu,
     cfg: &BenchConfig,
     tag: &SnapshotTag,
     name: &str,
-) -> Result<f64, BenchError> {
-    let r = restore::restore(home, qemu, &req(tag, name, cfg, None)).await?;
+) -> Result<thaw::clone::CloneReport, BenchError> {
+    let mut r = restore::restore(home, qemu, &req(tag, name, cfg, None)).await?;
     let _ = control::stop(home, &r[0].name).await;
-    Ok(r[0].ready_ms)
+    Ok(r.swap_remove(0))
 }
 
 async fn one_size(
@@ -212,14 +212,21 @@ async fn one_size(
     let link_ms = thaw::ms(t.elapsed());
     // The first lazy restore records the working set (reported on its own).
     say("first lazy restore");
-    let r = restore::restore(home, qemu, &req(&tag, "lazy-first", cfg, None)).await?;
-    let _ = control::stop(home, &r[0].name).await;
-    let (lazy_first_ready_ms, stored_bytes) = (r[0].ready_ms, r[0].stored_bytes.unwrap_or(0));
+    let r = restore_once(home, qemu, cfg, &tag, "lazy-first").await?;
+    let (lazy_first_ready_ms, stored_bytes) = (r.ready_ms, r.stored_bytes.unwrap_or(0));
     let (mut plain, mut lazy) = (Vec::new(), Vec::new());
     for i in 0..cfg.runs {
         say(&format!("plain and lazy {}/{}", i + 1, cfg.runs));
-        plain.push(ready_once(home, qemu, cfg, &plain_tag, &format!("plain-{i}")).await?);
-        lazy.push(ready_once(home, qemu, cfg, &tag, &format!("lazy-{i}")).await?);
+        plain.push(
+            restore_once(home, qemu, cfg, &plain_tag, &format!("plain-{i}"))
+                .await?
+                .ready_ms,
+        );
+        lazy.push(
+            restore_once(home, qemu, cfg, &tag, &format!("lazy-{i}"))
+                .await?
+                .ready_ms,
+        );
     }
     let dir_bytes = own_bytes(&home.snapshot_dir(&tag));
     let remote = match remote {
@@ -280,7 +287,11 @@ async fn from_remote(
             if ws {
                 // A local plain restore beside each: what the cold host is measured
                 // against, under the same load.
-                local.push(ready_once(home, qemu, cfg, plain_tag, "local").await?);
+                local.push(
+                    restore_once(home, qemu, cfg, plain_tag, "local")
+                        .await?
+                        .ready_ms,
+                );
             }
             ready.push(r[0].ready_ms);
             bytes.push((

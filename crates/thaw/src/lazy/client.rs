@@ -23,13 +23,16 @@ pub enum Request {
     Hello,
     /// Load these chunks (by file BLAKE3: chunk indexes) into memory now, concurrently;
     /// those in `pack` (when the store lacks them) from that one object of the remote
-    /// the files are served from.
+    /// the files are served from. The chunks fetched from now on are written to the
+    /// store only once a `Touched` (or a `Fill`) says the restore is ready, or after
+    /// a while (see `ChunkSink::hold`).
     Prefetch {
         files: BTreeMap<String, Vec<u32>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pack: Option<thaw_store::Pack>,
     },
-    /// The chunks readers read of these files since the server started.
+    /// The chunks readers read of these files since the server started. Sent once
+    /// the restore's clones are ready: it ends a `Prefetch`'s hold on writes.
     Touched { files: Vec<String> },
     /// Fetch every chunk of these files the store lacks, in the background; then
     /// make the pending record of `tag` the store's manifest.

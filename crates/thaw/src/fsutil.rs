@@ -82,18 +82,45 @@ fn copy_range(input: &File, output: &File, start: u64, len: u64) -> std::io::Res
     let mut left = len;
     while left > 0 {
         let chunk = left.min(1 << 30) as usize;
-        let n = rustix::fs::copy_file_range(
+        let n = match rustix::fs::copy_file_range(
             input,
             Some(&mut off_in),
             output,
             Some(&mut off_out),
             chunk,
-        )
-        .map_err(std::io::Error::from)?;
+        ) {
+            Ok(n) => n,
+            // Between two file systems (a lazily served snapshot's file, on FUSE, to
+            // a clone's directory) the kernel does not copy: read and write.
+            Err(
+                rustix::io::Errno::XDEV
+                | rustix::io::Errno::OPNOTSUPP
+                | rustix::io::Errno::NOSYS
+                | rustix::io::Errno::INVAL,
+            ) => return copy_range_by_reads(input, output, off_in, left),
+            Err(e) => return Err(e.into()),
+        };
         if n == 0 {
             break; // the source shrank under us
         }
         left -= n as u64;
+    }
+    Ok(())
+}
+
+fn copy_range_by_reads(input: &File, output: &File, start: u64, len: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; (1 << 20).min(len as usize)];
+    let mut pos = start;
+    let end = start + len;
+    while pos < end {
+        let want = ((end - pos) as usize).min(buf.len());
+        let n = input.read_at(&mut buf[..want], pos)?;
+        if n == 0 {
+            break; // the source shrank under us
+        }
+        output.write_all_at(&buf[..n], pos)?;
+        pos += n as u64;
     }
     Ok(())
 }
@@ -200,6 +227,26 @@ pub fn allocated_bytes(path: &Path) -> std::io::Result<u64> {
 mod tests {
     use super::*;
     use std::io::{Seek, SeekFrom as StdSeek, Write};
+
+    /// The fallback for file systems the kernel does not copy between (FUSE to ext4:
+    /// EXDEV), used when a clone copies a lazily served snapshot's UEFI variables.
+    #[test]
+    fn a_range_copied_by_reads_is_the_same_bytes_at_the_same_offsets() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        let data: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i * 7 + i / 4099) as u8)
+            .collect();
+        std::fs::write(&a, &data).unwrap();
+        let input = File::open(&a).unwrap();
+        let output = File::create(&b).unwrap();
+        output.set_len(data.len() as u64).unwrap();
+        copy_range_by_reads(&input, &output, 12_345, 2_500_000).unwrap();
+        let got = std::fs::read(&b).unwrap();
+        assert_eq!(got[12_345..2_512_345], data[12_345..2_512_345]);
+        assert!(got[..12_345].iter().all(|&x| x == 0));
+        assert!(got[2_512_345..].iter().all(|&x| x == 0));
+    }
 
     #[test]
     fn sparse_copy_keeps_data_and_holes() {

@@ -37,6 +37,9 @@ pub enum Request {
     /// Fetch every chunk of these files the store lacks, in the background; then
     /// make the pending record of `tag` the store's manifest.
     Fill { tag: String, files: Vec<String> },
+    /// Which files readers have open now (`open_files`): a garbage collection keeps
+    /// their chunks, also when no snapshot names them any more.
+    Open,
 }
 
 /// The error a server that has decided to end answers every request with.
@@ -53,6 +56,9 @@ pub struct Reply {
     pub held_chunks: u64,
     #[serde(default)]
     pub touched: HashMap<String, Vec<u32>>,
+    /// Files (BLAKE3) readers have open (answering `Open`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub open_files: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -62,9 +68,13 @@ pub struct Reply {
 /// # Errors
 /// No server answers, or it refused the request.
 pub fn request(home: &Home, req: &Request) -> Result<Reply, LazyError> {
-    let dir = LazyDir::new(home);
+    request_at(&LazyDir::new(home).ctl(), req)
+}
+
+/// Sends `req` to the server whose control socket is `ctl`.
+fn request_at(ctl: &std::path::Path, req: &Request) -> Result<Reply, LazyError> {
     let err = |e: std::io::Error| LazyError::Control(e.to_string());
-    let mut conn = UnixStream::connect(dir.ctl()).map_err(err)?;
+    let mut conn = UnixStream::connect(ctl).map_err(err)?;
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(err)?;
     conn.set_write_timeout(Some(Duration::from_secs(10)))
@@ -80,6 +90,40 @@ pub fn request(home: &Home, req: &Request) -> Result<Reply, LazyError> {
         Some(e) => Err(LazyError::Control(e)),
         None => Ok(reply),
     }
+}
+
+/// The files (BLAKE3) readers have open on any server of `home` (one per mount
+/// namespace). A socket nobody listens on (a server that ended) has none, nor has a
+/// server that is closing (it closes only once nothing is open).
+///
+/// # Errors
+/// A server that runs did not say.
+pub fn open_files(home: &Home) -> Result<Vec<String>, LazyError> {
+    let mut open = Vec::new();
+    let root = LazyDir::new(home).root().to_owned();
+    for ns in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        if !ns.file_name().to_string_lossy().starts_with("ns-") {
+            continue;
+        }
+        let ctl = ns.path().join("ctl.sock");
+        match UnixStream::connect(&ctl) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                continue
+            }
+            _ => {}
+        }
+        match request_at(&ctl, &Request::Open) {
+            Ok(r) => open.extend(r.open_files),
+            Err(LazyError::Control(e)) if e == CLOSING => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(open)
 }
 
 /// The program that runs the server: `thaw` beside this executable (thawd's case), or
@@ -137,8 +181,11 @@ fn start_once(home: &Home, dir: &LazyDir, deadline: Instant) -> Result<Option<u3
         .map_err(|e| LazyError::Start(e.to_string()))?;
     loop {
         if let Ok(r) = request(home, &Request::Hello) {
-            // Reaped by whoever started us (or init) when it ends; not waited for.
-            drop(child);
+            // Waited for when it ends, so that a long-lived process (thawd) keeps no
+            // zombie; a CLI that ends first leaves it to init.
+            std::thread::spawn(move || {
+                let _ = child.wait();
+            });
             return Ok(Some(r.pid));
         }
         if let Ok(Some(status)) = child.try_wait() {

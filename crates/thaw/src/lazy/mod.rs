@@ -151,6 +151,21 @@ pub fn register(
     Ok(dir.served(&index.blake3))
 }
 
+/// The chunk indexes of the files clones have open through any lazy server of `home`
+/// (see [`client::open_files`]), from their registrations.
+///
+/// # Errors
+/// A server that runs did not say which files are open.
+pub fn open_indexes(home: &Home) -> Result<Vec<FileIndex>, LazyError> {
+    let dir = LazyDir::new(home);
+    Ok(client::open_files(home)?
+        .iter()
+        .filter_map(|b| std::fs::read(dir.record(b)).ok())
+        .filter_map(|bytes| serde_json::from_slice::<FileRecord>(&bytes).ok())
+        .map(|r| r.index)
+        .collect())
+}
+
 /// Makes sure this home's server runs and its mount answers (starting it if not),
 /// and returns its pid.
 pub fn ensure_server(home: &Home) -> Result<u32, LazyError> {

@@ -67,6 +67,9 @@ pub(super) struct Shared {
     /// Bytes (stored form) fetched from remotes.
     pub fetched_bytes: AtomicU64,
     pub open_handles: AtomicU64,
+    /// Open handles per file (inode): a garbage collection keeps the chunks of the
+    /// files clones still have open (see [`Shared::open_files`]).
+    open_by_ino: Mutex<HashMap<u64, u64>>,
     /// Fills and other work that keeps the server up.
     pub busy: AtomicU64,
     pub last_activity: Mutex<Instant>,
@@ -109,6 +112,7 @@ impl Shared {
             prefetch_slots: Semaphore::new(FETCHES),
             fetched_bytes: AtomicU64::new(0),
             open_handles: AtomicU64::new(0),
+            open_by_ino: Mutex::new(HashMap::new()),
             busy: AtomicU64::new(0),
             last_activity: Mutex::new(Instant::now()),
             closing: std::sync::atomic::AtomicBool::new(false),
@@ -267,6 +271,20 @@ impl Shared {
         files.by_hash.insert(blake3.to_owned(), ino);
         files.by_ino.insert(ino, Arc::clone(&served));
         Some(served)
+    }
+
+    /// The files (BLAKE3) some reader has open now.
+    pub fn open_files(&self) -> Vec<String> {
+        let open: Vec<u64> = self
+            .open_by_ino
+            .lock()
+            .expect("not poisoned")
+            .keys()
+            .copied()
+            .collect();
+        open.into_iter()
+            .filter_map(|ino| self.by_ino(ino).map(|f| f.blake3.clone()))
+            .collect()
     }
 
     fn by_ino(&self, ino: u64) -> Option<Arc<Served>> {
@@ -661,13 +679,20 @@ impl Filesystem for LazyFs {
             return reply.error(libc::ENOENT);
         }
         self.shared.open_handles.fetch_add(1, Ordering::SeqCst);
+        *self
+            .shared
+            .open_by_ino
+            .lock()
+            .expect("not poisoned")
+            .entry(ino)
+            .or_default() += 1;
         reply.opened(0, fuser::consts::FOPEN_KEEP_CACHE);
     }
 
     fn release(
         &mut self,
         _req: &Request<'_>,
-        _ino: u64,
+        ino: u64,
         _fh: u64,
         _flags: i32,
         _lock_owner: Option<u64>,
@@ -676,6 +701,14 @@ impl Filesystem for LazyFs {
     ) {
         self.shared.touch();
         self.shared.open_handles.fetch_sub(1, Ordering::SeqCst);
+        let mut open = self.shared.open_by_ino.lock().expect("not poisoned");
+        if let Some(n) = open.get_mut(&ino) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&ino);
+            }
+        }
+        drop(open);
         reply.ok();
     }
 

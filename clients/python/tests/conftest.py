@@ -239,6 +239,18 @@ def _shutdown(daemon: Daemon) -> None:
         except subprocess.TimeoutExpired:
             daemon.process.kill()
             daemon.process.wait()
+    _end_lazy_server(daemon.home)
+
+
+def _end_lazy_server(home: Path) -> None:
+    """End the home's lazy snapshot server (restores of snapshots kept once in the
+    store start it; it would exit by itself once idle) and detach its mount."""
+    for pid_file in home.glob("lazy/ns-*/server.pid"):
+        try:
+            os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+    subprocess.run(["umount", "-l", str(home / "lazy" / "mnt")], stderr=subprocess.DEVNULL, check=False)
 
 
 @dataclass

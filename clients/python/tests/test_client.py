@@ -23,6 +23,8 @@ def names(client: Client) -> List[str]:
 def test_boot_and_snapshot_through_the_sdk(daemon: Daemon, base: Base) -> None:
     assert base.boot.name == "sdk-base" and base.boot.boot_ms > 0
     assert base.snapshot.tag == base.tag and base.snapshot.ram_bytes > 0
+    # Kept once, in the store (no `pin`).
+    assert base.snapshot.pinned is False
     with daemon.client() as c:
         (snap,) = [s for s in c.snapshots() if s.tag == base.tag]
         assert snap.source_vm == "sdk-base" and snap.problem is None

@@ -325,6 +325,8 @@ async fn thaw_methods(
                 name: source.clone(),
                 tag: tag(i),
                 stop: false,
+                // The plain mechanism (`--lazy` measures the lazily served).
+                pin: true,
             },
         )
         .await?;

@@ -179,6 +179,7 @@ async fn run_in(
             name: source,
             tag: tag.clone(),
             stop: true,
+            pin: true,
         },
     )
     .await?;

@@ -46,10 +46,15 @@ pub struct LazySize {
     pub lazy_to_plain_ready_ratio: f64,
     /// The snapshot's chunks as stored, each once.
     pub stored_bytes: u64,
-    /// What its directory takes besides (manifest and links).
+    /// What its directory takes besides (manifest and links), as taken: kept once.
     pub dir_bytes: u64,
     /// (stored + directory) / stored.
     pub disk_to_store_ratio: f64,
+    /// What the directory of the pinned snapshot of the same VM takes (its plain RAM
+    /// image, besides the store's copy).
+    pub pinned_dir_bytes: u64,
+    /// (stored + pinned directory) / stored.
+    pub pinned_disk_to_store_ratio: f64,
     pub remote: Option<RemoteFigures>,
 }
 
@@ -172,9 +177,10 @@ async fn one_size(
         },
     )
     .await?;
-    // Two snapshots of the one VM, a moment apart: `plain` stays as taken, `tag` is
-    // served from the store. Their restores alternate, so that the machine's noise
-    // (it is shared) falls on both alike.
+    // Two snapshots of the one VM, a moment apart: `plain` is pinned (its RAM image
+    // stays a plain file), `tag` is kept once, in the store, as every snapshot is by
+    // default, and served from there. Their restores alternate, so that the machine's
+    // noise (it is shared) falls on both alike.
     let plain_tag: SnapshotTag = format!("plain-{mem}").parse().expect("a valid tag");
     for t in [&plain_tag, &tag] {
         take::take(
@@ -183,11 +189,15 @@ async fn one_size(
                 name: source.clone(),
                 tag: t.clone(),
                 stop: false,
+                pin: t == &plain_tag,
             },
         )
         .await?;
     }
     let _ = control::stop(home, &source).await;
+    // Disk use as taken: `tag` kept once, `plain_tag` pinned.
+    let dir_bytes = own_bytes(&home.snapshot_dir(&tag));
+    let pinned_dir_bytes = own_bytes(&home.snapshot_dir(&plain_tag));
     let mut say = |s: &str| progress(&format!("{mem} MiB: {s}"));
     // The write-out a lazy restore saves, and what it does instead.
     let record = store::evict(home, &tag)?;
@@ -228,7 +238,6 @@ async fn one_size(
                 .ready_ms,
         );
     }
-    let dir_bytes = own_bytes(&home.snapshot_dir(&tag));
     let remote = match remote {
         Some(url) => Some(from_remote(home, qemu, cfg, &tag, &plain_tag, url, &mut say).await?),
         None => None,
@@ -244,6 +253,10 @@ async fn one_size(
         stored_bytes,
         dir_bytes,
         disk_to_store_ratio: round2((stored_bytes + dir_bytes) as f64 / stored_bytes.max(1) as f64),
+        pinned_dir_bytes,
+        pinned_disk_to_store_ratio: round2(
+            (stored_bytes + pinned_dir_bytes) as f64 / stored_bytes.max(1) as f64,
+        ),
         remote,
     })
 }
@@ -343,14 +356,17 @@ impl LazyReport {
             );
             s.push_str(&format!(
                 "  first lazy restore {:.1} ms; lazy/plain {:.2}x\n  write-out {:.1} ms, \
-                 replaced by linking {:.1} ms\n  disk: {} stored + {} directory bytes = {:.2}x the store's\n",
+                 replaced by linking {:.1} ms\n  disk: {} stored + {} directory bytes = {:.2}x the store's \
+                 (pinned: + {} = {:.2}x)\n",
                 z.lazy_first_ready_ms,
                 z.lazy_to_plain_ready_ratio,
                 z.write_out_ms,
                 z.link_ms,
                 z.stored_bytes,
                 z.dir_bytes,
-                z.disk_to_store_ratio
+                z.disk_to_store_ratio,
+                z.pinned_dir_bytes,
+                z.pinned_disk_to_store_ratio
             ));
             if let Some(r) = &z.remote {
                 row(

@@ -375,6 +375,8 @@ impl Size<'_> {
                     name: source.clone(),
                     tag: self.tag(i),
                     stop: false,
+                    // The plain mechanism (`--lazy` measures the lazily served).
+                    pin: true,
                 },
             )
             .await?;

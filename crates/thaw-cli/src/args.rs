@@ -60,6 +60,11 @@ pub(crate) enum Command {
         /// End the VM and move its RAM file into the snapshot (no copy).
         #[arg(long)]
         stop: bool,
+        /// Also keep the RAM image and device state as plain files, beside the store's
+        /// copy (twice on disk). By default the store holds the only copy and restores
+        /// read it through the lazy server, page by page.
+        #[arg(long)]
+        pin: bool,
     },
     /// Start clones of a snapshot; each returns when its guest agent answers.
     Restore(RestoreArgs),

@@ -79,12 +79,16 @@ pub fn boot(r: &BootReport) -> String {
 
 pub fn snapshot(r: &SnapshotReport) -> String {
     format!(
-        "snapshot {}: paused {:.1} ms, state {} KiB, RAM {} MiB ({})",
+        "snapshot {}: paused {:.1} ms, state {} KiB, RAM {} MiB ({}), {}",
         r.tag,
         r.pause_ms,
         r.state_bytes / 1024,
         r.ram_bytes >> 20,
-        r.ram_copy
+        r.ram_copy,
+        match r.pinned {
+            true => "pinned (plain files kept beside the store)",
+            false => "kept once, in the store",
+        }
     )
 }
 

@@ -250,6 +250,7 @@ pub async fn snapshot(d: &Client, req: &SnapshotRequest) -> Result<SnapshotRepor
     let body = serde_json::to_value(SnapshotOptions {
         tag: req.tag.to_string(),
         stop: req.stop,
+        pin: req.pin,
     })?;
     call(
         d,

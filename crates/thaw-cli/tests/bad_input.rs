@@ -41,7 +41,8 @@ fn assert_clean(env: &Env, qemus_before: &[u32]) {
 fn bad_names_unknown_things_and_broken_snapshots_are_refused() {
     let env = Env::new();
     env.boot("vm", &[]);
-    env.json(&["snapshot", "vm", "good"]);
+    // Pinned: the broken copies below edit its plain files.
+    env.json(&["snapshot", "vm", "good", "--pin"]);
     let qemus = env.processes();
     assert_eq!(qemus.len(), 1);
 

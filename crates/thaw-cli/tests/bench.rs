@@ -123,6 +123,11 @@ fn bench_lazy_reports_store_and_bucket_restores_and_leaves_nothing_behind() {
     assert!(stored > 0, "{size}");
     // Kept once: the directory of a lazily served snapshot is a manifest and links.
     assert!(size["dir_bytes"].as_u64().unwrap() < 1 << 20, "{size}");
+    // The pinned snapshot keeps its RAM image's data as a plain file besides.
+    assert!(
+        size["pinned_dir_bytes"].as_u64().unwrap() > stored / 2,
+        "{size}"
+    );
     let remote = &size["remote"];
     // The local restores the cold host is measured against, beside each cold one.
     assert_stats(remote, "local_ready_ms");

@@ -266,8 +266,10 @@ fn every_damaged_file_is_refused_naming_it() {
     );
     env.sh("vm", "echo data > /dev/vda; sync");
     // Both memory layouts: mapped (the VM keeps running), raw (--stop).
-    env.json(&["snapshot", "vm", "m"]);
-    env.json(&["snapshot", "vm", "r", "--stop"]);
+    // Pinned: their plain files are what is damaged here (a snapshot kept once is
+    // only in the store, whose damaged chunks are below).
+    env.json(&["snapshot", "vm", "m", "--pin"]);
+    env.json(&["snapshot", "vm", "r", "--stop", "--pin"]);
     assert!(env.processes().is_empty());
     for tag in ["m", "r"] {
         println!("snapshot {tag}:");

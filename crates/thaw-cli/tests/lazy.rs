@@ -637,7 +637,8 @@ fn a_lazily_served_clone_maps_its_ram_without_huge_page_advice() {
     // kernel read 4 MiB around every first touch (64 chunks fetched for one page).
     let env = Env::new();
     env.boot("vm", &["--profile", "default"]);
-    env.json(&["snapshot", "vm", "base"]);
+    // Pinned, for the plain restore first.
+    env.json(&["snapshot", "vm", "base", "--pin"]);
     env.ok(&["stop", "vm"]);
     // A plain restore keeps the advice (harmless on a local file): it shows as "hg".
     let plain = &env.json(&["restore", "base", "--name", "plain"])[0];
@@ -769,4 +770,157 @@ fn a_cold_host_has_the_working_set_in_the_page_cache_before_the_guest_runs() {
         held_on <= set / 10,
         "the server still holds {held_on} chunks of a {set}-chunk set it put in the page cache"
     );
+}
+
+/// Bytes allocated under `path` (`du -sb`, links not followed).
+fn allocated(path: &Path) -> u64 {
+    let out = Command::new("du").args(["-sb"]).arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A snapshot is kept once, in the store: its RAM image is a link to the lazy server's
+/// file, not a second copy; `--pin` keeps the plain file too. Both restore the
+/// source's RAM, the kept-once one also once its lazy server has gone idle.
+#[test]
+fn a_snapshot_is_kept_once_in_the_store_unless_pinned() {
+    let env = Env::new();
+    env.boot("vm", &["--profile", "default"]);
+    env.sh("vm", "echo ram-state > /tmp/marker");
+    let once = env.json(&["snapshot", "vm", "once"]);
+    assert_eq!(once["pinned"], false, "{once}");
+    let store_bytes = once["store_bytes"].as_u64().unwrap();
+    assert!(store_bytes > 1 << 20, "{once}");
+    let snaps = env.path().join("snapshots");
+    let memory = snaps.join("once/memory");
+    let target = std::fs::read_link(&memory).expect("the RAM image of `once` is a link");
+    assert!(
+        target.starts_with(env.path().join("lazy/mnt")),
+        "{}",
+        target.display()
+    );
+    // The snapshot on disk, beside its store bytes (guest files are shared links).
+    let own = allocated(&snaps.join("once"));
+    let ratio = (own + store_bytes) as f64 / store_bytes as f64;
+    println!("kept once: {own} bytes in its directory, {store_bytes} in the store: {ratio:.3}x");
+    assert!(ratio <= 1.05, "{ratio:.3}x its store bytes");
+
+    let pinned = env.json(&["snapshot", "vm", "pinned", "--pin"]);
+    assert_eq!(pinned["pinned"], true, "{pinned}");
+    let plain = std::fs::symlink_metadata(snaps.join("pinned/memory")).unwrap();
+    assert!(plain.is_file(), "the pinned RAM image is a plain file");
+    let own_pinned = allocated(&snaps.join("pinned"));
+    println!("pinned: {own_pinned} bytes in its directory");
+    assert!(own_pinned > store_bytes / 2, "{own_pinned}");
+    env.sh("vm", "echo changed > /tmp/marker");
+
+    // The listing counts the plain files only.
+    let listed = env.json(&["snapshots"]);
+    let bytes_of = |tag: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["tag"] == tag)
+            .unwrap_or_else(|| panic!("{tag} not listed: {listed}"))["disk_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(
+        bytes_of("pinned") > bytes_of("once") + store_bytes / 2,
+        "{listed}"
+    );
+
+    for tag in ["once", "pinned"] {
+        let c = env.json(&["restore", tag, "--name", &format!("c-{tag}")]);
+        let name = c[0]["name"].as_str().unwrap().to_owned();
+        assert_eq!(
+            env.sh(&name, "cat /tmp/marker").trim(),
+            "ram-state",
+            "{tag}"
+        );
+        env.ok(&["stop", &name]);
+    }
+    // No server now (as after an idle exit, or a reboot): a reset and a restore start
+    // one.
+    common::end_lazy_server(env.path());
+    env.json(&["reset", "vm", "--to", "once"]);
+    assert_eq!(env.sh("vm", "cat /tmp/marker").trim(), "ram-state");
+    env.ok(&["stop", "vm"]);
+    common::end_lazy_server(env.path());
+    let c = env.json(&["restore", "once", "--name", "again"]);
+    assert_eq!(env.sh("again", "cat /tmp/marker").trim(), "ram-state");
+    assert!(c[0]["stored_bytes"].as_u64().unwrap() > 0, "{c}");
+    env.ok(&["stop", "again"]);
+
+    // `--stop`: the VM's RAM file moves into the snapshot, and is then kept once too.
+    env.boot("vm2", &["--profile", "default"]);
+    env.sh("vm2", "echo stopped-state > /tmp/marker");
+    let r = env.json(&["snapshot", "vm2", "stopped", "--stop"]);
+    assert_eq!(
+        (r["ram_copy"].as_str(), &r["pinned"]),
+        (Some("moved"), &Value::Bool(false)),
+        "{r}"
+    );
+    let files: Vec<String> = common::dir_names(&snaps.join("stopped"));
+    let plain: Vec<&String> = files
+        .iter()
+        .filter(|f| {
+            std::fs::symlink_metadata(snaps.join("stopped").join(f))
+                .unwrap()
+                .is_file()
+        })
+        .collect();
+    assert_eq!(
+        plain,
+        ["manifest.json"],
+        "plain files of a kept-once snapshot: {files:?}"
+    );
+    let c = env.json(&["restore", "stopped", "--name", "s"]);
+    assert_eq!(c[0]["name"], "s");
+    assert_eq!(env.sh("s", "cat /tmp/marker").trim(), "stopped-state");
+    env.ok(&["stop", "s"]);
+}
+
+/// A kept-once snapshot removed while its clone runs: `thaw gc` keeps the chunks of the
+/// files the clone still has open through the lazy server (it has not read every page
+/// yet), and frees them once the clone is gone.
+#[test]
+fn gc_keeps_the_chunks_a_running_clone_of_a_removed_snapshot_still_reads() {
+    let env = Env::new();
+    env.boot("vm", &["--profile", "default"]);
+    env.sh("vm", "echo ram-state > /tmp/marker");
+    env.json(&["snapshot", "vm", "base"]);
+    env.ok(&["stop", "vm"]);
+    env.json(&["restore", "base", "--name", "c"]);
+    env.ok(&["rm", "base"]);
+    let gc = env.json(&["gc"]);
+    println!("gc with the clone running: {gc}");
+    assert!(gc["stored_bytes"].as_u64().unwrap() > 1 << 20, "{gc}");
+    // The clone reads what it had not: every file of its root file system (RAM), with
+    // the host's page cache of the served file dropped.
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    let out = env.sh(
+        "c",
+        "find / -xdev -type f -exec cat {} + > /dev/null 2>&1; cat /tmp/marker",
+    );
+    assert_eq!(out.trim(), "ram-state");
+    assert_eq!(env.state_of("c"), "running");
+    env.ok(&["store", "verify"]);
+    env.ok(&["stop", "c"]);
+    // Nothing reads them now: the next gc frees them (the server sees the file closed
+    // a moment after QEMU ends).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let gc = env.json(&["gc"]);
+        if gc["stored_bytes"].as_u64().unwrap() == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still kept: {gc}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -221,7 +221,9 @@ fn snapshot_files_the_store_and_the_sockets_are_private() {
     );
     env.json(&["snapshot", "vm", "s"]);
     env.json(&["restore", "s", "--name", "c"]);
-    env.json(&["snapshot", "c", "child"]);
+    // Pinned: its plain RAM image is among the files checked (s is kept once: its
+    // RAM is the lazy server's file, checked under lazy/mnt).
+    env.json(&["snapshot", "c", "child", "--pin"]);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("s.thaw");
     env.json(&["export", "s", file.to_str().unwrap()]);

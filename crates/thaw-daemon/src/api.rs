@@ -578,6 +578,7 @@ pub(crate) async fn snapshot(
             name: name.clone(),
             tag: tag.clone(),
             stop: body.stop,
+            pin: body.pin,
         };
         if body.stop {
             d.reaper.expect_exit(&name);

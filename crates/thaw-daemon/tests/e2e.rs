@@ -29,6 +29,31 @@ async fn boot_snapshot_restore_exec_and_stop_through_the_socket() {
         .await;
     assert_eq!(snap["tag"], "base");
     assert_ne!(snap["ram_copy"], "moved", "the VM keeps running");
+    // Kept once, in the store, by default: the RAM image is the lazy server's file.
+    assert_eq!(snap["pinned"], false, "{snap}");
+    let memory = d.home().join("snapshots/base/memory");
+    assert!(
+        std::fs::read_link(&memory).is_ok_and(|t| t.starts_with(d.home().join("lazy/mnt"))),
+        "{} is not a link to the lazy server's file",
+        memory.display()
+    );
+    assert_eq!(d.snapshot_tags().await, ["base"]);
+    // `pin` keeps the plain file as well.
+    let pinned = d
+        .expect(
+            "POST",
+            "/v1/vms/web/snapshot",
+            Some(json!({"tag": "pinned", "pin": true})),
+            201,
+        )
+        .await;
+    assert_eq!(pinned["pinned"], true, "{pinned}");
+    assert!(
+        std::fs::symlink_metadata(d.home().join("snapshots/pinned/memory"))
+            .unwrap()
+            .is_file()
+    );
+    d.expect("DELETE", "/v1/snapshots/pinned", None, 200).await;
     assert_eq!(d.snapshot_tags().await, ["base"]);
 
     // Requests that cannot work change nothing, also with a VM and a snapshot around.

@@ -126,6 +126,9 @@ pub fn begin(home: &Home, tag: &SnapshotTag) -> Result<Option<Lazy>, LazyError> 
     }
     let dir = home.snapshot_dir(tag);
     let Some((record, pending)) = record(home, tag) else {
+        // Linked, but the store has no record of it (a snapshot killed before its
+        // record was named): its files are served all the same.
+        crate::lazy::ensure_server(home)?;
         return Ok(None);
     };
     let files: BTreeMap<String, String> = record

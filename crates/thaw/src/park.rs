@@ -339,6 +339,7 @@ pub async fn park(
         name: req.name.clone(),
         tag,
         stop: true,
+        pin: false,
     };
     let snapshot = match take::take_cancellable(home, &snap, cancel).await {
         Ok(s) => s,

@@ -145,6 +145,10 @@ pub async fn reset_cancellable(
         .or_else(|| default_target(&old))
         .ok_or_else(|| ResetError::NoSnapshot(req.name.clone()))?;
     crate::store::ensure_materialized(home, &tag, &mut crate::store::NoProgress)?;
+    // A snapshot kept once (the default) is read through the lazy server, which may
+    // have gone idle since the VM started.
+    crate::lazy_restore::ensure_for(home, &tag)
+        .map_err(|e| crate::store::StoreError::Lazy(Box::new(e)))?;
     let snap = Snapshot::open(home, &tag)?;
     snap.check(qemu.version, req.accel.unwrap_or_else(Accel::detect), false)?;
     let ports = keep_ports(&old.ports, old.bind, &snap)?;

@@ -28,7 +28,8 @@ use crate::record::Record;
 use crate::snapshot::staging::{self, Staging};
 pub(crate) use crate::snapshot::stored::{blocking, decode, put};
 pub use crate::snapshot::stored::{
-    ensure, files_dir, forget, get, ingest, lock_shared, name, open, StoreError, StoredSnapshot,
+    ensure, files_dir, forget, get, ingest, keep_once, lock_shared, name, open, StoreError,
+    StoredSnapshot,
 };
 use crate::snapshot::{self, catalog, confine};
 
@@ -64,9 +65,9 @@ impl WriteOut {
     /// This host's default for a snapshot that is only in the store: lazy, unless
     /// `THAW_LAZY=off` (or `0`) asks for plain files.
     pub fn default_local() -> WriteOut {
-        match std::env::var("THAW_LAZY").as_deref() {
-            Ok("off" | "0" | "false" | "no") => WriteOut::Plain,
-            _ => WriteOut::Lazy { remote: None },
+        match crate::snapshot::stored::lazy_by_default() {
+            false => WriteOut::Plain,
+            true => WriteOut::Lazy { remote: None },
         }
     }
 }
@@ -416,6 +417,26 @@ pub fn gc(home: &Home) -> Result<GcReport, StoreError> {
         })?
     {
         if let Some(s) = get(&store, &name)? {
+            live.extend(s.chunk_ids());
+        }
+    }
+    // Chunks no record names that are still needed: those of files clones have open
+    // through the lazy server (a snapshot kept once, removed while its clones run,
+    // whose pages they have not all read), and those of snapshots arriving from a
+    // remote (their pending records).
+    for index in crate::lazy::open_indexes(home).map_err(|e| StoreError::Lazy(Box::new(e)))? {
+        live.extend(index.chunk_ids().copied());
+    }
+    let pending = crate::lazy::LazyDir::new(home).root().join("pending");
+    for e in std::fs::read_dir(&pending).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(tag) = name.strip_suffix(".json") else {
+            continue;
+        };
+        if let Some(s) = std::fs::read(e.path())
+            .ok()
+            .and_then(|b| decode(tag, &b).ok())
+        {
             live.extend(s.chunk_ids());
         }
     }

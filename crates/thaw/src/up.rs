@@ -276,6 +276,7 @@ pub async fn up(
             name: req.boot.name.clone(),
             tag: tag.clone(),
             stop: false,
+            pin: false,
         },
         cancel,
     )

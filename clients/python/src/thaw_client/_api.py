@@ -138,8 +138,8 @@ def resume(name: str) -> Call[None]:
     return Call("POST", f"/v1/vms/{seg(name)}/resume", None, lambda d: None)
 
 
-def snapshot(name: str, tag: str, stop: bool) -> Call[models.SnapshotReport]:
-    body = {"tag": tag, "stop": stop}
+def snapshot(name: str, tag: str, stop: bool, pin: bool = False) -> Call[models.SnapshotReport]:
+    body = {"tag": tag, "stop": stop, "pin": pin}
     return Call("POST", f"/v1/vms/{seg(name)}/snapshot", body, _one(models.SnapshotReport))
 
 

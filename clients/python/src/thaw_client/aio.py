@@ -72,9 +72,9 @@ class AsyncVm:
         call = _api.exec_stream(self.name, argv, stdin, env, cwd, timeout)
         return await self._client._exec(call, on_stdout, on_stderr)
 
-    async def snapshot(self, tag: str, stop: bool = False) -> models.SnapshotReport:
+    async def snapshot(self, tag: str, stop: bool = False, pin: bool = False) -> models.SnapshotReport:
         """See ``Vm.snapshot``."""
-        return await self._client._run(_api.snapshot(self.name, tag, stop))
+        return await self._client._run(_api.snapshot(self.name, tag, stop, pin))
 
     async def park(self, remote: Optional[str] = None, wait: bool = False) -> models.Parked:
         """See ``Vm.park``."""

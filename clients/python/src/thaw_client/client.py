@@ -85,9 +85,10 @@ class Vm:
         call = _api.exec_stream(self.name, argv, stdin, env, cwd, timeout)
         return self._client._exec(call, on_stdout, on_stderr)
 
-    def snapshot(self, tag: str, stop: bool = False) -> models.SnapshotReport:
-        """Snapshot the VM as ``tag``; with ``stop`` the VM ends (no RAM copy)."""
-        return self._client._run(_api.snapshot(self.name, tag, stop))
+    def snapshot(self, tag: str, stop: bool = False, pin: bool = False) -> models.SnapshotReport:
+        """Snapshot the VM as ``tag``; with ``stop`` the VM ends (no RAM copy). Its RAM
+        image is kept once, in the store, unless ``pin`` keeps a plain copy too."""
+        return self._client._run(_api.snapshot(self.name, tag, stop, pin))
 
     def park(self, remote: Optional[str] = None, wait: bool = False) -> models.Parked:
         """Park the VM: it ends into a snapshot tagged with its name; with ``remote``

@@ -190,6 +190,7 @@ class SnapshotReport:
     total_ms: float
     stored_added_bytes: Optional[int]
     store_bytes: Optional[int]
+    pinned: Optional[bool]
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,23 @@ pub(crate) async fn run(
         Command::Boot(args) => vm::boot(ops, args, json).await?,
         Command::Exec(args) => return vm::exec(ops, args, cancel, json).await,
         Command::Cp { src, dst } => vm::cp(ops, &src, &dst, json).await?,
-        Command::Snapshot { name, tag, stop } => {
-            vm::snapshot(ops, SnapshotRequest { name, tag, stop }, json).await?
+        Command::Snapshot {
+            name,
+            tag,
+            stop,
+            pin,
+        } => {
+            vm::snapshot(
+                ops,
+                SnapshotRequest {
+                    name,
+                    tag,
+                    stop,
+                    pin,
+                },
+                json,
+            )
+            .await?
         }
         Command::Restore(args) => vm::restore(ops, args, json).await?,
         Command::Reset { name, to, timeout } => vm::reset(ops, name, to, timeout, json).await?,

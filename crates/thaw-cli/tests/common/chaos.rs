@@ -289,8 +289,10 @@ pub fn qemus(home: &Path) -> Vec<(u32, String)> {
 
 /// The invariants every kill must leave (see the module docs), `ctx` naming the kill.
 pub fn assert_nothing_lost(env: &Env, ctx: &str, pool_allowed: bool) {
-    // Listed snapshots are whole: every file present with its hash.
+    // Listed snapshots are whole: every file present with its hash (read through the
+    // lazy server for those kept once, in the store).
     let home = Home::new(env.path());
+    super::ensure_lazy_server(env);
     for s in env.json(&["snapshots"]).as_array().unwrap() {
         assert!(
             s["problem"].is_null(),

@@ -242,6 +242,41 @@ pub fn end_lazy_server(home: &Path) {
         .status();
 }
 
+/// Whether the lazy server's mount of the home at `home` is there (in this mount
+/// namespace).
+pub fn lazy_mounted(home: &Path) -> bool {
+    let mnt = home.join("lazy/mnt");
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| Path::new(m) == mnt)
+}
+
+/// Starts the lazy server of `env`'s home unless it runs (as a restore would: a
+/// snapshot kept once is read through it), and waits until its mount is there.
+pub fn ensure_lazy_server(env: &Env) {
+    if lazy_mounted(env.path()) {
+        return;
+    }
+    let mut server = env
+        .command(&["lazyfs"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start thaw lazyfs");
+    // It runs until idle (or the Env's drop ends it); reaped when it ends.
+    std::thread::spawn(move || server.wait());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !lazy_mounted(env.path()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lazy server did not mount within 15 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub fn processes_mentioning(dir: &Path) -> Vec<u32> {
     let needle = dir.as_os_str().as_encoded_bytes().to_vec();
     let me = std::process::id();

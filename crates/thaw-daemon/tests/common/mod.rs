@@ -358,6 +358,7 @@ impl Drop for Daemon {
                 let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
             }
         }
+        end_lazy_server(&self.home());
         if std::thread::panicking() {
             eprintln!(
                 "--- thawd log ({}) ---\n{}",
@@ -366,6 +367,27 @@ impl Drop for Daemon {
             );
         }
     }
+}
+
+/// Ends the lazy snapshot server of the home at `home` (restores of snapshots kept
+/// once start it), if one runs, and detaches its mount: it would otherwise go idle
+/// and exit by itself, after the home is removed.
+pub fn end_lazy_server(home: &Path) {
+    // One server per mount namespace (see `thaw::lazy::LazyDir::server_dir`).
+    for ns in std::fs::read_dir(home.join("lazy"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(pid) = std::fs::read_to_string(ns.path().join("server.pid")) {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+    }
+    let _ = Command::new("umount")
+        .args(["-l"])
+        .arg(home.join("lazy/mnt"))
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Live processes other than `thawd` whose command line mentions `dir`.

@@ -34,7 +34,8 @@ pub struct SnapshotInfo {
     pub qemu_version: Option<String>,
     pub accel: Option<Accel>,
     /// Bytes on disk (sparse RAM counted as allocated; layers hard-linked with parents
-    /// and clones are counted in each).
+    /// and clones are counted in each). Files kept once, in the store (the default;
+    /// see `thaw snapshot --pin`), are not counted: the store's bytes are shared.
     pub disk_bytes: u64,
     pub problem: Option<String>,
     /// Whether the snapshot's directory is here. A snapshot only in the store (evicted,
@@ -50,13 +51,15 @@ fn yes() -> bool {
 }
 
 /// Allocated bytes of every file under `dir`.
-fn allocated_under(dir: &Path) -> u64 {
+fn allocated_under(home: &Home, dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => allocated_under(&e.path()),
+            Ok(t) if t.is_dir() => allocated_under(home, &e.path()),
+            // Kept once: its bytes are the store's, not this directory's.
+            Ok(t) if t.is_symlink() && crate::lazy::is_served(home, &e.path()) => 0,
             _ => fsutil::allocated_bytes(&e.path()).unwrap_or(0),
         })
         .sum()
@@ -131,7 +134,7 @@ pub fn list(home: &Home) -> Vec<SnapshotInfo> {
     let all = open_all(home);
     let info = |tag: &SnapshotTag| {
         let local = home.snapshot_dir(tag).is_dir();
-        let disk_bytes = allocated_under(&home.snapshot_dir(tag));
+        let disk_bytes = allocated_under(home, &home.snapshot_dir(tag));
         match &all[tag] {
             Ok(s) => {
                 let m = &s.manifest;

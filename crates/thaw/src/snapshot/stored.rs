@@ -402,6 +402,15 @@ pub fn ensure(
     if let Some(s) = get(&store, tag.as_str())? {
         return Ok(s);
     }
+    // Kept once, but killed before its record was named: its files are read through
+    // the lazy server.
+    let dir = home.snapshot_dir(tag);
+    if [snapshot::MEMORY_FILE, snapshot::RAM_FILE]
+        .iter()
+        .any(|f| crate::lazy::is_served(home, &dir.join(f)))
+    {
+        crate::lazy::ensure_server(home).map_err(|e| StoreError::Lazy(Box::new(e)))?;
+    }
     let snap = Snapshot::open(home, tag)?;
     let s = ingest(&store, &snap.dir, None, progress)?;
     name(&store, tag, &s)?;
@@ -418,6 +427,45 @@ pub fn forget(home: &Home, tag: &SnapshotTag) -> Result<(), StoreError> {
             source: Box::new(source),
         }),
     }
+}
+
+/// Whether snapshots are served lazily from the store on this host (the default), or
+/// written out as plain files (`THAW_LAZY=off`).
+pub fn lazy_by_default() -> bool {
+    !matches!(
+        std::env::var("THAW_LAZY").as_deref(),
+        Ok("off" | "0" | "false" | "no")
+    )
+}
+
+/// Keeps the RAM image and device state of the snapshot in `dir` (its directory, or
+/// the staging directory about to be published) once on disk: each becomes a link to
+/// the lazy server's file of the same content, which reads the store's chunks `s`
+/// names (ingested already). Disk layers stay: they are hard links shared with the VM
+/// that writes on top of them, and clones' layers name them as their backing files.
+/// Guest files are links to `files/` already. Returns the bytes freed.
+pub fn keep_once(home: &Home, dir: &Path, s: &StoredSnapshot) -> Result<u64, StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut freed = 0;
+    for (rel, index) in &s.files {
+        if rel.starts_with("guest/") || rel.starts_with("disks/") || rel.contains('/') {
+            continue;
+        }
+        let path = dir.join(rel);
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => m,
+            _ => continue,
+        };
+        let served =
+            crate::lazy::register(home, index, None).map_err(|e| StoreError::Lazy(Box::new(e)))?;
+        let link = dir.join(format!(".{rel}.lazy"));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&served, &link).at("link", &link)?;
+        std::fs::rename(&link, &path).at("replace", &path)?;
+        freed += meta.blocks() * 512;
+    }
+    crate::fsutil::fsync_dir(dir)?;
+    Ok(freed)
 }
 
 #[cfg(test)]

@@ -54,6 +54,10 @@ pub struct SnapshotRequest {
     pub tag: SnapshotTag,
     /// End the VM after the snapshot (a booted VM's RAM file then moves into it).
     pub stop: bool,
+    /// Keep the RAM image and device state as plain files beside the store's copy.
+    /// Without it they are kept once, in the store, and restores read them through
+    /// the lazy server (see `store::keep_once`).
+    pub pin: bool,
 }
 
 /// A snapshot as a client asks for it: `POST /v1/vms/{name}/snapshot`'s body.
@@ -66,6 +70,10 @@ pub struct SnapshotOptions {
     /// End the VM after the snapshot.
     #[serde(default)]
     pub stop: bool,
+    /// Also keep the RAM image and device state as plain files (twice on disk); by
+    /// default the store's copy is the only one and restores read it lazily.
+    #[serde(default)]
+    pub pin: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,6 +101,10 @@ pub struct SnapshotReport {
     /// Compressed bytes the whole store holds now.
     #[serde(default)]
     pub store_bytes: u64,
+    /// Whether the RAM image and device state are also kept as plain files (`pin`, or
+    /// `THAW_LAZY=off`). If not, the store holds the only copy.
+    #[serde(default)]
+    pub pinned: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -425,7 +437,7 @@ async fn take_into(
     let bytes = manifest.to_bytes();
     staging.seal(&bytes)?;
     test_hang("manifest-written", at.cancel).await;
-    let (stored_before, stored_bytes) = store_and_publish(at, staging, parent.as_ref())?;
+    let (stored_before, stored_bytes, pinned) = store_and_publish(at, staging, parent.as_ref())?;
     test_hang("published", at.cancel).await;
     after_publish(at, &bytes);
     tracing::info!(tag = %req.tag, vm = %req.name, method = saved.ram_copy, "snapshot written");
@@ -439,6 +451,7 @@ async fn take_into(
         ram_copy: saved.ram_copy.into(),
         stored_added_bytes: stored_bytes.saturating_sub(stored_before),
         store_bytes: stored_bytes,
+        pinned,
     })
 }
 
@@ -614,13 +627,14 @@ fn record_files(
 }
 
 /// Adds the sealed snapshot to the store (chunks shared with the parent and every
-/// other snapshot), publishes it and names its record. Returns the store's size
-/// before and after.
+/// other snapshot), keeps its RAM image and device state only there unless pinned,
+/// publishes it and names its record. Returns the store's size before and after, and
+/// whether the plain files were kept.
 fn store_and_publish(
     at: &Taking<'_>,
     staging: &mut Staging,
     parent: Option<&Snapshot>,
-) -> Result<(u64, u64), SnapshotError> {
+) -> Result<(u64, u64, bool), SnapshotError> {
     let store = super::stored::open(at.home)?;
     let held = super::stored::lock_shared(&store)?;
     let stored_before = store.stored_bytes().unwrap_or(0);
@@ -634,6 +648,12 @@ fn store_and_publish(
         parent_stored.as_ref().map(|(p, s)| (*p, s)),
         &mut thaw_store::NoProgress,
     )?;
+    // Before it is published, so that no restore ever maps the plain files of a
+    // snapshot that is kept once.
+    let pinned = at.req.pin || !super::stored::lazy_by_default();
+    if !pinned {
+        super::stored::keep_once(at.home, staging.dir(), &stored)?;
+    }
     // The name is claimed without replacing: the loser of two snapshots of one tag
     // is told so (a plain rename failed with "Directory not empty").
     staging.publish().map_err(|e| match e {
@@ -648,7 +668,7 @@ fn store_and_publish(
         return Err(e.into());
     }
     drop(held);
-    Ok((stored_before, store.stored_bytes().unwrap_or(0)))
+    Ok((stored_before, store.stored_bytes().unwrap_or(0), pinned))
 }
 
 /// After publishing: a VM that ends is removed; one that runs on now descends from

@@ -273,19 +273,20 @@ fn a_cold_host_restores_straight_from_the_bucket_and_fills_the_rest() {
     let _ = daemon.wait();
 }
 
-/// Bytes allocated under `dir` (not following links).
-fn du(dir: &Path) -> u64 {
-    let out = Command::new("du")
-        .args(["-sb", "--apparent-size"])
-        .arg(dir)
-        .output()
-        .unwrap();
+/// `du ARGS path`'s byte count (links not followed).
+fn du_with(path: &Path, args: &[&str]) -> u64 {
+    let out = Command::new("du").args(args).arg(path).output().unwrap();
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()
         .unwrap()
         .parse()
         .unwrap()
+}
+
+/// Bytes under `dir`, apparent size (not following links).
+fn du(dir: &Path) -> u64 {
+    du_with(dir, &["-sb", "--apparent-size"])
 }
 
 /// The bucket's record of `tag`.
@@ -774,13 +775,7 @@ fn a_cold_host_has_the_working_set_in_the_page_cache_before_the_guest_runs() {
 
 /// Bytes allocated under `path` (`du -sb`, links not followed).
 fn allocated(path: &Path) -> u64 {
-    let out = Command::new("du").args(["-sb"]).arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+    du_with(path, &["-sb"])
 }
 
 /// A snapshot is kept once, in the store: its RAM image is a link to the lazy server's

@@ -373,21 +373,7 @@ impl Drop for Daemon {
 /// once start it), if one runs, and detaches its mount: it would otherwise go idle
 /// and exit by itself, after the home is removed.
 pub fn end_lazy_server(home: &Path) {
-    // One server per mount namespace (see `thaw::lazy::LazyDir::server_dir`).
-    for ns in std::fs::read_dir(home.join("lazy"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        if let Ok(pid) = std::fs::read_to_string(ns.path().join("server.pid")) {
-            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-        }
-    }
-    let _ = Command::new("umount")
-        .args(["-l"])
-        .arg(home.join("lazy/mnt"))
-        .stderr(Stdio::null())
-        .status();
+    thaw::lazy::stop_server(&thaw::Home::new(home));
 }
 
 /// Live processes other than `thawd` whose command line mentions `dir`.

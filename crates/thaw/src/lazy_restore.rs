@@ -296,8 +296,5 @@ pub fn ensure_for(home: &Home, tag: &SnapshotTag) -> Result<(), LazyError> {
 
 /// Whether the RAM image of `tag` is a link to the lazy server's files.
 fn served(home: &Home, tag: &SnapshotTag) -> bool {
-    let dir = home.snapshot_dir(tag);
-    [crate::snapshot::MEMORY_FILE, crate::snapshot::RAM_FILE]
-        .iter()
-        .any(|f| crate::lazy::is_served(home, &dir.join(f)))
+    crate::snapshot::stored::ram_is_served(home, tag)
 }

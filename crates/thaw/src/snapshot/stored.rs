@@ -404,11 +404,7 @@ pub fn ensure(
     }
     // Kept once, but killed before its record was named: its files are read through
     // the lazy server.
-    let dir = home.snapshot_dir(tag);
-    if [snapshot::MEMORY_FILE, snapshot::RAM_FILE]
-        .iter()
-        .any(|f| crate::lazy::is_served(home, &dir.join(f)))
-    {
+    if ram_is_served(home, tag) {
         crate::lazy::ensure_server(home).map_err(|e| StoreError::Lazy(Box::new(e)))?;
     }
     let snap = Snapshot::open(home, tag)?;
@@ -438,34 +434,40 @@ pub fn lazy_by_default() -> bool {
     )
 }
 
+/// Whether the RAM image of `tag` is a link to the lazy server's files (kept once,
+/// pulled or evicted).
+pub fn ram_is_served(home: &Home, tag: &SnapshotTag) -> bool {
+    let dir = home.snapshot_dir(tag);
+    [snapshot::MEMORY_FILE, snapshot::RAM_FILE]
+        .iter()
+        .any(|f| crate::lazy::is_served(home, &dir.join(f)))
+}
+
 /// Keeps the RAM image and device state of the snapshot in `dir` (its directory, or
 /// the staging directory about to be published) once on disk: each becomes a link to
 /// the lazy server's file of the same content, which reads the store's chunks `s`
 /// names (ingested already). Disk layers stay: they are hard links shared with the VM
 /// that writes on top of them, and clones' layers name them as their backing files.
-/// Guest files are links to `files/` already. Returns the bytes freed.
-pub fn keep_once(home: &Home, dir: &Path, s: &StoredSnapshot) -> Result<u64, StoreError> {
-    use std::os::unix::fs::MetadataExt;
-    let mut freed = 0;
+/// Guest files are links to `files/` already.
+pub fn keep_once(home: &Home, dir: &Path, s: &StoredSnapshot) -> Result<(), StoreError> {
     for (rel, index) in &s.files {
-        if rel.starts_with("guest/") || rel.starts_with("disks/") || rel.contains('/') {
+        // The top-level files only: `disks/` and `guest/` stay as they are.
+        if rel.contains('/') {
             continue;
         }
         let path = dir.join(rel);
-        let meta = match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_file() => m,
-            _ => continue,
-        };
+        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+            continue;
+        }
         let served =
             crate::lazy::register(home, index, None).map_err(|e| StoreError::Lazy(Box::new(e)))?;
         let link = dir.join(format!(".{rel}.lazy"));
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&served, &link).at("link", &link)?;
         std::fs::rename(&link, &path).at("replace", &path)?;
-        freed += meta.blocks() * 512;
     }
     crate::fsutil::fsync_dir(dir)?;
-    Ok(freed)
+    Ok(())
 }
 
 #[cfg(test)]

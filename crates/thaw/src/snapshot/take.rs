@@ -56,7 +56,7 @@ pub struct SnapshotRequest {
     pub stop: bool,
     /// Keep the RAM image and device state as plain files beside the store's copy.
     /// Without it they are kept once, in the store, and restores read them through
-    /// the lazy server (see `store::keep_once`).
+    /// the lazy server (see `snapshot::stored::keep_once`).
     pub pin: bool,
 }
 

@@ -42,8 +42,11 @@ pub async fn method(
             &snap,
             paths,
             name,
-            true,
-            true,
+            thaw::clone::StartOptions {
+                keep_vmgenid: true,
+                die_with_owner: true,
+                hashes: None,
+            },
             thaw::clone::Ports::Fresh(thaw::ports::DEFAULT_BIND),
         )
         .await;

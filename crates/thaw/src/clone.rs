@@ -38,7 +38,8 @@ pub struct Breakdown {
     pub spawn_ms: f64,
     /// Taking the clone from the pool and giving it its name (0 when spawned).
     pub take_ms: f64,
-    /// Loading the device state (0 when taken from a pool: it was loaded before).
+    /// Loading the device state, with waiting for its hash if that was still being
+    /// computed (0 when taken from a pool: it was loaded before).
     pub state_load_ms: f64,
     /// `cont` until the vCPUs run (0 for a pool clone that was already running).
     pub resume_ms: f64,
@@ -55,8 +56,9 @@ pub struct Breakdown {
     /// or the guest agent (`agent`).
     #[serde(default)]
     pub clock_via: ClockVia,
-    /// Before any QEMU started: reading and checking the snapshot (0 when every clone
-    /// came from a pool, which checked it when it was configured).
+    /// Before any QEMU started: reading and checking the snapshot but for its hashes,
+    /// which run while QEMU starts (0 when every clone came from a pool, which checked
+    /// it when it was configured).
     #[serde(default)]
     pub check_ms: f64,
     /// For a clone from a running pool: how long before it was taken its agent last
@@ -141,6 +143,10 @@ pub enum CloneError {
     ExecAfter { code: i32, stderr: String },
     #[error("could not move the port forwards ({0})")]
     Ports(String),
+    /// The snapshot's hashes, computed while this clone's QEMU started, did not match
+    /// (the restore reports the check's own error).
+    #[error("the snapshot's check failed")]
+    Unchecked,
 }
 
 /// How far a clone's clock may be from the host's before it is set at finish.
@@ -277,27 +283,76 @@ impl Ports {
     }
 }
 
+/// How [`prepare`] starts a clone.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Give the clone the snapshot's VM Generation ID instead of a fresh one.
+    pub keep_vmgenid: bool,
+    /// Kill QEMU when this process ends (see [`crate::pool::Orphans`]).
+    pub die_with_owner: bool,
+    /// The snapshot's hashes, still being computed: the device state is loaded once
+    /// they matched. `None`: the snapshot was wholly checked before.
+    pub hashes: Option<HashGate>,
+}
+
+/// A snapshot's hashes ([`snapshot::HashCheck`]) computed on a thread of their own
+/// while its clones' QEMUs start: each clone waits here before loading the device
+/// state. (Starting QEMU needs only what [`Snapshot::check_to_start`] checked; the
+/// device state of a lazily served snapshot may still be arriving from the bucket.)
+#[derive(Debug, Clone)]
+pub struct HashGate(tokio::sync::watch::Receiver<Option<bool>>);
+
+/// The outcome of the hashes a [`HashGate`] waits for.
+pub type HashOutcome = tokio::task::JoinHandle<Result<(), SnapshotCheckError>>;
+
+impl HashGate {
+    /// Starts computing `hashes` of `snap`: the gate, and the check's outcome.
+    pub fn start(snap: Arc<Snapshot>, hashes: snapshot::HashCheck) -> (HashGate, HashOutcome) {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let outcome = tokio::task::spawn_blocking(move || {
+            let r = hashes.check(&snap);
+            let _ = tx.send(Some(r.is_ok()));
+            r
+        });
+        (HashGate(rx), outcome)
+    }
+
+    /// Whether the hashes are known not to match yet.
+    fn failed(&self) -> bool {
+        *self.0.borrow() == Some(false)
+    }
+
+    /// Waits for the hashes: whether they matched.
+    pub async fn passed(&self) -> bool {
+        let mut rx = self.0.clone();
+        // An error: the check ended without saying (it panicked).
+        let passed = rx.wait_for(Option::is_some).await.map(|v| *v == Some(true));
+        passed.unwrap_or(false)
+    }
+}
+
 /// Starts QEMU for a clone of `snap` in `paths.dir` (which must exist and be empty)
 /// and loads the snapshot's device state. The clone gets host ports as `ports` says,
-/// its own disk layers and (unless `keep_vmgenid`) a fresh VM Generation ID. With
-/// `die_with_owner`, QEMU is killed when this process ends (see [`crate::pool::Orphans`]).
+/// its own disk layers and (unless `opts.keep_vmgenid`) a fresh VM Generation ID.
 pub async fn prepare(
     qemu: &Qemu,
     snap: &Snapshot,
     paths: VmPaths,
     name: VmName,
-    keep_vmgenid: bool,
-    die_with_owner: bool,
+    opts: StartOptions,
     ports: Ports,
 ) -> Result<Prepared, CloneError> {
     let t0 = Instant::now();
+    if opts.hashes.as_ref().is_some_and(HashGate::failed) {
+        return Err(CloneError::Unchecked);
+    }
     let (ram, ram_offset) = snap.ram_image();
     // The guest's files on this machine: those the snapshot's links point to.
     let spec = &guestref::resolve(&snap.dir, &snap.manifest.spec);
     guestref::copy_links(&snap.dir, &paths.dir)
         .at("link the guest files into", &paths.dir)
         .map_err(VmError::from)?;
-    let vmgenid = if keep_vmgenid {
+    let vmgenid = if opts.keep_vmgenid {
         snap.manifest.vmgenid
     } else {
         Uuid::new_v4()
@@ -379,13 +434,19 @@ pub async fn prepare(
         labels: Default::default(),
         expires_unix_ms: None,
     };
-    let spawned = vm::spawn(qemu, spec, &launch, &paths, die_with_owner, |pid| {
+    let spawned = vm::spawn(qemu, spec, &launch, &paths, opts.die_with_owner, |pid| {
         state.pid = pid;
         state.save_in(&paths)
     })
     .await?;
     let spawn_ms = ms(t0.elapsed());
+    // Waiting for the hashes counts as loading the state.
     let t1 = Instant::now();
+    if let Some(gate) = &opts.hashes {
+        if !gate.passed().await {
+            return Err(CloneError::Unchecked);
+        }
+    }
     let layout = match snap.manifest.memory {
         Memory::Raw => Layout::Raw,
         Memory::Mapped { .. } => Layout::Mapped,

@@ -539,8 +539,10 @@ impl Pool {
                 &snap,
                 paths.clone(),
                 id.clone(),
-                false,
-                die_with_owner,
+                clone::StartOptions {
+                    die_with_owner,
+                    ..clone::StartOptions::default()
+                },
                 clone::Ports::Fresh(config.bind()),
             )
             .await?;

@@ -182,8 +182,7 @@ pub async fn reset_cancellable(
                 &snap,
                 paths,
                 req.name.clone(),
-                false,
-                false,
+                clone::StartOptions::default(),
                 Ports::None(old.bind),
             )
             .await

@@ -1,14 +1,15 @@
 //! Restoring a snapshot: `count` clones, each a fresh QEMU on the snapshot's RAM image
 //! mapped private (or a clone taken from a warm pool), checked before anything starts
-//! and all-or-nothing: a failed or interrupted restore stops and removes every clone of
-//! the request.
+//! (but for the device state's hash, computed while the QEMUs start and matched before
+//! they load it) and all-or-nothing: a failed or interrupted restore stops and removes
+//! every clone of the request.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::accel::Accel;
 use crate::cancel::{CancellationToken, Interrupted};
-use crate::clone::{self, CloneError, CloneReport, FinishOptions};
+use crate::clone::{self, CloneError, CloneReport, FinishOptions, HashGate, HashOutcome};
 use crate::home::{Home, SnapshotTag, VmName};
 use crate::pool::Pool;
 use crate::qemu::Qemu;
@@ -264,8 +265,15 @@ pub async fn restore_cancellable(
             .await
             .map_err(|e| lazy_named(home, t0, &req.tag, e.into()))?;
     }
-    let (snap, all_pooled, _in_use, lazy) = open_checked(home, qemu, req, pool, poolable, accel)
+    let Opened {
+        snap,
+        all_pooled,
+        in_use: _in_use,
+        lazy,
+        hashes,
+    } = open_checked(home, qemu, req, pool, poolable, accel)
         .map_err(|e| lazy_named(home, t0, &req.tag, e))?;
+    let (gate, hashed) = hashes.unzip();
     let check_ms = if all_pooled {
         0.0
     } else {
@@ -312,6 +320,7 @@ pub async fn restore_cancellable(
         );
         let pool = pool.cloned();
         let cancel = cancel.clone();
+        let hashes = gate.clone();
         tasks.spawn(async move {
             let spawned = one_clone(
                 &home,
@@ -324,6 +333,7 @@ pub async fn restore_cancellable(
                     claim,
                     all_pooled,
                     accel,
+                    hashes,
                 },
                 t0,
             );
@@ -386,6 +396,13 @@ pub async fn restore_cancellable(
             });
         }
     }
+    // The snapshot's hashes failed: that is the error, as when the check came first.
+    // (Not waited for once interrupted: a lazily served device state may take long.)
+    if let (Some(hashed), false) = (hashed, cancel.is_cancelled()) {
+        if let Err(e) = hashed.await.expect("the snapshot's hashing panicked") {
+            first_err = Some(lazy_named(home, t0, &req.tag, e.into()));
+        }
+    }
     if let Some(e) = first_err {
         for name in &held {
             vm::discard(home, name).await;
@@ -424,8 +441,21 @@ fn lazy_named(home: &Home, t0: Instant, tag: &SnapshotTag, e: RestoreError) -> R
     }
 }
 
+/// A request's snapshot, opened by [`open_checked`].
+struct Opened {
+    snap: Arc<Snapshot>,
+    /// The pool has every clone of the request ready: the snapshot was not checked.
+    all_pooled: bool,
+    /// Held against removal until the clones run.
+    in_use: InUse,
+    lazy: Option<crate::lazy_restore::Lazy>,
+    /// Its hashes, being computed (unless `all_pooled`).
+    hashes: Option<(HashGate, HashOutcome)>,
+}
+
 /// The snapshot, held against removal until the clones run ([`InUse`]), and checked
-/// unless the pool has every clone of the request ready (then `true`).
+/// unless the pool has every clone of the request ready: checked to start QEMU now,
+/// its hashes being computed meanwhile.
 fn open_checked(
     home: &Home,
     qemu: &Qemu,
@@ -433,15 +463,7 @@ fn open_checked(
     pool: Option<&Arc<Pool>>,
     poolable: bool,
     accel: Accel,
-) -> Result<
-    (
-        Arc<Snapshot>,
-        bool,
-        InUse,
-        Option<crate::lazy_restore::Lazy>,
-    ),
-    RestoreError,
-> {
+) -> Result<Opened, RestoreError> {
     // Clones the pool has ready were checked when the pool was configured and loaded
     // their state when prepared; the snapshot's files never change. Reading and
     // checking it again (its device state is hashed) is most of a pooled restore's
@@ -451,20 +473,27 @@ fn open_checked(
         .flatten();
     let all_pooled = pooled_snapshot.is_some();
     // Held until the clones run: the snapshot cannot be removed under them.
-    let (snap, in_use, lazy) = match pooled_snapshot {
-        Some(snap) => (snap, InUse::hold(home, &req.tag)?, None),
+    let (snap, in_use, lazy, hashes) = match pooled_snapshot {
+        Some(snap) => (snap, InUse::hold(home, &req.tag)?, None, None),
         None => {
             // A snapshot that is only in the store (pulled, evicted) is linked to the
             // lazy server's files (or written out, with THAW_LAZY=off) once.
             crate::store::ensure_materialized(home, &req.tag, &mut crate::store::NoProgress)?;
             let in_use = InUse::hold(home, &req.tag)?;
             let lazy = crate::lazy_restore::begin(home, &req.tag)?;
-            let snap = Snapshot::open(home, &req.tag)?;
-            snap.check(qemu.version, accel, req.verify)?;
-            (Arc::new(snap), in_use, lazy)
+            let snap = Arc::new(Snapshot::open(home, &req.tag)?);
+            let hashes = snap.check_to_start(qemu.version, accel, req.verify)?;
+            let hashes = HashGate::start(Arc::clone(&snap), hashes);
+            (snap, in_use, lazy, Some(hashes))
         }
     };
-    Ok((snap, all_pooled, in_use, lazy))
+    Ok(Opened {
+        snap,
+        all_pooled,
+        in_use,
+        lazy,
+        hashes,
+    })
 }
 
 /// Where a clone of a request comes from.
@@ -476,6 +505,8 @@ struct Source<'a> {
     /// [`restore_cancellable`]): a clone that spawns after all is checked first.
     all_pooled: bool,
     accel: Accel,
+    /// The snapshot's hashes, being computed (none when all were to come from the pool).
+    hashes: Option<HashGate>,
 }
 
 /// One clone of a request: taken from the pool while it has one, else spawned.
@@ -506,7 +537,7 @@ async fn one_clone(
         }
         snap.check(qemu.version, from.accel, false)?;
     }
-    restore_one(home, qemu, snap, name, req, t0).await
+    restore_one(home, qemu, snap, name, req, from.hashes, t0).await
 }
 
 /// When a clone's name is claimed (its directory made).
@@ -597,6 +628,7 @@ async fn restore_one(
     snap: &Snapshot,
     name: &VmName,
     req: &RestoreRequest,
+    hashes: Option<HashGate>,
     t0: Instant,
 ) -> Result<CloneReport, CloneError> {
     let paths = VmPaths::new(home, name);
@@ -605,8 +637,11 @@ async fn restore_one(
         snap,
         paths,
         name.clone(),
-        req.keep_vmgenid,
-        false,
+        clone::StartOptions {
+            keep_vmgenid: req.keep_vmgenid,
+            die_with_owner: false,
+            hashes,
+        },
         clone::Ports::Fresh(req.bind),
     )
     .await?;

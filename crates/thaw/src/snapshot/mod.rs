@@ -326,8 +326,8 @@ impl Snapshot {
         })
     }
 
-    /// Everything restore checks before starting QEMU: the files, their sizes, the
-    /// device state's hash, and that this QEMU and accelerator can run it. With
+    /// Everything restore checks before loading the snapshot: the files, their sizes,
+    /// the device state's hash, and that this QEMU and accelerator can run it. With
     /// `verify`, every file's hash (the RAM image's too) and the base disks' contents.
     pub fn check(
         &self,
@@ -335,6 +335,20 @@ impl Snapshot {
         accel: Accel,
         verify: bool,
     ) -> Result<(), SnapshotCheckError> {
+        self.check_to_start(qemu, accel, verify)?.check(self)
+    }
+
+    /// [`Snapshot::check`] but for the hashes: what must hold before QEMU starts on
+    /// this snapshot (its files can be opened, and its layers name only thaw's chain).
+    /// The hashes ([`HashCheck::check`]) must hold before the device state is loaded:
+    /// a restore computes them while its QEMUs start (the device state of a lazily
+    /// served snapshot may still be on its way from the bucket).
+    pub fn check_to_start(
+        &self,
+        qemu: QemuVersion,
+        accel: Accel,
+        verify: bool,
+    ) -> Result<HashCheck, SnapshotCheckError> {
         let m = &self.manifest;
         // The cheap checks first, so that a bad snapshot costs no hashing.
         let (state_file, exclude, state_hash) = self.check_memory_files()?;
@@ -361,25 +375,18 @@ impl Snapshot {
         // The files the layers make QEMU open: exactly thaw's chain (a layer from
         // elsewhere could name any host file).
         confine::check_layers(&self.dir, m)?;
-        if self.hash(state_file, exclude)? != state_hash {
-            return Err(SnapshotCheckError::StateHash {
-                tag: self.tag(),
-                file: state_file.to_owned(),
-            });
-        }
-        if verify {
-            let whole = match m.memory {
-                Memory::Raw => RAM_FILE,
-                Memory::Mapped { .. } => MEMORY_FILE,
-            };
-            if self.hash(whole, None)? != self.entry(whole)?.blake3 {
-                return Err(SnapshotCheckError::FileHash {
-                    tag: self.tag(),
-                    file: whole.to_owned(),
-                });
-            }
-        }
-        Ok(())
+        let whole = verify.then_some(match m.memory {
+            Memory::Raw => RAM_FILE,
+            Memory::Mapped { .. } => MEMORY_FILE,
+        });
+        let whole = match whole {
+            Some(file) => Some((file, self.entry(file)?.blake3.clone())),
+            None => None,
+        };
+        Ok(HashCheck {
+            state: (state_file, exclude, state_hash),
+            whole,
+        })
     }
 
     fn tag(&self) -> SnapshotTag {
@@ -574,6 +581,37 @@ impl Snapshot {
 /// The file holding a snapshot's device state, the range of it to leave out of its
 /// hash (the RAM, in a mapped memory file), and the hash.
 type StateHash = (&'static str, Option<(u64, u64)>, String);
+
+/// The hashes a snapshot's check computes ([`Snapshot::check_to_start`]): its device
+/// state's, and with `verify` its whole RAM image's.
+#[derive(Debug, Clone)]
+pub struct HashCheck {
+    state: StateHash,
+    whole: Option<(&'static str, String)>,
+}
+
+impl HashCheck {
+    /// Hashes `snap`'s files and compares them with its manifest (reads the device
+    /// state, and with `verify` every page).
+    pub fn check(&self, snap: &Snapshot) -> Result<(), SnapshotCheckError> {
+        let (state_file, exclude, state_hash) = &self.state;
+        if &snap.hash(state_file, *exclude)? != state_hash {
+            return Err(SnapshotCheckError::StateHash {
+                tag: snap.tag(),
+                file: (*state_file).to_owned(),
+            });
+        }
+        if let Some((file, hash)) = &self.whole {
+            if &snap.hash(file, None)? != hash {
+                return Err(SnapshotCheckError::FileHash {
+                    tag: snap.tag(),
+                    file: (*file).to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Parses and checks the bytes of a `manifest.json` that should describe `tag`: the
 /// format name, the major version, the checksum (format 2.1 and later, or whenever one

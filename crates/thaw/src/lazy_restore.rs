@@ -32,27 +32,28 @@ pub enum ArriveError {
 /// Makes `tag` restorable from the remote `url` when this home lacks it: its record is
 /// fetched (nothing else), kept as pending until the fill completes, and its directory
 /// made of links to the lazy server's files. A snapshot this home has is left alone.
+///
+/// The lazy server is started (and makes its client for `url`) while the record is
+/// fetched. Should the fetch fail, the server goes idle and ends as after any restore.
 pub async fn arrive(home: &Home, tag: &SnapshotTag, url: &str) -> Result<(), ArriveError> {
     if home.snapshot_dir(tag).is_dir() {
         return Ok(());
     }
-    let remote = thaw_store::Remote::from_env(url)?;
-    let bytes = thaw_store::fetch_manifest(&remote, tag.as_str())
-        .await
-        .map_err(|source| ArriveError::Pull {
-            tag: tag.clone(),
-            url: url.to_owned(),
-            source,
-        })?;
-    let mut s = store::decode(tag.as_str(), &bytes)?;
-    let mut bytes = bytes;
-    if s.stored_bytes.is_none() {
-        // A record from before thaw kept its stored size: the remote's listing says.
-        if let Ok(sizes) = remote.chunk_sizes().await {
-            s.stored_bytes = Some(s.chunk_ids().iter().filter_map(|id| sizes.get(id)).sum());
-            bytes = crate::record::Record::to_bytes(&s);
+    // A URL or configuration that cannot work starts nothing.
+    let config = thaw_store::RemoteConfig::from_env(url)?;
+    let (home2, url2) = (home.clone(), url.to_owned());
+    let server = tokio::task::spawn_blocking(move || {
+        crate::lazy::ensure_server(&home2)?;
+        let r = client::request(&home2, &Request::Remote { url: url2 })?;
+        if let Some(why) = r.error {
+            tracing::warn!(%why, "the lazy server cannot make the remote's client yet");
         }
-    }
+        Ok::<_, LazyError>(())
+    });
+    let fetched = fetch_record(&config, url, tag).await;
+    let started = server.await.expect("starting the lazy server panicked");
+    let (s, bytes) = fetched?;
+    started?;
     let dir = LazyDir::new(home);
     let pending = dir.pending(tag);
     let parent = pending.parent().expect("a pending record has a parent");
@@ -74,6 +75,32 @@ pub async fn arrive(home: &Home, tag: &SnapshotTag, url: &str) -> Result<(), Arr
         Ok(()) | Err(StoreError::Exists(_)) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The record of `tag` in the remote `url`, and its bytes.
+async fn fetch_record(
+    config: &thaw_store::RemoteConfig,
+    url: &str,
+    tag: &SnapshotTag,
+) -> Result<(StoredSnapshot, Vec<u8>), ArriveError> {
+    let remote = thaw_store::Remote::new(config)?;
+    let bytes = thaw_store::fetch_manifest(&remote, tag.as_str())
+        .await
+        .map_err(|source| ArriveError::Pull {
+            tag: tag.clone(),
+            url: url.to_owned(),
+            source,
+        })?;
+    let mut s = store::decode(tag.as_str(), &bytes)?;
+    let mut bytes = bytes;
+    if s.stored_bytes.is_none() {
+        // A record from before thaw kept its stored size: the remote's listing says.
+        if let Ok(sizes) = remote.chunk_sizes().await {
+            s.stored_bytes = Some(s.chunk_ids().iter().filter_map(|id| sizes.get(id)).sum());
+            bytes = crate::record::Record::to_bytes(&s);
+        }
+    }
+    Ok((s, bytes))
 }
 
 /// The record of `tag`: pending (arriving from a remote) or the store's.

@@ -146,6 +146,7 @@ fn answer(shared: &Arc<Shared>, home: &Home, req: Request) -> Reply {
     match req {
         Request::Hello => {}
         Request::Open => reply.open_files = shared.open_files(),
+        Request::Remote { url } => reply.error = shared.remote(&url).err(),
         Request::Touched { files } => {
             // Asked once the restore's clones are ready.
             shared.release_writes();

@@ -40,6 +40,9 @@ pub enum Request {
     /// Which files readers have open now (`open_files`): a garbage collection keeps
     /// their chunks, also when no snapshot names them any more.
     Open,
+    /// Make the client for this remote now: a restore from it is on its way (its
+    /// record being fetched meanwhile), and its first fetch should not wait for it.
+    Remote { url: String },
 }
 
 /// The error a server that has decided to end answers every request with.

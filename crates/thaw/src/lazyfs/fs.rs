@@ -3,7 +3,7 @@
 //! ids. Reads are answered from tokio tasks, so the session's thread never waits for
 //! a chunk and many are fetched at once.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +17,8 @@ use thaw_store::{ChunkError, ChunkId, ChunkSink, FileIndex, Remote, Store};
 use tokio::sync::{oneshot, Notify, OnceCell, Semaphore};
 
 use crate::lazy::{FileRecord, LazyDir};
+
+mod pack;
 
 const ROOT: u64 = 1;
 /// The files never change: the kernel may keep their names and attributes.
@@ -218,7 +220,8 @@ impl Shared {
         false
     }
 
-    fn remote(&self, url: &str) -> Result<Remote, String> {
+    /// The client for the remote `url` (made on first use).
+    pub fn remote(&self, url: &str) -> Result<Remote, String> {
         let mut remotes = self.remotes.lock().expect("not poisoned");
         if let Some(r) = remotes.get(url) {
             return Ok(r.clone());
@@ -381,107 +384,6 @@ impl Shared {
             .fetch_add(fetched.stored.len() as u64, Ordering::Relaxed);
         self.sink.keep(id, fetched.stored);
         Ok(Arc::new(fetched.data))
-    }
-
-    /// Prefetches the chunks of `pack` the store lacks, with one request to the
-    /// remote of `files` (whose chunks they are): each is served as soon as its bytes
-    /// have arrived and it is checked against its id. One the pack cannot give (it is
-    /// missing, short, damaged, or the request fails) is fetched on its own, as
-    /// without a pack.
-    pub fn prefetch_pack(self: &Arc<Self>, pack: thaw_store::Pack, files: &[Arc<Served>]) {
-        let Some(remote) = files.iter().find_map(|f| f.remote.clone()) else {
-            return;
-        };
-        let in_pack: HashSet<ChunkId> = pack.chunks.iter().map(|c| c.id).collect();
-        let mut whose: HashMap<ChunkId, (Arc<Served>, usize)> = HashMap::new();
-        for f in files {
-            for (i, id) in f.index.chunks.iter().enumerate() {
-                if let Some(id) = id.filter(|id| in_pack.contains(id)) {
-                    whose.entry(id).or_insert_with(|| (Arc::clone(f), i));
-                }
-            }
-        }
-        // Per chunk: where its contents go, and its length.
-        let mut waiting: HashMap<ChunkId, (Delivery, usize)> = HashMap::new();
-        for entry in &pack.chunks {
-            let Some((file, i)) = whose.get(&entry.id).cloned() else {
-                continue;
-            };
-            if waiting.contains_key(&entry.id) || self.store.has(&entry.id) {
-                continue;
-            }
-            let pending = Arc::clone(
-                self.inflight
-                    .lock()
-                    .expect("not poisoned")
-                    .entry(entry.id)
-                    .or_default(),
-            );
-            if pending.loaded.initialized() {
-                continue;
-            }
-            let (_, len) = file.index.range(i);
-            let (tx, rx) = oneshot::channel();
-            waiting.insert(entry.id, (tx, len));
-            let (this, id) = (Arc::clone(self), entry.id);
-            tokio::spawn(async move {
-                let p = Arc::clone(&pending);
-                pending
-                    .loaded
-                    .get_or_init(|| async move {
-                        match rx.await {
-                            Ok(data) => Ok(data),
-                            Err(_) => this.load(&file, id, len, false, &p.wanted).await,
-                        }
-                    })
-                    .await;
-            });
-        }
-        if waiting.is_empty() {
-            return;
-        }
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            let t0 = Instant::now();
-            let chunks = waiting.len();
-            let fetched = remote
-                .fetch_pack(&pack, |entry, stored| {
-                    let Some((tx, len)) = waiting.remove(&entry.id) else {
-                        return;
-                    };
-                    this.fetched_bytes
-                        .fetch_add(stored.len() as u64, Ordering::Relaxed);
-                    let this = Arc::clone(&this);
-                    tokio::task::spawn_blocking(move || {
-                        match thaw_store::unpack(&entry, &stored, Some(len)) {
-                            Ok(data) => {
-                                this.sink.keep(entry.id, stored);
-                                let _ = tx.send(Arc::new(data));
-                            }
-                            // Dropping `tx` makes its waiter fetch the chunk alone.
-                            Err(defect) => tracing::warn!(
-                                chunk = %entry.id,
-                                %defect,
-                                "a chunk of the working set's pack is damaged: fetching it alone"
-                            ),
-                        }
-                    });
-                })
-                .await;
-            match fetched {
-                Ok(()) => tracing::debug!(
-                    pack = %pack.name,
-                    chunks,
-                    ms = t0.elapsed().as_secs_f64() * 1e3,
-                    "fetched the working set's pack"
-                ),
-                Err(e) => tracing::warn!(
-                    pack = %pack.name,
-                    error = %crate::one_line(&e),
-                    "the working set's pack failed: fetching its chunks one by one"
-                ),
-            }
-        });
     }
 
     /// Bytes `offset..offset+size` of `file` (fewer at its end).

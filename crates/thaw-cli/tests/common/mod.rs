@@ -225,6 +225,12 @@ impl Drop for Env {
 /// Ends the lazy snapshot server of the home at `home`, if one runs, and detaches its
 /// mount (it would otherwise go idle and exit by itself, after the home is removed).
 pub fn end_lazy_server(home: &Path) {
+    // Its connection aborted first (see `thaw::lazy::stop_server`).
+    let _ = Command::new("umount")
+        .args(["-f"])
+        .arg(home.join("lazy/mnt"))
+        .stderr(Stdio::null())
+        .status();
     // One server per mount namespace (see `thaw::lazy::LazyDir::server_dir`).
     for ns in std::fs::read_dir(home.join("lazy"))
         .into_iter()

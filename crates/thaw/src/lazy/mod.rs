@@ -209,8 +209,15 @@ pub fn failure_since(home: &Home, since: std::time::Instant) -> Option<String> {
 
 /// Ends the lazy server of `home` (if one runs) and detaches its mount: what its clones
 /// have not read yet can no longer be read. For tests and the benchmark's cold hosts.
+///
+/// The connection is aborted first (a forced unmount does that for FUSE, also when the
+/// unmount itself then fails as busy): a server thread pushing a chunk into the page
+/// cache may be waiting, uninterruptibly, for a page a clone's read holds locked. Killed
+/// without the abort, that thread never ends, the read is never answered, and the
+/// server, the clone's QEMU and every `sync(2)` on the host wait for ever.
 pub fn stop_server(home: &Home) {
     let dir = LazyDir::new(home);
+    let _ = rustix::mount::unmount(dir.mnt(), rustix::mount::UnmountFlags::FORCE);
     let pid = std::fs::read_to_string(dir.pid_file())
         .ok()
         .and_then(|p| p.trim().parse::<i32>().ok())

@@ -1,6 +1,7 @@
 //! A home's lazy server (`thaw lazyfs`, started on demand by whoever needs it) is one
 //! process however many callers start it at once, and one that is going away idle
-//! gives way to a new one: no caller is told that it did not start.
+//! gives way to a new one: no caller is told that it did not start. One that is
+//! stopped has ended when `stop_server` returns.
 //!
 //! Its own test binary: it sets the environment the servers it starts inherit.
 
@@ -26,7 +27,7 @@ fn ensure_at_once(home: &thaw::Home, callers: usize) -> Vec<u32> {
 }
 
 #[test]
-fn callers_at_once_and_across_idle_exits_all_get_the_one_server() {
+fn callers_at_once_and_across_idle_exits_all_get_the_one_server_and_a_stopped_one_ends() {
     let dir = tempfile::tempdir().unwrap();
     // Set before any thread starts; the servers inherit both.
     std::env::set_var("THAW_LAZYFS_PROGRAM", THAW);
@@ -60,5 +61,37 @@ fn callers_at_once_and_across_idle_exits_all_get_the_one_server() {
         seen.len() >= 2,
         "an idle server never ended and gave way to a new one: {seen:?}"
     );
+
+    // Stopped, it has ended (or is a zombie) on return: the abort of its connection
+    // does not let it slip away on its own, still unmounting and writing.
+    let pid = thaw::lazy::ensure_server(&home).expect("the server starts");
     thaw::lazy::stop_server(&home);
+    assert!(ended(pid), "server {pid} still runs after stop_server");
+    // So a home made anew in the same place gets a server whose mount stays.
+    std::fs::remove_dir_all(dir.path()).expect("the stopped server's home is removed");
+    std::env::set_var("THAW_LAZY_IDLE", "60");
+    let again = thaw::lazy::ensure_server(&home).expect("a new server starts");
+    assert_ne!(again, pid);
+    // Longer than the old server's own shutdown (1 s) would have taken.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mnt = thaw::lazy::LazyDir::new(&home).mnt();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        info.lines()
+            .any(|l| l.split(' ').nth(4) == Some(mnt.to_str().unwrap())),
+        "the new server's mount {} went away",
+        mnt.display()
+    );
+    thaw::lazy::stop_server(&home);
+    assert!(ended(again), "server {again} still runs after stop_server");
+}
+
+/// Whether process `pid` has ended: gone, or a zombie.
+fn ended(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with(['Z', 'X'])),
+    }
 }

@@ -18,6 +18,7 @@
 pub mod client;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thaw_store::FileIndex;
@@ -217,13 +218,37 @@ pub fn failure_since(home: &Home, since: std::time::Instant) -> Option<String> {
 /// server, the clone's QEMU and every `sync(2)` on the host wait for ever.
 pub fn stop_server(home: &Home) {
     let dir = LazyDir::new(home);
-    let _ = rustix::mount::unmount(dir.mnt(), rustix::mount::UnmountFlags::FORCE);
+    // Its pid is read first: the abort ends the server's session, and a server whose
+    // session ended removes its pid file on its way out.
     let pid = std::fs::read_to_string(dir.pid_file())
         .ok()
         .and_then(|p| p.trim().parse::<i32>().ok())
         .and_then(rustix::process::Pid::from_raw);
+    let _ = rustix::mount::unmount(dir.mnt(), rustix::mount::UnmountFlags::FORCE);
     if let Some(pid) = pid {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        // Until it has ended: a server on its way out still unmounts its mount point
+        // by path and writes in its directory, which would take the mount of a server
+        // started there next, or keep a home being removed from going away.
+        wait_gone(pid.as_raw_nonzero().get(), Duration::from_secs(10));
     }
     let _ = rustix::mount::unmount(dir.mnt(), rustix::mount::UnmountFlags::DETACH);
+}
+
+/// Waits (up to `limit`) until process `pid` has ended: gone, or a zombie.
+pub fn wait_gone(pid: i32, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return;
+        };
+        // The state follows the command's closing parenthesis.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.trim_start().chars().next());
+        if matches!(state, Some('Z' | 'X') | None) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

@@ -10,7 +10,7 @@ pub mod s3;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Once;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
@@ -225,32 +225,7 @@ impl Drop for Env {
 /// Ends the lazy snapshot server of the home at `home`, if one runs, and detaches its
 /// mount (it would otherwise go idle and exit by itself, after the home is removed).
 pub fn end_lazy_server(home: &Path) {
-    // One server per mount namespace (see `thaw::lazy::LazyDir::server_dir`). Their
-    // pids are read before the abort, after which a server removes its pid file.
-    let pids: Vec<String> = std::fs::read_dir(home.join("lazy"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|ns| std::fs::read_to_string(ns.path().join("server.pid")).ok())
-        .map(|p| p.trim().to_owned())
-        .collect();
-    // Its connection aborted first (see `thaw::lazy::stop_server`).
-    let _ = Command::new("umount")
-        .args(["-f"])
-        .arg(home.join("lazy/mnt"))
-        .stderr(Stdio::null())
-        .status();
-    for pid in &pids {
-        let _ = Command::new("kill").args(["-9", pid]).status();
-        if let Ok(pid) = pid.parse() {
-            thaw::lazy::wait_gone(pid, Duration::from_secs(10));
-        }
-    }
-    let _ = Command::new("umount")
-        .args(["-l"])
-        .arg(home.join("lazy/mnt"))
-        .stderr(Stdio::null())
-        .status();
+    thaw::lazy::stop_server(&thaw::Home::new(home));
 }
 
 /// Whether the lazy server's mount of the home at `home` is there (in this mount

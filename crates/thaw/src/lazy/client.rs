@@ -103,12 +103,8 @@ fn request_at(ctl: &std::path::Path, req: &Request) -> Result<Reply, LazyError> 
 /// A server that runs did not say.
 pub fn open_files(home: &Home) -> Result<Vec<String>, LazyError> {
     let mut open = Vec::new();
-    let root = LazyDir::new(home).root().to_owned();
-    for ns in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-        if !ns.file_name().to_string_lossy().starts_with("ns-") {
-            continue;
-        }
-        let ctl = ns.path().join("ctl.sock");
+    for ns in LazyDir::new(home).server_dirs() {
+        let ctl = ns.join(super::CTL_FILE);
         match UnixStream::connect(&ctl) {
             Err(e)
                 if matches!(

@@ -25,6 +25,10 @@ use thaw_store::FileIndex;
 
 use crate::home::{Home, SnapshotTag};
 
+/// A server's pid, and its control socket, in its [`LazyDir::server_dir`].
+const PID_FILE: &str = "server.pid";
+pub(crate) const CTL_FILE: &str = "ctl.sock";
+
 /// Where a home's lazy server keeps its state.
 #[derive(Debug, Clone)]
 pub struct LazyDir {
@@ -73,12 +77,23 @@ impl LazyDir {
         self.root.join(format!("ns-{ns}"))
     }
 
+    /// The directories of every mount namespace's server ([`LazyDir::server_dir`]).
+    pub fn server_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|ns| ns.file_name().to_string_lossy().starts_with("ns-"))
+            .map(|ns| ns.path())
+            .collect()
+    }
+
     pub fn lock(&self) -> PathBuf {
         self.server_dir().join("server.lock")
     }
 
     pub fn pid_file(&self) -> PathBuf {
-        self.server_dir().join("server.pid")
+        self.server_dir().join(PID_FILE)
     }
 
     pub fn log(&self) -> PathBuf {
@@ -87,7 +102,7 @@ impl LazyDir {
 
     /// The server's control socket ([`client`]).
     pub fn ctl(&self) -> PathBuf {
-        self.server_dir().join("ctl.sock")
+        self.server_dir().join(CTL_FILE)
     }
 
     /// Why the reads of process `pid` failed, when they did.
@@ -208,8 +223,9 @@ pub fn failure_since(home: &Home, since: std::time::Instant) -> Option<String> {
         .map(|s| s.trim().to_owned())
 }
 
-/// Ends the lazy server of `home` (if one runs) and detaches its mount: what its clones
-/// have not read yet can no longer be read. For tests and the benchmark's cold hosts.
+/// Ends the lazy servers of `home` (one per mount namespace, if any runs) and detaches
+/// the mount: what their clones have not read yet can no longer be read. For tests and
+/// the benchmark's cold hosts.
 ///
 /// The connection is aborted first (a forced unmount does that for FUSE, also when the
 /// unmount itself then fails as busy): a server thread pushing a chunk into the page
@@ -218,37 +234,28 @@ pub fn failure_since(home: &Home, since: std::time::Instant) -> Option<String> {
 /// server, the clone's QEMU and every `sync(2)` on the host wait for ever.
 pub fn stop_server(home: &Home) {
     let dir = LazyDir::new(home);
-    // Its pid is read first: the abort ends the server's session, and a server whose
+    // The pids are read first: the abort ends a server's session, and a server whose
     // session ended removes its pid file on its way out.
-    let pid = std::fs::read_to_string(dir.pid_file())
-        .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok())
-        .and_then(rustix::process::Pid::from_raw);
+    let pids: Vec<u32> = dir
+        .server_dirs()
+        .into_iter()
+        .filter_map(|ns| std::fs::read_to_string(ns.join(PID_FILE)).ok())
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
     let _ = rustix::mount::unmount(dir.mnt(), rustix::mount::UnmountFlags::FORCE);
-    if let Some(pid) = pid {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-        // Until it has ended: a server on its way out still unmounts its mount point
-        // by path and writes in its directory, which would take the mount of a server
-        // started there next, or keep a home being removed from going away.
-        wait_gone(pid.as_raw_nonzero().get(), Duration::from_secs(10));
+    for &pid in &pids {
+        if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+    }
+    // Until they have ended: a server on its way out still unmounts its mount point by
+    // path and writes in its directory, which would take the mount of a server started
+    // there next, or keep a home being removed from going away.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for pid in pids {
+        while crate::vm::any_thread_lives(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     let _ = rustix::mount::unmount(dir.mnt(), rustix::mount::UnmountFlags::DETACH);
-}
-
-/// Waits (up to `limit`) until process `pid` has ended: gone, or a zombie.
-pub fn wait_gone(pid: i32, limit: Duration) {
-    let deadline = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < deadline {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return;
-        };
-        // The state follows the command's closing parenthesis.
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, r)| r.trim_start().chars().next());
-        if matches!(state, Some('Z' | 'X') | None) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }

@@ -3,7 +3,8 @@
 # scripts/setup.sh installs with --images (thaw, the Debian guest images' tools), and on
 # top the test tools: the benchmark's peers (zstd, gzip, libvirt) and chart font,
 # vncdotool for the display tests and schemathesis for the API's schema test (PyPI), and
-# s3s-fs, the S3 server the store's remote tests start (crates.io), the Python SDK
+# s3s-fs, the S3 server the store's remote tests start (crates.io), cargo-nextest, which
+# runs the tests (crates.io; machines of CI's kind have it already), the Python SDK
 # (clients/python) with its test tools, and systemd-analyze and man for the package test.
 # Idempotent: a second run installs nothing new.
 set -euo pipefail
@@ -59,3 +60,10 @@ fi
 
 # The S3-compatible server the store's remote tests start on loopback.
 PATH="$HOME/.cargo/bin:$PATH" bash "$here/setup-s3.sh"
+
+# cargo-nextest runs the Rust tests (scripts/test.sh, .config/nextest.toml): every test
+# in its own process, two at a time across all binaries.
+if ! PATH="$HOME/.cargo/bin:$PATH" cargo nextest --version >/dev/null 2>&1; then
+  log "installing cargo-nextest (cargo install, a few minutes on 2 cores)"
+  PATH="$HOME/.cargo/bin:$PATH" cargo install cargo-nextest --locked
+fi

@@ -43,7 +43,11 @@ grep -v '^ *\(Checking\|Compiling\|Blocking\)' "$logs/clippy" || true
 echo "== fuzz targets built"
 wait "$fuzz_build" || { cat "$logs/fuzz-build" >&2; echo "the fuzz targets did not build" >&2; exit 1; }
 echo "== tests"
-cargo test --workspace --no-fail-fast -- --test-threads="${THAW_TEST_THREADS:-2}"
+# cargo-nextest (.config/nextest.toml): each test in its own process, two at a time
+# across every binary and the slowest first; `cargo test` ran one binary at a time.
+cargo nextest run --workspace --no-fail-fast --test-threads="${THAW_TEST_THREADS:-2}"
+echo "== doc tests"
+cargo test --workspace --doc
 echo "== Python SDK (clients/python, against target/debug/thawd)"
 THAW_THAWD="${THAW_THAWD:-$PWD/target/debug/thawd}" python3 -m pytest -q -p no:cacheprovider clients/python/tests
 echo "== fuzz (${THAW_FUZZ_SECS:-20} s per target)"
